@@ -1,0 +1,52 @@
+# comostream: `make demo` and `make test` do all set-up on a fresh machine.
+# A virtual environment is created in .venv (if missing) and the package installed into it with
+# the pinned torch/torchaudio from constraints.txt.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.comostream-installed
+# Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus.
+DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng
+
+.PHONY: demo test lint debian-deps install clean help
+
+help:
+	@echo "make demo   - set up, then run the main job on the bundled default"
+	@echo "make test   - set up, then lint and run the test suite"
+	@echo "make clean  - remove the virtual environment and outputs"
+
+demo: install
+	$(VENV)/bin/comostream demo
+
+test: install lint
+	$(PY) -m pytest -q -m "not slow and not cuda"
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+install: debian-deps $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "comostream needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) out *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,212 @@
+"""The command-line face of comostream: ``comostream <command> ...``.
+
+This module only parses arguments and dispatches; each command's work lives in the package that
+owns it. Heavy imports (torch, numba, ...) happen inside the handlers so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _config_options(
+    parser: argparse.ArgumentParser, section: str, cls: type, names: Sequence[str]
+) -> None:
+    """Add ``--name`` options for config fields ``section.name``, typed from the dataclass.
+
+    An option left unset keeps the value from the config file (or the built-in default).
+    """
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name in names:
+        tp = hints[name]
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=f"cfg__{section}__{name}",
+            type=tp,
+            default=None,
+            metavar=name.upper(),
+            help=f"[{section}] {name}; default from the config ({defaults[name]})",
+        )
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    """The config from ``--config`` (or the defaults) with command-line overrides applied."""
+    from models.config import load_config
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__", 2)
+            overrides.setdefault(section, {})[name] = value
+    return load_config(getattr(args, "config", None), overrides)
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from realtime.demo import run_demo
+
+    return run_demo(_load_config(args), out_dir=args.out, example=args.input)
+
+
+def _cmd_prep_synth(args: argparse.Namespace) -> int:
+    from training.synth import synthesize_corpus
+
+    cfg = _load_config(args)
+    manifest = synthesize_corpus(args.out_dir, cfg.corpus, cfg.audio, jobs=args.jobs)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _cmd_bench_f0(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.corpus import default_bench_corpus
+    from bench.f0 import format_f0_table, run_f0_bench
+
+    cfg = _load_config(args)
+    corpus = args.corpus or default_bench_corpus(cfg)
+    backends = args.backends.split(",") if args.backends else None
+    results = run_f0_bench(
+        corpus,
+        backends=backends,
+        split=args.split,
+        max_utterances=args.max_utterances,
+        cfg=cfg.f0,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+    else:
+        print(format_f0_table(results))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(_load_config(args).to_json())
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every command and option)."""
+    from models.config import CorpusConfig, F0Config
+
+    parser = argparse.ArgumentParser(
+        prog="comostream",
+        description=(
+            "Real-time streaming singing-voice conversion (consistency-distilled diffusion). "
+            "Run 'comostream COMMAND --help' for a command's options."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"comostream {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, default=None, metavar="TOML",
+        help="config file overriding configs/default.toml (unknown keys are an error)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo", parents=[common],
+        help="run the main job on the bundled example (what `make demo` runs)",
+        description="Stream the bundled example through the realtime front-end and report.",
+    )
+    p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
+    p.add_argument("--input", type=Path, default=None, help="audio file instead of the example")
+    p.set_defaults(handler=_cmd_demo)
+
+    prep = sub.add_parser("prep", help="prepare data: the synthetic singing corpus")
+    prep_sub = prep.add_subparsers(dest="prep_command", metavar="WHAT", required=True)
+    p = prep_sub.add_parser(
+        "synth", parents=[common],
+        help="synthesise a parallel multi-singer singing corpus with exact F0",
+        description=(
+            "Render every lyric line on its melody with every singer (flite, espeak-ng and "
+            "festival voices re-sung with WORLD). Writes OUT_DIR/<singer>/<utt>.wav (24 kHz "
+            "mono), <utt>.f0.npy (Hz per 256-sample frame, 0 = unvoiced) and manifest.jsonl."
+        ),
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    _config_options(p, "corpus", CorpusConfig, ["singers", "minutes", "seed"])
+    p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    p.set_defaults(handler=_cmd_prep_synth)
+
+    bench = sub.add_parser("bench", help="benchmarks: F0 backends")
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    p = bench_sub.add_parser(
+        "f0", parents=[common],
+        help="accuracy and cost of each F0 backend on the synthetic corpus",
+        description=(
+            "Raw pitch accuracy (within 50 cents), voicing decision error and compute seconds "
+            "per second of audio for each backend, against the exact F0 of the synthetic "
+            "corpus's held-out split."
+        ),
+    )
+    p.add_argument(
+        "--corpus", type=Path, default=None,
+        help="corpus folder (default: synthesise a small one under out/bench-corpus once)",
+    )
+    p.add_argument("--backends", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--max-utterances", type=int, default=None, help="cap for a quick run")
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by backend")
+    _config_options(p, "f0", F0Config, ["fmin", "fmax", "voicing_threshold"])
+    p.set_defaults(handler=_cmd_bench_f0)
+
+    p = sub.add_parser(
+        "config", parents=[common], help="print the resolved configuration as JSON"
+    )
+    p.set_defaults(handler=_cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``comostream`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from models.config import ConfigError
+
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"comostream: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("comostream: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        print(f"comostream: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's input problem: printed plainly, no traceback."""
+    from models.audio import AudioError
+
+    errors: list[type[BaseException]] = [AudioError, FileNotFoundError]
+    try:
+        from training.errors import DataError
+
+        errors.append(DataError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

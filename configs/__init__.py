@@ -1,0 +1,1 @@
+"""TOML configs: ``default.toml`` holds every key with its default."""

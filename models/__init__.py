@@ -1,0 +1,1 @@
+"""Networks and the features they consume (inference only; never imports ``training``)."""

@@ -1,0 +1,1 @@
+"""The streaming engine, live audio, the WebSocket server and the demo."""

@@ -1,0 +1,1 @@
+"""Offline work: corpora, preprocessing and training."""

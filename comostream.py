@@ -197,15 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input problem: printed plainly, no traceback."""
     from models.audio import AudioError
+    from training.corpus import CorpusError
+    from training.voices import ToolMissingError
 
-    errors: list[type[BaseException]] = [AudioError, FileNotFoundError]
-    try:
-        from training.errors import DataError
-
-        errors.append(DataError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (AudioError, CorpusError, ToolMissingError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class F0Config:
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
+    silence_db: float = -60.0  # dBFS frame RMS below which every backend says unvoiced
     median_frames: int = 3  # median smoothing window in frames (odd; 1 disables)
     octave_repair: bool = True  # fix isolated octave jumps
     crepe_batch_frames: int = 512  # frames per CREPE forward pass (memory bound)

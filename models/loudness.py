@@ -78,8 +78,11 @@ class Loudness(nn.Module):
 
     def from_power(self, power: Tensor) -> Tensor:
         """Loudness from a power spectrum ``(B, k, n_fft // 2 + 1)`` -> ``(B, k)`` dB."""
-        p = torch.matmul(power, self.weights)
-        return 10.0 * torch.log10(torch.clamp(p, min=10.0 ** (self.floor_db / 10.0)))
+        # Accumulate in float64 with an elementwise product: a matmul's blocking depends on the
+        # batch shape, which would make streamed and one-shot frames differ in the last bits.
+        p = (power.double() * self.weights.double()).sum(-1)
+        floor = 10.0 ** (self.floor_db / 10.0)
+        return (10.0 * torch.log10(torch.clamp(p, min=floor))).to(power.dtype)
 
 
 def loudness(

@@ -1,0 +1,93 @@
+"""The F0 benchmark on a tiny fake corpus written into tmp_path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bench.f0 import format_f0_table, read_manifest, run_f0_bench, score_f0, synthetic_singing
+from models.f0 import F0Track
+
+KEYS = {"rpa", "rca", "vde", "rpa_raw", "vde_raw", "rtf", "seconds", "frames"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three utterances (two test, one train) in the ``prep synth`` layout."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "wavs").mkdir()
+    rows = []
+    for i, (split, secs) in enumerate([("test", 1.0), ("test", 1.5), ("train", 0.8)]):
+        audio, f0 = synthetic_singing(secs, seed=10 + i, base_midi=55 + 5 * i)
+        sf.write(root / "wavs" / f"u{i}.wav", audio, 24000, subtype="PCM_16")
+        np.save(root / "wavs" / f"u{i}.f0.npy", f0)
+        rows.append(
+            {
+                "path": f"wavs/u{i}.wav",
+                "f0": f"wavs/u{i}.f0.npy",
+                "singer": f"s{i % 2}",
+                "text": "la la",
+                "melody": f"m{i}",
+                "line": i,
+                "split": split,
+                "seconds": audio.shape[0] / 24000,
+                "sample_rate": 24000,
+            }
+        )
+    with open(root / "manifest.jsonl", "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return root
+
+
+def test_bench_keys_and_numbers(corpus: Path) -> None:
+    results = run_f0_bench(corpus, backends=("harvest", "dio", "crepe-tiny"), progress=False)
+    assert list(results) == ["harvest", "dio", "crepe-tiny"]
+    frames = sum(len(np.load(corpus / r["f0"])) for r in read_manifest(corpus, "test"))
+    for name, r in results.items():
+        assert set(r) == KEYS, name
+        assert all(isinstance(v, float) for v in r.values())
+        assert r["seconds"] == pytest.approx(2.5, abs=1e-3)
+        assert r["frames"] == frames
+        assert 0.8 <= r["rpa"] <= r["rca"] <= 1.0, (name, r)
+        assert 0.0 <= r["vde"] <= 0.15 and 0.0 <= r["vde_raw"] <= 0.15, (name, r)
+        assert 0.0 <= r["rpa_raw"] <= 1.0 and r["rtf"] > 0.0
+    json.dumps(results)  # JSON-able for --json
+    table = format_f0_table(results)
+    lines = table.splitlines()
+    assert lines[0].startswith("| backend | RPA") and len(lines) == 2 + 3
+    assert lines[2].startswith("| harvest |")
+
+
+def test_bench_split_and_cap(corpus: Path) -> None:
+    train = run_f0_bench(corpus, backends=["dio"], split="train", progress=False)
+    assert train["dio"]["seconds"] == pytest.approx(0.8, abs=1e-3)
+    capped = run_f0_bench(corpus, backends=["dio"], max_utterances=1, progress=False)
+    assert capped["dio"]["seconds"] == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="no utterances"):
+        run_f0_bench(corpus, backends=["dio"], split="valid", progress=False)
+    with pytest.raises(ValueError, match="known"):
+        run_f0_bench(corpus, backends=["yin"], progress=False)
+
+
+def test_bench_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        run_f0_bench(tmp_path, backends=["dio"], progress=False)
+
+
+def test_score_f0() -> None:
+    ref = np.array([0, 0, 200, 210, 220, 230, 0, 240], np.float32)
+    voiced = ref > 0
+    perfect = score_f0(F0Track(ref, voiced), ref)
+    assert perfect == {"rpa": 1.0, "rca": 1.0, "vde": 0.0}
+    octave = score_f0(F0Track(ref * 2, voiced), ref)
+    assert octave["rpa"] == 0.0 and octave["rca"] == 1.0 and octave["vde"] == 0.0
+    silent = score_f0(F0Track(np.zeros(8, np.float32), np.zeros(8, bool)), ref)
+    assert silent["rpa"] == 0.0 and silent["vde"] == pytest.approx(5 / 8)
+    sharp = score_f0(F0Track(ref * 2 ** (40 / 1200), voiced), ref)  # 40 cents: still correct
+    assert sharp["rpa"] == 1.0
+    flat = score_f0(F0Track(ref * 2 ** (-60 / 1200), voiced), ref)  # 60 cents: wrong
+    assert flat["rpa"] == 0.0

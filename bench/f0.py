@@ -17,7 +17,6 @@ are trained on); ``rpa_raw``/``vde_raw`` are the backend output before it.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -25,17 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
+from models.audio import read_audio
 from models.config import F0Config
 from models.f0 import BACKENDS, HOP_LENGTH, SAMPLE_RATE, F0Track, extract_f0, n_frames
 from models.f0_post import cents, postprocess
+from training.corpus import CorpusError, load_corpus, select
 
 __all__ = [
     "F0Scores",
     "format_f0_table",
-    "read_manifest",
     "run_f0_bench",
     "score_f0",
     "synthetic_singing",
@@ -90,26 +89,6 @@ def score_f0(est: F0Track, ref_f0: np.ndarray) -> dict[str, float]:
     return {"rpa": s.rpa, "rca": s.rca, "vde": s.vde}
 
 
-def read_manifest(corpus_dir: Path, split: str | None = None) -> list[dict]:
-    """Entries of ``corpus_dir/manifest.jsonl`` (dicts with ``path``, ``f0``, ``split``, ...)."""
-    path = Path(corpus_dir) / "manifest.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest.jsonl in {corpus_dir}")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                if split is None or row.get("split") == split:
-                    rows.append(row)
-    return rows
-
-
-def _load_wav(path: Path) -> tuple[np.ndarray, int]:
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    return np.ascontiguousarray(audio.mean(axis=1)), int(sr)
-
-
 def run_f0_bench(
     corpus_dir: Path,
     backends: Sequence[str] | None = BACKENDS,
@@ -129,11 +108,14 @@ def run_f0_bench(
     for name in names:
         if name not in BACKENDS:
             raise ValueError(f"unknown F0 backend {name!r}; known: {', '.join(BACKENDS)}")
-    rows = read_manifest(Path(corpus_dir), split)
+    rows = [u for u in select(load_corpus(Path(corpus_dir)), split=split) if u.f0_path]
     if max_utterances is not None:
         rows = rows[:max_utterances]
     if not rows:
-        raise ValueError(f"no utterances with split {split!r} in {corpus_dir}")
+        raise CorpusError(
+            f"no {split!r} utterances with exact F0 in {corpus_dir}: bench f0 needs a corpus "
+            "made by `comostream prep synth DIR`"
+        )
     warmup = synthetic_singing(0.5, seed=1)[0]
     results: dict[str, dict[str, float]] = {}
     for name in names:
@@ -141,8 +123,8 @@ def run_f0_bench(
         post, raw = F0Scores(), F0Scores()
         compute = seconds = 0.0
         for row in tqdm(rows, desc=f"f0 {name}", disable=not progress, file=sys.stderr):
-            audio, sr = _load_wav(Path(corpus_dir) / row["path"])
-            ref = np.load(Path(corpus_dir) / row["f0"]).astype(np.float32)
+            audio, sr = read_audio(row.path)
+            ref = np.load(row.f0_path).astype(np.float32)
             start = time.perf_counter()
             track = extract_f0(audio, sr, cfg, name, device=device)
             smooth = postprocess(track, cfg)

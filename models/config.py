@@ -21,6 +21,10 @@ __all__ = [
     "AudioConfig",
     "F0Config",
     "CorpusConfig",
+    "ModelConfig",
+    "EDMConfig",
+    "TrainConfig",
+    "FeaturesConfig",
     "Config",
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
@@ -71,7 +75,7 @@ class AudioConfig:
 class F0Config:
     """F0 extraction and post-processing."""
 
-    backend: str = "harvest"  # one of models.f0.BACKENDS
+    backend: str = "dio"  # one of models.f0.BACKENDS; chosen by `comostream bench f0`
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -111,12 +115,116 @@ class CorpusConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Conditioner and denoiser backbone sizes; teacher, student and target share them.
+
+    Presets: ``configs/tiny.toml`` (tests), the defaults here (real time on 2 CPU cores),
+    ``configs/large.toml`` (GPUs).
+    """
+
+    content_dim: int = 256  # channels of the content features fed to the conditioner
+    speaker_dim: int = 64  # singer embedding size
+    cond_channels: int = 128  # per-frame condition channels out of the conditioner
+    channels: int = 128  # residual channels of the backbone
+    layers: int = 12  # residual layers
+    kernel_size: int = 3  # frames
+    dilation_cycle: int = 4  # dilations 1, 2, 4, ... 2**(cycle-1), repeated
+    lookahead_frames: int = 2  # future frames the whole stack may see (streaming delay)
+
+    def __post_init__(self) -> None:
+        for name in ("content_dim", "speaker_dim", "cond_channels", "channels", "layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model: {name} must be >= 1")
+        if self.kernel_size < 1 or self.dilation_cycle < 1:
+            raise ConfigError("model: kernel_size and dilation_cycle must be >= 1")
+        if self.lookahead_frames < 0:
+            raise ConfigError("model: lookahead_frames must be >= 0")
+
+
+@dataclass(frozen=True)
+class EDMConfig:
+    """EDM noise schedule and consistency distillation (Karras et al. 2022; Song et al. 2023)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sigma_data: float = 0.5  # std of the normalised mel the model generates
+    mel_mean: float = -5.0  # log-mel is normalised as (mel - mean) / std * sigma_data
+    mel_std: float = 2.5
+    teacher_steps: int = 40  # N for the teacher's Euler/Heun sampler
+    distill_steps: int = 18  # N Karras intervals used in distillation
+    ema_rate: float = 0.999  # target = EMA of the student with this rate per step
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sigma_min < self.sigma_max:
+            raise ConfigError("edm: need 0 < sigma_min < sigma_max")
+        if self.rho <= 0 or self.sigma_data <= 0 or self.mel_std <= 0:
+            raise ConfigError("edm: rho, sigma_data and mel_std must be positive")
+        if self.teacher_steps < 1 or self.distill_steps < 1:
+            raise ConfigError("edm: teacher_steps and distill_steps must be >= 1")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise ConfigError("edm: ema_rate must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training loop for every stage (teacher, distill, finetune)."""
+
+    seed: int = 0
+    batch_size: int = 16  # segments per step (per process under DDP)
+    segment_frames: int = 128  # frames per training segment
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm (0 disables)
+    max_steps: int = 20000
+    warmup_steps: int = 200  # linear LR warm-up from lr / warmup_steps to lr
+    lr_schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at max_steps)
+    log_every: int = 50  # steps between stats.jsonl / TensorBoard rows
+    valid_every: int = 1000  # steps between validations
+    ckpt_every: int = 1000  # steps between checkpoints
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 0  # DataLoader workers
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.segment_frames < 1 or self.max_steps < 0:
+            raise ConfigError("train: batch_size and segment_frames must be >= 1, max_steps >= 0")
+        if self.lr <= 0:
+            raise ConfigError("train: lr must be positive")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
+            raise ConfigError("train: warmup_steps, grad_clip and num_workers must be >= 0")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError("train: lr_schedule must be 'constant' or 'cosine'")
+        for name in ("log_every", "valid_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train: {name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Cached per-utterance training features (``training.features.prepare_features``)."""
+
+    extractors: tuple[str, ...] = ("mel", "f0", "loudness")  # names in training.features
+    f0_source: str = "extract"  # "extract": cfg.f0 backend; "corpus": ground-truth F0 if present
+    silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
+
+    def __post_init__(self) -> None:
+        if self.f0_source not in ("extract", "corpus"):
+            raise ConfigError("features: f0_source must be 'extract' or 'corpus'")
+        if not self.extractors or len(set(self.extractors)) != len(self.extractors):
+            raise ConfigError("features: extractors must be a non-empty list without repeats")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one section per component."""
 
     audio: AudioConfig = field(default_factory=AudioConfig)
     f0: F0Config = field(default_factory=F0Config)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    edm: EDMConfig = field(default_factory=EDMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def to_json(self) -> str:
         """The config as pretty JSON (for run directories and checkpoints)."""

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.f0 import format_f0_table, read_manifest, run_f0_bench, score_f0, synthetic_singing
+from bench.f0 import format_f0_table, run_f0_bench, score_f0, synthetic_singing
 from models.f0 import F0Track
+from training.corpus import CorpusError, load_corpus, select
 
 KEYS = {"rpa", "rca", "vde", "rpa_raw", "vde_raw", "rtf", "seconds", "frames"}
 
@@ -46,7 +47,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_keys_and_numbers(corpus: Path) -> None:
     results = run_f0_bench(corpus, backends=("harvest", "dio", "crepe-tiny"), progress=False)
     assert list(results) == ["harvest", "dio", "crepe-tiny"]
-    frames = sum(len(np.load(corpus / r["f0"])) for r in read_manifest(corpus, "test"))
+    frames = sum(len(np.load(u.f0_path)) for u in select(load_corpus(corpus), split="test"))
     for name, r in results.items():
         assert set(r) == KEYS, name
         assert all(isinstance(v, float) for v in r.values())
@@ -67,15 +68,20 @@ def test_bench_split_and_cap(corpus: Path) -> None:
     assert train["dio"]["seconds"] == pytest.approx(0.8, abs=1e-3)
     capped = run_f0_bench(corpus, backends=["dio"], max_utterances=1, progress=False)
     assert capped["dio"]["seconds"] == pytest.approx(1.0, abs=1e-3)
-    with pytest.raises(ValueError, match="no utterances"):
+    with pytest.raises(CorpusError, match="no 'valid' utterances"):
         run_f0_bench(corpus, backends=["dio"], split="valid", progress=False)
     with pytest.raises(ValueError, match="known"):
         run_f0_bench(corpus, backends=["yin"], progress=False)
 
 
-def test_bench_missing_manifest(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        run_f0_bench(tmp_path, backends=["dio"], progress=False)
+def test_bench_corpus_without_f0(tmp_path: Path) -> None:
+    with pytest.raises(CorpusError):
+        run_f0_bench(tmp_path / "missing", backends=["dio"], progress=False)
+    user = tmp_path / "dataset" / "alice"
+    user.mkdir(parents=True)
+    sf.write(user / "take1.wav", synthetic_singing(0.5)[0], 24000)
+    with pytest.raises(CorpusError, match="exact F0"):
+        run_f0_bench(tmp_path / "dataset", backends=["dio"], progress=False)
 
 
 def test_score_f0() -> None:

@@ -71,6 +71,14 @@ def _cmd_prep_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prep_features(args: argparse.Namespace) -> int:
+    from training.features import prepare_features
+
+    index = prepare_features(args.data_dir, args.feat_dir, _load_config(args), force=args.force)
+    print(index.summary())
+    return 0
+
+
 def _cmd_bench_f0(args: argparse.Namespace) -> int:
     import json
 
@@ -104,7 +112,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every command and option)."""
-    from models.config import CorpusConfig, F0Config
+    from models.config import CorpusConfig, F0Config, FeaturesConfig
 
     parser = argparse.ArgumentParser(
         prog="comostream",
@@ -130,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, default=None, help="audio file instead of the example")
     p.set_defaults(handler=_cmd_demo)
 
-    prep = sub.add_parser("prep", help="prepare data: the synthetic singing corpus")
+    prep = sub.add_parser("prep", help="prepare data: the synthetic corpus, training features")
     prep_sub = prep.add_subparsers(dest="prep_command", metavar="WHAT", required=True)
     p = prep_sub.add_parser(
         "synth", parents=[common],
@@ -145,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p, "corpus", CorpusConfig, ["singers", "minutes", "seed"])
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.set_defaults(handler=_cmd_prep_synth)
+    p = prep_sub.add_parser(
+        "features", parents=[common],
+        help="cache mel, F0 and loudness of every utterance of a corpus for training",
+        description=(
+            "Compute frame-aligned features of every utterance of DATA_DIR (a synthetic corpus "
+            "or DATA_DIR/<singer>/*.wav) into FEAT_DIR/<singer>/<utt>.npz plus index.jsonl and "
+            "features.json. Unreadable or silent files are skipped and listed in skipped.jsonl; "
+            "utterances already done are skipped unless --force."
+        ),
+    )
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("feat_dir", type=Path, metavar="FEAT_DIR")
+    p.add_argument("--force", action="store_true", help="recompute every utterance")
+    _config_options(p, "f0", F0Config, ["backend"])
+    _config_options(p, "features", FeaturesConfig, ["f0_source"])
+    p.set_defaults(handler=_cmd_prep_features)
 
     bench = sub.add_parser("bench", help="benchmarks: F0 backends")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
@@ -197,10 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input problem: printed plainly, no traceback."""
     from models.audio import AudioError
+    from models.checkpoint_io import CheckpointError
     from training.corpus import CorpusError
+    from training.feature_index import FeatureError
     from training.voices import ToolMissingError
 
-    return (AudioError, CorpusError, ToolMissingError, FileNotFoundError)
+    return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
+            FileNotFoundError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ class EDMConfig:
     teacher_steps: int = 40  # N for the teacher's Euler/Heun sampler
     distill_steps: int = 18  # N Karras intervals used in distillation
     ema_rate: float = 0.999  # target = EMA of the student with this rate per step
+    p_mean: float = -1.2  # teacher training: ln(sigma) ~ N(p_mean, p_std^2) (EDM Table 1)
+    p_std: float = 1.2
+    distill_distance: str = "l2"  # consistency distillation distance: l2 | pseudo_huber
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sigma_min < self.sigma_max:
@@ -164,6 +167,10 @@ class EDMConfig:
             raise ConfigError("edm: teacher_steps and distill_steps must be >= 1")
         if not 0.0 <= self.ema_rate < 1.0:
             raise ConfigError("edm: ema_rate must be in [0, 1)")
+        if self.p_std <= 0:
+            raise ConfigError("edm: p_std must be positive")
+        if self.distill_distance not in ("l2", "pseudo_huber"):
+            raise ConfigError("edm: distill_distance must be 'l2' or 'pseudo_huber'")
 
 
 @dataclass(frozen=True)

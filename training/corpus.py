@@ -54,7 +54,7 @@ class Utterance:
     text: str
     melody: str | None
     line: int | None
-    seconds: float  # duration in seconds
+    seconds: float  # duration in seconds (0.0 if the header is unreadable)
 
 
 def split_for_name(name: str, valid_percent: int = 10, test_percent: int = 10) -> str:
@@ -77,6 +77,15 @@ def _field(obj: dict[str, Any], key: str, types: tuple[type, ...], where: str, d
         names = "/".join(t.__name__ for t in types)
         raise CorpusError(f"{where}: key '{key}' must be {names}, got {value!r}")
     return value
+
+
+def _duration(path: Path) -> float:
+    """Duration in seconds from the file header; 0.0 if unreadable (whoever reads the audio
+    reports the problem, so one corrupt file does not stop a whole corpus from loading)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return 0.0
 
 
 def _read_manifest(root: Path, manifest: Path) -> list[Utterance]:
@@ -110,7 +119,7 @@ def _read_manifest(root: Path, manifest: Path) -> list[Utterance]:
                     text=_field(obj, "text", (str,), where, ""),
                     melody=_field(obj, "melody", (str,), where, None),
                     line=_field(obj, "line", (int,), where, None),
-                    seconds=float(seconds) if seconds is not None else sf.info(str(path)).duration,
+                    seconds=float(seconds) if seconds is not None else _duration(path),
                 )
             )
     if not utts:
@@ -137,7 +146,7 @@ def _scan(root: Path) -> list[Utterance]:
                     text="",
                     melody=None,
                     line=None,
-                    seconds=float(sf.info(str(path)).duration),
+                    seconds=_duration(path),
                 )
             )
     if not utts:

@@ -1,0 +1,258 @@
+"""Streaming-native building blocks: one causal computation, two schedules.
+
+Every layer is internally CAUSAL. A layer with lookahead ``L`` is a causal layer whose output is
+*interpreted* as delayed by ``L`` frames; paths around it get a matching :class:`Delay`, and
+conditions fed deeper are delayed by the cumulative delay there. A whole stack is then a causal
+system with total delay ``D`` (the sum of the lookaheads along it), and
+
+* one-shot:  ``forward(x) = causal(x right-padded with D zero frames)[..., D:]`` (aligned);
+* streaming: ``y, state = step(x_chunk, state)`` runs the same causal ops chunk by chunk, the past
+  held in preallocated history buffers (``(k - 1) * dilation`` frames per conv, ``L`` per delay);
+  ``flush(state)`` feeds the ``D`` zero frames. Concatenating every ``step`` output and the
+  ``flush`` output, then dropping the first ``D`` frames, equals the one-shot output.
+
+Stateful primitives implement ``run(x, state)`` where ``state`` is their own state dict, or
+``None`` for a fresh run over a whole sequence (zero past, no buffers touched). Composite modules
+write their computation once, in terms of ``run`` calls on children with :func:`child` states, so
+both schedules execute literally the same code.
+
+A state is a nested ``dict`` of tensors (``StreamState``) whose tensors are allocated once by
+``init_state`` and then only updated in place (``copy_``), so shapes and storage never change:
+``step`` can be captured in a CUDA graph. ``step`` is meant to run under ``torch.inference_mode()``
+or ``no_grad``; histories are stored detached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Streaming",
+    "StreamState",
+    "CausalConv1d",
+    "Delay",
+    "FrameLinear",
+    "child",
+    "init_tree",
+    "state_tensors",
+    "pad_future",
+]
+
+StreamState = dict[str, Any]  # nested dicts whose leaves are preallocated tensors
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """What every streaming-native module declares (its ``step``/``flush`` take its own inputs).
+
+    ``lookahead_frames``: future frames it needs (its delay); ``left_frames``: past frames its
+    output reaches. A chain's algorithmic delay is the sum of its modules' ``lookahead_frames``.
+    """
+
+    lookahead_frames: int
+    left_frames: int
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StreamState: ...
+
+
+def child(state: StreamState | None, name: str) -> StreamState | None:
+    """The sub-state of child ``name`` (``None`` stays ``None``: a fresh one-shot run).
+
+    A stateless child (zero history) has no entry; it gets ``{}``.
+    """
+    return None if state is None else state.get(name, {})
+
+
+def init_tree(
+    module: nn.Module,
+    batch: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> StreamState:
+    """Fresh state of ``module``: its own if it is a primitive, else its children's, by name.
+
+    ``device``/``dtype`` default to those of the module's first parameter.
+    """
+    ref = next(module.parameters(), None)
+    if ref is not None:
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+    if isinstance(module, (CausalConv1d, Delay)):
+        return module.init_state(batch, device, dtype)
+    out: StreamState = {}
+    for name, sub in module.named_children():
+        sub_state = init_tree(sub, batch, device, dtype)
+        if sub_state:
+            out[name] = sub_state
+    return out
+
+
+def state_tensors(state: StreamState, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Every tensor of a (nested) state as ``(dotted.name, tensor)``, in a stable order."""
+    for key in sorted(state):
+        value = state[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, Tensor):
+            yield name, value
+        else:
+            yield from state_tensors(value, name + ".")
+
+
+def pad_future(x: Tensor, frames: int) -> Tensor:
+    """``x (..., T)`` with ``frames`` zero frames appended (the one-shot stand-in for flush)."""
+    return F.pad(x, (0, frames)) if frames else x
+
+
+def _run_history(x: Tensor, state: StreamState | None, frames: int) -> Tensor:
+    """``x (B, C, k)`` with ``frames`` past frames prepended: zeros, or the stored history.
+
+    With a state, the history buffer is updated in place to the last ``frames`` frames.
+    """
+    if frames == 0:
+        return x
+    if state is None:
+        return F.pad(x, (frames, 0))
+    hist: Tensor = state["history"]
+    xp = torch.cat([hist, x], dim=-1)
+    hist.copy_(xp[..., xp.shape[-1] - frames :].detach())
+    return xp
+
+
+class CausalConv1d(nn.Module):
+    """Causal dilated conv ``(B, C_in, T) -> (B, C_out, T)`` with a declared lookahead.
+
+    Causally, output frame ``t`` sees inputs ``t - (k-1)*dilation .. t``. With lookahead ``L``
+    that output is read as frame ``t - L``, so one-shot frame ``t`` sees
+    ``t - left_frames .. t + lookahead_frames`` with ``left_frames = (k-1)*dilation - L``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        lookahead_frames: int = 0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        span = (kernel_size - 1) * dilation
+        if kernel_size < 1 or dilation < 1:
+            raise ValueError("kernel_size and dilation must be >= 1")
+        if not 0 <= lookahead_frames <= span:
+            raise ValueError(f"lookahead_frames must be in [0, {span}], got {lookahead_frames}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        self.history_frames = span  # frames of past input kept in the streaming state
+        self.lookahead_frames = lookahead_frames
+        self.left_frames = span - lookahead_frames
+        # parameters in nn.Conv1d layout (C_out, C_in, k) and init; the computation is in run()
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StreamState:
+        """``{"history": zeros (B, C_in, (k-1)*dilation)}`` (the zero past), ``{}`` if k = 1."""
+        if self.history_frames == 0:
+            return {}
+        device = self.conv.weight.device if device is None else device
+        dtype = self.conv.weight.dtype if dtype is None else dtype
+        hist = torch.zeros(batch, self.in_channels, self.history_frames, device=device, dtype=dtype)
+        return {"history": hist}
+
+    def run(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        """Causal output ``(B, C_out, k)`` of ``x (B, C_in, k)`` (delayed by the lookahead).
+
+        Computed as one matmul over the gathered taps, channels-last (see :class:`FrameLinear`):
+        on CPU this is many times faster than ``conv1d`` for a few frames with dilation.
+        """
+        frames = x.shape[-1]
+        if frames == 0:
+            return x.new_zeros(x.shape[0], self.out_channels, 0)
+        xp = _run_history(x, state, self.history_frames)  # (B, C_in, span + k)
+        taps = xp.unfold(2, self.history_frames + 1, 1)[..., :: self.dilation]  # (B, C, k, K)
+        taps = taps.permute(0, 2, 1, 3).reshape(x.shape[0], frames, -1)  # (B, k, C_in * K)
+        weight = self.conv.weight.view(self.out_channels, -1)
+        return F.linear(taps, weight, self.conv.bias).transpose(1, 2)
+
+    def step(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+        """One streaming chunk: ``x (B, C_in, k) -> y (B, C_out, k)``, ``lookahead`` frames late."""
+        return self.run(x, state), state
+
+    def flush(self, state: StreamState, batch: int) -> Tensor:
+        """The last ``lookahead_frames`` output frames ``(B, C_out, L)`` (feeds zero frames)."""
+        w = self.conv.weight
+        return self.run(w.new_zeros(batch, self.in_channels, self.lookahead_frames), state)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One-shot, aligned: ``(B, C_in, T) -> (B, C_out, T)``."""
+        lookahead = self.lookahead_frames
+        return self.run(pad_future(x, lookahead))[..., lookahead:]
+
+
+class FrameLinear(nn.Linear):
+    """Frame-wise linear map (a 1x1 conv): ``(B, C_in, T) -> (B, C_out, T)``, stateless.
+
+    Computed channels-last, ``linear(x^T)^T``: BLAS is fast for few rows, slow for few columns,
+    so for streaming chunks of a few frames this beats ``conv1d`` several times over. The result
+    is a transposed view (channels-last memory); chains of these stay copy-free.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.transpose(1, 2), self.weight, self.bias).transpose(1, 2)
+
+
+class Delay(nn.Module):
+    """Causal delay by ``frames``: ``y[t] = x[t - frames]`` (zeros before the start).
+
+    Placed on paths around a lookahead layer so every branch carries the same delay.
+    """
+
+    def __init__(self, channels: int, frames: int) -> None:
+        super().__init__()
+        if frames < 0:
+            raise ValueError("frames must be >= 0")
+        self.channels = channels
+        self.frames = frames
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StreamState:
+        """``{"history": zeros (B, C, frames)}``, or ``{}`` for a zero delay."""
+        if self.frames == 0:
+            return {}
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        hist = torch.zeros(batch, self.channels, self.frames, device=device, dtype=dtype)
+        return {"history": hist}
+
+    def run(self, x: Tensor, state: StreamState | None = None) -> Tensor:
+        """``x (B, C, k)`` delayed by ``frames``: ``(B, C, k)``."""
+        if self.frames == 0:
+            return x
+        return _run_history(x, state, self.frames)[..., : x.shape[-1]]
+
+    def step(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+        """One streaming chunk ``(B, C, k) -> (B, C, k)``, ``frames`` late."""
+        return self.run(x, state), state
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Causal (one-shot) delay of a whole sequence ``(B, C, T) -> (B, C, T)``."""
+        return self.run(x)

@@ -1,0 +1,231 @@
+"""Cached per-utterance training features (``comostream prep features DATA_DIR FEAT_DIR``).
+
+For every utterance of ``load_corpus(DATA_DIR)`` the extractors named in ``cfg.features``
+compute frame-aligned arrays (last axis = T = samples // hop + 1 at the model rate):
+
+* ``mel``: (n_mels, T) float32, natural-log mel magnitude (:func:`models.mel.mel_spectrogram`);
+* ``f0``: (T,) float32 Hz, 0 = unvoiced, and ``voiced``: (T,) bool. ``f0_source = "extract"``
+  (the default: users' data has no ground truth) runs the ``cfg.f0`` backend and
+  post-processing; ``"corpus"`` uses the corpus's ground-truth F0 file where there is one (the
+  synthetic corpus) and extracts otherwise;
+* ``loudness``: (T,) float32 dB (:func:`models.loudness.loudness`).
+
+Layout: ``FEAT_DIR/<singer>/<utt>.npz`` (one named array per key, so a later extractor such as
+``content`` (C, T) adds a key), ``FEAT_DIR/index.jsonl`` (``utt``, ``singer``, ``split``,
+``frames``, ``path`` relative to FEAT_DIR), ``FEAT_DIR/features.json`` (format, settings used,
+sorted ``singers`` = speaker ids, array descriptions) and ``FEAT_DIR/skipped.jsonl`` (files that
+were unreadable or silent, with the reason). Re-running skips utterances already done unless
+``force``; a directory made with other settings is refused instead of being mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from models.audio import AudioError, load_audio
+from models.config import Config, config_to_dict
+from models.f0 import extract_f0
+from models.f0_post import postprocess
+from models.loudness import loudness
+from models.mel import mel_spectrogram
+from training.corpus import Utterance, load_corpus
+from training.feature_index import (
+    FEATURES_FORMAT,
+    FeatureEntry,
+    FeatureError,
+    FeatureIndex,
+    Skipped,
+    read_jsonl,
+    write_text_atomic,
+)
+
+__all__ = ["EXTRACTORS", "Extractor", "UnusableUtterance", "prepare_features"]
+
+
+class UnusableUtterance(ValueError):
+    """An utterance's data cannot be used (the run skips it and lists the reason)."""
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A named feature: ``fn(audio (samples,) at the model rate, utt, cfg) -> {name: array}``.
+
+    ``arrays`` describes each array it returns (shape, dtype, unit) for ``features.json``.
+    """
+
+    fn: Callable[[np.ndarray, Utterance, Config], dict[str, np.ndarray]]
+    arrays: Mapping[str, str]
+
+
+def _mel(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    return {"mel": mel_spectrogram(audio, cfg.audio).astype(np.float32)}
+
+
+def _loudness(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    return {"loudness": np.asarray(loudness(audio, cfg.audio), dtype=np.float32)}
+
+
+def _f0(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    frames = audio.shape[0] // cfg.audio.hop_length + 1
+    if cfg.features.f0_source == "corpus" and utt.f0_path is not None:
+        try:
+            f0 = np.load(utt.f0_path).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise UnusableUtterance(f"ground-truth F0 {utt.f0_path} unreadable ({exc})") from None
+        if f0.shape != (frames,) or not np.all(np.isfinite(f0)) or np.any(f0 < 0):
+            raise UnusableUtterance(
+                f"ground-truth F0 {utt.f0_path}: shape {f0.shape} or values do not fit "
+                f"{frames} frames of Hz >= 0"
+            )
+        return {"f0": f0, "voiced": f0 > 0}
+    track = postprocess(extract_f0(audio, cfg.audio.sample_rate, cfg.f0), cfg.f0)
+    voiced = np.asarray(track.voiced, dtype=bool)
+    return {"f0": np.where(voiced, track.f0_hz, 0.0).astype(np.float32), "voiced": voiced}
+
+
+EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
+    {
+        "mel": Extractor(_mel, {"mel": "(n_mels, T) float32 natural-log mel magnitude"}),
+        "f0": Extractor(
+            _f0, {"f0": "(T,) float32 Hz, 0 = unvoiced", "voiced": "(T,) bool voiced flag"}
+        ),
+        "loudness": Extractor(_loudness, {"loudness": "(T,) float32 A-weighted dB"}),
+    }
+)
+
+
+def _settings(cfg: Config) -> dict[str, Any]:
+    """The config sections the cached features depend on."""
+    d = config_to_dict(cfg)
+    return json.loads(json.dumps({k: d[k] for k in ("audio", "f0", "features")}))
+
+
+def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        keys += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return keys
+
+
+def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Atomically write ``arrays`` to ``path`` (uncompressed .npz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _extract(utt: Utterance, cfg: Config, extractors: Mapping[str, Extractor]) -> dict:
+    """All arrays of one utterance; raises AudioError/UnusableUtterance for unusable data."""
+    audio = load_audio(utt.path, cfg.audio.sample_rate)
+    rms_db = 10.0 * np.log10(max(float(np.mean(np.square(audio, dtype=np.float64))), 1e-30))
+    if rms_db < cfg.features.silence_dbfs:
+        raise UnusableUtterance(
+            f"{utt.path}: silent (RMS {rms_db:.1f} dBFS < {cfg.features.silence_dbfs:g} dBFS)"
+        )
+    frames = audio.shape[0] // cfg.audio.hop_length + 1
+    arrays: dict[str, np.ndarray] = {}
+    for name in cfg.features.extractors:
+        for key, value in extractors[name].fn(audio, utt, cfg).items():
+            if value.shape[-1] != frames:
+                raise FeatureError(
+                    f"extractor {name!r} returned {key} with {value.shape[-1]} frames for "
+                    f"{utt.path}, expected {frames} (samples // hop + 1): frames are misaligned"
+                )
+            arrays[key] = value
+    return arrays
+
+
+def prepare_features(
+    data_dir: Path,
+    feat_dir: Path,
+    cfg: Config,
+    progress: bool = True,
+    force: bool = False,
+    extractors: Mapping[str, Extractor] = EXTRACTORS,
+) -> FeatureIndex:
+    """Compute (or reuse) the features of every utterance under ``data_dir`` into ``feat_dir``.
+
+    Unreadable or silent files are skipped and listed (``index.skipped``, ``skipped.jsonl``).
+    Raises CorpusError for a missing/malformed corpus, FeatureError for an unknown extractor
+    name or a ``feat_dir`` prepared with other settings (unless ``force``).
+    """
+    data_dir, feat_dir = Path(data_dir), Path(feat_dir)
+    unknown = [n for n in cfg.features.extractors if n not in extractors]
+    if unknown:
+        raise FeatureError(
+            f"unknown feature extractor(s) {unknown}; known: {', '.join(sorted(extractors))}"
+        )
+    utts = load_corpus(data_dir)
+    settings = _settings(cfg)
+    meta_path = feat_dir / "features.json"
+    previous: dict[str, FeatureEntry] = {}
+    if meta_path.is_file() and not force:
+        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        diff = _changed(old.get("settings", {}), settings)
+        if diff or old.get("format") != FEATURES_FORMAT:
+            raise FeatureError(
+                f"{feat_dir} holds features made with other settings ({', '.join(diff) or 'format'}"
+                "); use --force to recompute them, or another directory"
+            )
+        if (feat_dir / "index.jsonl").is_file():
+            previous = {e.utt: e for e in map(FeatureEntry.from_dict,
+                                               read_jsonl(feat_dir / "index.jsonl"))}  # fmt: skip
+    singers = sorted({u.singer for u in utts})
+    arrays_doc = {k: v for n in cfg.features.extractors for k, v in extractors[n].arrays.items()}
+    meta = {"format": FEATURES_FORMAT, "settings": settings, "singers": singers,
+            "arrays": arrays_doc, "source": str(data_dir)}  # fmt: skip
+    feat_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")  # settings first: see above
+    entries: list[FeatureEntry] = []
+    skipped: list[Skipped] = []
+    seen: set[str] = set()
+    computed = reused = 0
+    for utt in tqdm(utts, desc="features", unit="utt", file=sys.stderr, disable=not progress):
+        uid, rel = f"{utt.singer}/{utt.path.stem}", f"{utt.singer}/{utt.path.stem}.npz"
+        if uid in seen:
+            skipped.append(Skipped(str(utt.path), utt.singer, f"duplicate utterance id {uid}"))
+            continue
+        seen.add(uid)
+        out = feat_dir / rel
+        if out.is_file() and not force:
+            frames = previous[uid].frames if uid in previous else _frames_of(out)
+            reused += 1
+        else:
+            try:
+                arrays = _extract(utt, cfg, extractors)
+            except (AudioError, UnusableUtterance) as exc:
+                skipped.append(Skipped(str(utt.path), utt.singer, str(exc)))
+                continue
+            _save_npz(out, arrays)
+            frames = int(arrays[next(iter(arrays))].shape[-1])
+            computed += 1
+        entries.append(FeatureEntry(uid, utt.singer, utt.split, frames, rel))
+    index = FeatureIndex(feat_dir, singers, entries, skipped, computed, reused)
+    index.write()
+    meta.update(utterances=len(entries), frames=sum(e.frames for e in entries),
+                skipped=len(skipped))  # fmt: skip
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    return index
+
+
+def _frames_of(path: Path) -> int:
+    with np.load(path) as data:
+        return int(data[data.files[0]].shape[-1])

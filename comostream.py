@@ -102,6 +102,46 @@ def _cmd_bench_f0(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_options(args: argparse.Namespace) -> Any:
+    from training.acoustic import RunOptions
+
+    return RunOptions(data=args.data, out=args.out, resume=args.resume, dry_run=args.dry_run)
+
+
+def _cmd_train_teacher(args: argparse.Namespace) -> int:
+    from training.acoustic import train_teacher
+
+    state = train_teacher(_load_config(args), _run_options(args))
+    print(f"teacher: {state.step} steps; checkpoints in {args.out}/ (last.pt)")
+    return 0
+
+
+def _cmd_train_distill(args: argparse.Namespace) -> int:
+    from training.acoustic import train_distill
+
+    state = train_distill(_load_config(args), args.teacher, _run_options(args))
+    print(f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
+          f"export with `comostream export {args.out}/last.pt -o MODEL.ckpt`")  # fmt: skip
+    return 0
+
+
+def _cmd_train_finetune(args: argparse.Namespace) -> int:
+    from training.acoustic import train_finetune
+
+    state = train_finetune(_load_config(args), args.init, args.speaker, _run_options(args))
+    print(f"finetune: {state.step} steps; singer {args.speaker!r} added; "
+          f"checkpoints in {args.out}/ (last.pt)")  # fmt: skip
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.acoustic import export_model
+
+    path = export_model(args.checkpoint, args.output)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model only)")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_load_config(args).to_json())
     return 0
@@ -192,11 +232,59 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p, "f0", F0Config, ["fmin", "fmax", "voicing_threshold"])
     p.set_defaults(handler=_cmd_bench_f0)
 
+    _add_train_commands(sub, common)
+    p = sub.add_parser(
+        "export", help="write the inference file of a distilled model (target only)",
+        description=(
+            "Keep only what inference runs: the conditioner, the EMA target denoiser, the "
+            "singer table and the config (no student, teacher or optimiser state)."
+        ),
+    )
+    p.add_argument("checkpoint", type=Path, metavar="CKPT",
+                   help="a distill or finetune training checkpoint (RUN_DIR/last.pt)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
+    p.set_defaults(handler=_cmd_export)
+
     p = sub.add_parser(
         "config", parents=[common], help="print the resolved configuration as JSON"
     )
     p.set_defaults(handler=_cmd_config)
     return parser
+
+
+def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``comostream train teacher|distill|finetune``: one loop, options from [train]."""
+    from models.config import TrainConfig
+
+    train = sub.add_parser("train", help="train the acoustic model: teacher, distill, finetune")
+    train_sub = train.add_subparsers(dest="train_command", metavar="STAGE", required=True)
+    stages = {
+        "teacher": ("the EDM diffusion teacher (conditioner + denoiser)", _cmd_train_teacher),
+        "distill": ("consistency distillation of a teacher: student + EMA target",
+                    _cmd_train_distill),
+        "finetune": ("add a singer to a distilled model and learn its embedding",
+                     _cmd_train_finetune),
+    }  # fmt: skip
+    for name, (text, handler) in stages.items():
+        p = train_sub.add_parser(name, parents=[common], help=text, description=(
+            f"Train {text}. Works under torchrun (DDP) too; writes config.json, stats.jsonl, "
+            "TensorBoard scalars and checkpoints (ckpt_STEP.pt, last.pt) to --out."))  # fmt: skip
+        p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
+                       help="features from `comostream prep features`")
+        p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+        p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                       help="continue a run exactly from its checkpoint")
+        p.add_argument("--dry-run", action="store_true",
+                       help="one step, one validation, one checkpoint, then stop")
+        _config_options(p, "train", TrainConfig, ["max_steps", "batch_size", "lr", "seed"])
+        p.set_defaults(handler=handler)
+        if name == "distill":
+            p.add_argument("--teacher", type=Path, required=True, metavar="TEACHER_CKPT")
+        if name == "finetune":
+            p.add_argument("--init", type=Path, required=True, metavar="CKPT",
+                           help="a distill (or finetune) checkpoint")
+            p.add_argument("--speaker", required=True, metavar="NAME",
+                           help="the new singer (a singer of FEAT_DIR)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,12 +310,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input problem: printed plainly, no traceback."""
     from models.audio import AudioError
     from models.checkpoint_io import CheckpointError
+    from models.conditioner import UnknownSpeakerError
     from training.corpus import CorpusError
     from training.feature_index import FeatureError
     from training.voices import ToolMissingError
 
     return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
-            FileNotFoundError)  # fmt: skip
+            UnknownSpeakerError, FileNotFoundError)  # fmt: skip
 
 
 if __name__ == "__main__":

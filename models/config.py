@@ -25,6 +25,7 @@ __all__ = [
     "EDMConfig",
     "TrainConfig",
     "FeaturesConfig",
+    "ContentConfig",
     "Config",
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
@@ -122,7 +123,7 @@ class ModelConfig:
     ``configs/large.toml`` (GPUs).
     """
 
-    content_dim: int = 256  # channels of the content features fed to the conditioner
+    content_dim: int = 256  # content feature channels into the conditioner (0: none)
     speaker_dim: int = 64  # singer embedding size
     cond_channels: int = 128  # per-frame condition channels out of the conditioner
     channels: int = 128  # residual channels of the backbone
@@ -132,9 +133,11 @@ class ModelConfig:
     lookahead_frames: int = 2  # future frames the whole stack may see (streaming delay)
 
     def __post_init__(self) -> None:
-        for name in ("content_dim", "speaker_dim", "cond_channels", "channels", "layers"):
+        for name in ("speaker_dim", "cond_channels", "channels", "layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model: {name} must be >= 1")
+        if self.content_dim < 0:
+            raise ConfigError("model: content_dim must be >= 0 (0: no content input)")
         if self.kernel_size < 1 or self.dilation_cycle < 1:
             raise ConfigError("model: kernel_size and dilation_cycle must be >= 1")
         if self.lookahead_frames < 0:
@@ -213,12 +216,69 @@ class FeaturesConfig:
     extractors: tuple[str, ...] = ("mel", "f0", "loudness")  # names in training.features
     f0_source: str = "extract"  # "extract": cfg.f0 backend; "corpus": ground-truth F0 if present
     silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
+    content_checkpoint: str = ""  # "content" extractor: a `train content` checkpoint ("" = none)
 
     def __post_init__(self) -> None:
         if self.f0_source not in ("extract", "corpus"):
             raise ConfigError("features: f0_source must be 'extract' or 'corpus'")
         if not self.extractors or len(set(self.extractors)) != len(self.extractors):
             raise ConfigError("features: extractors must be a non-empty list without repeats")
+
+
+@dataclass(frozen=True)
+class ContentConfig:
+    """The built-in streaming content encoder and its training (``comostream train content``).
+
+    Training: the encoder sees a WORLD-perturbed copy of each utterance (pitch shift, formant
+    warp, random EQ, breathiness, level); a small decoder conditioned on the ORIGINAL F0,
+    loudness and singer must rebuild the original mel; a frame-wise singer classifier is trained
+    through gradient reversal on the content frames.
+    """
+
+    channels: int = 128  # residual channels of the encoder
+    layers: int = 6  # residual layers
+    kernel_size: int = 3  # frames
+    dilation_cycle: int = 3  # dilations 1, 2, 4, ... 2**(cycle-1), repeated
+    lookahead_frames: int = 2  # future frames the encoder sees (its streaming delay)
+    content_dim: int = 48  # bottleneck channels (the content features' size)
+    l2_normalize: bool = True  # content frames scaled to unit RMS (norm sqrt(content_dim))
+    mel_mean: float = -5.0  # input normalisation: (log-mel - mean) / std (fixed, streamable)
+    mel_std: float = 2.5
+    train_singers: int = 0  # train on the first N singers of the corpus (0 = all)
+    perturbations: int = 4  # WORLD-perturbed versions cached per training utterance
+    pitch_shift_min: float = 3.0  # semitones: |shift| drawn from [min, max], random sign
+    pitch_shift_max: float = 7.0
+    formant_alpha_min: float = 0.02  # all-pass envelope warp: |alpha| in [min, max], random sign
+    formant_alpha_max: float = 0.12
+    eq_bands: int = 3  # random peaking bands (1 octave wide, centres 150 Hz - 8 kHz)
+    eq_db: float = 6.0  # dB: band gains drawn from [-eq_db, eq_db]
+    breathiness_max: float = 0.3  # aperiodicity added above ~1 kHz, drawn from [0, max]
+    gain_db: float = 6.0  # dB: level change drawn from [-gain_db, gain_db] per segment
+    decoder_channels: int = 128  # training-only decoder (non-causal conv stack)
+    decoder_layers: int = 6
+    speaker_dim: int = 32  # decoder singer embedding size
+    adversary_weight: float = 0.5  # gradient-reversal scale on the singer classifier's loss
+    adversary_hidden: int = 128  # hidden units of the frame-wise singer classifier
+    active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "layers", "kernel_size", "dilation_cycle", "content_dim",
+                     "perturbations", "decoder_channels", "decoder_layers", "speaker_dim",
+                     "adversary_hidden"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"content: {name} must be >= 1")
+        if self.lookahead_frames < 0 or self.train_singers < 0 or self.eq_bands < 0:
+            raise ConfigError("content: lookahead_frames, train_singers, eq_bands must be >= 0")
+        if self.mel_std <= 0:
+            raise ConfigError("content: mel_std must be positive")
+        if not 0 <= self.pitch_shift_min <= self.pitch_shift_max:
+            raise ConfigError("content: need 0 <= pitch_shift_min <= pitch_shift_max")
+        if not 0 <= self.formant_alpha_min <= self.formant_alpha_max < 0.5:
+            raise ConfigError("content: need 0 <= formant_alpha_min <= formant_alpha_max < 0.5")
+        if min(self.eq_db, self.gain_db, self.adversary_weight) < 0:
+            raise ConfigError("content: eq_db, gain_db and adversary_weight must be >= 0")
+        if not 0 <= self.breathiness_max <= 1:
+            raise ConfigError("content: breathiness_max must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -232,6 +292,7 @@ class Config:
     edm: EDMConfig = field(default_factory=EDMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
 
     def to_json(self) -> str:
         """The config as pretty JSON (for run directories and checkpoints)."""

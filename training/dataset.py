@@ -36,7 +36,7 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
     "loudness": (S,) float32 dB, "speaker": () int64, "mask": (S,) bool}`` (plus any other
     array named in ``arrays``, e.g. ``content`` (C, S)). Speaker ids index the sorted singer
     list of ``features.json`` (``self.singers``). Loaded utterances are cached in memory when
-    ``cache`` (per DataLoader worker).
+    ``cache`` (per DataLoader worker). ``singer``: only that singer's utterances.
     """
 
     def __init__(
@@ -47,14 +47,22 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
         seed: int = 0,
         arrays: Sequence[str] = DEFAULT_ARRAYS,
         cache: bool = True,
+        singer: str | None = None,
     ) -> None:
         if segment_frames < 1:
             raise ValueError("segment_frames must be >= 1")
         index, meta = load_feature_index(feat_dir)
         self.feat_dir, self.split = Path(feat_dir), split
         self.entries = index.split(split)
+        if singer is not None:
+            if singer not in index.singers:
+                raise FeatureError(
+                    f"{feat_dir}: no singer {singer!r} (has {', '.join(index.singers)})"
+                )
+            self.entries = [e for e in self.entries if e.singer == singer]
         if not self.entries:
-            raise FeatureError(f"{feat_dir}: no utterances in split {split!r}")
+            where = f"split {split!r}" + (f" of singer {singer!r}" if singer else "")
+            raise FeatureError(f"{feat_dir}: no utterances in {where}")
         self.singers: list[str] = index.singers
         self.segment_frames, self.seed = segment_frames, seed
         self.arrays, self.cache = tuple(arrays), cache

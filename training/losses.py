@@ -20,6 +20,7 @@ from models.edm import karras_sigmas, sigma_like
 from models.samplers import Denoiser, heun_step
 
 __all__ = [
+    "masked_mean",
     "Distance",
     "consistency_distillation_loss",
     "distance",
@@ -50,17 +51,30 @@ def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of ``x (B, C, T)`` over the frames where ``mask (B, T)`` is true (all if None)."""
+    if mask is None:
+        return x.mean()
+    m = mask.to(x.dtype).unsqueeze(1).expand_as(x)
+    return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
 def edm_loss(
-    denoiser: nn.Module, x0: Tensor, cond: Tensor, sigma: Tensor, noise: Tensor
+    denoiser: nn.Module,
+    x0: Tensor,
+    cond: Tensor,
+    sigma: Tensor,
+    noise: Tensor,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Weighted denoising loss (scalar): ``mean(lambda(s) * (D(x0 + s*noise, s) - x0)^2)``.
 
     ``sigma`` is ``(B,)`` or per frame ``(B, 1, T)`` (see :func:`sample_edm_sigma`);
-    ``denoiser.sigma_data`` gives the weighting.
+    ``denoiser.sigma_data`` gives the weighting; ``mask (B, T)`` selects the real frames.
     """
     s = sigma_like(sigma, x0)
     pred = denoiser(x0 + s * noise, s, cond)
-    return (edm_weight(s, denoiser.sigma_data) * (pred - x0) ** 2).mean()
+    return masked_mean(edm_weight(s, denoiser.sigma_data) * (pred - x0) ** 2, mask)
 
 
 def distillation_sigmas(cfg: EDMConfig, steps: int | None = None) -> Tensor:
@@ -80,13 +94,20 @@ def sample_distill_index(
     return torch.randint(0, steps, (batch,), generator=generator, device=device)
 
 
-def distance(a: Tensor, b: Tensor, kind: Distance = "l2", huber_c: float = 0.03) -> Tensor:
+def distance(
+    a: Tensor, b: Tensor, kind: Distance = "l2", huber_c: float = 0.03, mask: Tensor | None = None
+) -> Tensor:
     """Per-item distance ``(B,)`` over all other axes.
 
     ``"l2"``: mean squared error (CoMoSVC). ``"pseudo_huber"``: ``sqrt(mse + c^2) - c`` (Song &
     Dhariwal 2023, with the norm taken as an RMS so ``c`` is per element, in normalised-mel units).
     """
-    mse = ((a - b) ** 2).flatten(1).mean(dim=1)
+    sq = (a - b) ** 2
+    if mask is None:
+        mse = sq.flatten(1).mean(dim=1)
+    else:  # mean over the real frames ``mask (B, T)`` of each item
+        m = mask.to(sq.dtype).unsqueeze(1).expand_as(sq)
+        mse = (sq * m).flatten(1).sum(dim=1) / m.flatten(1).sum(dim=1).clamp(min=1.0)
     if kind == "l2":
         return mse
     if kind == "pseudo_huber":
@@ -105,6 +126,7 @@ def consistency_distillation_loss(
     noise: Tensor,
     kind: Distance = "l2",
     huber_c: float = 0.03,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Consistency distillation loss (scalar), Song et al. 2023, Algorithm 2.
 
@@ -121,7 +143,7 @@ def consistency_distillation_loss(
         x_n = heun_step(teacher, x_next, s_next, s_n, cond)
         y_target = target(x_n, s_n, cond)
     y = student(x_next, s_next, cond)
-    return distance(y, y_target, kind, huber_c).mean()
+    return distance(y, y_target, kind, huber_c, mask).mean()
 
 
 @torch.no_grad()

@@ -1,0 +1,144 @@
+"""The acoustic model as inference sees it: conditioner + one-step consistency target.
+
+Training (``training/acoustic.py``) builds the same pieces with :func:`build_conditioner` and
+:func:`build_denoiser`; an *inference export* (kind ``"inference"``) holds only the conditioner,
+the EMA target denoiser, the singer table and the config, and loads with
+:meth:`AcousticModel.from_checkpoint` (``weights_only=True``, strict keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.backbone import Backbone
+from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
+from models.conditioner import Conditioner, SpeakerSpec
+from models.config import Config, ConfigError, config_from_dict
+from models.edm import EDMPrecond, denormalise_mel
+from models.samplers import consistency_onestep
+
+__all__ = [
+    "INFERENCE_KIND",
+    "AcousticModel",
+    "build_conditioner",
+    "build_denoiser",
+    "condition_from_features",
+    "hold_unvoiced",
+]
+
+INFERENCE_KIND = "inference"
+DEFAULT_F0_HZ = 200.0  # Hz: conditioning F0 before the first voiced frame
+
+
+def build_conditioner(cfg: Config, speakers: Sequence[str]) -> Conditioner:
+    """The conditioner for ``speakers`` (table rows in this order)."""
+    return Conditioner(cfg.model, speakers)
+
+
+def build_denoiser(cfg: Config, consistency: bool) -> EDMPrecond:
+    """A denoiser: EDM preconditioning (teacher) or consistency preconditioning (student/target)."""
+    return EDMPrecond(Backbone(cfg.model, n_mels=cfg.audio.n_mels), cfg.edm, consistency)
+
+
+def hold_unvoiced(f0_hz: Tensor, voiced: Tensor, default_hz: float = DEFAULT_F0_HZ) -> Tensor:
+    """Causal gap filling ``(B, T) -> (B, T)`` Hz: unvoiced frames repeat the last voiced F0.
+
+    Causal on purpose: the streaming engine can do exactly the same with one number of state,
+    so conditioning is identical offline and streamed. Frames before any voiced one get
+    ``default_hz``.
+    """
+    v = voiced.to(torch.bool) & (f0_hz > 0)
+    frames = torch.arange(f0_hz.shape[-1], device=f0_hz.device).expand_as(f0_hz)
+    last = torch.where(v, frames, torch.full_like(frames, -1)).cummax(dim=-1).values
+    held = torch.gather(f0_hz, -1, last.clamp(min=0))
+    return torch.where(last >= 0, held, torch.full_like(f0_hz, default_hz))
+
+
+def condition_from_features(
+    conditioner: Conditioner,
+    features: Mapping[str, Tensor],
+    speaker: Tensor | SpeakerSpec | Sequence[SpeakerSpec],
+    transpose_semitones: float = 0.0,
+) -> Tensor:
+    """Per-frame condition ``(B, cond_channels, T)`` from cached/extracted features.
+
+    ``features``: ``f0`` (B, T) Hz (0 = unvoiced), ``voiced`` (B, T), ``loudness`` (B, T) dB and,
+    when the model takes content, ``content`` (B, content_dim, T). Transposition is applied to F0
+    here, before the conditioner.
+    """
+    f0, voiced, loud = features["f0"], features["voiced"], features["loudness"]
+    content_dim = conditioner.input.weight.shape[1] - 3
+    if content_dim > 0:
+        if "content" not in features:
+            raise ValueError(
+                f"the model takes {content_dim} content channels but the features have no "
+                "'content' (prepare features with a content encoder)"
+            )
+        content = features["content"]
+    else:
+        content = f0.new_zeros(f0.shape[0], 0, f0.shape[-1])
+    if transpose_semitones:
+        f0 = f0 * 2.0 ** (transpose_semitones / 12.0)
+    return conditioner(content, hold_unvoiced(f0, voiced), voiced, loud, speaker)
+
+
+class AcousticModel(nn.Module):
+    """Inference: features -> log-mel ``(B, n_mels, T)`` in one network evaluation."""
+
+    def __init__(self, cfg: Config, speakers: Sequence[str]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conditioner = build_conditioner(cfg, speakers)
+        self.target = build_denoiser(cfg, consistency=True)
+        self.lookahead_frames = self.conditioner.lookahead_frames + self.target.lookahead_frames
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        """Singer names, in table order."""
+        return self.conditioner.speakers.names
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        features: Mapping[str, Tensor],
+        speaker: Tensor | SpeakerSpec | Sequence[SpeakerSpec],
+        noise: Tensor,
+        transpose_semitones: float = 0.0,
+    ) -> Tensor:
+        """Log-mel ``(B, n_mels, T)``; ``noise (B, n_mels, T)`` standard normal, passed in."""
+        cond = condition_from_features(self.conditioner, features, speaker, transpose_semitones)
+        x = consistency_onestep(self.target, noise, cond, self.cfg.edm.sigma_max)
+        return denormalise_mel(x, self.cfg.edm)
+
+    def export_payload(self) -> dict[str, Any]:
+        """The inference checkpoint's contents (see :mod:`training.checkpoint` for writing)."""
+        from models.config import config_to_dict
+
+        return {
+            "kind": INFERENCE_KIND,
+            "config": config_to_dict(self.cfg),
+            "speakers": list(self.speakers),
+            "conditioner": self.conditioner.state_dict(),
+            "target": self.target.state_dict(),
+        }
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: torch.device | str = "cpu"
+    ) -> AcousticModel:
+        """Load an inference export: eval mode, on ``device``; CheckpointError if unusable."""
+        ck = load_checkpoint(path, kind=INFERENCE_KIND)
+        try:
+            cfg = config_from_dict(ck["config"], f"{path} (config)")
+            speakers = [str(s) for s in ck["speakers"]]
+            model = cls(cfg, speakers)
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise CheckpointError(f"{path}: malformed inference checkpoint ({exc})") from None
+        load_state_strict(model.conditioner, ck["conditioner"], f"{path}: conditioner")
+        load_state_strict(model.target, ck["target"], f"{path}: target")
+        return model.to(device).eval()

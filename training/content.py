@@ -1,0 +1,214 @@
+"""``comostream train content``: train the built-in content encoder (:mod:`models.content`).
+
+Objective (information perturbation + bottleneck + speaker adversary): the encoder ``E`` sees a
+WORLD-perturbed copy ``x~`` of an utterance (pitch shift, formant warp, EQ, breathiness, level;
+:mod:`training.perturb`) and emits narrow content frames ``z = E(x~)``. A training-only decoder
+``G`` rebuilds the ORIGINAL normalised mel from ``z`` plus the original F0, voiced flag,
+loudness and singer embedding; since ``G`` is told pitch, level and singer, ``z`` only needs
+what is sung. A frame-wise singer classifier ``A`` reads ``z`` through gradient reversal::
+
+    loss = L1(G(z, f0, voiced, loudness, singer), mel)  +  CE(A(GRL_w(z)), singer)
+
+``A`` minimises its cross-entropy; ``E`` receives ``-w`` times that gradient (``w`` =
+``content.adversary_weight``), pushing singer identity out of ``z``. Checkpoints (kind
+``"content"``) hold ``encoder``, ``decoder`` and ``adversary``, optimiser, step, config and the
+training singers (``meta.singers``); :func:`models.content.load_content_encoder` reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.conditioner import F0_REF_HZ, LOUDNESS_REF_DB, LOUDNESS_SCALE_DB
+from models.config import Config, ContentConfig
+from models.content import CHECKPOINT_KIND, ContentEncoder
+from models.streaming import FrameLinear
+from training.content_data import PerturbedSegments, build_perturbation_cache, corpus_singers
+from training.corpus import CorpusError, load_corpus
+from training.dataset import collate_segments
+from training.loop import Trainer
+from training.state import TrainState, make_state, seed_everything
+
+__all__ = ["ContentDecoder", "SingerAdversary", "content_losses", "grad_reverse", "train_content"]
+
+DECODER_KERNEL = 5  # frames
+VALID_SEGMENTS = 32  # fixed validation segments (sample ids 0 .. n-1 of the valid split)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: Tensor, scale: float) -> Tensor:
+    """Identity forward; the gradient is multiplied by ``-scale`` on the way back."""
+    return _GradReverse.apply(x, scale)
+
+
+def frame_conditions(f0_hz: Tensor, voiced: Tensor, loudness_db: Tensor) -> Tensor:
+    """``(B, 3, T)``: log2(f0 / 200 Hz) on voiced frames (0 elsewhere), voiced, loudness
+    ``(dB + 40) / 20`` (the conditioner's scales)."""
+    v = voiced.to(f0_hz.dtype)
+    log_f0 = torch.log2(f0_hz.clamp(min=1.0) / F0_REF_HZ) * v
+    loud = (loudness_db - LOUDNESS_REF_DB) / LOUDNESS_SCALE_DB
+    return torch.stack([log_f0, v, loud], dim=1)
+
+
+class ContentDecoder(nn.Module):
+    """Training-only: ``(content (B, D, T), f0_hz, voiced, loudness_db (B, T), speaker (B,))``
+    -> normalised mel ``(B, n_mels, T)``. Non-causal dilated residual conv stack; the singer
+    embedding is added before every layer."""
+
+    def __init__(self, cfg: ContentConfig, n_speakers: int, n_mels: int) -> None:
+        super().__init__()
+        c = cfg.decoder_channels
+        self.speakers = nn.Embedding(n_speakers, cfg.speaker_dim)
+        self.input = FrameLinear(cfg.content_dim + 3, c)
+        self.spk = nn.ModuleList(nn.Linear(cfg.speaker_dim, c) for _ in range(cfg.decoder_layers))
+        self.convs = nn.ModuleList(
+            nn.Conv1d(c, c, DECODER_KERNEL, dilation=2 ** (i % 3),
+                      padding=(DECODER_KERNEL // 2) * 2 ** (i % 3))  # fmt: skip
+            for i in range(cfg.decoder_layers)
+        )
+        self.output = FrameLinear(c, n_mels)
+
+    def forward(
+        self, content: Tensor, f0_hz: Tensor, voiced: Tensor, loudness_db: Tensor, speaker: Tensor
+    ) -> Tensor:
+        h = self.input(torch.cat([content, frame_conditions(f0_hz, voiced, loudness_db)], 1))
+        emb = self.speakers(speaker)
+        for conv, spk in zip(self.convs, self.spk, strict=True):
+            h = h + conv(F.gelu(h + spk(emb).unsqueeze(-1))) * (1.0 / math.sqrt(2.0))
+        return self.output(F.gelu(h))
+
+
+class SingerAdversary(nn.Module):
+    """Frame-wise singer classifier: ``(B, D, T) -> logits (B, n_speakers, T)`` (an MLP)."""
+
+    def __init__(self, cfg: ContentConfig, n_speakers: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            FrameLinear(cfg.content_dim, cfg.adversary_hidden), nn.GELU(),
+            FrameLinear(cfg.adversary_hidden, cfg.adversary_hidden), nn.GELU(),
+            FrameLinear(cfg.adversary_hidden, n_speakers),
+        )  # fmt: skip
+
+    def forward(self, content: Tensor) -> Tensor:
+        return self.net(content)
+
+
+def content_losses(
+    encoder: ContentEncoder,
+    decoder: ContentDecoder,
+    adversary: SingerAdversary,
+    batch: Mapping[str, Tensor],
+    cfg: ContentConfig,
+) -> dict[str, Tensor]:
+    """``{"loss", "recon", "adv_ce", "adv_acc"}`` for one batch of :class:`PerturbedSegments`.
+
+    ``recon``: masked L1 between ``decoder(encoder(src), original conditions)`` and the
+    normalised original mel; ``adv_ce``: cross-entropy of the singer classifier on frames of
+    ``mask & loudness > active_db``, read through gradient reversal (scale
+    ``adversary_weight``); ``loss = recon + adv_ce``.
+    """
+    z = encoder(batch["src"])
+    mask = batch["mask"].to(z.dtype)
+    target = encoder.normalize_input(batch["mel"])
+    pred = decoder(z, batch["f0"], batch["voiced"], batch["loudness"], batch["speaker"])
+    recon = ((pred - target).abs().mean(1) * mask).sum() / mask.sum().clamp(min=1.0)
+    logits = adversary(grad_reverse(z, cfg.adversary_weight))  # (B, n, S)
+    active = batch["mask"] & (batch["loudness"] > cfg.active_db)
+    labels = batch["speaker"][:, None].expand_as(active)
+    flat = logits.transpose(1, 2)[active]
+    if flat.shape[0]:
+        adv_ce = F.cross_entropy(flat, labels[active])
+        adv_acc = (flat.argmax(-1) == labels[active]).float().mean()
+    else:  # no active frame in the batch
+        adv_ce = adv_acc = logits.sum() * 0.0
+    return {"loss": recon + adv_ce, "recon": recon.detach(), "adv_ce": adv_ce.detach(),
+            "adv_acc": adv_acc.detach()}  # fmt: skip
+
+
+def _step_fn(cfg: ContentConfig) -> Callable[[TrainState, Any], Mapping[str, Tensor]]:
+    def step(state: TrainState, batch: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        m = state.models
+        return content_losses(m["encoder"], m["decoder"], m["adversary"], batch, cfg)  # type: ignore
+
+    return step
+
+
+def _valid_fn(
+    data: PerturbedSegments, cfg: ContentConfig
+) -> Callable[[TrainState], Mapping[str, float]]:
+    batch = data.batch(range(VALID_SEGMENTS))
+
+    def valid(state: TrainState) -> Mapping[str, float]:
+        b = {k: v.to(state.device) for k, v in batch.items()}
+        m = state.models
+        out = content_losses(m["encoder"], m["decoder"], m["adversary"], b, cfg)  # type: ignore
+        return {k: float(v) for k, v in out.items()}
+
+    return valid
+
+
+def train_content(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    dry_run: bool = False,
+    resume: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train on the first ``content.train_singers`` singers of ``data_dir`` (0 = all); returns
+    ``RUN_DIR/last.pt``. Perturbed mels are cached under ``cache_dir`` (default
+    ``RUN_DIR/perturbed``) and reused by later runs with the same settings."""
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    c = cfg.content
+    order = corpus_singers(data_dir, load_corpus(data_dir))
+    n = c.train_singers or len(order)
+    if n > len(order):
+        raise CorpusError(f"{data_dir}: content.train_singers = {n}, but the corpus has "
+                          f"{len(order)} singers")  # fmt: skip
+    singers = order[:n]
+    cache = Path(cache_dir) if cache_dir is not None else run_dir / "perturbed"
+    entries = build_perturbation_cache(data_dir, cache, cfg, singers, progress=progress)
+    split = {s: [e for e in entries if e.split == s] for s in ("train", "valid")}
+    if not split["train"]:
+        raise CorpusError(f"{data_dir}: no training utterances for singers {singers}")
+
+    def segments(name: str, seed: int) -> PerturbedSegments:
+        return PerturbedSegments(split[name], singers, cfg.train.segment_frames, c.gain_db,
+                                 cfg.audio.log_floor, seed)  # fmt: skip
+
+    seed_everything(cfg.train.seed)
+    models = {
+        "encoder": ContentEncoder(c, cfg.audio),
+        "decoder": ContentDecoder(c, len(singers), cfg.audio.n_mels),
+        "adversary": SingerAdversary(c, len(singers)),
+    }
+    state = make_state(models, cfg.train, device)
+    state.meta = {"singers": list(singers), "corpus": str(data_dir)}
+    valid = _valid_fn(segments("valid", cfg.train.seed + 1), c) if split["valid"] else None
+    trainer = Trainer(cfg, state, _step_fn(c), segments("train", cfg.train.seed), run_dir,
+                      kind=CHECKPOINT_KIND, collate_fn=collate_segments, valid_fn=valid,
+                      dry_run=dry_run, progress=progress)  # fmt: skip
+    if resume is not None:
+        trainer.resume(resume)
+    trainer.fit()
+    return run_dir / "last.pt"

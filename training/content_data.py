@@ -1,0 +1,221 @@
+"""Data for content-encoder training: a cache of WORLD-perturbed mels, its segment dataset,
+and the ``content`` feature extractor (encoder output cached next to mel/F0/loudness).
+
+Cache layout: ``CACHE_DIR/<settings hash>/<singer>/<utt>.npz`` with ``mel`` (n_mels, T) float32
+(original), ``perturbed`` (P, n_mels, T) float32 (P = ``content.perturbations``), ``f0`` (T,)
+Hz, ``voiced`` (T,) bool, ``loudness`` (T,) dB. The hash covers every setting the arrays
+depend on (audio, F0, perturbation ranges), so changed settings never reuse stale arrays; each
+utterance's perturbations are seeded by ``(train.seed, utterance id)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import sys
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from models.audio import load_audio
+from models.config import Config, config_to_dict
+from models.loudness import FLOOR_DB
+from models.mel import mel_spectrogram
+from training.corpus import Utterance, load_corpus
+from training.dataset import collate_segments
+from training.feature_index import FeatureError
+from training.features import EXTRACTORS, _save_npz
+from training.perturb import analyze_utterance, draw_perturbation, perturb
+
+__all__ = [
+    "CachedUtterance",
+    "PerturbedSegments",
+    "build_perturbation_cache",
+    "content_features",
+    "corpus_singers",
+]
+
+PERTURB_KEYS = ("perturbations", "pitch_shift_min", "pitch_shift_max", "formant_alpha_min",
+                "formant_alpha_max", "eq_bands", "eq_db", "breathiness_max")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CachedUtterance:
+    """One cached utterance: id ``<singer>/<stem>``, singer, split, frames T, npz path."""
+
+    utt: str
+    singer: str
+    split: str
+    frames: int
+    path: Path
+
+
+def corpus_singers(data_dir: Path, utts: Sequence[Utterance]) -> list[str]:
+    """Singers in corpus order: ``corpus.json``'s table order (synthetic corpus), else sorted."""
+    present = {u.singer for u in utts}
+    info = Path(data_dir) / "corpus.json"
+    if info.is_file():
+        names = [s.get("name") for s in json.loads(info.read_text("utf-8")).get("singers", [])]
+        ordered = [n for n in names if n in present]
+        return ordered + sorted(present - set(ordered))
+    return sorted(present)
+
+
+def _cache_key(cfg: Config) -> str:
+    d = config_to_dict(cfg)
+    settings = {"audio": d["audio"], "f0": d["f0"], "f0_source": cfg.features.f0_source,
+                "content": {k: d["content"][k] for k in PERTURB_KEYS}, "seed": cfg.train.seed}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _compute(utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    """Original mel/F0/loudness and ``P`` perturbed mels of one utterance."""
+    a = cfg.audio
+    audio = load_audio(utt.path, a.sample_rate)
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("mel", "f0", "loudness"):
+        arrays.update(EXTRACTORS[name].fn(audio, utt, cfg))
+    world = analyze_utterance(audio, a.sample_rate, a.hop_length, arrays["f0"].astype(np.float64))
+    uid = f"{utt.singer}/{utt.path.stem}"
+    rng = np.random.default_rng([cfg.train.seed, zlib.crc32(uid.encode())])
+    mels = []
+    for _ in range(cfg.content.perturbations):
+        y = perturb(world, draw_perturbation(rng, cfg.content))
+        mel = mel_spectrogram(y.astype(np.float32), a)
+        mels.append(mel[:, : arrays["mel"].shape[-1]])
+    arrays["perturbed"] = np.stack(mels).astype(np.float32)
+    return arrays
+
+
+def build_perturbation_cache(
+    data_dir: Path,
+    cache_dir: Path,
+    cfg: Config,
+    singers: Sequence[str],
+    splits: Sequence[str] = ("train", "valid"),
+    progress: bool = True,
+) -> list[CachedUtterance]:
+    """Cache (or reuse) the arrays of ``singers``' utterances of ``splits`` under ``cache_dir``.
+
+    Raises CorpusError for a bad corpus, FeatureError if nothing is left to train on.
+    """
+    root = Path(cache_dir) / _cache_key(cfg)
+    utts = [u for u in load_corpus(Path(data_dir)) if u.singer in singers and u.split in splits]
+    if not utts:
+        raise FeatureError(f"{data_dir}: no utterances of singers {list(singers)} in {splits}")
+    out: list[CachedUtterance] = []
+    for utt in tqdm(utts, desc="perturb", unit="utt", file=sys.stderr, disable=not progress):
+        path = root / utt.singer / f"{utt.path.stem}.npz"
+        if not path.is_file():
+            _save_npz(path, _compute(utt, cfg))
+        with np.load(path) as data:
+            frames = int(data["mel"].shape[-1])
+        out.append(CachedUtterance(f"{utt.singer}/{utt.path.stem}", utt.singer, utt.split,
+                                   frames, path))  # fmt: skip
+    return out
+
+
+class PerturbedSegments(Dataset[dict[str, Tensor]]):
+    """Segments of ``segment_frames`` frames, indexed by global sample id (see
+    :class:`training.dataset.SegmentDataset` for the sampling scheme).
+
+    Item: ``src`` (n_mels, S) a randomly chosen perturbed mel with a random level change of up
+    to ``gain_db`` dB (what the encoder sees), ``mel`` (n_mels, S) the original, ``f0`` (S,) Hz,
+    ``voiced`` (S,) bool, ``loudness`` (S,) dB, ``speaker`` () int64 (index into ``singers``),
+    ``mask`` (S,) bool (real frames; short utterances are padded with silence).
+    """
+
+    def __init__(
+        self,
+        entries: Sequence[CachedUtterance],
+        singers: Sequence[str],
+        segment_frames: int,
+        gain_db: float,
+        log_floor: float,
+        seed: int = 0,
+    ) -> None:
+        if not entries:
+            raise FeatureError("PerturbedSegments: no utterances")
+        self.entries, self.singers = list(entries), list(singers)
+        self.segment_frames, self.gain_db, self.seed = segment_frames, gain_db, seed
+        self.floor = math.log(log_floor)
+        frames = np.array([e.frames for e in self.entries], dtype=np.float64)
+        self._cdf = np.cumsum(frames) / frames.sum()
+        self._store: dict[int, dict[str, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return max(1, sum(e.frames for e in self.entries) // self.segment_frames)
+
+    def _load(self, i: int) -> dict[str, np.ndarray]:
+        if i not in self._store:
+            with np.load(self.entries[i].path) as data:
+                self._store[i] = {k: data[k] for k in data.files}
+        return self._store[i]
+
+    def __getitem__(self, sample_id: int) -> dict[str, Tensor]:
+        rng = np.random.default_rng([self.seed, int(sample_id)])
+        i = min(int(np.searchsorted(self._cdf, rng.random(), side="right")), len(self._cdf) - 1)
+        data, seg = self._load(i), self.segment_frames
+        total = self.entries[i].frames
+        start = int(rng.integers(0, total - seg + 1)) if total > seg else 0
+        stop = min(total, start + seg)
+        version = int(rng.integers(0, data["perturbed"].shape[0]))
+        gain = rng.uniform(-self.gain_db, self.gain_db) / 20.0 * math.log(10.0)
+        src = np.maximum(data["perturbed"][version, :, start:stop] + gain, self.floor)
+        pieces = {"src": src, "mel": data["mel"][:, start:stop], "f0": data["f0"][start:stop],
+                  "voiced": data["voiced"][start:stop], "loudness": data["loudness"][start:stop]}
+        pad = {"src": self.floor, "mel": self.floor, "loudness": FLOOR_DB}
+        item = {}
+        for name, arr in pieces.items():
+            if arr.shape[-1] < seg:
+                width = [(0, 0)] * (arr.ndim - 1) + [(0, seg - arr.shape[-1])]
+                arr = np.pad(arr, width, constant_values=pad.get(name, 0))
+            item[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        item["src"], item["mel"] = item["src"].float(), item["mel"].float()
+        mask = torch.zeros(seg, dtype=torch.bool)
+        mask[: stop - start] = True
+        item["mask"] = mask
+        speaker = self.singers.index(self.entries[i].singer)
+        item["speaker"] = torch.tensor(speaker, dtype=torch.int64)
+        return item
+
+    def batch(self, sample_ids: Sequence[int]) -> dict[str, Tensor]:
+        """Collated items ``sample_ids`` (e.g. ``range(n)``: a fixed validation set)."""
+        return collate_segments([self[k] for k in sample_ids])
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(path: str, mtime_ns: int, size: int) -> torch.nn.Module:
+    """The encoder at ``path``, loaded once per (path, mtime, size) (a changed file reloads)."""
+    from models.content import load_content_encoder
+
+    return load_content_encoder(path)
+
+
+def content_features(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    """The ``content`` extractor: ``{"content": (content_dim, T) float32}`` of ``audio``
+    (samples at the model rate), frame-aligned with its mel, from the encoder at
+    ``features.content_checkpoint``."""
+    ckpt = cfg.features.content_checkpoint
+    if not ckpt:
+        raise FeatureError("the 'content' extractor needs features.content_checkpoint (a "
+                           "checkpoint from `comostream train content`)")  # fmt: skip
+    p = Path(ckpt)
+    stat = p.stat() if p.is_file() else None
+    encoder = _cached_encoder(str(p), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    mel = torch.from_numpy(mel_spectrogram(audio, cfg.audio))
+    if mel.shape[0] != encoder.n_mels:
+        raise FeatureError(f"{p}: encoder takes {encoder.n_mels} mel bins, the config has "
+                           f"{mel.shape[0]}")  # fmt: skip
+    with torch.inference_mode():
+        content = encoder(mel.unsqueeze(0))[0]
+    return {"content": content.numpy().astype(np.float32)}

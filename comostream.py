@@ -108,11 +108,19 @@ def _run_options(args: argparse.Namespace) -> Any:
     return RunOptions(data=args.data, out=args.out, resume=args.resume, dry_run=args.dry_run)
 
 
+def _say(text: str) -> None:
+    """Print on the main process only (under torchrun every rank runs the command)."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
     from training.acoustic import train_teacher
 
     state = train_teacher(_load_config(args), _run_options(args))
-    print(f"teacher: {state.step} steps; checkpoints in {args.out}/ (last.pt)")
+    _say(f"teacher: {state.step} steps; checkpoints in {args.out}/ (last.pt)")
     return 0
 
 
@@ -120,7 +128,7 @@ def _cmd_train_distill(args: argparse.Namespace) -> int:
     from training.acoustic import train_distill
 
     state = train_distill(_load_config(args), args.teacher, _run_options(args))
-    print(f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
+    _say(f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
           f"export with `comostream export {args.out}/last.pt -o MODEL.ckpt`")  # fmt: skip
     return 0
 
@@ -129,8 +137,32 @@ def _cmd_train_finetune(args: argparse.Namespace) -> int:
     from training.acoustic import train_finetune
 
     state = train_finetune(_load_config(args), args.init, args.speaker, _run_options(args))
-    print(f"finetune: {state.step} steps; singer {args.speaker!r} added; "
+    _say(f"finetune: {state.step} steps; singer {args.speaker!r} added; "
           f"checkpoints in {args.out}/ (last.pt)")  # fmt: skip
+    return 0
+
+
+def _cmd_train_content(args: argparse.Namespace) -> int:
+    from training.content import train_content
+
+    path = train_content(
+        _load_config(args), args.data, args.out, dry_run=args.dry_run, resume=args.resume
+    )
+    _say(f"wrote {path}")
+    return 0
+
+
+def _cmd_bench_content(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.content import DEFAULT_CHECKPOINT, format_content_report, run_content_bench
+
+    result = run_content_bench(
+        args.checkpoint or DEFAULT_CHECKPOINT, args.corpus, _load_config(args),
+        threads=args.threads,
+    )
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json
+          else format_content_report(result))  # fmt: skip
     return 0
 
 
@@ -139,6 +171,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = export_model(args.checkpoint, args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model only)")
+    return 0
+
+
+def _cmd_bench_acoustic(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.acoustic import format_acoustic_table, run_acoustic_bench
+
+    result = run_acoustic_bench(args.checkpoint, args.data, split=args.split,
+                                items=args.items, teacher_steps=args.teacher_steps)  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_acoustic_table(result))
     return 0
 
 
@@ -210,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p, "features", FeaturesConfig, ["f0_source"])
     p.set_defaults(handler=_cmd_prep_features)
 
-    bench = sub.add_parser("bench", help="benchmarks: F0 backends")
+    bench = sub.add_parser("bench", help="benchmarks: F0 backends, content encoder, acoustic model")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     p = bench_sub.add_parser(
         "f0", parents=[common],
@@ -245,6 +288,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
     p.set_defaults(handler=_cmd_export)
 
+    p = bench_sub.add_parser(
+        "content", parents=[common],
+        help="singer information left and content kept by the content encoder (held-out singers)",
+        description=(
+            "On the singers of a parallel synthetic corpus that the encoder never saw: a linear "
+            "singer probe on content frames vs on mel frames (vs chance), a log-F0 probe, "
+            "cross-singer agreement of frame-aligned renditions, the decoder's reconstruction "
+            "error, and compute per second of audio in streaming mode."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="a `train content` checkpoint (default out/content/last.pt)")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="parallel corpus (default: the one the checkpoint was trained on)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(handler=_cmd_bench_content)
+
+    p = bench_sub.add_parser(
+        "acoustic", help="one-step target vs N-step teacher: mel distance and compute",
+        description=(
+            "On fixed validation segments (same noise for both), the mean absolute log-mel "
+            "distance to the ground truth and the compute per second of audio of the distilled "
+            "one-step target and of the teacher's Heun sampler, measured in one run."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                   help="a distill training checkpoint (it holds the teacher too)")
+    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR")
+    p.add_argument("--split", default="valid", choices=["train", "valid", "test"])
+    p.add_argument("--items", type=int, default=16, help="segments of 256 frames (default 16)")
+    p.add_argument("--teacher-steps", type=int, default=None,
+                   help="Heun steps (default: [edm] teacher_steps, 40)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_bench_acoustic)
+
     p = sub.add_parser(
         "config", parents=[common], help="print the resolved configuration as JSON"
     )
@@ -253,10 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """``comostream train teacher|distill|finetune``: one loop, options from [train]."""
-    from models.config import TrainConfig
+    """``comostream train teacher|distill|finetune|content``: one loop, options from [train]."""
+    from models.config import ContentConfig, TrainConfig
 
-    train = sub.add_parser("train", help="train the acoustic model: teacher, distill, finetune")
+    train = sub.add_parser(
+        "train", help="train: acoustic teacher, distill, finetune; content encoder"
+    )
     train_sub = train.add_subparsers(dest="train_command", metavar="STAGE", required=True)
     stages = {
         "teacher": ("the EDM diffusion teacher (conditioner + denoiser)", _cmd_train_teacher),
@@ -285,6 +366,27 @@ def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                            help="a distill (or finetune) checkpoint")
             p.add_argument("--speaker", required=True, metavar="NAME",
                            help="the new singer (a singer of FEAT_DIR)")
+    p = train_sub.add_parser(
+        "content", parents=[common],
+        help="train the built-in streaming content encoder",
+        description=(
+            "Train the content encoder on the first --train-singers singers of CORPUS_DIR: it "
+            "sees WORLD-perturbed audio (pitch, formants, EQ, breathiness, level), a decoder "
+            "told the original F0, loudness and singer rebuilds the original mel, and a singer "
+            "classifier is fooled adversarially. Writes RUN_DIR/ckpt_*.pt and last.pt (kind "
+            "'content'); perturbed mels are cached under RUN_DIR/perturbed."
+        ),
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="CORPUS_DIR",
+                   help="a corpus (`comostream prep synth` or CORPUS_DIR/<singer>/*.wav)")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="one step, one validation, one checkpoint")
+    p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                   help="continue from a checkpoint of this run")
+    _config_options(p, "train", TrainConfig, ["max_steps", "batch_size", "lr", "seed"])
+    _config_options(p, "content", ContentConfig, ["train_singers"])
+    p.set_defaults(handler=_cmd_train_content)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,7 +123,7 @@ class ModelConfig:
     ``configs/large.toml`` (GPUs).
     """
 
-    content_dim: int = 256  # content feature channels into the conditioner (0: none)
+    content_dim: int = 48  # content channels into the conditioner (0: none); = [content]
     speaker_dim: int = 64  # singer embedding size
     cond_channels: int = 128  # per-frame condition channels out of the conditioner
     channels: int = 128  # residual channels of the backbone
@@ -156,7 +156,7 @@ class EDMConfig:
     mel_std: float = 2.5
     teacher_steps: int = 40  # N for the teacher's Euler/Heun sampler
     distill_steps: int = 18  # N Karras intervals used in distillation
-    ema_rate: float = 0.999  # target = EMA of the student with this rate per step
+    ema_rate: float = 0.95  # target = EMA of the student per step (Song et al. 2023: 0.95)
     p_mean: float = -1.2  # teacher training: ln(sigma) ~ N(p_mean, p_std^2) (EDM Table 1)
     p_std: float = 1.2
     distill_distance: str = "l2"  # consistency distillation distance: l2 | pseudo_huber
@@ -257,7 +257,9 @@ class ContentConfig:
     decoder_channels: int = 128  # training-only decoder (non-causal conv stack)
     decoder_layers: int = 6
     speaker_dim: int = 32  # decoder singer embedding size
-    adversary_weight: float = 0.5  # gradient-reversal scale on the singer classifier's loss
+    adversary_mode: str = "confusion"  # "confusion": encoder pushes the classifier to uniform;
+    # "reverse": gradient reversal of the classifier's cross-entropy
+    adversary_weight: float = 0.5  # weight of the encoder's adversarial term
     adversary_hidden: int = 128  # hidden units of the frame-wise singer classifier
     active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
 
@@ -279,6 +281,8 @@ class ContentConfig:
             raise ConfigError("content: eq_db, gain_db and adversary_weight must be >= 0")
         if not 0 <= self.breathiness_max <= 1:
             raise ConfigError("content: breathiness_max must be in [0, 1]")
+        if self.adversary_mode not in ("confusion", "reverse"):
+            raise ConfigError("content: adversary_mode must be 'confusion' or 'reverse'")
 
 
 @dataclass(frozen=True)

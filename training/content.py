@@ -5,12 +5,17 @@ WORLD-perturbed copy ``x~`` of an utterance (pitch shift, formant warp, EQ, brea
 :mod:`training.perturb`) and emits narrow content frames ``z = E(x~)``. A training-only decoder
 ``G`` rebuilds the ORIGINAL normalised mel from ``z`` plus the original F0, voiced flag,
 loudness and singer embedding; since ``G`` is told pitch, level and singer, ``z`` only needs
-what is sung. A frame-wise singer classifier ``A`` reads ``z`` through gradient reversal::
+what is sung. A frame-wise singer classifier ``A`` is trained on ``z`` (detached), and the
+encoder gets an adversarial term of weight ``w`` (``content.adversary_weight``)::
 
-    loss = L1(G(z, f0, voiced, loudness, singer), mel)  +  CE(A(GRL_w(z)), singer)
+    loss = L1(G(z, f0, voiced, loudness, singer), mel) + CE(A(sg(z)), singer) + w * adv(z)
 
-``A`` minimises its cross-entropy; ``E`` receives ``-w`` times that gradient (``w`` =
-``content.adversary_weight``), pushing singer identity out of ``z``. Checkpoints (kind
+``adversary_mode = "confusion"`` (default): ``adv = CE(sg(A)(z), uniform) - log(n)``, the
+cross-entropy of the (frozen) classifier's posterior against the uniform distribution, which
+is minimal when it cannot tell the singers apart. ``"reverse"``: gradient reversal, ``adv =
+-CE(sg(A)(z), singer)``; it lets the encoder make the classifier confidently *wrong* (accuracy
+below chance), which hides nothing from a freshly trained probe. Both are computed on frames
+with ``loudness > active_db``. Checkpoints (kind
 ``"content"``) hold ``encoder``, ``decoder`` and ``adversary``, optimiser, step, config and the
 training singers (``meta.singers``); :func:`models.content.load_content_encoder` reads them.
 """
@@ -36,26 +41,10 @@ from training.dataset import collate_segments
 from training.loop import Trainer
 from training.state import TrainState, make_state, seed_everything
 
-__all__ = ["ContentDecoder", "SingerAdversary", "content_losses", "grad_reverse", "train_content"]
+__all__ = ["ContentDecoder", "SingerAdversary", "content_losses", "train_content"]
 
 DECODER_KERNEL = 5  # frames
 VALID_SEGMENTS = 32  # fixed validation segments (sample ids 0 .. n-1 of the valid split)
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return -ctx.scale * grad, None
-
-
-def grad_reverse(x: Tensor, scale: float) -> Tensor:
-    """Identity forward; the gradient is multiplied by ``-scale`` on the way back."""
-    return _GradReverse.apply(x, scale)
 
 
 def frame_conditions(f0_hz: Tensor, voiced: Tensor, loudness_db: Tensor) -> Tensor:
@@ -117,29 +106,35 @@ def content_losses(
     batch: Mapping[str, Tensor],
     cfg: ContentConfig,
 ) -> dict[str, Tensor]:
-    """``{"loss", "recon", "adv_ce", "adv_acc"}`` for one batch of :class:`PerturbedSegments`.
+    """``{"loss", "recon", "adv_ce", "adv_acc", "adv_enc"}`` for one batch of
+    :class:`PerturbedSegments` (see the module docstring; ``adv_enc`` is the encoder's term).
 
     ``recon``: masked L1 between ``decoder(encoder(src), original conditions)`` and the
-    normalised original mel; ``adv_ce``: cross-entropy of the singer classifier on frames of
-    ``mask & loudness > active_db``, read through gradient reversal (scale
-    ``adversary_weight``); ``loss = recon + adv_ce``.
+    normalised original mel; the classifier terms use frames of ``mask & loudness > active_db``.
     """
     z = encoder(batch["src"])
     mask = batch["mask"].to(z.dtype)
     target = encoder.normalize_input(batch["mel"])
     pred = decoder(z, batch["f0"], batch["voiced"], batch["loudness"], batch["speaker"])
     recon = ((pred - target).abs().mean(1) * mask).sum() / mask.sum().clamp(min=1.0)
-    logits = adversary(grad_reverse(z, cfg.adversary_weight))  # (B, n, S)
     active = batch["mask"] & (batch["loudness"] > cfg.active_db)
-    labels = batch["speaker"][:, None].expand_as(active)
-    flat = logits.transpose(1, 2)[active]
-    if flat.shape[0]:
-        adv_ce = F.cross_entropy(flat, labels[active])
-        adv_acc = (flat.argmax(-1) == labels[active]).float().mean()
-    else:  # no active frame in the batch
-        adv_ce = adv_acc = logits.sum() * 0.0
-    return {"loss": recon + adv_ce, "recon": recon.detach(), "adv_ce": adv_ce.detach(),
-            "adv_acc": adv_acc.detach()}  # fmt: skip
+    labels = batch["speaker"][:, None].expand_as(active)[active]
+    zero = z.sum() * 0.0
+    if not bool(active.any()):  # no active frame in the batch
+        return {"loss": recon + zero, "recon": recon.detach(), "adv_ce": zero.detach(),
+                "adv_acc": zero.detach(), "adv_enc": zero.detach()}  # fmt: skip
+    own = adversary(z.detach()).transpose(1, 2)[active]  # trains the classifier only
+    adv_ce = F.cross_entropy(own, labels)
+    frozen = {name: prm.detach() for name, prm in adversary.named_parameters()}
+    seen = torch.func.functional_call(adversary, frozen, (z,)).transpose(1, 2)[active]
+    if cfg.adversary_mode == "confusion":  # CE against the uniform posterior, minus its minimum
+        adv_enc = -F.log_softmax(seen, dim=-1).mean(-1).mean() - math.log(seen.shape[-1])
+    else:  # gradient reversal: the encoder ascends the classifier's cross-entropy
+        adv_enc = -F.cross_entropy(seen, labels)
+    loss = recon + adv_ce + cfg.adversary_weight * adv_enc
+    adv_acc = (own.argmax(-1) == labels).float().mean()
+    return {"loss": loss, "recon": recon.detach(), "adv_ce": adv_ce.detach(),
+            "adv_acc": adv_acc.detach(), "adv_enc": adv_enc.detach()}  # fmt: skip
 
 
 def _step_fn(cfg: ContentConfig) -> Callable[[TrainState, Any], Mapping[str, Tensor]]:

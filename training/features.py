@@ -9,6 +9,8 @@ compute frame-aligned arrays (last axis = T = samples // hop + 1 at the model ra
   post-processing; ``"corpus"`` uses the corpus's ground-truth F0 file where there is one (the
   synthetic corpus) and extracts otherwise;
 * ``loudness``: (T,) float32 dB (:func:`models.loudness.loudness`).
+* ``content``: (content_dim, T) float32, the built-in content encoder
+  (:mod:`models.content`) loaded from ``features.content_checkpoint``.
 
 Layout: ``FEAT_DIR/<singer>/<utt>.npz`` (one named array per key, so a later extractor such as
 ``content`` (C, T) adds a key), ``FEAT_DIR/index.jsonl`` (``utt``, ``singer``, ``split``,
@@ -94,6 +96,12 @@ def _f0(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]
     return {"f0": np.where(voiced, track.f0_hz, 0.0).astype(np.float32), "voiced": voiced}
 
 
+def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    from training.content_data import content_features  # torch model: loaded only when asked
+
+    return content_features(audio, utt, cfg)
+
+
 EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
     {
         "mel": Extractor(_mel, {"mel": "(n_mels, T) float32 natural-log mel magnitude"}),
@@ -101,6 +109,9 @@ EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
             _f0, {"f0": "(T,) float32 Hz, 0 = unvoiced", "voiced": "(T,) bool voiced flag"}
         ),
         "loudness": Extractor(_loudness, {"loudness": "(T,) float32 A-weighted dB"}),
+        "content": Extractor(
+            _content, {"content": "(content_dim, T) float32 built-in content encoder frames"}
+        ),
     }
 )
 

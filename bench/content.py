@@ -1,0 +1,315 @@
+"""Content-encoder benchmark on HELD-OUT singers (``comostream bench content``).
+
+The encoder was trained on the singers in its checkpoint's ``meta.singers``; every other singer
+of the corpus is held out. On the held-out singers' frames whose loudness is above
+``content.active_db`` (dB):
+
+* ``speaker_probe``: a linear singer classifier (logistic regression) trained on frames of the
+  ``train``/``valid``-split lines and tested on the ``test``-split lines (other lyrics and
+  melodies), on the content frames and, for comparison, on the raw log-mel frames;
+  ``chance = 1 / n_held_out``. Low content accuracy = little singer information left.
+* ``pitch_probe``: R^2 of a linear (ridge) map from frames to log2 F0 on voiced frames (train
+  lines -> test lines), for content and mel: pitch left in the content.
+* ``content_kept``: (1) frame-aligned pairs: a synthetic singer rendered from the same base
+  TTS voice as a held-out one (``pairs``; a held-out partner if any, else a training singer)
+  sings every line with exactly the same phonetic timing, so on each line:
+  ``cosine_aligned`` (mean cosine of same-time frames, features standardised) vs
+  ``cosine_shifted`` (frames a cyclic shift of >= 25 frames apart: the no-content baseline),
+  ``retrieval_at_2`` (fraction of frames whose most similar frame of the partner's rendition
+  is within 2 frames) and ``conversion_mel_l1`` (L1, natural-log mel, on test lines, of a
+  ridge map fitted on other lines from one singer's features plus the other's F0/voiced/
+  loudness to the other's mel, for features ``content``, ``mel`` and ``none``: content kept
+  = ``content`` well below ``none``); (2) ``decoder_mel_l1``: the training decoder rebuilding
+  held-out singers' test lines from their content (:mod:`bench.content_recon`).
+* ``compute``: seconds of compute per second of audio for the streaming ``step`` with blocks
+  of 1 and 4 frames and the one-shot forward, on ``threads`` CPU threads (mel excluded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from bench.content_recon import decoder_reconstruction
+from bench.probes import (
+    Standardizer,
+    cosine_pairs,
+    logreg_accuracy,
+    retrieval_hits,
+    ridge_fit,
+    ridge_predict,
+    shuffled_index,
+)
+from models.audio import load_audio
+from models.checkpoint_io import load_checkpoint
+from models.config import Config
+from models.content import CHECKPOINT_KIND, ContentEncoder, load_content_encoder
+from training.corpus import CorpusError, Utterance, load_corpus
+from training.features import EXTRACTORS
+
+__all__ = ["DEFAULT_CHECKPOINT", "format_content_report", "run_content_bench", "stream_rtf"]
+
+DEFAULT_CHECKPOINT = Path("out/content/last.pt")
+RETRIEVAL_TOLERANCE = 2  # frames
+SHIFT_MIN = 25  # frames: the shifted-cosine baseline compares frames at least this apart
+RTF_SECONDS = 5.0  # seconds of (random) mel streamed for the compute figure
+RTF_BLOCKS = (1, 4)  # frames per streaming step
+
+
+@dataclass
+class _Utt:
+    singer: str
+    line: int
+    split: str
+    mel: np.ndarray  # (n_mels, T) natural-log mel
+    content: np.ndarray  # (D, T)
+    f0: np.ndarray  # (T,) Hz, 0 = unvoiced
+    voiced: np.ndarray  # (T,) bool
+    loudness: np.ndarray  # (T,) dB
+    active: np.ndarray  # (T,) bool: loudness above content.active_db
+
+    @property
+    def cond(self) -> np.ndarray:
+        """``(3, T)``: log2(f0 / 200 Hz) on voiced frames, voiced, loudness / 20 dB."""
+        v = self.voiced.astype(np.float32)
+        log_f0 = np.log2(np.maximum(self.f0, 1.0) / 200.0) * v
+        return np.stack([log_f0, v, self.loudness / 20.0]).astype(np.float32)
+
+
+def _features(enc: ContentEncoder, cfg: Config, utt: Utterance) -> _Utt:
+    audio = load_audio(utt.path, cfg.audio.sample_rate)
+    a: dict[str, np.ndarray] = {}
+    for name in ("mel", "f0", "loudness"):
+        a.update(EXTRACTORS[name].fn(audio, utt, cfg))
+    with torch.inference_mode():
+        content = enc(torch.from_numpy(a["mel"])[None])[0].numpy()
+    active = a["loudness"] > cfg.content.active_db
+    return _Utt(utt.singer, int(utt.line or 0), utt.split, a["mel"], content, a["f0"],
+                a["voiced"], a["loudness"], active)  # fmt: skip
+
+
+def _rows(utts: Sequence[_Utt], kind: str) -> tuple[Tensor, Tensor]:
+    """Active frames ``(N, C)`` of ``kind`` ("mel"/"content") and the singer labels ``(N,)``."""
+    singers = sorted({u.singer for u in utts})
+    x = [torch.from_numpy(getattr(u, kind)[:, u.active].T) for u in utts]
+    y = [torch.full((int(u.active.sum()),), singers.index(u.singer)) for u in utts]
+    return torch.cat(x), torch.cat(y)
+
+
+def speaker_probe(utts: Sequence[_Utt], n_singers: int) -> dict[str, Any]:
+    """Linear singer classifiers on content and mel frames (train lines -> test lines)."""
+    train = [u for u in utts if u.split != "test"]
+    test = [u for u in utts if u.split == "test"]
+    out: dict[str, Any] = {"chance": 1.0 / n_singers}
+    for kind in ("content", "mel"):
+        xtr, ytr = _rows(train, kind)
+        xte, yte = _rows(test, kind)
+        out[f"{kind}_accuracy"] = logreg_accuracy(xtr, ytr, xte, yte, n_singers)
+        out["train_frames"], out["test_frames"] = int(xtr.shape[0]), int(xte.shape[0])
+    return out
+
+
+def pitch_probe(utts: Sequence[_Utt]) -> dict[str, float]:
+    """R^2 of a ridge map from frame features to log2 F0 (voiced active frames; train lines ->
+    test lines): pitch left in the content (the acoustic model gets F0 separately)."""
+
+    def rows(split_test: bool, kind: str) -> tuple[Tensor, Tensor]:
+        us = [u for u in utts if (u.split == "test") == split_test]
+        pairs = [(u, u.active & u.voiced & (u.f0 > 0)) for u in us]
+        x = torch.cat([torch.from_numpy(getattr(u, kind)[:, k].T) for u, k in pairs])
+        y = torch.cat([torch.from_numpy(np.log2(u.f0[k])[:, None]) for u, k in pairs])
+        return x, y.to(x.dtype)
+
+    out = {}
+    for kind in ("content", "mel"):
+        norm, w = ridge_fit(*rows(False, kind))
+        x, y = rows(True, kind)
+        mse = (ridge_predict(norm, w, x) - y).square().mean()
+        out[f"{kind}_r2"] = float(1.0 - mse / y.var())
+    return out
+
+
+def aligned_partners(corpus: Path, held_out: Sequence[str]) -> dict[str, str]:
+    """Held-out singer -> another corpus singer rendered from the same base voice (so every
+    line's frames are aligned exactly: same phonetic timing; only register, envelope warp,
+    breathiness and vibrato differ). Held-out partners are preferred; singers without one are
+    left out. Needs the synthetic corpus's ``corpus.json``."""
+    info = corpus / "corpus.json"
+    if not info.is_file():
+        return {}
+    table = json.loads(info.read_text("utf-8")).get("singers", [])
+    base = {s["name"]: s.get("base") for s in table if "name" in s}
+    out = {}
+    for h in held_out:
+        same = [n for n in base if n != h and base[n] is not None and base[n] == base.get(h)]
+        same.sort(key=lambda n: (n not in held_out, n))
+        if same:
+            out[h] = same[0]
+    return out
+
+
+def aligned_agreement(
+    feats: Sequence[_Utt], partners: dict[str, str], seed: int = 0
+) -> dict[str, Any]:
+    """Agreement of frame-aligned renditions of the same line by two singers (see docstring)."""
+    index = {(u.singer, u.line): u for u in feats}
+    pairs = [(index[h, line], index[p, line]) for h, p in partners.items()
+             for (s, line) in index if s == h and (p, line) in index]  # fmt: skip
+    out: dict[str, Any] = {"pairs": sorted([h, p] for h, p in partners.items())}
+    if not pairs:
+        return out
+    rng = np.random.default_rng(seed)
+    for kind in ("content", "mel"):
+        norm = Standardizer(_rows([u for pair in pairs for u in pair], kind)[0])
+        aligned, shifted, hits, total = [], [], 0, 0
+        for a, b in pairs:
+            both = a.active & b.active
+            fa = norm(torch.from_numpy(getattr(a, kind)[:, both].T))
+            fb = norm(torch.from_numpy(getattr(b, kind)[:, both].T))
+            aligned.append(cosine_pairs(fa, fb))
+            shifted.append(cosine_pairs(fa, fb[shuffled_index(fa.shape[0], rng, SHIFT_MIN)]))
+            h, n = retrieval_hits(fa, fb, RETRIEVAL_TOLERANCE)
+            hits, total = hits + h, total + n
+        out.setdefault("cosine_aligned", {})[kind] = float(torch.cat(aligned).mean())
+        out.setdefault("cosine_shifted", {})[kind] = float(torch.cat(shifted).mean())
+        out.setdefault("retrieval_at_2", {})[kind] = hits / max(total, 1)
+    both_ways = pairs + [(b, a) for a, b in pairs]
+    out["conversion_mel_l1"] = {k: _conversion_l1(both_ways, k) for k in ("content", "mel", "none")}
+    return out
+
+
+def _conversion_rows(pairs: Sequence[tuple[_Utt, _Utt]], kind: str) -> tuple[Tensor, Tensor]:
+    """``[source features, target conditions] -> target mel`` rows on frames active in both."""
+    xs, ys = [], []
+    for src, tgt in pairs:
+        both = src.active & tgt.active
+        parts = [tgt.cond[:, both]] + ([getattr(src, kind)[:, both]] if kind != "none" else [])
+        xs.append(torch.from_numpy(np.concatenate(parts).T))
+        ys.append(torch.from_numpy(tgt.mel[:, both].T))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _conversion_l1(pairs: Sequence[tuple[_Utt, _Utt]], kind: str) -> float:
+    """Mean L1 (natural-log mel) on test lines of a per-target ridge map fitted on other lines."""
+    errs = []
+    for target in sorted({t.singer for _, t in pairs}):
+        mine = [(s, t) for s, t in pairs if t.singer == target]
+        train = [(s, t) for s, t in mine if t.split != "test"]
+        test = [(s, t) for s, t in mine if t.split == "test"]
+        if not train or not test:
+            continue
+        norm, w = ridge_fit(*_conversion_rows(train, kind))
+        x, y = _conversion_rows(test, kind)
+        errs.append((ridge_predict(norm, w, x) - y).abs().mean(1))
+    return float(torch.cat(errs).mean()) if errs else float("nan")
+
+
+def stream_rtf(enc: ContentEncoder, block: int | None, seconds: float = RTF_SECONDS,
+               frame_s: float = 256 / 24000) -> float:  # fmt: skip
+    """Compute seconds per audio second: streaming ``step`` in ``block``-frame chunks (or the
+    one-shot forward for ``None``) over ``seconds`` of random mel."""
+    frames = int(seconds / frame_s)
+    mel = torch.randn(1, enc.n_mels, frames, generator=torch.Generator().manual_seed(0)) - 5.0
+    with torch.inference_mode():
+        if block is None:
+            enc(mel[..., :64])  # warm-up
+            t0 = time.perf_counter()
+            enc(mel)
+            return (time.perf_counter() - t0) / seconds
+        state = enc.init_state(1)
+        for i in range(0, min(frames, 32 * block), block):  # warm-up
+            enc.step(mel[..., i : i + block], state)
+        state = enc.init_state(1)
+        t0 = time.perf_counter()
+        for i in range(0, frames, block):
+            enc.step(mel[..., i : i + block], state)
+        enc.flush(state, 1)
+        return (time.perf_counter() - t0) / seconds
+
+
+def run_content_bench(
+    checkpoint: Path, corpus: Path | None, cfg: Config, threads: int = 1, progress: bool = True
+) -> dict[str, Any]:
+    """All figures of the module docstring as one JSON-able dict."""
+    ck = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    # the corpus's exact F0 where it has one (it only enters the ridge map's conditions)
+    cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, f0_source="corpus"))
+    meta = ck.get("meta", {}) if isinstance(ck.get("meta"), dict) else {}
+    trained = [str(s) for s in meta.get("singers", [])]
+    if corpus is None and not meta.get("corpus"):
+        raise CorpusError(f"{checkpoint} names no corpus; pass the corpus folder (--corpus)")
+    corpus = Path(corpus or meta["corpus"])
+    enc = load_content_encoder(checkpoint)
+    all_utts = load_corpus(corpus)
+    held_out = sorted({u.singer for u in all_utts} - set(trained))
+    if len(held_out) < 2:
+        raise CorpusError(f"{corpus}: {len(held_out)} singer(s) not seen in training "
+                          f"({trained}); the benchmark needs >= 2 held-out singers")  # fmt: skip
+    splits = {u.split for u in all_utts if u.singer in held_out}
+    if "test" not in splits or len(splits) < 2 or any(u.line is None for u in all_utts):
+        raise CorpusError(f"{corpus}: needs a parallel corpus with line numbers and "
+                          "train and test lines (`comostream prep synth`)")  # fmt: skip
+    partners = aligned_partners(corpus, held_out)
+    wanted = set(held_out) | set(partners.values())
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        utts = [u for u in all_utts if u.singer in wanted]
+        feats = [_features(enc, cfg, u) for u in tqdm(
+            utts, desc="content bench", unit="utt", file=sys.stderr, disable=not progress)]
+        held = [f for f in feats if f.singer in held_out]
+        probe = speaker_probe(held, len(held_out))
+        pitch = pitch_probe(held)
+        kept = aligned_agreement(feats, partners)
+        kept["decoder_mel_l1"] = decoder_reconstruction(ck, held)
+        compute = {f"block_{b}": stream_rtf(enc, b) for b in RTF_BLOCKS}
+        compute["one_shot"] = stream_rtf(enc, None)
+    finally:
+        torch.set_num_threads(old_threads)
+    return {
+        "checkpoint": str(checkpoint),
+        "corpus": str(corpus),
+        "step": int(ck.get("step", 0)),
+        "train_singers": trained,
+        "held_out_singers": held_out,
+        "speaker_probe": probe,
+        "pitch_probe": pitch,
+        "content_kept": kept,
+        "compute": {"s_per_audio_s": compute, "threads": threads,
+                    "parameters": sum(p.numel() for p in enc.parameters()),
+                    "lookahead_frames": enc.lookahead_frames,
+                    "lookahead_ms": enc.lookahead_frames * cfg.audio.frame_ms,
+                    "left_frames": enc.left_frames, "content_dim": enc.content_dim},  # fmt: skip
+    }
+
+
+def format_content_report(r: dict[str, Any]) -> str:
+    """A short human-readable summary of :func:`run_content_bench`'s result."""
+    sp, ck, cp = r["speaker_probe"], r["content_kept"], r["compute"]
+    lines = [
+        f"held-out singers: {', '.join(r['held_out_singers'])} (encoder step {r['step']})",
+        f"singer probe accuracy: content {sp['content_accuracy']:.3f}, mel "
+        f"{sp['mel_accuracy']:.3f}, chance {sp['chance']:.3f} ({sp['test_frames']} test frames)",
+    ]
+    pp = r["pitch_probe"]
+    lines.append(f"log-F0 probe R^2: content {pp['content_r2']:.3f}, mel {pp['mel_r2']:.3f}")
+    for key in ("cosine_aligned", "cosine_shifted", "retrieval_at_2", "conversion_mel_l1"):
+        if key in ck:
+            lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in ck[key].items()))
+    d = ck["decoder_mel_l1"]
+    lines.append(f"decoder mel L1: own content {d['content']:.3f}, "
+                 f"shifted content {d['shifted_content']:.3f}")  # fmt: skip
+    rtf = ", ".join(f"{k} {v * 1000:.2f} ms/s" for k, v in cp["s_per_audio_s"].items())
+    lines.append(f"compute ({cp['threads']} thread): {rtf}; lookahead {cp['lookahead_ms']:.1f} ms")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""The built-in content encoder: streaming equality, reach, checkpoints, training, extractor,
+WORLD perturbation."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from streaming_helpers import chunk_bounds, measured_reach, random_chunkings, run_stream
+
+from models.checkpoint_io import CheckpointError
+from models.config import Config, ContentConfig, CorpusConfig, TrainConfig, config_to_dict
+from models.content import ContentEncoder, load_content_encoder
+from models.f0 import extract_f0
+from models.mel import mel_spectrogram
+from training.checkpoint import save_checkpoint
+from training.content import ContentDecoder, SingerAdversary, content_losses, train_content
+from training.features import prepare_features
+from training.perturb import Perturbation, analyze_utterance, draw_perturbation, perturb
+
+SR, HOP = 24000, 256
+TINY = ContentConfig(channels=16, layers=3, content_dim=8, perturbations=1, decoder_channels=16,
+                     decoder_layers=2, speaker_dim=4, adversary_hidden=16)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _mel(frames: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 100, frames, generator=g) * 2.5 - 5.0
+
+
+@pytest.mark.parametrize("cfg", [ContentConfig(), dataclasses.replace(TINY, lookahead_frames=3)])
+def test_chunked_equals_one_shot(cfg: ContentConfig) -> None:
+    torch.manual_seed(0)
+    enc = ContentEncoder(cfg).eval()
+    x = _mel(45)
+    with torch.no_grad():
+        ref = enc(x)
+    assert ref.shape == (2, cfg.content_dim, 45)
+    chunkings: list = [1, 2, 4, 8, *random_chunkings(45, 2)]
+    for sizes in chunkings:
+        state = enc.init_state(2)
+        out = run_stream(lambda c, s=state: enc.step(c, s)[0], lambda s=state: enc.flush(s, 2),
+                         [x], chunk_bounds(45, sizes), enc.lookahead_frames)  # fmt: skip
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max() <= 1e-5
+
+
+def test_declared_reach_is_measured() -> None:
+    torch.manual_seed(0)
+    for cfg in (ContentConfig(), dataclasses.replace(TINY, lookahead_frames=1, kernel_size=5)):
+        enc = ContentEncoder(cfg).eval()
+        assert enc.lookahead_frames == cfg.lookahead_frames
+        x = _mel(90, batch=1)
+        assert measured_reach(enc, x, 50) == (enc.lookahead_frames, enc.left_frames)
+    assert ContentEncoder().left_frames == 26  # 2 * (1 + 2 + 4) * 2 - 2 frames
+
+
+def test_content_frames_are_unit_rms() -> None:
+    enc = ContentEncoder(TINY).eval()
+    with torch.no_grad():
+        z = enc(_mel(20))
+    assert torch.allclose(z.square().mean(1), torch.ones(2, 20), atol=1e-5)
+
+
+def _save_encoder(path: Path, cfg: Config, seed: int = 0) -> ContentEncoder:
+    torch.manual_seed(seed)
+    enc = ContentEncoder(cfg.content, cfg.audio)
+    save_checkpoint(path, {"kind": "content", "config": config_to_dict(cfg),
+                           "models": {"encoder": enc.state_dict()}})  # fmt: skip
+    return enc.eval()
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
+    cfg = Config(content=TINY)
+    enc = _save_encoder(tmp_path / "c.pt", cfg)
+    loaded = load_content_encoder(tmp_path / "c.pt")
+    assert not loaded.training and loaded.cfg == TINY
+    x = _mel(30)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), enc(x))
+    (tmp_path / "bad.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_content_encoder(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "t.pt", {"kind": "teacher", "models": {}})
+    with pytest.raises(CheckpointError, match="expected 'content'"):
+        load_content_encoder(tmp_path / "t.pt")
+    wrong = config_to_dict(cfg)
+    wrong["content"]["content_dim"] = 9
+    save_checkpoint(tmp_path / "w.pt", {"kind": "content", "config": wrong,
+                                        "models": {"encoder": enc.state_dict()}})  # fmt: skip
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_content_encoder(tmp_path / "w.pt")
+
+
+def _batch(frames: int = 24) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ones = torch.ones(2, frames, dtype=torch.bool)
+    return {"src": _mel(frames), "mel": _mel(frames, seed=2), "f0": torch.full((2, frames), 220.0),
+            "voiced": ones, "loudness": torch.rand(2, frames, generator=g) * 40 - 60,
+            "mask": ones, "speaker": torch.tensor([0, 2])}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["confusion", "reverse"])
+def test_adversarial_terms_route_gradients(mode: str) -> None:
+    """The classifier learns only from its own cross-entropy; the encoder's term reaches only
+    the encoder (and vanishes with weight 0)."""
+    grads = {}
+    for weight in (0.0, 1.0):
+        cfg = dataclasses.replace(TINY, adversary_mode=mode, adversary_weight=weight)
+        torch.manual_seed(0)
+        enc, dec, adv = ContentEncoder(cfg), ContentDecoder(cfg, 3, 100), SingerAdversary(cfg, 3)
+        out = content_losses(enc, dec, adv, _batch(), cfg)
+        assert set(out) == {"loss", "recon", "adv_ce", "adv_acc", "adv_enc"}
+        assert 0.0 <= float(out["adv_acc"]) <= 1.0
+        if mode == "confusion":
+            assert float(out["adv_enc"]) >= -1e-6  # CE to uniform minus log(n)
+        out["loss"].backward()
+        grads[weight] = ([p.grad.clone() for p in adv.parameters()],
+                         [p.grad.clone() for p in enc.parameters()])  # fmt: skip
+    for a, b in zip(grads[0.0][0], grads[1.0][0], strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(grads[0.0][1], grads[1.0][1], strict=True))
+
+
+def _harmonic(seconds: float, hz: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return 0.1 * sum(np.sin(2 * np.pi * k * hz * t) / k for k in range(1, 12))
+
+
+def test_perturbation_shifts_pitch_and_keeps_frames() -> None:
+    x = _harmonic(0.6, 200.0)
+    frames = x.shape[0] // HOP + 1
+    world = analyze_utterance(x, SR, HOP)
+    assert world.f0.shape == (frames,)
+    p = Perturbation(semitones=5.0, formant_alpha=0.08, eq=((1000.0, 4.0),), breathiness=0.2)
+    y = perturb(world, p)
+    assert y.shape[0] == (frames - 1) * HOP
+    assert mel_spectrogram(y.astype(np.float32)).shape[-1] == frames
+    f0_in, f0_out = (extract_f0(s.astype(np.float32), SR, backend="dio") for s in (x, y))
+    both = f0_in.voiced & f0_out.voiced
+    assert both.mean() > 0.6
+    shift = 12 * np.log2(np.median(f0_out.f0_hz[both]) / np.median(f0_in.f0_hz[both]))
+    assert shift == pytest.approx(5.0, abs=0.3)
+    cfg = ContentConfig()
+    draws = [draw_perturbation(np.random.default_rng(i), cfg) for i in range(20)]
+    assert all(3.0 <= abs(d.semitones) <= 7.0 for d in draws)
+    assert {d.semitones > 0 for d in draws} == {True, False}
+    assert all(0.02 <= abs(d.formant_alpha) <= 0.12 and len(d.eq) == 3 for d in draws)
+
+
+def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
+    cfg = Config(content=TINY)
+    _save_encoder(tmp_path / "c.pt", cfg)
+    for name, hz, seconds in (("a1", 220.0, 0.5), ("a2", 330.0, 0.37)):
+        (tmp_path / "data" / "alto").mkdir(parents=True, exist_ok=True)
+        sf.write(str(tmp_path / "data" / "alto" / f"{name}.wav"), _harmonic(seconds, hz), SR)
+    feats = dataclasses.replace(cfg.features, extractors=("mel", "content"),
+                                content_checkpoint=str(tmp_path / "c.pt"))  # fmt: skip
+    index = prepare_features(tmp_path / "data", tmp_path / "feat",
+                             dataclasses.replace(cfg, features=feats), progress=False)  # fmt: skip
+    assert len(index.entries) == 2
+    for e in index.entries:
+        with np.load(tmp_path / "feat" / e.path) as d:
+            assert d["content"].shape == (8, d["mel"].shape[-1]) == (8, e.frames)
+            assert d["content"].dtype == np.float32
+    missing = dataclasses.replace(feats, content_checkpoint="")
+    with pytest.raises(ValueError, match="content_checkpoint"):
+        prepare_features(tmp_path / "data", tmp_path / "feat2",
+                         dataclasses.replace(cfg, features=missing), progress=False)  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
+def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
+    from training.synth import synthesize_corpus
+
+    synthesize_corpus(tmp_path / "corpus", CorpusConfig(singers=2, minutes=0.2, seed=3),
+                      progress=False, max_lines=3)  # fmt: skip
+    train = TrainConfig(batch_size=2, segment_frames=32, max_steps=2, warmup_steps=1,
+                        log_every=1, valid_every=1, ckpt_every=1, amp=False)  # fmt: skip
+    cfg = Config(content=TINY, train=train)
+    run = tmp_path / "run"
+    last = train_content(cfg, tmp_path / "corpus", run, dry_run=True, progress=False)
+    assert last == run / "last.pt" and (run / "ckpt_00000001.pt").is_file()
+    enc = load_content_encoder(last)
+    assert enc.content_dim == 8
+    payload = torch.load(last, weights_only=True)
+    assert set(payload["models"]) == {"encoder", "decoder", "adversary"}
+    assert payload["meta"]["singers"] == ["flite_slt_alto", "flite_rms_baritone"]
+    train_content(cfg, tmp_path / "corpus", run, resume=last, progress=False)  # cache reused
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
+    rows = (run / "stats.jsonl").read_text()
+    assert '"recon"' in rows and '"adv_enc"' in rows and '"split": "valid"' in rows
+
+
+def test_bench_probes_on_known_data() -> None:
+    from bench.content import stream_rtf
+    from bench.probes import logreg_accuracy, retrieval_hits, ridge_fit, ridge_predict
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 4, generator=g) + 4.0 * torch.nn.functional.one_hot(y, 4)
+    assert logreg_accuracy(x[:200], y[:200], x[200:], y[200:], 3) > 0.95
+    noise = torch.randn(300, 4, generator=g)
+    assert logreg_accuracy(noise[:200], y[:200], noise[200:], y[200:], 3) < 0.6
+    w = torch.randn(4, 2, generator=g)
+    norm, fit = ridge_fit(x, x @ w + 1.0, l2=1e-6)
+    assert torch.allclose(ridge_predict(norm, fit, x), x @ w + 1.0, atol=1e-3)
+    assert retrieval_hits(x[:50], x[:50] + 0.01, tolerance=0) == (50, 50)
+    assert 0.0 < stream_rtf(ContentEncoder(TINY).eval(), 4, seconds=0.3)

@@ -25,9 +25,9 @@ from models.streaming import (
     CausalConv1d,
     Delay,
     FrameLinear,
+    StreamingStack,
     StreamState,
     child,
-    init_tree,
     pad_future,
 )
 
@@ -105,7 +105,7 @@ class ResidualLayer(nn.Module):
         return x, skip, g
 
 
-class Backbone(nn.Module):
+class Backbone(StreamingStack):
     """``F(x (B, n_mels, T), c_noise, cond (B, cond_channels, T)) -> (B, n_mels, T)``.
 
     ``c_noise`` is ``(B,)``, a scalar, or per frame ``(B, 1, T)``. One-shot ``forward`` is aligned;
@@ -153,14 +153,6 @@ class Backbone(nn.Module):
             c = F.pad(c, (0, delay), mode="replicate")
         return self.run(pad_future(x, delay), c, pad_future(cond, delay), None)[..., delay:]
 
-    def init_state(
-        self,
-        batch: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StreamState:
-        """Fresh streaming state (preallocated histories; the parameters' device/dtype default)."""
-        return init_tree(self, batch, device, dtype)
 
     def step(
         self, x: Tensor, c_noise: Tensor | float, cond: Tensor, state: StreamState

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ModelConfig
-from models.streaming import CausalConv1d, FrameLinear, StreamState, child, init_tree, pad_future
+from models.streaming import (
+    CausalConv1d,
+    FrameLinear,
+    StreamingStack,
+    StreamState,
+    child,
+    pad_future,
+)
 
 __all__ = ["Conditioner", "SpeakerTable", "SpeakerSpec", "UnknownSpeakerError", "f0_inputs"]
 
@@ -105,7 +112,7 @@ class SpeakerTable(nn.Module):
         return self.embedding(index)
 
 
-class Conditioner(nn.Module):
+class Conditioner(StreamingStack):
     """``(content (B, Cc, T), f0_hz (B, T), voiced (B, T), loudness_db (B, T), speaker)`` ->
     ``(B, cond_channels, T)``.
 
@@ -168,14 +175,6 @@ class Conditioner(nn.Module):
         ins = [pad_future(t, d) for t in (content, f0_hz, voiced.to(content.dtype), loudness_db)]
         return self.run(*ins, speaker, None)[..., d:]
 
-    def init_state(
-        self,
-        batch: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StreamState:
-        """Fresh streaming state (the context conv's history)."""
-        return init_tree(self, batch, device, dtype)
 
     def step(
         self,

@@ -27,7 +27,14 @@ from torch import Tensor, nn
 from models.backbone import lookahead_schedule
 from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from models.config import AudioConfig, ConfigError, ContentConfig, config_from_dict
-from models.streaming import CausalConv1d, Delay, FrameLinear, StreamState, child, init_tree
+from models.streaming import (
+    CausalConv1d,
+    Delay,
+    FrameLinear,
+    StreamingStack,
+    StreamState,
+    child,
+)
 
 __all__ = ["CHECKPOINT_KIND", "ContentEncoder", "ContentLayer", "load_content_encoder"]
 
@@ -55,7 +62,7 @@ class ContentLayer(nn.Module):
         return self.res_delay.run(x, child(state, "res_delay")) + self.out(F.gelu(h))
 
 
-class ContentEncoder(nn.Module):
+class ContentEncoder(StreamingStack):
     """``log-mel (B, n_mels, T)`` (natural log, as :mod:`models.mel`) -> ``(B, content_dim, T)``.
 
     One-shot ``forward`` is aligned; ``step`` outputs are ``lookahead_frames`` frames late and
@@ -105,14 +112,6 @@ class ContentEncoder(nn.Module):
         x = F.pad(self.normalize_input(mel), (0, d), value=self.pad_value)
         return self.run(x, None)[..., d:]
 
-    def init_state(
-        self,
-        batch: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StreamState:
-        """Fresh streaming state (preallocated conv and delay histories)."""
-        return init_tree(self, batch, device, dtype)
 
     def step(self, mel: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
         """``mel (B, n_mels, k)`` -> ``(B, content_dim, k)``, ``lookahead_frames`` late."""

@@ -9,11 +9,11 @@ The boundary condition lives here only: the backbone never sees sigma.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from models.backbone import Backbone
 from models.config import EDMConfig
-from models.streaming import Delay, StreamState, child, init_tree
+from models.streaming import Delay, StreamingStack, StreamState, child
 
 __all__ = ["EDMPrecond", "karras_sigmas", "normalise_mel", "denormalise_mel", "sigma_like"]
 
@@ -57,7 +57,7 @@ def sigma_like(sigma: Tensor | float, x: Tensor) -> Tensor:
     return s.view(-1, 1, 1)
 
 
-class EDMPrecond(nn.Module):
+class EDMPrecond(StreamingStack):
     """The denoiser ``D(x (B, n_mels, T), sigma, cond (B, Cg, T)) -> (B, n_mels, T)``.
 
     ``consistency=False``: EDM ``c_skip = sd^2/(s^2+sd^2)``, ``c_out = s*sd/sqrt(s^2+sd^2)``.
@@ -94,14 +94,6 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma_like(sigma, x))
         return c_skip * x + c_out * self.backbone(c_in * x, c_noise, cond)
 
-    def init_state(
-        self,
-        batch: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> StreamState:
-        """Fresh streaming state: the backbone's plus the delay of the ``c_skip * x`` path."""
-        return init_tree(self, batch, device, dtype)
 
     def step(
         self, x: Tensor, sigma: Tensor | float, cond: Tensor, state: StreamState

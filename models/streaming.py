@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "Streaming",
+    "StreamingStack",
     "StreamState",
     "CausalConv1d",
     "Delay",
@@ -95,6 +96,19 @@ def init_tree(
         if sub_state:
             out[name] = sub_state
     return out
+
+
+class StreamingStack(nn.Module):
+    """Base of composite streaming modules: their state is their children's, by name."""
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StreamState:
+        """Fresh streaming state (preallocated histories; the parameters' device/dtype default)."""
+        return init_tree(self, batch, device, dtype)
 
 
 def state_tensors(state: StreamState, prefix: str = "") -> Iterator[tuple[str, Tensor]]:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from models.backbone import Backbone
 from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from models.conditioner import Conditioner, SpeakerSpec
-from models.config import Config, ConfigError, config_from_dict
+from models.config import Config, ConfigError, ContentConfig, config_from_dict, config_to_dict
+from models.content import ContentEncoder
 from models.edm import EDMPrecond, denormalise_mel
 from models.samplers import consistency_onestep
 
@@ -88,13 +89,24 @@ def condition_from_features(
 
 
 class AcousticModel(nn.Module):
-    """Inference: features -> log-mel ``(B, n_mels, T)`` in one network evaluation."""
+    """Inference: features -> log-mel ``(B, n_mels, T)`` in one network evaluation.
 
-    def __init__(self, cfg: Config, speakers: Sequence[str]) -> None:
+    ``content_encoder`` (built from ``content_cfg``) is the encoder whose features the model was
+    trained on; None for a model without content input.
+    """
+
+    def __init__(
+        self, cfg: Config, speakers: Sequence[str], content_cfg: ContentConfig | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.conditioner = build_conditioner(cfg, speakers)
         self.target = build_denoiser(cfg, consistency=True)
+        self.content_cfg = content_cfg
+        self.content_encoder = ContentEncoder(content_cfg, cfg.audio) if content_cfg else None
+        if content_cfg is not None and content_cfg.content_dim != cfg.model.content_dim:
+            raise ConfigError(f"content encoder gives {content_cfg.content_dim} channels, the "
+                              f"model takes {cfg.model.content_dim}")  # fmt: skip
         self.lookahead_frames = self.conditioner.lookahead_frames + self.target.lookahead_frames
 
     @property
@@ -117,15 +129,17 @@ class AcousticModel(nn.Module):
 
     def export_payload(self) -> dict[str, Any]:
         """The inference checkpoint's contents (see :mod:`training.checkpoint` for writing)."""
-        from models.config import config_to_dict
-
-        return {
+        payload: dict[str, Any] = {
             "kind": INFERENCE_KIND,
             "config": config_to_dict(self.cfg),
             "speakers": list(self.speakers),
             "conditioner": self.conditioner.state_dict(),
             "target": self.target.state_dict(),
         }
+        if self.content_encoder is not None and self.content_cfg is not None:
+            payload["content_config"] = config_to_dict(self.content_cfg)
+            payload["content_encoder"] = self.content_encoder.state_dict()
+        return payload
 
     @classmethod
     def from_checkpoint(
@@ -136,9 +150,13 @@ class AcousticModel(nn.Module):
         try:
             cfg = config_from_dict(ck["config"], f"{path} (config)")
             speakers = [str(s) for s in ck["speakers"]]
-            model = cls(cfg, speakers)
+            content = ck.get("content_config")
+            content_cfg = config_from_dict({"content": content}).content if content else None
+            model = cls(cfg, speakers, content_cfg)
         except (KeyError, TypeError, ConfigError) as exc:
             raise CheckpointError(f"{path}: malformed inference checkpoint ({exc})") from None
         load_state_strict(model.conditioner, ck["conditioner"], f"{path}: conditioner")
         load_state_strict(model.target, ck["target"], f"{path}: target")
+        if model.content_encoder is not None:
+            load_state_strict(model.content_encoder, ck["content_encoder"], f"{path}: content")
         return model.to(device).eval()

@@ -154,3 +154,32 @@ def test_hold_unvoiced_is_causal() -> None:
     assert held.tolist() == [[100.0, 200.0, 200.0, 200.0, 300.0, 300.0]]
     # Causal: the prefix's output does not depend on later frames.
     assert torch.equal(hold_unvoiced(f0[:, :3], f0[:, :3] > 0, 100.0), held[:, :3])
+
+
+def test_export_carries_the_content_encoder(feats: Path, tmp_path: Path) -> None:
+    """A model trained on content features exports a copy of the encoder that made them."""
+    import dataclasses
+
+    from models.config import ContentConfig, config_to_dict
+    from models.content import ContentEncoder
+
+    content_cfg = ContentConfig(channels=16, layers=2, content_dim=8)
+    base = load_config(ROOT / "configs" / "tiny.toml")
+    encoder = ContentEncoder(content_cfg, base.audio)
+    enc_path = save_checkpoint(tmp_path / "content.pt", {
+        "kind": "content", "models": {"encoder": encoder.state_dict()},
+        "config": config_to_dict(dataclasses.replace(base, content=content_cfg))})  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "tiny.toml", overrides={
+        "features": {"extractors": ["mel", "f0", "loudness", "content"],
+                     "content_checkpoint": str(enc_path)},
+        "train": {**TRAIN, "max_steps": 2, "valid_every": 2}})  # fmt: skip
+    assert cfg.model.content_dim == 8
+    corpus = Path(json.loads((feats / "features.json").read_text())["source"])
+    prepare_features(corpus, tmp_path / "feat", cfg, progress=False)
+    train_teacher(cfg, RunOptions(tmp_path / "feat", tmp_path / "t", progress=False))
+    train_distill(cfg, tmp_path / "t" / "last.pt",
+                  RunOptions(tmp_path / "feat", tmp_path / "d", progress=False))  # fmt: skip
+    model = AcousticModel.from_checkpoint(export_model(tmp_path / "d" / "last.pt",
+                                                       tmp_path / "m.ckpt"))  # fmt: skip
+    assert model.content_encoder is not None
+    torch.testing.assert_close(model.content_encoder.state_dict(), encoder.state_dict())

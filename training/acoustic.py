@@ -30,6 +30,7 @@ from models.acoustic import (
 )
 from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from models.config import Config, config_from_dict
+from models.content import load_content_encoder
 from models.edm import denormalise_mel, normalise_mel
 from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
 from training.checkpoint import save_checkpoint
@@ -274,9 +275,19 @@ def train_finetune(cfg: Config, init: Path, speaker: str, opts: RunOptions) -> T
 
 
 def export_model(ckpt: Path, out: Path) -> Path:
-    """Write the inference file of a distillation/finetune checkpoint: target only (+ what runs)."""
+    """Write the inference file of a distillation/finetune checkpoint: the target, conditioner
+    and singer table, plus a copy of the content encoder the features came from."""
     cfg, speakers, models = load_distilled(ckpt)
-    model = AcousticModel(cfg, speakers)
+    encoder = None
+    if cfg.model.content_dim > 0:
+        source = cfg.features.content_checkpoint
+        if not source:
+            raise CheckpointError(f"{ckpt}: the model takes content but its config names no "
+                                  "[features] content_checkpoint to export with it")  # fmt: skip
+        encoder = load_content_encoder(source)
+    model = AcousticModel(cfg, speakers, encoder.cfg if encoder is not None else None)
     model.conditioner.load_state_dict(models["conditioner"].state_dict())
     model.target.load_state_dict(models["target"].state_dict())
+    if encoder is not None and model.content_encoder is not None:
+        model.content_encoder.load_state_dict(encoder.state_dict())
     return save_checkpoint(out, copy.deepcopy(model.export_payload()))

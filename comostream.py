@@ -350,8 +350,9 @@ def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         p = train_sub.add_parser(name, parents=[common], help=text, description=(
             f"Train {text}. Works under torchrun (DDP) too; writes config.json, stats.jsonl, "
             "TensorBoard scalars and checkpoints (ckpt_STEP.pt, last.pt) to --out."))  # fmt: skip
-        p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
-                       help="features from `comostream prep features`")
+        data_help = ("features from `comostream prep features`" if name != "finetune" else
+                     "features holding the new singer, or a folder of its recordings")
+        p.add_argument("--data", type=Path, required=True, metavar="DIR", help=data_help)
         p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
         p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                        help="continue a run exactly from its checkpoint")

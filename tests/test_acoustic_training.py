@@ -183,3 +183,17 @@ def test_export_carries_the_content_encoder(feats: Path, tmp_path: Path) -> None
                                                        tmp_path / "m.ckpt"))  # fmt: skip
     assert model.content_encoder is not None
     torch.testing.assert_close(model.content_encoder.state_dict(), encoder.state_dict())
+
+
+def test_finetune_from_a_folder_of_recordings(feats: Path, teacher: Path, tmp_path: Path) -> None:
+    """`--data SINGER_DIR` of plain recordings: features are prepared with the model's settings."""
+    corpus = Path(json.loads((feats / "features.json").read_text())["source"])
+    singer_dir = tmp_path / "my_recordings"
+    singer_dir.mkdir()
+    for wav in sorted((corpus / "flite_slt_alto").glob("*.wav")):
+        (singer_dir / wav.name).write_bytes(wav.read_bytes())
+    train_distill(_cfg(2), teacher, RunOptions(feats, tmp_path / "d", progress=False))
+    state = train_finetune(_cfg(3), tmp_path / "d" / "last.pt", "alto_two",
+                           RunOptions(singer_dir, tmp_path / "ft", progress=False))  # fmt: skip
+    assert state.meta["speakers"][-1] == "alto_two"
+    assert (tmp_path / "ft" / "features" / "index.jsonl").is_file()

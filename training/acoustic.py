@@ -232,17 +232,23 @@ def load_distilled(path: Path) -> tuple[Config, list[str], dict[str, Any]]:
 def train_finetune(cfg: Config, init: Path, speaker: str, opts: RunOptions) -> TrainState:
     """Add ``speaker`` to a distilled model and learn only its table row on ``opts.data``.
 
-    ``opts.data`` is a feature folder; its utterances of singer ``speaker`` (train split) are used.
-    The row is trained through the frozen teacher's EDM loss; the target shares the conditioner,
-    so the new singer works in one step while every other singer stays bit-identical.
+    ``opts.data``: a feature folder holding singer ``speaker`` (its train split is used), or a
+    folder of that singer's recordings (``*.wav|flac|ogg``), whose features are then prepared
+    into ``opts.out/features`` with the model's own feature settings. The row is trained through
+    the frozen teacher's EDM loss; the target shares the conditioner, so the new singer works in
+    one step while every other singer stays bit-identical.
     """
     device = _device()
     seed_everything(cfg.train.seed)
     mcfg, speakers, models = load_distilled(init)
     if speaker in speakers:
         raise ValueError(f"singer {speaker!r} is already in {init}; pick a new name")
-    cfg = dataclasses.replace(cfg, model=mcfg.model, audio=mcfg.audio, edm=mcfg.edm)
-    data, _ = _datasets(cfg, opts.data, singer=speaker)
+    cfg = dataclasses.replace(cfg, model=mcfg.model, audio=mcfg.audio, edm=mcfg.edm,
+                              features=mcfg.features, f0=mcfg.f0)  # fmt: skip
+    feat_dir = Path(opts.data)
+    if not (feat_dir / "features.json").is_file():
+        feat_dir = _singer_features(feat_dir, speaker, opts.out, cfg, opts.progress)
+    data, _ = _datasets(cfg, feat_dir, singer=speaker)
     table = models["conditioner"].speakers
     row = table.add_speaker(speaker)
     weight = table.embedding.weight
@@ -269,6 +275,21 @@ def train_finetune(cfg: Config, init: Path, speaker: str, opts: RunOptions) -> T
     if opts.resume:
         trainer.resume(opts.resume)
     return trainer.fit()
+
+
+def _singer_features(
+    singer_dir: Path, speaker: str, out: Path, cfg: Config, progress: bool
+) -> Path:
+    """Features of one singer's recordings (``singer_dir/*.wav``) in ``out/features``."""
+    from training.features import prepare_features
+
+    corpus = out / "corpus"
+    (corpus).mkdir(parents=True, exist_ok=True)
+    link = corpus / speaker
+    if not link.exists():
+        link.symlink_to(singer_dir.resolve(), target_is_directory=True)
+    prepare_features(corpus, out / "features", cfg, progress=progress)
+    return out / "features"
 
 
 # ---------------------------------------------------------------------------- export

@@ -3,8 +3,9 @@
 Today the demo streams each bundled example through the part of the realtime chain that exists:
 the incremental mel and loudness extractors (fed block by block, as the live engine will feed
 them) and the F0 tracker with post-processing and transposition. It checks that the streamed
-frames equal the offline ones, reports latency and cost, and writes the features. The acoustic
-model and vocoder come with later issues; until then the demo says so instead of converting.
+frames equal the offline ones, reports latency and cost, and writes the features. The vocoder,
+the streaming engine and a shipped model come with later issues; until then the demo says so
+instead of converting.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def run_demo(cfg: Config, out_dir: Path, example: Path | None = None) -> int:
     print(_table(reports, cfg.f0.backend))
     print(
         f"\nStreamed in blocks of {DEMO_BLOCK_FRAMES} frames; features written to {out_dir}/.\n"
-        "Not there yet: the acoustic model (teacher, consistency distillation) and the vocoder "
-        "are later issues, so this demo analyses the input but does not convert it."
+        "Not there yet: the vocoder, the streaming engine and a shipped trained model (later "
+        "issues), so this demo analyses the input but does not convert it. The acoustic model "
+        "can be trained already: see README, 'Training the acoustic model'."
     )
     return 0

@@ -33,7 +33,7 @@ from models.mel import mel_spectrogram
 from training.corpus import Utterance, load_corpus
 from training.dataset import collate_segments
 from training.feature_index import FeatureError
-from training.features import EXTRACTORS, _save_npz
+from training.features import EXTRACTORS, save_npz
 from training.perturb import analyze_utterance, draw_perturbation, perturb
 
 __all__ = [
@@ -116,7 +116,7 @@ def build_perturbation_cache(
     for utt in tqdm(utts, desc="perturb", unit="utt", file=sys.stderr, disable=not progress):
         path = root / utt.singer / f"{utt.path.stem}.npz"
         if not path.is_file():
-            _save_npz(path, _compute(utt, cfg))
+            save_npz(path, _compute(utt, cfg))
         with np.load(path) as data:
             frames = int(data["mel"].shape[-1])
         out.append(CachedUtterance(f"{utt.singer}/{utt.path.stem}", utt.singer, utt.split,

@@ -52,7 +52,7 @@ from training.feature_index import (
     write_text_atomic,
 )
 
-__all__ = ["EXTRACTORS", "Extractor", "UnusableUtterance", "prepare_features"]
+__all__ = ["EXTRACTORS", "Extractor", "UnusableUtterance", "prepare_features", "save_npz"]
 
 
 class UnusableUtterance(ValueError):
@@ -130,7 +130,7 @@ def _changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-def _save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Atomically write ``arrays`` to ``path`` (uncompressed .npz)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
@@ -225,7 +225,7 @@ def prepare_features(
             except (AudioError, UnusableUtterance) as exc:
                 skipped.append(Skipped(str(utt.path), utt.singer, str(exc)))
                 continue
-            _save_npz(out, arrays)
+            save_npz(out, arrays)
             frames = int(arrays[next(iter(arrays))].shape[-1])
             computed += 1
         entries.append(FeatureEntry(uid, utt.singer, utt.split, frames, rel))

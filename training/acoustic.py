@@ -281,8 +281,13 @@ def _singer_features(
     singer_dir: Path, speaker: str, out: Path, cfg: Config, progress: bool
 ) -> Path:
     """Features of one singer's recordings (``singer_dir/*.wav``) in ``out/features``."""
+    from training.corpus import CorpusError
     from training.features import prepare_features
 
+    audio = [p for ext in ("wav", "flac", "ogg") for p in singer_dir.glob(f"*.{ext}")]
+    if not singer_dir.is_dir() or not audio:
+        raise CorpusError(f"{singer_dir}: neither a feature folder (features.json) nor a folder "
+                          "of recordings (*.wav, *.flac, *.ogg)")  # fmt: skip
     corpus = out / "corpus"
     (corpus).mkdir(parents=True, exist_ok=True)
     link = corpus / speaker

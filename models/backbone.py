@@ -29,6 +29,7 @@ from models.streaming import (
     StreamState,
     child,
     pad_future,
+    per_item,
 )
 
 __all__ = ["Backbone", "NoiseEmbedding", "ResidualLayer", "lookahead_schedule"]
@@ -135,7 +136,7 @@ class Backbone(StreamingStack):
         self, x: Tensor, c_noise: Tensor | float, cond: Tensor, state: StreamState | None
     ) -> Tensor:
         """Causal computation over ``k`` frames (output ``lookahead_frames`` late)."""
-        g = cond + self.noise(_noise_frames(c_noise, x))
+        g = cond + self.noise(per_item(c_noise, x, "c_noise"))
         h = F.relu(self.input(x))
         skip: Tensor | None = None
         layers_state = child(state, "layers")
@@ -148,7 +149,7 @@ class Backbone(StreamingStack):
     def forward(self, x: Tensor, c_noise: Tensor | float, cond: Tensor) -> Tensor:
         """One-shot, aligned: ``(B, n_mels, T) -> (B, n_mels, T)``."""
         delay = self.lookahead_frames
-        c = _noise_frames(c_noise, x)
+        c = per_item(c_noise, x, "c_noise")
         if c.shape[-1] > 1 and delay:  # per-frame: hold the last value over the padding
             c = F.pad(c, (0, delay), mode="replicate")
         return self.run(pad_future(x, delay), c, pad_future(cond, delay), None)[..., delay:]
@@ -167,17 +168,5 @@ class Backbone(StreamingStack):
         x = ref.new_zeros(batch, self.n_mels, delay)
         if delay == 0:
             return x
-        c = _noise_frames(c_noise, x)[..., -1:]
+        c = per_item(c_noise, x, "c_noise")[..., -1:]
         return self.run(x, c, ref.new_zeros(batch, self.cond_channels, delay), state)
-
-
-def _noise_frames(c_noise: Tensor | float, x: Tensor) -> Tensor:
-    """``c_noise`` as ``(B, 1, T')`` (``T'`` = 1 or frames) on ``x``'s device and dtype."""
-    c = torch.as_tensor(c_noise, dtype=x.dtype, device=x.device)
-    if c.dim() == 3:
-        return c
-    if c.dim() == 0:
-        c = c.expand(x.shape[0])
-    if c.dim() != 1:
-        raise ValueError(f"c_noise must be a scalar, (B,) or (B, 1, T); got {tuple(c.shape)}")
-    return c.view(-1, 1, 1)

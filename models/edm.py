@@ -13,7 +13,7 @@ from torch import Tensor
 
 from models.backbone import Backbone
 from models.config import EDMConfig
-from models.streaming import Delay, StreamingStack, StreamState, child
+from models.streaming import Delay, StreamingStack, StreamState, child, per_item
 
 __all__ = ["EDMPrecond", "karras_sigmas", "normalise_mel", "denormalise_mel", "sigma_like"]
 
@@ -47,14 +47,7 @@ def denormalise_mel(x: Tensor, cfg: EDMConfig) -> Tensor:
 
 def sigma_like(sigma: Tensor | float, x: Tensor) -> Tensor:
     """``sigma`` (scalar, ``(B,)`` or per frame ``(B, 1, T)``) as ``(B, 1, 1)`` or ``(B, 1, T)``."""
-    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    if s.dim() == 3:
-        return s
-    if s.dim() == 0:
-        s = s.expand(x.shape[0])
-    if s.dim() != 1:
-        raise ValueError(f"sigma must be a scalar, (B,) or (B, 1, T); got {tuple(s.shape)}")
-    return s.view(-1, 1, 1)
+    return per_item(sigma, x, "sigma")
 
 
 class EDMPrecond(StreamingStack):

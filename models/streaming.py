@@ -40,6 +40,8 @@ __all__ = [
     "FrameLinear",
     "child",
     "init_tree",
+    "per_item",
+    "zero_history",
     "state_tensors",
     "pad_future",
 ]
@@ -96,6 +98,33 @@ def init_tree(
         if sub_state:
             out[name] = sub_state
     return out
+
+
+def per_item(value: Tensor | float, x: Tensor, name: str) -> Tensor:
+    """``value`` (scalar, ``(B,)`` or per frame ``(B, 1, T)``) as ``(B, 1, 1)`` or ``(B, 1, T)``
+    on ``x``'s device and dtype; ``name`` is used in the error."""
+    v = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if v.dim() == 3:
+        return v
+    if v.dim() == 0:
+        v = v.expand(x.shape[0])
+    if v.dim() != 1:
+        raise ValueError(f"{name} must be a scalar, (B,) or (B, 1, T); got {tuple(v.shape)}")
+    return v.view(-1, 1, 1)
+
+
+def zero_history(
+    batch: int,
+    channels: int,
+    frames: int,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> StreamState:
+    """``{"history": zeros (B, channels, frames)}`` (the zero past), ``{}`` when ``frames == 0``."""
+    if frames == 0:
+        return {}
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    return {"history": torch.zeros(batch, channels, frames, device=device, dtype=dtype)}
 
 
 class StreamingStack(nn.Module):
@@ -182,12 +211,9 @@ class CausalConv1d(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> StreamState:
         """``{"history": zeros (B, C_in, (k-1)*dilation)}`` (the zero past), ``{}`` if k = 1."""
-        if self.history_frames == 0:
-            return {}
         device = self.conv.weight.device if device is None else device
         dtype = self.conv.weight.dtype if dtype is None else dtype
-        hist = torch.zeros(batch, self.in_channels, self.history_frames, device=device, dtype=dtype)
-        return {"history": hist}
+        return zero_history(batch, self.in_channels, self.history_frames, device, dtype)
 
     def run(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         """Causal output ``(B, C_out, k)`` of ``x (B, C_in, k)`` (delayed by the lookahead).
@@ -251,11 +277,7 @@ class Delay(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> StreamState:
         """``{"history": zeros (B, C, frames)}``, or ``{}`` for a zero delay."""
-        if self.frames == 0:
-            return {}
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        hist = torch.zeros(batch, self.channels, self.frames, device=device, dtype=dtype)
-        return {"history": hist}
+        return zero_history(batch, self.channels, self.frames, device, dtype)
 
     def run(self, x: Tensor, state: StreamState | None = None) -> Tensor:
         """``x (B, C, k)`` delayed by ``frames``: ``(B, C, k)``."""

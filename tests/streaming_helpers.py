@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -59,14 +58,3 @@ def measured_reach(fn: Callable[[Tensor], Tensor], x: Tensor, frame: int) -> tup
 def state_signature(tensors: Sequence[tuple[str, Tensor]]) -> list[tuple[str, int, int, tuple]]:
     """``(name, id, data_ptr, shape)`` of every state tensor: unchanged = no growth."""
     return [(name, id(t), t.data_ptr(), tuple(t.shape)) for name, t in tensors]
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (tiny ops on shared cores run faster on one)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

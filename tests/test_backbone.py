@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from streaming_helpers import (
@@ -13,7 +11,6 @@ from streaming_helpers import (
     random_chunkings,
     run_stream,
     state_signature,
-    torch_threads,
 )
 
 from models.backbone import Backbone, lookahead_schedule
@@ -24,10 +21,7 @@ TINY = load_config("configs/tiny.toml").model
 T_FRAMES = 37
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,6 @@ from streaming_helpers import (
     random_chunkings,
     run_stream,
     state_signature,
-    torch_threads,
 )
 
 from models.conditioner import Conditioner, SpeakerTable, UnknownSpeakerError, f0_inputs
@@ -27,10 +24,7 @@ SINGERS = ["alto", "bass", "tenor"]
 T_FRAMES = 31
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

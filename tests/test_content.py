@@ -28,9 +28,7 @@ TINY = ContentConfig(channels=16, layers=3, content_dim=8, perturbations=1, deco
                      decoder_layers=2, speaker_dim=4, adversary_hidden=16)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mel(frames: int, batch: int = 2, seed: int = 0) -> torch.Tensor:

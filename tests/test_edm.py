@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from streaming_helpers import (
     random_chunkings,
     run_stream,
     state_signature,
-    torch_threads,
 )
 
 from models.backbone import Backbone
@@ -26,10 +24,7 @@ CFG = load_config("configs/tiny.toml")
 T_FRAMES = 29
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _precond(consistency: bool) -> EDMPrecond:

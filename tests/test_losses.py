@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
-from streaming_helpers import torch_threads
 from torch import Tensor
 
 from models.backbone import Backbone
@@ -31,10 +29,7 @@ BINS = 8  # toy "mel" bins: few enough for the tiny backbone's 16 channels to ca
 BATCH, FRAMES = 16, 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_batch(gen: torch.Generator, batch: int = BATCH) -> tuple[Tensor, Tensor]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
-from streaming_helpers import torch_threads
 from torch import Tensor
 
 from models.backbone import Backbone
@@ -25,10 +23,7 @@ CFG = load_config("configs/tiny.toml")
 MU, SD = 0.3, 0.5  # the toy Gaussian data distribution N(MU, SD^2) per element
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_denoiser(x: Tensor, sigma: Tensor | float, cond: Tensor) -> Tensor:

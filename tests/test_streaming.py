@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,6 @@ from streaming_helpers import (
     random_chunkings,
     run_stream,
     state_signature,
-    torch_threads,
 )
 
 from models.backbone import Backbone
@@ -28,10 +25,7 @@ from models.streaming import CausalConv1d, Delay, Streaming, init_tree, state_te
 CONV_CASES = [(3, 1, 0), (3, 1, 1), (3, 2, 3), (5, 4, 2), (1, 1, 0), (2, 3, 3)]  # k, d, L
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv(k: int, d: int, la: int, seed: int = 0) -> CausalConv1d:

@@ -1,0 +1,378 @@
+"""The streaming engine: audio in at the caller's rate -> converted audio out, chunk by chunk.
+
+Chain per stream: mono mix -> stateful resampler to 24 kHz -> :class:`~realtime.frontend.FrontEnd`
+(mel, loudness, F0 per 10.67 ms frame) -> transposition and causal F0 hold -> a block of ``B``
+frames through :class:`~realtime.step.ConversionStep` (content encoder, conditioner, one-step
+consistency target, vocoder) -> output FIFO -> stateful resampler back -> mono or duplicated out.
+
+Latency is computed, never written down: with hop ``h`` (256 samples at 24 kHz), the analysis
+window's overhang beyond the frame's hop ``p`` (the front-end's left padding: 256 samples for
+the 1024-sample window), the front-end's F0 lookahead ``Lf`` and the models' lookahead ``Ls``
+(frames), output sample ``m`` of the 24 kHz stream is input sample ``m - D`` with
+
+    D = B h + p + (Lf + Ls) h     (``latency_samples_24k``)
+
+for ANY chunking of the input: the FIFO starts with ``(B + Lf) h`` samples of silence, exactly the
+most a block can still be waiting for, so every ``push`` of ``n`` samples returns ``n`` samples
+and the delay never moves. The resamplers add their own integer delays (:attr:`latency_ms`).
+``flush`` returns the last ``D`` samples; offline (``offline=True``) runs every frame in one
+model step at ``flush`` and returns the same samples (equal to float rounding).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from models.config import AudioConfig, F0Config, RealtimeConfig
+from realtime.frontend import FrameFeatures, FrontEnd, IncrementalF0Like, default_f0_tracker
+from realtime.resample import StreamingResampler
+
+__all__ = ["EngineStats", "SampleFifo", "StreamingConverter", "DEFAULT_F0_HZ"]
+
+MODEL_RATE = 24000
+DEFAULT_F0_HZ = 200.0  # conditioning F0 before the first voiced frame (as models.acoustic)
+SpeakerEmbed = Callable[[Any], Tensor]  # a singer name / mix -> (1, speaker_dim) embedding
+
+
+class SampleFifo:
+    """A growable float32 FIFO of samples (amortised O(n) per push/pop)."""
+
+    def __init__(self, capacity: int = 8192) -> None:
+        self._buf = np.zeros(max(16, capacity), np.float32)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def push(self, x: np.ndarray) -> None:
+        """Append ``x (n,)``."""
+        n = x.shape[0]
+        if self._end + n > self._buf.shape[0]:
+            live = self._buf[self._start : self._end]
+            if len(live) + n > self._buf.shape[0] // 2:
+                grown = np.zeros(2 * (len(live) + n), np.float32)
+                grown[: len(live)] = live
+                self._buf = grown
+            else:
+                self._buf[: len(live)] = live.copy()
+            self._start, self._end = 0, len(live)
+        self._buf[self._end : self._end + n] = x
+        self._end += n
+
+    def pop(self, n: int) -> np.ndarray:
+        """Remove and return the oldest ``n`` samples (a copy); ValueError if fewer are held."""
+        if n > len(self):
+            raise ValueError(f"FIFO holds {len(self)} samples, {n} requested")
+        out = self._buf[self._start : self._start + n].copy()
+        self._start += n
+        return out
+
+
+@dataclass
+class EngineStats:
+    """Counters and (when profiling) per-chunk stage times in seconds."""
+
+    chunks: int = 0
+    blocks: int = 0
+    frames: int = 0
+    samples_in: int = 0
+    bad_samples: int = 0  # NaN/inf input samples replaced by 0
+    stage_times: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stage_times.setdefault(stage, []).append(seconds)
+
+
+class _Ramp:
+    """A value moving linearly to a new target over ``frames`` frames (clickless changes)."""
+
+    def __init__(self, value: Tensor, frames: int) -> None:
+        self.start = value
+        self.target = value
+        self.pos = 1.0
+        self.frames = frames
+
+    def set(self, target: Tensor, now: Tensor) -> None:
+        self.start, self.target, self.pos = now, target, 0.0
+
+    def take(self, frames: int) -> Tensor:
+        """Values of the next ``frames`` frames ``(frames, *shape)``, advancing the ramp."""
+        steps = self.pos + (torch.arange(1, frames + 1, dtype=torch.float64) / self.frames)
+        w = steps.clamp(max=1.0).to(self.start.dtype).view(-1, *([1] * self.start.dim()))
+        self.pos = min(1.0, self.pos + frames / self.frames)
+        return self.start + (self.target - self.start) * w
+
+    def current(self) -> Tensor:
+        return self.start + (self.target - self.start) * min(1.0, self.pos)
+
+
+class StreamingConverter:
+    """One conversion stream (see the module docstring).
+
+    ``step``: a :class:`~realtime.step.ConversionStep` (or any module with ``lookahead_frames``,
+    ``hop_length``, ``init_state(streams)`` and ``step(FrameInputs, state) -> (1, k * hop)``).
+    ``embed``: singer name/mix -> ``(1, speaker_dim)``; None for a step without singers.
+    ``sample_rate``/``channels``: the caller's audio (16-48 kHz; 1 or 2 channels in, the same
+    count out: mono is duplicated). ``offline``: run all frames in one model step at ``flush``.
+    """
+
+    def __init__(
+        self,
+        step: nn.Module,
+        *,
+        embed: SpeakerEmbed | None = None,
+        speaker: Any = None,
+        transpose: float = 0.0,
+        sample_rate: int = MODEL_RATE,
+        channels: int = 1,
+        realtime: RealtimeConfig | None = None,
+        audio: AudioConfig | None = None,
+        f0: F0Config | None = None,
+        f0_tracker: Callable[[F0Config], IncrementalF0Like] = default_f0_tracker,
+        offline: bool = False,
+        profile: bool = False,
+    ) -> None:
+        if not 8000 <= sample_rate <= 192000:
+            raise ValueError(f"unsupported sample rate {sample_rate} Hz (8-192 kHz)")
+        if channels not in (1, 2):
+            raise ValueError(f"channels must be 1 or 2, got {channels}")
+        self.step_module = step
+        self.rt = realtime or RealtimeConfig()
+        self.audio = audio or AudioConfig()
+        self.sample_rate, self.channels = int(sample_rate), int(channels)
+        self.offline, self.profile = offline, profile
+        self.block = self.rt.block_frames
+        self.hop = self.audio.hop_length
+        self.frontend = FrontEnd(self.audio, f0, f0_tracker)
+        resampled = sample_rate != MODEL_RATE
+        self.rs_in = StreamingResampler(sample_rate, MODEL_RATE) if resampled else None
+        self.rs_out = StreamingResampler(MODEL_RATE, sample_rate) if resampled else None
+        self.lookahead_frames = self.frontend.lookahead_frames + int(step.lookahead_frames)
+        self.fifo_prefill = self.hop * (self.block + self.frontend.lookahead_frames)
+        self.latency_samples_24k = (
+            self.hop * self.block + self.frontend.pad_samples + self.hop * self.lookahead_frames)
+        self.embed = embed
+        ref = next(step.parameters(), None)
+        self.device = ref.device if ref is not None else torch.device("cpu")
+        self.dtype = ref.dtype if ref is not None else torch.float32
+        dim = int(getattr(step, "speaker_dim", 0))
+        zero = torch.zeros(1, dim, dtype=self.dtype)
+        self._speaker = _Ramp(self._embedding(speaker) if embed else zero, self.rt.ramp_frames)
+        self._transpose = _Ramp(torch.tensor(float(transpose), dtype=torch.float64),
+                                self.rt.ramp_frames)  # fmt: skip
+        self.speaker = speaker
+        self.stats = EngineStats()
+        self.reset()
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency in ms: block + window overhang + lookaheads + resampling."""
+        seconds = self.latency_samples_24k / MODEL_RATE
+        if self.rs_in is not None and self.rs_out is not None:
+            seconds += self.rs_in.delay_samples_out / MODEL_RATE
+            seconds += self.rs_out.delay_samples_out / self.sample_rate
+        return 1000.0 * seconds
+
+    @property
+    def latency_samples(self) -> int:
+        """The algorithmic latency in output samples (rounded at a non-24 kHz rate)."""
+        return int(round(self.latency_ms * self.sample_rate / 1000.0))
+
+    @property
+    def block_ms(self) -> float:
+        """Duration of one model step's block in ms."""
+        return 1000.0 * self.block * self.hop / MODEL_RATE
+
+    def set_speaker(self, speaker: Any) -> None:
+        """Change singer (a name, or a mix ``{name: weight}``): ramped over ``ramp_frames``."""
+        if self.embed is None:
+            raise ValueError("this engine has no singer table")
+        emb = self._embedding(speaker)
+        self._speaker.set(emb, self._speaker.current())
+        self.speaker = speaker
+
+    def set_transpose(self, semitones: float) -> None:
+        """Change transposition (semitones): ramped over ``ramp_frames`` frames."""
+        if not np.isfinite(semitones) or abs(semitones) > 48:
+            raise ValueError(f"transposition must be within +-48 semitones, got {semitones}")
+        target = torch.tensor(float(semitones), dtype=torch.float64)
+        self._transpose.set(target, self._transpose.current())
+
+    @property
+    def transpose(self) -> float:
+        return float(self._transpose.target)
+
+    def reset(self) -> None:
+        """Start a new stream: every state back to the beginning (singer/transposition kept)."""
+        self.frontend.reset()
+        for rs in (self.rs_in, self.rs_out):
+            if rs is not None:
+                rs.reset()
+        with torch.inference_mode():
+            self.state = self.step_module.init_state(1)
+        self._pending: list[FrameFeatures] = []
+        self._pending_frames = 0
+        self._last_f0 = DEFAULT_F0_HZ
+        self._in24 = 0  # 24 kHz samples fed (flush padding excluded)
+        self._out24 = 0  # 24 kHz samples returned
+        self.fifo = SampleFifo()
+        self.fifo.push(np.zeros(self.fifo_prefill, np.float32))
+        self._speaker.pos = 1.0
+        self._speaker.start = self._speaker.target
+        self._transpose.pos = 1.0
+        self._transpose.start = self._transpose.target
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Feed ``(n,)`` or ``(n, channels)`` float samples; return as many converted samples
+        (same shape convention), ``latency_ms`` late."""
+        t0 = time.perf_counter()
+        mono, squeeze = self._mono(samples)
+        x24 = self.rs_in.push(mono) if self.rs_in is not None else mono
+        t1 = time.perf_counter()
+        self._feed(x24)
+        out24 = self._emit(x24.shape[0])
+        t2 = time.perf_counter()
+        out = self.rs_out.push(out24) if self.rs_out is not None else out24
+        t3 = time.perf_counter()
+        self.stats.chunks += 1
+        self.stats.samples_in += mono.shape[0]
+        if self.profile:
+            self.stats.add_time("resample", (t1 - t0) + (t3 - t2))
+            self.stats.add_time("total", t3 - t0)
+        return self._shape(out, squeeze)
+
+    def flush(self) -> np.ndarray:
+        """The tail: the remaining ``latency`` worth of output; then the engine is reset."""
+        squeeze = self.channels == 1
+        tail24 = self.rs_in.flush() if self.rs_in is not None else np.zeros(0, np.float32)
+        self._feed(tail24)
+        self._in24 += tail24.shape[0]
+        need = self._in24 - self._out24 + self.latency_samples_24k
+        zeros = np.zeros(self.latency_samples_24k + 2 * self.hop * self.block, np.float32)
+        self._feed(zeros, final=True)
+        out24 = self.fifo.pop(need)
+        if self.rs_out is not None:
+            out = np.concatenate([self.rs_out.push(out24), self.rs_out.flush()])
+        else:
+            out = out24
+        self.reset()
+        return self._shape(out, squeeze)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _embedding(self, speaker: Any) -> Tensor:
+        assert self.embed is not None
+        with torch.inference_mode():
+            return self.embed(speaker).detach().to("cpu", self.dtype).reshape(1, -1)
+
+    def _mono(self, samples: np.ndarray) -> tuple[np.ndarray, bool]:
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 1:
+            squeeze = True
+        elif x.ndim == 2 and x.shape[1] in (1, 2):
+            squeeze = False
+            x = x.mean(axis=1)
+        else:
+            raise ValueError(f"samples must be (n,) or (n, 1|2), got shape {x.shape}")
+        bad = ~np.isfinite(x)
+        if bad.any():
+            self.stats.bad_samples += int(bad.sum())
+            x = np.where(bad, 0.0, x).astype(np.float32)
+        return np.ascontiguousarray(x), squeeze
+
+    def _shape(self, out: np.ndarray, squeeze: bool) -> np.ndarray:
+        if squeeze and self.channels == 1:
+            return out
+        return np.repeat(out[:, None], self.channels, axis=1)
+
+    def _feed(self, x24: np.ndarray, final: bool = False) -> None:
+        """Front-end on ``x24``; run every complete block (all frames when offline+final)."""
+        t0 = time.perf_counter()
+        feats = self.frontend.push(x24) if x24.shape[0] else None
+        if self.profile:
+            self.stats.add_time("features", time.perf_counter() - t0)
+        if feats is not None and feats.frames:
+            self._pending.append(feats)
+            self._pending_frames += feats.frames
+        if self.offline and not final:
+            return
+        size = self._pending_frames if self.offline else self.block
+        while size and self._pending_frames >= size:
+            frames = FrameFeatures.concat(self._pending)
+            head, rest = frames.split(size)
+            self._pending = [rest] if rest.frames else []
+            self._pending_frames = rest.frames
+            self._run_block(head)
+
+    def _emit(self, n: int) -> np.ndarray:
+        self._in24 += n
+        if self.offline:
+            return np.zeros(0, np.float32)
+        self._out24 += n
+        return self.fifo.pop(n)
+
+    def _run_block(self, f: FrameFeatures) -> None:
+        """Conditioning for one block of frames, the model step, output into the FIFO."""
+        k = f.frames
+        ratio = (2.0 ** (self._transpose.take(k) / 12.0)).numpy()
+        held = np.empty(k, np.float64)
+        last = self._last_f0
+        for i in range(k):  # causal hold of the last voiced F0 (models.acoustic.hold_unvoiced)
+            if f.voiced[i] and f.f0[i] > 0:
+                last = float(f.f0[i])
+            held[i] = last
+        self._last_f0 = last
+        f0_voc = np.where(f.voiced & (f.f0 > 0), f.f0 * ratio, 0.0)
+        speaker = self._speaker.take(k)[-1] if self.embed is not None else self._speaker.start
+        dev, dt = self.device, self.dtype
+
+        def t(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.asarray(a), dtype=dt).to(dev).unsqueeze(0)
+
+        inputs = {
+            "mel": t(f.mel), "loudness": t(f.loudness), "voiced": t(f.voiced.astype(np.float32)),
+            "f0": t(held * ratio), "f0_vocoder": t(f0_voc), "audio": t(f.audio.T.reshape(-1)),
+            "speaker": speaker.to(dev, dt).reshape(1, -1),
+        }  # fmt: skip
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            y = self.step_module.step(inputs, self.state)
+        if self.profile:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            self.stats.add_time("model", time.perf_counter() - t0)
+        wav = y.reshape(-1).float().cpu().numpy()
+        if wav.shape[0] != k * self.hop:
+            raise RuntimeError(f"the model step gave {wav.shape[0]} samples for {k} frames")
+        self.fifo.push(wav)
+        self.stats.blocks += 1
+        self.stats.frames += k
+
+
+def convert_array(
+    engine: StreamingConverter, audio: np.ndarray, chunk: int | Sequence[int] | None = None
+) -> np.ndarray:
+    """Convert a whole signal through ``engine`` (pushed in chunks of ``chunk`` samples, or all
+    at once), with the latency removed: the output has the input's length and alignment."""
+    n = audio.shape[0]
+    if chunk is None:
+        parts = [engine.push(audio)]
+    else:
+        sizes = [chunk] if isinstance(chunk, int) else list(chunk)
+        parts, pos, i = [], 0, 0
+        while pos < n:
+            size = max(1, sizes[i % len(sizes)])
+            parts.append(engine.push(audio[pos : pos + size]))
+            pos, i = pos + size, i + 1
+    d = engine.latency_samples
+    parts.append(engine.flush())
+    out = np.concatenate(parts, axis=0)
+    return out[d : d + n]

@@ -1,0 +1,165 @@
+"""The per-block model step of the streaming engine: content -> conditioner -> target -> vocoder.
+
+:class:`ConversionStep` chains the streaming-native models into one causal computation over a block
+of ``k`` frames of ``S`` streams. Every input arrives aligned (frame ``t`` of each input belongs to
+input frame ``t``); inside, side inputs are delayed to meet the later outputs of the lookahead
+stages, so the block's waveform out is ``lookahead_frames`` frames late. One step over a whole
+sequence and consecutive steps over blocks (one state) execute the same causal ops, so the
+engine's offline and streamed outputs are equal by construction (see :mod:`models.streaming`).
+
+State tensors are preallocated by ``init_state`` and updated in place: ``step`` can be captured in
+a CUDA graph. Noise is counter-based (:func:`models.noise.frame_noise`) from a frame counter held in
+the state, so it does not depend on the block size either. Offline is one step over all frames from
+a fresh state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from models.acoustic import AcousticModel
+from models.edm import denormalise_mel
+from models.noise import frame_noise
+from models.streaming import Delay, StreamState
+
+__all__ = ["ConversionStep", "FrameInputs", "StepVocoder", "step_inputs"]
+
+FrameInputs = dict[str, Tensor]
+"""Per-block inputs, all for the same ``k`` input frames of ``S`` streams:
+
+* ``mel`` ``(S, n_mels, k)`` natural-log mel of the input (the content encoder's input);
+* ``content`` ``(S, C, k)`` external content features (window mode), instead of the encoder;
+* ``f0`` ``(S, k)`` Hz, conditioning F0: transposed, unvoiced gaps held (never 0);
+* ``voiced`` ``(S, k)`` 0/1; ``loudness`` ``(S, k)`` dB;
+* ``f0_vocoder`` ``(S, k)`` Hz, transposed, 0 where unvoiced (the vocoder's excitation);
+* ``speaker`` ``(S, speaker_dim)`` singer embedding (mixes and ramps are done by the caller).
+"""
+
+
+class StepVocoder(Protocol):
+    """What the step needs of a streaming vocoder (:class:`models.vocoder.Vocoder`)."""
+
+    lookahead_frames: int
+    hop_length: int
+
+    def init_state(self, batch: int, device: Any = None, dtype: Any = None) -> StreamState: ...
+
+    def step(self, mel: Tensor, f0_hz: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
+        ...
+
+
+class ConversionStep(nn.Module):
+    """``FrameInputs`` of ``k`` frames -> waveform ``(S, k * hop)`` (or log-mel ``(S, n_mels, k)``
+    when built without a vocoder), ``lookahead_frames`` frames late.
+
+    ``content_lookahead``: frames by which external ``content`` inputs are late (window mode);
+    ignored when the model has its own content encoder. ``seed``: noise seed.
+    """
+
+    def __init__(
+        self,
+        model: AcousticModel,
+        vocoder: nn.Module | None = None,
+        content_lookahead: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.vocoder = vocoder
+        self.seed = int(seed)
+        self.sigma_max = float(model.cfg.edm.sigma_max)
+        # device tensors, so a captured graph never copies host scalars
+        self.register_buffer("sigma", torch.tensor(self.sigma_max), persistent=False)
+        self.register_buffer("seed_t", torch.tensor(self.seed), persistent=False)
+        self.n_mels = model.cfg.audio.n_mels
+        self.hop_length = model.cfg.audio.hop_length
+        enc = model.content_encoder
+        self.uses_mel = enc is not None
+        self.uses_content = enc is None and model.cfg.model.content_dim > 0
+        late_content = enc.lookahead_frames if enc is not None else (
+            content_lookahead if self.uses_content else 0)  # fmt: skip
+        late_cond = late_content + model.conditioner.lookahead_frames
+        late_mel = late_cond + model.target.lookahead_frames
+        self.content_late, self.cond_late, self.mel_late = late_content, late_cond, late_mel
+        voc_late = vocoder.lookahead_frames if vocoder is not None else 0
+        self.lookahead_frames: int = late_mel + voc_late
+        self.side_delay = Delay(3, late_content)  # f0, voiced, loudness -> meet the content
+        self.f0_delay = Delay(1, late_mel)  # the vocoder's F0 -> meets the generated mel
+
+    @property
+    def speaker_dim(self) -> int:
+        """Size of the singer embedding input."""
+        return int(self.model.conditioner.speakers.table.shape[1])
+
+    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
+        """Fresh preallocated state of ``streams`` streams (models' device/dtype by default)."""
+        ref = next(self.model.parameters())
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+        m = self.model
+        state: StreamState = {
+            "conditioner": m.conditioner.init_state(streams, device, dtype),
+            "target": m.target.init_state(streams, device, dtype),
+            "side_delay": self.side_delay.init_state(streams, device, dtype),
+            "f0_delay": self.f0_delay.init_state(streams, device, dtype),
+            "frame": torch.full((streams, 1), -self.cond_late, dtype=torch.int64, device=device),
+        }
+        if m.content_encoder is not None:
+            state["content"] = m.content_encoder.init_state(streams, device, dtype)
+        if self.vocoder is not None:
+            state["vocoder"] = self.vocoder.init_state(streams, device, dtype)
+        return state
+
+    def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
+        """One block of ``k`` frames: the output, ``lookahead_frames`` frames late.
+
+        Offline is one step of all frames from a fresh state: the same ops as any blocking.
+        """
+        m = self.model
+        f0, voiced, loud = inputs["f0"], inputs["voiced"], inputs["loudness"]
+        streams, frames = f0.shape
+        side = torch.stack([f0, voiced.to(f0.dtype), loud], dim=1)
+        side = self.side_delay.run(side, state["side_delay"])
+        if m.content_encoder is not None:
+            x = m.content_encoder.normalize_input(inputs["mel"])
+            content = m.content_encoder.run(x, state["content"])
+        elif self.uses_content:
+            content = inputs["content"]
+        else:
+            content = f0.new_zeros(streams, 0, frames)
+        cond = m.conditioner.run(
+            content, side[:, 0], side[:, 1], side[:, 2], inputs["speaker"],
+            state["conditioner"])  # fmt: skip
+        start = state["frame"]
+        index = start + torch.arange(frames, device=f0.device)
+        noise = frame_noise(index, self.n_mels, self.seed_t, f0.dtype)
+        state["frame"].add_(frames)
+        x = m.target.step(noise * self.sigma_max, self.sigma, cond, state["target"])[0]
+        mel = denormalise_mel(x, m.cfg.edm)
+        f0_voc = self.f0_delay.run(inputs["f0_vocoder"].unsqueeze(1), state["f0_delay"])
+        if self.vocoder is None:
+            return mel
+        return self.vocoder.step(mel, f0_voc[:, 0], state["vocoder"])[0]
+
+
+def step_inputs(
+    n_mels: int, speaker_dim: int, content_dim: int, streams: int, frames: int,
+    device: Any = "cpu", dtype: torch.dtype = torch.float32,
+) -> FrameInputs:  # fmt: skip
+    """Preallocated (zero) :data:`FrameInputs` buffers of one block (for CUDA-graph capture)."""
+
+    def z(*shape: int) -> Tensor:
+        return torch.zeros(*shape, device=device, dtype=dtype)
+
+    return {
+        "mel": z(streams, n_mels, frames),
+        "content": z(streams, content_dim, frames),
+        "f0": z(streams, frames) + 200.0,
+        "voiced": z(streams, frames),
+        "loudness": z(streams, frames),
+        "f0_vocoder": z(streams, frames),
+        "speaker": z(streams, speaker_dim),
+    }

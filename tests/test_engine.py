@@ -1,0 +1,100 @@
+"""The streaming engine: exact latency, chunk invariance, offline equality, clickless changes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.config import RealtimeConfig
+from realtime.engine import SampleFifo, StreamingConverter, convert_array
+from tests.engine_helpers import IdentityStep, rng_chunks, silent_f0
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _noise(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * 0.1).astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [1, 2, 4, 8])
+@pytest.mark.parametrize("lookahead,f0_late", [(0, 0), (3, 0), (1, 2)])
+def test_identity_is_a_pure_delay_of_the_reported_latency(
+    block: int, lookahead: int, f0_late: int
+) -> None:
+    rt = RealtimeConfig(block_frames=block)
+    eng = StreamingConverter(IdentityStep(lookahead), realtime=rt, f0_tracker=silent_f0(f0_late))
+    x = _noise(24000)
+    out = np.concatenate([eng.push(x[a:b]) for a, b in _bounds(len(x), rng_chunks(block, 80))])
+    assert out.shape == x.shape  # every push returns as many samples as it got
+    d = eng.latency_samples
+    assert d == 256 * (block + 1 + lookahead + f0_late)
+    assert eng.latency_ms == pytest.approx(1000 * d / 24000)
+    np.testing.assert_array_equal(out[:d], 0)
+    np.testing.assert_allclose(out[d:], x[: len(x) - d], atol=1e-6)
+
+
+def _bounds(n: int, sizes: list[int]) -> list[tuple[int, int]]:
+    out, pos, i = [], 0, 0
+    while pos < n:
+        out.append((pos, min(n, pos + sizes[i % len(sizes)])))
+        pos, i = out[-1][1], i + 1
+    return out
+
+
+@pytest.mark.parametrize("rate", [24000, 44100, 48000])
+def test_identity_convert_array_returns_the_input_through_resamplers(rate: int) -> None:
+    t = np.arange(rate) / rate
+    x = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    eng = StreamingConverter(IdentityStep(1), sample_rate=rate, f0_tracker=silent_f0())
+    y = convert_array(eng, x, chunk=rng_chunks(rate, 50, 10, 2000))
+    assert y.shape == x.shape
+    mid = slice(rate // 10, -rate // 10)
+    assert np.max(np.abs(y[mid] - x[mid])) < 0.02  # band-limited resampling both ways
+
+
+def test_flush_then_reuse_gives_the_same_output() -> None:
+    eng = StreamingConverter(IdentityStep(2), f0_tracker=silent_f0())
+    x = _noise(5000, 1)
+    a = convert_array(eng, x, chunk=333)
+    b = convert_array(eng, x, chunk=700)
+    np.testing.assert_allclose(a, x, atol=1e-6)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_offline_equals_streaming_for_identity() -> None:
+    x = _noise(7000, 2)
+    on = convert_array(StreamingConverter(IdentityStep(1), f0_tracker=silent_f0()), x, 256)
+    off = convert_array(
+        StreamingConverter(IdentityStep(1), offline=True, f0_tracker=silent_f0()), x
+    )
+    np.testing.assert_allclose(on, off, atol=1e-6)
+
+
+def test_stereo_in_stereo_out_and_bad_samples_counted() -> None:
+    eng = StreamingConverter(IdentityStep(0), channels=2, f0_tracker=silent_f0())
+    x = np.stack([_noise(3000, 3), _noise(3000, 4)], axis=1)
+    x[10, 0] = np.nan
+    y = eng.push(x)
+    assert y.shape == (3000, 2)
+    np.testing.assert_array_equal(y[:, 0], y[:, 1])
+    assert eng.stats.bad_samples == 1
+    with pytest.raises(ValueError, match="shape"):
+        eng.push(np.zeros((10, 3), np.float32))
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="sample rate"):
+        StreamingConverter(IdentityStep(0), sample_rate=1000, f0_tracker=silent_f0())
+    with pytest.raises(ValueError, match="channels"):
+        StreamingConverter(IdentityStep(0), channels=3, f0_tracker=silent_f0())
+
+
+def test_fifo_grows_and_keeps_order() -> None:
+    f = SampleFifo(16)
+    data = np.arange(1000, dtype=np.float32)
+    f.push(data[:600])
+    np.testing.assert_array_equal(f.pop(100), data[:100])
+    f.push(data[600:])
+    np.testing.assert_array_equal(f.pop(900), data[100:])
+    with pytest.raises(ValueError):
+        f.pop(1)

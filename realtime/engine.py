@@ -14,13 +14,16 @@ the 1024-sample window), the front-end's F0 lookahead ``Lf`` and the models' loo
 
 for ANY chunking of the input: the FIFO starts with ``(B + Lf) h`` samples of silence, exactly the
 most a block can still be waiting for, so every ``push`` of ``n`` samples returns ``n`` samples
-and the delay never moves. The resamplers add their own integer delays (:attr:`latency_ms`).
+and the delay never moves. The resamplers add their own integer delays (:attr:`latency_ms`); at
+rates such as 44.1 kHz a few samples of silence more make the total a whole number of output
+samples, so outputs of any block size line up exactly.
 ``flush`` returns the last ``D`` samples; offline (``offline=True``) runs every frame in one
 model step at ``flush`` and returns the same samples (equal to float rounding).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.acoustic import AcousticModel
 from models.config import AudioConfig, F0Config, RealtimeConfig
 from realtime.frontend import FrameFeatures, FrontEnd, IncrementalF0Like, default_f0_tracker
 from realtime.resample import StreamingResampler
+from realtime.step import ConversionStep
 
 __all__ = ["EngineStats", "SampleFifo", "StreamingConverter", "DEFAULT_F0_HZ"]
 
@@ -159,6 +164,11 @@ class StreamingConverter:
         self.fifo_prefill = self.hop * (self.block + self.frontend.lookahead_frames)
         self.latency_samples_24k = (
             self.hop * self.block + self.frontend.pad_samples + self.hop * self.lookahead_frames)
+        if self.rs_in is not None:  # round the total delay up to a whole output sample
+            grid = MODEL_RATE // math.gcd(MODEL_RATE, sample_rate)
+            extra = -(int(self.rs_in.delay_samples_out) + self.latency_samples_24k) % grid
+            self.fifo_prefill += extra
+            self.latency_samples_24k += extra
         self.embed = embed
         ref = next(step.parameters(), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
@@ -171,6 +181,26 @@ class StreamingConverter:
         self.speaker = speaker
         self.stats = EngineStats()
         self.reset()
+
+    @classmethod
+    def from_models(
+        cls,
+        model: AcousticModel,
+        vocoder: nn.Module | None,
+        *,
+        content_model: nn.Module | None = None,
+        speaker: Any = None,
+        **kwargs: Any,
+    ) -> StreamingConverter:
+        """An engine over an acoustic model and a vocoder (built-in or windowed external).
+
+        ``speaker`` defaults to the model's first singer; other keywords as the constructor.
+        """
+        rt = kwargs.get("realtime") or RealtimeConfig()
+        step = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()
+        kwargs.setdefault("audio", model.cfg.audio)
+        return cls(step, embed=model.conditioner.speaker_embedding,
+                   speaker=speaker if speaker is not None else model.speakers[0], **kwargs)
 
     # -- public API ------------------------------------------------------------------------------
     @property

@@ -31,7 +31,7 @@ FrameInputs = dict[str, Tensor]
 """Per-block inputs, all for the same ``k`` input frames of ``S`` streams:
 
 * ``mel`` ``(S, n_mels, k)`` natural-log mel of the input (the content encoder's input);
-* ``content`` ``(S, C, k)`` external content features (window mode), instead of the encoder;
+* ``audio`` ``(S, k * hop)`` the frames' input samples (an external content model's input);
 * ``f0`` ``(S, k)`` Hz, conditioning F0: transposed, unvoiced gaps held (never 0);
 * ``voiced`` ``(S, k)`` 0/1; ``loudness`` ``(S, k)`` dB;
 * ``f0_vocoder`` ``(S, k)`` Hz, transposed, 0 where unvoiced (the vocoder's excitation);
@@ -55,15 +55,17 @@ class ConversionStep(nn.Module):
     """``FrameInputs`` of ``k`` frames -> waveform ``(S, k * hop)`` (or log-mel ``(S, n_mels, k)``
     when built without a vocoder), ``lookahead_frames`` frames late.
 
-    ``content_lookahead``: frames by which external ``content`` inputs are late (window mode);
-    ignored when the model has its own content encoder. ``seed``: noise seed.
+    ``content_model``: an external content model in window mode
+    (:class:`realtime.window.WindowedContent`, fed the frames' ``audio``) for a model trained on
+    its features; None uses the model's own encoder (fed ``mel``). ``vocoder``: the built-in
+    streaming vocoder or a :class:`realtime.window.WindowedVocoder`. ``seed``: noise seed.
     """
 
     def __init__(
         self,
         model: AcousticModel,
         vocoder: nn.Module | None = None,
-        content_lookahead: int = 0,
+        content_model: nn.Module | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -76,11 +78,15 @@ class ConversionStep(nn.Module):
         self.register_buffer("seed_t", torch.tensor(self.seed), persistent=False)
         self.n_mels = model.cfg.audio.n_mels
         self.hop_length = model.cfg.audio.hop_length
-        enc = model.content_encoder
-        self.uses_mel = enc is not None
-        self.uses_content = enc is None and model.cfg.model.content_dim > 0
-        late_content = enc.lookahead_frames if enc is not None else (
-            content_lookahead if self.uses_content else 0)  # fmt: skip
+        self.content_model = content_model
+        enc = content_model if content_model is not None else model.content_encoder
+        if enc is None and model.cfg.model.content_dim > 0:
+            raise ValueError("the model takes content features: give it a content model")
+        if enc is not None and int(getattr(enc, "dim", getattr(enc, "content_dim", -1))) != (
+                model.cfg.model.content_dim):
+            raise ValueError(f"the content model gives {getattr(enc, 'dim', '?')} channels, the "
+                             f"acoustic model takes {model.cfg.model.content_dim}")  # fmt: skip
+        late_content = enc.lookahead_frames if enc is not None else 0
         late_cond = late_content + model.conditioner.lookahead_frames
         late_mel = late_cond + model.target.lookahead_frames
         self.content_late, self.cond_late, self.mel_late = late_content, late_cond, late_mel
@@ -92,7 +98,7 @@ class ConversionStep(nn.Module):
     @property
     def speaker_dim(self) -> int:
         """Size of the singer embedding input."""
-        return int(self.model.conditioner.speakers.table.shape[1])
+        return int(self.model.cfg.model.speaker_dim)
 
     def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
         """Fresh preallocated state of ``streams`` streams (models' device/dtype by default)."""
@@ -107,7 +113,9 @@ class ConversionStep(nn.Module):
             "f0_delay": self.f0_delay.init_state(streams, device, dtype),
             "frame": torch.full((streams, 1), -self.cond_late, dtype=torch.int64, device=device),
         }
-        if m.content_encoder is not None:
+        if self.content_model is not None:
+            state["content"] = self.content_model.init_state(streams, device, dtype)
+        elif m.content_encoder is not None:
             state["content"] = m.content_encoder.init_state(streams, device, dtype)
         if self.vocoder is not None:
             state["vocoder"] = self.vocoder.init_state(streams, device, dtype)
@@ -123,11 +131,11 @@ class ConversionStep(nn.Module):
         streams, frames = f0.shape
         side = torch.stack([f0, voiced.to(f0.dtype), loud], dim=1)
         side = self.side_delay.run(side, state["side_delay"])
-        if m.content_encoder is not None:
+        if self.content_model is not None:
+            content = self.content_model.step(inputs["audio"], state["content"])[0]
+        elif m.content_encoder is not None:
             x = m.content_encoder.normalize_input(inputs["mel"])
             content = m.content_encoder.run(x, state["content"])
-        elif self.uses_content:
-            content = inputs["content"]
         else:
             content = f0.new_zeros(streams, 0, frames)
         cond = m.conditioner.run(
@@ -146,7 +154,7 @@ class ConversionStep(nn.Module):
 
 
 def step_inputs(
-    n_mels: int, speaker_dim: int, content_dim: int, streams: int, frames: int,
+    n_mels: int, speaker_dim: int, streams: int, frames: int,
     device: Any = "cpu", dtype: torch.dtype = torch.float32,
 ) -> FrameInputs:  # fmt: skip
     """Preallocated (zero) :data:`FrameInputs` buffers of one block (for CUDA-graph capture)."""
@@ -156,7 +164,7 @@ def step_inputs(
 
     return {
         "mel": z(streams, n_mels, frames),
-        "content": z(streams, content_dim, frames),
+        "audio": z(streams, frames * 256),
         "f0": z(streams, frames) + 200.0,
         "voiced": z(streams, frames),
         "loudness": z(streams, frames),

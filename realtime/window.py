@@ -7,8 +7,9 @@ taken ``lookahead`` frames from the right edge (where the model still sees some 
 * :class:`WindowedVocoder` (mel -> waveform) joins consecutive windows with SOLA: the new window's
   start is searched within ``+-sola_search`` samples for the best normalised cross-correlation
   with the previous window's predicted continuation, then the two are cross-faded over
-  ``crossfade`` samples (equal-power). The search and cross-fade live inside the lookahead, so
-  each step still returns exactly ``k * hop`` samples, ``lookahead_frames`` late.
+  ``crossfade`` samples (raised cosine: aligned signals, gains summing to one). The search and
+  cross-fade live inside the lookahead, so each step still returns exactly ``k * hop`` samples,
+  ``lookahead_frames`` late.
 * :class:`WindowedContent` (audio -> content frames) keeps the frames of the block's region.
 
 Both follow the engine's step protocol (``lookahead_frames``, ``init_state``, ``step``) so

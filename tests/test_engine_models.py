@@ -1,0 +1,99 @@
+"""The full chain (content encoder, conditioner, one-step target, vocoder, YIN F0, resamplers):
+streamed output equals offline output for every block size and input rate."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from models.acoustic import AcousticModel
+from models.config import ContentConfig, RealtimeConfig, load_config
+from models.vocoder import Vocoder, vocoder_config
+from realtime.engine import StreamingConverter, convert_array
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SINGERS = ["alto", "bass", "tenor"]
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[AcousticModel, Vocoder]:
+    torch.manual_seed(0)
+    cfg = load_config("configs/tiny.toml")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lookahead_frames=1))
+    content = ContentConfig(channels=16, layers=2, content_dim=cfg.model.content_dim,
+                            lookahead_frames=1)  # fmt: skip
+    model = AcousticModel(cfg, SINGERS, content).eval()
+    vocoder = Vocoder(vocoder_config("tiny", lookahead_frames=1)).eval()
+    return model, vocoder
+
+
+def _sung(rate: int, seconds: float = 1.2) -> np.ndarray:
+    """A sung-like test signal: a gliding harmonic tone with a gap of silence and some noise."""
+    t = np.arange(int(rate * seconds)) / rate
+    f0 = 220.0 * 2 ** (0.5 * np.sin(2 * np.pi * 1.5 * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.2
+    x[(t > 0.5) & (t < 0.62)] = 0.0
+    x += np.random.default_rng(0).standard_normal(t.shape) * 0.003
+    return x.astype(np.float32)
+
+
+def _engine(models, rate: int, block: int | None, **kw) -> StreamingConverter:
+    model, vocoder = models
+    rt = RealtimeConfig(block_frames=block or 1)
+    return StreamingConverter.from_models(model, vocoder, sample_rate=rate, realtime=rt,
+                                          offline=block is None, **kw)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def offline(models) -> dict[int, np.ndarray]:
+    return {r: convert_array(_engine(models, r, None), _sung(r)) for r in (24000, 44100, 48000)}
+
+
+@pytest.mark.parametrize("rate", [24000, 44100, 48000])
+@pytest.mark.parametrize("block", [1, 2, 4, 8])
+def test_streamed_equals_offline(models, offline, rate: int, block: int) -> None:
+    x = _sung(rate)
+    eng = _engine(models, rate, block)
+    sizes = np.random.default_rng(block).integers(1, 3 * 256 * block, 400).tolist()
+    y = convert_array(eng, x, chunk=sizes)
+    ref = offline[rate]
+    assert y.shape == ref.shape == x.shape
+    peak = np.abs(ref).max()
+    assert peak > 1e-3  # the chain makes sound
+    assert np.abs(y - ref).max() <= 1e-4 * peak
+
+
+def test_latency_is_computed_from_the_modules(models) -> None:
+    eng = _engine(models, 24000, 2)
+    step = eng.step_module
+    # content 1 + conditioner 0 + target 1 + vocoder 1 frames of lookahead
+    assert step.lookahead_frames == 3
+    assert eng.latency_samples_24k == 256 * 2 + 256 + 256 * 3
+    assert eng.latency_ms == pytest.approx(1000 * 256 * 6 / 24000)
+
+
+def test_speaker_change_is_not_a_click(models) -> None:
+    x = _sung(24000, 1.0)
+    eng = _engine(models, 24000, 2, speaker="alto")
+    half = len(x) // 2
+    first = eng.push(x[:half])
+    eng.set_speaker("bass")
+    eng.set_transpose(3.0)
+    second = eng.push(x[half:])
+    y = np.concatenate([first, second])
+    d = np.abs(np.diff(y))
+    edge = slice(half - 2000, half + 4000)
+    # the largest sample-to-sample step around the change is no larger than elsewhere
+    assert d[edge].max() <= 1.5 * np.percentile(np.abs(np.diff(y[4000:])), 99.9) + 1e-6
+    assert eng.transpose == 3.0 and eng.speaker == "bass"
+
+
+def test_unknown_speaker_is_a_clear_error(models) -> None:
+    eng = _engine(models, 24000, 2)
+    with pytest.raises(KeyError, match="unknown speaker"):
+        eng.set_speaker("soprano")

@@ -180,6 +180,8 @@ class StreamingConverter:
                                 self.rt.ramp_frames)  # fmt: skip
         self.speaker = speaker
         self.stats = EngineStats()
+        self.defer_blocks = False  # batched use: blocks are queued for a shared model step
+        self.queued: list[dict[str, Tensor]] = []
         self.reset()
 
     @classmethod
@@ -265,19 +267,32 @@ class StreamingConverter:
         """Feed ``(n,)`` or ``(n, channels)`` float samples; return as many converted samples
         (same shape convention), ``latency_ms`` late."""
         t0 = time.perf_counter()
+        n24, squeeze = self.ingest(samples)
+        out = self.deliver(n24, squeeze)
+        if self.profile:
+            self.stats.add_time("total", time.perf_counter() - t0)
+        return out
+
+    def ingest(self, samples: np.ndarray) -> tuple[int, bool]:
+        """First half of :meth:`push`: resample and extract features, run (or, when
+        ``defer_blocks`` is set, queue) the complete blocks. Returns ``(24 kHz samples, mono)``."""
+        t0 = time.perf_counter()
         mono, squeeze = self._mono(samples)
         x24 = self.rs_in.push(mono) if self.rs_in is not None else mono
-        t1 = time.perf_counter()
+        if self.profile:
+            self.stats.add_time("resample", time.perf_counter() - t0)
         self._feed(x24)
-        out24 = self._emit(x24.shape[0])
-        t2 = time.perf_counter()
-        out = self.rs_out.push(out24) if self.rs_out is not None else out24
-        t3 = time.perf_counter()
         self.stats.chunks += 1
         self.stats.samples_in += mono.shape[0]
+        return x24.shape[0], squeeze
+
+    def deliver(self, n24: int, squeeze: bool) -> np.ndarray:
+        """Second half of :meth:`push`: ``n24`` samples out of the FIFO, resampled back."""
+        out24 = self._emit(n24)
+        t0 = time.perf_counter()
+        out = self.rs_out.push(out24) if self.rs_out is not None else out24
         if self.profile:
-            self.stats.add_time("resample", (t1 - t0) + (t3 - t2))
-            self.stats.add_time("total", t3 - t0)
+            self.stats.stage_times["resample"][-1] += time.perf_counter() - t0
         return self._shape(out, squeeze)
 
     def flush(self) -> np.ndarray:
@@ -372,6 +387,9 @@ class StreamingConverter:
             "f0": t(held * ratio), "f0_vocoder": t(f0_voc), "audio": t(f.audio.T.reshape(-1)),
             "speaker": speaker.to(dev, dt).reshape(1, -1),
         }  # fmt: skip
+        if self.defer_blocks:
+            self.queued.append(inputs)
+            return
         t0 = time.perf_counter()
         with torch.inference_mode():
             y = self.step_module.step(inputs, self.state)
@@ -379,12 +397,16 @@ class StreamingConverter:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             self.stats.add_time("model", time.perf_counter() - t0)
+        self.accept(y)
+
+    def accept(self, y: Tensor) -> None:
+        """Queue one block's model output ``(1, k * hop)`` (or ``(k * hop,)``) for delivery."""
         wav = y.reshape(-1).float().cpu().numpy()
-        if wav.shape[0] != k * self.hop:
-            raise RuntimeError(f"the model step gave {wav.shape[0]} samples for {k} frames")
+        if wav.shape[0] % self.hop:
+            raise RuntimeError(f"the model step gave {wav.shape[0]} samples, not whole frames")
         self.fifo.push(wav)
         self.stats.blocks += 1
-        self.stats.frames += k
+        self.stats.frames += wav.shape[0] // self.hop
 
 
 def convert_array(

@@ -10,7 +10,9 @@ compute frame-aligned arrays (last axis = T = samples // hop + 1 at the model ra
   synthetic corpus) and extracts otherwise;
 * ``loudness``: (T,) float32 dB (:func:`models.loudness.loudness`).
 * ``content``: (content_dim, T) float32, the built-in content encoder
-  (:mod:`models.content`) loaded from ``features.content_checkpoint``.
+  (:mod:`models.content`) loaded from ``features.content_checkpoint``, or a user's
+  HuBERT/ContentVec/Whisper encoder (:mod:`models.ext_content`) from ``features.content_model``
+  (``content_layer``, ``content_projection``).
 
 Layout: ``FEAT_DIR/<singer>/<utt>.npz`` (one named array per key, so a later extractor such as
 ``content`` (C, T) adds a key), ``FEAT_DIR/index.jsonl`` (``utt``, ``singer``, ``split``,
@@ -22,6 +24,7 @@ were unreadable or silent, with the reason). Re-running skips utterances already
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -97,9 +100,34 @@ def _f0(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]
 
 
 def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    if cfg.features.content_model:
+        return _external_content(audio, cfg)
     from training.content_data import content_features  # torch model: loaded only when asked
 
     return content_features(audio, utt, cfg)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_external(path: str, stamp: tuple[int, int], layer: int, projection: bool,
+                     sample_rate: int, hop_length: int) -> Any:  # fmt: skip
+    from models.ext_content import load_content_model  # torch model: loaded only when asked
+
+    return load_content_model(path, layer=layer, projection=projection, sample_rate=sample_rate,
+                              hop_length=hop_length)  # fmt: skip
+
+
+def _external_content(audio: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
+    """``{"content": (D, T) float32}`` from the user's encoder at ``features.content_model``."""
+    import torch
+
+    f, p = cfg.features, Path(cfg.features.content_model)
+    stat = p.stat() if p.exists() else None
+    stamp = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
+    model = _cached_external(str(p), stamp, f.content_layer, f.content_projection,
+                             cfg.audio.sample_rate, cfg.audio.hop_length)  # fmt: skip
+    with torch.inference_mode():
+        content = model(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])
+    return {"content": content[0].numpy().astype(np.float32)}
 
 
 EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
@@ -110,7 +138,7 @@ EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(
         ),
         "loudness": Extractor(_loudness, {"loudness": "(T,) float32 A-weighted dB"}),
         "content": Extractor(
-            _content, {"content": "(content_dim, T) float32 built-in content encoder frames"}
+            _content, {"content": "(content_dim, T) float32 content frames (built-in or external)"}
         ),
     }
 )

@@ -19,6 +19,10 @@ __version__ = "0.1.0"
 Handler = Callable[[argparse.Namespace], int]
 
 
+class CommandError(RuntimeError):
+    """A command cannot run as asked (printed as ``comostream: error: ...``, exit status 1)."""
+
+
 def _config_options(
     parser: argparse.ArgumentParser, section: str, cls: type, names: Sequence[str]
 ) -> None:
@@ -169,8 +173,9 @@ def _cmd_bench_content(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from training.acoustic import export_model
 
-    path = export_model(args.checkpoint, args.output)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model only)")
+    path = export_model(args.checkpoint, args.output, args.vocoder)
+    what = "with the vocoder" if args.vocoder else "no vocoder: pass --vocoder to include one"
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model, {what})")
     return 0
 
 
@@ -185,12 +190,110 @@ def _cmd_bench_acoustic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _cmd_train_vocoder(args: argparse.Namespace) -> int:
+    from training.vocoder import train_vocoder
+
+    state = train_vocoder(_load_config(args), args.data, args.out, corpus=args.corpus,
+                          resume=args.resume, dry_run=args.dry_run)  # fmt: skip
+    _say(f"vocoder: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
+         f"score it with `comostream bench vocoder --checkpoint {args.out}/last.pt`")  # fmt: skip
+    return 0
+
+
+def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.vocoder import format_vocoder_report, run_vocoder_bench
+
+    result = run_vocoder_bench(args.checkpoint, args.data, args.corpus, split=args.split,
+                               items=args.items, block=args.block,
+                               baseline=args.baseline)  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_vocoder_report(result))
+    return 0
+
+
+def _speaker_arg(text: str | None) -> Any:
+    """``NAME`` or a mix ``NAME:WEIGHT,NAME:WEIGHT`` -> a name or ``{name: weight}``."""
+    if text is None or ":" not in text:
+        return text
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.partition(":")
+        try:
+            mix[name.strip()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad singer mix entry {part!r}: use NAME:WEIGHT") from None  # fmt: skip
+    return mix
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from realtime.convert import convert_file
+
+    cfg = _load_config(args)
+    r = convert_file(args.input, args.output, speaker=args.speaker,
+                     transpose=args.transpose, block=args.block, checkpoint=args.checkpoint,
+                     vocoder=args.vocoder, realtime=cfg.realtime, device=args.device)  # fmt: skip
+    mode = "offline" if r.block is None else f"streamed in blocks of {r.block} frames"
+    print(f"wrote {r.output}: {r.seconds:.2f} s as {r.speaker}, {mode}; latency "
+          f"{r.latency_ms:.1f} ms; compute {r.compute_s:.2f} s (RTF {r.rtf:.3f})")
+    return 0
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from bench.latency import (
+        build_bench_models,
+        format_latency_table,
+        plot_latency,
+        run_latency_bench,
+    )
+
+    cfg = _load_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda: no CUDA device is available")
+    rt = cfg.realtime if args.block is None else dataclasses.replace(
+        cfg.realtime, block_frames=args.block)  # fmt: skip
+    model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, args.device)
+    result = run_latency_bench(model, voc, realtime=rt, device=args.device,
+                               sample_rate=args.sample_rate, seconds=args.seconds,
+                               source=source)  # fmt: skip
+    if args.plot is not None:
+        plot_latency(result, args.plot)
+    result.pop("chunk_ms_all")
+    print(json.dumps(result, indent=2) if args.json else format_latency_table(result))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_load_config(args).to_json())
     return 0
 
 
 # ---------------------------------------------------------------- parser
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """--checkpoint / --vocoder / --device for commands that run the engine."""
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="MODEL.ckpt",
+                   help="inference file from `comostream export` (default: the shipped model)")
+    p.add_argument("--vocoder", type=Path, default=None, metavar="VOC",
+                   help="vocoder to use instead of the model file's: a `train vocoder` "
+                   "checkpoint, or your BigVGAN / HiFi-GAN generator (runs in window mode)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p, "features", FeaturesConfig, ["f0_source"])
     p.set_defaults(handler=_cmd_prep_features)
 
-    bench = sub.add_parser("bench", help="benchmarks: F0 backends, content encoder, acoustic model")
+    bench = sub.add_parser("bench",
+                           help="benchmarks: F0 backends, content encoder, acoustic model, vocoder")
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     p = bench_sub.add_parser(
         "f0", parents=[common],
@@ -286,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, metavar="CKPT",
                    help="a distill or finetune training checkpoint (RUN_DIR/last.pt)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
+    p.add_argument("--vocoder", type=Path, default=None, metavar="VOC.ckpt",
+                   help="a `comostream train vocoder` checkpoint to store in the file")
     p.set_defaults(handler=_cmd_export)
 
     p = bench_sub.add_parser(
@@ -324,6 +430,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_bench_acoustic)
 
+    p = bench_sub.add_parser(
+        "vocoder", parents=[common],
+        help="vocoder resynthesis quality (MCD, F0 RMSE, PESQ-wb) and compute",
+        description=(
+            "Resynthesise the held-out lines (test split) of a feature folder from their mel "
+            "and F0 and compare with the recordings: mel-cepstral distortion (dB), F0 RMSE "
+            "(cents, harvest re-estimate), PESQ-wb (needs `pip install .[eval]`), mel L1, and "
+            "compute per second of audio on one thread, one-shot and streamed."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, metavar="CKPT",
+                   help="a `train vocoder` checkpoint (or its export)")
+    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
+                   help="feature folder (default: the one the vocoder was trained on)")
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                   help="recordings (default: the corpus the features were made from)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--items", type=int, default=None, help="at most this many utterances")
+    p.add_argument("--block", type=_positive_int, default=4,
+                   help="frames per streaming step for the compute figure (default 4)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the untrained model (pure harmonic-plus-noise from the mel)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=_cmd_bench_vocoder)
+
+    p = sub.add_parser(
+        "convert", parents=[common], help="convert a recording to another singer (a file)",
+        description=(
+            "Convert IN to a singer of the model and write OUT (WAV at IN's rate), through the "
+            "streaming engine: offline (one model step for the whole file) or, with --block, on "
+            "the realtime schedule (the same output, to float rounding). F0 follows the source, "
+            "transposed by --transpose semitones."
+        ),
+    )
+    p.add_argument("input", type=Path, metavar="IN", help="audio file (wav/flac/ogg, any rate)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
+    p.add_argument("--speaker", type=_speaker_arg, default=None, metavar="NAME",
+                   help="target singer, or a mix NAME:WEIGHT,NAME:WEIGHT (default: the first)")
+    p.add_argument("--transpose", type=float, default=0.0, metavar="N",
+                   help="semitones (+12 = an octave up)")
+    p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
+                   help="stream in blocks of FRAMES frames (10.67 ms each) instead of offline")
+    _model_options(p)
+    p.set_defaults(handler=_cmd_convert)
+
+    p = bench_sub.add_parser(
+        "latency", parents=[common],
+        help="latency and compute of the streaming engine (vs the window-recompute strategy)",
+        description=(
+            "Stream the bundled example through the engine in real-time-sized chunks and report "
+            "the algorithmic latency, the end-to-end latency of an onset on a simulated "
+            "real-time clock, per-chunk compute p50/p99 per stage, the real-time factor, the "
+            "teacher's N-step cost vs the one-step target, and the cost of re-running the same "
+            "models on 2.5 s of context per 250 ms block. Without --checkpoint the models have "
+            "random weights of the configured sizes (compute does not depend on the weights)."
+        ),
+    )
+    p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
+                   help="frames per model step (default: [realtime] block_frames)")
+    p.add_argument("--sample-rate", type=int, default=48000, metavar="HZ",
+                   help="input/output rate, as a sound card's (default 48000)")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio streamed (default 10)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="draw the per-chunk compute distribution against the block duration")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_options(p)
+    p.set_defaults(handler=_cmd_bench_latency)
+
     p = sub.add_parser(
         "config", parents=[common], help="print the resolved configuration as JSON"
     )
@@ -336,7 +511,7 @@ def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     from models.config import ContentConfig, TrainConfig
 
     train = sub.add_parser(
-        "train", help="train: acoustic teacher, distill, finetune; content encoder"
+        "train", help="train: acoustic teacher, distill, finetune; content encoder; vocoder"
     )
     train_sub = train.add_subparsers(dest="train_command", metavar="STAGE", required=True)
     stages = {
@@ -388,6 +563,28 @@ def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _config_options(p, "train", TrainConfig, ["max_steps", "batch_size", "lr", "seed"])
     _config_options(p, "content", ContentConfig, ["train_singers"])
     p.set_defaults(handler=_cmd_train_content)
+    p = train_sub.add_parser(
+        "vocoder", parents=[common],
+        help="train the built-in streaming harmonic-plus-noise vocoder",
+        description=(
+            "Train the vocoder on random segments of the train split of FEAT_DIR (ground-truth "
+            "mel and F0) against the corpus recordings: multi-resolution STFT + mel L1, plus "
+            "an LS-GAN with feature matching from [vocoder] adv_start when adv_weight > 0. "
+            "Writes config.json, stats.jsonl and checkpoints (ckpt_STEP.pt, last.pt; kind "
+            "'vocoder') to --out."
+        ),
+    )
+    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
+                   help="features from `comostream prep features`")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--corpus", type=Path, default=None, metavar="CORPUS_DIR",
+                   help="the recordings (default: the corpus FEAT_DIR was made from)")
+    p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                   help="continue a run exactly from its checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="one step, one validation, one checkpoint, then stop")
+    _config_options(p, "train", TrainConfig, ["max_steps", "batch_size", "lr", "seed"])
+    p.set_defaults(handler=_cmd_train_vocoder)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -419,7 +616,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from training.voices import ToolMissingError
 
     return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
-            UnknownSpeakerError, FileNotFoundError)  # fmt: skip
+            UnknownSpeakerError, FileNotFoundError, CommandError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ __all__ = [
     "TrainConfig",
     "FeaturesConfig",
     "ContentConfig",
+    "RealtimeConfig",
+    "VocoderConfig",
     "Config",
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
@@ -84,6 +86,8 @@ class F0Config:
     median_frames: int = 3  # median smoothing window in frames (odd; 1 disables)
     octave_repair: bool = True  # fix isolated octave jumps
     crepe_batch_frames: int = 512  # frames per CREPE forward pass (memory bound)
+    yin_threshold: float = 0.15  # yin: CMNDF dip threshold (first dip below it is the period)
+    yin_voicing: float = 0.3  # yin: frames whose CMNDF minimum (aperiodicity) is below are voiced
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fmin < self.fmax:
@@ -92,6 +96,8 @@ class F0Config:
             raise ConfigError("f0: median_frames must be odd and >= 1")
         if not 0.0 <= self.voicing_threshold <= 1.0:
             raise ConfigError("f0: voicing_threshold must be in [0, 1]")
+        if not (0.0 < self.yin_threshold <= 1.0 and 0.0 < self.yin_voicing <= 1.0):
+            raise ConfigError("f0: yin_threshold and yin_voicing must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ class ModelConfig:
     layers: int = 12  # residual layers
     kernel_size: int = 3  # frames
     dilation_cycle: int = 4  # dilations 1, 2, 4, ... 2**(cycle-1), repeated
-    lookahead_frames: int = 2  # future frames the whole stack may see (streaming delay)
+    lookahead_frames: int = 0  # future frames the whole stack may see (streaming delay)
 
     def __post_init__(self) -> None:
         for name in ("speaker_dim", "cond_channels", "channels", "layers"):
@@ -217,12 +223,24 @@ class FeaturesConfig:
     f0_source: str = "extract"  # "extract": cfg.f0 backend; "corpus": ground-truth F0 if present
     silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
     content_checkpoint: str = ""  # "content" extractor: a `train content` checkpoint ("" = none)
+    # "content" extractor from a user's HuBERT/ContentVec/Whisper file instead (models.ext_content;
+    # "" = none); model.content_dim must then equal its channels (768 for base, 256 projected)
+    content_model: str = ""
+    # 1-based transformer layer of content_model; 0 = its final output (= layer 12 of
+    # HuBERT/ContentVec base: so-vits-svc 4.1, RVC v2, DDSP-SVC; Whisper: after ln_post)
+    content_layer: int = 0
+    content_projection: bool = False  # HuBERT final_proj (so-vits-svc 4.0 / RVC v1: layer 9 + proj)
 
     def __post_init__(self) -> None:
         if self.f0_source not in ("extract", "corpus"):
             raise ConfigError("features: f0_source must be 'extract' or 'corpus'")
         if not self.extractors or len(set(self.extractors)) != len(self.extractors):
             raise ConfigError("features: extractors must be a non-empty list without repeats")
+        if self.content_checkpoint and self.content_model:
+            raise ConfigError("features: set content_checkpoint (built-in encoder) or "
+                              "content_model (external), not both")  # fmt: skip
+        if self.content_layer < 0:
+            raise ConfigError("features: content_layer must be >= 0 (0 = final output)")
 
 
 @dataclass(frozen=True)
@@ -239,7 +257,7 @@ class ContentConfig:
     layers: int = 6  # residual layers
     kernel_size: int = 3  # frames
     dilation_cycle: int = 3  # dilations 1, 2, 4, ... 2**(cycle-1), repeated
-    lookahead_frames: int = 2  # future frames the encoder sees (its streaming delay)
+    lookahead_frames: int = 0  # future frames the encoder sees (its streaming delay)
     content_dim: int = 48  # bottleneck channels (the content features' size)
     l2_normalize: bool = True  # content frames scaled to unit RMS (norm sqrt(content_dim))
     mel_mean: float = -5.0  # input normalisation: (log-mel - mean) / std (fixed, streamable)
@@ -286,6 +304,75 @@ class ContentConfig:
 
 
 @dataclass(frozen=True)
+class RealtimeConfig:
+    """The streaming engine (``realtime.engine``): block size, noise seed, transitions, overload
+    and the window mode used for models that are not streaming-native."""
+
+    block_frames: int = 2  # frames per model step (hop 256 at 24 kHz: 10.67 ms each)
+    seed: int = 0  # noise seed of the one-step generator (counter-based: chunking-invariant)
+    ramp_frames: int = 8  # frames over which a speaker / transposition change is ramped
+    max_backlog_ms: float = 200.0  # threaded use: input queued beyond this is dropped, oldest first
+    window_context_ms: float = 400.0  # window mode: left context re-run with each block
+    window_lookahead_frames: int = 2  # window mode: future frames given to a windowed model
+    sola_search_ms: float = 4.0  # window mode: SOLA offset search range
+    crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
+
+    def __post_init__(self) -> None:
+        if self.block_frames < 1 or self.ramp_frames < 1:
+            raise ConfigError("realtime: block_frames and ramp_frames must be >= 1")
+        if self.window_lookahead_frames < 0:
+            raise ConfigError("realtime: window_lookahead_frames must be >= 0")
+        if min(self.max_backlog_ms, self.window_context_ms, self.sola_search_ms) < 0:
+            raise ConfigError("realtime: max_backlog_ms, window_context_ms, sola_search_ms >= 0")
+        if self.crossfade_ms <= 0:
+            raise ConfigError("realtime: crossfade_ms must be positive")
+
+
+@dataclass(frozen=True)
+class VocoderConfig:
+    """The built-in streaming harmonic-plus-noise vocoder (:mod:`models.vocoder`) and its
+    training (``comostream train vocoder``). Size presets: ``models.vocoder.VOCODER_PRESETS``."""
+
+    channels: int = 128  # residual channels of the frame-rate control network
+    layers: int = 6  # residual layers
+    kernel_size: int = 3  # frames
+    dilation_cycle: int = 3  # dilations 1, 2, 4, repeated
+    lookahead_frames: int = 1  # future frames (streaming delay); >= 1: exact frame-centre controls
+    n_harmonics: int = 150  # sinusoids per sample (80 Hz x 150 = 12 kHz)
+    harmonic_max_hz: float = 11500.0  # Hz: harmonics fade out over the 1 kHz below this
+    mel_mean: float = -5.0  # input normalisation: (log-mel - mean) / std
+    mel_std: float = 2.5
+    noise_init_db: float = -12.0  # dB: initial noise level relative to the mel envelope
+    segment_frames: int = 48  # training: scored frames per segment
+    context_frames: int = 8  # training: past frames run before each segment, not scored
+    stft_ffts: tuple[int, ...] = (512, 1024, 2048)  # multi-resolution STFT loss (hop n_fft / 4)
+    stft_weight: float = 1.0  # spectral convergence + log-magnitude L1, averaged over resolutions
+    mel_weight: float = 1.0  # natural-log mel L1
+    adv_weight: float = 1.0  # LS-GAN generator term (0: no discriminator is run)
+    adv_start: int = 2000  # step from which the adversarial and feature-matching terms count
+    fm_weight: float = 2.0  # discriminator feature matching (L1)
+    disc_periods: tuple[int, ...] = (2, 3, 5, 7, 11)  # multi-period discriminator
+    disc_ffts: tuple[int, ...] = (512, 1024, 2048)  # multi-resolution spectrogram discriminator
+    disc_channels: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "layers", "kernel_size", "dilation_cycle", "n_harmonics",
+                     "segment_frames", "disc_channels"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"vocoder: {name} must be >= 1")
+        if self.lookahead_frames < 0 or self.context_frames < 0 or self.adv_start < 0:
+            raise ConfigError("vocoder: lookahead_frames, context_frames, adv_start must be >= 0")
+        if self.harmonic_max_hz <= 1000.0 or self.mel_std <= 0:
+            raise ConfigError("vocoder: harmonic_max_hz must be > 1000 Hz and mel_std positive")
+        if min(self.stft_weight, self.mel_weight, self.adv_weight, self.fm_weight) < 0:
+            raise ConfigError("vocoder: loss weights must be >= 0")
+        if not self.stft_ffts or any(n < 16 or n % 4 for n in (*self.stft_ffts, *self.disc_ffts)):
+            raise ConfigError("vocoder: stft_ffts/disc_ffts need sizes >= 16, multiples of 4")
+        if any(p < 1 for p in self.disc_periods):
+            raise ConfigError("vocoder: disc_periods must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, one section per component."""
 
@@ -297,6 +384,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     content: ContentConfig = field(default_factory=ContentConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
 
     def to_json(self) -> str:
         """The config as pretty JSON (for run directories and checkpoints)."""

@@ -341,9 +341,12 @@ class StreamingConverter:
     def _feed(self, x24: np.ndarray, final: bool = False) -> None:
         """Front-end on ``x24``; run every complete block (all frames when offline+final)."""
         t0 = time.perf_counter()
+        self.frontend.f0_seconds = 0.0
         feats = self.frontend.push(x24) if x24.shape[0] else None
-        if self.profile:
-            self.stats.add_time("features", time.perf_counter() - t0)
+        if self.profile and not final:
+            f0_time = self.frontend.f0_seconds
+            self.stats.add_time("features", time.perf_counter() - t0 - f0_time)
+            self.stats.add_time("f0", f0_time)
         if feats is not None and feats.frames:
             self._pending.append(feats)
             self._pending_frames += feats.frames
@@ -391,12 +394,17 @@ class StreamingConverter:
             self.queued.append(inputs)
             return
         t0 = time.perf_counter()
+        if self.profile:
+            self.step_module.profile = {}
         with torch.inference_mode():
             y = self.step_module.step(inputs, self.state)
         if self.profile:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             self.stats.add_time("model", time.perf_counter() - t0)
+            for stage, seconds in (self.step_module.profile or {}).items():
+                self.stats.add_time(stage, seconds)
+            self.step_module.profile = None
         self.accept(y)
 
     def accept(self, y: Tensor) -> None:

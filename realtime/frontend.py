@@ -12,6 +12,7 @@ arrived, so blocks of ``B`` frames complete on multiples of ``B * hop`` input sa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -99,6 +100,7 @@ class FrontEnd:
         self.lookahead_samples = self.framer.lookahead_samples
         self.lookahead_frames: int = int(self.tracker.lookahead_frames)
         self.pad_samples = max(0, self.lookahead_samples - self.hop)
+        self.f0_seconds = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -120,7 +122,9 @@ class FrontEnd:
             c = self.lookahead_samples
             hop_audio = frames[0, :, c : c + self.hop].T.numpy().copy()
             self._spec.append(np.concatenate([mel, loud[None], hop_audio], axis=0))
+        t0 = time.perf_counter()
         f0, voiced = self.tracker.push(x)
+        self.f0_seconds = time.perf_counter() - t0  # the F0 tracker's share of this push
         if len(f0):
             self._f0.append((np.asarray(f0, np.float32), np.asarray(voiced, bool)))
         return self._release()

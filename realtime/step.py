@@ -15,6 +15,7 @@ a fresh state.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 import torch
@@ -92,6 +93,7 @@ class ConversionStep(nn.Module):
         self.content_late, self.cond_late, self.mel_late = late_content, late_cond, late_mel
         voc_late = vocoder.lookahead_frames if vocoder is not None else 0
         self.lookahead_frames: int = late_mel + voc_late
+        self.profile: dict[str, float] | None = None  # stage -> seconds of the last step
         self.side_delay = Delay(3, late_content)  # f0, voiced, loudness -> meet the content
         self.f0_delay = Delay(1, late_mel)  # the vocoder's F0 -> meets the generated mel
 
@@ -127,6 +129,7 @@ class ConversionStep(nn.Module):
         Offline is one step of all frames from a fresh state: the same ops as any blocking.
         """
         m = self.model
+        t0 = self._clock()
         f0, voiced, loud = inputs["f0"], inputs["voiced"], inputs["loudness"]
         streams, frames = f0.shape
         side = torch.stack([f0, voiced.to(f0.dtype), loud], dim=1)
@@ -138,6 +141,7 @@ class ConversionStep(nn.Module):
             content = m.content_encoder.run(x, state["content"])
         else:
             content = f0.new_zeros(streams, 0, frames)
+        t1 = self._lap("content", t0)
         cond = m.conditioner.run(
             content, side[:, 0], side[:, 1], side[:, 2], inputs["speaker"],
             state["conditioner"])  # fmt: skip
@@ -148,9 +152,28 @@ class ConversionStep(nn.Module):
         x = m.target.step(noise * self.sigma_max, self.sigma, cond, state["target"])[0]
         mel = denormalise_mel(x, m.cfg.edm)
         f0_voc = self.f0_delay.run(inputs["f0_vocoder"].unsqueeze(1), state["f0_delay"])
+        t2 = self._lap("acoustic", t1)
         if self.vocoder is None:
             return mel
-        return self.vocoder.step(mel, f0_voc[:, 0], state["vocoder"])[0]
+        wav = self.vocoder.step(mel, f0_voc[:, 0], state["vocoder"])[0]
+        self._lap("vocoder", t2)
+        return wav
+
+    def _clock(self) -> float:
+        if self.profile is None:
+            return 0.0
+        ref = self.sigma
+        if ref.device.type == "cuda":
+            torch.cuda.synchronize(ref.device)
+        return time.perf_counter()
+
+    def _lap(self, stage: str, since: float) -> float:
+        """Record ``stage``'s time since ``since`` when profiling; the new mark."""
+        if self.profile is None:
+            return 0.0
+        now = self._clock()
+        self.profile[stage] = now - since
+        return now
 
 
 def step_inputs(

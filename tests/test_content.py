@@ -60,7 +60,7 @@ def test_declared_reach_is_measured() -> None:
         assert enc.lookahead_frames == cfg.lookahead_frames
         x = _mel(90, batch=1)
         assert measured_reach(enc, x, 50) == (enc.lookahead_frames, enc.left_frames)
-    assert ContentEncoder().left_frames == 27  # 2 * (1 + 2 + 4) * 2 - 1 frames
+    assert ContentEncoder().left_frames == 28  # 2 * (1 + 2 + 4) * 2 frames
 
 
 def test_content_frames_are_unit_rms() -> None:

@@ -33,6 +33,7 @@ from models.config import Config, config_from_dict
 from models.content import load_content_encoder
 from models.edm import denormalise_mel, normalise_mel
 from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from models.vocoder import load_vocoder
 from training.checkpoint import save_checkpoint
 from training.dataset import DEFAULT_ARRAYS, SegmentDataset, collate_segments
 from training.distributed import setup_distributed
@@ -300,9 +301,10 @@ def _singer_features(
 # ---------------------------------------------------------------------------- export
 
 
-def export_model(ckpt: Path, out: Path) -> Path:
+def export_model(ckpt: Path, out: Path, vocoder: Path | None = None) -> Path:
     """Write the inference file of a distillation/finetune checkpoint: the target, conditioner
-    and singer table, plus a copy of the content encoder the features came from."""
+    and singer table, plus a copy of the content encoder the features came from and, when
+    ``vocoder`` (a ``train vocoder`` checkpoint or export) is given, the vocoder."""
     cfg, speakers, models = load_distilled(ckpt)
     encoder = None
     if cfg.model.content_dim > 0:
@@ -316,4 +318,7 @@ def export_model(ckpt: Path, out: Path) -> Path:
     model.target.load_state_dict(models["target"].state_dict())
     if encoder is not None and model.content_encoder is not None:
         model.content_encoder.load_state_dict(encoder.state_dict())
-    return save_checkpoint(out, copy.deepcopy(model.export_payload()))
+    payload = copy.deepcopy(model.export_payload())
+    if vocoder is not None:
+        payload["vocoder"] = load_vocoder(vocoder).export_payload()
+    return save_checkpoint(out, payload)

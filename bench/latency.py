@@ -1,0 +1,287 @@
+"""`comostream bench latency`: what the streaming engine costs and how late it is.
+
+Measured in one run on the same models:
+
+* ``algorithmic_latency_ms``: the engine's computed latency (block + window overhang +
+  lookaheads + resampling), and ``e2e_latency_ms``: an onset sent through the engine paced by a
+  simulated real-time clock (block ``k`` arrives at ``(k + 1)`` block durations, is processed
+  when the previous one is done, for as long as it really takes) and found in the output;
+* per-chunk compute p50/p99 per stage (resample, features, f0, content, acoustic, vocoder) and
+  in total, and ``rtf`` = compute time / audio time;
+* ``teacher_ms`` vs ``onestep_ms``: the teacher's N-step Heun sampler vs the one-step target on
+  one second of conditioning (same backbone size), per second of audio;
+* ``window_recompute_rtf``: the field's usual realtime strategy with the same models (re-run
+  features and every model on 2.5 s of left context + a 250 ms block, every 250 ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.acoustic import AcousticModel, build_denoiser
+from models.audio import load_audio
+from models.config import Config, RealtimeConfig
+from models.f0_yin import yin_f0
+from models.loudness import Loudness
+from models.mel import MelSpectrogram
+from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from models.vocoder import Vocoder
+from realtime.engine import MODEL_RATE, StreamingConverter
+from realtime.resample import resample_oneshot
+
+__all__ = ["build_bench_models", "format_latency_table", "plot_latency", "run_latency_bench"]
+
+STAGES = ("resample", "features", "f0", "content", "acoustic", "vocoder")
+WINDOW_CONTEXT_S = 2.5  # the field's usual realtime settings (RVC / so-vits-svc GUIs)
+WINDOW_BLOCK_S = 0.25
+
+
+def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
+    """The bundled sung example, looped to ``seconds``, at ``sample_rate`` (float32 mono)."""
+    path = resources.files("models") / "assets" / "examples" / "alto_line2.wav"
+    x = load_audio(str(path))
+    reps = int(np.ceil(seconds * MODEL_RATE / len(x)))
+    x = np.tile(x, reps)[: int(seconds * MODEL_RATE)]
+    return x if sample_rate == MODEL_RATE else resample_oneshot(x, MODEL_RATE, sample_rate,
+                                                                aligned=True)  # fmt: skip
+
+
+def build_bench_models(
+    cfg: Config, checkpoint: Path | None, vocoder: Path | None, device: str
+) -> tuple[AcousticModel, nn.Module, str]:
+    """Models from an inference file (and vocoder), or random weights of ``cfg``'s sizes."""
+    if checkpoint is not None:
+        from realtime.load import load_models
+
+        model, voc = load_models(checkpoint, vocoder, device, cfg.realtime)
+        return model, voc, str(checkpoint)
+    torch.manual_seed(0)
+    model = AcousticModel(cfg, ["singer_a", "singer_b"], cfg.content).to(device).eval()
+    voc = Vocoder(cfg.vocoder, cfg.audio).to(device).eval()
+    return model, voc, "random weights (sizes from the config)"
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q)) if len(values) else 0.0
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], Any], device: str, repeats: int = 3) -> float:
+    """Best-of-``repeats`` wall time of ``fn`` in seconds (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _onset(x: np.ndarray, sr: int) -> int | None:
+    """First sample where the 5 ms RMS envelope crosses half-way (in dB) from the quiet start to
+    the loud part; None if the contrast is under 10 dB."""
+    win = max(1, int(0.005 * sr))
+    frames = len(x) // win
+    rms = np.sqrt(np.mean(x[: frames * win].reshape(frames, win) ** 2, axis=1) + 1e-12)
+    db = 20 * np.log10(rms)
+    quiet, loud = np.median(db[: max(1, frames // 8)]), np.percentile(db, 95)
+    if loud - quiet < 10.0:
+        return None
+    above = np.flatnonzero(db > 0.5 * (quiet + loud))
+    return int(above[0] * win) if above.size else None
+
+
+def _paced_e2e(engine: StreamingConverter, sr: int) -> float | None:
+    """End-to-end latency (ms) of an onset through ``engine`` on a simulated real-time clock."""
+    signal = example_signal(1.5, sr)
+    lead = int(0.6 * sr)
+    start = _onset(signal, sr) or 0
+    x = np.concatenate([np.zeros(lead, np.float32), signal[start:]])
+    onset_in = _onset(x, sr)
+    chunk = max(1, round(engine.block_ms * sr / 1000))
+    engine.reset()
+    outs, ready, clock = [], [], 0.0
+    for k in range(len(x) // chunk):
+        arrival = (k + 1) * chunk / sr
+        t0 = time.perf_counter()
+        outs.append(engine.push(x[k * chunk : (k + 1) * chunk]))
+        compute = time.perf_counter() - t0
+        clock = max(clock, arrival) + compute
+        ready.append(clock)
+    y = np.concatenate(outs)
+    onset_out = _onset(y, sr)
+    if onset_in is None or onset_out is None or onset_out < onset_in:
+        return None
+    k = onset_out // chunk
+    played = ready[k] + (onset_out - k * chunk) / sr
+    return 1000.0 * (played - onset_in / sr)
+
+
+def _window_recompute_rtf(model: AcousticModel, vocoder: nn.Module, device: str) -> float:
+    """Compute per second of audio of re-running everything on 2.5 s context + 250 ms blocks."""
+    cfg = model.cfg
+    n = int((WINDOW_CONTEXT_S + WINDOW_BLOCK_S) * MODEL_RATE)
+    audio = example_signal(WINDOW_CONTEXT_S + WINDOW_BLOCK_S, MODEL_RATE)[:n]
+    mel_fn, loud_fn = MelSpectrogram(cfg.audio).to(device), Loudness(cfg.audio).to(device)
+    noise = None
+
+    def once() -> None:
+        nonlocal noise
+        with torch.inference_mode():
+            x = torch.from_numpy(audio).to(device).unsqueeze(0)
+            mel, loud = mel_fn(x), loud_fn(x)
+            track = yin_f0(audio, cfg.f0)
+            f0 = torch.from_numpy(track.f0_hz).to(device).unsqueeze(0)
+            voiced = torch.from_numpy(track.voiced).to(device).unsqueeze(0)
+            feats = {"f0": f0, "voiced": voiced, "loudness": loud}
+            if model.content_encoder is not None:
+                feats["content"] = model.content_encoder(mel)
+            if noise is None:
+                noise = torch.randn(1, cfg.audio.n_mels, mel.shape[-1], device=device)
+            out = model.generate(feats, model.speakers[0], noise)
+            if isinstance(vocoder, Vocoder):
+                vocoder(out, f0 * voiced)
+            else:
+                vocoder.model(out)  # a windowed external vocoder: its generator
+
+    return _timed(once, device) / WINDOW_BLOCK_S
+
+
+def _teacher_vs_onestep(model: AcousticModel, device: str) -> dict[str, float]:
+    cfg = model.cfg
+    torch.manual_seed(1)
+    teacher = build_denoiser(cfg, consistency=False).to(device).eval()
+    frames = round(MODEL_RATE / cfg.audio.hop_length)  # one second
+    cond = torch.randn(1, cfg.model.cond_channels, frames, device=device)
+    noise = torch.randn(1, cfg.audio.n_mels, frames, device=device)
+    sigmas = sampling_sigmas(cfg.edm)
+    with torch.inference_mode():
+        one = _timed(lambda: consistency_onestep(model.target, noise, cond, cfg.edm.sigma_max),
+                     device)  # fmt: skip
+        many = _timed(lambda: heun_sampler(teacher, noise, cond, sigmas), device, repeats=1)
+    seconds = frames * cfg.audio.hop_length / MODEL_RATE
+    return {"teacher_steps": cfg.edm.teacher_steps, "teacher_ms": 1000 * many / seconds,
+            "onestep_ms": 1000 * one / seconds, "onestep_speedup": many / one}  # fmt: skip
+
+
+def run_latency_bench(
+    model: AcousticModel,
+    vocoder: nn.Module,
+    *,
+    realtime: RealtimeConfig,
+    device: str = "cpu",
+    sample_rate: int = 48000,
+    seconds: float = 8.0,
+    source: str = "",
+) -> dict[str, Any]:
+    """Run every measurement (see the module docstring); a JSON-able dict."""
+    engine = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
+                                            realtime=realtime, profile=True)  # fmt: skip
+    chunk = max(1, round(engine.block_ms * sample_rate / 1000))
+    x = example_signal(seconds + 0.5, sample_rate)
+    warm = int(0.5 * sample_rate) // chunk
+    totals = []
+    for k in range(len(x) // chunk):
+        if k == warm:  # numba compilation and allocator warm-up are not timed
+            engine.stats.stage_times.clear()
+            totals.clear()
+        t0 = time.perf_counter()
+        engine.push(x[k * chunk : (k + 1) * chunk])
+        totals.append(time.perf_counter() - t0)
+    times = engine.stats.stage_times
+    stages = {s: {"p50": _pct(times.get(s, []), 50), "p99": _pct(times.get(s, []), 99)}
+              for s in STAGES}  # fmt: skip
+    audio_s = len(totals) * chunk / sample_rate
+    rtf = float(sum(totals) / audio_s)
+    e2e = _paced_e2e(engine, sample_rate)
+    window_rtf = _window_recompute_rtf(model, vocoder, device)
+    result: dict[str, Any] = {
+        "algorithmic_latency_ms": engine.latency_ms,
+        "block_ms": engine.block_ms,
+        "block_frames": realtime.block_frames,
+        "chunk_samples": chunk,
+        "sample_rate": sample_rate,
+        "chunk_ms_p50": _pct(totals, 50),
+        "chunk_ms_p99": _pct(totals, 99),
+        "chunk_ms_max": _pct(totals, 100),
+        "stages": stages,
+        "rtf": rtf,
+        "e2e_latency_ms": e2e,
+        **_teacher_vs_onestep(model, device),
+        "window_recompute_rtf": window_rtf,
+        "window_vs_streaming": window_rtf / rtf,
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "model": source,
+        "lookahead_frames": engine.lookahead_frames,
+        "chunks": len(totals),
+        "chunk_ms_all": [1000.0 * t for t in totals],
+    }
+    return result
+
+
+def format_latency_table(r: dict[str, Any]) -> str:
+    """A table for humans of :func:`run_latency_bench`'s result."""
+    lines = [
+        f"model: {r['model']}  device: {r['device']}  threads: {r['threads']}  "
+        f"input: {r['sample_rate']} Hz",
+        f"block: {r['block_frames']} frames = {r['block_ms']:.2f} ms "
+        f"({r['chunk_samples']} samples per chunk)",
+        "",
+        "| stage | p50 ms | p99 ms |",
+        "|---|---:|---:|",
+    ]
+    for name, v in r["stages"].items():
+        lines.append(f"| {name} | {v['p50']:.2f} | {v['p99']:.2f} |")
+    lines.append(f"| **chunk total** | {r['chunk_ms_p50']:.2f} | {r['chunk_ms_p99']:.2f} |")
+    e2e = "n/a (no clear onset)" if r["e2e_latency_ms"] is None else f"{r['e2e_latency_ms']:.1f} ms"
+    lines += [
+        "",
+        f"algorithmic latency: {r['algorithmic_latency_ms']:.1f} ms   measured end-to-end: {e2e}",
+        f"RTF (compute / audio): {r['rtf']:.3f}   p99 chunk {r['chunk_ms_p99']:.2f} ms vs block "
+        f"{r['block_ms']:.2f} ms",
+        f"teacher ({r['teacher_steps']} Heun steps): {r['teacher_ms']:.1f} ms per s of audio; "
+        f"one-step target: {r['onestep_ms']:.2f} ms per s ({r['onestep_speedup']:.0f}x)",
+        f"window recompute (2.5 s context per 250 ms block): RTF {r['window_recompute_rtf']:.3f}"
+        f" = {r['window_vs_streaming']:.1f}x the streaming engine",
+    ]
+    return "\n".join(lines)
+
+
+def plot_latency(r: dict[str, Any], path: Path) -> Path:
+    """Histogram of per-chunk compute against the block duration, as a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'comostream[eval]'") from None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(r["chunk_ms_all"], bins=60, color="#4477aa")
+    ax.axvline(r["block_ms"], color="#cc3311", label=f"block {r['block_ms']:.1f} ms")
+    ax.axvline(r["chunk_ms_p99"], color="#228833", ls="--",
+               label=f"p99 {r['chunk_ms_p99']:.2f} ms")  # fmt: skip
+    ax.set_xlabel("compute per chunk (ms)")
+    ax.set_ylabel("chunks")
+    ax.set_title(f"comostream engine on {r['device']}, {r['threads']} threads")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

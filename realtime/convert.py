@@ -1,0 +1,93 @@
+"""`comostream convert`: a file through the streaming engine, offline or on the live schedule."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.audio import AudioError, read_audio, resample, save_wav
+from models.checkpoint_io import CheckpointError
+from models.config import RealtimeConfig
+from realtime.engine import StreamingConverter, convert_array
+
+__all__ = ["ConvertResult", "convert_file", "default_model_path"]
+
+ENGINE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def default_model_path() -> Path | None:
+    """The model shipped inside the package, if this installation has one."""
+    path = Path(str(resources.files("models") / "assets" / "default.ckpt"))
+    return path if path.is_file() else None
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert_file` did."""
+
+    output: Path
+    seconds: float  # audio duration
+    compute_s: float  # wall time of the conversion
+    latency_ms: float  # the engine's algorithmic latency
+    speaker: Any
+    block: int | None  # frames per step, or None for offline
+
+    @property
+    def rtf(self) -> float:
+        return self.compute_s / max(self.seconds, 1e-9)
+
+
+def convert_file(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    speaker: Any = None,
+    transpose: float = 0.0,
+    block: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    vocoder: str | os.PathLike[str] | None = None,
+    realtime: RealtimeConfig | None = None,
+    device: str = "cpu",
+) -> ConvertResult:
+    """Convert ``source`` to ``speaker`` and write ``output`` (WAV, the source's rate, mono).
+
+    ``block``: frames per model step on the realtime schedule (the file is pushed in chunks of
+    one block); None runs offline (one model step over the whole file). Same output either way,
+    to float rounding. A rate outside 16-48 kHz is resampled to 48 kHz first.
+    """
+    from realtime.load import load_models
+
+    if checkpoint is None:
+        checkpoint = default_model_path()
+        if checkpoint is None:
+            raise CheckpointError("no model given and this installation ships none: pass "
+                                  "--checkpoint MODEL.ckpt (from `comostream export`)")  # fmt: skip
+    audio, rate = read_audio(source)
+    if rate not in ENGINE_RATES:
+        audio, rate = resample(audio, rate, 48000), 48000
+    rt = realtime or RealtimeConfig()
+    if block is not None:
+        rt = RealtimeConfig(**{**rt.__dict__, "block_frames": block})
+    model, voc = load_models(checkpoint, vocoder, device, rt)
+    if speaker is None:
+        speaker = model.speakers[0]
+    engine = StreamingConverter.from_models(model, voc, speaker=speaker, transpose=transpose,
+                                            sample_rate=rate, realtime=rt,
+                                            offline=block is None)  # fmt: skip
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        chunk = None if block is None else max(1, round(engine.block_ms * rate / 1000))
+        y = convert_array(engine, audio, chunk=chunk)
+    compute = time.perf_counter() - t0
+    if not np.all(np.isfinite(y)):
+        raise AudioError(f"{source}: the conversion produced non-finite samples")
+    save_wav(output, y, rate)
+    return ConvertResult(Path(output), len(audio) / rate, compute, engine.latency_ms, speaker,
+                         block)  # fmt: skip

@@ -1,0 +1,105 @@
+"""`comostream convert`, `comostream export --vocoder` and `comostream bench latency` end to end,
+with tiny random-weight models written in the real file formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import comostream
+from models.acoustic import AcousticModel
+from models.audio import read_audio, save_wav
+from realtime.load import load_models
+from tests.test_engine_models import SINGERS, _sung, models  # noqa: F401  (fixture)
+from training.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def files(models, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    model, vocoder = models
+    d = tmp_path_factory.mktemp("convert")
+    full = dict(model.export_payload(), vocoder=vocoder.export_payload())
+    paths = {
+        "model": save_checkpoint(d / "model.ckpt", full),
+        "bare": save_checkpoint(d / "bare.ckpt", model.export_payload()),
+        "vocoder": save_checkpoint(d / "voc.ckpt", {"kind": "vocoder-export",
+                                                    **vocoder.export_payload()}),  # fmt: skip
+        "wav44": d / "in44.wav",
+    }
+    save_wav(paths["wav44"], _sung(44100, 1.0), 44100, subtype="FLOAT")
+    return paths
+
+
+def test_export_file_holds_the_vocoder(files, models) -> None:  # noqa: F811
+    model, voc = load_models(files["model"])
+    assert isinstance(model, AcousticModel) and model.speakers == tuple(SINGERS)
+    for a, b in zip(voc.state_dict().values(), models[1].state_dict().values(), strict=True):
+        assert (a == b).all()
+
+
+def test_convert_offline_and_streamed_agree(files, tmp_path: Path, capsys) -> None:
+    out_off, out_blk = tmp_path / "off.wav", tmp_path / "blk.wav"
+    base = ["convert", str(files["wav44"]), "--checkpoint", str(files["model"]),
+            "--speaker", "bass", "--transpose", "2"]  # fmt: skip
+    assert comostream.main([*base, "-o", str(out_off)]) == 0
+    assert comostream.main([*base, "-o", str(out_blk), "--block", "4"]) == 0
+    assert "streamed in blocks of 4 frames" in capsys.readouterr().out
+    a, sr = read_audio(out_off)
+    b, _ = read_audio(out_blk)
+    assert sr == 44100 and a.shape == b.shape == (44100,)
+    assert np.abs(a).max() > 1e-3
+    assert np.abs(a - b).max() <= 2e-4  # PCM16 files: quantisation of 3e-5 each
+
+
+def test_convert_with_a_separate_vocoder_and_a_singer_mix(files, tmp_path: Path) -> None:
+    out = tmp_path / "mix.wav"
+    rc = comostream.main(["convert", str(files["wav44"]), "-o", str(out), "--checkpoint",
+                          str(files["bare"]), "--vocoder", str(files["vocoder"]),
+                          "--speaker", "alto:0.3,tenor:0.7"])  # fmt: skip
+    assert rc == 0 and sf.info(str(out)).frames == 44100
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--speaker", "soprano"], "unknown speaker"),
+    (["--checkpoint", "BARE"], "holds no vocoder"),
+    (["--checkpoint", "MISSING"], "not found"),
+])  # fmt: skip
+def test_convert_errors_are_clear(files, tmp_path: Path, capsys, extra, message) -> None:
+    args = ["convert", str(files["wav44"]), "-o", str(tmp_path / "x.wav"),
+            "--checkpoint", str(files["model"])]  # fmt: skip
+    extra = [str(files["bare"]) if e == "BARE" else str(tmp_path / "no.ckpt")
+             if e == "MISSING" else e for e in extra]  # fmt: skip
+    assert comostream.main(args + extra) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_convert_unreadable_input(files, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt nonsense")
+    rc = comostream.main(["convert", str(bad), "-o", str(tmp_path / "y.wav"),
+                          "--checkpoint", str(files["model"])])  # fmt: skip
+    assert rc == 1 and "unreadable" in capsys.readouterr().err
+
+
+def test_bench_latency_json(files, capsys) -> None:
+    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--json",
+                          "--seconds", "1", "--block", "2", "--threads", "1"])  # fmt: skip
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    for key in ("algorithmic_latency_ms", "block_ms", "chunk_ms_p50", "chunk_ms_p99", "stages",
+                "rtf", "e2e_latency_ms", "teacher_steps", "teacher_ms", "onestep_ms",
+                "window_recompute_rtf", "device", "threads"):  # fmt: skip
+        assert key in r
+    assert set(r["stages"]) == {"resample", "features", "f0", "content", "acoustic", "vocoder"}
+    # tiny models: lookahead 1 (content) + 1 (target) + 1 (vocoder) frames, block 2, overhang
+    # 1 frame = 64 ms at 24 kHz; the 48 <-> 24 kHz resamplers add a few ms
+    assert 64.0 < r["algorithmic_latency_ms"] < 64.0 + 5.0
+    assert r["block_ms"] == pytest.approx(21.333, abs=0.01)
+    assert r["threads"] == 1 and r["rtf"] > 0 and r["teacher_ms"] > r["onestep_ms"]

@@ -37,7 +37,8 @@ from models.acoustic import AcousticModel
 from models.config import AudioConfig, F0Config, RealtimeConfig
 from realtime.frontend import FrameFeatures, FrontEnd, IncrementalF0Like, default_f0_tracker
 from realtime.resample import StreamingResampler
-from realtime.step import ConversionStep
+from realtime.step import ConversionStep, step_inputs
+from realtime.traced import TracedStep
 
 __all__ = ["EngineStats", "SampleFifo", "StreamingConverter", "DEFAULT_F0_HZ"]
 
@@ -192,14 +193,24 @@ class StreamingConverter:
         *,
         content_model: nn.Module | None = None,
         speaker: Any = None,
+        trace: bool | None = None,
         **kwargs: Any,
     ) -> StreamingConverter:
         """An engine over an acoustic model and a vocoder (built-in or windowed external).
 
-        ``speaker`` defaults to the model's first singer; other keywords as the constructor.
+        ``speaker`` defaults to the model's first singer; ``trace``: run the step as a traced
+        graph (:class:`~realtime.traced.TracedStep`; default: on a CPU, when streaming built-in
+        models); other keywords as the constructor.
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
-        step = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()
+        step: nn.Module = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if trace is None:
+            trace = on_cpu and not kwargs.get("offline", False) and content_model is None
+        if trace:
+            example = step_inputs(step.n_mels, step.speaker_dim, 1, rt.block_frames,
+                                  next(model.parameters()).device)  # fmt: skip
+            step = TracedStep(step, example)
         kwargs.setdefault("audio", model.cfg.audio)
         return cls(step, embed=model.conditioner.speaker_embedding,
                    speaker=speaker if speaker is not None else model.speakers[0], **kwargs)

@@ -97,7 +97,9 @@ def test_bench_latency_json(files, capsys) -> None:
                 "rtf", "e2e_latency_ms", "teacher_steps", "teacher_ms", "onestep_ms",
                 "window_recompute_rtf", "device", "threads"):  # fmt: skip
         assert key in r
-    assert set(r["stages"]) == {"resample", "features", "f0", "content", "acoustic", "vocoder"}
+    assert set(r["stages"]) == {"resample", "features", "f0", "content", "acoustic", "vocoder",
+                                "model"}
+    assert r["traced"] and r["stages"]["model"]["p50"] > 0
     # tiny models: lookahead 1 (content) + 1 (target) + 1 (vocoder) frames, block 2, overhang
     # 1 frame = 64 ms at 24 kHz; the 48 <-> 24 kHz resamplers add a few ms
     assert 64.0 < r["algorithmic_latency_ms"] < 64.0 + 5.0

@@ -1,0 +1,82 @@
+"""The CPU counterpart of a CUDA graph: the model step traced once per block size (TorchScript).
+
+At a few frames per step, eager PyTorch spends most of its time dispatching thousands of tiny ops
+from Python. Tracing :meth:`ConversionStep.step` for a fixed ``(streams, frames)`` shape records
+them once (the state tensors are inputs the trace updates in place, exactly as eager does) and
+freezes the parameters into the graph; replaying it is 2-3x faster on a CPU with the same result.
+Offline runs (one step of arbitrary length) stay eager.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models.streaming import StreamState, state_tensors
+from realtime.step import ConversionStep, FrameInputs
+
+__all__ = ["TracedStep"]
+
+
+def _rebuild(template: StreamState, leaves: list[Tensor]) -> StreamState:
+    """``template``'s nesting with its tensors replaced, in :func:`state_tensors` order."""
+    it = iter(leaves)
+
+    def walk(s: StreamState) -> StreamState:
+        return {k: next(it) if isinstance(s[k], Tensor) else walk(s[k]) for k in sorted(s)}
+
+    return walk(template)
+
+
+class _Flat(nn.Module):
+    """``step`` over positional tensors: the inputs (sorted names), then the state's leaves."""
+
+    def __init__(self, step: ConversionStep, names: list[str], template: StreamState) -> None:
+        super().__init__()
+        self.step_module = step
+        self.names = names
+        self.template = template
+
+    def forward(self, *args: Tensor) -> Tensor:
+        n = len(self.names)
+        inputs = dict(zip(self.names, args[:n], strict=True))
+        return self.step_module.step(inputs, _rebuild(self.template, list(args[n:])))
+
+
+class TracedStep(nn.Module):
+    """``step`` traced for blocks of ``frames`` frames of ``streams`` streams.
+
+    Drop-in for the engine: same ``lookahead_frames``, ``hop_length``, ``speaker_dim``,
+    ``init_state`` and ``step(inputs, state)`` (``inputs`` must have the traced shapes).
+    """
+
+    def __init__(self, step: ConversionStep, example: FrameInputs, streams: int = 1) -> None:
+        super().__init__()
+        self.inner = step
+        self.lookahead_frames = step.lookahead_frames
+        self.hop_length = step.hop_length
+        self.speaker_dim = step.speaker_dim
+        self.names = sorted(example)
+        self.frames = int(example["f0"].shape[-1])
+        template = step.init_state(streams)
+        leaves = [t for _, t in state_tensors(template)]
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning: shape checks become constants
+            traced = torch.jit.trace(_Flat(step, self.names, template),
+                                     tuple(example[k] for k in self.names) + tuple(leaves),
+                                     check_trace=False)  # fmt: skip
+            self.traced = torch.jit.freeze(traced.eval())
+        self.profile: dict[str, float] | None = None  # per-stage times are not available
+
+    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
+        return self.inner.init_state(streams, device, dtype)
+
+    def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
+        if inputs["f0"].shape[-1] != self.frames:  # e.g. a final partial block: eager
+            return self.inner.step(inputs, state)
+        leaves = [t for _, t in state_tensors(state)]
+        with torch.no_grad():
+            return self.traced(*(inputs[k] for k in self.names), *leaves)

@@ -12,7 +12,8 @@ Metrics (frames on the 24 kHz / hop-256 grid, pooled over all utterances of the 
 - ``seconds`` / ``frames``: audio evaluated.
 
 ``rpa``/``rca``/``vde`` are measured after :func:`models.f0_post.postprocess` (the F0 the models
-are trained on); ``rpa_raw``/``vde_raw`` are the backend output before it.
+are trained on); ``rpa_raw``/``vde_raw`` are the backend output before it (for ``yin`` that
+output already includes its causal post-processing: it is what the streaming engine uses).
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def _paced_e2e(engine: StreamingConverter, sr: int) -> float | None:
     start = _onset(signal, sr) or 0
     x = np.concatenate([np.zeros(lead, np.float32), signal[start:]])
     onset_in = _onset(x, sr)
-    chunk = max(1, round(engine.block_ms * sr / 1000))
+    chunk = engine.chunk or max(1, round(engine.block_ms * sr / 1000))
     engine.reset()
     outs, ready, clock = [], [], 0.0
     for k in range(len(x) // chunk):
@@ -183,7 +183,7 @@ def _stream(
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Push ``x`` in block-sized chunks; per-chunk wall times and stage times (the first 0.5 s,
     numba compilation and allocator warm-up, not counted)."""
-    chunk = max(1, round(engine.block_ms * sample_rate / 1000))
+    chunk = engine.chunk or max(1, round(engine.block_ms * sample_rate / 1000))
     warm = int(0.5 * sample_rate) // chunk
     totals: list[float] = []
     for k in range(len(x) // chunk):
@@ -207,13 +207,16 @@ def run_latency_bench(
     source: str = "",
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict."""
+    chunk = max(1, round(realtime.block_frames * 256 * sample_rate / MODEL_RATE))
     engine = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
-                                            realtime=realtime, profile=True)  # fmt: skip
+                                            realtime=realtime, profile=True,
+                                            chunk=chunk)  # fmt: skip
     x = example_signal(seconds + 0.5, sample_rate)
     totals, times = _stream(engine, x, sample_rate)
     # the traced step runs content, acoustic model and vocoder as one graph: split it eagerly
-    eager = StreamingConverter.from_models(
-        model, vocoder, sample_rate=sample_rate, realtime=realtime, profile=True, trace=False)
+    eager = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
+                                           realtime=realtime, profile=True, trace=False,
+                                           chunk=chunk)  # fmt: skip
     _, eager_times = _stream(eager, x[: len(x) // 3 + sample_rate // 2], sample_rate)
     for name in ("content", "acoustic", "vocoder"):
         times[name] = eager_times.get(name, [])
@@ -226,6 +229,7 @@ def run_latency_bench(
     window_rtf = _window_recompute_rtf(model, vocoder, device)
     result: dict[str, Any] = {
         "algorithmic_latency_ms": engine.latency_ms,
+        "stream_delay_ms": engine.delay_ms,
         "block_ms": engine.block_ms,
         "block_frames": realtime.block_frames,
         "chunk_samples": chunk,

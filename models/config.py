@@ -78,7 +78,7 @@ class AudioConfig:
 class F0Config:
     """F0 extraction and post-processing."""
 
-    backend: str = "dio"  # one of models.f0.BACKENDS; chosen by `comostream bench f0`
+    backend: str = "yin"  # one of models.f0.BACKENDS; chosen by `comostream bench f0`
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -86,8 +86,8 @@ class F0Config:
     median_frames: int = 3  # median smoothing window in frames (odd; 1 disables)
     octave_repair: bool = True  # fix isolated octave jumps
     crepe_batch_frames: int = 512  # frames per CREPE forward pass (memory bound)
-    yin_threshold: float = 0.15  # yin: CMNDF dip threshold (first dip below it is the period)
-    yin_voicing: float = 0.3  # yin: frames whose CMNDF minimum (aperiodicity) is below are voiced
+    yin_threshold: float = 0.05  # yin: mean of the CMNDF dip-threshold prior (pYIN-style)
+    yin_voicing: float = 0.4  # yin: voiced when the chosen CMNDF dip (aperiodicity) is below
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fmin < self.fmax:
@@ -96,8 +96,8 @@ class F0Config:
             raise ConfigError("f0: median_frames must be odd and >= 1")
         if not 0.0 <= self.voicing_threshold <= 1.0:
             raise ConfigError("f0: voicing_threshold must be in [0, 1]")
-        if not (0.0 < self.yin_threshold <= 1.0 and 0.0 < self.yin_voicing <= 1.0):
-            raise ConfigError("f0: yin_threshold and yin_voicing must be in (0, 1]")
+        if not (0.0 < self.yin_threshold < 1.0 and 0.0 < self.yin_voicing <= 1.0):
+            raise ConfigError("f0: need 0 < yin_threshold < 1 and 0 < yin_voicing <= 1")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Frame-level F0 extraction: CREPE (torchcrepe, tiny/full) and WORLD (harvest, dio).
+"""Frame-level F0 extraction: CREPE (torchcrepe, tiny/full), WORLD (harvest, dio) and the
+frame-local streaming YIN tracker (``yin``, :mod:`models.f0_yin`).
 
 Framing convention (project-wide): for ``N`` samples at 24 kHz with hop 256 there are
 ``T = N // 256 + 1`` frames and frame ``t`` is centred at sample ``t * 256`` (time
@@ -32,7 +33,7 @@ __all__ = ["BACKENDS", "F0Track", "extract_f0", "n_frames", "SAMPLE_RATE", "HOP_
 
 SAMPLE_RATE = 24000  # Hz, the model rate
 HOP_LENGTH = 256  # samples per frame at SAMPLE_RATE
-BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio")
+BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio", "yin")
 
 _CREPE_SR = 16000  # Hz
 _CREPE_WINDOW = 1024  # samples at 16 kHz
@@ -85,7 +86,8 @@ def extract_f0(
     ``backend`` overrides ``cfg.backend``. ``device`` is for CREPE (default CPU). Frames whose
     RMS is below ``cfg.silence_db`` dBFS are forced unvoiced (all backends). No post-processing:
     see :func:`models.f0_post.postprocess`. Raises ValueError for an unknown backend, a non
-    1-D or non-float input, or NaN/inf samples.
+    1-D or non-float input, or NaN/inf samples. ``yin`` returns :func:`models.f0_yin.yin_f0`
+    (its own voicing, level gate and causal post-processing; periodicity = 1 - aperiodicity).
     """
     cfg = cfg or F0Config()
     name = backend or cfg.backend
@@ -97,6 +99,10 @@ def extract_f0(
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if x.size:
             x = resample(x, sample_rate, SAMPLE_RATE)
+    if name == "yin":
+        from models.f0_yin import yin_f0  # lazy: models.f0_yin imports this module
+
+        return yin_f0(x, cfg)
     t_frames = n_frames(x.shape[0])
     if not np.any(x):
         zeros = np.zeros(t_frames, np.float32)

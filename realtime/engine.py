@@ -10,15 +10,18 @@ window's overhang beyond the frame's hop ``p`` (the front-end's left padding: 25
 the 1024-sample window), the front-end's F0 lookahead ``Lf`` and the models' lookahead ``Ls``
 (frames), output sample ``m`` of the 24 kHz stream is input sample ``m - D`` with
 
-    D = B h + p + (Lf + Ls) h     (``latency_samples_24k``)
+    D = Z + p + Ls h     (``delay_samples_24k``)
 
-for ANY chunking of the input: the FIFO starts with ``(B + Lf) h`` samples of silence, exactly the
-most a block can still be waiting for, so every ``push`` of ``n`` samples returns ``n`` samples
-and the delay never moves. The resamplers add their own integer delays (:attr:`latency_ms`); at
-rates such as 44.1 kHz a few samples of silence more make the total a whole number of output
-samples, so outputs of any block size line up exactly.
-``flush`` returns the last ``D`` samples; offline (``offline=True``) runs every frame in one
-model step at ``flush`` and returns the same samples (equal to float rounding).
+where ``Z`` is the output FIFO's initial silence. For ANY chunking of the input ``Z = (B + Lf)
+h``, exactly the most a block can still be waiting for, so every ``push`` of ``n`` samples
+returns ``n`` samples and the delay never moves. A caller that always pushes ``chunk`` samples
+(a sound card's block) declares it: ``Z`` is then the least that chunk's phase needs (0 when a
+chunk is a block at 24 kHz), and the chunk's own buffering is counted in :attr:`latency_ms`
+instead; the algorithmic latency is then one block + ``p`` + lookaheads. The resamplers add
+their own integer delays; at rates such as 44.1 kHz a few samples of silence more make the total
+a whole number of output samples, so outputs of any block size line up exactly. ``flush``
+returns the last ``D`` samples; offline (``offline=True``) runs every frame in one model step at
+``flush`` and returns the same samples (equal to float rounding).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class StreamingConverter:
         f0_tracker: Callable[[F0Config], IncrementalF0Like] = default_f0_tracker,
         offline: bool = False,
         profile: bool = False,
+        chunk: int | None = None,
     ) -> None:
         if not 8000 <= sample_rate <= 192000:
             raise ValueError(f"unsupported sample rate {sample_rate} Hz (8-192 kHz)")
@@ -162,14 +166,18 @@ class StreamingConverter:
         self.rs_in = StreamingResampler(sample_rate, MODEL_RATE) if resampled else None
         self.rs_out = StreamingResampler(MODEL_RATE, sample_rate) if resampled else None
         self.lookahead_frames = self.frontend.lookahead_frames + int(step.lookahead_frames)
-        self.fifo_prefill = self.hop * (self.block + self.frontend.lookahead_frames)
-        self.latency_samples_24k = (
-            self.hop * self.block + self.frontend.pad_samples + self.hop * self.lookahead_frames)
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
+        self.chunk = chunk
+        self.fifo_prefill = (self.hop * (self.block + self.frontend.lookahead_frames)
+                             if chunk is None else self._aligned_prefill(chunk))  # fmt: skip
+        self.delay_samples_24k = (
+            self.fifo_prefill + self.frontend.pad_samples + self.hop * int(step.lookahead_frames))
         if self.rs_in is not None:  # round the total delay up to a whole output sample
             grid = MODEL_RATE // math.gcd(MODEL_RATE, sample_rate)
-            extra = -(int(self.rs_in.delay_samples_out) + self.latency_samples_24k) % grid
+            extra = -(int(self.rs_in.delay_samples_out) + self.delay_samples_24k) % grid
             self.fifo_prefill += extra
-            self.latency_samples_24k += extra
+            self.delay_samples_24k += extra
         self.embed = embed
         ref = next(step.parameters(), None)
         self.device = ref.device if ref is not None else torch.device("cpu")
@@ -216,19 +224,44 @@ class StreamingConverter:
                    speaker=speaker if speaker is not None else model.speakers[0], **kwargs)
 
     # -- public API ------------------------------------------------------------------------------
+    def _aligned_prefill(self, chunk: int) -> int:
+        """The least FIFO prefill (24 kHz samples) that never runs dry when every push brings
+        a multiple of ``chunk`` samples: the most a push's end can be ahead of the model's
+        output, over enough pushes for the pattern to repeat."""
+        fe, hop, block = self.frontend, self.hop, self.block
+        rs = self.rs_in
+        pushes = min(200_000, 4 * block * hop * (rs.down if rs is not None else 1))
+        worst = 0
+        for k in range(1, pushes + 1):
+            n24 = rs._available(k * chunk) if rs is not None else k * chunk
+            complete = max(0, (n24 + fe.pad_samples - fe.lookahead_samples) // hop + 1)
+            frames = block * (max(0, complete - fe.lookahead_frames) // block)
+            worst = max(worst, n24 - hop * frames)
+        return worst
+
     @property
-    def latency_ms(self) -> float:
-        """Algorithmic latency in ms: block + window overhang + lookaheads + resampling."""
-        seconds = self.latency_samples_24k / MODEL_RATE
+    def delay_ms(self) -> float:
+        """Stream delay in ms: output sample ``m`` is input sample ``m - delay`` (resamplers,
+        FIFO prefill, window overhang, lookaheads)."""
+        seconds = self.delay_samples_24k / MODEL_RATE
         if self.rs_in is not None and self.rs_out is not None:
             seconds += self.rs_in.delay_samples_out / MODEL_RATE
             seconds += self.rs_out.delay_samples_out / self.sample_rate
         return 1000.0 * seconds
 
     @property
-    def latency_samples(self) -> int:
-        """The algorithmic latency in output samples (rounded at a non-24 kHz rate)."""
-        return int(round(self.latency_ms * self.sample_rate / 1000.0))
+    def delay_samples(self) -> int:
+        """The stream delay in output samples (a whole number by construction)."""
+        return int(round(self.delay_ms * self.sample_rate / 1000.0))
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency in ms, compute excluded: block + window overhang + lookaheads +
+        resampling. With a declared ``chunk`` the caller buffers one chunk before pushing it
+        (counted here) and the FIFO holds only what the chunk phase needs; without, the FIFO
+        holds a whole block so that any chunking works."""
+        chunk_ms = 0.0 if self.chunk is None else 1000.0 * self.chunk / self.sample_rate
+        return self.delay_ms + chunk_ms
 
     @property
     def block_ms(self) -> float:
@@ -289,6 +322,9 @@ class StreamingConverter:
         ``defer_blocks`` is set, queue) the complete blocks. Returns ``(24 kHz samples, mono)``."""
         t0 = time.perf_counter()
         mono, squeeze = self._mono(samples)
+        if self.chunk is not None and mono.shape[0] % self.chunk:
+            raise ValueError(f"this engine takes pushes of {self.chunk} samples (or multiples); "
+                             f"got {mono.shape[0]}")  # fmt: skip
         x24 = self.rs_in.push(mono) if self.rs_in is not None else mono
         if self.profile:
             self.stats.add_time("resample", time.perf_counter() - t0)
@@ -312,8 +348,8 @@ class StreamingConverter:
         tail24 = self.rs_in.flush() if self.rs_in is not None else np.zeros(0, np.float32)
         self._feed(tail24)
         self._in24 += tail24.shape[0]
-        need = self._in24 - self._out24 + self.latency_samples_24k
-        zeros = np.zeros(self.latency_samples_24k + 2 * self.hop * self.block, np.float32)
+        need = self._in24 - self._out24 + self.delay_samples_24k
+        zeros = np.zeros(self.delay_samples_24k + 2 * self.hop * self.block, np.float32)
         self._feed(zeros, final=True)
         out24 = self.fifo.pop(need)
         if self.rs_out is not None:
@@ -434,16 +470,19 @@ def convert_array(
     """Convert a whole signal through ``engine`` (pushed in chunks of ``chunk`` samples, or all
     at once), with the latency removed: the output has the input's length and alignment."""
     n = audio.shape[0]
+    if engine.chunk is not None:  # whole chunks only: pad the last one
+        chunk = engine.chunk
+        audio = np.concatenate([audio, np.zeros(-n % chunk, audio.dtype)])
     if chunk is None:
         parts = [engine.push(audio)]
     else:
         sizes = [chunk] if isinstance(chunk, int) else list(chunk)
         parts, pos, i = [], 0, 0
-        while pos < n:
+        while pos < audio.shape[0]:
             size = max(1, sizes[i % len(sizes)])
             parts.append(engine.push(audio[pos : pos + size]))
             pos, i = pos + size, i + 1
-    d = engine.latency_samples
+    d = engine.delay_samples
     parts.append(engine.flush())
     out = np.concatenate(parts, axis=0)
     return out[d : d + n]

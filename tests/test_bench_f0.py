@@ -71,7 +71,7 @@ def test_bench_split_and_cap(corpus: Path) -> None:
     with pytest.raises(CorpusError, match="no 'valid' utterances"):
         run_f0_bench(corpus, backends=["dio"], split="valid", progress=False)
     with pytest.raises(ValueError, match="known"):
-        run_f0_bench(corpus, backends=["yin"], progress=False)
+        run_f0_bench(corpus, backends=["nope"], progress=False)
 
 
 def test_bench_corpus_without_f0(tmp_path: Path) -> None:

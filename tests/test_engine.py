@@ -26,7 +26,7 @@ def test_identity_is_a_pure_delay_of_the_reported_latency(
     x = _noise(24000)
     out = np.concatenate([eng.push(x[a:b]) for a, b in _bounds(len(x), rng_chunks(block, 80))])
     assert out.shape == x.shape  # every push returns as many samples as it got
-    d = eng.latency_samples
+    d = eng.delay_samples
     assert d == 256 * (block + 1 + lookahead + f0_late)
     assert eng.latency_ms == pytest.approx(1000 * d / 24000)
     np.testing.assert_array_equal(out[:d], 0)
@@ -98,3 +98,29 @@ def test_fifo_grows_and_keeps_order() -> None:
     np.testing.assert_array_equal(f.pop(900), data[100:])
     with pytest.raises(ValueError):
         f.pop(1)
+
+
+@pytest.mark.parametrize("rate,block", [(24000, 2), (24000, 3), (48000, 2), (44100, 2)])
+def test_declared_chunk_saves_the_fifo_block(rate: int, block: int) -> None:
+    """A caller pushing whole blocks gets the same algorithmic latency with one block less of
+    stream delay (the block is buffered by the caller instead of the FIFO)."""
+    rt = RealtimeConfig(block_frames=block)
+    chunk = round(256 * block * rate / 24000)
+    robust = StreamingConverter(IdentityStep(1), realtime=rt, sample_rate=rate,
+                                f0_tracker=silent_f0())  # fmt: skip
+    aligned = StreamingConverter(IdentityStep(1), realtime=rt, sample_rate=rate, chunk=chunk,
+                                 f0_tracker=silent_f0())  # fmt: skip
+    if rate % 24000 == 0:  # whole 24 kHz blocks per chunk: one block less of stream delay
+        assert aligned.delay_ms <= robust.delay_ms - 1000 * 256 * block / 24000 + 1.0
+        assert aligned.latency_ms <= robust.latency_ms + 1.0
+    else:  # 44.1 kHz chunks straddle frames: no saving, never worse
+        assert aligned.delay_ms <= robust.delay_ms + 0.1
+    x = (np.sin(np.arange(rate) * 2 * np.pi * 300 / rate) * 0.5).astype(np.float32)
+    out = np.concatenate([aligned.push(x[a : a + chunk]) for a in range(0, rate - chunk + 1,
+                                                                         chunk)])  # fmt: skip
+    d = aligned.delay_samples
+    n = len(out)
+    tol = 1e-6 if rate == 24000 else 0.02
+    assert np.abs(out[d + rate // 10 : n] - x[rate // 10 : n - d]).max() <= tol
+    with pytest.raises(ValueError, match="pushes of"):
+        aligned.push(x[:100])

@@ -73,7 +73,7 @@ def test_latency_is_computed_from_the_modules(models) -> None:
     step = eng.step_module
     # content 1 + conditioner 0 + target 1 + vocoder 1 frames of lookahead
     assert step.lookahead_frames == 3
-    assert eng.latency_samples_24k == 256 * 2 + 256 + 256 * 3
+    assert eng.delay_samples_24k == 256 * 2 + 256 + 256 * 3
     assert eng.latency_ms == pytest.approx(1000 * 256 * 6 / 24000)
 
 

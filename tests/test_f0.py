@@ -117,7 +117,7 @@ def test_backend_from_config_and_periodicity() -> None:
 def test_bad_inputs() -> None:
     good = np.zeros(1000, np.float32)
     with pytest.raises(ValueError, match="crepe-tiny, crepe-full, harvest, dio"):
-        extract_f0(good, backend="yin")
+        extract_f0(good, backend="nope")
     bad = good.copy()
     bad[10] = np.nan
     with pytest.raises(ValueError, match="NaN"):

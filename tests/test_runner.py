@@ -50,7 +50,7 @@ def test_delay_is_constant_through_stalls_and_drops() -> None:
             tc.process_available()
         tc.read(y[i * block : (i + 1) * block])
     assert tc.stats.dropped_blocks > 0 and tc.stats.concealed > 0
-    expected = engine.latency_samples + tc.prefill
+    expected = engine.delay_samples + tc.prefill
     src = _positions(x)
     got = _positions(y)
     before = [p for p in got if p < 100 * block]

@@ -3,32 +3,22 @@ streamed output equals offline output for every block size and input rate."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
-import torch
 
 from models.acoustic import AcousticModel
-from models.config import ContentConfig, RealtimeConfig, load_config
-from models.vocoder import Vocoder, vocoder_config
+from models.config import RealtimeConfig
+from models.vocoder import Vocoder
 from realtime.engine import StreamingConverter, convert_array
+from tests.model_files import SINGERS, tiny_models  # noqa: F401  (SINGERS re-exported)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SINGERS = ["alto", "bass", "tenor"]
 
 
 @pytest.fixture(scope="module")
 def models() -> tuple[AcousticModel, Vocoder]:
-    torch.manual_seed(0)
-    cfg = load_config("configs/tiny.toml")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lookahead_frames=1))
-    content = ContentConfig(channels=16, layers=2, content_dim=cfg.model.content_dim,
-                            lookahead_frames=1)  # fmt: skip
-    model = AcousticModel(cfg, SINGERS, content).eval()
-    vocoder = Vocoder(vocoder_config("tiny", lookahead_frames=1)).eval()
-    return model, vocoder
+    return tiny_models()
 
 
 def _sung(rate: int, seconds: float = 1.2) -> np.ndarray:

@@ -92,17 +92,17 @@ def _timed(fn: Callable[[], Any], device: str, repeats: int = 3) -> float:
 
 
 def _onset(x: np.ndarray, sr: int) -> int | None:
-    """First sample where the 5 ms RMS envelope crosses half-way (in dB) from the quiet start to
-    the loud part; None if the contrast is under 10 dB."""
+    """First sample where the trailing 5 ms RMS envelope crosses half-way (in dB) from the quiet
+    start to the loud part (sample resolution); None if the contrast is under 10 dB."""
     win = max(1, int(0.005 * sr))
-    frames = len(x) // win
-    rms = np.sqrt(np.mean(x[: frames * win].reshape(frames, win) ** 2, axis=1) + 1e-12)
+    energy = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
+    rms = np.sqrt((energy[win:] - energy[:-win]) / win + 1e-12)  # window ending at sample i
     db = 20 * np.log10(rms)
-    quiet, loud = np.median(db[: max(1, frames // 8)]), np.percentile(db, 95)
+    quiet, loud = np.median(db[: max(1, len(db) // 8)]), np.percentile(db, 95)
     if loud - quiet < 10.0:
         return None
     above = np.flatnonzero(db > 0.5 * (quiet + loud))
-    return int(above[0] * win) if above.size else None
+    return int(above[0] + win - 1) if above.size else None
 
 
 def _paced_e2e(engine: StreamingConverter, sr: int) -> float | None:

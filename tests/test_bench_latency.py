@@ -1,0 +1,29 @@
+"""The latency benchmark's measurements, checked on an identity model whose output is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.latency import _onset, _paced_e2e, example_signal
+from models.config import RealtimeConfig
+from realtime.engine import StreamingConverter
+from tests.engine_helpers import IdentityStep, silent_f0
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("rate,block", [(24000, 2), (48000, 1)])
+def test_paced_end_to_end_latency_of_an_identity_engine(rate: int, block: int) -> None:
+    chunk = 256 * block * rate // 24000
+    eng = StreamingConverter(IdentityStep(1), realtime=RealtimeConfig(block_frames=block),
+                             sample_rate=rate, chunk=chunk, f0_tracker=silent_f0())  # fmt: skip
+    e2e = _paced_e2e(eng, rate)
+    assert e2e is not None
+    # the onset comes out exactly latency_ms later, plus the (tiny) compute of its chunk
+    assert eng.latency_ms - 0.5 <= e2e <= eng.latency_ms + 5.0
+
+
+def test_onset_detector_finds_the_start_of_singing() -> None:
+    x = example_signal(1.0, 24000)
+    start = _onset(x, 24000)
+    assert start is not None and abs(x[start : start + 240]).max() > 0.01

@@ -88,9 +88,12 @@ def test_convert_unreadable_input(files, tmp_path: Path, capsys) -> None:
     assert rc == 1 and "unreadable" in capsys.readouterr().err
 
 
-def test_bench_latency_json(files, capsys) -> None:
+def test_bench_latency_json(files, capsys, tmp_path: Path) -> None:
+    plot = tmp_path / "chunks.png"
     rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--json",
-                          "--seconds", "1", "--block", "2", "--threads", "1"])  # fmt: skip
+                          "--seconds", "1", "--block", "2", "--threads", "1",
+                          "--plot", str(plot)])  # fmt: skip
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     for key in ("algorithmic_latency_ms", "block_ms", "chunk_ms_p50", "chunk_ms_p99", "stages",

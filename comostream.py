@@ -273,9 +273,155 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
                                source=source)  # fmt: skip
     if args.plot is not None:
         plot_latency(result, args.plot)
+    if args.ws:
+        from bench.latency import measure_ws_overhead
+
+        result.update(measure_ws_overhead(model, voc, realtime=rt, sample_rate=args.sample_rate,
+                                          seconds=min(args.seconds, 5.0)))  # fmt: skip
     result.pop("chunk_ms_all")
     print(json.dumps(result, indent=2) if args.json else format_latency_table(result))
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
+    from realtime.convert import default_model_path
+    from realtime.load import load_models
+    from realtime.server import EngineFactory, ServerConfig, run_server
+
+    cfg = _load_config(args)
+    rt = cfg.realtime if args.block is None else dataclasses.replace(
+        cfg.realtime, block_frames=args.block)  # fmt: skip
+    try:
+        config = ServerConfig(host=args.host, port=args.port, token=args.token,
+                              max_streams=args.max_streams, idle_timeout_s=args.idle_timeout,
+                              max_queue_ms=rt.max_backlog_ms,
+                              allow_origins=tuple(args.allow_origin))  # fmt: skip
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    checkpoint = args.checkpoint or default_model_path()
+    if checkpoint is None:
+        raise CommandError("no model given and this installation ships none: pass --checkpoint "
+                           "MODEL.ckpt (from `comostream export`)")  # fmt: skip
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda: no CUDA device is available")
+    model, voc = load_models(checkpoint, args.vocoder, args.device, rt)
+    try:
+        return run_server(EngineFactory(model, voc, rt), config)
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    from websockets.exceptions import WebSocketException
+
+    from realtime.client import ServerError
+
+    return (ServerError, WebSocketException, OSError, TimeoutError)
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from realtime.client import stream_file
+
+    try:
+        r = stream_file(args.input, args.output, args.url, fast=args.fast, speaker=args.speaker,
+                        transpose=args.transpose, fmt=args.format, block=args.block,
+                        token=args.token)  # fmt: skip
+    except _stream_errors() as exc:
+        raise CommandError(f"{args.url}: {exc}") from None
+    seconds = r.output.shape[0] / r.sample_rate
+    print(f"wrote {args.output}: {seconds:.2f} s as {r.ready['speaker']}; round trip p50 "
+          f"{r.rtt_percentile(50):.1f} ms, p99 {r.rtt_percentile(99):.1f} ms; algorithmic "
+          f"latency {r.ready['latency_ms']:.1f} ms; server compute p50 "
+          f"{r.stats['compute_ms_p50']:.1f} ms per block; dropped {r.dropped_samples} samples")
+    return 0
+
+
+def _device_arg(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _cmd_bridge(args: argparse.Namespace) -> int:
+    if args.list_devices:
+        import sounddevice as sd
+
+        print(sd.query_devices())
+        return 0
+    from realtime.bridge import run_bridge
+
+    try:
+        s = run_bridge(args.url, args.input, args.output, sample_rate=args.sample_rate,
+                       block=args.block, seconds=args.seconds, speaker=args.speaker,
+                       transpose=args.transpose, token=args.token)  # fmt: skip
+    except _stream_errors() as exc:
+        raise CommandError(f"{args.url}: {exc}") from None
+    rtt = sorted(s.rtt_ms or [0.0])
+    print(f"sent {s.sent_blocks} blocks; round trip p50 {rtt[len(rtt) // 2]:.1f} ms; "
+          f"underruns {s.underruns}, server drops {s.dropped}, skipped {s.skipped} samples")
+    return 0
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.quality import format_quality_table, run_quality_bench
+    from realtime.convert import default_model_path
+
+    checkpoint = args.checkpoint or default_model_path()
+    if checkpoint is None:
+        raise CommandError("no model given and none shipped: pass --checkpoint MODEL.ckpt")
+    transpose = args.transpose if args.transpose == "auto" else float(args.transpose)
+    result = run_quality_bench(checkpoint, args.data, args.corpus, distill=args.distill,
+                               teacher_steps=args.teacher_steps, block=args.block,
+                               transpose=transpose, split=args.split, max_lines=args.max_lines,
+                               max_conversions=args.max_conversions)  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_quality_table(result))
+    return 0
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from realtime.live_devices import LiveError
+
+    try:
+        if args.list_devices:
+            from realtime.live import list_devices_text
+
+            print(list_devices_text())
+            return 0
+        from realtime.live import LiveOptions, run_live
+
+        opts = LiveOptions(
+            input=args.input, output=args.output, sample_rate=args.samplerate, block=args.block,
+            speaker=args.speaker, transpose=args.transpose, monitor=args.monitor,
+            bypass=args.bypass, checkpoint=args.checkpoint, vocoder=args.vocoder,
+            device=args.device, threads=args.threads, latency=args.latency,
+            prefill_blocks=args.prefill, duration=args.duration, status_file=args.status_file)
+        run_live(opts, _load_config(args).realtime)
+    except LiveError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def _latency_arg(text: str) -> str | float:
+    """``low``, ``high`` or milliseconds -> what PortAudio takes (a name or seconds)."""
+    if text in ("low", "high"):
+        return text
+    try:
+        ms = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use low, high or milliseconds, got {text!r}") from None
+    if not ms > 0:
+        raise argparse.ArgumentTypeError(f"latency must be positive, got {text}")
+    return ms / 1000.0
+
+
+def _level_arg(text: str) -> float:
+    """argparse type: a level within 0-1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0-1, got {value}")
+    return value
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -476,6 +622,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_convert)
 
     p = bench_sub.add_parser(
+        "quality", parents=[common],
+        help="conversion quality on held-out lines: F0, singer similarity, MCD, DNSMOS",
+        description=(
+            "Convert every held-out line of every singer to every other singer (one-step "
+            "target offline, the teacher with N steps when --distill is given, and the streaming "
+            "schedule) and score F0 RMSE (cents) and voicing error against the source, "
+            "Resemblyzer similarity to the target vs the source singer, DTW-aligned MCD against "
+            "the target singer's own rendition, DNSMOS. Singer similarity and DNSMOS need "
+            "`pip install .[eval]`."
+        ),
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="MODEL.ckpt",
+                   help="inference file (default: the shipped model)")
+    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
+                   help="the model's feature folder (names the corpus)")
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR", help="the corpus")
+    p.add_argument("--distill", type=Path, default=None, metavar="CKPT",
+                   help="the distillation checkpoint, for the teacher column")
+    p.add_argument("--teacher-steps", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
+                   help="streaming block (default: [realtime] block_frames of the model)")
+    p.add_argument("--transpose", default="auto", metavar="auto|N",
+                   help="semitones, or auto: to the target singer's register (default)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--max-lines", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--max-conversions", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_cmd_bench_quality)
+
+    p = bench_sub.add_parser(
         "latency", parents=[common],
         help="latency and compute of the streaming engine (vs the window-recompute strategy)",
         description=(
@@ -496,14 +672,130 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                    help="draw the per-chunk compute distribution against the block duration")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--ws", action="store_true",
+                   help="also stream through a loopback WebSocket server and report its round "
+                   "trip overhead (ws_overhead_ms)")
     _model_options(p)
     p.set_defaults(handler=_cmd_bench_latency)
+    _add_stream_commands(sub, common)
+    _add_live_command(sub, common)
 
     p = sub.add_parser(
         "config", parents=[common], help="print the resolved configuration as JSON"
     )
     p.set_defaults(handler=_cmd_config)
     return parser
+
+
+def _add_live_command(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``comostream live``: microphone to speaker through the engine."""
+    p = sub.add_parser(
+        "live", parents=[common], help="convert a microphone live (sound card in and out)",
+        description=(
+            "Convert the input device's signal live and play it on the output device. A status "
+            "line (latency, RTF, xruns, dropped blocks, F0, singer) is refreshed twice a second; "
+            "type commands while it runs: s NAME (singer or NAME:W,NAME:W mix), t N (transpose), "
+            "b (bypass), m LEVEL (monitor), q (quit); Ctrl-C stops. Latency: the converter's "
+            "(block + analysis overhang + lookaheads + output buffer) plus the devices' buffers."
+        ),
+    )
+    p.add_argument("--list-devices", action="store_true",
+                   help="list the sound devices (index, name, channels, default rate) and exit")
+    p.add_argument("--input", type=_device_arg, default=None, metavar="DEV",
+                   help="input device: index or part of its name (default: the system's)")
+    p.add_argument("--output", type=_device_arg, default=None, metavar="DEV",
+                   help="output device: index or part of its name (default: the system's)")
+    p.add_argument("--samplerate", type=_positive_int, default=None, metavar="HZ",
+                   help="device sample rate (default: the input device's)")
+    p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
+                   help="frames per model step, 10.67 ms each (default: [realtime] block_frames)")
+    p.add_argument("--speaker", type=_speaker_arg, default=None, metavar="NAME",
+                   help="target singer, or a mix NAME:WEIGHT,NAME:WEIGHT (default: the first)")
+    p.add_argument("--transpose", type=float, default=0.0, metavar="N",
+                   help="semitones (+12 = an octave up)")
+    p.add_argument("--monitor", type=_level_arg, default=0.0, metavar="LEVEL",
+                   help="mix the dry input into the output at LEVEL, 0-1 (default 0)")
+    p.add_argument("--bypass", action="store_true",
+                   help="start with the dry signal (b toggles)")
+    p.add_argument("--latency", type=_latency_arg, default="high", metavar="low|high|MS",
+                   help="device buffering asked of PortAudio (default high: no crackle)")
+    p.add_argument("--prefill", type=_positive_int, default=2, metavar="BLOCKS",
+                   help="output buffer in blocks, the margin for compute time (default 2)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's)")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="stop after SECONDS (default: run until q or Ctrl-C)")
+    p.add_argument("--status-file", type=Path, default=None, metavar="FILE.json",
+                   help="rewrite the status as JSON here with every status line")
+    _model_options(p)
+    p.set_defaults(handler=_cmd_live)
+
+
+def _add_stream_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``comostream serve|client|bridge``: WebSocket streaming (docs/protocol.md)."""
+    p = sub.add_parser(
+        "serve", parents=[common], help="WebSocket streaming server for DAW bridges and browsers",
+        description=(
+            "Serve the streaming engine over WebSocket (ws://HOST:PORT/ws, protocol in "
+            "docs/protocol.md): one engine per connection, bounded queues that drop the oldest "
+            "blocks when a client or the server falls behind. Also serves a browser page at / "
+            "(microphone -> server -> playback) and GET /health. SIGTERM closes sessions "
+            "gracefully (close code 1001)."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
+    p.add_argument("--token", default=None, help="secret every client must send in its hello")
+    p.add_argument("--max-streams", type=_positive_int, default=8, metavar="N",
+                   help="concurrent streams; newcomers are refused with close code 4007")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="close a session that sends nothing for S seconds (default 30)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser origin allowed besides the server's own page (repeatable)")
+    p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
+                   help="frames per model step (default: [realtime] block_frames)")
+    _model_options(p)
+    p.set_defaults(handler=_cmd_serve)
+
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="server URL")
+    conn.add_argument("--speaker", type=_speaker_arg, default=None, metavar="NAME",
+                      help="target singer, or a mix NAME:WEIGHT,... (default: the server's)")
+    conn.add_argument("--transpose", type=float, default=0.0, metavar="N", help="semitones")
+    conn.add_argument("--token", default=None, help="the server's --token")
+    conn.add_argument("--block", type=_positive_int, default=None, metavar="SAMPLES",
+                      help="samples per frame (default: one model step at the audio's rate)")
+    p = sub.add_parser(
+        "client", parents=[conn], help="stream a file through a `comostream serve` server",
+        description=(
+            "Stream IN to the server at real-time pace (or --fast), write the converted audio "
+            "(float WAV at IN's rate, aligned to IN) and print the round-trip latency p50/p99."
+        ),
+    )
+    p.add_argument("input", type=Path, metavar="IN", help="audio file (mono or stereo)")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
+    p.add_argument("--fast", action="store_true",
+                   help="send as fast as the server answers (a few blocks in flight)")
+    p.add_argument("--format", choices=["f32le", "s16le"], default="f32le",
+                   help="sample format on the wire (default f32le)")
+    p.set_defaults(handler=_cmd_client)
+
+    p = sub.add_parser(
+        "bridge", parents=[conn], help="sound devices <-> server (route a DAW send through it)",
+        description=(
+            "Stream an input device to the server and play the converted audio on an output "
+            "device: route a DAW send to a virtual device, record or monitor the output."
+        ),
+    )
+    p.add_argument("--input", type=_device_arg, default=None, metavar="DEV",
+                   help="input device (index or name; default: the system's)")
+    p.add_argument("--output", type=_device_arg, default=None, metavar="DEV",
+                   help="output device (index or name; default: the system's)")
+    p.add_argument("--sample-rate", type=int, default=48000, metavar="HZ")
+    p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    p.set_defaults(handler=_cmd_bridge)
 
 
 def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:

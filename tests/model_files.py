@@ -18,21 +18,23 @@ from models.vocoder import Vocoder, vocoder_config
 SINGERS = ["alto", "bass", "tenor"]
 
 
-def tiny_models(lookahead: int = 1) -> tuple[AcousticModel, Vocoder]:
+def tiny_models(
+    lookahead: int = 1, singers: list[str] | None = None
+) -> tuple[AcousticModel, Vocoder]:
     """A tiny acoustic model (with its content encoder) and a tiny vocoder, seeded, eval mode."""
     torch.manual_seed(0)
     cfg = load_config("configs/tiny.toml")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lookahead_frames=lookahead))
     content = ContentConfig(channels=16, layers=2, content_dim=cfg.model.content_dim,
                             lookahead_frames=lookahead)  # fmt: skip
-    model = AcousticModel(cfg, SINGERS, content).eval()
+    model = AcousticModel(cfg, singers or SINGERS, content).eval()
     vocoder = Vocoder(vocoder_config("tiny", lookahead_frames=lookahead)).eval()
     return model, vocoder
 
 
-def write_tiny_model(path: Path, lookahead: int = 1) -> Path:
+def write_tiny_model(path: Path, lookahead: int = 1, singers: list[str] | None = None) -> Path:
     """An inference file (``comostream export`` format, vocoder included) of :func:`tiny_models`."""
     from training.checkpoint import save_checkpoint
 
-    model, vocoder = tiny_models(lookahead)
+    model, vocoder = tiny_models(lookahead, singers)
     return save_checkpoint(path, dict(model.export_payload(), vocoder=vocoder.export_payload()))

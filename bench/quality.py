@@ -1,0 +1,318 @@
+"""`comostream bench quality`: how good the conversions are, on the corpus's held-out lines.
+
+Every test-split line of every singer is converted to every other singer (the corpus is parallel:
+each line is sung by all singers to the same melody), transposed by ``auto`` (the whole
+semitones between the two singers' median F0) or a fixed amount, in three ways: the one-step
+target offline, the teacher with N Heun steps offline (when a distillation checkpoint is given),
+and the streaming schedule at the default block. Per conversion:
+
+* ``f0_rmse_cents``: RMS cents between the output's F0 and the source's F0 times the
+  transposition, on frames voiced in both (both F0s by the streaming YIN tracker);
+  ``vde``: fraction of frames whose voiced flags disagree;
+* ``spk_sim_target`` / ``spk_sim_source``: cosine of the output's Resemblyzer embedding with the
+  target's / the source singer's (mean embedding of 4 train-split recordings each);
+  ``spk_win_rate``: fraction of conversions closer to the target than to the source;
+* ``mcd_db``: mel-cepstral distortion (WORLD-coded CheapTrick envelope, c1-c24) against the target
+  singer's own rendition of the line, DTW-aligned, on frames active in both;
+* ``dnsmos_ovrl``: DNSMOS P.835 overall (``speechmos``), a naturalness proxy.
+
+Resemblyzer and DNSMOS are evaluation-only packages (``pip install .[eval]``); without them those
+figures are null and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numba import njit
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from bench.vocoder import _mcep, frame_db
+from models.acoustic import AcousticModel
+from models.audio import load_audio, resample
+from models.config import F0Config, RealtimeConfig
+from models.f0_yin import yin_f0
+from models.samplers import heun_sampler, sampling_sigmas
+from realtime.engine import StreamingConverter, convert_array
+from training.corpus import Utterance, load_corpus
+
+__all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
+
+MODES = ("onestep", "teacher", "streaming")
+EVAL_HINT = "pip install .[eval] (resemblyzer, speechmos)"
+ACTIVE_DB = -45.0  # dBFS: frames quieter than this in either signal are left out of the MCD
+_MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
+
+
+def dtw_mcd_db(ref: np.ndarray, est: np.ndarray, sr: int = 24000, hop: int = 256) -> float:
+    """MCD (dB) of ``est`` against ``ref`` (any lengths) after DTW alignment of their
+    mel-cepstra, over the aligned frame pairs active (> ``ACTIVE_DB``) in both; NaN if none."""
+    f_ref, f_est = yin_f0(ref).f0_hz, yin_f0(est).f0_hz
+    a, b = _mcep(ref, f_ref, sr, hop), _mcep(est, f_est, sr, hop)
+    act_a = frame_db(ref, len(f_ref), hop) > ACTIVE_DB
+    act_b = frame_db(est, len(f_est), hop) > ACTIVE_DB
+    dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # (Ta, Tb)
+    path = _dtw_path(dist)
+    pairs = [(i, j) for i, j in path if act_a[i] and act_b[j]]
+    if not pairs:
+        return float("nan")
+    return float(_MCD_CONST * np.mean([dist[i, j] for i, j in pairs]))
+
+
+@njit(cache=True)
+def _dtw_acc(dist: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    ta, tb = dist.shape
+    acc = np.full((ta + 1, tb + 1), np.inf)
+    acc[0, 0] = 0.0
+    for i in range(1, ta + 1):
+        for j in range(1, tb + 1):
+            acc[i, j] = dist[i - 1, j - 1] + min(acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1])
+    return acc
+
+
+def _dtw_path(dist: np.ndarray) -> list[tuple[int, int]]:
+    """The minimum-cost monotone alignment path through ``dist (Ta, Tb)``."""
+    acc = _dtw_acc(np.ascontiguousarray(dist, np.float64))
+    i, j, path = dist.shape[0], dist.shape[1], []
+    while i > 0 and j > 0:
+        path.append((i - 1, j - 1))
+        step = np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]])
+        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
+    return path[::-1]
+
+
+class _TeacherSampler(nn.Module):
+    """Stands in for the one-step target in an offline engine: N Heun steps of the teacher."""
+
+    lookahead_frames = 0
+
+    def __init__(self, teacher: nn.Module, sigmas: Tensor, sigma_max: float) -> None:
+        super().__init__()
+        self.teacher, self.sigmas, self.sigma_max = teacher, sigmas, sigma_max
+
+    def init_state(self, batch: int, device: Any = None, dtype: Any = None) -> dict:
+        return {}
+
+    def step(self, x: Tensor, sigma: Any, cond: Tensor, state: dict) -> tuple[Tensor, dict]:
+        return heun_sampler(self.teacher, x / self.sigma_max, cond, self.sigmas), state
+
+
+def _teacher_model(model: AcousticModel, distill: Path, steps: int | None) -> AcousticModel:
+    """A copy of ``model`` whose target is the distillation checkpoint's teacher sampler."""
+    import copy
+
+    from training.acoustic import load_distilled
+
+    cfg, _, models = load_distilled(distill)
+    if cfg.model.lookahead_frames != 0:
+        raise ValueError("the teacher column needs a model with [model] lookahead_frames = 0")
+    out = copy.deepcopy(model)
+    out.conditioner.load_state_dict(models["conditioner"].state_dict())
+    sigmas = sampling_sigmas(cfg.edm, steps or cfg.edm.teacher_steps)
+    out.target = _TeacherSampler(models["teacher"].eval(), sigmas, cfg.edm.sigma_max)
+    return out
+
+
+class _Speaker:
+    """Resemblyzer embeddings (None when the package is missing)."""
+
+    def __init__(self) -> None:
+        try:
+            from resemblyzer import VoiceEncoder, preprocess_wav
+        except ImportError:
+            self.encoder = None
+            return
+        self.encoder = VoiceEncoder(device="cpu", verbose=False)
+        self._pre = preprocess_wav
+
+    def embed(self, audio_24k: np.ndarray) -> np.ndarray | None:
+        if self.encoder is None:
+            return None
+        wav = self._pre(resample(audio_24k, 24000, 16000), source_sr=16000)
+        return self.encoder.embed_utterance(wav)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _dnsmos(audio_24k: np.ndarray) -> float | None:
+    try:
+        from speechmos import dnsmos
+    except ImportError:
+        return None
+    x = resample(audio_24k, 24000, 16000)
+    x = x / max(1e-6, float(np.abs(x).max()))
+    return float(dnsmos.run(x, sr=16000)["ovrl_mos"])
+
+
+@dataclass
+class _Line:
+    line: int
+    renditions: dict[str, Utterance]  # singer -> utterance
+
+
+def _test_lines(corpus: Path, split: str, max_lines: int | None) -> list[_Line]:
+    by_line: dict[int, dict[str, Utterance]] = {}
+    for u in load_corpus(corpus):
+        if u.split == split and u.line is not None:
+            by_line.setdefault(u.line, {})[u.singer] = u
+    lines = [_Line(k, v) for k, v in sorted(by_line.items()) if len(v) > 1]
+    return lines[:max_lines] if max_lines else lines
+
+
+def _median_f0(corpus: Path, singer: str, cfg: F0Config, limit: int = 4) -> float:
+    utts = [u for u in load_corpus(corpus) if u.singer == singer and u.split == "train"][:limit]
+    f0 = np.concatenate([yin_f0(load_audio(u.path), cfg).f0_hz for u in utts])
+    voiced = f0[f0 > 0]
+    return float(np.median(voiced)) if voiced.size else 200.0
+
+
+def _conversions(lines: list[_Line], singers: list[str], limit: int | None) -> Iterator[tuple]:
+    n = 0
+    for ln in lines:
+        for src, utt in sorted(ln.renditions.items()):
+            for tgt in singers:
+                if tgt == src:
+                    continue
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield ln, src, utt, tgt
+
+
+def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+
+
+def _convert(model: AcousticModel, vocoder: nn.Module, audio: np.ndarray, speaker: str,
+             transpose: float, block: int | None) -> np.ndarray:  # fmt: skip
+    rt = RealtimeConfig(block_frames=block or 1)
+    chunk = 256 * block if block else None
+    eng = StreamingConverter.from_models(model, vocoder, speaker=speaker, transpose=transpose,
+                                         realtime=rt, offline=block is None,
+                                         chunk=chunk)  # fmt: skip
+    with torch.inference_mode():
+        return convert_array(eng, audio, chunk=chunk)
+
+
+def run_quality_bench(
+    checkpoint: Path,
+    data: Path | None = None,
+    corpus: Path | None = None,
+    *,
+    distill: Path | None = None,
+    teacher_steps: int | None = None,
+    block: int | None = None,
+    transpose: str | float = "auto",
+    split: str = "test",
+    max_lines: int | None = None,
+    max_conversions: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every conversion and measurement (see the module docstring); a JSON-able dict."""
+    import json
+
+    from realtime.load import load_models
+
+    model, vocoder = load_models(checkpoint)
+    if corpus is None:
+        if data is None:
+            raise ValueError("give --data (the model's feature folder) or --corpus")
+        corpus = Path(json.loads((Path(data) / "features.json").read_text())["source"])
+    f0_cfg = model.cfg.f0
+    block = block or model.cfg.realtime.block_frames
+    singers = [s for s in model.speakers]
+    lines = _test_lines(corpus, split, max_lines)
+    if not lines:
+        raise ValueError(f"{corpus}: no {split}-split line sung by two or more singers")
+    models = {"onestep": model, "streaming": model}
+    if distill is not None:
+        models["teacher"] = _teacher_model(model, distill, teacher_steps)
+    spk = _Speaker()
+    medians = {s: _median_f0(corpus, s, f0_cfg) for s in singers}
+    refs: dict[str, np.ndarray | None] = {}
+    for s in singers:
+        utts = [u for u in load_corpus(corpus) if u.singer == s and u.split == "train"][:4]
+        embs = [spk.embed(load_audio(u.path)) for u in utts]
+        refs[s] = None if not embs or embs[0] is None else np.mean(embs, axis=0)
+    rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
+    todo = list(_conversions(lines, singers, max_conversions))
+    for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress,
+                                  file=sys.stderr):  # fmt: skip
+        audio = load_audio(utt.path)
+        t = (round(12 * math.log2(medians[tgt] / medians[src]))
+             if transpose == "auto" else float(transpose))  # fmt: skip
+        src_f0 = yin_f0(audio, f0_cfg)
+        target_ref = ln.renditions.get(tgt)
+        ref_audio = load_audio(target_ref.path) if target_ref is not None else None
+        for mode, m in models.items():
+            y = _convert(m, vocoder, audio, tgt, t, block if mode == "streaming" else None)
+            out_f0 = yin_f0(y, f0_cfg)
+            want = src_f0.f0_hz * 2.0 ** (t / 12)
+            both = src_f0.voiced & out_f0.voiced
+            cents = 1200 * np.log2(out_f0.f0_hz[both] / want[both]) if both.any() else None
+            emb = spk.embed(y)
+            rows[mode].append({
+                "f0_rmse_cents": float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
+                "vde": float(np.mean(src_f0.voiced != out_f0.voiced)),
+                "spk_sim_target": _cos(emb, refs[tgt]), "spk_sim_source": _cos(emb, refs[src]),
+                "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
+                "dnsmos_ovrl": _dnsmos(y),
+            })  # fmt: skip
+    result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
+    result.update(checkpoint=str(checkpoint), corpus=str(corpus), split=split, block=block,
+                  transpose=transpose, lines=len(lines), singers=singers,
+                  eval_packages=spk.encoder is not None and _has("speechmos"))  # fmt: skip
+    if not result["eval_packages"]:
+        result["note"] = f"speaker similarity / DNSMOS need the eval extra: {EVAL_HINT}"
+    return result
+
+
+def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | None]:
+    """Mean of each metric over the conversions (None where unavailable) and the win rate."""
+    if not rows:
+        return {"n_conversions": 0}
+
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows if r[key] is not None and not math.isnan(r[key])]
+        return float(np.mean(vals)) if vals else None
+
+    out: dict[str, float | int | None] = {k: mean(k) for k in rows[0]}
+    wins = [r["spk_sim_target"] > r["spk_sim_source"] for r in rows
+            if r["spk_sim_target"] is not None and r["spk_sim_source"] is not None]  # fmt: skip
+    out["spk_win_rate"] = float(np.mean(wins)) if wins else None
+    out["n_conversions"] = len(rows)
+    return out
+
+
+def format_quality_table(r: dict[str, Any]) -> str:
+    """A Markdown table of :func:`run_quality_bench`'s result."""
+    keys = ("f0_rmse_cents", "vde", "spk_sim_target", "spk_sim_source", "spk_win_rate", "mcd_db",
+            "dnsmos_ovrl", "n_conversions")  # fmt: skip
+    lines = ["| metric | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]
+    for k in keys:
+        cells = []
+        for m in MODES:
+            v = r[m].get(k)
+            cells.append("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"{r['lines']} held-out lines ({r['split']} split), {len(r['singers'])} "
+                 f"singers, transposition {r['transpose']}, streaming block {r['block']} "
+                 "frames")  # fmt: skip
+    if r.get("note"):
+        lines.append(r["note"])
+    return "\n".join(lines)

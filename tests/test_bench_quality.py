@@ -1,0 +1,65 @@
+"""`comostream bench quality`: the metrics on known signals, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import comostream
+from bench.latency import example_signal
+from bench.quality import dtw_mcd_db
+from models.config import CorpusConfig
+from tests.model_files import write_tiny_model
+from training.corpus import load_corpus
+from training.synth import synthesize_corpus
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_dtw_mcd_is_zero_for_identical_and_shift_tolerant() -> None:
+    x = example_signal(1.5, 24000)
+    assert dtw_mcd_db(x, x) == pytest.approx(0.0, abs=1e-6)
+    shifted = np.concatenate([np.zeros(2048, np.float32), x])[: len(x)]
+    assert dtw_mcd_db(x, shifted) < 1.0  # DTW absorbs the delay
+    spectrum = np.fft.rfft(x)
+    tilt = np.linspace(1.0, 0.1, spectrum.shape[0])  # darker timbre
+    darker = np.fft.irfft(spectrum * tilt, n=len(x)).astype(np.float32)
+    assert dtw_mcd_db(x, darker) > 2.0
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("flite") is None:
+        pytest.skip("flite not installed (apt-get install flite)")
+    out = tmp_path_factory.mktemp("qcorpus")
+    synthesize_corpus(out, CorpusConfig(singers=2, minutes=0.2, seed=3), progress=False,
+                      max_lines=2)  # fmt: skip
+    return out
+
+
+def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, capsys) -> None:
+    singers = sorted({u.singer for u in load_corpus(corpus)})
+    model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=singers)
+    rc = comostream.main(["bench", "quality", "--checkpoint", str(model), "--corpus", str(corpus),
+                          "--split", "train", "--max-conversions", "2", "--json"])  # fmt: skip
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    for mode in ("onestep", "teacher", "streaming"):
+        assert mode in r
+    for key in ("f0_rmse_cents", "vde", "spk_sim_target", "spk_sim_source", "spk_win_rate",
+                "mcd_db", "dnsmos_ovrl", "n_conversions"):  # fmt: skip
+        assert key in r["onestep"]
+    assert r["onestep"]["n_conversions"] == r["streaming"]["n_conversions"] == 2
+    assert r["teacher"]["n_conversions"] == 0  # no --distill given
+    # the streaming schedule gives the offline output, so the same figures
+    assert r["streaming"]["vde"] == pytest.approx(r["onestep"]["vde"], abs=1e-6)
+    assert r["onestep"]["mcd_db"] > 0
+
+
+def test_quality_bench_without_a_model_is_a_clear_error(capsys) -> None:
+    assert comostream.main(["bench", "quality", "--checkpoint", "/nonexistent.ckpt"]) == 1
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""The reproducible recipe of the shipped default model (``make default-model``).
+
+Runs, as the documented ``comostream`` commands, into one run folder (default
+``out/default-model``): the synthetic corpus (10 singers x 2 minutes), the content encoder, the
+training features, the EDM teacher and its consistency distillation, and, at the same time on the
+other core, the vocoder; then the inference file with its vocoder, and its evaluation. Every
+stage is seeded; a stage whose output exists is skipped, so an interrupted run continues where it
+stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
+
+Usage: ``python -m training.recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per stage, to
+check the plumbing in minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Stage", "main", "stages"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One command of the recipe; done when ``output`` exists."""
+
+    name: str
+    args: list[str]
+    output: Path
+    stdout: Path | None = None  # write the command's stdout here (e.g. a JSON report)
+
+
+def _recipe_config(run: Path) -> Path:
+    """``RUN/recipe.toml``: the CPU recipe with this run's content encoder."""
+    path = run / "recipe.toml"
+    base = Path(__file__).resolve().parents[1] / "configs" / "recipe-cpu.toml"
+    text = base.read_text().replace('"out/content/last.pt"', f'"{run / "content" / "last.pt"}"')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], list[Stage]]:
+    """``(before, parallel, after)``: the sequential stages, the two training branches run side
+    by side (acoustic model | vocoder), and the final stages."""
+    cfg = str(_recipe_config(run))
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    steps = {"content": 1200, "teacher": 1500, "distill": 800, "vocoder": 3000}
+    if quick:
+        steps = {k: 4 for k in steps}
+    minutes = "0.3" if quick else "2"
+    before = [
+        Stage("corpus", ["prep", "synth", str(run / "corpus"), "--singers", "10", "--minutes",
+                         minutes, "--seed", "0"], run / "corpus" / "manifest.jsonl"),
+        Stage("content", ["train", "content", "--data", str(run / "corpus"), "--out",
+                          str(run / "content"), "--config", str(configs / "content-cpu.toml"),
+                          "--train-singers", "0", "--max-steps", str(steps["content"])],
+              run / "content" / "last.pt"),
+        Stage("features", ["prep", "features", str(run / "corpus"), str(run / "feat"),
+                           "--config", cfg], run / "feat" / "index.jsonl"),
+    ]  # fmt: skip
+    acoustic = [
+        Stage("teacher", ["train", "teacher", "--config", cfg, "--data", str(run / "feat"),
+                          "--out", str(run / "teacher"), "--max-steps", str(steps["teacher"])],
+              run / "teacher" / "last.pt"),
+        Stage("distill", ["train", "distill", "--config", cfg, "--teacher",
+                          str(run / "teacher" / "last.pt"), "--data", str(run / "feat"), "--out",
+                          str(run / "distill"), "--max-steps", str(steps["distill"]), "--lr",
+                          "1e-4"], run / "distill" / "last.pt"),
+    ]  # fmt: skip
+    vocoder = [
+        Stage("vocoder", ["train", "vocoder", "--config", str(configs / "vocoder-cpu.toml"),
+                          "--data", str(run / "feat"), "--out", str(run / "vocoder"),
+                          "--max-steps", str(steps["vocoder"])], run / "vocoder" / "last.pt"),
+    ]  # fmt: skip
+    after = [
+        Stage("export", ["export", str(run / "distill" / "last.pt"), "-o", str(run / "model.ckpt"),
+                         "--vocoder", str(run / "vocoder" / "last.pt")], run / "model.ckpt"),
+        Stage("quality", ["bench", "quality", "--checkpoint", str(run / "model.ckpt"), "--data",
+                          str(run / "feat"), "--json"] + (["--max-lines", "2"] if quick else []),
+              run / "quality.json", stdout=run / "quality.json"),
+    ]  # fmt: skip
+    return before, [*acoustic], [*vocoder, *after]
+
+
+def _run(stage: Stage, log: Path) -> subprocess.Popen[bytes] | None:
+    """Start ``stage`` (None if its output exists); output appended to ``log``."""
+    if stage.output.exists():
+        _log(log, f"[{stage.name}] done already ({stage.output})")
+        return None
+    cmd = [sys.executable, "-m", "comostream", *stage.args]
+    _log(log, f"[{stage.name}] $ comostream {shlex.join(stage.args)}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    out = open(stage.stdout, "wb") if stage.stdout else open(log, "ab")  # noqa: SIM115
+    err = open(log, "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+    proc.stage, proc.started = stage, time.time()  # type: ignore[attr-defined]
+    return proc
+
+
+def _wait(proc: subprocess.Popen[bytes] | None, log: Path) -> None:
+    if proc is None:
+        return
+    rc = proc.wait()
+    stage: Stage = proc.stage  # type: ignore[attr-defined]
+    minutes = (time.time() - proc.started) / 60  # type: ignore[attr-defined]
+    _log(log, f"[{stage.name}] exit {rc} after {minutes:.1f} min")
+    if rc != 0:
+        if stage.stdout is not None and stage.stdout.exists():
+            stage.stdout.unlink()
+        raise SystemExit(f"recipe: stage {stage.name} failed (exit {rc}); see {log}")
+
+
+def _log(log: Path, line: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} {line}", flush=True)
+    with open(log, "a") as f:
+        f.write(f"{stamp} {line}\n")
+
+
+def _sequence(items: list[Stage], log: Path) -> None:
+    for stage in items:
+        _wait(_run(stage, log), log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__)
+    ap.add_argument("run", nargs="?", type=Path, default=Path("out/default-model"))
+    ap.add_argument("--quick", action="store_true", help="a few steps per stage")
+    args = ap.parse_args(argv)
+    run: Path = args.run
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "recipe.log"
+    t0 = time.time()
+    before, acoustic, rest = stages(run, args.quick)
+    _sequence(before, log)
+    # the acoustic model and the vocoder train side by side, one core each
+    vocoder_stage, after = rest[0], rest[1:]
+    voc = _run(vocoder_stage, log)
+    _sequence(acoustic, log)
+    _wait(voc, log)
+    _sequence(after, log)
+    _log(log, f"recipe finished in {(time.time() - t0) / 60:.1f} min: {run / 'model.ckpt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

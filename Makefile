@@ -11,11 +11,12 @@ STAMP  := $(VENV)/.comostream-installed
 # Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus.
 DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng
 
-.PHONY: demo test lint debian-deps install clean help
+.PHONY: demo test lint debian-deps install clean help default-model
 
 help:
 	@echo "make demo   - set up, then run the main job on the bundled default"
 	@echo "make test   - set up, then lint and run the test suite"
+	@echo "make default-model - train the shipped model from scratch (~1.5 h on 2 cores)"
 	@echo "make clean  - remove the virtual environment and outputs"
 
 demo: install
@@ -50,6 +51,11 @@ debian-deps:
 	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
+
+# The shipped model's recipe: corpus, content encoder, features, teacher + distillation and the
+# vocoder side by side, export, evaluation; logs in out/default-model/recipe.log. Resumable.
+default-model: install
+	$(PY) -m training.recipe out/default-model
 
 clean:
 	rm -rf $(VENV) out *.egg-info .pytest_cache .ruff_cache

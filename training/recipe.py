@@ -82,7 +82,9 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
         Stage("export", ["export", str(run / "distill" / "last.pt"), "-o", str(run / "model.ckpt"),
                          "--vocoder", str(run / "vocoder" / "last.pt")], run / "model.ckpt"),
         Stage("quality", ["bench", "quality", "--checkpoint", str(run / "model.ckpt"), "--data",
-                          str(run / "feat"), "--json"] + (["--max-lines", "2"] if quick else []),
+                          str(run / "feat"), "--distill", str(run / "distill" / "last.pt"),
+                          "--max-lines", "1" if quick else "2", "--json"]
+              + (["--teacher-steps", "4", "--max-conversions", "4"] if quick else []),
               run / "quality.json", stdout=run / "quality.json"),
     ]  # fmt: skip
     return before, [*acoustic], [*vocoder, *after]

@@ -223,6 +223,7 @@ class FeaturesConfig:
     f0_source: str = "extract"  # "extract": cfg.f0 backend; "corpus": ground-truth F0 if present
     silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
     content_checkpoint: str = ""  # "content" extractor: a `train content` checkpoint ("" = none)
+    content_perturb: bool = False  # content from a WORLD-perturbed copy (another "singer")
     # "content" extractor from a user's HuBERT/ContentVec/Whisper file instead (models.ext_content;
     # "" = none); model.content_dim must then equal its channels (768 for base, 256 projected)
     content_model: str = ""

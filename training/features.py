@@ -100,11 +100,30 @@ def _f0(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]
 
 
 def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    if cfg.features.content_perturb:
+        audio = _perturbed(audio, utt, cfg)
     if cfg.features.content_model:
         return _external_content(audio, cfg)
     from training.content_data import content_features  # torch model: loaded only when asked
 
     return content_features(audio, utt, cfg)
+
+
+def _perturbed(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
+    """``audio`` resung by a random other singer (WORLD: pitch, formants, EQ, breathiness in
+    the ``[content]`` ranges), same frames; the draw is seeded by the utterance's path, so a
+    re-run gives the same features. Content from such a copy carries the words and timing but
+    not the singer, so the acoustic model must take timbre from its singer embedding."""
+    import hashlib
+
+    from training.perturb import analyze_utterance, draw_perturbation, perturb
+
+    seed = int.from_bytes(hashlib.sha256(str(utt.path).encode()).digest()[:8], "little")
+    rng = np.random.default_rng([seed, cfg.train.seed])
+    hop = cfg.audio.hop_length
+    world = analyze_utterance(audio, cfg.audio.sample_rate, hop, f0_cfg=cfg.f0)
+    y = perturb(world, draw_perturbation(rng, cfg.content)).astype(np.float32)
+    return np.pad(y, (0, max(0, audio.shape[0] - y.shape[0])))[: audio.shape[0]]
 
 
 @functools.lru_cache(maxsize=2)

@@ -173,7 +173,7 @@ def _cmd_bench_content(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from training.acoustic import export_model
 
-    path = export_model(args.checkpoint, args.output, args.vocoder)
+    path = export_model(args.checkpoint, args.output, args.vocoder, args.corpus)
     what = "with the vocoder" if args.vocoder else "no vocoder: pass --vocoder to include one"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model, {what})")
     return 0
@@ -381,12 +381,10 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from realtime.live_devices import LiveError
+    from realtime.live_devices import LiveError, list_devices_text
 
     try:
         if args.list_devices:
-            from realtime.live import list_devices_text
-
             print(list_devices_text())
             return 0
         from realtime.live import LiveOptions, run_live
@@ -538,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
     p.add_argument("--vocoder", type=Path, default=None, metavar="VOC.ckpt",
                    help="a `comostream train vocoder` checkpoint to store in the file")
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                   help="the training corpus: store the singers' voice prints (for the demo)")
     p.set_defaults(handler=_cmd_export)
 
     p = bench_sub.add_parser(

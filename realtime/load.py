@@ -15,7 +15,7 @@ from models.checkpoint_io import CheckpointError, load_checkpoint
 from models.config import RealtimeConfig
 from models.vocoder import Vocoder, load_vocoder
 
-__all__ = ["load_models", "load_vocoder_any"]
+__all__ = ["load_models", "load_vocoder_any", "load_voiceprints"]
 
 
 def load_vocoder_any(
@@ -60,3 +60,11 @@ def load_models(
     voc = Vocoder.from_payload(ck["vocoder"], f"{Path(checkpoint)} (vocoder)").to(device)
     return model, voc
 
+
+def load_voiceprints(checkpoint: str | os.PathLike[str]) -> dict[str, dict]:
+    """The singers' voice prints stored by ``comostream export --corpus`` ({} if none)."""
+    ck: dict[str, Any] = load_checkpoint(checkpoint, kind=INFERENCE_KIND)
+    prints = ck.get("voiceprints") or {}
+    if not isinstance(prints, dict):
+        raise CheckpointError(f"{checkpoint}: malformed 'voiceprints'")
+    return {str(k): dict(v) for k, v in prints.items()}

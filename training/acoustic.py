@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +29,7 @@ from models.acoustic import (
     build_denoiser,
     condition_from_features,
 )
+from models.audio import load_audio
 from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from models.config import Config, config_from_dict
 from models.content import load_content_encoder
@@ -35,6 +37,7 @@ from models.edm import denormalise_mel, normalise_mel
 from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
 from models.vocoder import load_vocoder
 from training.checkpoint import save_checkpoint
+from training.corpus import load_corpus
 from training.dataset import DEFAULT_ARRAYS, SegmentDataset, collate_segments
 from training.distributed import setup_distributed
 from training.loop import Trainer
@@ -301,10 +304,30 @@ def _singer_features(
 # ---------------------------------------------------------------------------- export
 
 
-def export_model(ckpt: Path, out: Path, vocoder: Path | None = None) -> Path:
+def singer_prints(corpus: Path, singers: list[str], per_singer: int = 6) -> dict[str, dict]:
+    """Voice prints (:mod:`models.voiceprint`) of ``singers`` from their train-split recordings
+    in ``corpus``: the mean of up to ``per_singer`` recordings' prints (median F0: the median)."""
+    from models.voiceprint import voice_print
+
+    utts = load_corpus(corpus)
+    prints: dict[str, dict] = {}
+    for name in singers:
+        mine = [u for u in utts if u.singer == name and u.split == "train"][:per_singer]
+        if not mine:
+            continue
+        ps = [voice_print(load_audio(u.path)) for u in mine]
+        prints[name] = {"mcep": [float(v) for v in np.mean([p["mcep"] for p in ps], axis=0)],
+                        "f0_median": float(np.median([p["f0_median"] for p in ps]))}  # fmt: skip
+    return prints
+
+
+def export_model(
+    ckpt: Path, out: Path, vocoder: Path | None = None, corpus: Path | None = None
+) -> Path:
     """Write the inference file of a distillation/finetune checkpoint: the target, conditioner
     and singer table, plus a copy of the content encoder the features came from and, when
-    ``vocoder`` (a ``train vocoder`` checkpoint or export) is given, the vocoder."""
+    ``vocoder`` (a ``train vocoder`` checkpoint or export) is given, the vocoder; with
+    ``corpus``, the singers' voice prints (for the demo's similarity figure)."""
     cfg, speakers, models = load_distilled(ckpt)
     encoder = None
     if cfg.model.content_dim > 0:
@@ -321,4 +344,6 @@ def export_model(ckpt: Path, out: Path, vocoder: Path | None = None) -> Path:
     payload = copy.deepcopy(model.export_payload())
     if vocoder is not None:
         payload["vocoder"] = load_vocoder(vocoder).export_payload()
+    if corpus is not None:
+        payload["voiceprints"] = singer_prints(corpus, speakers)
     return save_checkpoint(out, payload)

@@ -80,7 +80,8 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
     ]  # fmt: skip
     after = [
         Stage("export", ["export", str(run / "distill" / "last.pt"), "-o", str(run / "model.ckpt"),
-                         "--vocoder", str(run / "vocoder" / "last.pt")], run / "model.ckpt"),
+                         "--vocoder", str(run / "vocoder" / "last.pt"), "--corpus",
+                         str(run / "corpus")], run / "model.ckpt"),
         Stage("quality", ["bench", "quality", "--checkpoint", str(run / "model.ckpt"), "--data",
                           str(run / "feat"), "--distill", str(run / "distill" / "last.pt"),
                           "--max-lines", "1" if quick else "2", "--json"]

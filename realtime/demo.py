@@ -1,11 +1,10 @@
 """``comostream demo``: the main job on the bundled example.
 
-Today the demo streams each bundled example through the part of the realtime chain that exists:
-the incremental mel and loudness extractors (fed block by block, as the live engine will feed
-them) and the F0 tracker with post-processing and transposition. It checks that the streamed
-frames equal the offline ones, reports latency and cost, and writes the features. The vocoder,
-the streaming engine and a shipped model come with later issues; until then the demo says so
-instead of converting.
+With a model (``--checkpoint`` or the one shipped in the package) it converts each bundled
+example to each singer through the streaming engine (:mod:`realtime.demo_convert`). Without one
+it streams each example through the front-end only: the incremental mel and loudness
+extractors (fed block by block) and the F0 tracker, checks that the streamed frames equal the
+offline ones, reports latency and cost, writes the features and says what is missing.
 """
 
 from __future__ import annotations
@@ -127,12 +126,34 @@ def _table(reports: list[FrontEndReport], backend: str) -> str:
     return "\n".join(rows)
 
 
-def run_demo(cfg: Config, out_dir: Path, example: Path | None = None) -> int:
-    """Analyse ``example`` (or every bundled example), write features, print a table."""
+def run_demo(
+    cfg: Config,
+    out_dir: Path,
+    example: Path | None = None,
+    checkpoint: Path | None = None,
+    singers: list[str] | None = None,
+) -> int:
+    """Convert ``example`` (or every bundled example) to every singer of the model (``checkpoint``
+    or the shipped one) and print a table; without a model, analyse the inputs through the
+    front-end and say what is missing."""
+    from realtime.convert import default_model_path
+
     inputs = [example] if example is not None else bundled_examples()
     if not inputs:
         print("no bundled example found; pass one with --input FILE")
         return 1
+    model = checkpoint or default_model_path()
+    if model is not None:
+        from realtime.demo_convert import conversion_table, run_conversion_demo
+
+        reports = run_conversion_demo(model, inputs, out_dir, cfg, singers)
+        print(conversion_table(reports))
+        n = len(reports)
+        hits = sum(r.closest == r.singer for r in reports if r.closest is not None)
+        print(f"\n{n} conversions streamed in blocks of {cfg.realtime.block_frames} frames "
+              f"({model}); written to {out_dir}/. Timbre closest to the target singer in "
+              f"{hits} of {n}.")  # fmt: skip
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     warm_up(cfg)
     reports = []
@@ -143,8 +164,8 @@ def run_demo(cfg: Config, out_dir: Path, example: Path | None = None) -> int:
     print(_table(reports, cfg.f0.backend))
     print(
         f"\nStreamed in blocks of {DEMO_BLOCK_FRAMES} frames; features written to {out_dir}/.\n"
-        "Not there yet: the vocoder, the streaming engine and a shipped trained model (later "
-        "issues), so this demo analyses the input but does not convert it. The acoustic model "
-        "can be trained already: see README, 'Training the acoustic model'."
+        "Not there yet: a shipped trained model (`make default-model` trains one), so this demo "
+        "analyses the input but does not convert it. Convert with your own model: "
+        "`comostream demo --checkpoint MODEL.ckpt` or `comostream convert`."
     )
     return 0

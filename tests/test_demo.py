@@ -55,3 +55,19 @@ def test_demo_bad_input_is_clear_error(
     bad.write_bytes(b"RIFF not really a wav")
     assert comostream.main(["demo", "--input", str(bad), "--out", str(tmp_path)]) == 1
     assert "broken.wav" in capsys.readouterr().err
+
+
+def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.model_files import write_tiny_model
+
+    model = write_tiny_model(tmp_path / "m.ckpt")
+    example = bundled_examples()[0]
+    rc = comostream.main(["demo", "--checkpoint", str(model), "--speaker", "alto,bass",
+                          "--input", str(example), "--out", str(tmp_path / "demo")])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| F0 RMSE (cents) |" in out and "2 conversions streamed" in out
+    for singer in ("alto", "bass"):
+        y = load_audio(tmp_path / "demo" / f"{example.stem}_to_{singer}.wav")
+        assert abs(y.shape[0] - load_audio(example).shape[0]) <= 1
+        assert np.abs(y).max() > 1e-3

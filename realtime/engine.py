@@ -214,7 +214,9 @@ class StreamingConverter:
         step: nn.Module = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()
         on_cpu = next(model.parameters()).device.type == "cpu"
         if trace is None:
-            trace = on_cpu and not kwargs.get("offline", False) and content_model is None
+            traceable = getattr(vocoder, "traceable", True)  # window mode branches on data
+            trace = on_cpu and not kwargs.get("offline", False) and content_model is None and (
+                traceable)  # fmt: skip
         if trace:
             example = step_inputs(step.n_mels, step.speaker_dim, 1, rt.block_frames,
                                   next(model.parameters()).device)  # fmt: skip

@@ -50,6 +50,8 @@ def sola_offset(reference: Tensor, signal: Tensor, search: int) -> int:
 class _Windowed(nn.Module):
     """Shared window bookkeeping: ``context`` past frames and ``lookahead`` future frames."""
 
+    traceable = False  # SOLA chooses an offset from the data: never freeze it in a trace
+
     def __init__(self, model: nn.Module, rt: RealtimeConfig, hop: int, extra: int) -> None:
         super().__init__()
         self.model = model

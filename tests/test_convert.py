@@ -108,3 +108,31 @@ def test_bench_latency_json(files, capsys, tmp_path: Path) -> None:
     assert 64.0 < r["algorithmic_latency_ms"] < 64.0 + 5.0
     assert r["block_ms"] == pytest.approx(21.333, abs=0.01)
     assert r["threads"] == 1 and r["rtf"] > 0 and r["teacher_ms"] > r["onestep_ms"]
+
+
+def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path) -> None:
+    """--vocoder with a HiFi-GAN generator in its original format: loaded, run windowed."""
+    from tests.test_ext_vocoder import ARCH1, original_state, write_original
+
+    voc = write_original(tmp_path, "nvidia", "hifigan", ARCH1, original_state("hifigan", ARCH1))
+    out = tmp_path / "hifi.wav"
+    rc = comostream.main(["convert", str(files["wav44"]), "-o", str(out), "--checkpoint",
+                          str(files["bare"]), "--vocoder", str(voc), "--block", "2"])  # fmt: skip
+    assert rc == 0
+    y, sr = read_audio(out)
+    assert sr == 44100 and y.shape == (44100,) and np.isfinite(y).all()
+
+
+def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
+    from realtime.engine import StreamingConverter
+    from realtime.load import load_models
+    from realtime.traced import TracedStep
+    from tests.test_ext_vocoder import ARCH1, original_state, write_original
+
+    voc_path = write_original(tmp_path, "nvidia", "hifigan", ARCH1,
+                              original_state("hifigan", ARCH1))  # fmt: skip
+    model, voc = load_models(files["bare"], voc_path)
+    eng = StreamingConverter.from_models(model, voc)
+    assert not isinstance(eng.step_module, TracedStep)
+    model, ours = load_models(files["model"])
+    assert isinstance(StreamingConverter.from_models(model, ours).step_module, TracedStep)

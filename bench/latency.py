@@ -37,7 +37,8 @@ from models.vocoder import Vocoder
 from realtime.engine import MODEL_RATE, StreamingConverter
 from realtime.resample import resample_oneshot
 
-__all__ = ["build_bench_models", "format_latency_table", "plot_latency", "run_latency_bench"]
+__all__ = ["build_bench_models", "format_latency_table", "measure_ws_overhead", "plot_latency",
+           "run_latency_bench"]  # fmt: skip
 
 STAGES = ("resample", "features", "f0", "content", "acoustic", "vocoder")
 WINDOW_CONTEXT_S = 2.5  # the field's usual realtime settings (RVC / so-vits-svc GUIs)
@@ -254,6 +255,36 @@ def run_latency_bench(
     return result
 
 
+def measure_ws_overhead(
+    model: AcousticModel,
+    vocoder: nn.Module,
+    *,
+    realtime: RealtimeConfig,
+    sample_rate: int = 48000,
+    seconds: float = 5.0,
+) -> dict[str, float]:
+    """The WebSocket round trip on loopback: a ``serve`` server (own thread) and the ``client``
+    streaming the example at real-time pace, one block in flight (so no block waits behind
+    another's compute). A reply leaves as soon as its block is converted (the algorithmic
+    latency is inside the samples, not in the round trip), so ``ws_overhead_ms`` = the median
+    over blocks of round trip minus that block's compute on the server: framing, loopback,
+    thread hops."""
+    import asyncio
+
+    from realtime.client import stream_array
+    from realtime.server import EngineFactory, ServerConfig, ServerThread
+
+    x = example_signal(seconds, sample_rate)
+    with ServerThread(EngineFactory(model, vocoder, realtime), ServerConfig(port=0)) as st:
+        r = asyncio.run(stream_array(st.url, x, sample_rate, window=1))
+    compute_ms = dict(r.stats["compute_ms_by_seq"])
+    overhead = [ms - compute_ms[seq] for seq, ms in r.rtt_ms.items() if seq in compute_ms]
+    rtt, compute = r.rtt_percentile(50), float(r.stats["compute_ms_p50"])
+    return {"ws_overhead_ms": float(np.median(overhead)), "ws_rtt_ms_p50": rtt,
+            "ws_rtt_ms_p99": r.rtt_percentile(99), "ws_compute_ms_p50": compute,
+            "ws_dropped_samples": r.dropped_samples}  # fmt: skip
+
+
 def format_latency_table(r: dict[str, Any]) -> str:
     """A table for humans of :func:`run_latency_bench`'s result."""
     lines = [
@@ -280,6 +311,10 @@ def format_latency_table(r: dict[str, Any]) -> str:
         f"window recompute (2.5 s context per 250 ms block): RTF {r['window_recompute_rtf']:.3f}"
         f" = {r['window_vs_streaming']:.1f}x the streaming engine",
     ]
+    if "ws_overhead_ms" in r:
+        lines.append(f"WebSocket (loopback): round trip p50 {r['ws_rtt_ms_p50']:.2f} ms, p99 "
+                     f"{r['ws_rtt_ms_p99']:.2f} ms; overhead over compute "
+                     f"{r['ws_overhead_ms']:.2f} ms")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -69,9 +69,10 @@ def convert_file(
         if checkpoint is None:
             raise CheckpointError("no model given and this installation ships none: pass "
                                   "--checkpoint MODEL.ckpt (from `comostream export`)")  # fmt: skip
-    audio, rate = read_audio(source)
-    if rate not in ENGINE_RATES:
-        audio, rate = resample(audio, rate, 48000), 48000
+    audio, file_rate = read_audio(source)
+    rate = file_rate if file_rate in ENGINE_RATES else 48000
+    if rate != file_rate:  # e.g. 8 or 96 kHz: the engine runs at 48 kHz, the file keeps its rate
+        audio = resample(audio, file_rate, rate)
     rt = realtime or RealtimeConfig()
     if block is not None:
         rt = RealtimeConfig(**{**rt.__dict__, "block_frames": block})
@@ -88,6 +89,8 @@ def convert_file(
     compute = time.perf_counter() - t0
     if not np.all(np.isfinite(y)):
         raise AudioError(f"{source}: the conversion produced non-finite samples")
-    save_wav(output, y, rate)
+    if rate != file_rate:
+        y = resample(y, rate, file_rate)
+    save_wav(output, y, file_rate)
     return ConvertResult(Path(output), len(audio) / rate, compute, engine.latency_ms, speaker,
                          block)  # fmt: skip

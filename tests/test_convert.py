@@ -136,3 +136,13 @@ def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
     assert not isinstance(eng.step_module, TracedStep)
     model, ours = load_models(files["model"])
     assert isinstance(StreamingConverter.from_models(model, ours).step_module, TracedStep)
+
+
+def test_convert_keeps_an_odd_input_rate(files, tmp_path: Path) -> None:
+    src = tmp_path / "in8k.wav"
+    save_wav(src, _sung(8000, 0.5), 8000, subtype="FLOAT")
+    out = tmp_path / "out8k.wav"
+    assert comostream.main(["convert", str(src), "-o", str(out), "--checkpoint",
+                            str(files["model"])]) == 0  # fmt: skip
+    info = sf.info(str(out))
+    assert info.samplerate == 8000 and abs(info.frames - 4000) <= 1

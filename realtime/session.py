@@ -1,0 +1,400 @@
+"""One WebSocket connection of ``comostream serve``: its :class:`Session` and bounded queues.
+
+A :class:`Session` owns its engine (built by :class:`~realtime.server.EngineFactory`) and one
+worker thread that runs it, so inference never blocks the event loop. Three tasks per session:
+the reader validates frames into the input queue, the worker converts in order, the sender
+writes replies. Both queues are bounded :class:`DropQueue` s: audio beyond ``max_queue_ms``
+drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies (silence, no PCM) so the
+client's timeline and the delay never move; the counts are in ``stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from realtime.engine import MODEL_RATE, SampleFifo, StreamingConverter
+from realtime.protocol import (
+    FLAG_BYPASS,
+    FLAG_DROPPED,
+    FLAG_FLUSH,
+    MAX_BLOCK,
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    error_message,
+    max_frame_bytes,
+    pack_frame,
+    parse_hello,
+    parse_set,
+    parse_text,
+    unpack_frame,
+)  # fmt: skip
+
+if TYPE_CHECKING:
+    from realtime.server import StreamServer
+
+__all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
+
+log = logging.getLogger("comostream.server")  # the server's logger: one line per session
+MAX_MESSAGES = 64  # queued control frames / text replies per direction and session
+
+
+@dataclass
+class Block:
+    """A droppable queue item: an audio frame in, or a reply out (``count`` samples)."""
+
+    seq: int
+    ts: int
+    count: int
+    payload: Any
+
+
+@dataclass
+class Gap:
+    """Dropped blocks, merged: ``count`` samples of silence ending with block ``seq``."""
+
+    seq: int
+    ts: int
+    count: int
+    blocks: int
+
+
+class DropQueue:
+    """An ordered single-consumer queue: blocks beyond ``max_samples`` drop oldest-first into
+    :class:`Gap` s; other items (control frames, text) are kept, at most ``max_messages``."""
+
+    def __init__(self, max_samples: int, max_messages: int = MAX_MESSAGES) -> None:
+        self.max_samples, self.max_messages = max_samples, max_messages
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self.samples = self.messages = 0
+        self.dropped_blocks = self.dropped_samples = self.high_water = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_block(self, item: Block | Gap) -> None:
+        if isinstance(item, Gap):
+            tail = self._items[-1] if self._items else None
+            if isinstance(tail, Gap):
+                self._merge(tail, item)
+            else:
+                self._items.append(item)
+        else:
+            self._items.append(item)
+            self.samples += item.count
+            while self.samples > self.max_samples:
+                self._drop_oldest()
+        self._wake()
+
+    def put_message(self, item: Any) -> None:
+        if self.messages >= self.max_messages:
+            raise ProtocolError("overloaded", f"more than {self.max_messages} control frames "
+                                              "queued; wait for the replies")  # fmt: skip
+        self._items.append(item)
+        self.messages += 1
+        self._wake()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if isinstance(item, Block):
+            self.samples -= item.count
+        elif not isinstance(item, Gap):
+            self.messages -= 1
+        return item
+
+    def _wake(self) -> None:
+        self.high_water = max(self.high_water, len(self._items))
+        self._ready.set()
+
+    @staticmethod
+    def _merge(into: Gap, later: Gap) -> None:
+        into.seq, into.ts = later.seq, later.ts
+        into.count += later.count
+        into.blocks += later.blocks
+
+    def _drop_oldest(self) -> None:
+        i, item = next((i, it) for i, it in enumerate(self._items) if isinstance(it, Block))
+        self.samples -= item.count
+        self.dropped_blocks += 1
+        self.dropped_samples += item.count
+        gap = Gap(item.seq, item.ts, item.count, 1)
+        if i > 0 and isinstance(self._items[i - 1], Gap):
+            self._merge(self._items[i - 1], gap)
+            del self._items[i]
+        else:
+            self._items[i] = gap
+
+
+class Session:
+    """One connection: hello -> ready, then audio and control frames (see the module doc)."""
+
+    def __init__(self, server: StreamServer, ws: ServerConnection, sid: str) -> None:
+        self.server, self.ws, self.id = server, ws, sid
+        self.cfg = server.config
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"comostream-{sid}")
+        self.hello: Hello | None = None
+        self.engine: StreamingConverter | None = None
+        self.bypass = False
+        self.timings: deque[tuple[int, float]] = deque(maxlen=512)  # (seq, compute seconds)
+        self.compute_s = 0.0
+        self.blocks_in = self.blocks_out = 0
+        self.last_seq = self.last_ts = 0
+        self.closing = False
+
+    # -- life cycle ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self._open()
+            tasks = [asyncio.create_task(c) for c in (self._read(), self._work(), self._send())]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        except ProtocolError as exc:
+            await self.fail(exc)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("session %s failed", self.id)
+            await self.fail(ProtocolError("internal", "internal server error"))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.engine is not None:
+                s = self.stats()
+                log.info("session %s ended: %d blocks in, %d out, dropped %d in / %d out, "
+                         "compute p50 %.1f ms", self.id, s["blocks_in"], s["blocks_out"],
+                         s["dropped_in_blocks"], s["dropped_out_blocks"],
+                         s["compute_ms_p50"])  # fmt: skip
+
+    async def fail(self, exc: ProtocolError) -> None:
+        """Send the error text frame, then close with its code (once)."""
+        if self.closing:
+            return
+        self.closing = True
+        log.info("session %s: %s (%s)", self.id, exc.code, exc.message)
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.ws.send(error_message(exc.code, exc.message))
+        reason = exc.message.encode()[:120].decode(errors="ignore")
+        await self.ws.close(exc.close_code, reason)
+
+    async def _recv(self) -> str | bytes:
+        try:
+            async with asyncio.timeout(self.cfg.idle_timeout_s):
+                msg = await self.ws.recv()
+        except TimeoutError:
+            raise ProtocolError("idle_timeout",
+                                f"no frame for {self.cfg.idle_timeout_s:g} s") from None
+        if len(msg) > max_frame_bytes():
+            raise ProtocolError("frame_too_large", f"frame of {len(msg)} bytes; the limit is "
+                                                   f"{max_frame_bytes()}")  # fmt: skip
+        return msg
+
+    async def _open(self) -> None:
+        msg = await self._recv()
+        if isinstance(msg, bytes):
+            raise ProtocolError("not_ready", "audio frame before hello")
+        obj = parse_text(msg)
+        if obj["type"] != "hello":
+            raise ProtocolError("not_ready", f"{obj['type']!r} before hello")
+        hello = parse_hello(obj)
+        token = self.cfg.token
+        if token and not hmac.compare_digest((hello.token or "").encode(), token.encode()):
+            raise ProtocolError("unauthorized", "this server needs a valid token in hello")
+        factory = self.server.factory
+        speaker = hello.speaker if hello.speaker is not None else factory.speakers[0]
+        factory.check_speaker(speaker)
+        block = hello.block or factory.natural_block(hello.sample_rate)
+        loop = asyncio.get_running_loop()
+        try:
+            self.engine = await loop.run_in_executor(self.executor, factory.create, hello, block,
+                                                     speaker)  # fmt: skip
+        except ValueError as exc:
+            raise ProtocolError("bad_params", str(exc)) from None
+        self.hello, self.block = hello, block
+        self.dry = _DryDelay(self.engine.delay_samples, hello.channels)
+        budget = max(2 * block, round(self.cfg.max_queue_ms * hello.sample_rate / 1000))
+        self.inq, self.outq = DropQueue(budget), DropQueue(budget)
+        await self.ws.send(json.dumps(self.ready_message()))
+        log.info("session %s: %d Hz x %d, %s, block %d, singer %s", self.id, hello.sample_rate,
+                 hello.channels, hello.format, block, speaker)  # fmt: skip
+
+    def ready_message(self) -> dict[str, Any]:
+        assert self.hello is not None and self.engine is not None
+        h, e = self.hello, self.engine
+        return {
+            "type": "ready", "version": PROTOCOL_VERSION, "session": self.id,
+            "sample_rate": h.sample_rate, "channels": h.channels, "format": h.format,
+            "block": self.block, "delay_samples": e.delay_samples, "latency_ms": e.latency_ms,
+            "model_rate": MODEL_RATE, "speakers": self.server.factory.speakers,
+            "speaker": e.speaker, "transpose": e.transpose,
+            "limits": {"max_block": MAX_BLOCK, "max_frame_bytes": max_frame_bytes(),
+                       "max_queue_ms": self.cfg.max_queue_ms,
+                       "idle_timeout_s": self.cfg.idle_timeout_s,
+                       "max_streams": self.cfg.max_streams},
+        }  # fmt: skip
+
+    # -- the three tasks -------------------------------------------------------------------------
+    async def _read(self) -> None:
+        assert self.hello is not None
+        h = self.hello
+        while True:
+            try:
+                msg = await self._recv()
+            except ConnectionClosed:
+                return
+            if isinstance(msg, bytes):
+                f = unpack_frame(msg, h.format, h.channels, self.block)
+                self.blocks_in += 1
+                self.last_seq, self.last_ts = f.seq, f.timestamp_us
+                self.inq.put_block(Block(f.seq, f.timestamp_us, f.count, f.samples))
+                continue
+            obj = parse_text(msg)
+            kind = obj["type"]
+            if kind == "hello":
+                raise ProtocolError("not_ready", "a second hello on one session")
+            if kind == "stats":
+                self.outq.put_message(json.dumps(self.stats(obj.get("blocks") is True)))
+                continue
+            if kind == "set":
+                change = parse_set(obj)
+                if change.speaker is not None:
+                    self.server.factory.check_speaker(change.speaker)
+                obj = {"type": "set", "change": change}
+            self.inq.put_message(obj)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self.inq.get()
+            if isinstance(item, Gap):
+                self.outq.put_block(Gap(item.seq, item.ts, item.count, item.blocks))
+            elif isinstance(item, Block):
+                data = await loop.run_in_executor(self.executor, self._convert, item)
+                self.blocks_out += 1
+                self.outq.put_block(Block(item.seq, item.ts, item.count, data))
+            else:
+                reply = await loop.run_in_executor(self.executor, self._control, item)
+                self.outq.put_message(reply)
+
+    async def _send(self) -> None:
+        assert self.hello is not None
+        while True:
+            item = await self.outq.get()
+            if isinstance(item, Gap):
+                item = pack_frame(item.seq, item.ts, None, self.hello.format, FLAG_DROPPED,
+                                  count=item.count)  # fmt: skip
+            elif isinstance(item, Block):
+                item = item.payload
+            await self.ws.send(item)
+
+    # -- engine side (the session's worker thread) -----------------------------------------------
+    def _convert(self, item: Block) -> bytes:
+        """One block through the engine (and the dry delay line): the reply frame."""
+        assert self.engine is not None and self.hello is not None
+        x = item.payload[:, 0] if self.hello.channels == 1 else item.payload
+        t0 = time.perf_counter()
+        wet = self.engine.push(x)
+        dry = self.dry.push(x)
+        seconds = time.perf_counter() - t0
+        self.timings.append((item.seq, seconds))
+        self.compute_s += seconds
+        flags = FLAG_BYPASS if self.bypass else 0
+        return pack_frame(item.seq, item.ts, dry if self.bypass else wet, self.hello.format, flags)
+
+    def _control(self, obj: dict[str, Any]) -> str | bytes:
+        assert self.engine is not None and self.hello is not None
+        kind = obj["type"]
+        if kind == "set":
+            change = obj["change"]
+            if change.speaker is not None:
+                self.engine.set_speaker(change.speaker)
+            if change.transpose is not None:
+                self.engine.set_transpose(change.transpose)
+            if change.bypass is not None:
+                self.bypass = change.bypass
+        elif kind == "reset":
+            self.engine.reset()
+            self.dry.reset()
+        elif kind == "flush":
+            wet = self.engine.flush()
+            dry = self.dry.flush(wet.shape[0])
+            flags = FLAG_FLUSH | (FLAG_BYPASS if self.bypass else 0)
+            return pack_frame(self.last_seq, self.last_ts, dry if self.bypass else wet,
+                              self.hello.format, flags)  # fmt: skip
+        return json.dumps({"type": "state", "speaker": self.engine.speaker,
+                           "transpose": self.engine.transpose, "bypass": self.bypass})
+
+    def stats(self, blocks: bool = False) -> dict[str, Any]:
+        """The ``stats`` reply: latency, compute, real-time factor, drops and queue depths;
+        ``blocks``: also ``compute_ms_by_seq``, ``[seq, ms]`` of the last 512 blocks."""
+        assert self.engine is not None and self.hello is not None
+        timings = list(self.timings)  # one C-level copy: the worker thread appends meanwhile
+        times = np.asarray([t for _, t in timings] or [0.0]) * 1000.0
+        audio_s = self.blocks_out * self.block / self.hello.sample_rate
+        out = {
+            "type": "stats", "session": self.id, "latency_ms": self.engine.latency_ms,
+            "delay_samples": self.engine.delay_samples, "block": self.block,
+            "blocks_in": self.blocks_in, "blocks_out": self.blocks_out,
+            "compute_ms_p50": float(np.percentile(times, 50)),
+            "compute_ms_p99": float(np.percentile(times, 99)),
+            "rtf": self.compute_s / audio_s if audio_s else 0.0,
+            "dropped_in_blocks": self.inq.dropped_blocks,
+            "dropped_in_samples": self.inq.dropped_samples,
+            "dropped_out_blocks": self.outq.dropped_blocks,
+            "dropped_out_samples": self.outq.dropped_samples,
+            "queue_in": len(self.inq), "queue_out": len(self.outq),
+            "queue_in_high_water": self.inq.high_water,
+            "queue_out_high_water": self.outq.high_water,
+            "bad_samples": self.engine.stats.bad_samples,
+            "speaker": self.engine.speaker, "transpose": self.engine.transpose,
+            "bypass": self.bypass,
+        }  # fmt: skip
+        if blocks:
+            out["compute_ms_by_seq"] = [[seq, round(1000.0 * t, 4)] for seq, t in timings]
+        return out
+
+
+class _DryDelay:
+    """The input delayed by the engine's stream delay (bypass keeps the timeline)."""
+
+    def __init__(self, delay: int, channels: int) -> None:
+        self.delay, self.channels = delay, channels
+        self.reset()
+
+    def reset(self) -> None:
+        self.fifo = SampleFifo()
+        self.fifo.push(np.zeros(self.delay * self.channels, np.float32))
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        self.fifo.push(np.ascontiguousarray(x, np.float32).reshape(-1))
+        return self.fifo.pop(x.size).reshape(x.shape)
+
+    def flush(self, samples: int) -> np.ndarray:
+        """The held tail, zero-padded or cut to ``samples``; then reset."""
+        held = self.fifo.pop(len(self.fifo)).reshape(-1, self.channels)
+        out = np.zeros((samples, self.channels), np.float32)
+        out[: min(samples, held.shape[0])] = held[:samples]
+        self.reset()
+        return out[:, 0] if self.channels == 1 else out

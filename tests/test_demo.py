@@ -15,7 +15,7 @@ from realtime.demo import analyse, bundled_examples
 
 def test_examples_ship_with_the_package() -> None:
     examples = bundled_examples()
-    assert len(examples) >= 2
+    assert len(examples) >= 3  # two sung phrases and a real recorded voice
     for path in examples:
         audio = load_audio(path)
         assert 2.0 < audio.shape[0] / 24000 < 10.0
@@ -23,7 +23,8 @@ def test_examples_ship_with_the_package() -> None:
 
 def test_streamed_features_equal_offline() -> None:
     cfg = load_config(overrides={"f0": {"backend": "dio"}})
-    report, features = analyse(bundled_examples()[0], cfg, block_frames=3)
+    sung = [p for p in bundled_examples() if p.stem == "alto_line2"][0]
+    report, features = analyse(sung, cfg, block_frames=3)
     assert report.mel_stream_max_diff <= 1e-5
     assert report.loudness_stream_max_diff <= 1e-5
     assert features["mel"].shape == (100, report.frames)
@@ -33,11 +34,14 @@ def test_streamed_features_equal_offline() -> None:
 
 
 def test_demo_command_writes_features(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import realtime.convert
+
+    monkeypatch.setattr(realtime.convert, "default_model_path", lambda: None)  # no model
     cfg_file = tmp_path / "fast.toml"
     cfg_file.write_text("[f0]\nbackend = 'dio'\n")
-    example = bundled_examples()[1]
+    example = [p for p in bundled_examples() if p.stem == "bass_line11"][0]
     rc = comostream.main(
         ["demo", "--config", str(cfg_file), "--input", str(example), "--out", str(tmp_path)]
     )
@@ -55,6 +59,16 @@ def test_demo_bad_input_is_clear_error(
     bad.write_bytes(b"RIFF not really a wav")
     assert comostream.main(["demo", "--input", str(bad), "--out", str(tmp_path)]) == 1
     assert "broken.wav" in capsys.readouterr().err
+
+
+def test_shipped_model_loads_and_converts() -> None:
+    from realtime.convert import default_model_path
+    from realtime.load import load_models, load_voiceprints
+
+    path = default_model_path()
+    assert path is not None and path.stat().st_size <= 25e6
+    model, vocoder = load_models(path)
+    assert len(model.speakers) >= 8 and set(load_voiceprints(path)) == set(model.speakers)
 
 
 def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

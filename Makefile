@@ -8,8 +8,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.comostream-installed
-# Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus.
-DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng
+# Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus;
+# Chromium for the browser client's end-to-end test (driven headless over DevTools);
+# PulseAudio and its ALSA plugin for the live audio loop test (null sinks, no sound card).
+DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng chromium \
+                   pulseaudio pulseaudio-utils libasound2-plugins
 
 .PHONY: demo test lint debian-deps install clean help default-model
 

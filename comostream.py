@@ -350,12 +350,14 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
 
         print(sd.query_devices())
         return 0
-    from realtime.bridge import run_bridge
+    from realtime.bridge import DeviceError, run_bridge
 
     try:
         s = run_bridge(args.url, args.input, args.output, sample_rate=args.sample_rate,
                        block=args.block, seconds=args.seconds, speaker=args.speaker,
                        transpose=args.transpose, token=args.token)  # fmt: skip
+    except DeviceError as exc:
+        raise CommandError(str(exc)) from None
     except _stream_errors() as exc:
         raise CommandError(f"{args.url}: {exc}") from None
     rtt = sorted(s.rtt_ms or [0.0])
@@ -396,7 +398,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
             speaker=args.speaker, transpose=args.transpose, monitor=args.monitor,
             bypass=args.bypass, checkpoint=args.checkpoint, vocoder=args.vocoder,
             device=args.device, threads=args.threads, latency=args.latency,
-            prefill_blocks=args.prefill, duration=args.duration, status_file=args.status_file)
+            margin_blocks=args.margin, duration=args.duration, status_file=args.status_file)
         run_live(opts, _load_config(args).realtime)
     except LiveError as exc:
         raise CommandError(str(exc)) from None
@@ -414,6 +416,14 @@ def _latency_arg(text: str) -> str | float:
     if not ms > 0:
         raise argparse.ArgumentTypeError(f"latency must be positive, got {text}")
     return ms / 1000.0
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _level_arg(text: str) -> float:
@@ -730,8 +740,9 @@ def _add_live_command(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="start with the dry signal (b toggles)")
     p.add_argument("--latency", type=_latency_arg, default="high", metavar="low|high|MS",
                    help="device buffering asked of PortAudio (default high: no crackle)")
-    p.add_argument("--prefill", type=_positive_int, default=2, metavar="BLOCKS",
-                   help="output buffer in blocks, the margin for compute time (default 2)")
+    p.add_argument("--margin", type=_non_negative_int, default=1, metavar="BLOCKS",
+                   help="compute margin of the output buffer, in blocks, beyond one block and "
+                   "one device callback (default 1; more if a busy CPU makes it late)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",

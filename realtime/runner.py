@@ -121,8 +121,9 @@ class ThreadedConverter:
 
     @property
     def latency_ms(self) -> float:
-        """Engine latency plus the output prefill (the device's own buffers come on top)."""
-        return self.engine.latency_ms + 1000.0 * self.prefill / self.engine.sample_rate
+        """Stream delay from ``write`` to ``read``: the engine's delay plus the output prefill
+        (the device's own buffers come on top)."""
+        return self.engine.delay_ms + 1000.0 * self.prefill / self.engine.sample_rate
 
     # -- audio side (callback-safe) --------------------------------------------------------------
     def write(self, x: np.ndarray) -> None:

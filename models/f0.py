@@ -29,7 +29,9 @@ import torchaudio.functional as AF
 from models.audio import resample
 from models.config import F0Config
 
-__all__ = ["BACKENDS", "F0Track", "extract_f0", "n_frames", "SAMPLE_RATE", "HOP_LENGTH"]
+__all__ = [
+    "BACKENDS", "F0Track", "check_audio", "extract_f0", "n_frames", "SAMPLE_RATE", "HOP_LENGTH"
+]
 
 SAMPLE_RATE = 24000  # Hz, the model rate
 HOP_LENGTH = 256  # samples per frame at SAMPLE_RATE
@@ -93,7 +95,7 @@ def extract_f0(
     name = backend or cfg.backend
     if name not in BACKENDS:
         raise ValueError(f"unknown F0 backend {name!r}; known: {', '.join(BACKENDS)}")
-    x = _check_audio(audio)
+    x = check_audio(audio)
     if sample_rate != SAMPLE_RATE:
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
@@ -121,7 +123,7 @@ def extract_f0(
     return F0Track(f0, voiced, per)
 
 
-def _check_audio(audio: np.ndarray) -> np.ndarray:
+def check_audio(audio: np.ndarray) -> np.ndarray:
     """Validate and return ``audio`` as contiguous float32 (samples,)."""
     a = np.asarray(audio)
     if a.ndim != 1:

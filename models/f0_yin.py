@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from models.config import F0Config
-from models.f0 import HOP_LENGTH, SAMPLE_RATE, F0Track, n_frames
+from models.f0 import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
 
 __all__ = ["WINDOW", "LOOKAHEAD_SAMPLES", "yin_f0", "IncrementalF0"]
 
@@ -211,17 +211,6 @@ def _post(
         out_f0[k] = 2.0**o
 
 
-def _check_chunk(x: np.ndarray) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"audio must be mono with shape (samples,), got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"audio must be floating point (float32), got {a.dtype}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError("audio contains NaN or inf samples")
-    return a
-
-
 class _Tracker:
     """Analysis parameters plus the post-processing state of one stream."""
 
@@ -279,7 +268,7 @@ def yin_f0(audio_24k: np.ndarray, cfg: F0Config | None = None) -> F0Track:
     ``periodicity = 1 - aperiodicity``. Raises ValueError for non-1-D, non-float or NaN input.
     """
     cfg = cfg or F0Config()
-    x = _check_chunk(audio_24k)
+    x = check_audio(audio_24k)
     t_frames = n_frames(x.shape[0])
     buf = np.zeros(x.shape[0] + WINDOW)
     buf[LOOKAHEAD_SAMPLES : LOOKAHEAD_SAMPLES + x.shape[0]] = x
@@ -341,7 +330,7 @@ class IncrementalF0:
 
     def push(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed ``chunk (n,)`` float samples at 24 kHz; F0 float32 Hz (k,) and voiced bool (k,)."""
-        x = _check_chunk(chunk)
+        x = check_audio(chunk)
         self._write(x, x.shape[0])
         self._received += x.shape[0]
         return self._emit((self._received - LOOKAHEAD_SAMPLES) // HOP_LENGTH)

@@ -11,6 +11,7 @@ to the target singer and the singer whose print is closest (:mod:`models.voicepr
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from models.audio import read_audio, resample, save_wav
 from models.config import Config
@@ -77,6 +79,8 @@ def run_conversion_demo(
     names = singers or list(model.speakers)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
+    bar = tqdm(total=len(examples) * len(names), desc="converting", unit="conversion",
+               file=sys.stderr)  # fmt: skip
     for path in examples:
         audio, rate = read_audio(path)
         if rate not in ENGINE_RATES:
@@ -108,6 +112,8 @@ def run_conversion_demo(
                 path.stem, singer, t, latency, rtf,
                 float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
                 sim, near, out))  # fmt: skip
+            bar.update()
+    bar.close()
     return reports
 
 

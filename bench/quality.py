@@ -162,20 +162,27 @@ class _Line:
     renditions: dict[str, Utterance]  # singer -> utterance
 
 
-def _test_lines(corpus: Path, split: str, max_lines: int | None) -> list[_Line]:
+def _test_lines(utts: list[Utterance], split: str, max_lines: int | None) -> list[_Line]:
     by_line: dict[int, dict[str, Utterance]] = {}
-    for u in load_corpus(corpus):
+    for u in utts:
         if u.split == split and u.line is not None:
             by_line.setdefault(u.line, {})[u.singer] = u
     lines = [_Line(k, v) for k, v in sorted(by_line.items()) if len(v) > 1]
     return lines[:max_lines] if max_lines else lines
 
 
-def _median_f0(corpus: Path, singer: str, cfg: F0Config, limit: int = 4) -> float:
-    utts = [u for u in load_corpus(corpus) if u.singer == singer and u.split == "train"][:limit]
-    f0 = np.concatenate([yin_f0(load_audio(u.path), cfg).f0_hz for u in utts])
+def _singer_references(
+    utts: list[Utterance], singer: str, cfg: F0Config, spk: _Speaker, limit: int = 4
+) -> tuple[float, np.ndarray | None]:
+    """``(median voiced F0 Hz, mean Resemblyzer embedding or None)`` of ``singer``'s first
+    ``limit`` train-split recordings (each read and analysed once)."""
+    audios = [load_audio(u.path) for u in utts if u.singer == singer and u.split == "train"]
+    audios = audios[:limit]
+    f0 = np.concatenate([yin_f0(a, cfg).f0_hz for a in audios]) if audios else np.zeros(0)
     voiced = f0[f0 > 0]
-    return float(np.median(voiced)) if voiced.size else 200.0
+    embs = [spk.embed(a) for a in audios]
+    emb = None if not embs or embs[0] is None else np.mean(embs, axis=0)
+    return (float(np.median(voiced)) if voiced.size else 200.0), emb
 
 
 def _conversions(lines: list[_Line], singers: list[str], limit: int | None) -> Iterator[tuple]:
@@ -235,19 +242,18 @@ def run_quality_bench(
     f0_cfg = model.cfg.f0
     block = block or model.cfg.realtime.block_frames
     singers = [s for s in model.speakers]
-    lines = _test_lines(corpus, split, max_lines)
+    utts = load_corpus(corpus)
+    lines = _test_lines(utts, split, max_lines)
     if not lines:
         raise ValueError(f"{corpus}: no {split}-split line sung by two or more singers")
     models = {"onestep": model, "streaming": model}
     if distill is not None:
         models["teacher"] = _teacher_model(model, distill, teacher_steps)
     spk = _Speaker()
-    medians = {s: _median_f0(corpus, s, f0_cfg) for s in singers}
+    medians: dict[str, float] = {}
     refs: dict[str, np.ndarray | None] = {}
     for s in singers:
-        utts = [u for u in load_corpus(corpus) if u.singer == s and u.split == "train"][:4]
-        embs = [spk.embed(load_audio(u.path)) for u in utts]
-        refs[s] = None if not embs or embs[0] is None else np.mean(embs, axis=0)
+        medians[s], refs[s] = _singer_references(utts, s, f0_cfg, spk)
     rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
     todo = list(_conversions(lines, singers, max_conversions))
     for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.streaming import StreamState, state_tensors
+from models.streaming import state_tensors
 from realtime.step import ConversionStep, FrameInputs, step_inputs
 
 __all__ = ["GraphStep"]
@@ -66,7 +66,3 @@ class GraphStep:
         self.graph.replay()
         return self.output
 
-
-def eager_state(step: ConversionStep, streams: int) -> StreamState:
-    """A fresh eager state (for comparisons with a graph)."""
-    return step.init_state(streams)

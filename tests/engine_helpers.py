@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from models.config import F0Config
@@ -54,5 +53,3 @@ def rng_chunks(seed: int, n: int, low: int = 1, high: int = 900) -> list[int]:
     g = np.random.default_rng(seed)
     return [int(v) for v in g.integers(low, high, size=max(1, n))]
 
-
-torch_ = torch  # re-export for tests that build models

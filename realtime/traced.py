@@ -70,7 +70,6 @@ class TracedStep(nn.Module):
                                      check_trace=False)  # fmt: skip
             self.traced = torch.jit.freeze(traced.eval())
         self.profile: dict[str, float] | None = None  # per-stage times are not available
-        self._leaves: tuple[StreamState, list[Tensor]] | None = None  # (state, its tensors)
 
     def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
         return self.inner.init_state(streams, device, dtype)
@@ -78,7 +77,6 @@ class TracedStep(nn.Module):
     def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
         if inputs["f0"].shape[-1] != self.frames:  # e.g. a final partial block: eager
             return self.inner.step(inputs, state)
-        if self._leaves is None or self._leaves[0] is not state:  # a state's tensors never move
-            self._leaves = (state, [t for _, t in state_tensors(state)])
+        leaves = [t for _, t in state_tensors(state)]
         with torch.no_grad():
-            return self.traced(*(inputs[k] for k in self.names), *self._leaves[1])
+            return self.traced(*(inputs[k] for k in self.names), *leaves)

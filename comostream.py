@@ -85,6 +85,17 @@ def _cmd_prep_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prep_gta(args: argparse.Namespace) -> int:
+    from models.acoustic import AcousticModel
+    from training.vocoder_gta import write_gta_features
+
+    model = AcousticModel.from_checkpoint(args.model)
+    out = write_gta_features(model, args.data, args.out, model_name=str(args.model))
+    print(f"wrote {out} (GTA mels of {args.model}); fine-tune with `comostream train vocoder "
+          f"--data {out} --init VOCODER`")
+    return 0
+
+
 def _cmd_bench_f0(args: argparse.Namespace) -> int:
     import json
 
@@ -200,11 +211,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _block_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1."""
+    try:
+        return [_positive_int(t) for t in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected frames like 1,2,4,8, got {text!r}") from None
+
+
 def _cmd_train_vocoder(args: argparse.Namespace) -> int:
     from training.vocoder import train_vocoder
 
     state = train_vocoder(_load_config(args), args.data, args.out, corpus=args.corpus,
-                          resume=args.resume, dry_run=args.dry_run)  # fmt: skip
+                          resume=args.resume, init=args.init, dry_run=args.dry_run)  # fmt: skip
     _say(f"vocoder: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
          f"score it with `comostream bench vocoder --checkpoint {args.out}/last.pt`")  # fmt: skip
     return 0
@@ -272,7 +291,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, args.device)
     result = run_latency_bench(model, voc, realtime=rt, device=args.device,
                                sample_rate=args.sample_rate, seconds=args.seconds,
-                               source=source)  # fmt: skip
+                               source=source, sweep=args.sweep or ())  # fmt: skip
     if args.plot is not None:
         plot_latency(result, args.plot)
     if args.ws:
@@ -520,6 +539,23 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p, "f0", F0Config, ["backend"])
     _config_options(p, "features", FeaturesConfig, ["f0_source"])
     p.set_defaults(handler=_cmd_prep_features)
+    p = prep_sub.add_parser(
+        "gta", parents=[common],
+        help="the model's own (ground-truth-aligned) mels, to fine-tune the vocoder on",
+        description=(
+            "Copy FEAT_DIR into OUT_DIR with every utterance's mel replaced by the one-step "
+            "target's output from that utterance's own features and singer (the realtime "
+            "path's noise), frame-aligned with the recording. Fine-tuning the vocoder on them "
+            "(`comostream train vocoder --data OUT_DIR --init VOCODER`) teaches it to render "
+            "the model's smoother mels as clean singing. Utterances already written are kept."
+        ),
+    )
+    p.add_argument("model", type=Path, metavar="MODEL",
+                   help="an inference file (`comostream export`)")
+    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
+                   help="the features the model was trained on")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
+    p.set_defaults(handler=_cmd_prep_gta)
 
     bench = sub.add_parser("bench",
                            help="benchmarks: F0 backends, content encoder, acoustic model, vocoder")
@@ -696,6 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ws", action="store_true",
                    help="also stream through a loopback WebSocket server and report its round "
                    "trip overhead (ws_overhead_ms)")
+    p.add_argument("--sweep", type=_block_list, default=None, metavar="FRAMES[,FRAMES...]",
+                   help="also measure latency, RTF and the window-recompute ratio at these "
+                        "block sizes, e.g. 1,2,4,8 (block_sweep)")
     _model_options(p)
     p.set_defaults(handler=_cmd_bench_latency)
     _add_stream_commands(sub, common)
@@ -895,6 +934,9 @@ def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="the recordings (default: the corpus FEAT_DIR was made from)")
     p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                    help="continue a run exactly from its checkpoint")
+    p.add_argument("--init", type=Path, default=None, metavar="VOCODER",
+                   help="fine-tune: start from this vocoder's weights (same sizes), fresh "
+                        "optimisers, step 0; e.g. on `comostream prep gta` features")
     p.add_argument("--dry-run", action="store_true",
                    help="one step, one validation, one checkpoint, then stop")
     _config_options(p, "train", TrainConfig, ["max_steps", "batch_size", "lr", "seed"])

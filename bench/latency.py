@@ -11,7 +11,13 @@ Measured in one run on the same models:
 * ``teacher_ms`` vs ``onestep_ms``: the teacher's N-step Heun sampler vs the one-step target on
   one second of conditioning (same backbone size), per second of audio;
 * ``window_recompute_rtf``: the field's usual realtime strategy with the same models (re-run
-  features and every model on 2.5 s of left context + a 250 ms block, every 250 ms).
+  features and every model on 2.5 s of left context + a 250 ms block, every 250 ms);
+* with ``--sweep 1,2,4,8``, ``block_sweep``: latency, RTF and the window-recompute ratio at
+  each block size, with ``matmul_frame_cost_x``: what one frame of the backbone's largest
+  matrix product costs at that block relative to a 2.75 s batch. The window strategy re-runs
+  every frame 11 times in big batches; a block of ``b`` frames runs it once at
+  ``matmul_frame_cost_x`` times the batch price, so ``11 / matmul_frame_cost_x`` bounds the
+  ratio at that block whatever the dispatch overhead.
 """
 
 from __future__ import annotations
@@ -199,6 +205,44 @@ def _stream(
     return totals, dict(engine.stats.stage_times)
 
 
+def matmul_frame_cost(model: AcousticModel, frames: int, device: str,
+                      batch_frames: int = 258) -> float:  # fmt: skip
+    """How many times more one frame costs in a product of the backbone's largest weight matrix
+    with ``frames`` frames than with ``batch_frames`` (the window strategy's ~2.75 s): the
+    small-block penalty of matrix products, which no dispatch saving removes."""
+    weight = max((p for p in model.target.parameters() if p.dim() >= 2), key=lambda p: p.numel())
+    w = weight.detach().reshape(weight.shape[0], -1).to(device)
+
+    def per_frame(n: int) -> float:
+        x = torch.randn(n, w.shape[1], device=device)
+        with torch.inference_mode():
+            return _timed(lambda: [x @ w.t() for _ in range(50)], device, repeats=5) / (50 * n)
+
+    return per_frame(frames) / per_frame(batch_frames)
+
+
+def block_sweep(model: AcousticModel, vocoder: nn.Module, blocks: Sequence[int], *,
+                realtime: RealtimeConfig, window_rtf: float, device: str = "cpu",
+                sample_rate: int = 48000, seconds: float = 4.0) -> list[dict[str, Any]]:
+    """Latency, RTF and the window-recompute ratio at each block size (frames) of ``blocks``."""
+    import dataclasses
+
+    x = example_signal(seconds + 0.5, sample_rate)
+    rows = []
+    for b in blocks:
+        rt = dataclasses.replace(realtime, block_frames=int(b))
+        chunk = max(1, round(b * 256 * sample_rate / MODEL_RATE))
+        eng = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate, realtime=rt,
+                                             chunk=chunk)  # fmt: skip
+        totals, _ = _stream(eng, x, sample_rate)
+        rtf = float(sum(totals) / (len(totals) * chunk / sample_rate))
+        rows.append({"block_frames": int(b), "block_ms": eng.block_ms,
+                     "algorithmic_latency_ms": eng.latency_ms, "rtf": rtf,
+                     "chunk_ms_p99": _pct(totals, 99), "window_vs_streaming": window_rtf / rtf,
+                     "matmul_frame_cost_x": matmul_frame_cost(model, int(b), device)})  # fmt: skip
+    return rows
+
+
 def run_latency_bench(
     model: AcousticModel,
     vocoder: nn.Module,
@@ -208,6 +252,7 @@ def run_latency_bench(
     sample_rate: int = 48000,
     seconds: float = 8.0,
     source: str = "",
+    sweep: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict."""
     chunk = max(1, round(realtime.block_frames * 256 * sample_rate / MODEL_RATE))
@@ -255,6 +300,11 @@ def run_latency_bench(
         "chunks": len(totals),
         "chunk_ms_all": [1000.0 * t for t in totals],
     }
+    if sweep:
+        result["block_sweep"] = block_sweep(model, vocoder, sweep, realtime=realtime,
+                                            window_rtf=window_rtf, device=device,
+                                            sample_rate=sample_rate,
+                                            seconds=min(seconds, 4.0))  # fmt: skip
     return result
 
 
@@ -314,6 +364,14 @@ def format_latency_table(r: dict[str, Any]) -> str:
         f"window recompute (2.5 s context per 250 ms block): RTF {r['window_recompute_rtf']:.3f}"
         f" = {r['window_vs_streaming']:.1f}x the streaming engine",
     ]
+    if r.get("block_sweep"):
+        lines += ["", "| block (frames) | algorithmic ms | RTF | p99 chunk ms | window recompute"
+                  " / streaming | matmul cost per frame vs 2.75 s batch |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for row in r["block_sweep"]:
+            lines.append(f"| {row['block_frames']} | {row['algorithmic_latency_ms']:.1f} | "
+                         f"{row['rtf']:.3f} | {row['chunk_ms_p99']:.2f} | "
+                         f"{row['window_vs_streaming']:.1f}x | {row['matmul_frame_cost_x']:.1f}x |")
     if "ws_overhead_ms" in r:
         lines.append(f"WebSocket (loopback): round trip p50 {r['ws_rtt_ms_p50']:.2f} ms, p99 "
                      f"{r['ws_rtt_ms_p99']:.2f} ms; overhead over compute "

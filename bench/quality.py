@@ -6,9 +6,12 @@ semitones between the two singers' median F0) or a fixed amount, in three ways: 
 target offline, the teacher with N Heun steps offline (when a distillation checkpoint is given),
 and the streaming schedule at the default block. Per conversion:
 
-* ``f0_rmse_cents``: RMS cents between the output's F0 and the source's F0 times the
-  transposition, on frames voiced in both (both F0s by the streaming YIN tracker);
-  ``vde``: fraction of frames whose voiced flags disagree;
+* ``f0_rmse_cents``: RMS cents between the output's F0 (by the streaming YIN tracker) and the
+  source's F0 times the transposition, on frames voiced in both; the source's F0 is the
+  corpus's exact one where it has it (``f0_reference``: ``"corpus"``), else YIN's;
+  ``f0_gpe``: fraction of those frames more than 20 % off (gross errors, octave jumps),
+  ``f0_fine_rmse_cents``: RMS cents of the others; ``vde``: fraction of frames whose voiced
+  flags disagree;
 * ``spk_sim_target`` / ``spk_sim_source``: cosine of the output's Resemblyzer embedding with the
   target's / the source singer's (mean embedding of 4 train-split recordings each);
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
@@ -48,6 +51,7 @@ __all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
 
 MODES = ("onestep", "teacher", "streaming")
 EVAL_HINT = "pip install .[eval] (resemblyzer, speechmos)"
+GROSS_CENTS = 1200.0 * math.log2(1.2)  # a gross pitch error: more than 20 % off (GPE's bound)
 ACTIVE_DB = -45.0  # dBFS: frames quieter than this in either signal are left out of the MCD
 _MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
 
@@ -198,6 +202,38 @@ def _conversions(lines: list[_Line], singers: list[str], limit: int | None) -> I
                 yield ln, src, utt, tgt
 
 
+def _source_f0(utt: Utterance, audio: np.ndarray, cfg: F0Config) -> tuple[np.ndarray, np.ndarray]:
+    """``(f0 Hz, voiced)`` per frame of the source: the corpus's exact F0 when it has one (the
+    synthetic corpus does), else the YIN tracker's."""
+    if utt.f0_path is not None and utt.f0_path.is_file():
+        f0 = np.load(utt.f0_path).astype(np.float64)
+        return f0, f0 > 0
+    track = yin_f0(audio, cfg)
+    return track.f0_hz, track.voiced
+
+
+def f0_errors(ref_hz: np.ndarray, ref_voiced: np.ndarray, out_hz: np.ndarray,
+              out_voiced: np.ndarray) -> dict[str, float | None]:  # fmt: skip
+    """F0 figures of one conversion, per frame (the shorter track's length): ``f0_rmse_cents``
+    over frames voiced in both (None if none), ``f0_gpe`` the fraction of those more than 20 %
+    off (gross pitch errors: octave jumps), ``f0_fine_rmse_cents`` the RMSE of the rest, ``vde``
+    the fraction of frames whose voiced flags disagree."""
+    n = min(len(ref_hz), len(out_hz))
+    rv, ov = np.asarray(ref_voiced[:n], bool), np.asarray(out_voiced[:n], bool)
+    both = rv & ov & (ref_hz[:n] > 0) & (out_hz[:n] > 0)
+    out: dict[str, float | None] = {"f0_rmse_cents": None, "f0_gpe": None,
+                                    "f0_fine_rmse_cents": None,
+                                    "vde": float(np.mean(rv != ov)) if n else None}  # fmt: skip
+    if both.any():
+        cents = 1200.0 * np.log2(out_hz[:n][both] / ref_hz[:n][both])
+        gross = np.abs(cents) > GROSS_CENTS
+        out["f0_rmse_cents"] = float(np.sqrt(np.mean(cents**2)))
+        out["f0_gpe"] = float(np.mean(gross))
+        out["f0_fine_rmse_cents"] = float(np.sqrt(np.mean(cents[~gross] ** 2))) if (~gross).any() \
+            else None
+    return out
+
+
 def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     if a is None or b is None:
         return None
@@ -261,26 +297,24 @@ def run_quality_bench(
         audio = load_audio(utt.path)
         t = (round(12 * math.log2(medians[tgt] / medians[src]))
              if transpose == "auto" else float(transpose))  # fmt: skip
-        src_f0 = yin_f0(audio, f0_cfg)
+        src_f0 = _source_f0(utt, audio, f0_cfg)
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in models.items():
             y = _convert(m, vocoder, audio, tgt, t, block if mode == "streaming" else None)
             out_f0 = yin_f0(y, f0_cfg)
-            want = src_f0.f0_hz * 2.0 ** (t / 12)
-            both = src_f0.voiced & out_f0.voiced
-            cents = 1200 * np.log2(out_f0.f0_hz[both] / want[both]) if both.any() else None
             emb = spk.embed(y)
             rows[mode].append({
-                "f0_rmse_cents": float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
-                "vde": float(np.mean(src_f0.voiced != out_f0.voiced)),
+                **f0_errors(src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced),
                 "spk_sim_target": _cos(emb, refs[tgt]), "spk_sim_source": _cos(emb, refs[src]),
                 "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
                 "dnsmos_ovrl": _dnsmos(y),
             })  # fmt: skip
     result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
+    exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
     result.update(checkpoint=str(checkpoint), corpus=str(corpus), split=split, block=block,
                   transpose=transpose, lines=len(lines), singers=singers,
+                  f0_reference="corpus" if exact else "yin (or corpus where given)",
                   eval_packages=spk.encoder is not None and _has("speechmos"))  # fmt: skip
     if not result["eval_packages"]:
         result["note"] = f"speaker similarity / DNSMOS need the eval extra: {EVAL_HINT}"
@@ -306,8 +340,8 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
 
 def format_quality_table(r: dict[str, Any]) -> str:
     """A Markdown table of :func:`run_quality_bench`'s result."""
-    keys = ("f0_rmse_cents", "vde", "spk_sim_target", "spk_sim_source", "spk_win_rate", "mcd_db",
-            "dnsmos_ovrl", "n_conversions")  # fmt: skip
+    keys = ("f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde", "spk_sim_target",
+            "spk_sim_source", "spk_win_rate", "mcd_db", "dnsmos_ovrl", "n_conversions")
     lines = ["| metric | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]
     for k in keys:
         cells = []

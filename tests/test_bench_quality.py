@@ -11,7 +11,7 @@ import pytest
 
 import comostream
 from bench.latency import example_signal
-from bench.quality import dtw_mcd_db
+from bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors
 from models.config import CorpusConfig
 from tests.model_files import write_tiny_model
 from training.corpus import load_corpus
@@ -29,6 +29,24 @@ def test_dtw_mcd_is_zero_for_identical_and_shift_tolerant() -> None:
     tilt = np.linspace(1.0, 0.1, spectrum.shape[0])  # darker timbre
     darker = np.fft.irfft(spectrum * tilt, n=len(x)).astype(np.float32)
     assert dtw_mcd_db(x, darker) > 2.0
+
+
+def test_f0_errors_separate_octave_jumps_from_fine_error() -> None:
+    ref = np.full(100, 200.0)
+    voiced = np.ones(100, bool)
+    voiced[:10] = False  # unvoiced in the source
+    out = ref * 2.0 ** (10 / 1200)  # 10 cents sharp everywhere...
+    out[50:52] = 400.0  # ...but two octave jumps
+    out_voiced = np.ones(100, bool)
+    r = f0_errors(ref, voiced, out, out_voiced)
+    assert r["vde"] == pytest.approx(0.10)
+    assert r["f0_gpe"] == pytest.approx(2 / 90)
+    assert r["f0_fine_rmse_cents"] == pytest.approx(10.0)
+    assert r["f0_rmse_cents"] == pytest.approx(np.sqrt((88 * 100 + 2 * 1200**2) / 90))
+    assert 300 < GROSS_CENTS < 320
+    none = f0_errors(ref, np.zeros(100, bool), out, out_voiced)
+    assert none["f0_rmse_cents"] is None and none["vde"] == 1.0
+    assert f0_errors(ref, voiced, out[:60], out_voiced[:60])["vde"] == pytest.approx(10 / 60)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +68,9 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     r = json.loads(capsys.readouterr().out)
     for mode in ("onestep", "teacher", "streaming"):
         assert mode in r
-    for key in ("f0_rmse_cents", "vde", "spk_sim_target", "spk_sim_source", "spk_win_rate",
-                "mcd_db", "dnsmos_ovrl", "n_conversions"):  # fmt: skip
+    assert r["f0_reference"] == "corpus"  # the synthetic corpus has exact F0
+    for key in ("f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde", "spk_sim_target",
+                "spk_sim_source", "spk_win_rate", "mcd_db", "dnsmos_ovrl", "n_conversions"):
         assert key in r["onestep"]
     assert r["onestep"]["n_conversions"] == r["streaming"]["n_conversions"] == 2
     assert r["teacher"]["n_conversions"] == 0  # no --distill given

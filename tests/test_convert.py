@@ -110,6 +110,25 @@ def test_bench_latency_json(files, capsys, tmp_path: Path) -> None:
     assert r["threads"] == 1 and r["rtf"] > 0 and r["teacher_ms"] > r["onestep_ms"]
 
 
+def test_bench_latency_block_sweep(files, capsys) -> None:
+    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--seconds",
+                          "1", "--threads", "1", "--sweep", "1,4"])  # fmt: skip
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| 4 |" in out and "matmul cost per frame" in out
+    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--seconds",
+                          "1", "--threads", "1", "--sweep", "2", "--json"])  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    (row,) = r["block_sweep"]
+    assert row["block_frames"] == 2
+    assert row["algorithmic_latency_ms"] == pytest.approx(r["algorithmic_latency_ms"])
+    assert row["window_vs_streaming"] == pytest.approx(r["window_recompute_rtf"] / row["rtf"])
+    assert row["matmul_frame_cost_x"] > 0
+    with pytest.raises(SystemExit):
+        comostream.main(["bench", "latency", "--sweep", "1,0"])
+    assert "expected frames like" in capsys.readouterr().err
+
+
 def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path) -> None:
     """--vocoder with a HiFi-GAN generator in its original format: loaded, run windowed."""
     from tests.test_ext_vocoder import ARCH1, original_state, write_original

@@ -3,7 +3,8 @@
 Runs, as the documented ``comostream`` commands, into one run folder (default
 ``out/default-model``): the synthetic corpus (10 singers x 2 minutes), the content encoder, the
 training features, the EDM teacher and its consistency distillation, and, at the same time on the
-other core, the vocoder; then the inference file with its vocoder, and its evaluation. Every
+other core, the vocoder; then the vocoder fine-tuned on the distilled model's own mels
+(``prep gta``), the inference file with that vocoder, and its evaluation. Every
 stage is seeded; a stage whose output exists is skipped, so an interrupted run continues where it
 stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
 
@@ -50,7 +51,8 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
     by side (acoustic model | vocoder), and the final stages."""
     cfg = str(_recipe_config(run))
     configs = Path(__file__).resolve().parents[1] / "configs"
-    steps = {"content": 1200, "teacher": 1500, "distill": 800, "vocoder": 3000}
+    steps = {"content": 1200, "teacher": 4000, "distill": 1500, "vocoder": 3000,
+             "vocoder_gta": 1000}
     if quick:
         steps = {k: 4 for k in steps}
     minutes = "0.3" if quick else "2"
@@ -79,8 +81,17 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
                           "--max-steps", str(steps["vocoder"])], run / "vocoder" / "last.pt"),
     ]  # fmt: skip
     after = [
+        # the vocoder fine-tuned on the model's own mels (training.vocoder_gta)
+        Stage("acoustic-export", ["export", str(run / "distill" / "last.pt"), "-o",
+                                  str(run / "acoustic.ckpt")], run / "acoustic.ckpt"),
+        Stage("gta", ["prep", "gta", str(run / "acoustic.ckpt"), "--data", str(run / "feat"),
+                      "--out", str(run / "feat-gta")], run / "feat-gta" / "features.json"),
+        Stage("vocoder-gta", ["train", "vocoder", "--config", str(configs / "vocoder-cpu.toml"),
+                              "--data", str(run / "feat-gta"), "--out", str(run / "vocoder-gta"),
+                              "--init", str(run / "vocoder" / "last.pt"), "--max-steps",
+                              str(steps["vocoder_gta"])], run / "vocoder-gta" / "last.pt"),
         Stage("export", ["export", str(run / "distill" / "last.pt"), "-o", str(run / "model.ckpt"),
-                         "--vocoder", str(run / "vocoder" / "last.pt"), "--corpus",
+                         "--vocoder", str(run / "vocoder-gta" / "last.pt"), "--corpus",
                          str(run / "corpus")], run / "model.ckpt"),
         Stage("quality", ["bench", "quality", "--checkpoint", str(run / "model.ckpt"), "--data",
                           str(run / "feat"), "--distill", str(run / "distill" / "last.pt"),
@@ -98,7 +109,8 @@ def _run(stage: Stage, log: Path) -> subprocess.Popen[bytes] | None:
         return None
     cmd = [sys.executable, "-m", "comostream", *stage.args]
     _log(log, f"[{stage.name}] $ comostream {shlex.join(stage.args)}")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+               TQDM_MININTERVAL="30")  # progress bars: a line every 30 s in the log
     out = open(stage.stdout, "wb") if stage.stdout else open(log, "ab")  # noqa: SIM115
     err = open(log, "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)

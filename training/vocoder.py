@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.checkpoint_io import load_checkpoint
+from models.checkpoint_io import load_checkpoint, load_state_strict
 from models.config import Config
 from models.mel import MelSpectrogram
 from models.vocoder import CHECKPOINT_KIND, EXPORT_KIND, Vocoder, load_vocoder
@@ -98,11 +98,16 @@ def train_vocoder(
     *,
     corpus: str | Path | None = None,
     resume: str | Path | None = None,
+    init: str | Path | None = None,
     dry_run: bool = False,
     progress: bool = True,
 ) -> TrainState:
     """Train on feature folder ``data`` (waveforms from ``corpus``, default: the features'
-    ``source``) into run folder ``out``; returns the final state (``out/last.pt`` written)."""
+    ``source``) into run folder ``out``; returns the final state (``out/last.pt`` written).
+
+    ``init``: start from this vocoder's weights (a ``train vocoder`` checkpoint or export of the
+    same sizes) with fresh optimisers at step 0: fine-tuning, e.g. on GTA mels
+    (:mod:`training.vocoder_gta`)."""
     data, out = Path(data), Path(out)
     device = _device()
     seed_everything(cfg.train.seed)
@@ -115,7 +120,10 @@ def train_vocoder(
         valid_batch: dict[str, Tensor] | None = valid_set.batch(range(VALID_SEGMENTS))
     except ValueError:  # FeatureError: no valid split
         valid_batch = None
-    vocoder = Vocoder(vc, cfg.audio).to(device)
+    vocoder = Vocoder(vc, cfg.audio)
+    if init is not None:
+        load_state_strict(vocoder, load_vocoder(init).state_dict(), f"--init {init}")
+    vocoder = vocoder.to(device)
     disc = Discriminators(vc).to(device)
     tc = cfg.train
     optimizers = {
@@ -126,7 +134,8 @@ def train_vocoder(
     }  # fmt: skip
     state = make_state({"vocoder": vocoder, "discriminator": disc}, tc, device,
                        optimizers=optimizers)  # fmt: skip
-    state.meta = {"data": str(data), "corpus": str(src)}
+    state.meta = {"data": str(data), "corpus": str(src),
+                  **({"init": str(init)} if init is not None else {})}  # fmt: skip
     losses = VocoderLoss(cfg, device)
 
     def step(st: TrainState, batch: dict[str, Tensor]) -> dict[str, Tensor]:

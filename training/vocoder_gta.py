@@ -1,0 +1,99 @@
+"""Ground-truth-aligned (GTA) features: the acoustic model's own mels, for vocoder fine-tuning.
+
+A vocoder trained on the mels of real recordings meets, at conversion time, the one-step
+target's mels, which are smoother (less harmonic detail, blurred formants); it answers them with
+too much noise and a weak fundamental. Fine-tuning it on *generated* mels that are frame-aligned
+with the real recordings (Tacotron 2 / HiFi-GAN practice) teaches it to render those mels as
+the recordings they stand for.
+
+:func:`write_gta_features` copies a feature folder with every utterance's ``mel`` replaced by
+the distilled target's one-step output from that utterance's own features (its own singer, no
+transposition, the realtime path's counter-hashed noise of ``[realtime] seed``, so the mels are
+those the engine would make). F0, loudness, content and the index are copied unchanged, and
+``features.json`` keeps the corpus (``source``, made absolute) and records ``gta_model``; the
+folder is then a normal ``--data`` for ``comostream train vocoder --init``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.acoustic import AcousticModel
+from models.noise import frame_noise
+from training.feature_index import FeatureError, load_feature_index, write_text_atomic
+from training.vocoder_data import corpus_of
+
+__all__ = ["gta_mel", "write_gta_features"]
+
+
+def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
+            seed: int) -> np.ndarray:  # fmt: skip
+    """The one-step target's log-mel ``(n_mels, T)`` float32 from one utterance's features
+    (``f0`` (T,) Hz, ``voiced`` (T,), ``loudness`` (T,) dB, ``content`` (C, T) if the model
+    takes content), with the frame-indexed noise of ``seed``."""
+    frames = int(arrays["f0"].shape[0])
+    feats = {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
+             for k in ("f0", "loudness") }  # fmt: skip
+    feats["voiced"] = torch.from_numpy(np.asarray(arrays["voiced"], dtype=bool)).unsqueeze(0)
+    if "content" in arrays:
+        feats["content"] = torch.from_numpy(np.asarray(arrays["content"],
+                                                       dtype=np.float32)).unsqueeze(0)
+    index = torch.arange(frames, dtype=torch.int64).unsqueeze(0)
+    noise = frame_noise(index, model.cfg.audio.n_mels, seed)
+    return model.generate(feats, singer, noise)[0].numpy().astype(np.float32)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` through a temp file and ``os.replace`` (a crash leaves no half file)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str | Path,
+                       *, model_name: str = "", progress: bool = True) -> Path:  # fmt: skip
+    """Write the GTA copy of ``feat_dir`` into ``out_dir`` (see the module docstring); returns
+    ``out_dir``. Utterances already written are kept, so an interrupted run continues.
+
+    Raises FeatureError when a singer of the features is not in the model's table.
+    """
+    feat_dir, out_dir = Path(feat_dir), Path(out_dir)
+    index, meta = load_feature_index(feat_dir)
+    missing = sorted(set(index.singers) - set(model.speakers))
+    if missing:
+        raise FeatureError(f"{feat_dir}: singers {', '.join(missing)} are not in the model "
+                           f"(it knows {', '.join(model.speakers)})")  # fmt: skip
+    source = corpus_of(feat_dir, None).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = model.cfg.realtime.seed
+    model.eval()
+    for e in tqdm(index.entries, desc="gta mels", unit="utt", disable=not progress,
+                  file=sys.stderr):  # fmt: skip
+        dst = out_dir / e.path
+        if dst.is_file():
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with np.load(feat_dir / e.path) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["mel"] = gta_mel(model, arrays, e.singer, seed)
+        _save_npz(dst, arrays)
+    for name in ("index.jsonl", "skipped.jsonl"):
+        if (feat_dir / name).is_file():
+            shutil.copyfile(feat_dir / name, out_dir / name)
+    meta = {**meta, "source": str(source), "gta_model": model_name, "gta_seed": seed}
+    write_text_atomic(out_dir / "features.json", json.dumps(meta, indent=2) + "\n")
+    return out_dir

@@ -224,6 +224,9 @@ class FeaturesConfig:
     silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
     content_checkpoint: str = ""  # "content" extractor: a `train content` checkpoint ("" = none)
     content_perturb: bool = False  # content from a WORLD-perturbed copy (another "singer")
+    # content from another singer's rendition of the same line (parallel corpora: the synthetic
+    # one), perturbed too if content_perturb; utterances without one keep their own audio
+    content_swap: bool = False
     # "content" extractor from a user's HuBERT/ContentVec/Whisper file instead (models.ext_content;
     # "" = none); model.content_dim must then equal its channels (768 for base, 256 projected)
     content_model: str = ""

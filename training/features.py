@@ -100,6 +100,8 @@ def _f0(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]
 
 
 def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
+    if cfg.features.content_swap:
+        audio = _swapped(audio, utt, cfg)
     if cfg.features.content_perturb:
         audio = _perturbed(audio, utt, cfg)
     if cfg.features.content_model:
@@ -109,17 +111,51 @@ def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.nda
     return content_features(audio, utt, cfg)
 
 
+def _utt_seed(utt: Utterance) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(str(utt.path).encode()).digest()[:8], "little")
+
+
+@functools.lru_cache(maxsize=4)
+def _renditions(root: str) -> dict[int, list[Utterance]]:
+    """The utterances of the corpus at ``root`` by lyric line (lines of unknown number left out)."""
+    by_line: dict[int, list[Utterance]] = {}
+    for u in load_corpus(Path(root)):
+        if u.line is not None:
+            by_line.setdefault(u.line, []).append(u)
+    return by_line
+
+
+def _swapped(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
+    """Another singer's rendition of ``utt``'s line, of the same length (the synthetic corpus
+    warps every rendition onto the same notes, so it is frame-aligned to within phonemes),
+    chosen by a draw seeded with the utterance's path; ``audio`` itself when there is none.
+    Content computed from it carries the words and timing of the line in a *different* voice,
+    so the acoustic model learns to take the timbre from the singer table only."""
+    if utt.line is None:
+        return audio
+    others = [u for u in _renditions(str(utt.path.parent.parent)).get(utt.line, [])
+              if u.singer != utt.singer]  # fmt: skip
+    rng = np.random.default_rng([_utt_seed(utt), cfg.train.seed, 1])
+    for k in rng.permutation(len(others)):
+        try:
+            other = load_audio(others[k].path, cfg.audio.sample_rate)
+        except AudioError:
+            continue
+        if other.shape == audio.shape:
+            return other
+    return audio
+
+
 def _perturbed(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
     """``audio`` resung by a random other singer (WORLD: pitch, formants, EQ, breathiness in
     the ``[content]`` ranges), same frames; the draw is seeded by the utterance's path, so a
     re-run gives the same features. Content from such a copy carries the words and timing but
     not the singer, so the acoustic model must take timbre from its singer embedding."""
-    import hashlib
-
     from training.perturb import analyze_utterance, draw_perturbation, perturb
 
-    seed = int.from_bytes(hashlib.sha256(str(utt.path).encode()).digest()[:8], "little")
-    rng = np.random.default_rng([seed, cfg.train.seed])
+    rng = np.random.default_rng([_utt_seed(utt), cfg.train.seed])
     hop = cfg.audio.hop_length
     world = analyze_utterance(audio, cfg.audio.sample_rate, hop, f0_cfg=cfg.f0)
     y = perturb(world, draw_perturbation(rng, cfg.content)).astype(np.float32)

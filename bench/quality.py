@@ -11,7 +11,8 @@ and the streaming schedule at the default block. Per conversion:
   corpus's exact one where it has it (``f0_reference``: ``"corpus"``), else YIN's;
   ``f0_gpe``: fraction of those frames more than 20 % off (gross errors, octave jumps),
   ``f0_fine_rmse_cents``: RMS cents of the others; ``vde``: fraction of frames whose voiced
-  flags disagree;
+  flags disagree; ``f0_floor``: the same figures of the tracker on the unconverted sources
+  against the corpus's F0, i.e. what an exact conversion would score with this measurement;
 * ``spk_sim_target`` / ``spk_sim_source``: cosine of the output's Resemblyzer embedding with the
   target's / the source singer's (mean embedding of 4 train-split recordings each);
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
@@ -292,12 +293,16 @@ def run_quality_bench(
         medians[s], refs[s] = _singer_references(utts, s, f0_cfg, spk)
     rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
     todo = list(_conversions(lines, singers, max_conversions))
+    floor: list[dict[str, float | None]] = []
     for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress,
                                   file=sys.stderr):  # fmt: skip
         audio = load_audio(utt.path)
         t = (round(12 * math.log2(medians[tgt] / medians[src]))
              if transpose == "auto" else float(transpose))  # fmt: skip
         src_f0 = _source_f0(utt, audio, f0_cfg)
+        if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
+            own = yin_f0(audio, f0_cfg)
+            floor.append(f0_errors(src_f0[0], src_f0[1], own.f0_hz, own.voiced))
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in models.items():
@@ -312,6 +317,9 @@ def run_quality_bench(
             })  # fmt: skip
     result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
     exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
+    if floor:  # what an exact conversion would score: the tracker's own error on the sources
+        result["f0_floor"] = {k: v for k, v in _summary(floor).items()
+                              if k.startswith("f0_") or k == "vde"}  # fmt: skip
     result.update(checkpoint=str(checkpoint), corpus=str(corpus), split=split, block=block,
                   transpose=transpose, lines=len(lines), singers=singers,
                   f0_reference="corpus" if exact else "yin (or corpus where given)",
@@ -332,7 +340,7 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
 
     out: dict[str, float | int | None] = {k: mean(k) for k in rows[0]}
     wins = [r["spk_sim_target"] > r["spk_sim_source"] for r in rows
-            if r["spk_sim_target"] is not None and r["spk_sim_source"] is not None]  # fmt: skip
+            if r.get("spk_sim_target") is not None and r.get("spk_sim_source") is not None]
     out["spk_win_rate"] = float(np.mean(wins)) if wins else None
     out["n_conversions"] = len(rows)
     return out
@@ -353,6 +361,11 @@ def format_quality_table(r: dict[str, Any]) -> str:
     lines.append(f"{r['lines']} held-out lines ({r['split']} split), {len(r['singers'])} "
                  f"singers, transposition {r['transpose']}, streaming block {r['block']} "
                  "frames")  # fmt: skip
+    if r.get("f0_floor"):
+        fl = r["f0_floor"]
+        lines.append(f"F0 reference: {r['f0_reference']}; the tracker on the unconverted sources "
+                     f"scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE {fl['f0_gpe']:.3f}, fine "
+                     f"{fl['f0_fine_rmse_cents']:.1f} cents (the floor of this measurement)")
     if r.get("note"):
         lines.append(r["note"])
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 
 import comostream
 from bench.latency import example_signal
-from bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors
+from bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors, format_quality_table
 from models.config import CorpusConfig
 from tests.model_files import write_tiny_model
 from training.corpus import load_corpus
@@ -69,6 +69,10 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     for mode in ("onestep", "teacher", "streaming"):
         assert mode in r
     assert r["f0_reference"] == "corpus"  # the synthetic corpus has exact F0
+    assert set(r["f0_floor"]) == {"f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde"}
+    assert 0 <= r["f0_floor"]["f0_fine_rmse_cents"] < 100  # YIN on clean synthetic singing
+    table = format_quality_table(r)
+    assert "f0_gpe" in table and "floor of this measurement" in table
     for key in ("f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde", "spk_sim_target",
                 "spk_sim_source", "spk_win_rate", "mcd_db", "dnsmos_ovrl", "n_conversions"):
         assert key in r["onestep"]

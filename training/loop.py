@@ -274,7 +274,7 @@ class Trainer:
                     row["steps_per_s"] = (st.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step, window = now, st.step, {}
                     logger.log("train", st.step, row)
-                    bar.set_postfix(loss=f"{row['loss']:.4g}")
+                    bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
                 if st.step % tc.valid_every == 0 or self.dry_run:
                     self.validate(logger)
                 if st.step % tc.ckpt_every == 0 or final:

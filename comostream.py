@@ -395,7 +395,8 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     if checkpoint is None:
         raise CommandError("no model given and none shipped: pass --checkpoint MODEL.ckpt")
     transpose = args.transpose if args.transpose == "auto" else float(args.transpose)
-    result = run_quality_bench(checkpoint, args.data, args.corpus, distill=args.distill,
+    result = run_quality_bench(checkpoint, args.data, args.corpus, vocoder=args.vocoder,
+                               distill=args.distill,
                                teacher_steps=args.teacher_steps, block=args.block,
                                transpose=transpose, split=args.split, max_lines=args.max_lines,
                                max_conversions=args.max_conversions)  # fmt: skip
@@ -697,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, default=None, metavar="DIR", help="the corpus")
     p.add_argument("--distill", type=Path, default=None, metavar="CKPT",
                    help="the distillation checkpoint, for the teacher column")
+    p.add_argument("--vocoder", type=Path, default=None, metavar="VOC.ckpt",
+                   help="score with this vocoder (a `train vocoder` checkpoint or export) instead "
+                        "of the one in the model file")
     p.add_argument("--teacher-steps", type=_positive_int, default=None, metavar="N")
     p.add_argument("--block", type=_positive_int, default=None, metavar="FRAMES",
                    help="streaming block (default: [realtime] block_frames of the model)")

@@ -257,6 +257,7 @@ def run_quality_bench(
     data: Path | None = None,
     corpus: Path | None = None,
     *,
+    vocoder: Path | None = None,
     distill: Path | None = None,
     teacher_steps: int | None = None,
     block: int | None = None,
@@ -271,7 +272,7 @@ def run_quality_bench(
 
     from realtime.load import load_models
 
-    model, vocoder = load_models(checkpoint)
+    model, voc = load_models(checkpoint, vocoder)
     if corpus is None:
         if data is None:
             raise ValueError("give --data (the model's feature folder) or --corpus")
@@ -306,7 +307,7 @@ def run_quality_bench(
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in models.items():
-            y = _convert(m, vocoder, audio, tgt, t, block if mode == "streaming" else None)
+            y = _convert(m, voc, audio, tgt, t, block if mode == "streaming" else None)
             out_f0 = yin_f0(y, f0_cfg)
             emb = spk.embed(y)
             rows[mode].append({
@@ -320,7 +321,8 @@ def run_quality_bench(
     if floor:  # what an exact conversion would score: the tracker's own error on the sources
         result["f0_floor"] = {k: v for k, v in _summary(floor).items()
                               if k.startswith("f0_") or k == "vde"}  # fmt: skip
-    result.update(checkpoint=str(checkpoint), corpus=str(corpus), split=split, block=block,
+    result.update(checkpoint=str(checkpoint), vocoder=str(vocoder) if vocoder else None,
+                  corpus=str(corpus), split=split, block=block,
                   transpose=transpose, lines=len(lines), singers=singers,
                   f0_reference="corpus" if exact else "yin (or corpus where given)",
                   eval_packages=spk.encoder is not None and _has("speechmos"))  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import comostream
 from bench.latency import example_signal
@@ -81,6 +82,29 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     # the streaming schedule gives the offline output, so the same figures
     assert r["streaming"]["vde"] == pytest.approx(r["onestep"]["vde"], abs=1e-6)
     assert r["onestep"]["mcd_db"] > 0
+
+
+def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, capsys) -> None:
+    from models.vocoder import EXPORT_KIND
+    from tests.model_files import tiny_models
+    from training.checkpoint import save_checkpoint
+
+    singers = sorted({u.singer for u in load_corpus(corpus)})
+    model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=singers)
+    voc = tiny_models(lookahead=0)[1]
+    with torch.no_grad():
+        for p in voc.parameters():
+            p.add_(0.05)  # another vocoder than the one in the model file
+    vfile = save_checkpoint(tmp_path / "v.ckpt", {"kind": EXPORT_KIND, **voc.export_payload()})
+    outs = []
+    for extra in ([], ["--vocoder", str(vfile)]):
+        rc = comostream.main(["bench", "quality", "--checkpoint", str(model), "--corpus",
+                              str(corpus), "--split", "train", "--max-conversions", "1", "--json",
+                              *extra])  # fmt: skip
+        assert rc == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["vocoder"] is None and outs[1]["vocoder"] == str(vfile)
+    assert outs[0]["onestep"]["mcd_db"] != outs[1]["onestep"]["mcd_db"]
 
 
 def test_quality_bench_without_a_model_is_a_clear_error(capsys) -> None:

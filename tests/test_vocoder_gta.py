@@ -17,6 +17,7 @@ from models.checkpoint_io import CheckpointError
 from models.config import Config, FeaturesConfig, config_from_dict, config_to_dict, load_config
 from models.noise import frame_noise
 from models.vocoder import VOCODER_PRESETS, load_vocoder
+from tests.test_vocoder_training import _tone
 from training.checkpoint import save_checkpoint
 from training.feature_index import FeatureError, load_feature_index
 from training.features import prepare_features
@@ -30,13 +31,6 @@ SR, HOP = 24000, 256
 SINGERS = {"low": 130.0, "high": 260.0}
 
 
-def _tone(f0: np.ndarray, seed: int) -> np.ndarray:
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    h = np.arange(1, 25)
-    x = np.sin(np.outer(phase, h)) @ (1.0 / h) * 0.1
-    return (x + 0.003 * np.random.default_rng(seed).standard_normal(x.size)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two singers x 6 one-second tones, features mel + F0 (corpus truth) + loudness."""
@@ -47,7 +41,7 @@ def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(6):
             n = SR
             f0 = np.full(n, base * (1 + 0.05 * i))
-            sf.write(corpus / singer / f"line{i:03d}.wav", _tone(f0, i), SR)
+            sf.write(corpus / singer / f"line{i:03d}.wav", _tone(f0), SR)
             np.save(corpus / singer / f"line{i:03d}.f0.npy",
                     f0[::HOP][: n // HOP + 1].astype(np.float32))  # fmt: skip
     cfg = Config(features=FeaturesConfig(extractors=("mel", "f0", "loudness"), f0_source="corpus"))

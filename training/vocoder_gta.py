@@ -17,10 +17,8 @@ folder is then a normal ``--data`` for ``comostream train vocoder --init``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from tqdm import tqdm
 from models.acoustic import AcousticModel
 from models.noise import frame_noise
 from training.feature_index import FeatureError, load_feature_index, write_text_atomic
+from training.features import save_npz
 from training.vocoder_data import corpus_of
 
 __all__ = ["gta_mel", "write_gta_features"]
@@ -42,7 +41,7 @@ def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
     takes content), with the frame-indexed noise of ``seed``."""
     frames = int(arrays["f0"].shape[0])
     feats = {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
-             for k in ("f0", "loudness") }  # fmt: skip
+             for k in ("f0", "loudness")}  # fmt: skip
     feats["voiced"] = torch.from_numpy(np.asarray(arrays["voiced"], dtype=bool)).unsqueeze(0)
     if "content" in arrays:
         feats["content"] = torch.from_numpy(np.asarray(arrays["content"],
@@ -50,18 +49,6 @@ def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
     index = torch.arange(frames, dtype=torch.int64).unsqueeze(0)
     noise = frame_noise(index, model.cfg.audio.n_mels, seed)
     return model.generate(feats, singer, noise)[0].numpy().astype(np.float32)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` through a temp file and ``os.replace`` (a crash leaves no half file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str | Path,
@@ -86,11 +73,10 @@ def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str 
         dst = out_dir / e.path
         if dst.is_file():
             continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
         with np.load(feat_dir / e.path) as data:
             arrays = {k: data[k] for k in data.files}
         arrays["mel"] = gta_mel(model, arrays, e.singer, seed)
-        _save_npz(dst, arrays)
+        save_npz(dst, arrays)
     for name in ("index.jsonl", "skipped.jsonl"):
         if (feat_dir / name).is_file():
             shutil.copyfile(feat_dir / name, out_dir / name)

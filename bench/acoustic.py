@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.acoustic import condition_from_features
-from models.edm import denormalise_mel
-from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
-from training.acoustic import load_distilled, mel_distance
-from training.dataset import DEFAULT_ARRAYS, SegmentDataset
+from comostream.models.acoustic import condition_from_features
+from comostream.models.edm import denormalise_mel
+from comostream.models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from comostream.training.acoustic import load_distilled, mel_distance
+from comostream.training.dataset import DEFAULT_ARRAYS, SegmentDataset
 
 __all__ = ["format_acoustic_table", "run_acoustic_bench"]
 

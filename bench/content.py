@@ -20,7 +20,7 @@ of the corpus is held out. On the held-out singers' frames whose loudness is abo
   ridge map fitted on other lines from one singer's features plus the other's F0/voiced/
   loudness to the other's mel, for features ``content``, ``mel`` and ``none``: content kept
   = ``content`` well below ``none``); (2) ``decoder_mel_l1``: the training decoder rebuilding
-  held-out singers' test lines from their content (:mod:`bench.content_recon`).
+  held-out singers' test lines from their content (:mod:`comostream.bench.content_recon`).
 * ``compute``: seconds of compute per second of audio for the streaming ``step`` with blocks
   of 1 and 4 frames and the one-shot forward, on ``threads`` CPU threads (mel excluded).
 """
@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bench.content_recon import decoder_reconstruction
-from bench.probes import (
+from comostream.bench.content_recon import decoder_reconstruction
+from comostream.bench.probes import (
     Standardizer,
     cosine_pairs,
     logreg_accuracy,
@@ -51,12 +51,12 @@ from bench.probes import (
     ridge_predict,
     shuffled_index,
 )
-from models.audio import load_audio
-from models.checkpoint_io import load_checkpoint
-from models.config import Config
-from models.content import CHECKPOINT_KIND, ContentEncoder, load_content_encoder
-from training.corpus import CorpusError, Utterance, load_corpus
-from training.features import EXTRACTORS
+from comostream.models.audio import load_audio
+from comostream.models.checkpoint_io import load_checkpoint
+from comostream.models.config import Config
+from comostream.models.content import CHECKPOINT_KIND, ContentEncoder, load_content_encoder
+from comostream.training.corpus import CorpusError, Utterance, load_corpus
+from comostream.training.features import EXTRACTORS
 
 __all__ = ["DEFAULT_CHECKPOINT", "format_content_report", "run_content_bench", "stream_rtf"]
 

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointError, load_state_strict
-from models.config import config_from_dict
-from training.content import ContentDecoder
+from comostream.models.checkpoint_io import CheckpointError, load_state_strict
+from comostream.models.config import config_from_dict
+from comostream.training.content import ContentDecoder
 
 __all__ = ["decoder_reconstruction"]
 

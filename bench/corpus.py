@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from models.config import Config
+from comostream.models.config import Config
 
 BENCH_CORPUS_DIR = Path("out/bench-corpus")
 BENCH_MINUTES = 1.0  # minutes per singer: enough held-out lines for stable figures
@@ -18,7 +18,7 @@ def default_bench_corpus(cfg: Config, root: Path = BENCH_CORPUS_DIR) -> Path:
     The folder name records singers, minutes and seed, so a changed config never reuses a
     corpus made for another one.
     """
-    from training.synth import synthesize_corpus
+    from comostream.training.synth import synthesize_corpus
 
     corpus_cfg = dataclasses.replace(cfg.corpus, minutes=BENCH_MINUTES)
     folder = root / f"s{corpus_cfg.singers}-m{corpus_cfg.minutes:g}-seed{corpus_cfg.seed}"

@@ -11,8 +11,8 @@ Metrics (frames on the 24 kHz / hop-256 grid, pooled over all utterances of the 
   compiles kernels, is made on a warm-up clip and not timed);
 - ``seconds`` / ``frames``: audio evaluated.
 
-``rpa``/``rca``/``vde`` are measured after :func:`models.f0_post.postprocess` (the F0 the models
-are trained on); ``rpa_raw``/``vde_raw`` are the backend output before it (for ``yin`` that
+``rpa``/``rca``/``vde`` are measured after :func:`comostream.models.f0_post.postprocess` (the F0 the
+models are trained on); ``rpa_raw``/``vde_raw`` are the backend output before it (for ``yin`` that
 output already includes its causal post-processing: it is what the streaming engine uses).
 """
 
@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.audio import read_audio
-from models.config import F0Config
-from models.f0 import BACKENDS, HOP_LENGTH, SAMPLE_RATE, F0Track, extract_f0, n_frames
-from models.f0_post import cents, postprocess
-from training.corpus import CorpusError, load_corpus, select
+from comostream.models.audio import read_audio
+from comostream.models.config import F0Config
+from comostream.models.f0 import BACKENDS, HOP_LENGTH, SAMPLE_RATE, F0Track, extract_f0, n_frames
+from comostream.models.f0_post import cents, postprocess
+from comostream.training.corpus import CorpusError, load_corpus, select
 
 __all__ = [
     "F0Scores",
@@ -102,7 +102,8 @@ def run_f0_bench(
     """Per backend: ``rpa``, ``rca``, ``vde`` (post-processed), ``rpa_raw``, ``vde_raw``,
     ``rtf`` (compute s per audio s), ``seconds``, ``frames`` over ``split`` of the corpus.
 
-    ``backends=None`` means all of :data:`models.f0.BACKENDS`. ``device`` is for CREPE (CPU).
+    ``backends=None`` means all of :data:`comostream.models.f0.BACKENDS`. ``device`` is for CREPE
+    (CPU).
     """
     cfg = cfg or F0Config()
     names = list(BACKENDS if backends is None else backends)

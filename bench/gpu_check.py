@@ -29,13 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.acoustic import AcousticModel  # noqa: E402
-from models.config import Config  # noqa: E402
-from models.vocoder import Vocoder  # noqa: E402
-from realtime.cuda_graph import GraphStep  # noqa: E402
-from realtime.step import ConversionStep, FrameInputs, step_inputs  # noqa: E402
+from comostream.models.acoustic import AcousticModel
+from comostream.models.config import Config
+from comostream.models.vocoder import Vocoder
+from comostream.realtime.cuda_graph import GraphStep
+from comostream.realtime.step import ConversionStep, FrameInputs, step_inputs
 
 STREAMS = (1, 8, 64, 256)
 
@@ -57,7 +55,7 @@ def random_inputs(step: ConversionStep, streams: int, frames: int, gen: torch.Ge
 def build_step(checkpoint: Path | None, device: str) -> ConversionStep:
     """The model step of an inference file, or of random default-size models."""
     if checkpoint is not None:
-        from realtime.load import load_models
+        from comostream.realtime.load import load_models
 
         model, voc = load_models(checkpoint, None, device)
     else:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.acoustic import AcousticModel, build_denoiser
-from models.audio import load_audio
-from models.config import Config, RealtimeConfig
-from models.f0_yin import yin_f0
-from models.loudness import Loudness
-from models.mel import MelSpectrogram
-from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
-from models.vocoder import Vocoder
-from realtime.engine import MODEL_RATE, StreamingConverter
-from realtime.resample import resample_oneshot
+from comostream.models.acoustic import AcousticModel, build_denoiser
+from comostream.models.audio import load_audio
+from comostream.models.config import Config, RealtimeConfig
+from comostream.models.f0_yin import yin_f0
+from comostream.models.loudness import Loudness
+from comostream.models.mel import MelSpectrogram
+from comostream.models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from comostream.models.shipped import example_file
+from comostream.models.vocoder import Vocoder
+from comostream.realtime.engine import MODEL_RATE, StreamingConverter
+from comostream.realtime.resample import resample_oneshot
 
 __all__ = ["build_bench_models", "format_latency_table", "measure_ws_overhead", "plot_latency",
            "run_latency_bench"]  # fmt: skip
@@ -53,7 +53,7 @@ WINDOW_BLOCK_S = 0.25
 
 def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
     """The bundled sung example, looped to ``seconds``, at ``sample_rate`` (float32 mono)."""
-    path = resources.files("models") / "assets" / "examples" / "alto_line2.wav"
+    path = example_file("alto_line2.wav")
     x = load_audio(str(path))
     reps = int(np.ceil(seconds * MODEL_RATE / len(x)))
     x = np.tile(x, reps)[: int(seconds * MODEL_RATE)]
@@ -66,7 +66,7 @@ def build_bench_models(
 ) -> tuple[AcousticModel, nn.Module, str]:
     """Models from an inference file (and vocoder), or random weights of ``cfg``'s sizes."""
     if checkpoint is not None:
-        from realtime.load import load_models
+        from comostream.realtime.load import load_models
 
         model, voc = load_models(checkpoint, vocoder, device, cfg.realtime)
         return model, voc, str(checkpoint)
@@ -324,8 +324,8 @@ def measure_ws_overhead(
     thread hops."""
     import asyncio
 
-    from realtime.client import stream_array
-    from realtime.server import EngineFactory, ServerConfig, ServerThread
+    from comostream.realtime.serve.client import stream_array
+    from comostream.realtime.serve.server import EngineFactory, ServerConfig, ServerThread
 
     x = example_signal(seconds, sample_rate)
     with ServerThread(EngineFactory(model, vocoder, realtime), ServerConfig(port=0)) as st:

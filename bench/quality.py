@@ -39,14 +39,14 @@ from numba import njit
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from bench.vocoder import _mcep, frame_db
-from models.acoustic import AcousticModel
-from models.audio import load_audio, resample
-from models.config import F0Config, RealtimeConfig
-from models.f0_yin import yin_f0
-from models.samplers import heun_sampler, sampling_sigmas
-from realtime.engine import StreamingConverter, convert_array
-from training.corpus import Utterance, load_corpus
+from comostream.bench.vocoder import _mcep, frame_db
+from comostream.models.acoustic import AcousticModel
+from comostream.models.audio import load_audio, resample
+from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.f0_yin import yin_f0
+from comostream.models.samplers import heun_sampler, sampling_sigmas
+from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.training.corpus import Utterance, load_corpus
 
 __all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
 
@@ -114,7 +114,7 @@ def _teacher_model(model: AcousticModel, distill: Path, steps: int | None) -> Ac
     """A copy of ``model`` whose target is the distillation checkpoint's teacher sampler."""
     import copy
 
-    from training.acoustic import load_distilled
+    from comostream.training.acoustic import load_distilled
 
     cfg, _, models = load_distilled(distill)
     if cfg.model.lookahead_frames != 0:
@@ -270,7 +270,7 @@ def run_quality_bench(
     """Run every conversion and measurement (see the module docstring); a JSON-able dict."""
     import json
 
-    from realtime.load import load_models
+    from comostream.realtime.load import load_models
 
     model, voc = load_models(checkpoint, vocoder)
     if corpus is None:

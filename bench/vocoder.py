@@ -9,8 +9,9 @@ original recording (frame ``t`` owns samples ``[hop t, hop t + hop)``), and comp
   WORLD-coded CheapTrick envelope (``pyworld.code_spectral_envelope``, 25 dimensions, ``c_0``
   (level) left out) of each signal, both analysed with the input F0 on the frame grid;
 * ``f0_rmse_cents``: RMS of ``1200 log2(F0_out / F0_in)`` on frames voiced in both, the output's
-  F0 re-estimated with the harvest backend of :mod:`models.f0` (``f0_rmse_cents_original``:
-  the same for the original recording, i.e. the estimators' disagreement floor);
+  F0 re-estimated with the harvest backend of :mod:`comostream.models.f0`
+  (``f0_rmse_cents_original``: the same for the original recording, i.e. the estimators'
+  disagreement floor);
 * ``pesq_wb``: wide-band PESQ at 16 kHz (``pesq`` package, ``pip install .[eval]``; null
   without it), mean over utterances;
 * ``mel_l1``: mean absolute natural-log mel difference between output and original;
@@ -33,14 +34,14 @@ import numpy as np
 import pyworld
 import torch
 
-from models.audio import resample
-from models.checkpoint_io import load_checkpoint
-from models.config import F0Config
-from models.f0 import extract_f0
-from models.mel import mel_spectrogram
-from models.vocoder import Vocoder, load_vocoder
-from training.feature_index import FeatureError
-from training.vocoder_data import corpus_of, load_utterances
+from comostream.models.audio import resample
+from comostream.models.checkpoint_io import load_checkpoint
+from comostream.models.config import F0Config
+from comostream.models.f0 import extract_f0
+from comostream.models.mel import mel_spectrogram
+from comostream.models.vocoder import Vocoder, load_vocoder
+from comostream.training.feature_index import FeatureError
+from comostream.training.vocoder_data import corpus_of, load_utterances
 
 __all__ = [
     "ACTIVE_DB",

@@ -15,13 +15,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.backbone import Backbone
-from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
-from models.conditioner import Conditioner, SpeakerSpec
-from models.config import Config, ConfigError, ContentConfig, config_from_dict, config_to_dict
-from models.content import ContentEncoder
-from models.edm import EDMPrecond, denormalise_mel
-from models.samplers import consistency_onestep
+from comostream.models.backbone import Backbone
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
+from comostream.models.conditioner import Conditioner, SpeakerSpec
+from comostream.models.config import (
+    Config,
+    ConfigError,
+    ContentConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from comostream.models.content import ContentEncoder
+from comostream.models.edm import EDMPrecond, denormalise_mel
+from comostream.models.samplers import consistency_onestep
 
 __all__ = [
     "INFERENCE_KIND",
@@ -128,7 +134,8 @@ class AcousticModel(nn.Module):
         return denormalise_mel(x, self.cfg.edm)
 
     def export_payload(self) -> dict[str, Any]:
-        """The inference checkpoint's contents (see :mod:`training.checkpoint` for writing)."""
+        """The inference checkpoint's contents (see :mod:`comostream.training.checkpoint` for
+        writing)."""
         payload: dict[str, Any] = {
             "kind": INFERENCE_KIND,
             "config": config_to_dict(self.cfg),

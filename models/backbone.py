@@ -1,14 +1,16 @@
 """The denoiser backbone ``F``: a streaming-native dilated residual conv stack (WaveNet family).
 
-Per layer: a gated dilated :class:`~models.streaming.CausalConv1d` with the per-frame condition
-added, then residual and skip 1x1 outputs. The lookahead (``ModelConfig.lookahead_frames``) is
-spread over a few layers by :func:`lookahead_schedule`; around each lookahead layer the residual,
-the running skip sum and the condition get a matching :class:`~models.streaming.Delay`, so the
-stack is one causal system delayed by ``lookahead_frames`` (see :mod:`models.streaming`).
+Per layer: a gated dilated :class:`~comostream.models.streaming.CausalConv1d` with the per-frame
+condition added, then residual and skip 1x1 outputs. The lookahead
+(``ModelConfig.lookahead_frames``) is spread over a few layers by :func:`lookahead_schedule`; around
+each lookahead layer the residual, the running skip sum and the condition get a matching
+:class:`~comostream.models.streaming.Delay`, so the stack is one causal system delayed by
+``lookahead_frames`` (see :mod:`comostream.models.streaming`).
 
-The backbone never sees sigma: the preconditioning wrapper (:class:`models.edm.EDMPrecond`) passes
-``c_noise``, which is embedded and added to the condition (a per-channel bias after each conv).
-Teacher, student and target are three instances of :class:`Backbone`.
+The backbone never sees sigma: the preconditioning wrapper
+(:class:`comostream.models.edm.EDMPrecond`) passes ``c_noise``, which is embedded and added to the
+condition (a per-channel bias after each conv). Teacher, student and target are three instances of
+:class:`Backbone`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import ModelConfig
-from models.streaming import (
+from comostream.models.config import ModelConfig
+from comostream.models.streaming import (
     CausalConv1d,
     Delay,
     FrameLinear,

@@ -8,7 +8,7 @@ Parameter names follow the original: ``conv_pre``, ``ups.N.0``, ``resblocks.N.co
 (``.beta``), ``...activations.K.upsample.filter``, ``...activations.K.downsample.lowpass.filter``,
 ``activation_post``, ``conv_post``. The filters are persistent buffers, so they are loaded from a
 checkpoint like the original does (not regenerated). Convolutions are plain (weight norm folded
-at load time, :func:`models.ext_vocoder.fold_weight_norm`): inference only.
+at load time, :func:`comostream.models.ext_vocoder.fold_weight_norm`): inference only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.hifigan import (
+from comostream.models.hifigan import (
     HiFiGANConfig,
     conv_reach,
     get_padding,

@@ -1,4 +1,5 @@
-"""Reading and validating checkpoints (inference side; the writer is ``training.checkpoint``).
+"""Reading and validating checkpoints (inference side; the writer is
+``comostream.training.checkpoint``).
 
 A checkpoint is a ``torch.save``d dict of plain data only (tensors, state dicts, numbers,
 strings, lists, dicts), so it loads with ``torch.load(weights_only=True)``: no pickled code.

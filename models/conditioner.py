@@ -1,10 +1,11 @@
 """Per-frame condition for the denoiser: content + F0 + loudness + singer -> ``(B, Cg, T)``.
 
 F0 enters as log-F0 (octaves re 200 Hz) of a *continuous* track plus the voiced flag. The caller
-prepares it: transposition first (:func:`models.f0_post.transpose`, unvoiced 0 Hz stays 0), then
-the gaps filled (:func:`f0_inputs`, i.e. :func:`models.f0_post.interpolate_unvoiced`; the two
-commute except when nothing is voiced). Gap filling by interpolation needs the next voiced frame,
-so it is an offline operation; a realtime caller holds the last voiced F0 instead.
+prepares it: transposition first (:func:`comostream.models.f0_post.transpose`, unvoiced 0 Hz stays
+0), then the gaps filled (:func:`f0_inputs`, i.e.
+:func:`comostream.models.f0_post.interpolate_unvoiced`; the two commute except when nothing is
+voiced). Gap filling by interpolation needs the next voiced frame, so it is an offline operation; a
+realtime caller holds the last voiced F0 instead.
 
 The conditioner is streaming-native: frame-wise 1x1 convs plus one causal context conv with no
 lookahead (``lookahead_frames == 0``), with the usual ``init_state`` / ``step`` / ``flush``.
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import ModelConfig
-from models.streaming import (
+from comostream.models.config import ModelConfig
+from comostream.models.streaming import (
     CausalConv1d,
     FrameLinear,
     StreamingStack,
@@ -206,7 +207,7 @@ class Conditioner(StreamingStack):
 def f0_inputs(f0_hz: np.ndarray, voiced: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
     """Offline F0 preparation: ``(T,)`` Hz (0 = unvoiced, transposed already) ->
     ``(f0_continuous (T,) Hz, voiced (T,) bool)`` via ``interpolate_unvoiced``."""
-    from models.f0_post import interpolate_unvoiced  # numba: imported only when needed
+    from comostream.models.f0_post import interpolate_unvoiced  # numba: imported only when needed
 
     f0 = np.asarray(f0_hz, dtype=np.float32)
     v = f0 > 0 if voiced is None else np.asarray(voiced, dtype=bool) & (f0 > 0)

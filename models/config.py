@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ __all__ = [
     "config_to_dict",
 ]
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.toml"
+DEFAULT_CONFIG_PATH = Path(str(resources.files("comostream.configs") / "default.toml"))
 
 
 class ConfigError(ValueError):
@@ -78,7 +79,7 @@ class AudioConfig:
 class F0Config:
     """F0 extraction and post-processing."""
 
-    backend: str = "yin"  # one of models.f0.BACKENDS; chosen by `comostream bench f0`
+    backend: str = "yin"  # one of comostream.models.f0.BACKENDS; chosen by `comostream bench f0`
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -217,9 +218,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """Cached per-utterance training features (``training.features.prepare_features``)."""
+    """Cached per-utterance training features
+    (``comostream.training.features.prepare_features``)."""
 
-    extractors: tuple[str, ...] = ("mel", "f0", "loudness")  # names in training.features
+    extractors: tuple[str, ...] = ("mel", "f0", "loudness")  # names in comostream.training.features
     f0_source: str = "extract"  # "extract": cfg.f0 backend; "corpus": ground-truth F0 if present
     silence_dbfs: float = -60.0  # dBFS: a file whose overall RMS is below this is skipped
     content_checkpoint: str = ""  # "content" extractor: a `train content` checkpoint ("" = none)
@@ -227,8 +229,9 @@ class FeaturesConfig:
     # content from another singer's rendition of the same line (parallel corpora: the synthetic
     # one), perturbed too if content_perturb; utterances without one keep their own audio
     content_swap: bool = False
-    # "content" extractor from a user's HuBERT/ContentVec/Whisper file instead (models.ext_content;
-    # "" = none); model.content_dim must then equal its channels (768 for base, 256 projected)
+    # "content" extractor from a user's HuBERT/ContentVec/Whisper file instead
+    # (comostream.models.ext_content; "" = none); model.content_dim must then equal its channels
+    # (768 for base, 256 projected)
     content_model: str = ""
     # 1-based transformer layer of content_model; 0 = its final output (= layer 12 of
     # HuBERT/ContentVec base: so-vits-svc 4.1, RVC v2, DDSP-SVC; Whisper: after ln_post)
@@ -309,8 +312,8 @@ class ContentConfig:
 
 @dataclass(frozen=True)
 class RealtimeConfig:
-    """The streaming engine (``realtime.engine``): block size, noise seed, transitions, overload
-    and the window mode used for models that are not streaming-native."""
+    """The streaming engine (``comostream.realtime.engine``): block size, noise seed, transitions,
+    overload and the window mode used for models that are not streaming-native."""
 
     block_frames: int = 2  # frames per model step (hop 256 at 24 kHz: 10.67 ms each)
     seed: int = 0  # noise seed of the one-step generator (counter-based: chunking-invariant)
@@ -334,8 +337,9 @@ class RealtimeConfig:
 
 @dataclass(frozen=True)
 class VocoderConfig:
-    """The built-in streaming harmonic-plus-noise vocoder (:mod:`models.vocoder`) and its
-    training (``comostream train vocoder``). Size presets: ``models.vocoder.VOCODER_PRESETS``."""
+    """The built-in streaming harmonic-plus-noise vocoder (:mod:`comostream.models.vocoder`) and its
+    training (``comostream train vocoder``). Size presets:
+    ``comostream.models.vocoder.VOCODER_PRESETS``."""
 
     channels: int = 128  # residual channels of the frame-rate control network
     layers: int = 6  # residual layers

@@ -1,16 +1,16 @@
 """The built-in content encoder: log-mel -> speaker-independent content frames, streaming-native.
 
-A pre-norm residual stack of dilated :class:`~models.streaming.CausalConv1d` layers (per-frame
-LayerNorm over channels, no utterance statistics), a narrow linear bottleneck and an optional
-per-frame L2 normalisation (content frames of norm ``sqrt(content_dim)``, i.e. unit RMS). The
-input is normalised with fixed constants, ``(mel - mel_mean) / mel_std``. The lookahead
+A pre-norm residual stack of dilated :class:`~comostream.models.streaming.CausalConv1d` layers
+(per-frame LayerNorm over channels, no utterance statistics), a narrow linear bottleneck and an
+optional per-frame L2 normalisation (content frames of norm ``sqrt(content_dim)``, i.e. unit RMS).
+The input is normalised with fixed constants, ``(mel - mel_mean) / mel_std``. The lookahead
 (``ContentConfig.lookahead_frames``) is spread over the smallest dilations by
-:func:`models.backbone.lookahead_schedule`; the residual paths around those layers get a
-matching :class:`~models.streaming.Delay`, so the stack is one causal system delayed by
-``lookahead_frames`` (see :mod:`models.streaming`). Past the end of the input (one-shot
+:func:`comostream.models.backbone.lookahead_schedule`; the residual paths around those layers get a
+matching :class:`~comostream.models.streaming.Delay`, so the stack is one causal system delayed by
+``lookahead_frames`` (see :mod:`comostream.models.streaming`). Past the end of the input (one-shot
 padding, ``flush``) the encoder is fed silence (log-mel at the log floor).
 
-Trained by ``comostream train content`` (:mod:`training.content`); loaded by
+Trained by ``comostream train content`` (:mod:`comostream.training.content`); loaded by
 :func:`load_content_encoder`.
 """
 
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import lookahead_schedule
-from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
-from models.config import AudioConfig, ConfigError, ContentConfig, config_from_dict
-from models.streaming import (
+from comostream.models.backbone import lookahead_schedule
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
+from comostream.models.config import AudioConfig, ConfigError, ContentConfig, config_from_dict
+from comostream.models.streaming import (
     CausalConv1d,
     Delay,
     FrameLinear,
@@ -63,7 +63,8 @@ class ContentLayer(nn.Module):
 
 
 class ContentEncoder(StreamingStack):
-    """``log-mel (B, n_mels, T)`` (natural log, as :mod:`models.mel`) -> ``(B, content_dim, T)``.
+    """``log-mel (B, n_mels, T)`` (natural log, as :mod:`comostream.models.mel`) -> ``(B,
+    content_dim, T)``.
 
     One-shot ``forward`` is aligned; ``step`` outputs are ``lookahead_frames`` frames late and
     ``flush`` returns the last ones. ``lookahead_frames`` and ``left_frames`` (reach into the

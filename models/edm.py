@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.backbone import Backbone
-from models.config import EDMConfig
-from models.streaming import Delay, StreamingStack, StreamState, child, per_item
+from comostream.models.backbone import Backbone
+from comostream.models.config import EDMConfig
+from comostream.models.streaming import Delay, StreamingStack, StreamState, child, per_item
 
 __all__ = ["EDMPrecond", "karras_sigmas", "normalise_mel", "denormalise_mel", "sigma_like"]
 

@@ -7,8 +7,8 @@ keys and returns an :class:`ExternalContent`: 24 kHz audio ``(B, N)`` -> content
 Layouts: fairseq (``{"args", "cfg", "model", ...}``: HuBERT, ContentVec, RVC's
 ``hubert_base.pt``), a bare fairseq, torchaudio or Hugging Face ``HubertModel`` state dict
 (``.pt`` / ``.bin`` / ``.safetensors``, or a Hugging Face folder with ``config.json``), and
-openai-whisper files (``{"dims", "model_state_dict"}``); see :mod:`models.hubert` and
-:mod:`models.whisper_encoder`.
+openai-whisper files (``{"dims", "model_state_dict"}``); see :mod:`comostream.models.hubert` and
+:mod:`comostream.models.whisper_encoder`.
 
 Safe loading: files are read with ``torch.load(weights_only=True)``. fairseq pickles an
 ``argparse.Namespace`` (allowed: plain data) and often objects of fairseq/omegaconf classes
@@ -16,7 +16,7 @@ Safe loading: files are read with ``torch.load(weights_only=True)``. fairseq pic
 in :data:`PLACEHOLDER_MODULES` are replaced by inert :class:`OpaqueObject` placeholders that only
 record what the pickle stored: those modules are never imported and no code of theirs runs;
 model sizes are read back from the recorded data where possible (:func:`plain`). Any other
-class is refused with a :class:`~models.checkpoint_io.CheckpointError` naming it.
+class is refused with a :class:`~comostream.models.checkpoint_io.CheckpointError` naming it.
 
 The encoders are not streaming-native (bidirectional attention): the realtime engine runs them
 on a window of :attr:`ExternalContent.left_context_frames` of past audio with SOLA cross-fade.
@@ -37,9 +37,9 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointError
-from models.hubert import hubert_content, rename_fairseq, rename_hf, rename_torchaudio
-from models.whisper_encoder import whisper_content
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.hubert import hubert_content, rename_fairseq, rename_hf, rename_torchaudio
+from comostream.models.whisper_encoder import whisper_content
 
 __all__ = [
     "FORMATS",

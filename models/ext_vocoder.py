@@ -17,8 +17,8 @@ Formats (read from local paths only, nothing is downloaded):
 
 Weight norm (``weight_g``/``weight_v``, or ``parametrizations.weight.original0``/``original1``)
 is folded into plain weights; files without weight norm load as they are. Files are read with
-``torch.load(weights_only=True)`` (``models.checkpoint_io.load_checkpoint`` wants comostream's own
-``format``/``kind`` keys, which these files do not have) and loaded strictly.
+``torch.load(weights_only=True)`` (``comostream.models.checkpoint_io.load_checkpoint`` wants
+comostream's own ``format``/``kind`` keys, which these files do not have) and loaded strictly.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.bigvgan import BigVGANConfig, BigVGANGenerator
-from models.checkpoint_io import CheckpointError, load_state_strict
-from models.config import AudioConfig
-from models.hifigan import HiFiGANConfig, HiFiGANGenerator
+from comostream.models.bigvgan import BigVGANConfig, BigVGANGenerator
+from comostream.models.checkpoint_io import CheckpointError, load_state_strict
+from comostream.models.config import AudioConfig
+from comostream.models.hifigan import HiFiGANConfig, HiFiGANGenerator
 
 __all__ = [
     "FORMATS",

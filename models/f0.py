@@ -1,5 +1,5 @@
 """Frame-level F0 extraction: CREPE (torchcrepe, tiny/full), WORLD (harvest, dio) and the
-frame-local streaming YIN tracker (``yin``, :mod:`models.f0_yin`).
+frame-local streaming YIN tracker (``yin``, :mod:`comostream.models.f0_yin`).
 
 Framing convention (project-wide): for ``N`` samples at 24 kHz with hop 256 there are
 ``T = N // 256 + 1`` frames and frame ``t`` is centred at sample ``t * 256`` (time
@@ -26,8 +26,8 @@ import pyworld
 import torch
 import torchaudio.functional as AF
 
-from models.audio import resample
-from models.config import F0Config
+from comostream.models.audio import resample
+from comostream.models.config import F0Config
 
 __all__ = [
     "BACKENDS", "F0Track", "check_audio", "extract_f0", "n_frames", "SAMPLE_RATE", "HOP_LENGTH"
@@ -87,9 +87,10 @@ def extract_f0(
     Audio at another rate is resampled to 24 kHz first, so T follows the 24 kHz convention.
     ``backend`` overrides ``cfg.backend``. ``device`` is for CREPE (default CPU). Frames whose
     RMS is below ``cfg.silence_db`` dBFS are forced unvoiced (all backends). No post-processing:
-    see :func:`models.f0_post.postprocess`. Raises ValueError for an unknown backend, a non
-    1-D or non-float input, or NaN/inf samples. ``yin`` returns :func:`models.f0_yin.yin_f0`
-    (its own voicing, level gate and causal post-processing; periodicity = 1 - aperiodicity).
+    see :func:`comostream.models.f0_post.postprocess`. Raises ValueError for an unknown backend, a
+    non 1-D or non-float input, or NaN/inf samples. ``yin`` returns
+    :func:`comostream.models.f0_yin.yin_f0` (its own voicing, level gate and causal post-processing;
+    periodicity = 1 - aperiodicity).
     """
     cfg = cfg or F0Config()
     name = backend or cfg.backend
@@ -102,7 +103,9 @@ def extract_f0(
         if x.size:
             x = resample(x, sample_rate, SAMPLE_RATE)
     if name == "yin":
-        from models.f0_yin import yin_f0  # lazy: models.f0_yin imports this module
+        from comostream.models.f0_yin import (
+            yin_f0,  # lazy: comostream.models.f0_yin imports this module
+        )
 
         return yin_f0(x, cfg)
     t_frames = n_frames(x.shape[0])

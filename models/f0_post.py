@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from models.config import F0Config
-from models.f0 import F0Track
+from comostream.models.config import F0Config
+from comostream.models.f0 import F0Track
 
 __all__ = [
     "cents",

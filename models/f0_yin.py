@@ -20,8 +20,8 @@ lags ``tau`` in samples:
   threshold and so jumps an octave up whenever the half-period dip is just below it);
   parabolic interpolation of ``d`` around it gives the period;
 * aperiodicity ``= d'`` there; voiced when below ``yin_voicing`` and the frame's RMS (raw
-  signal, same 1024 window) is above ``silence_db`` dBFS, as :func:`models.f0.extract_f0` gates
-  every backend.
+  signal, same 1024 window) is above ``silence_db`` dBFS, as :func:`comostream.models.f0.extract_f0`
+  gates every backend.
 
 Causal post-processing (``lookahead_frames = 0``), on voiced frames, if ``octave_repair``: a
 frame within 0.25 octave of +-1 or +-2 octaves from the previous voiced output, and no more
@@ -42,8 +42,8 @@ import math
 import numpy as np
 from numba import njit
 
-from models.config import F0Config
-from models.f0 import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
+from comostream.models.config import F0Config
+from comostream.models.f0 import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
 
 __all__ = ["WINDOW", "LOOKAHEAD_SAMPLES", "yin_f0", "IncrementalF0"]
 

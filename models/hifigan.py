@@ -3,13 +3,14 @@
 Parameter names and nesting follow the original (``conv_pre``, ``ups.N``, ``resblocks.N.convs1.M``
 / ``convs2.M`` or ``resblocks.N.convs.M``, ``conv_post``), so a state dict saved by the original
 training code loads with ``load_state_dict(strict=True)`` once its weight norm has been folded
-(``weight_g``/``weight_v`` -> ``weight``, see :func:`models.ext_vocoder.fold_weight_norm`): these
-modules are plain convolutions, for inference.
+(``weight_g``/``weight_v`` -> ``weight``, see
+:func:`comostream.models.ext_vocoder.fold_weight_norm`): these modules are plain convolutions, for
+inference.
 
 Also the shared pieces of the GAN vocoders: :class:`HiFiGANConfig` (the original config keys) and
 the receptive-field arithmetic (:func:`conv_reach`, :func:`transposed_reach`) that
-:mod:`models.bigvgan` reuses. Reaches are "context samples on each side" at a layer's input rate;
-the generators convert them to mel frames.
+:mod:`comostream.models.bigvgan` reuses. Reaches are "context samples on each side" at a layer's
+input rate; the generators convert them to mel frames.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchaudio.models import Wav2Vec2Model, wav2vec2_model
 
-from models.checkpoint_io import CheckpointError, load_state_strict
+from comostream.models.checkpoint_io import CheckpointError, load_state_strict
 
 __all__ = [
     "FAIRSEQ_KEYS",

@@ -1,4 +1,5 @@
-"""Per-frame A-weighted loudness in dB, on the project frame grid (see :mod:`models.frames`).
+"""Per-frame A-weighted loudness in dB, on the project frame grid (see
+:mod:`comostream.models.frames`).
 
 Definition: for each frame, with ``X_k`` the rFFT of the Hann-windowed frame ``w * x``,
 
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.config import AudioConfig
-from models.frames import (
+from comostream.models.config import AudioConfig
+from comostream.models.frames import (
     Framer,
     IncrementalFeature,
     as_batch,
@@ -102,8 +103,8 @@ def loudness(
 class IncrementalLoudness(IncrementalFeature):
     """Streaming loudness, identical to :class:`Loudness` once flushed.
 
-    Same contract as :class:`models.mel.IncrementalMel`: ``init_state`` / ``step`` / ``finish``
-    or ``push`` / ``flush`` / ``reset``; outputs are ``(B, k)`` dB.
+    Same contract as :class:`comostream.models.mel.IncrementalMel`: ``init_state`` / ``step`` /
+    ``finish`` or ``push`` / ``flush`` / ``reset``; outputs are ``(B, k)`` dB.
     """
 
     def __init__(

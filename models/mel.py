@@ -2,8 +2,9 @@
 
 ``log(clamp(M @ sqrt(|STFT|^2 + 1e-9), min=log_floor))`` (natural log), where ``M`` is the
 librosa-default mel filterbank (slaney mel scale, slaney area norm) and the STFT uses the
-project framing of :mod:`models.frames` (zero padding, ``T = N // hop + 1`` frames, periodic
-Hann). Offline (:class:`MelSpectrogram`) and streaming (:class:`IncrementalMel`) outputs agree.
+project framing of :mod:`comostream.models.frames` (zero padding, ``T = N // hop + 1`` frames,
+periodic Hann). Offline (:class:`MelSpectrogram`) and streaming (:class:`IncrementalMel`) outputs
+agree.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from models.config import AudioConfig
-from models.frames import (
+from comostream.models.config import AudioConfig
+from comostream.models.frames import (
     Framer,
     IncrementalFeature,
     as_batch,

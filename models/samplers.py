@@ -1,10 +1,10 @@
 """Samplers: pure functions over ``denoiser(x, sigma, cond) -> x0_hat``, noise passed in.
 
 No RNG inside: the same noise gives the same output. ``x`` and noise are ``(B, n_mels, T)``
-normalised mel (see :func:`models.edm.normalise_mel`); sigmas are plain floats or 0-d tensors.
-Teacher: Euler / Heun over the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) / sigma``
-(Karras et al. 2022, Algorithm 1). Consistency model: one step, or k steps (Song et al. 2023,
-Algorithm 1).
+normalised mel (see :func:`comostream.models.edm.normalise_mel`); sigmas are plain floats or 0-d
+tensors. Teacher: Euler / Heun over the probability-flow ODE ``dx/dsigma = (x - D(x, sigma)) /
+sigma`` (Karras et al. 2022, Algorithm 1). Consistency model: one step, or k steps (Song et al.
+2023, Algorithm 1).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from models.config import EDMConfig
-from models.edm import karras_sigmas
+from comostream.models.config import EDMConfig
+from comostream.models.edm import karras_sigmas
 
 __all__ = [
     "Denoiser",

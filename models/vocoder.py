@@ -1,10 +1,10 @@
 """The built-in vocoder: log-mel + F0 -> 24 kHz waveform, harmonic-plus-noise, streaming-native.
 
 A frame-rate control network (a causal residual stack of dilated
-:class:`~models.streaming.CausalConv1d` layers on the normalised log-mel plus log-F0 and the
-voiced flag) predicts, per frame, two log-gain corrections on the mel grid: one for a harmonic
+:class:`~comostream.models.streaming.CausalConv1d` layers on the normalised log-mel plus log-F0 and
+the voiced flag) predicts, per frame, two log-gain corrections on the mel grid: one for a harmonic
 envelope, one for a noise envelope, each added to the input log-mel itself. The waveform is then
-synthesised sample-exactly (:mod:`models.vocoder_synth`):
+synthesised sample-exactly (:mod:`comostream.models.vocoder_synth`):
 
 * harmonics ``h = 1 .. n_harmonics`` of F0, amplitude = the harmonic envelope at ``h * F0``
   (linear interpolation on the mel grid), scaled by ``min(F0, filter width) / (win / 2)`` (the
@@ -42,14 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import lookahead_schedule
-from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
-from models.conditioner import F0_REF_HZ
-from models.config import AudioConfig, ConfigError, VocoderConfig, config_from_dict
-from models.content import ContentLayer
-from models.frames import periodic_hann
-from models.streaming import Delay, FrameLinear, StreamingStack, StreamState, child
-from models.vocoder_synth import MelGrid, frame_phase, harmonic_block, noise_block
+from comostream.models.backbone import lookahead_schedule
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
+from comostream.models.conditioner import F0_REF_HZ
+from comostream.models.config import AudioConfig, ConfigError, VocoderConfig, config_from_dict
+from comostream.models.content import ContentLayer
+from comostream.models.frames import periodic_hann
+from comostream.models.streaming import Delay, FrameLinear, StreamingStack, StreamState, child
+from comostream.models.vocoder_synth import MelGrid, frame_phase, harmonic_block, noise_block
 
 __all__ = [
     "CHECKPOINT_KIND",

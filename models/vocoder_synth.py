@@ -1,4 +1,5 @@
-"""Sample-exact harmonic-plus-noise synthesis for the streaming vocoder (:mod:`models.vocoder`).
+"""Sample-exact harmonic-plus-noise synthesis for the streaming vocoder
+(:mod:`comostream.models.vocoder`).
 
 Everything here works on one causal *step* of ``k`` frames and is a pure function of its inputs
 and of explicitly passed state values, so a whole sequence and any chunking of it compute the
@@ -16,7 +17,7 @@ same samples:
   the last segment is carried to the next step.
 
 Spectral envelopes live on the grid of mel-filter centre frequencies (slaney scale, as
-:mod:`models.mel`); :class:`MelGrid` interpolates them at any frequency.
+:mod:`comostream.models.mel`); :class:`MelGrid` interpolates them at any frequency.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from models.config import AudioConfig
+from comostream.models.config import AudioConfig
 
 __all__ = [
     "TWO_PI",

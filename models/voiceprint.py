@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import pyworld
 
-from models.config import F0Config
-from models.f0_yin import yin_f0
+from comostream.models.config import F0Config
+from comostream.models.f0_yin import yin_f0
 
 __all__ = ["VoicePrint", "closest", "similarity", "voice_print"]
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
-from models.checkpoint_io import CheckpointError, load_state_strict
+from comostream.models.checkpoint_io import CheckpointError, load_state_strict
 
 __all__ = ["AudioEncoder", "WhisperContent", "WhisperDims", "WhisperLogMel", "sinusoids",
            "whisper_content"]  # fmt: skip

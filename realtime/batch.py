@@ -1,8 +1,8 @@
 """Several conversion streams through one batched model step (eager, or a CUDA graph replay).
 
 Each stream keeps its own front-end, transposition, singer and output FIFO (a
-:class:`~realtime.engine.StreamingConverter` with ``defer_blocks``); their blocks are stacked into
-one ``(S, ...)`` step over a state with ``S`` rows. Streams advance in lockstep: every
+:class:`~comostream.realtime.engine.StreamingConverter` with ``defer_blocks``); their blocks are
+stacked into one ``(S, ...)`` step over a state with ``S`` rows. Streams advance in lockstep: every
 :meth:`BatchedConverter.push` takes one chunk of the same length per stream.
 """
 
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.acoustic import AcousticModel
-from models.config import RealtimeConfig
-from realtime.engine import StreamingConverter
-from realtime.step import ConversionStep
+from comostream.models.acoustic import AcousticModel
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.engine import StreamingConverter
+from comostream.realtime.step import ConversionStep
 
 __all__ = ["BatchedConverter"]
 
@@ -54,7 +54,7 @@ class BatchedConverter:
         self.streams = len(self.engines)
         self.graph = None
         if graph:
-            from realtime.cuda_graph import GraphStep
+            from comostream.realtime.cuda_graph import GraphStep
 
             self.graph = GraphStep(self.step, self.streams, self.rt.block_frames)
             self.state = self.graph.state

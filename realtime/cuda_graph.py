@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.streaming import state_tensors
-from realtime.step import ConversionStep, FrameInputs, step_inputs
+from comostream.models.streaming import state_tensors
+from comostream.realtime.step import ConversionStep, FrameInputs, step_inputs
 
 __all__ = ["GraphStep"]
 
@@ -21,8 +21,9 @@ __all__ = ["GraphStep"]
 class GraphStep:
     """``ConversionStep.step`` captured for ``streams`` streams of ``frames`` frames on CUDA.
 
-    ``run(inputs)`` copies ``inputs`` (same shapes as :func:`realtime.step.step_inputs`) into the
-    static buffers and replays; ``reset(stream)`` returns a stream (or all) to a fresh state.
+    ``run(inputs)`` copies ``inputs`` (same shapes as :func:`comostream.realtime.step.step_inputs`)
+    into the static buffers and replays; ``reset(stream)`` returns a stream (or all) to a fresh
+    state.
     """
 
     def __init__(self, step: ConversionStep, streams: int, frames: int, warmup: int = 3) -> None:

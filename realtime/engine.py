@@ -1,8 +1,9 @@
 """The streaming engine: audio in at the caller's rate -> converted audio out, chunk by chunk.
 
-Chain per stream: mono mix -> stateful resampler to 24 kHz -> :class:`~realtime.frontend.FrontEnd`
-(mel, loudness, F0 per 10.67 ms frame) -> transposition and causal F0 hold -> a block of ``B``
-frames through :class:`~realtime.step.ConversionStep` (content encoder, conditioner, one-step
+Chain per stream: mono mix -> stateful resampler to 24 kHz ->
+:class:`~comostream.realtime.frontend.FrontEnd` (mel, loudness, F0 per 10.67 ms frame) ->
+transposition and causal F0 hold -> a block of ``B`` frames through
+:class:`~comostream.realtime.step.ConversionStep` (content encoder, conditioner, one-step
 consistency target, vocoder) -> output FIFO -> stateful resampler back -> mono or duplicated out.
 
 Latency is computed, never written down: with hop ``h`` (256 samples at 24 kHz), the analysis
@@ -36,12 +37,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.acoustic import AcousticModel
-from models.config import AudioConfig, F0Config, RealtimeConfig
-from realtime.frontend import FrameFeatures, FrontEnd, IncrementalF0Like, default_f0_tracker
-from realtime.resample import StreamingResampler
-from realtime.step import ConversionStep, step_inputs
-from realtime.traced import TracedStep
+from comostream.models.acoustic import AcousticModel
+from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
+from comostream.realtime.frontend import (
+    FrameFeatures,
+    FrontEnd,
+    IncrementalF0Like,
+    default_f0_tracker,
+)
+from comostream.realtime.resample import StreamingResampler
+from comostream.realtime.step import ConversionStep, step_inputs
+from comostream.realtime.traced import TracedStep
 
 __all__ = ["EngineStats", "SampleFifo", "StreamingConverter", "DEFAULT_F0_HZ"]
 
@@ -126,11 +132,11 @@ class _Ramp:
 class StreamingConverter:
     """One conversion stream (see the module docstring).
 
-    ``step``: a :class:`~realtime.step.ConversionStep` (or any module with ``lookahead_frames``,
-    ``hop_length``, ``init_state(streams)`` and ``step(FrameInputs, state) -> (1, k * hop)``).
-    ``embed``: singer name/mix -> ``(1, speaker_dim)``; None for a step without singers.
-    ``sample_rate``/``channels``: the caller's audio (16-48 kHz; 1 or 2 channels in, the same
-    count out: mono is duplicated). ``offline``: run all frames in one model step at ``flush``.
+    ``step``: a :class:`~comostream.realtime.step.ConversionStep` (or any module with
+    ``lookahead_frames``, ``hop_length``, ``init_state(streams)`` and ``step(FrameInputs, state) ->
+    (1, k * hop)``). ``embed``: singer name/mix -> ``(1, speaker_dim)``; None for a step without
+    singers. ``sample_rate``/``channels``: the caller's audio (16-48 kHz; 1 or 2 channels in, the
+    same count out: mono is duplicated). ``offline``: run all frames in one model step at ``flush``.
     """
 
     def __init__(
@@ -207,8 +213,8 @@ class StreamingConverter:
         """An engine over an acoustic model and a vocoder (built-in or windowed external).
 
         ``speaker`` defaults to the model's first singer; ``trace``: run the step as a traced
-        graph (:class:`~realtime.traced.TracedStep`; default: on a CPU, when streaming built-in
-        models); other keywords as the constructor.
+        graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a CPU, when streaming
+        built-in models); other keywords as the constructor.
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
         step: nn.Module = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()

@@ -1,8 +1,8 @@
 """The engine's input features, per stream: 24 kHz samples -> per-frame mel, loudness, F0.
 
-One :class:`models.frames.Framer` frames the signal once for mel and loudness (same window as
-training); F0 comes from a frame-local incremental tracker on the same frame grid. Frames are
-released when every feature of the frame is known, so F0 post-processing lookahead (if any) adds
+One :class:`comostream.models.frames.Framer` frames the signal once for mel and loudness (same
+window as training); F0 comes from a frame-local incremental tracker on the same frame grid. Frames
+are released when every feature of the frame is known, so F0 post-processing lookahead (if any) adds
 to the engine's latency through :attr:`FrontEnd.lookahead_frames`.
 
 The stream is left-padded with :attr:`FrontEnd.pad_samples` zeros, ``lookahead_samples - hop``
@@ -20,16 +20,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from models.config import AudioConfig, F0Config
-from models.frames import Framer
-from models.loudness import Loudness
-from models.mel import MelSpectrogram
+from comostream.models.config import AudioConfig, F0Config
+from comostream.models.frames import Framer
+from comostream.models.loudness import Loudness
+from comostream.models.mel import MelSpectrogram
 
 __all__ = ["FrameFeatures", "FrontEnd", "IncrementalF0Like"]
 
 
 class IncrementalF0Like(Protocol):
-    """An incremental F0 tracker on the 24 kHz / hop-256 frame grid (``models.f0_yin``)."""
+    """An incremental F0 tracker on the 24 kHz / hop-256 frame grid
+    (``comostream.models.f0_yin``)."""
 
     lookahead_samples: int
     lookahead_frames: int
@@ -70,8 +71,8 @@ class FrameFeatures:
 
 
 def default_f0_tracker(cfg: F0Config) -> IncrementalF0Like:
-    """The frame-local streaming F0 tracker (YIN, :mod:`models.f0_yin`)."""
-    from models.f0_yin import IncrementalF0
+    """The frame-local streaming F0 tracker (YIN, :mod:`comostream.models.f0_yin`)."""
+    from comostream.models.f0_yin import IncrementalF0
 
     return IncrementalF0(cfg)
 

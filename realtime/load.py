@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.acoustic import INFERENCE_KIND, AcousticModel
-from models.checkpoint_io import CheckpointError, load_checkpoint
-from models.config import RealtimeConfig
-from models.vocoder import Vocoder, load_vocoder
+from comostream.models.acoustic import INFERENCE_KIND, AcousticModel
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
+from comostream.models.config import RealtimeConfig
+from comostream.models.vocoder import Vocoder, load_vocoder
 
 __all__ = ["load_models", "load_vocoder_any", "load_voiceprints"]
 
@@ -24,10 +24,10 @@ def load_vocoder_any(
     realtime: RealtimeConfig | None = None,
 ) -> nn.Module:
     """A built-in vocoder (``train vocoder`` checkpoint or export) or, for anything else, a
-    user's generator through :func:`models.ext_vocoder.load_external_vocoder`, wrapped for
-    window mode. Raises :class:`CheckpointError` naming the file when neither fits."""
-    from models.ext_vocoder import load_external_vocoder
-    from realtime.window import WindowedVocoder
+    user's generator through :func:`comostream.models.ext_vocoder.load_external_vocoder`, wrapped
+    for window mode. Raises :class:`CheckpointError` naming the file when neither fits."""
+    from comostream.models.ext_vocoder import load_external_vocoder
+    from comostream.realtime.window import WindowedVocoder
 
     try:
         return load_vocoder(path, device)

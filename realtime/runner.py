@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from realtime.engine import StreamingConverter
+from comostream.realtime.engine import StreamingConverter
 
 __all__ = ["Ring", "RunnerStats", "ThreadedConverter"]
 

@@ -5,12 +5,13 @@ of ``k`` frames of ``S`` streams. Every input arrives aligned (frame ``t`` of ea
 input frame ``t``); inside, side inputs are delayed to meet the later outputs of the lookahead
 stages, so the block's waveform out is ``lookahead_frames`` frames late. One step over a whole
 sequence and consecutive steps over blocks (one state) execute the same causal ops, so the
-engine's offline and streamed outputs are equal by construction (see :mod:`models.streaming`).
+engine's offline and streamed outputs are equal by construction (see
+:mod:`comostream.models.streaming`).
 
 State tensors are preallocated by ``init_state`` and updated in place: ``step`` can be captured in
-a CUDA graph. Noise is counter-based (:func:`models.noise.frame_noise`) from a frame counter held in
-the state, so it does not depend on the block size either. Offline is one step over all frames from
-a fresh state.
+a CUDA graph. Noise is counter-based (:func:`comostream.models.noise.frame_noise`) from a frame
+counter held in the state, so it does not depend on the block size either. Offline is one step over
+all frames from a fresh state.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from models.acoustic import AcousticModel
-from models.edm import denormalise_mel
-from models.noise import frame_noise
-from models.streaming import Delay, StreamState
+from comostream.models.acoustic import AcousticModel
+from comostream.models.edm import denormalise_mel
+from comostream.models.noise import frame_noise
+from comostream.models.streaming import Delay, StreamState
 
 __all__ = ["ConversionStep", "FrameInputs", "StepVocoder", "step_inputs"]
 
@@ -41,7 +42,7 @@ FrameInputs = dict[str, Tensor]
 
 
 class StepVocoder(Protocol):
-    """What the step needs of a streaming vocoder (:class:`models.vocoder.Vocoder`)."""
+    """What the step needs of a streaming vocoder (:class:`comostream.models.vocoder.Vocoder`)."""
 
     lookahead_frames: int
     hop_length: int
@@ -57,9 +58,10 @@ class ConversionStep(nn.Module):
     when built without a vocoder), ``lookahead_frames`` frames late.
 
     ``content_model``: an external content model in window mode
-    (:class:`realtime.window.WindowedContent`, fed the frames' ``audio``) for a model trained on
-    its features; None uses the model's own encoder (fed ``mel``). ``vocoder``: the built-in
-    streaming vocoder or a :class:`realtime.window.WindowedVocoder`. ``seed``: noise seed.
+    (:class:`comostream.realtime.window.WindowedContent`, fed the frames' ``audio``) for a model
+    trained on its features; None uses the model's own encoder (fed ``mel``). ``vocoder``: the
+    built-in streaming vocoder or a :class:`comostream.realtime.window.WindowedVocoder`. ``seed``:
+    noise seed.
     """
 
     def __init__(

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.streaming import StreamState, state_tensors
-from realtime.step import ConversionStep, FrameInputs
+from comostream.models.streaming import StreamState, state_tensors
+from comostream.realtime.step import ConversionStep, FrameInputs
 
 __all__ = ["TracedStep"]
 

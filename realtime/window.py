@@ -13,8 +13,8 @@ taken ``lookahead`` frames from the right edge (where the model still sees some 
 * :class:`WindowedContent` (audio -> content frames) keeps the frames of the block's region.
 
 Both follow the engine's step protocol (``lookahead_frames``, ``init_state``, ``step``) so
-:class:`realtime.step.ConversionStep` can hold them where a streaming model would be. Their
-output is close to, not equal to, a one-shot run (the price of window mode); their cost is one
+:class:`comostream.realtime.step.ConversionStep` can hold them where a streaming model would be.
+Their output is close to, not equal to, a one-shot run (the price of window mode); their cost is one
 model run over the whole window per block.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from models.config import RealtimeConfig
-from models.streaming import StreamState
+from comostream.models.config import RealtimeConfig
+from comostream.models.streaming import StreamState
 
 __all__ = ["WindowedContent", "WindowedVocoder", "sola_offset"]
 

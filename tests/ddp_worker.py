@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from comostream.training.distributed import setup_distributed
+from comostream.training.loop import Trainer
 from tests.toy_training import (
     flat_params,
     plain_step,
@@ -20,8 +22,6 @@ from tests.toy_training import (
     toy_state,
     toy_valid,
 )
-from training.distributed import setup_distributed
-from training.loop import Trainer
 
 GLOBAL_BATCH, STEPS, LR = 8, 4, 0.2
 

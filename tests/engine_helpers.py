@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor, nn
 
-from models.config import F0Config
-from models.streaming import Delay, StreamState
+from comostream.models.config import F0Config
+from comostream.models.streaming import Delay, StreamState
 
 
 class IdentityStep(nn.Module):

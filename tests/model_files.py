@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from models.acoustic import AcousticModel
-from models.config import ContentConfig, load_config
-from models.vocoder import Vocoder, vocoder_config
+from comostream.models.acoustic import AcousticModel
+from comostream.models.config import ContentConfig, load_config
+from comostream.models.vocoder import Vocoder, vocoder_config
 
 SINGERS = ["alto", "bass", "tenor"]
 
@@ -34,7 +34,7 @@ def tiny_models(
 
 def write_tiny_model(path: Path, lookahead: int = 1, singers: list[str] | None = None) -> Path:
     """An inference file (``comostream export`` format, vocoder included) of :func:`tiny_models`."""
-    from training.checkpoint import save_checkpoint
+    from comostream.training.checkpoint import save_checkpoint
 
     model, vocoder = tiny_models(lookahead, singers)
     return save_checkpoint(path, dict(model.export_payload(), vocoder=vocoder.export_payload()))

@@ -10,19 +10,19 @@ import pytest
 import torch
 
 import comostream
-from models.acoustic import AcousticModel, hold_unvoiced
-from models.checkpoint_io import CheckpointError, load_checkpoint
-from models.config import Config, CorpusConfig, load_config
-from training.acoustic import (
+from comostream.models.acoustic import AcousticModel, hold_unvoiced
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
+from comostream.models.config import Config, CorpusConfig, load_config
+from comostream.training.acoustic import (
     RunOptions,
     export_model,
     train_distill,
     train_finetune,
     train_teacher,
 )
-from training.checkpoint import save_checkpoint
-from training.features import prepare_features
-from training.synth import synthesize_corpus
+from comostream.training.checkpoint import save_checkpoint
+from comostream.training.features import prepare_features
+from comostream.training.synth import synthesize_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = {"batch_size": 4, "segment_frames": 48, "log_every": 20, "valid_every": 60,
@@ -160,8 +160,8 @@ def test_export_carries_the_content_encoder(feats: Path, tmp_path: Path) -> None
     """A model trained on content features exports a copy of the encoder that made them."""
     import dataclasses
 
-    from models.config import ContentConfig, config_to_dict
-    from models.content import ContentEncoder
+    from comostream.models.config import ContentConfig, config_to_dict
+    from comostream.models.content import ContentEncoder
 
     content_cfg = ContentConfig(channels=16, layers=2, content_dim=8)
     base = load_config(ROOT / "configs" / "tiny.toml")

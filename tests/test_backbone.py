@@ -13,9 +13,9 @@ from streaming_helpers import (
     state_signature,
 )
 
-from models.backbone import Backbone, lookahead_schedule
-from models.config import ModelConfig, load_config
-from models.streaming import state_tensors
+from comostream.models.backbone import Backbone, lookahead_schedule
+from comostream.models.config import ModelConfig, load_config
+from comostream.models.streaming import state_tensors
 
 TINY = load_config("configs/tiny.toml").model
 T_FRAMES = 37

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.config import RealtimeConfig
-from realtime.batch import BatchedConverter
-from realtime.engine import StreamingConverter
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.batch import BatchedConverter
+from comostream.realtime.engine import StreamingConverter
 from tests.test_engine_models import _sung, models  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

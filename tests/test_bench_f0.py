@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.f0 import format_f0_table, run_f0_bench, score_f0, synthetic_singing
-from models.f0 import F0Track
-from training.corpus import CorpusError, load_corpus, select
+from comostream.bench.f0 import format_f0_table, run_f0_bench, score_f0, synthetic_singing
+from comostream.models.f0 import F0Track
+from comostream.training.corpus import CorpusError, load_corpus, select
 
 KEYS = {"rpa", "rca", "vde", "rpa_raw", "vde_raw", "rtf", "seconds", "frames"}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.latency import _onset, _paced_e2e, example_signal
-from models.config import RealtimeConfig
-from realtime.engine import StreamingConverter
+from comostream.bench.latency import _onset, _paced_e2e, example_signal
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.engine import StreamingConverter
 from tests.engine_helpers import IdentityStep, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")

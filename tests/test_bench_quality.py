@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import comostream
-from bench.latency import example_signal
-from bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors, format_quality_table
-from models.config import CorpusConfig
+from comostream.bench.latency import example_signal
+from comostream.bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors, format_quality_table
+from comostream.models.config import CorpusConfig
+from comostream.training.corpus import load_corpus
+from comostream.training.synth import synthesize_corpus
 from tests.model_files import write_tiny_model
-from training.corpus import load_corpus
-from training.synth import synthesize_corpus
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,9 +85,9 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
 
 
 def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, capsys) -> None:
-    from models.vocoder import EXPORT_KIND
+    from comostream.models.vocoder import EXPORT_KIND
+    from comostream.training.checkpoint import save_checkpoint
     from tests.model_files import tiny_models
-    from training.checkpoint import save_checkpoint
 
     singers = sorted({u.singer for u in load_corpus(corpus)})
     model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=singers)

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from models.audio import load_audio, save_wav
-from models.config import RealtimeConfig
-from realtime.server import EngineFactory, ServerConfig, ServerThread
+from comostream.models.audio import load_audio, save_wav
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.serve.server import EngineFactory, ServerConfig, ServerThread
 from tests.model_files import tiny_models
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

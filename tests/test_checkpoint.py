@@ -11,8 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from models.checkpoint_io import FORMAT_VERSION, CheckpointError, load_checkpoint, load_state_strict
-from training.checkpoint import (
+from comostream.models.checkpoint_io import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    load_state_strict,
+)
+from comostream.training.checkpoint import (
     CheckpointWriteError,
     get_rng_state,
     link_checkpoint,

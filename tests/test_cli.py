@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 import comostream
+from comostream.cli import _load_config as load_cli_config
+from comostream.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,8 +50,8 @@ def test_bad_config_file_is_clear_error(
 
 
 def test_prep_synth_options_are_typed_from_config() -> None:
-    parser = comostream.build_parser()
+    parser = build_parser()
     args = parser.parse_args(["prep", "synth", "/tmp/x", "--singers", "3", "--minutes", "0.5"])
-    cfg = comostream._load_config(args)
+    cfg = load_cli_config(args)
     assert cfg.corpus.singers == 3 and cfg.corpus.minutes == 0.5
     assert cfg.corpus.seed == 0

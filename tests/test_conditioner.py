@@ -14,10 +14,10 @@ from streaming_helpers import (
     state_signature,
 )
 
-from models.conditioner import Conditioner, SpeakerTable, UnknownSpeakerError, f0_inputs
-from models.config import load_config
-from models.f0_post import transpose
-from models.streaming import state_tensors
+from comostream.models.conditioner import Conditioner, SpeakerTable, UnknownSpeakerError, f0_inputs
+from comostream.models.config import load_config
+from comostream.models.f0_post import transpose
+from comostream.models.streaming import state_tensors
 
 CFG = load_config("configs/tiny.toml").model
 SINGERS = ["alto", "bass", "tenor"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.config import (
+from comostream.models.config import (
     DEFAULT_CONFIG_PATH,
     AudioConfig,
     Config,

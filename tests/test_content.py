@@ -13,15 +13,26 @@ import soundfile as sf
 import torch
 from streaming_helpers import chunk_bounds, measured_reach, random_chunkings, run_stream
 
-from models.checkpoint_io import CheckpointError
-from models.config import Config, ContentConfig, CorpusConfig, TrainConfig, config_to_dict
-from models.content import ContentEncoder, load_content_encoder
-from models.f0 import extract_f0
-from models.mel import mel_spectrogram
-from training.checkpoint import save_checkpoint
-from training.content import ContentDecoder, SingerAdversary, content_losses, train_content
-from training.features import prepare_features
-from training.perturb import Perturbation, analyze_utterance, draw_perturbation, perturb
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.config import (
+    Config,
+    ContentConfig,
+    CorpusConfig,
+    TrainConfig,
+    config_to_dict,
+)
+from comostream.models.content import ContentEncoder, load_content_encoder
+from comostream.models.f0 import extract_f0
+from comostream.models.mel import mel_spectrogram
+from comostream.training.checkpoint import save_checkpoint
+from comostream.training.content import (
+    ContentDecoder,
+    SingerAdversary,
+    content_losses,
+    train_content,
+)
+from comostream.training.features import prepare_features
+from comostream.training.perturb import Perturbation, analyze_utterance, draw_perturbation, perturb
 
 SR, HOP = 24000, 256
 TINY = ContentConfig(channels=16, layers=3, content_dim=8, perturbations=1, decoder_channels=16,
@@ -179,7 +190,7 @@ def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
-    from training.synth import synthesize_corpus
+    from comostream.training.synth import synthesize_corpus
 
     synthesize_corpus(tmp_path / "corpus", CorpusConfig(singers=2, minutes=0.2, seed=3),
                       progress=False, max_lines=3)  # fmt: skip
@@ -201,8 +212,8 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
 
 
 def test_bench_probes_on_known_data() -> None:
-    from bench.content import stream_rtf
-    from bench.probes import logreg_accuracy, retrieval_hits, ridge_fit, ridge_predict
+    from comostream.bench.content import stream_rtf
+    from comostream.bench.probes import logreg_accuracy, retrieval_hits, ridge_fit, ridge_predict
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 3

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from models.config import Config, FeaturesConfig
-from training.corpus import load_corpus
-from training.features import _swapped
+from comostream.models.config import Config, FeaturesConfig
+from comostream.training.corpus import load_corpus
+from comostream.training.features import _swapped
 
 SR = 24000
 

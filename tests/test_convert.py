@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 
 import comostream
-from models.acoustic import AcousticModel
-from models.audio import read_audio, save_wav
-from realtime.load import load_models
+from comostream.models.acoustic import AcousticModel
+from comostream.models.audio import read_audio, save_wav
+from comostream.realtime.load import load_models
+from comostream.training.checkpoint import save_checkpoint
 from tests.test_engine_models import SINGERS, _sung, models  # noqa: F401  (fixture)
-from training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,9 +143,9 @@ def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path)
 
 
 def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
-    from realtime.engine import StreamingConverter
-    from realtime.load import load_models
-    from realtime.traced import TracedStep
+    from comostream.realtime.engine import StreamingConverter
+    from comostream.realtime.load import load_models
+    from comostream.realtime.traced import TracedStep
     from tests.test_ext_vocoder import ARCH1, original_state, write_original
 
     voc_path = write_original(tmp_path, "nvidia", "hifigan", ARCH1,

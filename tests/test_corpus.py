@@ -1,4 +1,4 @@
-"""Tests for the corpus loader (training.corpus)."""
+"""Tests for the corpus loader (comostream.training.corpus)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training.corpus import CorpusError, Utterance, load_corpus, select, singers, split_for_name
+from comostream.training.corpus import (
+    CorpusError,
+    Utterance,
+    load_corpus,
+    select,
+    singers,
+    split_for_name,
+)
 
 SR = 24000
 

@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from models.config import Config, TrainConfig
-from training.dataset import SegmentDataset, collate_segments
-from training.feature_index import FeatureError
-from training.features import prepare_features
-from training.loop import Trainer, make_state
+from comostream.models.config import Config, TrainConfig
+from comostream.training.dataset import SegmentDataset, collate_segments
+from comostream.training.feature_index import FeatureError
+from comostream.training.features import prepare_features
+from comostream.training.loop import Trainer, make_state
 
 SR = 24000
 

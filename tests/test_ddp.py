@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint_io import load_checkpoint
+from comostream.models.checkpoint_io import load_checkpoint
+from comostream.training.loop import Trainer
+from comostream.training.runlog import read_stats
 from tests.ddp_worker import GLOBAL_BATCH, LR, STEPS
 from tests.toy_training import flat_params, plain_step, toy_config, toy_dataset, toy_state
-from training.loop import Trainer
-from training.runlog import read_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 

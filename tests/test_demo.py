@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import comostream
-from models.audio import load_audio
-from models.config import load_config
-from realtime.demo import analyse, bundled_examples
+from comostream.models.audio import load_audio
+from comostream.models.config import load_config
+from comostream.models.shipped import example_files
+from comostream.realtime.files.demo import analyse
 
 
 def test_examples_ship_with_the_package() -> None:
-    examples = bundled_examples()
+    examples = example_files()
     assert len(examples) >= 3  # two sung phrases and a real recorded voice
     for path in examples:
         audio = load_audio(path)
@@ -23,7 +24,7 @@ def test_examples_ship_with_the_package() -> None:
 
 def test_streamed_features_equal_offline() -> None:
     cfg = load_config(overrides={"f0": {"backend": "dio"}})
-    sung = [p for p in bundled_examples() if p.stem == "alto_line2"][0]
+    sung = [p for p in example_files() if p.stem == "alto_line2"][0]
     report, features = analyse(sung, cfg, block_frames=3)
     assert report.mel_stream_max_diff <= 1e-5
     assert report.loudness_stream_max_diff <= 1e-5
@@ -36,18 +37,18 @@ def test_streamed_features_equal_offline() -> None:
 def test_demo_command_writes_features(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import realtime.convert
+    import comostream.models.shipped
 
-    monkeypatch.setattr(realtime.convert, "default_model_path", lambda: None)  # no model
+    monkeypatch.setattr(comostream.models.shipped, "default_model_path", lambda: None)  # no model
     cfg_file = tmp_path / "fast.toml"
     cfg_file.write_text("[f0]\nbackend = 'dio'\n")
-    example = [p for p in bundled_examples() if p.stem == "bass_line11"][0]
+    example = [p for p in example_files() if p.stem == "bass_line11"][0]
     rc = comostream.main(
         ["demo", "--config", str(cfg_file), "--input", str(example), "--out", str(tmp_path)]
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert example.name in out and "Not there yet" in out
+    assert example.name in out and "ships no model" in out
     saved = np.load(tmp_path / f"{example.stem}.features.npz")
     assert set(saved.files) == {"mel", "loudness", "f0_hz", "voiced"}
 
@@ -62,8 +63,8 @@ def test_demo_bad_input_is_clear_error(
 
 
 def test_shipped_model_loads_and_converts() -> None:
-    from realtime.convert import default_model_path
-    from realtime.load import load_models, load_voiceprints
+    from comostream.models.shipped import default_model_path
+    from comostream.realtime.load import load_models, load_voiceprints
 
     path = default_model_path()
     assert path is not None and path.stat().st_size <= 25e6
@@ -75,7 +76,7 @@ def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixtur
     from tests.model_files import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.ckpt")
-    example = bundled_examples()[0]
+    example = example_files()[0]
     rc = comostream.main(["demo", "--checkpoint", str(model), "--speaker", "alto,bass",
                           "--input", str(example), "--out", str(tmp_path / "demo")])  # fmt: skip
     assert rc == 0

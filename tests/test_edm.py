@@ -15,10 +15,10 @@ from streaming_helpers import (
     state_signature,
 )
 
-from models.backbone import Backbone
-from models.config import EDMConfig, load_config
-from models.edm import EDMPrecond, denormalise_mel, karras_sigmas, normalise_mel
-from models.streaming import state_tensors
+from comostream.models.backbone import Backbone
+from comostream.models.config import EDMConfig, load_config
+from comostream.models.edm import EDMPrecond, denormalise_mel, karras_sigmas, normalise_mel
+from comostream.models.streaming import state_tensors
 
 CFG = load_config("configs/tiny.toml")
 T_FRAMES = 29

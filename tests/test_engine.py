@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.config import RealtimeConfig
-from realtime.engine import SampleFifo, StreamingConverter, convert_array
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.engine import SampleFifo, StreamingConverter, convert_array
 from tests.engine_helpers import IdentityStep, rng_chunks, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.acoustic import AcousticModel
-from models.config import RealtimeConfig
-from models.vocoder import Vocoder
-from realtime.engine import StreamingConverter, convert_array
+from comostream.models.acoustic import AcousticModel
+from comostream.models.config import RealtimeConfig
+from comostream.models.vocoder import Vocoder
+from comostream.realtime.engine import StreamingConverter, convert_array
 from tests.model_files import SINGERS, tiny_models  # noqa: F401  (SINGERS re-exported)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

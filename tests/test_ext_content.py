@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from models.checkpoint_io import CheckpointError
-from models.config import Config, FeaturesConfig
-from models.ext_content import align_frames, load_content_model, plain, read_payload
-from models.hubert import HubertContent, HubertSpec
-from training.corpus import Utterance
-from training.features import EXTRACTORS
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.config import Config, FeaturesConfig
+from comostream.models.ext_content import align_frames, load_content_model, plain, read_payload
+from comostream.models.hubert import HubertContent, HubertSpec
+from comostream.training.corpus import Utterance
+from comostream.training.features import EXTRACTORS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -531,7 +531,7 @@ def _whisper_encoder(sd: dict, mel: torch.Tensor, layer: int = 0) -> torch.Tenso
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_whisper_log_mel_matches_direct_computation(n_mels: int) -> None:
-    from models.whisper_encoder import WhisperLogMel
+    from comostream.models.whisper_encoder import WhisperLogMel
 
     wav = 0.1 * np.random.default_rng(0).standard_normal(5000).astype(np.float32)
     wav[2000:3000] *= 1e-4  # a quiet stretch exercises the max - 8 floor

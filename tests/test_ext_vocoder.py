@@ -1,4 +1,5 @@
-"""Users' vocoder weights: models.ext_vocoder (+ models.bigvgan, models.hifigan).
+"""Users' vocoder weights: comostream.models.ext_vocoder (+ comostream.models.bigvgan,
+comostream.models.hifigan).
 
 Every file is written in its ORIGINAL layout from parameter names and shapes enumerated here from
 the original repositories (NVIDIA/BigVGAN, jik876/hifi-gan, open-mmlab/Amphion), not from our
@@ -21,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.bigvgan import BigVGANConfig, BigVGANGenerator, UpSample
-from models.checkpoint_io import CheckpointError
-from models.ext_vocoder import (
+from comostream.models.bigvgan import BigVGANConfig, BigVGANGenerator, UpSample
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.ext_vocoder import (
     AudioMismatchError,
     ExternalVocoder,
     fold_weight_norm,
     load_external_vocoder,
 )
-from models.hifigan import HiFiGANConfig, HiFiGANGenerator
+from comostream.models.hifigan import HiFiGANConfig, HiFiGANGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

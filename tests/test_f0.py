@@ -11,10 +11,10 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from bench.f0 import score_f0, synthetic_singing
-from models.config import F0Config
-from models.f0 import BACKENDS, F0Track, _crepe_frames, _crepe_model, extract_f0
-from models.f0_post import cents, postprocess
+from comostream.bench.f0 import score_f0, synthetic_singing
+from comostream.models.config import F0Config
+from comostream.models.f0 import BACKENDS, F0Track, _crepe_frames, _crepe_model, extract_f0
+from comostream.models.f0_post import cents, postprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_BACKENDS = ("crepe-tiny", "harvest", "dio")
@@ -151,8 +151,8 @@ def test_crepe_windows_centred_on_frame_times(freq: float) -> None:
 def test_crepe_model_cached_and_lazy() -> None:
     assert _crepe_model("tiny", "cpu") is _crepe_model("tiny", "cpu")
     code = (
-        "import sys, models.f0, models.f0_post; "
-        "bad = [m for m in ('torchcrepe', 'training') if m in sys.modules]; "
+        "import sys, comostream.models.f0, comostream.models.f0_post; "
+        "bad = [m for m in ('torchcrepe', 'comostream.training') if m in sys.modules]; "
         "sys.exit(bool(bad))"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

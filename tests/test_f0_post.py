@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.config import F0Config
-from models.f0 import F0Track
-from models.f0_post import (
+from comostream.models.config import F0Config
+from comostream.models.f0 import F0Track
+from comostream.models.f0_post import (
     cents,
     f0_from_log,
     interpolate_unvoiced,

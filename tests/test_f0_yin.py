@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench.f0 import F0Scores, synthetic_singing
-from models.config import F0Config
-from models.f0 import BACKENDS, extract_f0
-from models.f0_yin import LOOKAHEAD_SAMPLES, IncrementalF0, _post, yin_f0
+from comostream.bench.f0 import F0Scores, synthetic_singing
+from comostream.models.config import F0Config
+from comostream.models.f0 import BACKENDS, extract_f0
+from comostream.models.f0_yin import LOOKAHEAD_SAMPLES, IncrementalF0, _post, yin_f0
 
 SR = 24000
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.config import Config, CorpusConfig, FeaturesConfig
-from training.feature_index import FeatureError, load_feature_index
-from training.features import EXTRACTORS, Extractor, prepare_features
+from comostream.models.config import Config, CorpusConfig, FeaturesConfig
+from comostream.training.feature_index import FeatureError, load_feature_index
+from comostream.training.features import EXTRACTORS, Extractor, prepare_features
 
 SR = 24000
 
@@ -124,7 +124,7 @@ def test_registered_extractor_adds_a_named_array(tmp_path: Path) -> None:
 
 
 def test_synthetic_corpus_features(tmp_path: Path) -> None:
-    from training.synth import synthesize_corpus
+    from comostream.training.synth import synthesize_corpus
 
     synthesize_corpus(tmp_path / "syn", CorpusConfig(singers=2, minutes=0.05), progress=False,
                       max_lines=2)  # fmt: skip

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from realtime.engine import StreamingConverter
-from realtime.live_audio import LiveMixer, TimedConverter, output_buffer
-from realtime.live_console import LiveStatus, format_status, parse_command
-from realtime.live_devices import (
+from comostream.realtime.engine import StreamingConverter
+from comostream.realtime.live.audio import LiveMixer, TimedConverter, output_buffer
+from comostream.realtime.live.console import LiveStatus, format_status, parse_command
+from comostream.realtime.live.devices import (
     DeviceInfo,
     LiveError,
     find_device,
@@ -138,7 +138,7 @@ def test_missing_portaudio_names_the_debian_package(monkeypatch: pytest.MonkeyPa
 
 def test_list_devices_on_a_machine_without_any() -> None:
     env = dict(os.environ, PULSE_SERVER="unix:/nonexistent/comostream-test")  # no sound server
-    res = subprocess.run([sys.executable, str(ROOT / "comostream.py"), "live", "--list-devices"],
+    res = subprocess.run([sys.executable, "-m", "comostream", "live", "--list-devices"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stderr
     if "no audio devices found" not in res.stdout:
@@ -366,7 +366,7 @@ def _fake_portaudio(streams: list[_FakeStream]) -> SimpleNamespace:
 
 def test_a_whole_run_with_commands_and_status(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:  # fmt: skip
-    from realtime import live
+    from comostream.realtime.live import app as live
     from tests.model_files import write_tiny_model
 
     streams: list[_FakeStream] = []
@@ -402,7 +402,7 @@ def test_a_whole_run_with_commands_and_status(monkeypatch: pytest.MonkeyPatch,
 def test_a_failing_stream_is_reopened_until_it_keeps_failing(
     failure: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from realtime import live
+    from comostream.realtime.live import app as live
     from tests.model_files import write_tiny_model
 
     monkeypatch.setattr(_FakeStream, failure, 0.3)

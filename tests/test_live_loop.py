@@ -132,7 +132,7 @@ def _source() -> tuple[np.ndarray, np.ndarray, int, int]:
     """The played signal at SR (WARMUP_S of noise, then REPEATS periods of GAP_S noise + the
     phrase + noise), the phrase at 24 kHz, the warm-up and the period in samples (a whole
     number of model blocks: every phrase meets the live frame grid at the same phase)."""
-    from models.audio import read_audio, resample
+    from comostream.models.audio import read_audio, resample
 
     phrase24, rate = read_audio(PHRASE)
     assert rate == 24000
@@ -159,8 +159,8 @@ def _exact_lag(rec: np.ndarray, ref: np.ndarray, max_lag: int) -> tuple[int, flo
 def _fine_log_f0(x: np.ndarray, sub: int = 8) -> np.ndarray:
     """log2 F0 of ``x`` (SR) every ``2 * 256 / sub`` samples (NaN where unvoiced): YIN on the
     24 kHz signal started at ``sub`` offsets within a hop, interleaved."""
-    from models.audio import resample
-    from models.f0_yin import yin_f0
+    from comostream.models.audio import resample
+    from comostream.models.f0_yin import yin_f0
 
     x24, step = resample(x, SR, 24000), 256 // sub
     tracks = [yin_f0(x24[s:]) for s in range(0, 256, step)]
@@ -196,7 +196,7 @@ def _best_lag(cost: np.ndarray, sub: int = 8) -> float:
 def _cents_error(rec24: np.ndarray, phrase24: np.ndarray) -> np.ndarray:
     """Cents of ``rec24``'s F0 above ``phrase24``'s, minus the transposition, on the frames
     voiced in both (the two are aligned, 24 kHz)."""
-    from models.f0_yin import yin_f0
+    from comostream.models.f0_yin import yin_f0
 
     src, out = yin_f0(phrase24), yin_f0(rec24[: phrase24.shape[0]])
     both = src.voiced & out.voiced
@@ -207,8 +207,8 @@ def _cents_error(rec24: np.ndarray, phrase24: np.ndarray) -> np.ndarray:
 def _offline_reference(model_path: Path, x: np.ndarray, speaker: str) -> np.ndarray:
     """``x`` converted offline by the engine ``live`` runs (same rate, block, chunk), with its
     latency removed: the converted signal aligned with ``x``."""
-    from realtime.engine import StreamingConverter, convert_array
-    from realtime.load import load_models
+    from comostream.realtime.engine import StreamingConverter, convert_array
+    from comostream.realtime.load import load_models
 
     model, voc = load_models(model_path)
     engine = StreamingConverter.from_models(model, voc, speaker=speaker, transpose=TRANSPOSE,
@@ -265,7 +265,7 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
 
     tmp_path.mkdir(parents=True, exist_ok=True)
 
-    from models.audio import resample
+    from comostream.models.audio import resample
     from tests.model_files import write_tiny_model
 
     model_path = write_tiny_model(tmp_path / "tiny.ckpt")
@@ -284,7 +284,7 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
              "--latency-msec=30"],
             env=pulse, stdin=files[0]))  # fmt: skip
         live = subprocess.Popen(
-            [sys.executable, str(ROOT / "comostream.py"), "live", "--checkpoint",
+            [sys.executable, "-m", "comostream", "live", "--checkpoint",
              str(model_path), "--input", "pulse", "--output", "pulse", "--samplerate", str(SR),
              "--speaker", "bass", "--transpose", str(TRANSPOSE), "--threads", "1", "--bypass",
              "--status-file", str(status_path)],

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint_io import CheckpointError, load_checkpoint
-from models.config import TrainConfig
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
+from comostream.models.config import TrainConfig
+from comostream.training.loop import Trainer, lr_factor
+from comostream.training.runlog import read_stats
 from tests.toy_training import (
     flat_params,
     noisy_step,
@@ -18,8 +20,6 @@ from tests.toy_training import (
     toy_state,
     toy_valid,
 )
-from training.loop import Trainer, lr_factor
-from training.runlog import read_stats
 
 
 def _trainer(cfg, run_dir: Path, seed: int = 0, **kw) -> Trainer:  # type: ignore[no-untyped-def]

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.backbone import Backbone
-from models.config import load_config
-from models.edm import EDMPrecond
-from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
-from training.losses import (
+from comostream.models.backbone import Backbone
+from comostream.models.config import load_config
+from comostream.models.edm import EDMPrecond
+from comostream.models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from comostream.training.losses import (
     consistency_distillation_loss,
     distance,
     distillation_sigmas,

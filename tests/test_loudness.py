@@ -8,8 +8,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.config import AudioConfig
-from models.loudness import FLOOR_DB, IncrementalLoudness, Loudness, a_weighting_db, loudness
+from comostream.models.config import AudioConfig
+from comostream.models.loudness import (
+    FLOOR_DB,
+    IncrementalLoudness,
+    Loudness,
+    a_weighting_db,
+    loudness,
+)
 
 CFG = AudioConfig()
 SR = CFG.sample_rate

@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.config import AudioConfig
-from models.frames import Framer, num_frames
-from models.mel import IncrementalMel, MelSpectrogram, mel_filterbank, mel_spectrogram
+from comostream.models.config import AudioConfig
+from comostream.models.frames import Framer, num_frames
+from comostream.models.mel import IncrementalMel, MelSpectrogram, mel_filterbank, mel_spectrogram
 
 CFG = AudioConfig()
 SIGNAL = (np.random.default_rng(0).standard_normal(6000) * 0.3).astype(np.float32)

@@ -1,4 +1,5 @@
-"""The wire format (realtime.protocol): frames, hello/set validation, the error table."""
+"""The wire format (comostream.realtime.serve.protocol): frames, hello/set validation, the error
+table."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.protocol import (
+from comostream.realtime.serve.protocol import (
     ERRORS,
     FLAG_DROPPED,
     FLAG_FLUSH,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.recipe import stages
+from comostream.training.recipe import stages
 
 
 def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.audio import resample as torchaudio_resample
-from realtime.resample import StreamingResampler, resample_oneshot
+from comostream.models.audio import resample as torchaudio_resample
+from comostream.realtime.resample import StreamingResampler, resample_oneshot
 
 RATES = [
     (48000, 24000),

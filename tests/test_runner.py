@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from realtime.engine import StreamingConverter
-from realtime.runner import Ring, ThreadedConverter
+from comostream.realtime.engine import StreamingConverter
+from comostream.realtime.runner import Ring, ThreadedConverter
 from tests.engine_helpers import IdentityStep, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.backbone import Backbone
-from models.config import load_config
-from models.edm import EDMPrecond, karras_sigmas
-from models.samplers import (
+from comostream.models.backbone import Backbone
+from comostream.models.config import load_config
+from comostream.models.edm import EDMPrecond, karras_sigmas
+from comostream.models.samplers import (
     consistency_multistep,
     consistency_onestep,
     euler_sampler,

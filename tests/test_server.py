@@ -1,8 +1,8 @@
 """The WebSocket server, the Python client and bridge, on a tiny random-weight model.
 
-Servers run in-process (:class:`realtime.server.ServerThread`) except for the SIGTERM test,
-which runs ``comostream serve`` as a subprocess. References are the engine's own output for the
-same audio and blocks (:func:`realtime.engine.convert_array`).
+Servers run in-process (:class:`comostream.realtime.serve.server.ServerThread`) except for the
+SIGTERM test, which runs ``comostream serve`` as a subprocess. References are the engine's own
+output for the same audio and blocks (:func:`comostream.realtime.engine.convert_array`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,18 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from comostream import main
-from models.config import RealtimeConfig
-from realtime.bridge import Bridge
-from realtime.client import StreamClient, stream_array
-from realtime.engine import StreamingConverter, convert_array
-from realtime.protocol import ERRORS, pack_frame
-from realtime.server import DropQueue, EngineFactory, Gap, ServerConfig, ServerThread
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.realtime.serve.bridge import Bridge
+from comostream.realtime.serve.client import StreamClient, stream_array
+from comostream.realtime.serve.protocol import ERRORS, pack_frame
+from comostream.realtime.serve.server import (
+    DropQueue,
+    EngineFactory,
+    Gap,
+    ServerConfig,
+    ServerThread,
+)
 from tests.model_files import tiny_models, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,7 +232,7 @@ def test_token_max_streams_and_idle_timeout(models: Any) -> None:
 
 
 def test_drop_queue_drops_oldest_and_merges_gaps() -> None:
-    from realtime.server import Block
+    from comostream.realtime.serve.server import Block
 
     async def run() -> None:
         q = DropQueue(max_samples=300, max_messages=2)
@@ -361,7 +367,7 @@ def test_bridge_pumps_device_audio_through_the_server(server: ServerThread) -> N
 
 
 def test_ws_overhead_measurement(models: Any) -> None:
-    from bench.latency import measure_ws_overhead
+    from comostream.bench.latency import measure_ws_overhead
 
     r = measure_ws_overhead(*models, realtime=RT, sample_rate=48000, seconds=1.0)
     assert set(r) >= {"ws_overhead_ms", "ws_rtt_ms_p50", "ws_rtt_ms_p99", "ws_compute_ms_p50"}
@@ -370,9 +376,9 @@ def test_ws_overhead_measurement(models: Any) -> None:
 
 
 def test_serve_cli_refusals(monkeypatch: Any, capsys: Any, tmp_path: Path) -> None:
-    import realtime.convert
+    import comostream.models.shipped
 
-    monkeypatch.setattr(realtime.convert, "default_model_path", lambda: None)
+    monkeypatch.setattr(comostream.models.shipped, "default_model_path", lambda: None)
     assert main(["serve", "--host", "0.0.0.0"]) == 1
     assert "needs a token" in capsys.readouterr().err
     assert main(["serve"]) == 1

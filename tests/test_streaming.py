@@ -16,11 +16,11 @@ from streaming_helpers import (
     state_signature,
 )
 
-from models.backbone import Backbone
-from models.conditioner import Conditioner
-from models.config import load_config
-from models.edm import EDMPrecond
-from models.streaming import CausalConv1d, Delay, Streaming, init_tree, state_tensors
+from comostream.models.backbone import Backbone
+from comostream.models.conditioner import Conditioner
+from comostream.models.config import load_config
+from comostream.models.edm import EDMPrecond
+from comostream.models.streaming import CausalConv1d, Delay, Streaming, init_tree, state_tensors
 
 CONV_CASES = [(3, 1, 0), (3, 1, 1), (3, 2, 3), (5, 4, 2), (1, 1, 0), (2, 3, 3)]  # k, d, L
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic singing corpus (training.synth, voices, melody, world_ops)."""
+"""Tests for the synthetic singing corpus (comostream.training.synth, voices, melody, world_ops)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.config import CorpusConfig
-from training import voices
-from training import world_ops as wo
-from training.corpus import load_corpus, select
-from training.melody import f0_contour, make_line, make_lines
-from training.synth import assign_splits, synthesize_corpus
+from comostream.models.config import CorpusConfig
+from comostream.training import voices
+from comostream.training import world_ops as wo
+from comostream.training.corpus import load_corpus, select
+from comostream.training.melody import f0_contour, make_line, make_lines
+from comostream.training.synth import assign_splits, synthesize_corpus
 
 HOP, SR = 256, 24000
 KEYS = {"path", "f0", "singer", "text", "melody", "line", "split", "seconds", "sample_rate"}

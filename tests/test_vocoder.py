@@ -11,15 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from bench.vocoder import f0_rmse_cents, frame_db, mcd_db, pesq_wb
-from models.checkpoint_io import CheckpointError
-from models.config import ConfigError, VocoderConfig, load_config
-from models.f0 import extract_f0
-from models.streaming import state_tensors
-from models.vocoder import EXPORT_KIND, VOCODER_PRESETS, Vocoder, load_vocoder, vocoder_config
-from models.vocoder_synth import MelGrid, hash_uniform
+from comostream.bench.vocoder import f0_rmse_cents, frame_db, mcd_db, pesq_wb
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.config import ConfigError, VocoderConfig, load_config
+from comostream.models.f0 import extract_f0
+from comostream.models.streaming import state_tensors
+from comostream.models.vocoder import (
+    EXPORT_KIND,
+    VOCODER_PRESETS,
+    Vocoder,
+    load_vocoder,
+    vocoder_config,
+)
+from comostream.models.vocoder_synth import MelGrid, hash_uniform
+from comostream.training.checkpoint import save_checkpoint
 from tests.streaming_helpers import chunk_bounds, run_stream, state_signature
-from training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

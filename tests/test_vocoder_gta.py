@@ -12,18 +12,24 @@ import soundfile as sf
 import torch
 
 import comostream
-from models.acoustic import AcousticModel
-from models.checkpoint_io import CheckpointError
-from models.config import Config, FeaturesConfig, config_from_dict, config_to_dict, load_config
-from models.noise import frame_noise
-from models.vocoder import VOCODER_PRESETS, load_vocoder
+from comostream.models.acoustic import AcousticModel
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.config import (
+    Config,
+    FeaturesConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+)
+from comostream.models.noise import frame_noise
+from comostream.models.vocoder import VOCODER_PRESETS, load_vocoder
+from comostream.training.checkpoint import save_checkpoint
+from comostream.training.feature_index import FeatureError, load_feature_index
+from comostream.training.features import prepare_features
+from comostream.training.vocoder import train_vocoder
+from comostream.training.vocoder_data import VocoderSegments, corpus_of
+from comostream.training.vocoder_gta import gta_mel, write_gta_features
 from tests.test_vocoder_training import _tone
-from training.checkpoint import save_checkpoint
-from training.feature_index import FeatureError, load_feature_index
-from training.features import prepare_features
-from training.vocoder import train_vocoder
-from training.vocoder_data import VocoderSegments, corpus_of
-from training.vocoder_gta import gta_mel, write_gta_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

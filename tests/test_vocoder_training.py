@@ -13,15 +13,15 @@ import soundfile as sf
 import torch
 
 import comostream
-from bench.vocoder import run_vocoder_bench
-from models.checkpoint_io import CheckpointError, load_checkpoint
-from models.config import Config, FeaturesConfig, config_from_dict, config_to_dict
-from models.vocoder import VOCODER_PRESETS, load_vocoder
-from training.corpus import split_for_name
-from training.feature_index import FeatureError
-from training.features import prepare_features
-from training.vocoder import export_vocoder, train_vocoder
-from training.vocoder_data import VocoderSegments
+from comostream.bench.vocoder import run_vocoder_bench
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
+from comostream.models.config import Config, FeaturesConfig, config_from_dict, config_to_dict
+from comostream.models.vocoder import VOCODER_PRESETS, load_vocoder
+from comostream.training.corpus import split_for_name
+from comostream.training.feature_index import FeatureError
+from comostream.training.features import prepare_features
+from comostream.training.vocoder import export_vocoder, train_vocoder
+from comostream.training.vocoder_data import VocoderSegments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

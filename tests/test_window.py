@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.config import RealtimeConfig
-from realtime.window import WindowedContent, WindowedVocoder, sola_offset
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.window import WindowedContent, WindowedVocoder, sola_offset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from models.config import Config, TrainConfig
-from training.sampler import EpochShuffle
-from training.state import TrainState, make_state
+from comostream.models.config import Config, TrainConfig
+from comostream.training.sampler import EpochShuffle
+from comostream.training.state import TrainState, make_state
 
 CHANNELS, FRAMES = 2, 16
 

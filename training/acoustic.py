@@ -23,25 +23,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.acoustic import (
+from comostream.models.acoustic import (
     AcousticModel,
     build_conditioner,
     build_denoiser,
     condition_from_features,
 )
-from models.audio import load_audio
-from models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
-from models.config import Config, config_from_dict
-from models.content import load_content_encoder
-from models.edm import denormalise_mel, normalise_mel
-from models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
-from models.vocoder import load_vocoder
-from training.checkpoint import save_checkpoint
-from training.corpus import load_corpus
-from training.dataset import DEFAULT_ARRAYS, SegmentDataset, collate_segments
-from training.distributed import setup_distributed
-from training.loop import Trainer
-from training.losses import (
+from comostream.models.audio import load_audio
+from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
+from comostream.models.config import Config, config_from_dict
+from comostream.models.content import load_content_encoder
+from comostream.models.edm import denormalise_mel, normalise_mel
+from comostream.models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
+from comostream.models.vocoder import load_vocoder
+from comostream.training.checkpoint import save_checkpoint
+from comostream.training.corpus import load_corpus
+from comostream.training.dataset import DEFAULT_ARRAYS, SegmentDataset, collate_segments
+from comostream.training.distributed import setup_distributed
+from comostream.training.loop import Trainer
+from comostream.training.losses import (
     consistency_distillation_loss,
     distillation_sigmas,
     edm_loss,
@@ -49,7 +49,7 @@ from training.losses import (
     sample_distill_index,
     sample_edm_sigma,
 )
-from training.state import TrainState, make_state, seed_everything
+from comostream.training.state import TrainState, make_state, seed_everything
 
 __all__ = ["RunOptions", "export_model", "train_distill", "train_finetune", "train_teacher"]
 
@@ -285,8 +285,8 @@ def _singer_features(
     singer_dir: Path, speaker: str, out: Path, cfg: Config, progress: bool
 ) -> Path:
     """Features of one singer's recordings (``singer_dir/*.wav``) in ``out/features``."""
-    from training.corpus import CorpusError
-    from training.features import prepare_features
+    from comostream.training.corpus import CorpusError
+    from comostream.training.features import prepare_features
 
     audio = [p for ext in ("wav", "flac", "ogg") for p in singer_dir.glob(f"*.{ext}")]
     if not singer_dir.is_dir() or not audio:
@@ -305,9 +305,10 @@ def _singer_features(
 
 
 def singer_prints(corpus: Path, singers: list[str], per_singer: int = 6) -> dict[str, dict]:
-    """Voice prints (:mod:`models.voiceprint`) of ``singers`` from their train-split recordings
-    in ``corpus``: the mean of up to ``per_singer`` recordings' prints (median F0: the median)."""
-    from models.voiceprint import voice_print
+    """Voice prints (:mod:`comostream.models.voiceprint`) of ``singers`` from their train-split
+    recordings in ``corpus``: the mean of up to ``per_singer`` recordings' prints (median F0: the
+    median)."""
+    from comostream.models.voiceprint import voice_print
 
     utts = load_corpus(corpus)
     prints: dict[str, dict] = {}

@@ -1,6 +1,6 @@
 """Writing checkpoints atomically, plus the RNG-state helpers exact resume needs.
 
-Reading and validation live in :mod:`models.checkpoint_io` (inference never imports
+Reading and validation live in :mod:`comostream.models.checkpoint_io` (inference never imports
 ``training``) and are re-exported here. A payload holds plain data only, checked before writing,
 so every checkpoint loads with ``torch.load(weights_only=True)``.
 """
@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint_io import FORMAT_VERSION, CheckpointError, load_checkpoint, load_state_strict
+from comostream.models.checkpoint_io import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    load_state_strict,
+)
 
 __all__ = [
     "FORMAT_VERSION",

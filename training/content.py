@@ -1,9 +1,10 @@
-"""``comostream train content``: train the built-in content encoder (:mod:`models.content`).
+"""``comostream train content``: train the built-in content encoder
+(:mod:`comostream.models.content`).
 
 Objective (information perturbation + bottleneck + speaker adversary): the encoder ``E`` sees a
 WORLD-perturbed copy ``x~`` of an utterance (pitch shift, formant warp, EQ, breathiness, level;
-:mod:`training.perturb`) and emits narrow content frames ``z = E(x~)``. A training-only decoder
-``G`` rebuilds the ORIGINAL normalised mel from ``z`` plus the original F0, voiced flag,
+:mod:`comostream.training.perturb`) and emits narrow content frames ``z = E(x~)``. A training-only
+decoder ``G`` rebuilds the ORIGINAL normalised mel from ``z`` plus the original F0, voiced flag,
 loudness and singer embedding; since ``G`` is told pitch, level and singer, ``z`` only needs
 what is sung. A frame-wise singer classifier ``A`` is trained on ``z`` (detached), and the
 encoder gets an adversarial term of weight ``w`` (``content.adversary_weight``)::
@@ -17,7 +18,8 @@ is minimal when it cannot tell the singers apart. ``"reverse"``: gradient revers
 below chance), which hides nothing from a freshly trained probe. Both are computed on frames
 with ``loudness > active_db``. Checkpoints (kind
 ``"content"``) hold ``encoder``, ``decoder`` and ``adversary``, optimiser, step, config and the
-training singers (``meta.singers``); :func:`models.content.load_content_encoder` reads them.
+training singers (``meta.singers``); :func:`comostream.models.content.load_content_encoder` reads
+them.
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.conditioner import F0_REF_HZ, LOUDNESS_REF_DB, LOUDNESS_SCALE_DB
-from models.config import Config, ContentConfig
-from models.content import CHECKPOINT_KIND, ContentEncoder
-from models.streaming import FrameLinear
-from training.content_data import PerturbedSegments, build_perturbation_cache, corpus_singers
-from training.corpus import CorpusError, load_corpus
-from training.dataset import collate_segments
-from training.loop import Trainer
-from training.state import TrainState, make_state, seed_everything
+from comostream.models.conditioner import F0_REF_HZ, LOUDNESS_REF_DB, LOUDNESS_SCALE_DB
+from comostream.models.config import Config, ContentConfig
+from comostream.models.content import CHECKPOINT_KIND, ContentEncoder
+from comostream.models.streaming import FrameLinear
+from comostream.training.content_data import (
+    PerturbedSegments,
+    build_perturbation_cache,
+    corpus_singers,
+)
+from comostream.training.corpus import CorpusError, load_corpus
+from comostream.training.dataset import collate_segments
+from comostream.training.loop import Trainer
+from comostream.training.state import TrainState, make_state, seed_everything
 
 __all__ = ["ContentDecoder", "SingerAdversary", "content_losses", "train_content"]
 

@@ -26,15 +26,15 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from models.audio import load_audio
-from models.config import Config, config_to_dict
-from models.loudness import FLOOR_DB
-from models.mel import mel_spectrogram
-from training.corpus import Utterance, load_corpus
-from training.dataset import collate_segments
-from training.feature_index import FeatureError
-from training.features import EXTRACTORS, save_npz
-from training.perturb import analyze_utterance, draw_perturbation, perturb
+from comostream.models.audio import load_audio
+from comostream.models.config import Config, config_to_dict
+from comostream.models.loudness import FLOOR_DB
+from comostream.models.mel import mel_spectrogram
+from comostream.training.corpus import Utterance, load_corpus
+from comostream.training.dataset import collate_segments
+from comostream.training.feature_index import FeatureError
+from comostream.training.features import EXTRACTORS, save_npz
+from comostream.training.perturb import analyze_utterance, draw_perturbation, perturb
 
 __all__ = [
     "CachedUtterance",
@@ -126,7 +126,7 @@ def build_perturbation_cache(
 
 class PerturbedSegments(Dataset[dict[str, Tensor]]):
     """Segments of ``segment_frames`` frames, indexed by global sample id (see
-    :class:`training.dataset.SegmentDataset` for the sampling scheme).
+    :class:`comostream.training.dataset.SegmentDataset` for the sampling scheme).
 
     Item: ``src`` (n_mels, S) a randomly chosen perturbed mel with a random level change of up
     to ``gain_db`` dB (what the encoder sees), ``mel`` (n_mels, S) the original, ``f0`` (S,) Hz,
@@ -196,7 +196,7 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
 @functools.lru_cache(maxsize=2)
 def _cached_encoder(path: str, mtime_ns: int, size: int) -> torch.nn.Module:
     """The encoder at ``path``, loaded once per (path, mtime, size) (a changed file reloads)."""
-    from models.content import load_content_encoder
+    from comostream.models.content import load_content_encoder
 
     return load_content_encoder(path)
 

@@ -2,8 +2,8 @@
 
 Two layouts are understood:
 
-* a synthetic corpus (``training.synth``): ``root/manifest.jsonl`` with one JSON object per line
-  (keys ``path``, ``singer``, ``split`` required; ``f0``, ``text``, ``melody``, ``line``,
+* a synthetic corpus (``comostream.training.synth``): ``root/manifest.jsonl`` with one JSON object
+  per line (keys ``path``, ``singer``, ``split`` required; ``f0``, ``text``, ``melody``, ``line``,
   ``seconds`` optional), paths relative to ``root``;
 * a user dataset: ``root/<singer>/*.wav|*.flac|*.ogg``. The split is a deterministic hash of
   ``<singer>/<file name>`` (~10% valid, ~10% test); a sibling ``<stem>.f0.npy`` is used as F0.

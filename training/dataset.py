@@ -1,8 +1,9 @@
-"""Random fixed-length training segments over a feature directory (``training.features``).
+"""Random fixed-length training segments over a feature directory
+(``comostream.training.features``).
 
 :class:`SegmentDataset` is indexed by *global sample id* (any int >= 0, see
-:mod:`training.sampler`): item ``k`` picks an utterance with probability proportional to its
-frames (every frame equally likely) and a uniform start frame, both drawn from
+:mod:`comostream.training.sampler`): item ``k`` picks an utterance with probability proportional to
+its frames (every frame equally likely) and a uniform start frame, both drawn from
 ``numpy.random.default_rng([seed, k])``. The same ``(seed, k)`` always gives the same segment,
 whatever the worker, rank or resume point. Utterances shorter than ``segment_frames`` are
 padded with silence (mel at the log floor, F0 0, unvoiced, loudness at its floor) and ``mask``
@@ -21,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.loudness import FLOOR_DB
-from training.feature_index import FeatureError, load_feature_index
+from comostream.models.loudness import FLOOR_DB
+from comostream.training.feature_index import FeatureError, load_feature_index
 
 __all__ = ["DEFAULT_ARRAYS", "SegmentDataset", "collate_segments"]
 

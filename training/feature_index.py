@@ -1,7 +1,7 @@
 """The index of a feature directory (``index.jsonl``, ``skipped.jsonl``, ``features.json``).
 
-Written by :func:`training.features.prepare_features`, read by :func:`load_feature_index` (the
-dataset). See :mod:`training.features` for the layout.
+Written by :func:`comostream.training.features.prepare_features`, read by :func:`load_feature_index`
+(the dataset). See :mod:`comostream.training.features` for the layout.
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@
 For every utterance of ``load_corpus(DATA_DIR)`` the extractors named in ``cfg.features``
 compute frame-aligned arrays (last axis = T = samples // hop + 1 at the model rate):
 
-* ``mel``: (n_mels, T) float32, natural-log mel magnitude (:func:`models.mel.mel_spectrogram`);
+* ``mel``: (n_mels, T) float32, natural-log mel magnitude
+  (:func:`comostream.models.mel.mel_spectrogram`);
 * ``f0``: (T,) float32 Hz, 0 = unvoiced, and ``voiced``: (T,) bool. ``f0_source = "extract"``
   (the default: users' data has no ground truth) runs the ``cfg.f0`` backend and
   post-processing; ``"corpus"`` uses the corpus's ground-truth F0 file where there is one (the
   synthetic corpus) and extracts otherwise;
-* ``loudness``: (T,) float32 dB (:func:`models.loudness.loudness`).
+* ``loudness``: (T,) float32 dB (:func:`comostream.models.loudness.loudness`).
 * ``content``: (content_dim, T) float32, the built-in content encoder
-  (:mod:`models.content`) loaded from ``features.content_checkpoint``, or a user's
-  HuBERT/ContentVec/Whisper encoder (:mod:`models.ext_content`) from ``features.content_model``
-  (``content_layer``, ``content_projection``).
+  (:mod:`comostream.models.content`) loaded from ``features.content_checkpoint``, or a user's
+  HuBERT/ContentVec/Whisper encoder (:mod:`comostream.models.ext_content`) from
+  ``features.content_model`` (``content_layer``, ``content_projection``).
 
 Layout: ``FEAT_DIR/<singer>/<utt>.npz`` (one named array per key, so a later extractor such as
 ``content`` (C, T) adds a key), ``FEAT_DIR/index.jsonl`` (``utt``, ``singer``, ``split``,
@@ -38,14 +39,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.audio import AudioError, load_audio
-from models.config import Config, config_to_dict
-from models.f0 import extract_f0
-from models.f0_post import postprocess
-from models.loudness import loudness
-from models.mel import mel_spectrogram
-from training.corpus import Utterance, load_corpus
-from training.feature_index import (
+from comostream.models.audio import AudioError, load_audio
+from comostream.models.config import Config, config_to_dict
+from comostream.models.f0 import extract_f0
+from comostream.models.f0_post import postprocess
+from comostream.models.loudness import loudness
+from comostream.models.mel import mel_spectrogram
+from comostream.training.corpus import Utterance, load_corpus
+from comostream.training.feature_index import (
     FEATURES_FORMAT,
     FeatureEntry,
     FeatureError,
@@ -106,7 +107,9 @@ def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.nda
         audio = _perturbed(audio, utt, cfg)
     if cfg.features.content_model:
         return _external_content(audio, cfg)
-    from training.content_data import content_features  # torch model: loaded only when asked
+    from comostream.training.content_data import (
+        content_features,  # torch model: loaded only when asked
+    )
 
     return content_features(audio, utt, cfg)
 
@@ -153,7 +156,7 @@ def _perturbed(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
     the ``[content]`` ranges), same frames; the draw is seeded by the utterance's path, so a
     re-run gives the same features. Content from such a copy carries the words and timing but
     not the singer, so the acoustic model must take timbre from its singer embedding."""
-    from training.perturb import analyze_utterance, draw_perturbation, perturb
+    from comostream.training.perturb import analyze_utterance, draw_perturbation, perturb
 
     rng = np.random.default_rng([_utt_seed(utt), cfg.train.seed])
     hop = cfg.audio.hop_length
@@ -165,7 +168,9 @@ def _perturbed(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
 @functools.lru_cache(maxsize=2)
 def _cached_external(path: str, stamp: tuple[int, int], layer: int, projection: bool,
                      sample_rate: int, hop_length: int) -> Any:  # fmt: skip
-    from models.ext_content import load_content_model  # torch model: loaded only when asked
+    from comostream.models.ext_content import (
+        load_content_model,  # torch model: loaded only when asked
+    )
 
     return load_content_model(path, layer=layer, projection=projection, sample_rate=sample_rate,
                               hop_length=hop_length)  # fmt: skip

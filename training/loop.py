@@ -1,9 +1,9 @@
 """The one training loop for every stage (teacher, distillation, vocoder, fine-tuning).
 
 A stage supplies a :class:`TrainState` (its models and optimisers), a data source indexed by
-global sample id (see :mod:`training.sampler`) and a ``step_fn(state, batch) -> {name: loss}``.
-If the dict has a ``"loss"`` key, that tensor is backpropagated and the others are only logged;
-otherwise the sum of all values is. After the backward pass gradients are averaged over DDP
+global sample id (see :mod:`comostream.training.sampler`) and a ``step_fn(state, batch) -> {name:
+loss}``. If the dict has a ``"loss"`` key, that tensor is backpropagated and the others are only
+logged; otherwise the sum of all values is. After the backward pass gradients are averaged over DDP
 ranks, clipped to ``train.grad_clip`` (per optimiser), every optimiser and LR scheduler steps,
 then ``after_step(state)`` runs (the EMA update of distillation plugs in here).
 
@@ -33,8 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.config import Config, config_to_dict
-from training.checkpoint import (
+from comostream.models.config import Config, config_to_dict
+from comostream.training.checkpoint import (
     CheckpointError,
     get_rng_state,
     link_checkpoint,
@@ -43,7 +43,7 @@ from training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from training.distributed import (
+from comostream.training.distributed import (
     DistInfo,
     all_gather_objects,
     average_gradients,
@@ -52,9 +52,9 @@ from training.distributed import (
     mean_over_ranks,
     move_to,
 )
-from training.runlog import RunLogger
-from training.sampler import GlobalBatchSampler
-from training.state import TrainState, lr_factor, make_state, seed_everything
+from comostream.training.runlog import RunLogger
+from comostream.training.sampler import GlobalBatchSampler
+from comostream.training.state import TrainState, lr_factor, make_state, seed_everything
 
 __all__ = ["StepFn", "TrainState", "Trainer", "lr_factor", "make_state", "seed_everything"]
 

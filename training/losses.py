@@ -3,9 +3,9 @@
 ``edm_loss`` trains the teacher (Karras et al. 2022, eq. 8 with the EDM weighting);
 ``consistency_distillation_loss`` distils it into the student (Song et al. 2023, Algorithm 2);
 ``ema_update`` moves the target towards the student. Denoisers are
-:class:`models.edm.EDMPrecond` (``denoiser(x, sigma, cond)``); data ``x0`` is normalised mel
-``(B, n_mels, T)`` and noise has the same shape. No RNG inside except in the ``sample_*`` helpers,
-which take a generator.
+:class:`comostream.models.edm.EDMPrecond` (``denoiser(x, sigma, cond)``); data ``x0`` is normalised
+mel ``(B, n_mels, T)`` and noise has the same shape. No RNG inside except in the ``sample_*``
+helpers, which take a generator.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from models.config import EDMConfig
-from models.edm import karras_sigmas, sigma_like
-from models.samplers import Denoiser, heun_step
+from comostream.models.config import EDMConfig
+from comostream.models.edm import karras_sigmas, sigma_like
+from comostream.models.samplers import Denoiser, heun_step
 
 __all__ = [
     "masked_mean",

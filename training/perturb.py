@@ -3,8 +3,8 @@
 An utterance is analysed once (CheapTrick envelope, D4C aperiodicity on a given or DIO+StoneMask
 F0, frame period = one hop), then resynthesised with a random :class:`Perturbation`: F0 times
 ``2 ** (semitones / 12)`` (envelope kept, so formants stay put), an all-pass frequency warp of
-the envelope (formant shift, :func:`training.world_ops.warp_envelope`), a random EQ (a few
-1-octave Gaussian peaking bands on a log-frequency axis) and added breathiness. The frame grid
+the envelope (formant shift, :func:`comostream.training.world_ops.warp_envelope`), a random EQ (a
+few 1-octave Gaussian peaking bands on a log-frequency axis) and added breathiness. The frame grid
 is kept: ``T`` frames in, ``(T - 1) * hop`` samples out, so the perturbed mel has the same ``T``
 frames as the original and stays frame-aligned with it.
 """
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyworld as pw
 
-from models.config import ContentConfig, F0Config
-from training import world_ops as wo
+from comostream.models.config import ContentConfig, F0Config
+from comostream.training import world_ops as wo
 
 __all__ = ["Perturbation", "WorldAnalysis", "analyze_utterance", "draw_perturbation", "perturb"]
 

@@ -8,8 +8,8 @@ other core, the vocoder; then the vocoder fine-tuned on the distilled model's ow
 stage is seeded; a stage whose output exists is skipped, so an interrupted run continues where it
 stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
 
-Usage: ``python -m training.recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per stage, to
-check the plumbing in minutes).
+Usage: ``python -m comostream.training.recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per
+stage, to check the plumbing in minutes).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from comostream.models.shipped import config_file
 
 __all__ = ["Stage", "main", "stages"]
 
@@ -39,7 +41,7 @@ class Stage:
 def _recipe_config(run: Path) -> Path:
     """``RUN/recipe.toml``: the CPU recipe with this run's content encoder."""
     path = run / "recipe.toml"
-    base = Path(__file__).resolve().parents[1] / "configs" / "recipe-cpu.toml"
+    base = config_file("recipe-cpu.toml")
     text = base.read_text().replace('"out/content/last.pt"', f'"{run / "content" / "last.pt"}"')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -50,7 +52,7 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
     """``(before, parallel, after)``: the sequential stages, the two training branches run side
     by side (acoustic model | vocoder), and the final stages."""
     cfg = str(_recipe_config(run))
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = config_file("default.toml").parent
     steps = {"content": 1200, "teacher": 4000, "distill": 1500, "vocoder": 3000,
              "vocoder_gta": 1000}
     if quick:
@@ -81,7 +83,7 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
                           "--max-steps", str(steps["vocoder"])], run / "vocoder" / "last.pt"),
     ]  # fmt: skip
     after = [
-        # the vocoder fine-tuned on the model's own mels (training.vocoder_gta)
+        # the vocoder fine-tuned on the model's own mels (comostream.training.vocoder_gta)
         Stage("acoustic-export", ["export", str(run / "distill" / "last.pt"), "-o",
                                   str(run / "acoustic.ckpt")], run / "acoustic.ckpt"),
         Stage("gta", ["prep", "gta", str(run / "acoustic.ckpt"), "--data", str(run / "feat"),
@@ -144,7 +146,7 @@ def _sequence(items: list[Stage], log: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.recipe", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m comostream.training.recipe", description=__doc__)
     ap.add_argument("run", nargs="?", type=Path, default=Path("out/default-model"))
     ap.add_argument("--quick", action="store_true", help="a few steps per stage")
     args = ap.parse_args(argv)

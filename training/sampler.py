@@ -3,9 +3,9 @@
 The loop numbers training samples globally: step ``s`` consumes the ids
 ``s * B * W ... (s + 1) * B * W - 1`` (``B`` samples per rank, ``W`` ranks) and rank ``r`` takes
 the ``r``-th block of ``B``. A dataset maps a sample id to an item deterministically (e.g.
-:class:`training.dataset.SegmentDataset` seeds each item from its id), so the data position after
-``s`` steps is ``s`` itself: resuming at step ``s`` replays exactly the same batches, and ``W``
-ranks with ``B`` each see the same samples as one process with ``B * W``.
+:class:`comostream.training.dataset.SegmentDataset` seeds each item from its id), so the data
+position after ``s`` steps is ``s`` itself: resuming at step ``s`` replays exactly the same batches,
+and ``W`` ranks with ``B`` each see the same samples as one process with ``B * W``.
 """
 
 from __future__ import annotations

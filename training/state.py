@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from models.config import TrainConfig
+from comostream.models.config import TrainConfig
 
 __all__ = ["TrainState", "lr_factor", "make_state", "seed_everything"]
 

@@ -32,10 +32,17 @@ import pyworld
 import soundfile as sf
 from tqdm import tqdm
 
-from models.config import AudioConfig, CorpusConfig, config_to_dict
-from training import world_ops as wo
-from training.melody import Line, f0_contour, make_lines
-from training.voices import BASE_VOICES, Singer, check_tools, singer_table, tool_versions, tts_batch
+from comostream.models.config import AudioConfig, CorpusConfig, config_to_dict
+from comostream.training import world_ops as wo
+from comostream.training.melody import Line, f0_contour, make_lines
+from comostream.training.voices import (
+    BASE_VOICES,
+    Singer,
+    check_tools,
+    singer_table,
+    tool_versions,
+    tts_batch,
+)
 
 __all__ = ["CORPUS_FORMAT", "PEAK_DBFS", "assign_splits", "synthesize_corpus"]
 

@@ -1,9 +1,9 @@
-"""``comostream train vocoder``: train the built-in vocoder (:mod:`models.vocoder`).
+"""``comostream train vocoder``: train the built-in vocoder (:mod:`comostream.models.vocoder`).
 
 Ground-truth mel and F0 from a feature folder, waveforms from its corpus
-(:mod:`training.vocoder_data`); random segments of the train split, each run with
+(:mod:`comostream.training.vocoder_data`); random segments of the train split, each run with
 ``vocoder.context_frames`` extra past frames that are not scored (so the causal stack sees a
-real past, as in streaming). The loss (:mod:`training.vocoder_losses`) of one step::
+real past, as in streaming). The loss (:mod:`comostream.training.vocoder_losses`) of one step::
 
     loss = stft_weight * (sc + log_mag) + mel_weight * mel_l1
            + [step >= adv_start] * (adv_weight * adv_g + fm_weight * fm + disc)
@@ -13,7 +13,7 @@ generator's terms see the discriminators through *detached* parameters
 (``torch.func.functional_call``) and ``disc`` sees the generator's output detached, so each
 optimiser (``generator``, ``discriminator``) only receives its own gradients. Checkpoints
 (kind ``"vocoder"``) hold ``models.vocoder`` and ``models.discriminator``, both optimisers,
-step, RNG states, config and ``meta`` (feature folder, corpus); :func:`models.vocoder.
+step, RNG states, config and ``meta`` (feature folder, corpus); :func:`comostream.models.vocoder.
 load_vocoder` reads them. :func:`export_vocoder` writes the inference-only file.
 """
 
@@ -26,16 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.checkpoint_io import load_checkpoint, load_state_strict
-from models.config import Config
-from models.mel import MelSpectrogram
-from models.vocoder import CHECKPOINT_KIND, EXPORT_KIND, Vocoder, load_vocoder
-from training.checkpoint import save_checkpoint
-from training.distributed import setup_distributed
-from training.loop import Trainer
-from training.state import TrainState, make_state, seed_everything
-from training.vocoder_data import VocoderSegments, collate, corpus_of
-from training.vocoder_losses import (
+from comostream.models.checkpoint_io import load_checkpoint, load_state_strict
+from comostream.models.config import Config
+from comostream.models.mel import MelSpectrogram
+from comostream.models.vocoder import CHECKPOINT_KIND, EXPORT_KIND, Vocoder, load_vocoder
+from comostream.training.checkpoint import save_checkpoint
+from comostream.training.distributed import setup_distributed
+from comostream.training.loop import Trainer
+from comostream.training.state import TrainState, make_state, seed_everything
+from comostream.training.vocoder_data import VocoderSegments, collate, corpus_of
+from comostream.training.vocoder_losses import (
     Discriminators,
     StftLoss,
     discriminator_loss,
@@ -107,7 +107,7 @@ def train_vocoder(
 
     ``init``: start from this vocoder's weights (a ``train vocoder`` checkpoint or export of the
     same sizes) with fresh optimisers at step 0: fine-tuning, e.g. on GTA mels
-    (:mod:`training.vocoder_gta`)."""
+    (:mod:`comostream.training.vocoder_gta`)."""
     data, out = Path(data), Path(out)
     device = _device()
     seed_everything(cfg.train.seed)

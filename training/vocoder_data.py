@@ -6,8 +6,8 @@ overrides), matched by the utterance id ``<singer>/<file stem>``. Frame ``t`` of
 owns samples ``[hop t, hop t + hop)`` (the vocoder's convention), so a segment of frames
 ``[s, s + S)`` pairs with samples ``[hop s, hop (s + S))``.
 
-:class:`VocoderSegments` is indexed by global sample id (see :mod:`training.sampler`): item
-``k`` draws its utterance (probability proportional to frames), start frame and noise offset
+:class:`VocoderSegments` is indexed by global sample id (see :mod:`comostream.training.sampler`):
+item ``k`` draws its utterance (probability proportional to frames), start frame and noise offset
 from ``numpy.random.default_rng([seed, k])``. Segments running past the end of an utterance
 are padded with silence (mel at the log floor, F0 0, zero samples).
 """
@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.audio import load_audio
-from models.config import AudioConfig
-from training.corpus import load_corpus
-from training.feature_index import FeatureEntry, FeatureError, load_feature_index
+from comostream.models.audio import load_audio
+from comostream.models.config import AudioConfig
+from comostream.training.corpus import load_corpus
+from comostream.training.feature_index import FeatureEntry, FeatureError, load_feature_index
 
 __all__ = ["VocoderSegments", "collate", "corpus_of", "load_utterances"]
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.acoustic import AcousticModel
-from models.noise import frame_noise
-from training.feature_index import FeatureError, load_feature_index, write_text_atomic
-from training.features import save_npz
-from training.vocoder_data import corpus_of
+from comostream.models.acoustic import AcousticModel
+from comostream.models.noise import frame_noise
+from comostream.training.feature_index import FeatureError, load_feature_index, write_text_atomic
+from comostream.training.features import save_npz
+from comostream.training.vocoder_data import corpus_of
 
 __all__ = ["gta_mel", "write_gta_features"]
 

@@ -3,7 +3,7 @@
 * STFT (Yamamoto et al. 2020, Parallel WaveGAN): per resolution ``n_fft`` (hop ``n_fft / 4``,
   Hann window ``n_fft``), spectral convergence ``||S - S^||_F / ||S||_F`` and log-magnitude L1,
   each averaged over the resolutions.
-* mel: L1 between natural-log mels (:class:`models.mel.MelSpectrogram`).
+* mel: L1 between natural-log mels (:class:`comostream.models.mel.MelSpectrogram`).
 * discriminators: a multi-period one (HiFi-GAN: the waveform folded into ``(T / p, p)``,
   2-D convs along time) and a multi-resolution spectrogram one (UnivNet: 2-D convs on linear
   magnitude spectrograms), both narrow. Least-squares objectives (Mao et al. 2017) and L1
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.config import VocoderConfig
-from models.mel import MelSpectrogram
+from comostream.models.config import VocoderConfig
+from comostream.models.mel import MelSpectrogram
 
 __all__ = [
     "MultiPeriodDiscriminator",

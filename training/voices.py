@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.corpus import CorpusError
+from comostream.training.corpus import CorpusError
 
 __all__ = [
     "BASE_VOICES",

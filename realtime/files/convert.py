@@ -5,27 +5,20 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.audio import AudioError, read_audio, resample, save_wav
-from models.checkpoint_io import CheckpointError
-from models.config import RealtimeConfig
-from realtime.engine import StreamingConverter, convert_array
+from comostream.models.audio import AudioError, read_audio, resample, save_wav
+from comostream.models.config import RealtimeConfig
+from comostream.models.shipped import require_model
+from comostream.realtime.engine import StreamingConverter, convert_array
 
-__all__ = ["ConvertResult", "convert_file", "default_model_path"]
+__all__ = ["ConvertResult", "convert_file"]
 
 ENGINE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
-
-
-def default_model_path() -> Path | None:
-    """The model shipped inside the package, if this installation has one."""
-    path = Path(str(resources.files("models") / "assets" / "default.ckpt"))
-    return path if path.is_file() else None
 
 
 @dataclass
@@ -62,13 +55,9 @@ def convert_file(
     one block); None runs offline (one model step over the whole file). Same output either way,
     to float rounding. A rate outside 16-48 kHz is resampled to 48 kHz first.
     """
-    from realtime.load import load_models
+    from comostream.realtime.load import load_models
 
-    if checkpoint is None:
-        checkpoint = default_model_path()
-        if checkpoint is None:
-            raise CheckpointError("no model given and this installation ships none: pass "
-                                  "--checkpoint MODEL.ckpt (from `comostream export`)")  # fmt: skip
+    checkpoint = require_model(checkpoint)
     audio, file_rate = read_audio(source)
     rate = file_rate if file_rate in ENGINE_RATES else 48000
     if rate != file_rate:  # e.g. 8 or 96 kHz: the engine runs at 48 kHz, the file keeps its rate

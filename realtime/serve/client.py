@@ -22,7 +22,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.protocol import (
+from comostream.realtime.serve.protocol import (
     FLAG_DROPPED,
     FLAG_FLUSH,
     PROTOCOL_VERSION,
@@ -242,7 +242,7 @@ def stream_file(
     48 kHz) and write the converted audio as a float WAV at the file's rate."""
     import soundfile as sf
 
-    from models.audio import AudioError, check_finite, resample, save_wav
+    from comostream.models.audio import AudioError, check_finite, resample, save_wav
 
     if not Path(source).is_file():
         raise AudioError(f"{source}: file not found")

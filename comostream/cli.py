@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+from comostream import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,7 +47,7 @@ def _config_options(
 
 def _load_config(args: argparse.Namespace) -> Any:
     """The config from ``--config`` (or the defaults) with command-line overrides applied."""
-    from models.config import load_config
+    from comostream.models.config import load_config
 
     overrides: dict[str, dict[str, Any]] = {}
     for key, value in vars(args).items():
@@ -61,7 +61,7 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from realtime.demo import run_demo
+    from comostream.realtime.files.demo import run_demo
 
     singers = args.speaker.split(",") if args.speaker else None
     return run_demo(_load_config(args), out_dir=args.out, example=args.input,
@@ -69,7 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_prep_synth(args: argparse.Namespace) -> int:
-    from training.synth import synthesize_corpus
+    from comostream.training.synth import synthesize_corpus
 
     cfg = _load_config(args)
     manifest = synthesize_corpus(args.out_dir, cfg.corpus, cfg.audio, jobs=args.jobs)
@@ -78,7 +78,7 @@ def _cmd_prep_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_prep_features(args: argparse.Namespace) -> int:
-    from training.features import prepare_features
+    from comostream.training.features import prepare_features
 
     index = prepare_features(args.data_dir, args.feat_dir, _load_config(args), force=args.force)
     print(index.summary())
@@ -86,8 +86,8 @@ def _cmd_prep_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_prep_gta(args: argparse.Namespace) -> int:
-    from models.acoustic import AcousticModel
-    from training.vocoder_gta import write_gta_features
+    from comostream.models.acoustic import AcousticModel
+    from comostream.training.vocoder_gta import write_gta_features
 
     model = AcousticModel.from_checkpoint(args.model)
     out = write_gta_features(model, args.data, args.out, model_name=str(args.model))
@@ -99,8 +99,8 @@ def _cmd_prep_gta(args: argparse.Namespace) -> int:
 def _cmd_bench_f0(args: argparse.Namespace) -> int:
     import json
 
-    from bench.corpus import default_bench_corpus
-    from bench.f0 import format_f0_table, run_f0_bench
+    from comostream.bench.corpus import default_bench_corpus
+    from comostream.bench.f0 import format_f0_table, run_f0_bench
 
     cfg = _load_config(args)
     corpus = args.corpus or default_bench_corpus(cfg)
@@ -120,7 +120,7 @@ def _cmd_bench_f0(args: argparse.Namespace) -> int:
 
 
 def _run_options(args: argparse.Namespace) -> Any:
-    from training.acoustic import RunOptions
+    from comostream.training.acoustic import RunOptions
 
     return RunOptions(data=args.data, out=args.out, resume=args.resume, dry_run=args.dry_run)
 
@@ -134,7 +134,7 @@ def _say(text: str) -> None:
 
 
 def _cmd_train_teacher(args: argparse.Namespace) -> int:
-    from training.acoustic import train_teacher
+    from comostream.training.acoustic import train_teacher
 
     state = train_teacher(_load_config(args), _run_options(args))
     _say(f"teacher: {state.step} steps; checkpoints in {args.out}/ (last.pt)")
@@ -142,7 +142,7 @@ def _cmd_train_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_distill(args: argparse.Namespace) -> int:
-    from training.acoustic import train_distill
+    from comostream.training.acoustic import train_distill
 
     state = train_distill(_load_config(args), args.teacher, _run_options(args))
     _say(f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
@@ -151,7 +151,7 @@ def _cmd_train_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_finetune(args: argparse.Namespace) -> int:
-    from training.acoustic import train_finetune
+    from comostream.training.acoustic import train_finetune
 
     state = train_finetune(_load_config(args), args.init, args.speaker, _run_options(args))
     _say(f"finetune: {state.step} steps; singer {args.speaker!r} added; "
@@ -160,7 +160,7 @@ def _cmd_train_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_content(args: argparse.Namespace) -> int:
-    from training.content import train_content
+    from comostream.training.content import train_content
 
     path = train_content(
         _load_config(args), args.data, args.out, dry_run=args.dry_run, resume=args.resume
@@ -172,7 +172,11 @@ def _cmd_train_content(args: argparse.Namespace) -> int:
 def _cmd_bench_content(args: argparse.Namespace) -> int:
     import json
 
-    from bench.content import DEFAULT_CHECKPOINT, format_content_report, run_content_bench
+    from comostream.bench.content import (
+        DEFAULT_CHECKPOINT,
+        format_content_report,
+        run_content_bench,
+    )
 
     result = run_content_bench(
         args.checkpoint or DEFAULT_CHECKPOINT, args.corpus, _load_config(args),
@@ -184,7 +188,7 @@ def _cmd_bench_content(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from training.acoustic import export_model
+    from comostream.training.acoustic import export_model
 
     path = export_model(args.checkpoint, args.output, args.vocoder, args.corpus)
     what = "with the vocoder" if args.vocoder else "no vocoder: pass --vocoder to include one"
@@ -195,7 +199,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench_acoustic(args: argparse.Namespace) -> int:
     import json
 
-    from bench.acoustic import format_acoustic_table, run_acoustic_bench
+    from comostream.bench.acoustic import format_acoustic_table, run_acoustic_bench
 
     result = run_acoustic_bench(args.checkpoint, args.data, split=args.split,
                                 items=args.items, teacher_steps=args.teacher_steps)  # fmt: skip
@@ -220,7 +224,7 @@ def _block_list(text: str) -> list[int]:
 
 
 def _cmd_train_vocoder(args: argparse.Namespace) -> int:
-    from training.vocoder import train_vocoder
+    from comostream.training.vocoder import train_vocoder
 
     state = train_vocoder(_load_config(args), args.data, args.out, corpus=args.corpus,
                           resume=args.resume, init=args.init, dry_run=args.dry_run)  # fmt: skip
@@ -232,7 +236,7 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
     import json
 
-    from bench.vocoder import format_vocoder_report, run_vocoder_bench
+    from comostream.bench.vocoder import format_vocoder_report, run_vocoder_bench
 
     result = run_vocoder_bench(args.checkpoint, args.data, args.corpus, split=args.split,
                                items=args.items, block=args.block,
@@ -257,7 +261,7 @@ def _speaker_arg(text: str | None) -> Any:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from realtime.convert import convert_file
+    from comostream.realtime.files.convert import convert_file
 
     cfg = _load_config(args)
     r = convert_file(args.input, args.output, speaker=args.speaker,
@@ -274,7 +278,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 
     import torch
 
-    from bench.latency import (
+    from comostream.bench.latency import (
         build_bench_models,
         format_latency_table,
         plot_latency,
@@ -295,7 +299,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot_latency(result, args.plot)
     if args.ws:
-        from bench.latency import measure_ws_overhead
+        from comostream.bench.latency import measure_ws_overhead
 
         result.update(measure_ws_overhead(model, voc, realtime=rt, sample_rate=args.sample_rate,
                                           seconds=min(args.seconds, 5.0)))  # fmt: skip
@@ -307,9 +311,9 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
-    from realtime.convert import default_model_path
-    from realtime.load import load_models
-    from realtime.server import EngineFactory, ServerConfig, run_server
+    from comostream.models.shipped import require_model
+    from comostream.realtime.load import load_models
+    from comostream.realtime.serve.server import EngineFactory, ServerConfig, run_server
 
     cfg = _load_config(args)
     rt = cfg.realtime if args.block is None else dataclasses.replace(
@@ -321,10 +325,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                               allow_origins=tuple(args.allow_origin))  # fmt: skip
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    checkpoint = args.checkpoint or default_model_path()
-    if checkpoint is None:
-        raise CommandError("no model given and this installation ships none: pass --checkpoint "
-                           "MODEL.ckpt (from `comostream export`)")  # fmt: skip
+    checkpoint = require_model(args.checkpoint)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device is available")
     model, voc = load_models(checkpoint, args.vocoder, args.device, rt)
@@ -337,13 +338,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _stream_errors() -> tuple[type[BaseException], ...]:
     from websockets.exceptions import WebSocketException
 
-    from realtime.client import ServerError
+    from comostream.realtime.serve.client import ServerError
 
     return (ServerError, WebSocketException, OSError, TimeoutError)
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
-    from realtime.client import stream_file
+    from comostream.realtime.serve.client import stream_file
 
     try:
         r = stream_file(args.input, args.output, args.url, fast=args.fast, speaker=args.speaker,
@@ -369,7 +370,7 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
 
         print(sd.query_devices())
         return 0
-    from realtime.bridge import DeviceError, run_bridge
+    from comostream.realtime.serve.bridge import DeviceError, run_bridge
 
     try:
         s = run_bridge(args.url, args.input, args.output, sample_rate=args.sample_rate,
@@ -388,12 +389,10 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
     import json
 
-    from bench.quality import format_quality_table, run_quality_bench
-    from realtime.convert import default_model_path
+    from comostream.bench.quality import format_quality_table, run_quality_bench
+    from comostream.models.shipped import require_model
 
-    checkpoint = args.checkpoint or default_model_path()
-    if checkpoint is None:
-        raise CommandError("no model given and none shipped: pass --checkpoint MODEL.ckpt")
+    checkpoint = require_model(args.checkpoint)
     transpose = args.transpose if args.transpose == "auto" else float(args.transpose)
     result = run_quality_bench(checkpoint, args.data, args.corpus, vocoder=args.vocoder,
                                distill=args.distill,
@@ -405,13 +404,13 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
 
 
 def _cmd_live(args: argparse.Namespace) -> int:
-    from realtime.live_devices import LiveError, list_devices_text
+    from comostream.realtime.live.devices import LiveError, list_devices_text
 
     try:
         if args.list_devices:
             print(list_devices_text())
             return 0
-        from realtime.live import LiveOptions, run_live
+        from comostream.realtime.live.app import LiveOptions, run_live
 
         opts = LiveOptions(
             input=args.input, output=args.output, sample_rate=args.samplerate, block=args.block,
@@ -474,7 +473,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every command and option)."""
-    from models.config import CorpusConfig, F0Config, FeaturesConfig
+    from comostream.models.config import CorpusConfig, F0Config, FeaturesConfig
 
     parser = argparse.ArgumentParser(
         prog="comostream",
@@ -865,7 +864,7 @@ def _add_stream_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_train_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """``comostream train teacher|distill|finetune|content``: one loop, options from [train]."""
-    from models.config import ContentConfig, TrainConfig
+    from comostream.models.config import ContentConfig, TrainConfig
 
     train = sub.add_parser(
         "train", help="train: acoustic teacher, distill, finetune; content encoder; vocoder"
@@ -951,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``comostream`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from models.config import ConfigError
+    from comostream.models.config import ConfigError
 
     try:
         return int(args.handler(args) or 0)
@@ -968,16 +967,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's input problem: printed plainly, no traceback."""
-    from models.audio import AudioError
-    from models.checkpoint_io import CheckpointError
-    from models.conditioner import UnknownSpeakerError
-    from training.corpus import CorpusError
-    from training.feature_index import FeatureError
-    from training.voices import ToolMissingError
+    from comostream.models.audio import AudioError
+    from comostream.models.checkpoint_io import CheckpointError
+    from comostream.models.conditioner import UnknownSpeakerError
+    from comostream.training.corpus import CorpusError
+    from comostream.training.feature_index import FeatureError
+    from comostream.training.voices import ToolMissingError
 
     return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
             UnknownSpeakerError, FileNotFoundError, CommandError)  # fmt: skip
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-from realtime.protocol import PROTOCOL_VERSION
+from comostream.realtime.serve.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
-    from realtime.server import ServerConfig
+    from comostream.realtime.serve.server import ServerConfig
 
 __all__ = ["STATIC", "WS_PATHS", "is_loopback", "route_http"]
 
@@ -65,7 +65,8 @@ def route_http(
         return _response(conn, body.encode(), "application/json")
     if path in STATIC:
         name, ctype = STATIC[path]
-        return _response(conn, (resources.files("realtime") / "web" / name).read_bytes(), ctype)
+        page = resources.files("comostream.realtime.serve") / "web" / name
+        return _response(conn, page.read_bytes(), ctype)
     return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
 

@@ -2,9 +2,9 @@
 worker that converts, and the F0 tap the status line reads.
 
 A callback mixes the input to mono in a preallocated buffer, hands it to the
-:class:`~realtime.runner.ThreadedConverter` (a ring copy), reads the converted block back (a ring
-copy; on underrun the dry input stands in), mixes wet and dry with gains ramped sample by sample
-(bypass, monitor level: no clicks), copies the result to every output channel and counts the
+:class:`~comostream.realtime.runner.ThreadedConverter` (a ring copy), reads the converted block back
+(a ring copy; on underrun the dry input stands in), mixes wet and dry with gains ramped sample by
+sample (bypass, monitor level: no clicks), copies the result to every output channel and counts the
 device's xrun flags. No allocation beyond numpy views, no logging, no torch, no locks.
 
 One duplex stream (input and output on the same host API) keeps input and output sample-locked:
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from realtime.engine import StreamingConverter
-from realtime.frontend import IncrementalF0Like
-from realtime.runner import Ring, ThreadedConverter
+from comostream.realtime.engine import StreamingConverter
+from comostream.realtime.frontend import IncrementalF0Like
+from comostream.realtime.runner import Ring, ThreadedConverter
 
 __all__ = ["F0Tap", "LiveMixer", "TimedConverter", "XRUN_FLAGS", "output_buffer"]
 

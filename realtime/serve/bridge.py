@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from realtime.client import StreamClient, now_us
-from realtime.protocol import FLAG_DROPPED
-from realtime.runner import Ring
+from comostream.realtime.runner import Ring
+from comostream.realtime.serve.client import StreamClient, now_us
+from comostream.realtime.serve.protocol import FLAG_DROPPED
 
 __all__ = ["Bridge", "BridgeStats", "DeviceError", "run_bridge"]
 

@@ -1,8 +1,8 @@
 """``comostream live``: microphone in, converted voice out, through the streaming engine.
 
-The PortAudio callback (:class:`~realtime.live_audio.LiveMixer`) only copies samples between
-preallocated rings and counts xruns; the engine runs in the converter's worker thread; the main
-thread prints the status line twice a second, writes the ``--status-file``, and applies the
+The PortAudio callback (:class:`~comostream.realtime.live.audio.LiveMixer`) only copies samples
+between preallocated rings and counts xruns; the engine runs in the converter's worker thread; the
+main thread prints the status line twice a second, writes the ``--status-file``, and applies the
 commands typed on stdin (singer and transposition changes run in the worker between blocks).
 
 Latency, input to output: the converter's exact delay (:attr:`StreamingConverter.delay_samples`
@@ -23,10 +23,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from models.checkpoint_io import CheckpointError
-from models.config import RealtimeConfig
-from realtime.live_audio import F0Tap, LiveMixer, TimedConverter, output_buffer
-from realtime.live_console import (
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.live.audio import F0Tap, LiveMixer, TimedConverter, output_buffer
+from comostream.realtime.live.console import (
     COMMAND_HELP,
     LineReader,
     LiveStatus,
@@ -35,7 +34,7 @@ from realtime.live_console import (
     speaker_text,
     write_status_file,
 )
-from realtime.live_devices import (
+from comostream.realtime.live.devices import (
     NO_DEVICES_HINT,
     LiveError,
     find_device,
@@ -43,7 +42,7 @@ from realtime.live_devices import (
     pick_sample_rate,
     query_devices,
 )
-from realtime.live_streams import AudioStreams
+from comostream.realtime.live.streams import AudioStreams
 
 __all__ = ["LiveOptions", "LiveSession", "run_live"]
 
@@ -83,17 +82,14 @@ class LiveSession:
                  realtime: RealtimeConfig | None = None) -> None:  # fmt: skip
         import torch
 
-        from realtime.convert import default_model_path
-        from realtime.engine import StreamingConverter
-        from realtime.frontend import default_f0_tracker
-        from realtime.load import load_models
+        from comostream.models.shipped import require_model
+        from comostream.realtime.engine import StreamingConverter
+        from comostream.realtime.frontend import default_f0_tracker
+        from comostream.realtime.load import load_models
 
         if opts.margin_blocks < 0:
             raise LiveError(f"the compute margin must be >= 0 blocks, got {opts.margin_blocks}")
-        checkpoint = opts.checkpoint or default_model_path()
-        if checkpoint is None:
-            raise CheckpointError("no model given and this installation ships none: pass "
-                                  "--checkpoint MODEL.ckpt (from `comostream export`)")  # fmt: skip
+        checkpoint = require_model(opts.checkpoint)
         if opts.threads:
             torch.set_num_threads(opts.threads)
         rt = realtime or RealtimeConfig()

@@ -5,7 +5,7 @@ sound card would), transposed to the target singer's register when the model fil
 prints, and is written to ``OUT/<example>_to_<singer>.wav``. The table per conversion: the
 algorithmic latency, the real-time factor, the F0 error (RMS cents between the output's F0 and
 the source's, transposed, on frames voiced in both) and the timbre: the voice-print similarity
-to the target singer and the singer whose print is closest (:mod:`models.voiceprint`).
+to the target singer and the singer whose print is closest (:mod:`comostream.models.voiceprint`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.audio import read_audio, resample, save_wav
-from models.config import Config
-from models.f0_yin import yin_f0
-from models.voiceprint import closest, similarity, voice_print
-from realtime.engine import StreamingConverter, convert_array
-from realtime.load import load_models, load_voiceprints
+from comostream.models.audio import read_audio, resample, save_wav
+from comostream.models.config import Config
+from comostream.models.f0_yin import yin_f0
+from comostream.models.voiceprint import closest, similarity, voice_print
+from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.realtime.load import load_models, load_voiceprints
 
 __all__ = ["ConversionReport", "run_conversion_demo"]
 

@@ -1,8 +1,8 @@
 """``comostream demo``: the main job on the bundled example.
 
 With a model (``--checkpoint`` or the one shipped in the package) it converts each bundled
-example to each singer through the streaming engine (:mod:`realtime.demo_convert`). Without one
-it streams each example through the front-end only: the incremental mel and loudness
+example to each singer through the streaming engine (:mod:`comostream.realtime.files.demo_convert`).
+Without one it streams each example through the front-end only: the incremental mel and loudness
 extractors (fed block by block) and the F0 tracker, checks that the streamed frames equal the
 offline ones, reports latency and cost, writes the features and says what is missing.
 """
@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.audio import load_audio
-from models.config import Config
-from models.f0 import extract_f0
-from models.f0_post import postprocess, transpose
-from models.loudness import IncrementalLoudness, loudness
-from models.mel import IncrementalMel, mel_spectrogram
+from comostream.models.audio import load_audio
+from comostream.models.config import Config
+from comostream.models.f0 import extract_f0
+from comostream.models.f0_post import postprocess, transpose
+from comostream.models.loudness import IncrementalLoudness, loudness
+from comostream.models.mel import IncrementalMel, mel_spectrogram
 
 DEMO_BLOCK_FRAMES = 4  # frames per streamed block (42.7 ms at 24 kHz / hop 256)
 DEMO_TRANSPOSE = 0.0  # semitones applied to the tracked F0
@@ -43,14 +42,6 @@ class FrontEndReport:
     block_ms: float
     rtf_features: float
     rtf_f0: float
-
-
-def bundled_examples() -> list[Path]:
-    """The example recordings that ship with the package (``models/assets/examples``)."""
-    folder = resources.files("models") / "assets" / "examples"
-    if not folder.is_dir():
-        return []
-    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith(".wav"))
 
 
 def stream_features(
@@ -136,15 +127,15 @@ def run_demo(
     """Convert ``example`` (or every bundled example) to every singer of the model (``checkpoint``
     or the shipped one) and print a table; without a model, analyse the inputs through the
     front-end and say what is missing."""
-    from realtime.convert import default_model_path
+    from comostream.models.shipped import default_model_path, example_files
 
-    inputs = [example] if example is not None else bundled_examples()
+    inputs = [example] if example is not None else example_files()
     if not inputs:
         print("no bundled example found; pass one with --input FILE")
         return 1
     model = checkpoint or default_model_path()
     if model is not None:
-        from realtime.demo_convert import conversion_table, run_conversion_demo
+        from comostream.realtime.files.demo_convert import conversion_table, run_conversion_demo
 
         reports = run_conversion_demo(model, inputs, out_dir, cfg, singers)
         print(conversion_table(reports))
@@ -164,8 +155,8 @@ def run_demo(
     print(_table(reports, cfg.f0.backend))
     print(
         f"\nStreamed in blocks of {DEMO_BLOCK_FRAMES} frames; features written to {out_dir}/.\n"
-        "Not there yet: a shipped trained model (`make default-model` trains one), so this demo "
-        "analyses the input but does not convert it. Convert with your own model: "
-        "`comostream demo --checkpoint MODEL.ckpt` or `comostream convert`."
+        "This installation ships no model (`make default-model` trains one), so the demo "
+        "analysed the input without converting it. Convert with a model of your own: "
+        "`comostream demo --checkpoint MODEL.ckpt` or `comostream convert --checkpoint ...`."
     )
     return 0

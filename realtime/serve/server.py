@@ -1,10 +1,10 @@
 """``comostream serve``: WebSocket streaming for DAW bridges and browsers (``docs/protocol.md``).
 
-:class:`StreamServer` accepts connections and runs one :class:`~realtime.session.Session` per
-connection (``realtime/session.py``: its engine, worker thread and bounded drop-oldest queues),
-at most ``max_streams`` at a time. Every session's engine comes from one
-:class:`EngineFactory` over the shared models: the traced model step is built once and shared,
-its state is per engine.
+:class:`StreamServer` accepts connections and runs one
+:class:`~comostream.realtime.serve.session.Session` per connection (``realtime/session.py``: its
+engine, worker thread and bounded drop-oldest queues), at most ``max_streams`` at a time. Every
+session's engine comes from one :class:`EngineFactory` over the shared models: the traced model step
+is built once and shared, its state is per engine.
 
 The same port serves the browser page (``/``), its scripts and a health endpoint
 (``GET /health``) through ``realtime/http_routes.py``. Bound to loopback, only loopback ``Host``
@@ -29,13 +29,19 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from models.config import RealtimeConfig
-from realtime.engine import MODEL_RATE, StreamingConverter
-from realtime.http_routes import is_loopback, route_http
-from realtime.protocol import PROTOCOL_VERSION, Hello, ProtocolError, max_frame_bytes
-from realtime.session import Block, DropQueue, Gap, Session
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.engine import MODEL_RATE, StreamingConverter
+from comostream.realtime.serve.http_routes import is_loopback, route_http
+from comostream.realtime.serve.protocol import (
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    max_frame_bytes,
+)
+from comostream.realtime.serve.session import Block, DropQueue, Gap, Session
 
-# Block, DropQueue, Gap and Session live in realtime.session; re-exported for existing imports.
+# Block, DropQueue, Gap and Session live in comostream.realtime.serve.session; re-exported for
+# existing imports.
 __all__ = ["Block", "DropQueue", "EngineFactory", "Gap", "ServerConfig", "ServerThread",
            "Session", "StreamServer", "run_server"]  # fmt: skip
 

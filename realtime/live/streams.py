@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from realtime.live_audio import LiveMixer
-from realtime.live_devices import DeviceInfo, LiveError
+from comostream.realtime.live.audio import LiveMixer
+from comostream.realtime.live.devices import DeviceInfo, LiveError
 
 __all__ = ["AudioStreams"]
 

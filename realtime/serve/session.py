@@ -1,11 +1,12 @@
 """One WebSocket connection of ``comostream serve``: its :class:`Session` and bounded queues.
 
-A :class:`Session` owns its engine (built by :class:`~realtime.server.EngineFactory`) and one
-worker thread that runs it, so inference never blocks the event loop. Three tasks per session:
-the reader validates frames into the input queue, the worker converts in order, the sender
-writes replies. Both queues are bounded :class:`DropQueue` s: audio beyond ``max_queue_ms``
-drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies (silence, no PCM) so the
-client's timeline and the delay never move; the counts are in ``stats``.
+A :class:`Session` owns its engine (built by
+:class:`~comostream.realtime.serve.server.EngineFactory`) and one worker thread that runs it, so
+inference never blocks the event loop. Three tasks per session: the reader validates frames into the
+input queue, the worker converts in order, the sender writes replies. Both queues are bounded
+:class:`DropQueue` s: audio beyond ``max_queue_ms`` drops the OLDEST blocks, which become
+``FLAG_DROPPED`` replies (silence, no PCM) so the client's timeline and the delay never move; the
+counts are in ``stats``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from realtime.engine import MODEL_RATE, SampleFifo, StreamingConverter
-from realtime.protocol import (
+from comostream.realtime.engine import MODEL_RATE, SampleFifo, StreamingConverter
+from comostream.realtime.serve.protocol import (
     FLAG_BYPASS,
     FLAG_DROPPED,
     FLAG_FLUSH,
@@ -44,7 +45,7 @@ from realtime.protocol import (
 )  # fmt: skip
 
 if TYPE_CHECKING:
-    from realtime.server import StreamServer
+    from comostream.realtime.serve.server import StreamServer
 
 __all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
 

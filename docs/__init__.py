@@ -1,0 +1,1 @@
+"""Reference pages shipped with the package (``protocol.md``), read with ``importlib.resources``."""

@@ -58,7 +58,7 @@ debian-deps:
 # The shipped model's recipe: corpus, content encoder, features, teacher + distillation and the
 # vocoder side by side, export, evaluation; logs in out/default-model/recipe.log. Resumable.
 default-model: install
-	$(PY) -m comostream.training.recipe out/default-model
+	$(VENV)/bin/comostream train recipe out/default-model
 
 clean:
 	rm -rf $(VENV) out *.egg-info .pytest_cache .ruff_cache

@@ -24,12 +24,16 @@ from comostream.training.dataset import DEFAULT_ARRAYS, SegmentDataset
 __all__ = ["format_acoustic_table", "run_acoustic_bench"]
 
 
-def _timed(fn: Callable[[], Tensor], repeats: int) -> tuple[Tensor, float]:
-    """``fn()`` and its best wall time over ``repeats`` runs (s)."""
+def _timed(fn: Callable[[], Tensor], repeats: int, device: str = "cpu") -> tuple[Tensor, float]:
+    """``fn()`` and its best wall time over ``repeats`` runs (s), the device synchronised."""
     best, out = float("inf"), None
     for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     assert out is not None
     return out, best
@@ -44,20 +48,25 @@ def run_acoustic_bench(
     segment_frames: int = 256,
     teacher_steps: int | None = None,
     repeats: int = 3,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Distances and costs of the target (1 step) and the teacher (N Heun steps)."""
+    """Distances and costs of the target (1 step) and the teacher (N Heun steps) on ``device``."""
     cfg, _, models = load_distilled(checkpoint)
+    for module in models.values():
+        module.to(device)
     arrays = DEFAULT_ARRAYS + (("content",) if cfg.model.content_dim > 0 else ())
     ds = SegmentDataset(data, split, segment_frames, seed=cfg.train.seed + 1, arrays=arrays)
-    batch = ds.batch(range(items))
+    batch = {k: v.to(device) for k, v in ds.batch(range(items)).items()}
     cond = condition_from_features(models["conditioner"], batch, batch["speaker"])
     noise = torch.randn(batch["mel"].shape, generator=torch.Generator().manual_seed(1234))
+    noise = noise.to(device)
     steps = teacher_steps or cfg.edm.teacher_steps
     sigmas = sampling_sigmas(cfg.edm, steps)
     one, t_one = _timed(
-        lambda: consistency_onestep(models["target"], noise, cond, cfg.edm.sigma_max), repeats
+        lambda: consistency_onestep(models["target"], noise, cond, cfg.edm.sigma_max), repeats,
+        device,
     )
-    many, t_many = _timed(lambda: heun_sampler(models["teacher"], noise, cond, sigmas), 1)
+    many, t_many = _timed(lambda: heun_sampler(models["teacher"], noise, cond, sigmas), 1, device)
     seconds = float(batch["mask"].sum()) * cfg.audio.hop_length / cfg.audio.sample_rate
     mask = batch["mask"]
     d_one = mel_distance(denormalise_mel(one, cfg.edm), batch["mel"], mask)
@@ -73,6 +82,7 @@ def run_acoustic_bench(
         "speedup": t_many / t_one,
         "seconds": seconds,
         "threads": torch.get_num_threads(),
+        "device": device,
     }
 
 

@@ -92,8 +92,9 @@ def _features(enc: ContentEncoder, cfg: Config, utt: Utterance) -> _Utt:
     a: dict[str, np.ndarray] = {}
     for name in ("mel", "f0", "loudness"):
         a.update(EXTRACTORS[name].fn(audio, utt, cfg))
+    where = next(enc.parameters()).device
     with torch.inference_mode():
-        content = enc(torch.from_numpy(a["mel"])[None])[0].numpy()
+        content = enc(torch.from_numpy(a["mel"])[None].to(where))[0].cpu().numpy()
     active = a["loudness"] > cfg.content.active_db
     return _Utt(utt.singer, int(utt.line or 0), utt.split, a["mel"], content, a["f0"],
                 a["voiced"], a["loudness"], active)  # fmt: skip
@@ -221,27 +222,35 @@ def stream_rtf(enc: ContentEncoder, block: int | None, seconds: float = RTF_SECO
     one-shot forward for ``None``) over ``seconds`` of random mel."""
     frames = int(seconds / frame_s)
     mel = torch.randn(1, enc.n_mels, frames, generator=torch.Generator().manual_seed(0)) - 5.0
+    where = next(enc.parameters()).device
+    mel = mel.to(where)
+    sync = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
     with torch.inference_mode():
         if block is None:
             enc(mel[..., :64])  # warm-up
+            sync()
             t0 = time.perf_counter()
             enc(mel)
+            sync()
             return (time.perf_counter() - t0) / seconds
         state = enc.init_state(1)
         for i in range(0, min(frames, 32 * block), block):  # warm-up
             enc.step(mel[..., i : i + block], state)
         state = enc.init_state(1)
+        sync()
         t0 = time.perf_counter()
         for i in range(0, frames, block):
             enc.step(mel[..., i : i + block], state)
         enc.flush(state, 1)
+        sync()
         return (time.perf_counter() - t0) / seconds
 
 
 def run_content_bench(
-    checkpoint: Path, corpus: Path | None, cfg: Config, threads: int = 1, progress: bool = True
+    checkpoint: Path, corpus: Path | None, cfg: Config, threads: int = 1, progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """All figures of the module docstring as one JSON-able dict."""
+    """All figures of the module docstring as one JSON-able dict (the encoder on ``device``)."""
     ck = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
     # the corpus's exact F0 where it has one (it only enters the ridge map's conditions)
     cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, f0_source="corpus"))
@@ -250,7 +259,7 @@ def run_content_bench(
     if corpus is None and not meta.get("corpus"):
         raise CorpusError(f"{checkpoint} names no corpus; pass the corpus folder (--corpus)")
     corpus = Path(corpus or meta["corpus"])
-    enc = load_content_encoder(checkpoint)
+    enc = load_content_encoder(checkpoint, device)
     all_utts = load_corpus(corpus)
     held_out = sorted({u.singer for u in all_utts} - set(trained))
     if len(held_out) < 2:
@@ -286,7 +295,7 @@ def run_content_bench(
         "speaker_probe": probe,
         "pitch_probe": pitch,
         "content_kept": kept,
-        "compute": {"s_per_audio_s": compute, "threads": threads,
+        "compute": {"s_per_audio_s": compute, "threads": threads, "device": device,
                     "parameters": sum(p.numel() for p in enc.parameters()),
                     "lookahead_frames": enc.lookahead_frames,
                     "lookahead_ms": enc.lookahead_frames * cfg.audio.frame_ms,

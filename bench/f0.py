@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from comostream.models.audio import read_audio
 from comostream.models.config import F0Config
-from comostream.models.f0 import BACKENDS, HOP_LENGTH, SAMPLE_RATE, F0Track, extract_f0, n_frames
+from comostream.models.f0 import BACKENDS, extract_f0
 from comostream.models.f0_post import cents, postprocess
+from comostream.models.f0_track import HOP_LENGTH, SAMPLE_RATE, F0Track, n_frames
 from comostream.training.corpus import CorpusError, load_corpus, select
 
 __all__ = [

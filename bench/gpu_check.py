@@ -2,9 +2,10 @@
 
 Run on a machine with CUDA (finishes in a few minutes)::
 
-    python bench/gpu_check.py [--checkpoint MODEL.ckpt] [--block 2] [--out out/gpu_check]
+    comostream bench gpu [--checkpoint MODEL.ckpt] [--block 2] [--out out/gpu_check]
 
-Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` and prints the table:
+(:func:`run_gpu_check`). Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` and prints
+the table:
 
 * equality: the captured step replayed over 40 blocks vs the same step run eagerly from the same
   state (max abs difference relative to the peak), for 1 and 8 streams;
@@ -13,13 +14,12 @@ Writes ``gpu_check.json`` and ``gpu_check.md`` to ``--out`` and prints the table
   the step, device->host copy of the audio; p50/p99 over 200 chunks, eager vs graph;
 * how many streams fit in real time (chunk p99 below the block duration).
 
-Without ``--checkpoint`` the models have random weights of the default sizes (compute does not
-depend on the weights).
+Without ``--checkpoint`` the models have random weights of the configured sizes (``--config``;
+compute does not depend on the weights).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,43 +30,46 @@ import numpy as np
 import torch
 
 from comostream.models.acoustic import AcousticModel
+from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.config import Config
 from comostream.models.vocoder import Vocoder
 from comostream.realtime.cuda_graph import GraphStep
-from comostream.realtime.step import ConversionStep, FrameInputs, step_inputs
+from comostream.realtime.geometry import StreamGeometry
 
 STREAMS = (1, 8, 64, 256)
 
 
-def random_inputs(step: ConversionStep, streams: int, frames: int, gen: torch.Generator,
+def random_inputs(step: ConversionChain, streams: int, frames: int, gen: torch.Generator,
                   device: str = "cpu") -> FrameInputs:  # fmt: skip
     """Plausible random block inputs (pinned host memory, as an engine would hold them)."""
-    x = step_inputs(step.n_mels, step.speaker_dim, streams, frames)
+    x = step.zero_inputs(streams, frames, "cpu", torch.float32)
     x["mel"] = torch.randn(x["mel"].shape, generator=gen) * 2.0 - 6.0
     x["audio"] = torch.randn(x["audio"].shape, generator=gen) * 0.1
-    f0 = 110.0 * 2 ** (torch.rand(streams, frames, generator=gen) * 3)
     voiced = (torch.rand(streams, frames, generator=gen) > 0.2).float()
-    x.update(f0=f0, voiced=voiced, f0_vocoder=f0 * voiced,
+    f0 = 110.0 * 2 ** (torch.rand(streams, frames, generator=gen) * 3) * voiced  # 0: unvoiced
+    x.update(f0=f0, voiced=voiced, transpose=torch.rand(streams, frames, generator=gen) * 4 - 2,
              loudness=torch.rand(streams, frames, generator=gen) * 40 - 50,
              speaker=torch.randn(streams, step.speaker_dim, generator=gen) * 0.5)  # fmt: skip
     return {k: v.pin_memory() if device == "cuda" else v for k, v in x.items()}
 
 
-def build_step(checkpoint: Path | None, device: str) -> ConversionStep:
-    """The model step of an inference file, or of random default-size models."""
+def build_step(
+    checkpoint: Path | None, device: str, cfg: Config | None = None
+) -> ConversionChain:
+    """The conversion chain of an inference file, or of random models of ``cfg``'s sizes."""
     if checkpoint is not None:
         from comostream.realtime.load import load_models
 
         model, voc = load_models(checkpoint, None, device)
     else:
         torch.manual_seed(0)
-        cfg = Config()
+        cfg = cfg or Config()
         model = AcousticModel(cfg, ["a", "b"], cfg.content)
         voc = Vocoder(cfg.vocoder, cfg.audio)
-    return ConversionStep(model, voc).to(device).eval()
+    return ConversionChain(model, voc).to(device).eval()
 
 
-def check_equality(step: ConversionStep, streams: int, block: int, blocks: int = 40) -> float:
+def check_equality(step: ConversionChain, streams: int, block: int, blocks: int = 40) -> float:
     """Max |graph - eager| / peak over ``blocks`` blocks from the same fresh state."""
     gen = torch.Generator().manual_seed(streams)
     inputs = [random_inputs(step, streams, block, gen, "cuda") for _ in range(blocks)]
@@ -82,7 +85,7 @@ def check_equality(step: ConversionStep, streams: int, block: int, blocks: int =
     return worst / max(peak, 1e-12)
 
 
-def time_chunks(step: ConversionStep, streams: int, block: int, use_graph: bool,
+def time_chunks(step: ConversionChain, streams: int, block: int, use_graph: bool,
                 chunks: int = 200, warmup: int = 20) -> dict[str, float]:  # fmt: skip
     """p50/p99 ms of one chunk: inputs to the device, the step, audio back to the host."""
     gen = torch.Generator().manual_seed(7)
@@ -129,44 +132,40 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--block", type=int, default=2, help="frames per chunk (default 2)")
-    ap.add_argument("--out", type=Path, default=Path("out/gpu_check"))
-    args = ap.parse_args(argv)
+def run_gpu_check(cfg: Config, checkpoint: Path | None = None,
+                  out: Path = Path("out/gpu_check")) -> int:
+    """The whole check (see the module docstring) in blocks of ``cfg.realtime.block_frames``
+    frames; 0 when graph == eager, 1 when not, 2 without CUDA."""
+    block = cfg.realtime.block_frames
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device; nothing to check", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     t_start = time.time()
-    step = build_step(args.checkpoint, "cuda")
+    step = build_step(checkpoint, "cuda", cfg)
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-        "block_frames": args.block, "block_ms": 1000 * args.block * step.hop_length / 24000,
-        "model": str(args.checkpoint or "random weights, default sizes"),
+        "block_frames": block,
+        "block_ms": StreamGeometry.from_configs(step.model.cfg.audio, cfg.realtime).block_ms,
+        "model": str(checkpoint or "random weights, configured sizes"),
         "streams": list(STREAMS), "equality": {}, "eager": {}, "graph": {},
     }  # fmt: skip
     for s in (1, 8):
-        result["equality"][str(s)] = check_equality(step, s, args.block)
+        result["equality"][str(s)] = check_equality(step, s, block)
         print(f"equality, {s} streams: {result['equality'][str(s)]:.2e}", flush=True)
     for s in STREAMS:
         for mode, use_graph in (("eager", False), ("graph", True)):
-            result[mode][str(s)] = time_chunks(step, s, args.block, use_graph)
+            result[mode][str(s)] = time_chunks(step, s, block, use_graph)
             print(f"{mode:5s} {s:4d} streams: {result[mode][str(s)]}", flush=True)
     fits = [s for s in STREAMS if result["graph"][str(s)]["p99"] < result["block_ms"]]
     result["realtime_streams_graph"] = max(fits) if fits else 0
     result["seconds"] = time.time() - t_start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     table = format_table(result)
-    (args.out / "gpu_check.md").write_text(table + "\n")
+    (out / "gpu_check.md").write_text(table + "\n")
     print(table)
     ok = all(v <= 1e-4 for v in result["equality"].values())
     print("graph == eager:", "yes" if ok else "NO")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,14 +33,15 @@ from torch import nn
 
 from comostream.models.acoustic import AcousticModel, build_denoiser
 from comostream.models.audio import load_audio
-from comostream.models.config import Config, RealtimeConfig
+from comostream.models.config import AudioConfig, Config, RealtimeConfig
 from comostream.models.f0_yin import yin_f0
 from comostream.models.loudness import Loudness
 from comostream.models.mel import MelSpectrogram
 from comostream.models.samplers import consistency_onestep, heun_sampler, sampling_sigmas
 from comostream.models.shipped import example_file
 from comostream.models.vocoder import Vocoder
-from comostream.realtime.engine import MODEL_RATE, StreamingConverter
+from comostream.realtime.engine import StreamingConverter
+from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.resample import resample_oneshot
 
 __all__ = ["build_bench_models", "format_latency_table", "measure_ws_overhead", "plot_latency",
@@ -54,10 +55,11 @@ WINDOW_BLOCK_S = 0.25
 def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
     """The bundled sung example, looped to ``seconds``, at ``sample_rate`` (float32 mono)."""
     path = example_file("alto_line2.wav")
-    x = load_audio(str(path))
-    reps = int(np.ceil(seconds * MODEL_RATE / len(x)))
-    x = np.tile(x, reps)[: int(seconds * MODEL_RATE)]
-    return x if sample_rate == MODEL_RATE else resample_oneshot(x, MODEL_RATE, sample_rate,
+    model_rate = AudioConfig().sample_rate
+    x = load_audio(str(path), model_rate)
+    reps = int(np.ceil(seconds * model_rate / len(x)))
+    x = np.tile(x, reps)[: int(seconds * model_rate)]
+    return x if sample_rate == model_rate else resample_oneshot(x, model_rate, sample_rate,
                                                                 aligned=True)  # fmt: skip
 
 
@@ -121,7 +123,7 @@ def _paced_e2e(engine: StreamingConverter, sr: int) -> tuple[float, float] | Non
     start = _onset(signal, sr) or 0
     x = np.concatenate([np.zeros(lead, np.float32), signal[start:]])
     onset_in = _onset(x, sr)
-    chunk = engine.chunk or max(1, round(engine.block_ms * sr / 1000))
+    chunk = engine.chunk or engine.block_samples
     engine.reset()
     outs, ready, clock = [], [], 0.0
     for k in range(len(x) // chunk):
@@ -143,8 +145,9 @@ def _paced_e2e(engine: StreamingConverter, sr: int) -> tuple[float, float] | Non
 def _window_recompute_rtf(model: AcousticModel, vocoder: nn.Module, device: str) -> float:
     """Compute per second of audio of re-running everything on 2.5 s context + 250 ms blocks."""
     cfg = model.cfg
-    n = int((WINDOW_CONTEXT_S + WINDOW_BLOCK_S) * MODEL_RATE)
-    audio = example_signal(WINDOW_CONTEXT_S + WINDOW_BLOCK_S, MODEL_RATE)[:n]
+    rate = cfg.audio.sample_rate
+    n = int((WINDOW_CONTEXT_S + WINDOW_BLOCK_S) * rate)
+    audio = example_signal(WINDOW_CONTEXT_S + WINDOW_BLOCK_S, rate)[:n]
     mel_fn, loud_fn = MelSpectrogram(cfg.audio).to(device), Loudness(cfg.audio).to(device)
     noise = None
 
@@ -174,7 +177,7 @@ def _teacher_vs_onestep(model: AcousticModel, device: str) -> dict[str, float]:
     cfg = model.cfg
     torch.manual_seed(1)
     teacher = build_denoiser(cfg, consistency=False).to(device).eval()
-    frames = round(MODEL_RATE / cfg.audio.hop_length)  # one second
+    frames = round(StreamGeometry.from_configs(cfg.audio).frame_rate)  # one second
     cond = torch.randn(1, cfg.model.cond_channels, frames, device=device)
     noise = torch.randn(1, cfg.audio.n_mels, frames, device=device)
     sigmas = sampling_sigmas(cfg.edm)
@@ -182,7 +185,7 @@ def _teacher_vs_onestep(model: AcousticModel, device: str) -> dict[str, float]:
         one = _timed(lambda: consistency_onestep(model.target, noise, cond, cfg.edm.sigma_max),
                      device)  # fmt: skip
         many = _timed(lambda: heun_sampler(teacher, noise, cond, sigmas), device, repeats=1)
-    seconds = frames * cfg.audio.hop_length / MODEL_RATE
+    seconds = frames * cfg.audio.hop_length / cfg.audio.sample_rate
     return {"teacher_steps": cfg.edm.teacher_steps, "teacher_ms": 1000 * many / seconds,
             "onestep_ms": 1000 * one / seconds, "onestep_speedup": many / one}  # fmt: skip
 
@@ -192,7 +195,7 @@ def _stream(
 ) -> tuple[list[float], dict[str, list[float]]]:
     """Push ``x`` in block-sized chunks; per-chunk wall times and stage times (the first 0.5 s,
     numba compilation and allocator warm-up, not counted)."""
-    chunk = engine.chunk or max(1, round(engine.block_ms * sample_rate / 1000))
+    chunk = engine.chunk or engine.block_samples
     warm = int(0.5 * sample_rate) // chunk
     totals: list[float] = []
     for k in range(len(x) // chunk):
@@ -225,13 +228,11 @@ def block_sweep(model: AcousticModel, vocoder: nn.Module, blocks: Sequence[int],
                 realtime: RealtimeConfig, window_rtf: float, device: str = "cpu",
                 sample_rate: int = 48000, seconds: float = 4.0) -> list[dict[str, Any]]:
     """Latency, RTF and the window-recompute ratio at each block size (frames) of ``blocks``."""
-    import dataclasses
-
     x = example_signal(seconds + 0.5, sample_rate)
     rows = []
     for b in blocks:
-        rt = dataclasses.replace(realtime, block_frames=int(b))
-        chunk = max(1, round(b * 256 * sample_rate / MODEL_RATE))
+        rt = realtime.with_block(int(b))
+        chunk = StreamGeometry.from_configs(model.cfg.audio, rt).samples_per_block(sample_rate)
         eng = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate, realtime=rt,
                                              chunk=chunk)  # fmt: skip
         totals, _ = _stream(eng, x, sample_rate)
@@ -255,7 +256,7 @@ def run_latency_bench(
     sweep: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict."""
-    chunk = max(1, round(realtime.block_frames * 256 * sample_rate / MODEL_RATE))
+    chunk = StreamGeometry.from_configs(model.cfg.audio, realtime).samples_per_block(sample_rate)
     engine = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
                                             realtime=realtime, profile=True,
                                             chunk=chunk)  # fmt: skip
@@ -270,7 +271,6 @@ def run_latency_bench(
         times[name] = eager_times.get(name, [])
     stages = {s: {"p50": _pct(times.get(s, []), 50), "p99": _pct(times.get(s, []), 99)}
               for s in (*STAGES, "model")}  # fmt: skip
-    chunk = max(1, round(engine.block_ms * sample_rate / 1000))
     audio_s = len(totals) * chunk / sample_rate
     rtf = float(sum(totals) / audio_s)
     paced = _paced_e2e(engine, sample_rate)
@@ -325,7 +325,9 @@ def measure_ws_overhead(
     import asyncio
 
     from comostream.realtime.serve.client import stream_array
-    from comostream.realtime.serve.server import EngineFactory, ServerConfig, ServerThread
+    from comostream.realtime.serve.config import ServerConfig
+    from comostream.realtime.serve.engines import EngineFactory
+    from comostream.realtime.serve.server import ServerThread
 
     x = example_signal(seconds, sample_rate)
     with ServerThread(EngineFactory(model, vocoder, realtime), ServerConfig(port=0)) as st:

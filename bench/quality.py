@@ -46,6 +46,7 @@ from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.f0_yin import yin_f0
 from comostream.models.samplers import heun_sampler, sampling_sigmas
 from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.realtime.geometry import StreamGeometry
 from comostream.training.corpus import Utterance, load_corpus
 
 __all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
@@ -122,7 +123,8 @@ def _teacher_model(model: AcousticModel, distill: Path, steps: int | None) -> Ac
     out = copy.deepcopy(model)
     out.conditioner.load_state_dict(models["conditioner"].state_dict())
     sigmas = sampling_sigmas(cfg.edm, steps or cfg.edm.teacher_steps)
-    out.target = _TeacherSampler(models["teacher"].eval(), sigmas, cfg.edm.sigma_max)
+    teacher = models["teacher"].to(next(model.parameters()).device).eval()
+    out.target = _TeacherSampler(teacher, sigmas, cfg.edm.sigma_max)
     return out
 
 
@@ -241,12 +243,15 @@ def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
 
-def _convert(model: AcousticModel, vocoder: nn.Module, audio: np.ndarray, speaker: str,
-             transpose: float, block: int | None) -> np.ndarray:  # fmt: skip
-    rt = RealtimeConfig(block_frames=block or 1)
-    chunk = 256 * block if block else None
+def _convert(
+    model: AcousticModel, vocoder: nn.Module, audio: np.ndarray, speaker: str, transpose: float,
+    realtime: RealtimeConfig, streaming: bool,
+) -> np.ndarray:
+    """``audio`` (model rate) converted offline, or streamed in blocks of ``realtime``'s."""
+    geometry = StreamGeometry.from_configs(model.cfg.audio, realtime)
+    chunk = geometry.samples_per_block() if streaming else None
     eng = StreamingConverter.from_models(model, vocoder, speaker=speaker, transpose=transpose,
-                                         realtime=rt, offline=block is None,
+                                         realtime=realtime, offline=not streaming,
                                          chunk=chunk)  # fmt: skip
     with torch.inference_mode():
         return convert_array(eng, audio, chunk=chunk)
@@ -261,24 +266,30 @@ def run_quality_bench(
     distill: Path | None = None,
     teacher_steps: int | None = None,
     block: int | None = None,
+    realtime: RealtimeConfig | None = None,
     transpose: str | float = "auto",
     split: str = "test",
     max_lines: int | None = None,
     max_conversions: int | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run every conversion and measurement (see the module docstring); a JSON-able dict."""
+    """Run every conversion and measurement (see the module docstring), the models on
+    ``device``; a JSON-able dict. ``realtime``: the engine's settings (default: the model's
+    ``[realtime]``); ``block``: frames per step of the streaming schedule, overriding
+    ``realtime``'s."""
     import json
 
     from comostream.realtime.load import load_models
 
-    model, voc = load_models(checkpoint, vocoder)
+    model, voc = load_models(checkpoint, vocoder, device, realtime)
     if corpus is None:
         if data is None:
             raise ValueError("give --data (the model's feature folder) or --corpus")
         corpus = Path(json.loads((Path(data) / "features.json").read_text())["source"])
     f0_cfg = model.cfg.f0
-    block = block or model.cfg.realtime.block_frames
+    rt = (realtime or model.cfg.realtime).with_block(block)
+    block = rt.block_frames
     singers = [s for s in model.speakers]
     utts = load_corpus(corpus)
     lines = _test_lines(utts, split, max_lines)
@@ -307,7 +318,7 @@ def run_quality_bench(
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in models.items():
-            y = _convert(m, voc, audio, tgt, t, block if mode == "streaming" else None)
+            y = _convert(m, voc, audio, tgt, t, rt, streaming=mode == "streaming")
             out_f0 = yin_f0(y, f0_cfg)
             emb = spk.embed(y)
             rows[mode].append({

@@ -146,25 +146,29 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Metrics and compute of ``vocoder`` on ``utts`` (see the module docstring)."""
     sr, hop = vocoder.sample_rate, vocoder.hop_length
+    where = next(vocoder.parameters()).device
+    sync = torch.cuda.synchronize if where.type == "cuda" else (lambda: None)
     mcds, pesqs, mel_l1s, sq_cents, sq_orig = [], [], [], [], []
     n_voiced = n_orig = 0
     t_one = t_stream = w_one = w_stream = seconds = 0.0
     dev = 0.0
     for _, data in utts:
-        mel = torch.from_numpy(data["mel"])[None]
-        f0 = torch.from_numpy(data["f0"])[None]
+        mel = torch.from_numpy(data["mel"])[None].to(where)
+        f0 = torch.from_numpy(data["f0"])[None].to(where)
         ref = data["audio"]
         with _threads(1), torch.inference_mode():
             c0, w0 = time.thread_time(), time.perf_counter()
             out = vocoder(mel, f0)
+            sync()
             c1, w1 = time.thread_time(), time.perf_counter()
             streamed = stream_output(vocoder, mel, f0, block)
+            sync()
             c2, w2 = time.thread_time(), time.perf_counter()
         t_one, t_stream = t_one + c1 - c0, t_stream + c2 - c1
         w_one, w_stream, seconds = w_one + w1 - w0, w_stream + w2 - w1, seconds + ref.size / sr
         peak = float(out.abs().max().clamp(min=1e-9))
         dev = max(dev, float((streamed - out).abs().max()) / peak)
-        est = out[0].numpy().astype(np.float32)
+        est = out[0].cpu().numpy().astype(np.float32)
         f0_in = data["f0"].astype(np.float64)
         mcds.append(mcd_db(ref, est, f0_in, sr, hop))
         pesqs.append(pesq_wb(ref, est, sr))
@@ -212,14 +216,17 @@ def run_vocoder_bench(
     items: int | None = None,
     block: int = 4,
     baseline: bool = False,
+    f0: F0Config | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Resynthesis metrics of the vocoder in ``checkpoint`` on ``split`` of feature folder
     ``data`` (default: the one it was trained on), waveforms from ``corpus`` (default: the
-    features' source). ``baseline``: also score the same architecture untrained (its control
-    network outputs the initial gains: pure harmonic-plus-noise from the mel)."""
+    features' source), run on ``device``; F0 re-estimated by harvest with ``f0``'s settings.
+    ``baseline``: also score the same architecture untrained (its control network outputs the
+    initial gains: pure harmonic-plus-noise from the mel)."""
     if block < 1:
         raise ValueError("--block must be >= 1")
-    vocoder = load_vocoder(checkpoint)
+    vocoder = load_vocoder(checkpoint, device)
     meta = load_checkpoint(checkpoint).get("meta", {}) or {}
     if data is None:
         if not meta.get("data"):
@@ -230,7 +237,7 @@ def run_vocoder_bench(
     utts = load_utterances(feat, src, split, vocoder.audio, limit=items)
     if not utts:
         raise FeatureError(f"{feat}: no utterances in split {split!r}")
-    harvest = F0Config()
+    harvest = f0 or F0Config()
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": str(feat),
@@ -241,10 +248,11 @@ def run_vocoder_bench(
         "singers": sorted({e.singer for e, _ in utts}),
         "lookahead_frames": vocoder.lookahead_frames,
         "pesq_note": None if _has_pesq() else PESQ_HINT,
+        "device": device,
     }
     result.update(_evaluate(vocoder, utts, block, harvest, with_original=True))
     if baseline:
-        untrained = Vocoder(vocoder.cfg, vocoder.audio).eval()
+        untrained = Vocoder(vocoder.cfg, vocoder.audio).to(device).eval()
         result["baseline_untrained"] = _evaluate(untrained, utts, block, harvest, False)
     return result
 

@@ -11,7 +11,7 @@ folders and are mapped here by ``pyproject.toml`` (``[tool.setuptools] package-d
   above);
 * :mod:`comostream.bench` (``bench/``): the ``comostream bench ...`` measurements;
 * :mod:`comostream.configs` (``configs/``), :mod:`comostream.docs` (``docs/``): shipped data;
-* :mod:`comostream.cli` (this folder): the command line.
+* :mod:`comostream.cli` (``comostream/cli/``): the command line, a module per command group.
 
 Importing the package is cheap: torch loads only when a command needs it.
 """
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__version__ = "0.1.0"
+from comostream.version import __version__
+
 __all__ = ["__version__", "main"]
 
 

@@ -19,6 +19,7 @@ from comostream.models.backbone import Backbone
 from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from comostream.models.conditioner import Conditioner, SpeakerSpec
 from comostream.models.config import (
+    DEFAULT_F0_HZ,
     Config,
     ConfigError,
     ContentConfig,
@@ -39,7 +40,6 @@ __all__ = [
 ]
 
 INFERENCE_KIND = "inference"
-DEFAULT_F0_HZ = 200.0  # Hz: conditioning F0 before the first voiced frame
 
 
 def build_conditioner(cfg: Config, speakers: Sequence[str]) -> Conditioner:
@@ -52,18 +52,23 @@ def build_denoiser(cfg: Config, consistency: bool) -> EDMPrecond:
     return EDMPrecond(Backbone(cfg.model, n_mels=cfg.audio.n_mels), cfg.edm, consistency)
 
 
-def hold_unvoiced(f0_hz: Tensor, voiced: Tensor, default_hz: float = DEFAULT_F0_HZ) -> Tensor:
+def hold_unvoiced(
+    f0_hz: Tensor, voiced: Tensor, initial_hz: Tensor | float = DEFAULT_F0_HZ
+) -> Tensor:
     """Causal gap filling ``(B, T) -> (B, T)`` Hz: unvoiced frames repeat the last voiced F0.
 
-    Causal on purpose: the streaming engine can do exactly the same with one number of state,
-    so conditioning is identical offline and streamed. Frames before any voiced one get
-    ``default_hz``.
+    Frames before any voiced one get ``initial_hz``: a number, or ``(B, 1)`` per row (a stream's
+    last voiced F0 so far). Causal on purpose: a stream holds one number of state and calls this
+    block by block (:class:`comostream.models.chain.ConversionChain`), so conditioning is identical
+    offline and streamed. No data-dependent branch: traceable and CUDA-graph capturable.
     """
     v = voiced.to(torch.bool) & (f0_hz > 0)
     frames = torch.arange(f0_hz.shape[-1], device=f0_hz.device).expand_as(f0_hz)
     last = torch.where(v, frames, torch.full_like(frames, -1)).cummax(dim=-1).values
     held = torch.gather(f0_hz, -1, last.clamp(min=0))
-    return torch.where(last >= 0, held, torch.full_like(f0_hz, default_hz))
+    if not isinstance(initial_hz, Tensor):
+        initial_hz = torch.full_like(f0_hz, initial_hz)
+    return torch.where(last >= 0, held, initial_hz.to(f0_hz.dtype))
 
 
 def condition_from_features(
@@ -120,6 +125,12 @@ class AcousticModel(nn.Module):
         """Singer names, in table order."""
         return self.conditioner.speakers.names
 
+    def resolve_speaker(self, spec: SpeakerSpec | None = None) -> SpeakerSpec:
+        """The singer a conversion uses: ``spec`` with its names checked
+        (:class:`~comostream.models.conditioner.UnknownSpeakerError`), or the default singer (the
+        first) for None."""
+        return self.conditioner.speakers.resolve(spec)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -153,17 +164,22 @@ class AcousticModel(nn.Module):
         cls, path: str | Path, device: torch.device | str = "cpu"
     ) -> AcousticModel:
         """Load an inference export: eval mode, on ``device``; CheckpointError if unusable."""
-        ck = load_checkpoint(path, kind=INFERENCE_KIND)
+        return cls.from_payload(load_checkpoint(path, kind=INFERENCE_KIND), str(path)).to(device)
+
+    @classmethod
+    def from_payload(cls, ck: dict[str, Any], what: str) -> AcousticModel:
+        """The model of an already loaded inference export ``ck`` (eval mode, on the CPU);
+        ``what`` (the file) names it in errors. CheckpointError if unusable."""
         try:
-            cfg = config_from_dict(ck["config"], f"{path} (config)")
+            cfg = config_from_dict(ck["config"], f"{what} (config)")
             speakers = [str(s) for s in ck["speakers"]]
             content = ck.get("content_config")
             content_cfg = config_from_dict({"content": content}).content if content else None
             model = cls(cfg, speakers, content_cfg)
         except (KeyError, TypeError, ConfigError) as exc:
-            raise CheckpointError(f"{path}: malformed inference checkpoint ({exc})") from None
-        load_state_strict(model.conditioner, ck["conditioner"], f"{path}: conditioner")
-        load_state_strict(model.target, ck["target"], f"{path}: target")
+            raise CheckpointError(f"{what}: malformed inference checkpoint ({exc})") from None
+        load_state_strict(model.conditioner, ck["conditioner"], f"{what}: conditioner")
+        load_state_strict(model.target, ck["target"], f"{what}: target")
         if model.content_encoder is not None:
-            load_state_strict(model.content_encoder, ck["content_encoder"], f"{path}: content")
-        return model.to(device).eval()
+            load_state_strict(model.content_encoder, ck["content_encoder"], f"{what}: content")
+        return model.eval()

@@ -31,7 +31,14 @@ from comostream.models.streaming import (
     pad_future,
 )
 
-__all__ = ["Conditioner", "SpeakerTable", "SpeakerSpec", "UnknownSpeakerError", "f0_inputs"]
+__all__ = [
+    "Conditioner",
+    "SpeakerSpec",
+    "SpeakerTable",
+    "UnknownSpeakerError",
+    "f0_inputs",
+    "resolve_speaker",
+]
 
 F0_REF_HZ = 200.0  # Hz, log-F0 feature = log2(f0 / F0_REF_HZ) (octaves)
 LOUDNESS_REF_DB = -40.0  # dB: loudness feature = (dB - REF) / SCALE
@@ -53,6 +60,18 @@ class UnknownSpeakerError(KeyError):
         return f"unknown speaker {self.name!r}; known speakers: {', '.join(self.known)}"
 
 
+def resolve_speaker(spec: SpeakerSpec | None, known: Sequence[str]) -> SpeakerSpec:
+    """The singer a conversion uses: ``spec`` (a name or a mix ``{name: weight}``) with every
+    name checked against ``known``, or the default singer (the first) for None. Raises
+    :class:`UnknownSpeakerError` for a name not in ``known``."""
+    if spec is None:
+        return known[0]
+    for name in [spec] if isinstance(spec, str) else list(spec):
+        if name not in known:
+            raise UnknownSpeakerError(name, known)
+    return spec
+
+
 class SpeakerTable(nn.Module):
     """Singer names -> rows of an ``nn.Embedding (n_speakers, dim)``; mixes are weighted sums."""
 
@@ -67,6 +86,10 @@ class SpeakerTable(nn.Module):
     def names(self) -> tuple[str, ...]:
         """The known singers, in row order (store them with the checkpoint)."""
         return tuple(self._names)
+
+    def resolve(self, spec: SpeakerSpec | None) -> SpeakerSpec:
+        """``spec`` checked, or the default singer for None (:func:`resolve_speaker`)."""
+        return resolve_speaker(spec, self._names)
 
     def index(self, name: str) -> int:
         """Row of ``name``; raises :class:`UnknownSpeakerError` listing the known names."""

@@ -32,12 +32,14 @@ __all__ = [
     "Config",
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_F0_HZ",
     "load_config",
     "config_from_dict",
     "config_to_dict",
 ]
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("comostream.configs") / "default.toml"))
+DEFAULT_F0_HZ = 200.0  # Hz: conditioning F0 where no voiced frame gives one (hold, interpolation)
 
 
 class ConfigError(ValueError):
@@ -46,7 +48,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """Audio and frame parameters shared by every feature (DESIGN.md, "Audio and features")."""
+    """Audio and frame parameters shared by every feature (README, "Audio and features")."""
 
     sample_rate: int = 24000  # Hz, the model rate
     n_fft: int = 1024  # samples
@@ -333,6 +335,12 @@ class RealtimeConfig:
             raise ConfigError("realtime: max_backlog_ms, window_context_ms, sola_search_ms >= 0")
         if self.crossfade_ms <= 0:
             raise ConfigError("realtime: crossfade_ms must be positive")
+
+    def with_block(self, block_frames: int | None) -> RealtimeConfig:
+        """These settings with ``block_frames`` frames per model step (None: unchanged)."""
+        if block_frames is None:
+            return self
+        return dataclasses.replace(self, block_frames=block_frames)
 
 
 @dataclass(frozen=True)

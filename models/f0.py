@@ -1,9 +1,9 @@
 """Frame-level F0 extraction: CREPE (torchcrepe, tiny/full), WORLD (harvest, dio) and the
 frame-local streaming YIN tracker (``yin``, :mod:`comostream.models.f0_yin`).
 
-Framing convention (project-wide): for ``N`` samples at 24 kHz with hop 256 there are
-``T = N // 256 + 1`` frames and frame ``t`` is centred at sample ``t * 256`` (time
-``t * 256 / 24000`` s). Every backend returns exactly ``T`` frames on that grid.
+Every backend returns exactly ``T = N // 256 + 1`` frames for ``N`` samples at 24 kHz, frame ``t``
+centred at sample ``t * 256``: the grid, the input check and :class:`F0Track` are in
+:mod:`comostream.models.f0_track`.
 
 CREPE alignment: CREPE runs at 16 kHz, where frame ``t`` is centred at ``t * 512 / 3`` samples
 (not an integer for ``t % 3 != 0``). The 24 kHz input is band-limited resampled three times:
@@ -18,7 +18,6 @@ filter), with zero padding of 512 samples at both ends like ``torchcrepe`` ``pad
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,13 +27,11 @@ import torchaudio.functional as AF
 
 from comostream.models.audio import resample
 from comostream.models.config import F0Config
+from comostream.models.f0_track import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
+from comostream.models.f0_yin import yin_f0
 
-__all__ = [
-    "BACKENDS", "F0Track", "check_audio", "extract_f0", "n_frames", "SAMPLE_RATE", "HOP_LENGTH"
-]
+__all__ = ["BACKENDS", "extract_f0"]
 
-SAMPLE_RATE = 24000  # Hz, the model rate
-HOP_LENGTH = 256  # samples per frame at SAMPLE_RATE
 BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio", "yin")
 
 _CREPE_SR = 16000  # Hz
@@ -43,35 +40,6 @@ _PHASE_OFFSETS = (0, 170, 342)  # integer 16 kHz centres of frames 3q + p in str
 _PHASE_SHIFTS = (0, 1, -1)  # 24 kHz samples: +1 advances the stream, -1 delays it
 _CENTS_PER_BIN = 20.0  # CREPE bin spacing
 _CENTS_BIN0 = 1997.3794084376191  # cents (re 10 Hz) of CREPE bin 0
-
-
-@dataclass(frozen=True, eq=False)
-class F0Track:
-    """Per-frame F0 on the 24 kHz / hop-256 grid.
-
-    f0_hz: float32 (T,), Hz, 0.0 where unvoiced. voiced: bool (T,).
-    periodicity: float32 (T,) in [0, 1] (CREPE confidence) or None (WORLD backends).
-    """
-
-    f0_hz: np.ndarray
-    voiced: np.ndarray
-    periodicity: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.f0_hz.ndim != 1 or self.voiced.shape != self.f0_hz.shape:
-            raise ValueError("F0Track: f0_hz and voiced must be 1-D arrays of equal length")
-        if self.periodicity is not None and self.periodicity.shape != self.f0_hz.shape:
-            raise ValueError("F0Track: periodicity must have the same shape as f0_hz")
-
-    @property
-    def n_frames(self) -> int:
-        """Number of frames T."""
-        return int(self.f0_hz.shape[0])
-
-
-def n_frames(n_samples: int, hop_length: int = HOP_LENGTH) -> int:
-    """Frames T for ``n_samples`` samples: ``n_samples // hop_length + 1``."""
-    return n_samples // hop_length + 1
 
 
 def extract_f0(
@@ -103,10 +71,6 @@ def extract_f0(
         if x.size:
             x = resample(x, sample_rate, SAMPLE_RATE)
     if name == "yin":
-        from comostream.models.f0_yin import (
-            yin_f0,  # lazy: comostream.models.f0_yin imports this module
-        )
-
         return yin_f0(x, cfg)
     t_frames = n_frames(x.shape[0])
     if not np.any(x):
@@ -124,18 +88,6 @@ def extract_f0(
         voiced &= per >= cfg.voicing_threshold
     f0 = np.where(voiced, f0, 0.0).astype(np.float32)
     return F0Track(f0, voiced, per)
-
-
-def check_audio(audio: np.ndarray) -> np.ndarray:
-    """Validate and return ``audio`` as contiguous float32 (samples,)."""
-    a = np.asarray(audio)
-    if a.ndim != 1:
-        raise ValueError(f"audio must be mono with shape (samples,), got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise ValueError(f"audio must be floating point (float32), got {a.dtype}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError("audio contains NaN or inf samples")
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def _fit_length(x: np.ndarray, length: int) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from comostream.models.config import F0Config
-from comostream.models.f0 import F0Track
+from comostream.models.config import DEFAULT_F0_HZ, F0Config
+from comostream.models.f0_track import F0Track
 
 __all__ = [
     "cents",
@@ -22,8 +22,6 @@ __all__ = [
     "repair_octaves",
     "transpose",
 ]
-
-DEFAULT_F0_HZ = 200.0  # Hz, the constant returned by interpolate_unvoiced when nothing is voiced
 
 
 @njit(cache=True)

@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit
 
 from comostream.models.config import F0Config
-from comostream.models.f0 import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
+from comostream.models.f0_track import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
 
 __all__ = ["WINDOW", "LOOKAHEAD_SAMPLES", "yin_f0", "IncrementalF0"]
 

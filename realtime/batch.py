@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from comostream.models.acoustic import AcousticModel
+from comostream.models.chain import ConversionChain
 from comostream.models.config import RealtimeConfig
 from comostream.realtime.engine import StreamingConverter
-from comostream.realtime.step import ConversionStep
 
 __all__ = ["BatchedConverter"]
 
@@ -26,8 +26,9 @@ __all__ = ["BatchedConverter"]
 class BatchedConverter:
     """``streams`` lockstep streams of one model (see the module docstring).
 
-    ``speakers``: one singer (name or mix) per stream; ``graph``: capture the step in a CUDA
-    graph (needs the models on a CUDA device).
+    ``speakers``: one singer (name or mix, None for the default) per stream; ``sample_rate``: the
+    streams' rate (default: the model rate); ``graph``: capture the step in a CUDA graph (needs
+    the models on a CUDA device).
     """
 
     def __init__(
@@ -36,17 +37,17 @@ class BatchedConverter:
         vocoder: torch.nn.Module | None,
         speakers: Sequence[Any],
         *,
-        sample_rate: int = 24000,
+        sample_rate: int | None = None,
         realtime: RealtimeConfig | None = None,
         graph: bool = False,
         **kwargs: Any,
     ) -> None:
         self.rt = realtime or RealtimeConfig()
-        self.step = ConversionStep(model, vocoder, seed=self.rt.seed).eval()
+        self.step = ConversionChain(model, vocoder, seed=self.rt.seed).eval()
         self.engines = [
-            StreamingConverter(self.step, embed=model.conditioner.speaker_embedding, speaker=spk,
-                               sample_rate=sample_rate, realtime=self.rt, audio=model.cfg.audio,
-                               **kwargs)  # fmt: skip
+            StreamingConverter(self.step, embed=model.conditioner.speaker_embedding,
+                               speaker=model.resolve_speaker(spk), sample_rate=sample_rate,
+                               realtime=self.rt, audio=model.cfg.audio, **kwargs)
             for spk in speakers
         ]
         for eng in self.engines:

@@ -1,10 +1,11 @@
 """CUDA-graph capture of the model step: one graph per (streams, block) shape, replayed per block.
 
-The step (content encoder, conditioner, one-step target, vocoder) has static shapes and a state
+The chain's step (:class:`comostream.models.chain.ConversionChain`: content encoder, F0 hold and
+transposition, conditioner, one-step target, vocoder) has static shapes and a state
 of preallocated tensors updated in place, so it can be captured once: ``GraphStep`` owns static
 input buffers and the state, copies each block's inputs in, replays the graph and returns the
-static output (valid until the next replay). Sigma, the noise seed and the frame counter are
-device tensors, so replay needs no host scalars.
+static output (valid until the next replay). Sigma, the noise seed, the frame counter and the
+held F0 are device tensors, so replay needs no host scalars.
 """
 
 from __future__ import annotations
@@ -12,29 +13,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import state_tensors
-from comostream.realtime.step import ConversionStep, FrameInputs, step_inputs
 
 __all__ = ["GraphStep"]
 
 
 class GraphStep:
-    """``ConversionStep.step`` captured for ``streams`` streams of ``frames`` frames on CUDA.
+    """``ConversionChain.step`` captured for ``streams`` streams of ``frames`` frames on CUDA.
 
-    ``run(inputs)`` copies ``inputs`` (same shapes as :func:`comostream.realtime.step.step_inputs`)
-    into the static buffers and replays; ``reset(stream)`` returns a stream (or all) to a fresh
-    state.
+    ``run(inputs)`` copies ``inputs`` (same shapes as
+    :meth:`~comostream.models.chain.ConversionChain.zero_inputs`) into the static buffers and
+    replays; ``reset(stream)`` returns a stream (or all) to a fresh state.
     """
 
-    def __init__(self, step: ConversionStep, streams: int, frames: int, warmup: int = 3) -> None:
+    def __init__(self, step: ConversionChain, streams: int, frames: int, warmup: int = 3) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device")
         ref = next(step.parameters())
         if ref.device.type != "cuda":
             raise ValueError("move the step to a CUDA device first")
         self.step, self.streams, self.frames = step, streams, frames
-        self.inputs = step_inputs(step.n_mels, step.speaker_dim, streams, frames, ref.device,
-                                  ref.dtype)  # fmt: skip
+        self.inputs = step.zero_inputs(streams, frames, ref.device, ref.dtype)
         self.state = step.init_state(streams)
         self._fresh = [t.clone() for _, t in state_tensors(self.state)]
         side = torch.cuda.Stream(ref.device)

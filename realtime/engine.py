@@ -1,23 +1,26 @@
 """The streaming engine: audio in at the caller's rate -> converted audio out, chunk by chunk.
 
-Chain per stream: mono mix -> stateful resampler to 24 kHz ->
-:class:`~comostream.realtime.frontend.FrontEnd` (mel, loudness, F0 per 10.67 ms frame) ->
-transposition and causal F0 hold -> a block of ``B`` frames through
-:class:`~comostream.realtime.step.ConversionStep` (content encoder, conditioner, one-step
-consistency target, vocoder) -> output FIFO -> stateful resampler back -> mono or duplicated out.
+The engine frames, ramps, buffers and schedules; the models' computation is the chain's. Per
+stream: mono mix -> stateful resampler to the model rate ->
+:class:`~comostream.realtime.frontend.FrontEnd` (mel, loudness, F0 per frame) -> blocks of ``B``
+frames with the singer embedding and the transposition ramped per frame ->
+:class:`~comostream.models.chain.ConversionChain` (content encoder, causal F0 hold and
+transposition, conditioner, one-step consistency target, vocoder) -> output FIFO -> stateful
+resampler back -> mono or duplicated out. Rates, hop and block come from the engine's
+:class:`~comostream.realtime.geometry.StreamGeometry` (:attr:`StreamingConverter.geometry`).
 
-Latency is computed, never written down: with hop ``h`` (256 samples at 24 kHz), the analysis
-window's overhang beyond the frame's hop ``p`` (the front-end's left padding: 256 samples for
-the 1024-sample window), the front-end's F0 lookahead ``Lf`` and the models' lookahead ``Ls``
-(frames), output sample ``m`` of the 24 kHz stream is input sample ``m - D`` with
+Latency is computed, never written down: with hop ``h`` (256 samples at the 24 kHz model rate), the
+analysis window's overhang beyond the frame's hop ``p`` (the front-end's left padding: 256 samples
+for the 1024-sample window), the front-end's F0 lookahead ``Lf`` and the models' lookahead ``Ls``
+(frames), output sample ``m`` of the model-rate stream is input sample ``m - D`` with
 
-    D = Z + p + Ls h     (``delay_samples_24k``)
+    D = Z + p + Ls h     (``delay_samples_24k``, samples at the model rate)
 
 where ``Z`` is the output FIFO's initial silence. For ANY chunking of the input ``Z = (B + Lf)
 h``, exactly the most a block can still be waiting for, so every ``push`` of ``n`` samples
 returns ``n`` samples and the delay never moves. A caller that always pushes ``chunk`` samples
 (a sound card's block) declares it: ``Z`` is then the least that chunk's phase needs (0 when a
-chunk is a block at 24 kHz), and the chunk's own buffering is counted in :attr:`latency_ms`
+chunk is a block at the model rate), and the chunk's own buffering is counted in :attr:`latency_ms`
 instead; the algorithmic latency is then one block + ``p`` + lookaheads. The resamplers add
 their own integer delays; at rates such as 44.1 kHz a few samples of silence more make the total
 a whole number of output samples, so outputs of any block size line up exactly. ``flush``
@@ -38,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from comostream.models.acoustic import AcousticModel
+from comostream.models.chain import ConversionChain
 from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
 from comostream.realtime.frontend import (
     FrameFeatures,
@@ -45,14 +49,12 @@ from comostream.realtime.frontend import (
     IncrementalF0Like,
     default_f0_tracker,
 )
+from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.resample import StreamingResampler
-from comostream.realtime.step import ConversionStep, step_inputs
 from comostream.realtime.traced import TracedStep
 
-__all__ = ["EngineStats", "SampleFifo", "StreamingConverter", "DEFAULT_F0_HZ"]
+__all__ = ["SampleFifo", "StreamingConverter", "convert_array"]
 
-MODEL_RATE = 24000
-DEFAULT_F0_HZ = 200.0  # conditioning F0 before the first voiced frame (as models.acoustic)
 SpeakerEmbed = Callable[[Any], Tensor]  # a singer name / mix -> (1, speaker_dim) embedding
 
 
@@ -132,11 +134,12 @@ class _Ramp:
 class StreamingConverter:
     """One conversion stream (see the module docstring).
 
-    ``step``: a :class:`~comostream.realtime.step.ConversionStep` (or any module with
+    ``step``: a :class:`~comostream.models.chain.ConversionChain` (or any module with
     ``lookahead_frames``, ``hop_length``, ``init_state(streams)`` and ``step(FrameInputs, state) ->
     (1, k * hop)``). ``embed``: singer name/mix -> ``(1, speaker_dim)``; None for a step without
-    singers. ``sample_rate``/``channels``: the caller's audio (16-48 kHz; 1 or 2 channels in, the
-    same count out: mono is duplicated). ``offline``: run all frames in one model step at ``flush``.
+    singers. ``sample_rate``/``channels``: the caller's audio (default: the model rate; 1 or 2
+    channels in, the same count out: mono is duplicated). ``offline``: run all frames in one model
+    step at ``flush``.
     """
 
     def __init__(
@@ -146,7 +149,7 @@ class StreamingConverter:
         embed: SpeakerEmbed | None = None,
         speaker: Any = None,
         transpose: float = 0.0,
-        sample_rate: int = MODEL_RATE,
+        sample_rate: int | None = None,
         channels: int = 1,
         realtime: RealtimeConfig | None = None,
         audio: AudioConfig | None = None,
@@ -156,22 +159,25 @@ class StreamingConverter:
         profile: bool = False,
         chunk: int | None = None,
     ) -> None:
+        self.rt = realtime or RealtimeConfig()
+        self.audio = audio or AudioConfig()
+        model_rate = self.audio.sample_rate
+        sample_rate = model_rate if sample_rate is None else int(sample_rate)
         if not 8000 <= sample_rate <= 192000:
             raise ValueError(f"unsupported sample rate {sample_rate} Hz (8-192 kHz)")
         if channels not in (1, 2):
             raise ValueError(f"channels must be 1 or 2, got {channels}")
         self.step_module = step
-        self.rt = realtime or RealtimeConfig()
-        self.audio = audio or AudioConfig()
-        self.sample_rate, self.channels = int(sample_rate), int(channels)
+        self.sample_rate, self.channels = sample_rate, int(channels)
         self.offline, self.profile = offline, profile
-        self.block = self.rt.block_frames
-        self.hop = self.audio.hop_length
         self.frontend = FrontEnd(self.audio, f0, f0_tracker)
-        resampled = sample_rate != MODEL_RATE
-        self.rs_in = StreamingResampler(sample_rate, MODEL_RATE) if resampled else None
-        self.rs_out = StreamingResampler(MODEL_RATE, sample_rate) if resampled else None
         self.lookahead_frames = self.frontend.lookahead_frames + int(step.lookahead_frames)
+        self.geometry = StreamGeometry.from_configs(self.audio, self.rt, self.lookahead_frames)
+        self.block = self.geometry.block_frames
+        self.hop = self.geometry.hop_length
+        resampled = sample_rate != model_rate
+        self.rs_in = StreamingResampler(sample_rate, model_rate) if resampled else None
+        self.rs_out = StreamingResampler(model_rate, sample_rate) if resampled else None
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
         self.chunk = chunk
@@ -180,7 +186,7 @@ class StreamingConverter:
         self.delay_samples_24k = (
             self.fifo_prefill + self.frontend.pad_samples + self.hop * int(step.lookahead_frames))
         if self.rs_in is not None:  # round the total delay up to a whole output sample
-            grid = MODEL_RATE // math.gcd(MODEL_RATE, sample_rate)
+            grid = model_rate // math.gcd(model_rate, sample_rate)
             extra = -(int(self.rs_in.delay_samples_out) + self.delay_samples_24k) % grid
             self.fifo_prefill += extra
             self.delay_samples_24k += extra
@@ -212,33 +218,33 @@ class StreamingConverter:
     ) -> StreamingConverter:
         """An engine over an acoustic model and a vocoder (built-in or windowed external).
 
-        ``speaker`` defaults to the model's first singer; ``trace``: run the step as a traced
-        graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a CPU, when streaming
-        built-in models); other keywords as the constructor.
+        ``speaker``: checked against the model's singers, None for the default
+        (:meth:`~comostream.models.acoustic.AcousticModel.resolve_speaker`); ``trace``: run the
+        chain as a traced graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a
+        CPU, when streaming built-in models); other keywords as the constructor.
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
-        step: nn.Module = ConversionStep(model, vocoder, content_model, seed=rt.seed).eval()
+        chain = ConversionChain(model, vocoder, content_model, seed=rt.seed).eval()
+        step: nn.Module = chain
         on_cpu = next(model.parameters()).device.type == "cpu"
         if trace is None:
             traceable = getattr(vocoder, "traceable", True)  # window mode branches on data
             trace = on_cpu and not kwargs.get("offline", False) and content_model is None and (
                 traceable)  # fmt: skip
         if trace:
-            example = step_inputs(step.n_mels, step.speaker_dim, 1, rt.block_frames,
-                                  next(model.parameters()).device)  # fmt: skip
-            step = TracedStep(step, example)
+            step = TracedStep(chain, chain.zero_inputs(1, rt.block_frames))
         kwargs.setdefault("audio", model.cfg.audio)
         return cls(step, embed=model.conditioner.speaker_embedding,
-                   speaker=speaker if speaker is not None else model.speakers[0], **kwargs)
+                   speaker=model.resolve_speaker(speaker), **kwargs)
 
     # -- public API ------------------------------------------------------------------------------
     def _aligned_prefill(self, chunk: int) -> int:
-        """The least FIFO prefill (24 kHz samples) that never runs dry when every push brings
+        """The least FIFO prefill (model-rate samples) that never runs dry when every push brings
         a multiple of ``chunk`` samples: the most a push's end can be ahead of the model's
         output, over enough pushes for the pattern to repeat."""
         fe, hop, block = self.frontend, self.hop, self.block
         rs = self.rs_in
-        pushes = min(200_000, 4 * block * hop * (rs.down if rs is not None else 1))
+        pushes = min(200_000, 4 * self.geometry.block_samples * (rs.down if rs is not None else 1))
         worst = 0
         for k in range(1, pushes + 1):
             n24 = rs._available(k * chunk) if rs is not None else k * chunk
@@ -251,9 +257,10 @@ class StreamingConverter:
     def delay_ms(self) -> float:
         """Stream delay in ms: output sample ``m`` is input sample ``m - delay`` (resamplers,
         FIFO prefill, window overhang, lookaheads)."""
-        seconds = self.delay_samples_24k / MODEL_RATE
+        model_rate = self.geometry.sample_rate
+        seconds = self.delay_samples_24k / model_rate
         if self.rs_in is not None and self.rs_out is not None:
-            seconds += self.rs_in.delay_samples_out / MODEL_RATE
+            seconds += self.rs_in.delay_samples_out / model_rate
             seconds += self.rs_out.delay_samples_out / self.sample_rate
         return 1000.0 * seconds
 
@@ -274,7 +281,12 @@ class StreamingConverter:
     @property
     def block_ms(self) -> float:
         """Duration of one model step's block in ms."""
-        return 1000.0 * self.block * self.hop / MODEL_RATE
+        return self.geometry.block_ms
+
+    @property
+    def block_samples(self) -> int:
+        """Samples of one block at the caller's rate (a sound card's natural chunk)."""
+        return self.geometry.samples_per_block(self.sample_rate)
 
     def set_speaker(self, speaker: Any) -> None:
         """Change singer (a name, or a mix ``{name: weight}``): ramped over ``ramp_frames``."""
@@ -305,9 +317,8 @@ class StreamingConverter:
             self.state = self.step_module.init_state(1)
         self._pending: list[FrameFeatures] = []
         self._pending_frames = 0
-        self._last_f0 = DEFAULT_F0_HZ
-        self._in24 = 0  # 24 kHz samples fed (flush padding excluded)
-        self._out24 = 0  # 24 kHz samples returned
+        self._in24 = 0  # model-rate samples fed (flush padding excluded)
+        self._out24 = 0  # model-rate samples returned
         self.fifo = SampleFifo()
         self.fifo.push(np.zeros(self.fifo_prefill, np.float32))
         self._speaker.pos = 1.0
@@ -327,7 +338,8 @@ class StreamingConverter:
 
     def ingest(self, samples: np.ndarray) -> tuple[int, bool]:
         """First half of :meth:`push`: resample and extract features, run (or, when
-        ``defer_blocks`` is set, queue) the complete blocks. Returns ``(24 kHz samples, mono)``."""
+        ``defer_blocks`` is set, queue) the complete blocks. Returns ``(model-rate samples,
+        mono)``."""
         t0 = time.perf_counter()
         mono, squeeze = self._mono(samples)
         if self.chunk is not None and mono.shape[0] % self.chunk:
@@ -423,26 +435,19 @@ class StreamingConverter:
         return self.fifo.pop(n)
 
     def _run_block(self, f: FrameFeatures) -> None:
-        """Conditioning for one block of frames, the model step, output into the FIFO."""
+        """One block of frames with its ramped singer and transposition through the model
+        step (:data:`~comostream.models.chain.FrameInputs`), output into the FIFO."""
         k = f.frames
-        ratio = (2.0 ** (self._transpose.take(k) / 12.0)).numpy()
-        held = np.empty(k, np.float64)
-        last = self._last_f0
-        for i in range(k):  # causal hold of the last voiced F0 (models.acoustic.hold_unvoiced)
-            if f.voiced[i] and f.f0[i] > 0:
-                last = float(f.f0[i])
-            held[i] = last
-        self._last_f0 = last
-        f0_voc = np.where(f.voiced & (f.f0 > 0), f.f0 * ratio, 0.0)
+        transpose = self._transpose.take(k)
         speaker = self._speaker.take(k)[-1] if self.embed is not None else self._speaker.start
         dev, dt = self.device, self.dtype
 
-        def t(a: np.ndarray) -> Tensor:
+        def t(a: np.ndarray | Tensor) -> Tensor:
             return torch.as_tensor(np.asarray(a), dtype=dt).to(dev).unsqueeze(0)
 
         inputs = {
             "mel": t(f.mel), "loudness": t(f.loudness), "voiced": t(f.voiced.astype(np.float32)),
-            "f0": t(held * ratio), "f0_vocoder": t(f0_voc), "audio": t(f.audio.T.reshape(-1)),
+            "f0": t(f.f0), "transpose": t(transpose), "audio": t(f.audio.T.reshape(-1)),
             "speaker": speaker.to(dev, dt).reshape(1, -1),
         }  # fmt: skip
         if self.defer_blocks:

@@ -15,7 +15,7 @@ from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
 from comostream.models.config import RealtimeConfig
 from comostream.models.vocoder import Vocoder, load_vocoder
 
-__all__ = ["load_models", "load_vocoder_any", "load_voiceprints"]
+__all__ = ["load_models", "load_vocoder_any", "load_voiceprints", "read_export"]
 
 
 def load_vocoder_any(
@@ -40,18 +40,26 @@ def load_vocoder_any(
     return WindowedVocoder(ext, realtime).to(device)
 
 
+def read_export(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The contents of an inference export (``comostream export``): read once, then given to
+    :func:`load_models` and :func:`load_voiceprints` as ``payload``."""
+    return load_checkpoint(checkpoint, kind=INFERENCE_KIND)
+
+
 def load_models(
     checkpoint: str | os.PathLike[str],
     vocoder: str | os.PathLike[str] | None = None,
     device: torch.device | str = "cpu",
     realtime: RealtimeConfig | None = None,
+    payload: dict[str, Any] | None = None,
 ) -> tuple[AcousticModel, nn.Module]:
     """The acoustic model of an inference export and its vocoder: ``vocoder`` when given, else
-    the one stored in the export (``comostream export --vocoder``)."""
-    model = AcousticModel.from_checkpoint(checkpoint, device)
+    the one stored in the export (``comostream export --vocoder``). ``payload``: the export
+    already read by :func:`read_export` (else the file is read here, once)."""
+    ck = read_export(checkpoint) if payload is None else payload
+    model = AcousticModel.from_payload(ck, str(checkpoint)).to(device)
     if vocoder is not None:
         return model, load_vocoder_any(vocoder, device, realtime)
-    ck: dict[str, Any] = load_checkpoint(checkpoint, kind=INFERENCE_KIND)
     if "vocoder" not in ck:
         raise CheckpointError(
             f"{checkpoint}: the model file holds no vocoder; pass --vocoder (a `comostream train "
@@ -61,9 +69,12 @@ def load_models(
     return model, voc
 
 
-def load_voiceprints(checkpoint: str | os.PathLike[str]) -> dict[str, dict]:
-    """The singers' voice prints stored by ``comostream export --corpus`` ({} if none)."""
-    ck: dict[str, Any] = load_checkpoint(checkpoint, kind=INFERENCE_KIND)
+def load_voiceprints(
+    checkpoint: str | os.PathLike[str], payload: dict[str, Any] | None = None
+) -> dict[str, dict]:
+    """The singers' voice prints stored by ``comostream export --corpus`` ({} if none);
+    ``payload`` as in :func:`load_models`."""
+    ck = read_export(checkpoint) if payload is None else payload
     prints = ck.get("voiceprints") or {}
     if not isinstance(prints, dict):
         raise CheckpointError(f"{checkpoint}: malformed 'voiceprints'")

@@ -101,7 +101,7 @@ class ThreadedConverter:
     ) -> None:
         self.engine = engine
         sr = engine.sample_rate
-        self.block = block or max(1, round(engine.block_ms * sr / 1000))
+        self.block = block or engine.block_samples
         backlog = engine.rt.max_backlog_ms if max_backlog_ms is None else max_backlog_ms
         self.max_backlog = max(self.block, int(backlog * sr / 1000))
         capacity = max(8 * (self.max_backlog + self.block), 2 * sr)  # >= 2 s of stall

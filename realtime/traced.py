@@ -1,10 +1,10 @@
 """The CPU counterpart of a CUDA graph: the model step traced once per block size (TorchScript).
 
 At a few frames per step, eager PyTorch spends most of its time dispatching thousands of tiny ops
-from Python. Tracing :meth:`ConversionStep.step` for a fixed ``(streams, frames)`` shape records
-them once (the state tensors are inputs the trace updates in place, exactly as eager does) and
-freezes the parameters into the graph; replaying it is 2-3x faster on a CPU with the same result.
-Offline runs (one step of arbitrary length) stay eager.
+from Python. Tracing :meth:`comostream.models.chain.ConversionChain.step` for a fixed
+``(streams, frames)`` shape records them once (the state tensors are inputs the trace updates in
+place, exactly as eager does) and freezes the parameters into the graph; replaying it is 2-3x
+faster on a CPU with the same result. Offline runs (one step of arbitrary length) stay eager.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, state_tensors
-from comostream.realtime.step import ConversionStep, FrameInputs
 
 __all__ = ["TracedStep"]
 
@@ -34,7 +34,7 @@ def _rebuild(template: StreamState, leaves: list[Tensor]) -> StreamState:
 class _Flat(nn.Module):
     """``step`` over positional tensors: the inputs (sorted names), then the state's leaves."""
 
-    def __init__(self, step: ConversionStep, names: list[str], template: StreamState) -> None:
+    def __init__(self, step: ConversionChain, names: list[str], template: StreamState) -> None:
         super().__init__()
         self.step_module = step
         self.names = names
@@ -53,7 +53,7 @@ class TracedStep(nn.Module):
     ``init_state`` and ``step(inputs, state)`` (``inputs`` must have the traced shapes).
     """
 
-    def __init__(self, step: ConversionStep, example: FrameInputs, streams: int = 1) -> None:
+    def __init__(self, step: ConversionChain, example: FrameInputs, streams: int = 1) -> None:
         super().__init__()
         self.inner = step
         self.lookahead_frames = step.lookahead_frames

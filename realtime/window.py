@@ -12,8 +12,10 @@ taken ``lookahead`` frames from the right edge (where the model still sees some 
   ``lookahead_frames`` late.
 * :class:`WindowedContent` (audio -> content frames) keeps the frames of the block's region.
 
-Both follow the engine's step protocol (``lookahead_frames``, ``init_state``, ``step``) so
-:class:`comostream.realtime.step.ConversionStep` can hold them where a streaming model would be.
+Both follow the streaming protocol (``lookahead_frames``, ``init_state``, ``step``) so
+:class:`comostream.models.chain.ConversionChain` can hold them where a streaming model would be.
+A model that does not say its ``sample_rate`` / ``hop_length`` is taken to run at the project's
+(:class:`~comostream.models.config.AudioConfig`).
 Their output is close to, not equal to, a one-shot run (the price of window mode); their cost is one
 model run over the whole window per block.
 """
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from comostream.models.config import RealtimeConfig
+from comostream.models.config import AudioConfig, RealtimeConfig
 from comostream.models.streaming import StreamState
 
 __all__ = ["WindowedContent", "WindowedVocoder", "sola_offset"]
@@ -56,7 +58,7 @@ class _Windowed(nn.Module):
         super().__init__()
         self.model = model
         self.hop_length = hop
-        rate = int(getattr(model, "sample_rate", 24000))
+        rate = int(getattr(model, "sample_rate", AudioConfig().sample_rate))
         self.context_frames = max(1, math.ceil(rt.window_context_ms * rate / 1000 / hop))
         self.lookahead_frames: int = rt.window_lookahead_frames + extra
         self.left_frames = self.context_frames
@@ -77,8 +79,9 @@ class WindowedVocoder(_Windowed):
 
     def __init__(self, model: nn.Module, rt: RealtimeConfig | None = None) -> None:
         rt = rt or RealtimeConfig()
-        hop = int(getattr(model, "hop_length", 256))
-        rate = int(getattr(model, "sample_rate", 24000))
+        audio = AudioConfig()
+        hop = int(getattr(model, "hop_length", audio.hop_length))
+        rate = int(getattr(model, "sample_rate", audio.sample_rate))
         self.crossfade = max(1, round(rt.crossfade_ms * rate / 1000))
         self.search = round(rt.sola_search_ms * rate / 1000)
         extra = math.ceil((self.crossfade + self.search) / hop)
@@ -118,7 +121,7 @@ class WindowedVocoder(_Windowed):
 
 
 class WindowedContent(_Windowed):
-    """An external content model ``model(audio (S, N) at 24 kHz) -> (S, D, N // hop + 1)``
+    """An external content model ``model(audio (S, N) at the model rate) -> (S, D, N // hop + 1)``
     (frame ``t`` centred at sample ``hop t``) in window mode.
 
     ``step(audio (S, k * hop), state) -> ((S, D, k), state)``, ``lookahead_frames`` late. The
@@ -126,7 +129,10 @@ class WindowedContent(_Windowed):
     ``hop j`` therefore gives frame ``j`` as its first output frame.
     """
 
-    def __init__(self, model: nn.Module, rt: RealtimeConfig | None = None, hop: int = 256) -> None:
+    def __init__(
+        self, model: nn.Module, rt: RealtimeConfig | None = None, hop: int | None = None
+    ) -> None:
+        hop = AudioConfig().hop_length if hop is None else hop
         super().__init__(model, rt or RealtimeConfig(), hop, 0)
         self.dim = int(model.dim)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Fixtures shared by the test modules (plain helper functions are in helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+
+from comostream.models.acoustic import AcousticModel
+from comostream.models.vocoder import Vocoder
+
+from helpers import tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +24,9 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[AcousticModel, Vocoder]:
+    """:func:`helpers.tiny_models` (default lookahead and singers), one pair per test module."""
+    return tiny_models()

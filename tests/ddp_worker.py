@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from comostream.training.distributed import setup_distributed
 from comostream.training.loop import Trainer
-from tests.toy_training import (
+
+from helpers import (
     flat_params,
     plain_step,
     toy_config,

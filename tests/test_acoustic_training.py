@@ -64,7 +64,9 @@ def test_teacher_loss_falls(teacher: Path) -> None:
     assert "teacher_mel_l1" in _rows(teacher.parent, "valid")[-1]
 
 
-def test_distill_exact_resume_and_export(feats: Path, teacher: Path, tmp_path: Path) -> None:
+def test_distillation_resumes_exactly_and_its_export_generates_deterministically(
+    feats: Path, teacher: Path, tmp_path: Path
+) -> None:
     straight = train_distill(_cfg(8, valid_every=8), teacher,
                              RunOptions(feats, tmp_path / "a", progress=False))  # fmt: skip
     cfg_part = _cfg(8, ckpt_every=4, valid_every=8)
@@ -137,7 +139,9 @@ def test_bad_checkpoints_are_clear_errors(teacher: Path, tmp_path: Path) -> None
     assert not (tmp_path / "x.ckpt").exists()
 
 
-def test_cli_train_teacher_dry_run(feats: Path, tmp_path: Path) -> None:
+def test_train_teacher_dry_run_writes_a_checkpoint_and_its_config(
+    feats: Path, tmp_path: Path
+) -> None:
     cfg = tmp_path / "tiny.toml"
     text = (ROOT / "configs" / "tiny.toml").read_text()
     cfg.write_text(text.replace("content_dim = 8", "content_dim = 0"))
@@ -150,10 +154,20 @@ def test_cli_train_teacher_dry_run(feats: Path, tmp_path: Path) -> None:
 
 def test_hold_unvoiced_is_causal() -> None:
     f0 = torch.tensor([[0.0, 200.0, 0.0, 0.0, 300.0, 0.0]])
-    held = hold_unvoiced(f0, f0 > 0, default_hz=100.0)
+    held = hold_unvoiced(f0, f0 > 0, initial_hz=100.0)
     assert held.tolist() == [[100.0, 200.0, 200.0, 200.0, 300.0, 300.0]]
     # Causal: the prefix's output does not depend on later frames.
     assert torch.equal(hold_unvoiced(f0[:, :3], f0[:, :3] > 0, 100.0), held[:, :3])
+
+
+def test_hold_unvoiced_continues_from_a_per_row_initial_value() -> None:
+    f0 = torch.tensor([[0.0, 0.0, 250.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    held = hold_unvoiced(f0, f0 > 0, torch.tensor([[180.0], [90.0]]))
+    assert held.tolist() == [[180.0, 180.0, 250.0, 250.0], [90.0, 90.0, 90.0, 90.0]]
+    # Two halves, the second starting from the first's last value, equal one call.
+    first = hold_unvoiced(f0[:, :2], f0[:, :2] > 0, torch.tensor([[180.0], [90.0]]))
+    second = hold_unvoiced(f0[:, 2:], f0[:, 2:] > 0, first[:, -1:])
+    assert torch.equal(torch.cat([first, second], dim=1), held)
 
 
 def test_export_carries_the_content_encoder(feats: Path, tmp_path: Path) -> None:

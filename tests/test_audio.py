@@ -35,7 +35,9 @@ def _peak_hz(x: np.ndarray, sr: int) -> float:
 
 @pytest.mark.parametrize("ext", sorted(FORMATS))
 @pytest.mark.parametrize("sr", [16000, 44100, 48000])
-def test_load_formats_and_rates(tmp_path: Path, ext: str, sr: int) -> None:
+def test_every_format_and_rate_loads_as_mono_float32_at_the_asked_rate(
+    tmp_path: Path, ext: str, sr: int
+) -> None:
     fmt, subtype = FORMATS[ext]
     path = tmp_path / f"tone.{ext}"
     sf.write(path, _sine(440.0, sr, 0.5), sr, format=fmt, subtype=subtype)
@@ -47,7 +49,7 @@ def test_load_formats_and_rates(tmp_path: Path, ext: str, sr: int) -> None:
     assert native_sr == sr and native.dtype == np.float32 and native.ndim == 1
 
 
-def test_stereo_to_mono_mean(tmp_path: Path) -> None:
+def test_stereo_is_mixed_to_mono_by_the_mean(tmp_path: Path) -> None:
     left, right = _sine(300.0, 24000, 0.2), _sine(700.0, 24000, 0.2, amp=0.25)
     path = tmp_path / "st.wav"
     sf.write(path, np.stack([left, right], axis=1), 24000, subtype="FLOAT")
@@ -60,7 +62,7 @@ def test_stereo_to_mono_mean(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sr_in", "sr_out"), [(48000, 24000), (44100, 24000), (16000, 24000), (24000, 44100)]
 )
-def test_resample_accuracy(sr_in: int, sr_out: int) -> None:
+def test_a_resampled_sine_matches_the_ideal_one_within_2e_3(sr_in: int, sr_out: int) -> None:
     freq = 1234.5
     y = resample(_sine(freq, sr_in, 0.5), sr_in, sr_out)
     assert y.dtype == np.float32 and len(y) == math.ceil(
@@ -72,7 +74,7 @@ def test_resample_accuracy(sr_in: int, sr_out: int) -> None:
     assert _peak_hz(y, sr_out) == pytest.approx(freq, abs=0.5)
 
 
-def test_resample_identity_and_multichannel() -> None:
+def test_resampling_to_the_same_rate_is_identity_and_channels_resample_alike() -> None:
     x = np.random.default_rng(0).standard_normal((2, 4410)).astype(np.float64)
     same = resample(x, 44100, 44100)
     assert same.dtype == np.float32 and np.allclose(same, x, atol=1e-6)
@@ -84,13 +86,13 @@ def test_resample_identity_and_multichannel() -> None:
         resample(x, 0, 24000)
 
 
-def test_missing_file(tmp_path: Path) -> None:
+def test_a_missing_file_is_an_audio_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match="nope.wav.*not found"):
         load_audio(tmp_path / "nope.wav")
 
 
 @pytest.mark.parametrize("content", [b"", b"RIFF\x00\x00garbage" * 10, bytes(range(256)) * 4])
-def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
+def test_a_corrupt_file_is_an_audio_error_naming_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.wav"
     path.write_bytes(content)
     with pytest.raises(AudioError, match="bad.wav"):
@@ -98,7 +100,7 @@ def test_corrupt_file(tmp_path: Path, content: bytes) -> None:
 
 
 @pytest.mark.parametrize("ext", ["wav", "flac"])
-def test_empty_file(tmp_path: Path, ext: str) -> None:
+def test_an_empty_file_is_an_audio_error_naming_it(tmp_path: Path, ext: str) -> None:
     path = tmp_path / f"empty.{ext}"
     sf.write(path, np.zeros(0, np.float32), 24000)
     # libsndfile cannot even reopen a zero-frame FLAC; either way it is an AudioError
@@ -108,7 +110,7 @@ def test_empty_file(tmp_path: Path, ext: str) -> None:
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_file(tmp_path: Path, bad: float) -> None:
+def test_nan_or_inf_samples_are_an_audio_error(tmp_path: Path, bad: float) -> None:
     x = np.zeros(1000, np.float32)
     x[500] = bad
     path = tmp_path / "nan.wav"
@@ -119,7 +121,7 @@ def test_non_finite_file(tmp_path: Path, bad: float) -> None:
         check_finite(x, "thing")
 
 
-def test_save_atomic_roundtrip(tmp_path: Path) -> None:
+def test_save_wav_round_trips_and_overwrites_atomically(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "out.wav"
     x = _sine(440.0, 24000, 0.1)
     save_wav(path, x, 24000)
@@ -132,7 +134,7 @@ def test_save_atomic_roundtrip(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.wav"]
 
 
-def test_save_clip_float_and_stereo(tmp_path: Path) -> None:
+def test_save_wav_clips_pcm_keeps_float_exact_and_writes_stereo(tmp_path: Path) -> None:
     x = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
     save_wav(tmp_path / "pcm.wav", x, 16000)
     back, _ = sf.read(tmp_path / "pcm.wav", dtype="float32")

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from streaming_helpers import (
+
+from comostream.models.backbone import Backbone, lookahead_schedule
+from comostream.models.config import ModelConfig, load_config
+from comostream.models.streaming import state_tensors
+
+from helpers import (
     FIXED_CHUNKS,
     chunk_bounds,
     measured_reach,
@@ -12,10 +17,6 @@ from streaming_helpers import (
     run_stream,
     state_signature,
 )
-
-from comostream.models.backbone import Backbone, lookahead_schedule
-from comostream.models.config import ModelConfig, load_config
-from comostream.models.streaming import state_tensors
 
 TINY = load_config("configs/tiny.toml").model
 T_FRAMES = 37
@@ -36,7 +37,7 @@ def _inputs(batch: int = 2, frames: int = T_FRAMES) -> tuple[torch.Tensor, torch
     return x, torch.randn(batch, TINY.cond_channels, frames, generator=gen)
 
 
-def test_lookahead_schedule() -> None:
+def test_lookahead_schedule_centres_first_then_spreads_and_refuses_too_much() -> None:
     assert lookahead_schedule([1, 2, 4, 8] * 3, 3, 2) == [1, 0, 0, 0, 1] + [0] * 7
     assert lookahead_schedule([1, 2], 3, 4) == [2, 2]  # centred first (1, 2), then the span
     assert sum(lookahead_schedule([1, 2, 4], 3, 14)) == 14
@@ -84,7 +85,7 @@ def test_declared_reach_is_measured(backbone: Backbone) -> None:
     assert cla <= backbone.lookahead_frames and cleft <= backbone.left_frames
 
 
-def test_per_frame_noise_level(backbone: Backbone) -> None:
+def test_a_constant_per_frame_noise_level_equals_the_scalar_one(backbone: Backbone) -> None:
     x, cond = _inputs()
     with torch.no_grad():
         scalar = backbone(x, 0.25, cond)
@@ -94,7 +95,7 @@ def test_per_frame_noise_level(backbone: Backbone) -> None:
     assert not torch.allclose(scalar, varying, atol=1e-3)
 
 
-def test_state_is_static(backbone: Backbone) -> None:
+def test_stepping_never_reallocates_the_state(backbone: Backbone) -> None:
     state = backbone.init_state(2)
     before = state_signature(list(state_tensors(state)))
     assert before and all(t.dtype == torch.float32 for _, t in state_tensors(state))

@@ -9,7 +9,8 @@ import torch
 from comostream.models.config import RealtimeConfig
 from comostream.realtime.batch import BatchedConverter
 from comostream.realtime.engine import StreamingConverter
-from tests.test_engine_models import _sung, models  # noqa: F401  (fixture)
+
+from helpers import sung
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,11 +18,11 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 def _streams(n: int) -> list[np.ndarray]:
-    base = _sung(24000, 0.8)
+    base = sung(24000, 0.8)
     return [np.roll(base, 997 * i) * (1.0 - 0.2 * i) for i in range(n)]
 
 
-def _separate(models, speakers, transposes, xs, block: int, device: str = "cpu"):  # noqa: F811
+def _separate(models, speakers, transposes, xs, block: int, device: str = "cpu"):
     model, vocoder = models
     outs = []
     for spk, tr, x in zip(speakers, transposes, xs, strict=True):
@@ -32,7 +33,7 @@ def _separate(models, speakers, transposes, xs, block: int, device: str = "cpu")
     return outs
 
 
-def _batched(models, speakers, transposes, xs, block: int, graph: bool = False):  # noqa: F811
+def _batched(models, speakers, transposes, xs, block: int, graph: bool = False):
     model, vocoder = models
     bc = BatchedConverter(model, vocoder, speakers, realtime=RealtimeConfig(block_frames=block),
                           graph=graph)  # fmt: skip
@@ -43,7 +44,7 @@ def _batched(models, speakers, transposes, xs, block: int, graph: bool = False):
     return [np.concatenate([p[i] for p in parts]) for i in range(len(xs))]
 
 
-def test_batched_streams_equal_separate_streams(models) -> None:  # noqa: F811
+def test_batched_streams_equal_separate_streams(models) -> None:
     speakers = ["alto", "bass", {"alto": 0.5, "tenor": 0.5}]
     transposes = [0.0, -3.0, 5.0]
     xs = _streams(3)
@@ -54,7 +55,7 @@ def test_batched_streams_equal_separate_streams(models) -> None:  # noqa: F811
         assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
 
 
-def test_batched_push_checks_its_input(models) -> None:  # noqa: F811
+def test_batched_push_checks_its_input(models) -> None:
     model, vocoder = models
     bc = BatchedConverter(model, vocoder, ["alto", "bass"])
     with pytest.raises(ValueError, match="need 2 chunks"):
@@ -66,7 +67,7 @@ def test_batched_push_checks_its_input(models) -> None:  # noqa: F811
 @pytest.mark.cuda
 @CUDA
 @pytest.mark.parametrize("block", [1, 4])
-def test_graph_replay_equals_eager(models, block: int) -> None:  # noqa: F811
+def test_graph_replay_equals_eager(models, block: int) -> None:
     speakers = ["alto", "bass"]
     xs = _streams(2)
     eager = _batched(_on(models, "cuda"), speakers, [0.0, 2.0], xs, block)
@@ -77,7 +78,7 @@ def test_graph_replay_equals_eager(models, block: int) -> None:  # noqa: F811
 
 @pytest.mark.cuda
 @CUDA
-def test_batched_graph_equals_separate_eager(models) -> None:  # noqa: F811
+def test_batched_graph_equals_separate_eager(models) -> None:
     speakers = ["alto", "bass", "tenor"]
     xs = _streams(3)
     sep = _separate(_on(models, "cuda"), speakers, [0.0, 0.0, 0.0], xs, 2, device="cuda")
@@ -86,5 +87,5 @@ def test_batched_graph_equals_separate_eager(models) -> None:  # noqa: F811
         assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
 
 
-def _on(models, device: str):  # noqa: F811
+def _on(models, device: str):
     return tuple(m.to(device) for m in models)

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from comostream.bench.f0 import format_f0_table, run_f0_bench, score_f0, synthetic_singing
-from comostream.models.f0 import F0Track
+from comostream.models.f0_track import F0Track
 from comostream.training.corpus import CorpusError, load_corpus, select
 
 KEYS = {"rpa", "rca", "vde", "rpa_raw", "vde_raw", "rtf", "seconds", "frames"}
@@ -44,7 +44,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_bench_keys_and_numbers(corpus: Path) -> None:
+def test_bench_reports_every_key_in_range_and_a_table_row_per_backend(corpus: Path) -> None:
     results = run_f0_bench(corpus, backends=("harvest", "dio", "crepe-tiny"), progress=False)
     assert list(results) == ["harvest", "dio", "crepe-tiny"]
     frames = sum(len(np.load(u.f0_path)) for u in select(load_corpus(corpus), split="test"))
@@ -63,7 +63,7 @@ def test_bench_keys_and_numbers(corpus: Path) -> None:
     assert lines[2].startswith("| harvest |")
 
 
-def test_bench_split_and_cap(corpus: Path) -> None:
+def test_bench_reads_the_asked_split_caps_utterances_and_refuses_bad_names(corpus: Path) -> None:
     train = run_f0_bench(corpus, backends=["dio"], split="train", progress=False)
     assert train["dio"]["seconds"] == pytest.approx(0.8, abs=1e-3)
     capped = run_f0_bench(corpus, backends=["dio"], max_utterances=1, progress=False)
@@ -74,7 +74,7 @@ def test_bench_split_and_cap(corpus: Path) -> None:
         run_f0_bench(corpus, backends=["nope"], progress=False)
 
 
-def test_bench_corpus_without_f0(tmp_path: Path) -> None:
+def test_bench_refuses_a_corpus_without_exact_f0(tmp_path: Path) -> None:
     with pytest.raises(CorpusError):
         run_f0_bench(tmp_path / "missing", backends=["dio"], progress=False)
     user = tmp_path / "dataset" / "alice"
@@ -84,7 +84,7 @@ def test_bench_corpus_without_f0(tmp_path: Path) -> None:
         run_f0_bench(tmp_path / "dataset", backends=["dio"], progress=False)
 
 
-def test_score_f0() -> None:
+def test_score_f0_counts_within_50_cents_and_octave_errors_as_chroma_only() -> None:
     ref = np.array([0, 0, 200, 210, 220, 230, 0, 240], np.float32)
     voiced = ref > 0
     perfect = score_f0(F0Track(ref, voiced), ref)

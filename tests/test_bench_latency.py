@@ -7,7 +7,8 @@ import pytest
 from comostream.bench.latency import _onset, _paced_e2e, example_signal
 from comostream.models.config import RealtimeConfig
 from comostream.realtime.engine import StreamingConverter
-from tests.engine_helpers import IdentityStep, silent_f0
+
+from helpers import IdentityStep, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,8 @@ from comostream.bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors, format_
 from comostream.models.config import CorpusConfig
 from comostream.training.corpus import load_corpus
 from comostream.training.synth import synthesize_corpus
-from tests.model_files import write_tiny_model
+
+from helpers import write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +88,8 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
 def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, capsys) -> None:
     from comostream.models.vocoder import EXPORT_KIND
     from comostream.training.checkpoint import save_checkpoint
-    from tests.model_files import tiny_models
+
+    from helpers import tiny_models
 
     singers = sorted({u.singer for u in load_corpus(corpus)})
     model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=singers)

@@ -23,8 +23,11 @@ from websockets.asyncio.client import connect
 
 from comostream.models.audio import load_audio, save_wav
 from comostream.models.config import RealtimeConfig
-from comostream.realtime.serve.server import EngineFactory, ServerConfig, ServerThread
-from tests.model_files import tiny_models
+from comostream.realtime.serve.config import ServerConfig
+from comostream.realtime.serve.engines import EngineFactory
+from comostream.realtime.serve.server import ServerThread
+
+from helpers import tiny_models
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXAMPLE = Path(__file__).resolve().parents[1] / "models/assets/examples/alto_line2.wav"

@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from streaming_helpers import (
+
+from comostream.models.conditioner import (
+    Conditioner,
+    SpeakerTable,
+    UnknownSpeakerError,
+    f0_inputs,
+    resolve_speaker,
+)
+from comostream.models.config import load_config
+from comostream.models.f0_post import transpose
+from comostream.models.streaming import state_tensors
+
+from helpers import (
     FIXED_CHUNKS,
     chunk_bounds,
     measured_reach,
@@ -13,11 +25,6 @@ from streaming_helpers import (
     run_stream,
     state_signature,
 )
-
-from comostream.models.conditioner import Conditioner, SpeakerTable, UnknownSpeakerError, f0_inputs
-from comostream.models.config import load_config
-from comostream.models.f0_post import transpose
-from comostream.models.streaming import state_tensors
 
 CFG = load_config("configs/tiny.toml").model
 SINGERS = ["alto", "bass", "tenor"]
@@ -105,6 +112,16 @@ def test_unknown_speaker_lists_the_known_ones() -> None:
     assert "soprano" in str(err.value) and all(name in str(err.value) for name in SINGERS)
     with pytest.raises(UnknownSpeakerError):
         table.embed({"alto": 0.5, "nobody": 0.5})
+
+
+def test_no_singer_means_the_first_and_every_name_of_a_mix_is_checked() -> None:
+    table = SpeakerTable(SINGERS, 4)
+    assert table.resolve(None) == resolve_speaker(None, SINGERS) == "alto"
+    assert table.resolve("bass") == "bass"
+    assert table.resolve({"alto": 0.5, "tenor": 0.5}) == {"alto": 0.5, "tenor": 0.5}
+    for spec in ("soprano", {"alto": 0.5, "nobody": 0.5}):
+        with pytest.raises(UnknownSpeakerError, match="known speakers: alto, bass, tenor"):
+            resolve_speaker(spec, SINGERS)
 
 
 def test_speaker_mix_is_a_weighted_sum() -> None:

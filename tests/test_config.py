@@ -23,7 +23,7 @@ def test_defaults_file_matches_dataclass_defaults() -> None:
     assert DEFAULT_CONFIG_PATH.is_file()
 
 
-def test_design_audio_parameters() -> None:
+def test_default_audio_is_24khz_hop_256_and_100_mels_up_to_12khz() -> None:
     a = load_config().audio
     assert (a.sample_rate, a.n_fft, a.win_length, a.hop_length, a.n_mels) == (
         24000, 1024, 1024, 256, 100)
@@ -31,7 +31,7 @@ def test_design_audio_parameters() -> None:
     assert a.frame_ms == pytest.approx(10.6667, abs=1e-3)
 
 
-def test_user_file_overrides_subset(tmp_path: Path) -> None:
+def test_a_user_file_overrides_only_the_keys_it_sets(tmp_path: Path) -> None:
     cfg_file = tmp_path / "my.toml"
     cfg_file.write_text("[f0]\nbackend = 'dio'\nfmax = 800\n")
     cfg = load_config(cfg_file)
@@ -48,14 +48,16 @@ def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     assert "audio.hop_lenght" in str(err.value) and "bad.toml" in str(err.value)
 
 
-def test_unknown_section(tmp_path: Path) -> None:
+def test_an_unknown_section_is_a_config_error_naming_it(tmp_path: Path) -> None:
     cfg_file = tmp_path / "bad.toml"
     cfg_file.write_text("[vocoder]\nx = 1\n")
     with pytest.raises(ConfigError, match="vocoder"):
         load_config(cfg_file)
 
 
-def test_wrong_type_and_bad_value(tmp_path: Path) -> None:
+def test_a_wrong_type_or_an_out_of_range_value_is_a_config_error_naming_the_key(
+    tmp_path: Path
+) -> None:
     cfg_file = tmp_path / "bad.toml"
     cfg_file.write_text("[audio]\nhop_length = 'big'\n")
     with pytest.raises(ConfigError, match="hop_length"):
@@ -65,7 +67,7 @@ def test_wrong_type_and_bad_value(tmp_path: Path) -> None:
         load_config(cfg_file)
 
 
-def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+def test_invalid_toml_and_a_missing_file_are_config_errors(tmp_path: Path) -> None:
     cfg_file = tmp_path / "broken.toml"
     cfg_file.write_text("[audio\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
@@ -74,7 +76,7 @@ def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
 
 
-def test_json_round_trip_and_frozen() -> None:
+def test_a_config_survives_a_json_round_trip_and_is_frozen() -> None:
     cfg = load_config(overrides={"corpus": {"singers": 3}})
     assert cfg.corpus.singers == 3
     again = config_from_dict(json.loads(cfg.to_json()))

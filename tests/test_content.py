@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from streaming_helpers import chunk_bounds, measured_reach, random_chunkings, run_stream
 
 from comostream.models.checkpoint_io import CheckpointError
 from comostream.models.config import (
@@ -33,6 +32,8 @@ from comostream.training.content import (
 )
 from comostream.training.features import prepare_features
 from comostream.training.perturb import Perturbation, analyze_utterance, draw_perturbation, perturb
+
+from helpers import chunk_bounds, measured_reach, random_chunkings, run_stream
 
 SR, HOP = 24000, 256
 TINY = ContentConfig(channels=16, layers=3, content_dim=8, perturbations=1, decoder_channels=16,
@@ -89,7 +90,7 @@ def _save_encoder(path: Path, cfg: Config, seed: int = 0) -> ContentEncoder:
     return enc.eval()
 
 
-def test_checkpoint_round_trip_and_errors(tmp_path: Path) -> None:
+def test_encoder_checkpoint_round_trips_and_bad_files_are_checkpoint_errors(tmp_path: Path) -> None:
     cfg = Config(content=TINY)
     enc = _save_encoder(tmp_path / "c.pt", cfg)
     loaded = load_content_encoder(tmp_path / "c.pt")
@@ -211,7 +212,7 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
     assert '"recon"' in rows and '"adv_enc"' in rows and '"split": "valid"' in rows
 
 
-def test_bench_probes_on_known_data() -> None:
+def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     from comostream.bench.content import stream_rtf
     from comostream.bench.probes import logreg_accuracy, retrieval_hits, ridge_fit, ridge_predict
 

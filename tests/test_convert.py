@@ -15,13 +15,14 @@ from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import read_audio, save_wav
 from comostream.realtime.load import load_models
 from comostream.training.checkpoint import save_checkpoint
-from tests.test_engine_models import SINGERS, _sung, models  # noqa: F401  (fixture)
+
+from helpers import ARCH1, SINGERS, original_state, sung, write_original
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def files(models, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+def files(models, tmp_path_factory) -> dict[str, Path]:
     model, vocoder = models
     d = tmp_path_factory.mktemp("convert")
     full = dict(model.export_payload(), vocoder=vocoder.export_payload())
@@ -32,11 +33,11 @@ def files(models, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
                                                     **vocoder.export_payload()}),  # fmt: skip
         "wav44": d / "in44.wav",
     }
-    save_wav(paths["wav44"], _sung(44100, 1.0), 44100, subtype="FLOAT")
+    save_wav(paths["wav44"], sung(44100, 1.0), 44100, subtype="FLOAT")
     return paths
 
 
-def test_export_file_holds_the_vocoder(files, models) -> None:  # noqa: F811
+def test_export_file_holds_the_vocoder(files, models) -> None:
     model, voc = load_models(files["model"])
     assert isinstance(model, AcousticModel) and model.speakers == tuple(SINGERS)
     for a, b in zip(voc.state_dict().values(), models[1].state_dict().values(), strict=True):
@@ -80,7 +81,7 @@ def test_convert_errors_are_clear(files, tmp_path: Path, capsys, extra, message)
     assert not (tmp_path / "x.wav").exists()
 
 
-def test_convert_unreadable_input(files, tmp_path: Path, capsys) -> None:
+def test_convert_of_an_unreadable_input_fails_saying_so(files, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF....WAVEfmt nonsense")
     rc = comostream.main(["convert", str(bad), "-o", str(tmp_path / "y.wav"),
@@ -88,7 +89,9 @@ def test_convert_unreadable_input(files, tmp_path: Path, capsys) -> None:
     assert rc == 1 and "unreadable" in capsys.readouterr().err
 
 
-def test_bench_latency_json(files, capsys, tmp_path: Path) -> None:
+def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
+    files, capsys, tmp_path: Path
+) -> None:
     plot = tmp_path / "chunks.png"
     rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--json",
                           "--seconds", "1", "--block", "2", "--threads", "1",
@@ -110,7 +113,7 @@ def test_bench_latency_json(files, capsys, tmp_path: Path) -> None:
     assert r["threads"] == 1 and r["rtf"] > 0 and r["teacher_ms"] > r["onestep_ms"]
 
 
-def test_bench_latency_block_sweep(files, capsys) -> None:
+def test_bench_latency_sweep_reports_a_row_per_block_and_refuses_block_0(files, capsys) -> None:
     rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--seconds",
                           "1", "--threads", "1", "--sweep", "1,4"])  # fmt: skip
     assert rc == 0
@@ -131,8 +134,6 @@ def test_bench_latency_block_sweep(files, capsys) -> None:
 
 def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path) -> None:
     """--vocoder with a HiFi-GAN generator in its original format: loaded, run windowed."""
-    from tests.test_ext_vocoder import ARCH1, original_state, write_original
-
     voc = write_original(tmp_path, "nvidia", "hifigan", ARCH1, original_state("hifigan", ARCH1))
     out = tmp_path / "hifi.wav"
     rc = comostream.main(["convert", str(files["wav44"]), "-o", str(out), "--checkpoint",
@@ -146,8 +147,6 @@ def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
     from comostream.realtime.engine import StreamingConverter
     from comostream.realtime.load import load_models
     from comostream.realtime.traced import TracedStep
-    from tests.test_ext_vocoder import ARCH1, original_state, write_original
-
     voc_path = write_original(tmp_path, "nvidia", "hifigan", ARCH1,
                               original_state("hifigan", ARCH1))  # fmt: skip
     model, voc = load_models(files["bare"], voc_path)
@@ -159,7 +158,7 @@ def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
 
 def test_convert_keeps_an_odd_input_rate(files, tmp_path: Path) -> None:
     src = tmp_path / "in8k.wav"
-    save_wav(src, _sung(8000, 0.5), 8000, subtype="FLOAT")
+    save_wav(src, sung(8000, 0.5), 8000, subtype="FLOAT")
     out = tmp_path / "out8k.wav"
     assert comostream.main(["convert", str(src), "-o", str(out), "--checkpoint",
                             str(files["model"])]) == 0  # fmt: skip

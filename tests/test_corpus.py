@@ -98,14 +98,14 @@ def test_user_layout_is_scanned(tmp_path: Path) -> None:
     assert sum(u.split == "train" for u in utts) > 16
 
 
-def test_split_for_name_fractions() -> None:
+def test_split_for_name_is_stable_and_gives_about_10_percent_valid_and_test() -> None:
     labels = [split_for_name(f"s/{i}.wav") for i in range(4000)]
     assert 0.08 < labels.count("valid") / 4000 < 0.12
     assert 0.08 < labels.count("test") / 4000 < 0.12
     assert split_for_name("x/y.wav") == split_for_name("x/y.wav")
 
 
-def test_errors(tmp_path: Path) -> None:
+def test_a_missing_or_empty_corpus_is_a_corpus_error(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="not found"):
         load_corpus(tmp_path / "missing")
     (tmp_path / "empty" / "singer").mkdir(parents=True)

@@ -42,7 +42,7 @@ def _train(feat_dir: Path) -> SegmentDataset:
     return SegmentDataset(feat_dir, "train", segment_frames=32, seed=5)
 
 
-def test_items_and_collate_shapes(feat_dir: Path) -> None:
+def test_collated_segments_have_their_shapes_and_the_speaker_of_their_tone(feat_dir: Path) -> None:
     ds = _train(feat_dir)
     assert ds.singers == ["a", "b"]
     batch = collate_segments([ds[k] for k in range(6)])

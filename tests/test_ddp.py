@@ -20,14 +20,15 @@ import torch
 from comostream.models.checkpoint_io import load_checkpoint
 from comostream.training.loop import Trainer
 from comostream.training.runlog import read_stats
-from tests.ddp_worker import GLOBAL_BATCH, LR, STEPS
-from tests.toy_training import flat_params, plain_step, toy_config, toy_dataset, toy_state
+
+from ddp_worker import GLOBAL_BATCH, LR, STEPS
+from helpers import flat_params, plain_step, toy_config, toy_dataset, toy_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the worker imports helpers from its folder
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]  # fmt: skip
     for _ in range(2):  # one retry, only when gloo's two processes failed to connect

@@ -73,16 +73,35 @@ def test_shipped_model_loads_and_converts() -> None:
 
 
 def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.model_files import write_tiny_model
+    from helpers import write_tiny_model
 
     model = write_tiny_model(tmp_path / "m.ckpt")
     example = example_files()[0]
-    rc = comostream.main(["demo", "--checkpoint", str(model), "--speaker", "alto,bass",
-                          "--input", str(example), "--out", str(tmp_path / "demo")])  # fmt: skip
+    argv = ["demo", "--checkpoint", str(model), "--speaker", "alto", "--speaker",
+            "alto:1,bass:3", "--input", str(example), "--out", str(tmp_path / "demo")]
+    rc = comostream.main(argv)
     assert rc == 0
     out = capsys.readouterr().out
     assert "| F0 RMSE (cents) |" in out and "2 conversions streamed" in out
-    for singer in ("alto", "bass"):
-        y = load_audio(tmp_path / "demo" / f"{example.stem}_to_{singer}.wav")
+    assert "| alto |" in out and "| alto:1,bass:3 |" in out  # a mix, as the user typed it
+    outputs = []
+    for stem in ("alto", "alto-1+bass-3"):
+        y = load_audio(tmp_path / "demo" / f"{example.stem}_to_{stem}.wav")
         assert abs(y.shape[0] - load_audio(example).shape[0]) <= 1
         assert np.abs(y).max() > 1e-3
+        outputs.append(y)
+    assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_demo_voice_print_of_a_mix_is_the_weighted_mean() -> None:
+    from comostream.realtime.files.demo_convert import _target_print
+
+    prints = {
+        "a": {"mcep": [1.0, 0.0], "f0_median": 100.0},
+        "b": {"mcep": [0.0, 1.0], "f0_median": 400.0},
+    }
+    mix = _target_print(prints, {"a": 1.0, "b": 1.0})
+    assert mix is not None
+    assert np.allclose(mix["mcep"], [0.5, 0.5]) and mix["f0_median"] == pytest.approx(200.0)
+    assert _target_print(prints, "a") is prints["a"]
+    assert _target_print(prints, {"a": 1.0, "c": 1.0}) is None  # c has no print

@@ -6,7 +6,13 @@ import math
 
 import pytest
 import torch
-from streaming_helpers import (
+
+from comostream.models.backbone import Backbone
+from comostream.models.config import EDMConfig, load_config
+from comostream.models.edm import EDMPrecond, denormalise_mel, karras_sigmas, normalise_mel
+from comostream.models.streaming import state_tensors
+
+from helpers import (
     FIXED_CHUNKS,
     chunk_bounds,
     measured_reach,
@@ -14,11 +20,6 @@ from streaming_helpers import (
     run_stream,
     state_signature,
 )
-
-from comostream.models.backbone import Backbone
-from comostream.models.config import EDMConfig, load_config
-from comostream.models.edm import EDMPrecond, denormalise_mel, karras_sigmas, normalise_mel
-from comostream.models.streaming import state_tensors
 
 CFG = load_config("configs/tiny.toml")
 T_FRAMES = 29
@@ -32,7 +33,7 @@ def _precond(consistency: bool) -> EDMPrecond:
     return EDMPrecond(Backbone(CFG.model), CFG.edm, consistency=consistency).eval()
 
 
-def test_karras_sigmas() -> None:
+def test_karras_sigmas_fall_from_max_to_min_as_karras_eq_5() -> None:
     s = karras_sigmas(18, 0.002, 80.0, 7.0)
     assert s.shape == (18,) and s[0] == 80.0 and s[-1] == 0.002
     assert bool((s[1:] < s[:-1]).all())
@@ -42,7 +43,7 @@ def test_karras_sigmas() -> None:
     assert karras_sigmas(1, 0.002, 80.0, 7.0).tolist() == [80.0]
 
 
-def test_coefficients() -> None:
+def test_preconditioning_coefficients_are_edms_and_meet_the_boundary_condition() -> None:
     sd, s_min = 0.5, 0.002
     edm, cm = _precond(False), _precond(True)
     sigma = torch.tensor([s_min, sd, 3.0], dtype=torch.float64)
@@ -86,7 +87,7 @@ def test_chunked_equals_one_shot(consistency: bool, sizes: int | list[int]) -> N
     assert (y - ref).abs().max() <= 1e-5
 
 
-def test_state_is_static() -> None:
+def test_stepping_never_reallocates_the_state() -> None:
     net = _precond(True)
     state = net.init_state(2)
     before = state_signature(list(state_tensors(state)))
@@ -107,7 +108,7 @@ def test_declared_reach_is_measured() -> None:
     assert reach == (net.lookahead_frames, net.left_frames) == (2, 10)
 
 
-def test_sigma_shapes() -> None:
+def test_scalar_per_item_and_per_frame_sigmas_agree() -> None:
     net = _precond(False)
     x = torch.randn(2, 100, T_FRAMES)
     cond = torch.randn(2, CFG.model.cond_channels, T_FRAMES)

@@ -7,7 +7,8 @@ import pytest
 
 from comostream.models.config import RealtimeConfig
 from comostream.realtime.engine import SampleFifo, StreamingConverter, convert_array
-from tests.engine_helpers import IdentityStep, rng_chunks, silent_f0
+
+from helpers import IdentityStep, rng_chunks, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,30 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from comostream.models.acoustic import AcousticModel
 from comostream.models.config import RealtimeConfig
-from comostream.models.vocoder import Vocoder
 from comostream.realtime.engine import StreamingConverter, convert_array
-from tests.model_files import SINGERS, tiny_models  # noqa: F401  (SINGERS re-exported)
+
+from helpers import sung
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-
-@pytest.fixture(scope="module")
-def models() -> tuple[AcousticModel, Vocoder]:
-    return tiny_models()
-
-
-def _sung(rate: int, seconds: float = 1.2) -> np.ndarray:
-    """A sung-like test signal: a gliding harmonic tone with a gap of silence and some noise."""
-    t = np.arange(int(rate * seconds)) / rate
-    f0 = 220.0 * 2 ** (0.5 * np.sin(2 * np.pi * 1.5 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    x = sum(np.sin(k * phase) / k for k in range(1, 8)) * 0.2
-    x[(t > 0.5) & (t < 0.62)] = 0.0
-    x += np.random.default_rng(0).standard_normal(t.shape) * 0.003
-    return x.astype(np.float32)
 
 
 def _engine(models, rate: int, block: int | None, **kw) -> StreamingConverter:
@@ -41,13 +24,13 @@ def _engine(models, rate: int, block: int | None, **kw) -> StreamingConverter:
 
 @pytest.fixture(scope="module")
 def offline(models) -> dict[int, np.ndarray]:
-    return {r: convert_array(_engine(models, r, None), _sung(r)) for r in (24000, 44100, 48000)}
+    return {r: convert_array(_engine(models, r, None), sung(r)) for r in (24000, 44100, 48000)}
 
 
 @pytest.mark.parametrize("rate", [24000, 44100, 48000])
 @pytest.mark.parametrize("block", [1, 2, 4, 8])
 def test_streamed_equals_offline(models, offline, rate: int, block: int) -> None:
-    x = _sung(rate)
+    x = sung(rate)
     eng = _engine(models, rate, block)
     sizes = np.random.default_rng(block).integers(1, 3 * 256 * block, 400).tolist()
     y = convert_array(eng, x, chunk=sizes)
@@ -68,7 +51,7 @@ def test_latency_is_computed_from_the_modules(models) -> None:
 
 
 def test_speaker_change_is_not_a_click(models) -> None:
-    x = _sung(24000, 1.0)
+    x = sung(24000, 1.0)
     eng = _engine(models, 24000, 2, speaker="alto")
     half = len(x) // 2
     first = eng.push(x[:half])

@@ -248,7 +248,7 @@ def test_fairseq_pre_ln_cfg_dict_normalize_and_final_norm(tmp_path: Path) -> Non
         torch.testing.assert_close(ext0.encoder(wav16), final, atol=2e-5, rtol=1e-4)
 
 
-def test_torchaudio_state_dict(tmp_path: Path) -> None:
+def test_a_torchaudio_state_dict_matches_torchaudios_features(tmp_path: Path) -> None:
     ta = _ta_model(embed=128, heads=2)  # no config: heads by convention (128 / 64)
     torch.save(ta.state_dict(), tmp_path / "hubert_ta.pt")
     audio = _audio(7000, batch=1)
@@ -278,7 +278,9 @@ def _write_safetensors(path: Path, tensors: dict) -> None:
 
 
 @pytest.mark.parametrize("container", ["bin", "safetensors"])
-def test_hugging_face_hubert(tmp_path: Path, container: str) -> None:
+def test_a_hugging_face_hubert_folder_matches_torchaudios_features(
+    tmp_path: Path, container: str
+) -> None:
     ta = _ta_model(seed=5)
     hf = _rename(ta.state_dict(), TA_TO_HF, prefix="hubert.")
     hf["hubert.masked_spec_embed"] = torch.randn(EMBED)
@@ -417,7 +419,7 @@ def test_unknown_pickled_class_is_refused_without_running_it(tmp_path: Path) -> 
     assert CALLED == []
 
 
-def test_wrong_files(tmp_path: Path) -> None:
+def test_wrong_files_are_checkpoint_errors_naming_file_and_fault(tmp_path: Path) -> None:
     good = _fairseq_payload(_ta_model())
     torch.save(good, tmp_path / "good.pt")
     cases = {
@@ -542,7 +544,9 @@ def test_whisper_log_mel_matches_direct_computation(n_mels: int) -> None:
 
 
 @pytest.mark.parametrize("with_pos", [True, False])
-def test_whisper_checkpoint(tmp_path: Path, with_pos: bool) -> None:
+def test_a_whisper_checkpoint_matches_the_reference_encoder_at_each_layer(
+    tmp_path: Path, with_pos: bool
+) -> None:
     sd = _whisper_state()
     if not with_pos:
         del sd["encoder.positional_embedding"]  # the loader fills in Whisper's sinusoids

@@ -1,12 +1,13 @@
 """Users' vocoder weights: comostream.models.ext_vocoder (+ comostream.models.bigvgan,
 comostream.models.hifigan).
 
-Every file is written in its ORIGINAL layout from parameter names and shapes enumerated here from
-the original repositories (NVIDIA/BigVGAN, jik876/hifi-gan, open-mmlab/Amphion), not from our
-modules: random weight-norm pairs (``weight_g``/``weight_v``), Snake parameters and the original
-anti-aliasing filters. :func:`reference_forward` restates the original forward functionally over
-the raw file contents, so a match checks key names, weight-norm folding, Snake's log scale and
-where each anti-aliasing filter is applied.
+Every file is written in its ORIGINAL layout (``helpers.original_state``, ``write_original``)
+from parameter names and shapes enumerated from the original repositories (NVIDIA/BigVGAN,
+jik876/hifi-gan, open-mmlab/Amphion), not from our modules: random weight-norm pairs
+(``weight_g``/``weight_v``), Snake parameters and the original anti-aliasing filters.
+:func:`reference_forward` restates the original forward functionally over the raw file contents,
+so a match checks key names, weight-norm folding, Snake's log scale and where each anti-aliasing
+filter is applied.
 """
 
 from __future__ import annotations
@@ -32,27 +33,24 @@ from comostream.models.ext_vocoder import (
 )
 from comostream.models.hifigan import HiFiGANConfig, HiFiGANGenerator
 
+from helpers import (
+    AMPHION_AUDIO,
+    ARCH1,
+    NV_AUDIO,
+    ORIGINAL_FILTER,
+    UPS,
+    original_state,
+    write_original,
+)
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FRAMES = 12
-# NVIDIA BigVGAN's kaiser-sinc anti-aliasing filter (ratio 2, 12 taps), from the original code.
-ORIGINAL_FILTER = torch.tensor(
-    [0.0020289646927267313, 0.009389465674757957, -0.0255434587597847, -0.057657383382320404,
-     0.12857258319854736, 0.44320979714393616, 0.44320979714393616, 0.12857258319854736,
-     -0.057657383382320404, -0.0255434587597847, 0.009389465674757957, 0.0020289646927267313]
-)  # fmt: skip
-UPS = {"upsample_rates": [4, 4, 4, 4], "upsample_kernel_sizes": [8, 8, 8, 8]}
-ARCH1 = {**UPS, "upsample_initial_channel": 32, "resblock": "1", "resblock_kernel_sizes": [3, 5],
-         "resblock_dilation_sizes": [[1, 3, 5], [1, 2, 3]]}  # fmt: skip
 ARCH2 = {**UPS, "upsample_initial_channel": 16, "resblock": "2", "resblock_kernel_sizes": [3, 5],
          "resblock_dilation_sizes": [[1, 3], [1, 2]]}  # fmt: skip
 SNAKEBETA = {"activation": "snakebeta", "snake_logscale": True}
 V2_SNAKE = {"activation": "snake", "snake_logscale": False, "use_tanh_at_final": False,
             "use_bias_at_final": False}  # fmt: skip
-NV_AUDIO = {"num_mels": 100, "sampling_rate": 24000, "hop_size": 256, "n_fft": 1024,
-            "win_size": 1024, "fmin": 0, "fmax": None}  # fmt: skip
-AMPHION_AUDIO = {"n_mel": 100, "sample_rate": 24000, "hop_size": 256, "n_fft": 1024,
-                 "win_size": 1024, "fmin": 0, "fmax": 12000}  # fmt: skip
 
 # case -> (expected format, family, generator hyper-parameters, file layout)
 CASES = {
@@ -69,55 +67,6 @@ CASES = {
     ),
     "hifigan-amphion-pt": ("hifigan-amphion", "hifigan", ARCH1, "amphion-pt"),
 }
-
-
-# ---------------------------------------------------------------- original-layout state dicts
-def _wn(sd: dict[str, Tensor], g: torch.Generator, name: str, shape: tuple, bias: int) -> None:
-    """A weight-normed conv the old way: gain (shape[0], 1, 1), direction ``shape``, bias."""
-    sd[f"{name}.weight_g"] = 0.5 + 0.5 * torch.rand(shape[0], 1, 1, generator=g)
-    sd[f"{name}.weight_v"] = torch.randn(*shape, generator=g)
-    if bias:
-        sd[f"{name}.bias"] = 0.1 * torch.randn(bias, generator=g)
-
-
-def _snake(sd: dict[str, Tensor], g: torch.Generator, name: str, ch: int, arch: dict) -> None:
-    centre = 0.0 if arch["snake_logscale"] else 1.0
-    sd[f"{name}.act.alpha"] = centre + 0.4 * torch.randn(ch, generator=g)
-    if arch["activation"] == "snakebeta":
-        sd[f"{name}.act.beta"] = centre + 0.4 * torch.randn(ch, generator=g)
-    sd[f"{name}.upsample.filter"] = ORIGINAL_FILTER.view(1, 1, 12).clone()
-    sd[f"{name}.downsample.lowpass.filter"] = ORIGINAL_FILTER.view(1, 1, 12).clone()
-
-
-def original_state(family: str, arch: dict, n_mels: int = 100, seed: int = 0) -> dict:
-    """The generator state dict as the original code saves it (names, nesting, shapes)."""
-    g = torch.Generator().manual_seed(seed)
-    sd: dict[str, Tensor] = {}
-    c0, rates = arch["upsample_initial_channel"], arch["upsample_rates"]
-    _wn(sd, g, "conv_pre", (c0, n_mels, 7), c0)
-    for i, k in enumerate(arch["upsample_kernel_sizes"]):
-        name = f"ups.{i}.0" if family == "bigvgan" else f"ups.{i}"
-        _wn(sd, g, name, (c0 >> i, c0 >> (i + 1), k), c0 >> (i + 1))  # (in, out, k)
-    n = 0
-    for i in range(len(rates)):
-        ch = c0 >> (i + 1)
-        for k, dils in zip(
-            arch["resblock_kernel_sizes"], arch["resblock_dilation_sizes"], strict=True
-        ):
-            p = f"resblocks.{n}"
-            groups = ("convs1", "convs2") if arch["resblock"] == "1" else ("convs",)
-            for group in groups:
-                for m in range(len(dils)):
-                    _wn(sd, g, f"{p}.{group}.{m}", (ch, ch, k), ch)
-            if family == "bigvgan":
-                for a in range(len(groups) * len(dils)):
-                    _snake(sd, g, f"{p}.activations.{a}", ch, arch)
-            n += 1
-    ch = c0 >> len(rates)
-    if family == "bigvgan":
-        _snake(sd, g, "activation_post", ch, arch)
-    _wn(sd, g, "conv_post", (1, ch, 7), 1 if arch.get("use_bias_at_final", True) else 0)
-    return sd
 
 
 def reference_forward(sd: dict[str, Tensor], family: str, arch: dict, mel: Tensor) -> Tensor:
@@ -168,42 +117,6 @@ def reference_forward(sd: dict[str, Tensor], family: str, arch: dict, mel: Tenso
     x = act("activation_post", x) if family == "bigvgan" else F.leaky_relu(x, 0.01)
     x = conv("conv_post", x)[:, 0]
     return torch.tanh(x) if arch.get("use_tanh_at_final", True) else x.clamp(-1, 1)
-
-
-# ---------------------------------------------------------------- writing the original files
-def amphion_args(family: str, arch: dict, pre: dict) -> str:
-    """An Amphion args.json (json5 flavour: comments, trailing comma, '//' inside a string)."""
-    model = json.dumps({"generator": family, family: arch}, indent=2)
-    return (
-        "{\n  // dumped by Amphion\n"
-        '  "log_dir": "ckpts//vocoder", /* a block comment */\n'
-        f'  "model": {model},\n  "preprocess": {json.dumps(pre)},\n}}\n'
-    )
-
-
-def write_original(
-    tmp: Path, layout: str, family: str, arch: dict, sd: dict, audio: dict | None = None
-) -> Path:
-    """Save ``sd`` as the original code does; returns the path a user passes to the loader."""
-    if layout == "nvidia":
-        name = "bigvgan_generator.pt" if family == "bigvgan" else "g_02500000"
-        torch.save({"generator": sd}, tmp / name)
-        (tmp / "config.json").write_text(json.dumps({**arch, **(audio or NV_AUDIO)}))
-        return tmp / name
-    args = amphion_args(family, arch, audio or AMPHION_AUDIO)
-    if layout == "amphion-pt":
-        opt = {"state": {}, "param_groups": [{"lr": 2e-4, "params": [0, 1]}]}
-        state = {f"module.{k}": v for k, v in sd.items()}  # saved from a DDP-wrapped model
-        torch.save(
-            {"generator_state_dict": state, "optimizer_g": opt, "step": 400000}, tmp / "1.pt"
-        )
-        (tmp / "args.json").write_text(args)
-        return tmp / "1.pt"
-    ckpt = tmp / "checkpoint" / "epoch-0002_step-0000100_loss-0.500000"
-    ckpt.mkdir(parents=True)
-    torch.save(sd, ckpt / "pytorch_model.bin")
-    (tmp / "args.json").write_text(args)
-    return ckpt
 
 
 def write_safetensors(path: Path, tensors: dict[str, Tensor]) -> None:

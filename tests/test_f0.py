@@ -13,8 +13,9 @@ import torchaudio.functional as AF
 
 from comostream.bench.f0 import score_f0, synthetic_singing
 from comostream.models.config import F0Config
-from comostream.models.f0 import BACKENDS, F0Track, _crepe_frames, _crepe_model, extract_f0
+from comostream.models.f0 import BACKENDS, _crepe_frames, _crepe_model, extract_f0
 from comostream.models.f0_post import cents, postprocess
+from comostream.models.f0_track import F0Track
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_BACKENDS = ("crepe-tiny", "harvest", "dio")
@@ -49,7 +50,7 @@ def _pooled_scores(
     ("backend", "min_rpa", "max_vde", "max_median_cents"),
     [("harvest", 0.93, 0.08, 3.0), ("dio", 0.93, 0.06, 3.0), ("crepe-tiny", 0.88, 0.10, 8.0)],
 )
-def test_accuracy_on_synthetic_singing(
+def test_each_backend_meets_its_rpa_vde_and_cents_bounds_on_synthetic_singing(
     phrases: list, backend: str, min_rpa: float, max_vde: float, max_median_cents: float
 ) -> None:
     rpa, vde, med = _pooled_scores(backend, phrases)
@@ -59,12 +60,12 @@ def test_accuracy_on_synthetic_singing(
 
 
 @pytest.mark.slow
-def test_accuracy_crepe_full(phrases: list) -> None:
+def test_crepe_full_meets_its_rpa_vde_and_cents_bounds_on_synthetic_singing(phrases: list) -> None:
     rpa, vde, med = _pooled_scores("crepe-full", phrases)
     assert rpa >= 0.88 and vde <= 0.10 and med <= 8.0
 
 
-def test_crepe_full_short_clip() -> None:
+def test_crepe_full_tracks_a_short_clip_on_the_frame_grid() -> None:
     audio, ref = synthetic_singing(0.6, seed=4, base_midi=60)
     track = extract_f0(audio, backend="crepe-full")
     assert track.n_frames == ref.shape[0]
@@ -73,7 +74,9 @@ def test_crepe_full_short_clip() -> None:
 
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 1000, 24013])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_frame_count_convention(backend: str, n: int) -> None:
+def test_every_backend_returns_n_div_256_plus_1_frames_zero_where_unvoiced(
+    backend: str, n: int
+) -> None:
     if backend == "crepe-full" and n > 1000:
         pytest.skip("crepe-full is slow on CPU")
     audio = (0.1 * np.random.default_rng(n).standard_normal(n)).astype(np.float32)
@@ -104,7 +107,7 @@ def test_other_sample_rate_resampled_to_24k(phrases: list) -> None:
     assert score_f0(track, ref)["rpa"] >= 0.9
 
 
-def test_backend_from_config_and_periodicity() -> None:
+def test_the_config_picks_the_backend_and_crepes_periodicity_gates_voicing() -> None:
     audio, _ = synthetic_singing(0.5, seed=5)
     world = extract_f0(audio, cfg=F0Config(backend="dio"))
     assert world.periodicity is None
@@ -114,7 +117,7 @@ def test_backend_from_config_and_periodicity() -> None:
     assert crepe.voiced.sum() > strict.voiced.sum()
 
 
-def test_bad_inputs() -> None:
+def test_bad_inputs_and_an_unknown_backend_are_value_errors() -> None:
     good = np.zeros(1000, np.float32)
     with pytest.raises(ValueError, match="crepe-tiny, crepe-full, harvest, dio"):
         extract_f0(good, backend="nope")
@@ -148,7 +151,7 @@ def test_crepe_windows_centred_on_frame_times(freq: float) -> None:
         assert np.abs(frames[t] - expect).max() < 0.005, f"frame {t} (phase {t % 3})"
 
 
-def test_crepe_model_cached_and_lazy() -> None:
+def test_crepe_model_is_cached_and_importing_f0_loads_neither_torchcrepe_nor_training() -> None:
     assert _crepe_model("tiny", "cpu") is _crepe_model("tiny", "cpu")
     code = (
         "import sys, comostream.models.f0, comostream.models.f0_post; "

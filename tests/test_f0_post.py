@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from comostream.models.config import F0Config
-from comostream.models.f0 import F0Track
 from comostream.models.f0_post import (
     cents,
     f0_from_log,
@@ -19,6 +18,7 @@ from comostream.models.f0_post import (
     repair_octaves,
     transpose,
 )
+from comostream.models.f0_track import F0Track
 
 
 def _contour(t_frames: int = 120, base: float = 220.0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,7 +30,7 @@ def _contour(t_frames: int = 120, base: float = 220.0) -> tuple[np.ndarray, np.n
     return np.where(voiced, f0, 0.0).astype(np.float32), voiced
 
 
-def test_transpose() -> None:
+def test_transpose_scales_voiced_f0_by_2_to_the_semitones_over_12_and_keeps_zeros() -> None:
     f0 = np.array([0.0, 110.0, 220.0, 0.0, 440.0], np.float32)
     np.testing.assert_allclose(transpose(f0, 12), 2 * f0, rtol=1e-6)
     np.testing.assert_allclose(transpose(f0, -12), f0 / 2, rtol=1e-6)
@@ -40,7 +40,7 @@ def test_transpose() -> None:
     assert transpose(f0, 3.5).dtype == np.float32
 
 
-def test_cents_and_log_helpers() -> None:
+def test_cents_is_nan_where_unvoiced_and_log_f0_inverts() -> None:
     assert cents(440.0, 220.0) == pytest.approx(1200.0)
     assert cents(220.0, 440.0) == pytest.approx(-1200.0)
     out = cents(np.array([0.0, 440.0, 100.0]), np.array([220.0, 0.0, 100.0]))
@@ -70,7 +70,7 @@ def test_octave_repair_keeps_real_leaps() -> None:
     np.testing.assert_allclose(repair_octaves(fifth, voiced), fifth, rtol=1e-6)
 
 
-def test_median_smooth() -> None:
+def test_median_smooth_removes_a_spike_within_each_voiced_run_only() -> None:
     f0, voiced = _contour()
     spiky = f0.copy()
     spiky[30] *= 1.2
@@ -86,7 +86,7 @@ def test_median_smooth() -> None:
         median_smooth(f0, voiced, 4)
 
 
-def test_interpolate_unvoiced() -> None:
+def test_interpolate_unvoiced_is_linear_in_log_f0_and_holds_the_edges() -> None:
     f0 = np.zeros(11, np.float32)
     voiced = np.zeros(11, bool)
     f0[2], f0[8] = 200.0, 800.0
@@ -106,7 +106,9 @@ def test_interpolate_unvoiced() -> None:
         st.one_of(st.just(0.0), st.floats(60.0, 1100.0, allow_nan=False)), min_size=1, max_size=80
     )
 )
-def test_interpolation_properties(values: list[float]) -> None:
+def test_interpolation_keeps_voiced_frames_and_stays_within_their_range(
+    values: list[float]
+) -> None:
     f0 = np.array(values, np.float32)
     voiced = f0 > 0
     out = interpolate_unvoiced(f0, voiced)
@@ -119,14 +121,14 @@ def test_interpolation_properties(values: list[float]) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.floats(-36.0, 36.0, allow_nan=False))
-def test_transpose_roundtrip(semitones: float) -> None:
+def test_transposing_up_then_down_gives_the_input_back(semitones: float) -> None:
     f0, _ = _contour(40)
     back = transpose(transpose(f0, semitones), -semitones)
     np.testing.assert_allclose(back, f0, rtol=1e-5)
     assert np.all((transpose(f0, semitones) == 0) == (f0 == 0))
 
 
-def test_postprocess() -> None:
+def test_postprocess_repairs_an_octave_error_and_keeps_voicing_and_periodicity() -> None:
     f0, voiced = _contour()
     broken = f0.copy()
     broken[20] *= 2.0

@@ -91,7 +91,7 @@ def test_tones_within_10_cents(freq: float, harmonics: bool) -> None:
     assert np.abs(cents).max() < 10.0, np.abs(cents).max()
 
 
-def test_accuracy_on_synthetic_singing() -> None:
+def test_rpa_and_vde_on_synthetic_singing_meet_their_bounds() -> None:
     scores = F0Scores()
     for seed in range(4):
         audio, ref = synthetic_singing(3.0, seed=seed, base_midi=48.0 + 6 * seed)
@@ -113,7 +113,7 @@ def test_silence_noise_and_quiet_frames_are_unvoiced() -> None:
     assert empty.n_frames == 1 and not empty.voiced.any()
 
 
-def test_causal_octave_repair() -> None:
+def test_causal_octave_repair_folds_a_doubtful_jump_and_accepts_a_sustained_leap() -> None:
     """_post folds a less periodic frame an octave away; keeps real leaps after 3 frames."""
 
     def run(f0: list[float], aper: list[float]) -> np.ndarray:
@@ -135,7 +135,7 @@ def test_causal_octave_repair() -> None:
     np.testing.assert_allclose(leap, [200] * 5 + [400] * 3)
 
 
-def test_registered_backend() -> None:
+def test_extract_f0_yin_equals_yin_f0_at_any_input_rate() -> None:
     assert "yin" in BACKENDS
     audio, _ = synthetic_singing(1.0, seed=5)
     a = extract_f0(audio, backend="yin")
@@ -146,14 +146,14 @@ def test_registered_backend() -> None:
     assert at48.n_frames == a.n_frames
 
 
-def test_config_parameters_matter() -> None:
+def test_a_looser_voicing_threshold_voices_more_frames() -> None:
     audio, _ = synthetic_singing(2.0, seed=6)
     loose = yin_f0(audio, dataclasses.replace(F0Config(), yin_voicing=0.9))
     strict = yin_f0(audio, dataclasses.replace(F0Config(), yin_voicing=0.05))
     assert loose.voiced.sum() > strict.voiced.sum()
 
 
-def test_bad_input() -> None:
+def test_bad_input_is_a_value_error_naming_the_fault() -> None:
     bad = np.zeros(1000, np.float32)
     bad[10] = np.nan
     with pytest.raises(ValueError, match="NaN"):

@@ -35,7 +35,9 @@ def _user_corpus(root: Path) -> dict[str, int]:
     return frames
 
 
-def test_frames_aligned_skips_listed_and_index(tmp_path: Path) -> None:
+def test_features_are_frame_aligned_unusable_files_listed_and_the_index_written(
+    tmp_path: Path
+) -> None:
     frames = _user_corpus(tmp_path / "data")
     feat = tmp_path / "feat"
     index = prepare_features(tmp_path / "data", feat, Config(), progress=False)
@@ -64,7 +66,7 @@ def test_frames_aligned_skips_listed_and_index(tmp_path: Path) -> None:
                    "frames": frames["alto/a1"], "path": "alto/a1.npz"}  # fmt: skip
 
 
-def test_idempotent_force_and_settings_guard(tmp_path: Path) -> None:
+def test_a_rerun_reuses_force_recomputes_and_other_settings_are_refused(tmp_path: Path) -> None:
     data, feat = tmp_path / "data", tmp_path / "feat"
     _tone(data / "alto" / "a1.wav", 0.3)
     _tone(data / "bass" / "b1.wav", 0.3, 110.0)
@@ -123,7 +125,7 @@ def test_registered_extractor_adds_a_named_array(tmp_path: Path) -> None:
         prepare_features(data, tmp_path / "g", cfg, progress=False, extractors=short)
 
 
-def test_synthetic_corpus_features(tmp_path: Path) -> None:
+def test_f0_source_corpus_copies_the_synthetic_corpus_ground_truth(tmp_path: Path) -> None:
     from comostream.training.synth import synthesize_corpus
 
     synthesize_corpus(tmp_path / "syn", CorpusConfig(singers=2, minutes=0.05), progress=False,
@@ -138,7 +140,9 @@ def test_synthetic_corpus_features(tmp_path: Path) -> None:
             assert np.array_equal(d["f0"], truth.astype(np.float32))
 
 
-def test_cli_prep_features(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prep_features_command_reports_and_refuses_other_settings_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from comostream import main
 
     _tone(tmp_path / "data" / "alto" / "a1.wav", 0.3)

@@ -32,7 +32,8 @@ from comostream.realtime.live.devices import (
     import_sounddevice,
     pick_sample_rate,
 )
-from tests.engine_helpers import IdentityStep, silent_f0
+
+from helpers import IdentityStep, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,7 +115,7 @@ def test_sample_rate_defaults_to_the_input_device_and_refuses_clearly() -> None:
     assert pick_sample_rate(sd, devs[1], devs[2], None, (1, 2)) == 48000
     assert pick_sample_rate(sd, devs[0], devs[2], 48000, (1, 2)) == 48000
     with pytest.raises(LiveError, match=r"unsupported sample rate 96000 Hz: 0 'HDA.*refuses "
-                       r"96000 Hz.*default rate is 44100 Hz \(try --samplerate 44100\)"):
+                       r"96000 Hz.*default rate is 44100 Hz \(try --sample-rate 44100\)"):
         pick_sample_rate(sd, devs[0], devs[2], 96000, (1, 2))
     with pytest.raises(LiveError, match="12345 Hz is not a standard rate"):
         pick_sample_rate(sd, devs[2], devs[2], 12345, (1, 2))
@@ -158,7 +159,7 @@ def test_console_commands_parse_and_refuse_clearly() -> None:
     assert [parse_command(c, SINGERS).kind for c in ("b", "q", "h", "l")] == [
         "bypass", "quit", "help", "singers"]  # fmt: skip
     assert parse_command("   ", SINGERS) is None
-    for line, message in [("s soprano", "unknown singer 'soprano'.*alto, bass, tenor"),
+    for line, message in [("s soprano", "unknown speaker 'soprano'.*alto, bass, tenor"),
                           ("s alto:x", "expected a number"), ("t 60", "within \\+-48"),
                           ("t up", "expected a number"), ("m 2", "within 0-1"),
                           ("s alto:0,bass:0", "positive weight"), ("xyz", "unknown command")]:
@@ -367,7 +368,8 @@ def _fake_portaudio(streams: list[_FakeStream]) -> SimpleNamespace:
 def test_a_whole_run_with_commands_and_status(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:  # fmt: skip
     from comostream.realtime.live import app as live
-    from tests.model_files import write_tiny_model
+
+    from helpers import write_tiny_model
 
     streams: list[_FakeStream] = []
     monkeypatch.setattr(live, "import_sounddevice", lambda: _fake_portaudio(streams))
@@ -379,7 +381,7 @@ def test_a_whole_run_with_commands_and_status(monkeypatch: pytest.MonkeyPatch,
     final = live.run_live(opts, out=out, commands=commands)
     text = out.getvalue()
     assert "live: 0 'pulse' (ALSA) -> 0 'pulse' (ALSA) at 48000 Hz, singer alto" in text
-    assert "unknown singer 'soprano'" in text and "singers: alto, bass, tenor" in text
+    assert "unknown speaker 'soprano'" in text and "singers: alto, bass, tenor" in text
     assert "bypass on: dry signal" in text and "monitor level 0.5" in text
     assert text.count("latency ") >= 4  # the header, status lines, the final line
     assert re.search(r"stopped after 2\.\d s: xruns 0, dropped 0 blocks", text), text
@@ -403,7 +405,8 @@ def test_a_failing_stream_is_reopened_until_it_keeps_failing(
     failure: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from comostream.realtime.live import app as live
-    from tests.model_files import write_tiny_model
+
+    from helpers import write_tiny_model
 
     monkeypatch.setattr(_FakeStream, failure, 0.3)
     monkeypatch.setattr(live, "import_sounddevice", lambda: _fake_portaudio([]))

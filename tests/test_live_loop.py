@@ -4,14 +4,16 @@ with two null sinks.
     paplay --> vin --> vin.monitor --> comostream live --> vout --> vout.monitor --> parec
 
 ``live`` runs with ``PULSE_SOURCE=vin.monitor PULSE_SINK=vout`` on the ALSA ``pulse`` device,
-``--transpose 3``, default buffers, and starts in bypass. Silence is played into ``vin`` from the
-start (a monitor whose sink idles stops producing, and PortAudio's ALSA capture then times out
-and ends the stream). The played signal is 2.5 s of low noise (the loop starting up), then four
-repetitions of a sung phrase, each after 0.6 s of noise. The first phrase comes back dry: its
-exact offset in the recording (cross-correlation) is the loop's delay without the converter:
-the device buffering (live's input and output buffers, plus paplay's and parec's, which start
-at different times). The test then types ``b`` and the next three phrases come back converted.
-Checks:
+``--transpose 3``, buffers sized for a busy machine rather than for the least latency (200 ms of
+device buffering, a compute margin of 12 blocks, a 600 ms backlog: a late callback or worker is
+absorbed; every buffer is inside the delays measured), and starts in bypass. Silence is played
+into ``vin`` from the start (a monitor whose sink idles stops producing, and PortAudio's ALSA
+capture then times out and ends the stream). The played signal is 2.5 s of low noise (the loop
+starting up), then four repetitions of a sung phrase, each after 0.6 s of noise. The first phrase
+comes back dry: its exact offset in the recording (cross-correlation) is the loop's delay without
+the converter: the device buffering (live's input and output buffers, plus paplay's and parec's,
+which start at different times). The test then types ``b`` and the next three phrases come back
+converted. Checks:
 
 * their delay is the dry delay plus the converter delay ``live`` reports (``delay_samples``: the
   engine's exact delay plus its output buffer), within 3 ms. The delay is found by aligning the
@@ -24,7 +26,13 @@ Checks:
   (10.7 ms) or a creeping delay would show;
 * their F0 is the source's + 300 cents (median over frames voiced in both);
 * zero xruns, dropped blocks, concealed samples and stream restarts from 2.5 s after the
-  playback starts, over >= 20 s.
+  playback starts, over >= 20 s, unless each came while the kernel kept ``live`` off the CPU
+  (its threads' run-queue wait, ``/proc/PID/task/*/schedstat``, >= 0.2 s within the 1.5 s before
+  it was reported): a machine busy with other jobs. The audio checks above must then pass all
+  the same (the runner conceals and drops without moving the timeline).
+
+One retry, for a real-time miss only: one that the machine does not explain, or one that it
+explains but that spoilt the audio checks.
 """
 
 from __future__ import annotations
@@ -55,6 +63,17 @@ TRANSPOSE = 3.0
 CHECKED_S = 20.5  # xruns counted over this much audio (status file granularity: 0.5 s)
 DELAY_TOL_MS = 3.0  # measured converter delay (all phrases at once) vs reported
 CONSTANT_MS = 6.0  # the phrases' delays, each measured alone, agree within this
+# live's buffers, sized for a machine busy with other jobs rather than for the least latency: the
+# device buffer absorbs a late callback, the compute margin a late worker, the backlog limit a
+# worker that catches up late (none of them changes what is measured: all are in the delays)
+LIVE_LATENCY_MS = 200  # device buffering asked of PortAudio (default "high": 32 ms here)
+MARGIN_BLOCKS = 12  # output buffer beyond one callback + one block (a block: 21.3 ms at 48 kHz)
+MAX_BACKLOG_MS = 600.0  # [realtime] max_backlog_ms (default 200)
+MISS_KEYS = ("xruns", "dropped_blocks", "concealed", "restarts")  # live's real-time misses
+# a miss is put down to a busy machine when live's threads waited this long for a CPU (the
+# kernel's run-queue wait, not compute) within the LOOKBACK_S before it was reported
+STARVED_S = 0.2
+LOOKBACK_S = 1.5
 PHRASE = ROOT / "models" / "assets" / "examples" / "alto_line2.wav"
 TOOLS = ("pulseaudio", "paplay", "parec", "pacat")
 
@@ -239,20 +258,72 @@ def _stop_all(procs: list[subprocess.Popen[Any]]) -> None:
                 proc.wait()
 
 
-def _wait_until(t: float, *procs: subprocess.Popen[Any]) -> None:
+def _cpu_wait_s(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have spent runnable but waiting for a CPU (the
+    kernel's ``/proc/PID/task/*/schedstat``; 0.0 where it keeps none)."""
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            total += int(Path(path).read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that just ended
+            pass
+    return total / 1e9
+
+
+class _Watch:
+    """While the test waits: live's miss counters (its status file) and its threads' CPU wait,
+    sampled every 0.25 s."""
+
+    def __init__(self, status_path: Path, pid: int) -> None:
+        self.status_path, self.pid = status_path, pid
+        self.samples: list[tuple[float, tuple[int, ...], float]] = []  # (time, misses, wait)
+        self._next = 0.0
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + 0.25
+        try:
+            status = json.loads(self.status_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):  # being replaced
+            return
+        self.samples.append((now, tuple(status[k] for k in MISS_KEYS), _cpu_wait_s(self.pid)))
+
+    def starved_misses(self, start: float, stop: float) -> tuple[int, int, float]:
+        """Over the samples taken in ``(start, stop]``: how many showed new misses, how many of
+        those came after live had waited ``STARVED_S`` for a CPU within ``LOOKBACK_S``, and the
+        most it waited within ``LOOKBACK_S``."""
+        seen = starved = 0
+        worst = 0.0
+        for (_, before, _), (t, misses, wait) in zip(self.samples, self.samples[1:], strict=False):
+            if not start < t <= stop:
+                continue
+            waited = wait - min(w for s, _, w in self.samples if s >= t - LOOKBACK_S)
+            worst = max(worst, waited)
+            if misses != before:
+                seen += 1
+                starved += waited >= STARVED_S
+        return seen, starved, worst
+
+
+def _wait_until(t: float, *procs: subprocess.Popen[Any], watch: _Watch | None = None) -> None:
     while time.monotonic() < t:
         for proc in procs:
             assert proc.poll() is None, f"{proc.args[:3]} exited early"
+        if watch is not None:
+            watch.poll()
         time.sleep(0.01)
 
 
 class RealTimeMiss(AssertionError):
-    """An xrun, drop, concealment or restart in the checked window (scheduling, not function)."""
+    """An xrun, drop, concealment or restart in the checked window that the machine does not
+    explain, or one that a busy machine explains but that spoilt the audio checks."""
 
 
 def test_live_converts_through_a_pulseaudio_loop(pulse: dict[str, str], tmp_path: Path) -> None:
-    """One retry, and only for a real-time miss: the CI machine is quiet, a developer's machine
-    running other jobs may pre-empt the converter once; any functional failure fails at once."""
+    """One retry, and only for a real-time miss (see :class:`RealTimeMiss`); any other failure
+    fails at once."""
     try:
         _loop_attempt(pulse, tmp_path / "first")
     except RealTimeMiss as miss:
@@ -265,10 +336,11 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
 
     tmp_path.mkdir(parents=True, exist_ok=True)
 
-    from comostream.models.audio import resample
-    from tests.model_files import write_tiny_model
+    from helpers import write_tiny_model
 
     model_path = write_tiny_model(tmp_path / "tiny.ckpt")
+    config_path = tmp_path / "live.toml"
+    config_path.write_text(f"[realtime]\nmax_backlog_ms = {MAX_BACKLOG_MS}\n")
     x, phrase24, warm, period = _source()
     soundfile.write(tmp_path / "src.wav", x, SR, subtype="FLOAT")
     status_path, rec_path = tmp_path / "status.json", tmp_path / "rec.f32"
@@ -285,9 +357,10 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
             env=pulse, stdin=files[0]))  # fmt: skip
         live = subprocess.Popen(
             [sys.executable, "-m", "comostream", "live", "--checkpoint",
-             str(model_path), "--input", "pulse", "--output", "pulse", "--samplerate", str(SR),
+             str(model_path), "--input", "pulse", "--output", "pulse", "--sample-rate", str(SR),
              "--speaker", "bass", "--transpose", str(TRANSPOSE), "--threads", "1", "--bypass",
-             "--status-file", str(status_path)],
+             "--latency", str(LIVE_LATENCY_MS), "--margin", str(MARGIN_BLOCKS), "--config",
+             str(config_path), "--status-file", str(status_path)],
             cwd=ROOT, env=dict(pulse, PULSE_SOURCE="vin.monitor", PULSE_SINK="vout"), text=True,
             stdin=subprocess.PIPE, stdout=files[1], stderr=subprocess.STDOUT)  # fmt: skip
         procs.append(live)
@@ -296,6 +369,7 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
             assert live.poll() is None, (tmp_path / "live.log").read_text()
             assert time.monotonic() < deadline, "comostream live did not start"
             time.sleep(0.1)
+        watch = _Watch(status_path, live.pid)
         procs.append(subprocess.Popen(
             ["parec", "-d", "vout.monitor", "--raw", "--format=float32le", f"--rate={SR}",
              "--channels=1", "--latency-msec=100"], env=pulse, stdout=files[2]))  # fmt: skip
@@ -303,17 +377,19 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
         player = subprocess.Popen(["paplay", "-d", "vin", str(tmp_path / "src.wav")], env=pulse)
         procs.append(player)
         t0 = time.monotonic()
-        _wait_until(t0 + WARMUP_S, *procs)
-        before = _status(status_path)
+        _wait_until(t0 + WARMUP_S, *procs, watch=watch)
+        before, t_before = _status(status_path), time.monotonic()
         phrase_end = (warm + int(GAP_S * SR)) / SR + phrase24.shape[0] / 24000
-        _wait_until(t0 + phrase_end + GAP_S / 2, *procs)  # between phrases 0 and 1
+        _wait_until(t0 + phrase_end + GAP_S / 2, *procs, watch=watch)  # between phrases 0 and 1
         assert live.stdin is not None
         live.stdin.write("b\n")
         live.stdin.flush()
-        _wait_until(t0 + WARMUP_S + CHECKED_S, *procs)
-        after = _status(status_path)
+        _wait_until(t0 + WARMUP_S + CHECKED_S, *procs, watch=watch)
+        after, t_after = _status(status_path), time.monotonic()
         assert player.wait(timeout=60) == 0
-        time.sleep(0.5)  # the tail of the last phrase
+        # the tail of the last phrase: through live's devices and converter, then parec's buffer
+        path_ms = after["device_in_ms"] + after["converter_ms"] + after["device_out_ms"]
+        time.sleep(0.5 + path_ms / 1000)
         live.stdin.write("q\n")
         live.stdin.flush()
         assert live.wait(timeout=30) == 0, (tmp_path / "live.log").read_text()
@@ -321,14 +397,42 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
     final = _status(status_path)
     rec = np.fromfile(rec_path, np.float32)
 
-    # no xruns, drops or concealment after the warm-up, over >= 20 s
+    # real time: no xruns, drops, concealment or restarts after the warm-up, over >= 20 s, unless
+    # each came while live was kept off the CPU (a machine busy with other jobs)
     assert after["elapsed_s"] - before["elapsed_s"] >= 20.0, (before, after)
-    for key in ("xruns", "dropped_blocks", "concealed", "restarts"):
-        if after[key] != before[key]:
-            raise RealTimeMiss(
-                f"{key}: {before[key]} -> {after[key]} between {before['elapsed_s']:.1f} s and "
-                f"{after['elapsed_s']:.1f} s (device flags {before['xrun_flags']} -> "
-                f"{after['xrun_flags']})\n{log}")  # fmt: skip
+    changed = [f"{k}: {before[k]} -> {after[k]}" for k in MISS_KEYS if after[k] != before[k]]
+    seen, starved, worst = watch.starved_misses(t_before, t_after)
+    where = (f"between {before['elapsed_s']:.1f} s and {after['elapsed_s']:.1f} s (device flags "
+             f"{before['xrun_flags']} -> {after['xrun_flags']}); live waited up to {worst:.2f} s "
+             f"for a CPU within {LOOKBACK_S:g} s")
+    print(f"\nloop: live waited up to {worst:.2f} s for a CPU within {LOOKBACK_S:g} s")
+    if changed and (not seen or starved < seen):
+        raise RealTimeMiss(f"{', '.join(changed)} {where}; {seen - starved} of {seen} without "
+                           f"CPU starvation\n{log}")
+    if changed:
+        print(f"loop: a busy machine: {', '.join(changed)} {where}: checking the audio")
+    try:
+        _check_audio(x, rec, phrase24, warm, period, final, model_path, log)
+    except AssertionError as exc:
+        if changed:  # starvation may have moved the timeline (a device xrun)
+            raise RealTimeMiss(f"{exc}\nafter {', '.join(changed)} {where}") from exc
+        raise
+
+
+def _check_audio(
+    x: np.ndarray,
+    rec: np.ndarray,
+    phrase24: np.ndarray,
+    warm: int,
+    period: int,
+    final: dict[str, Any],
+    model_path: Path,
+    log: str,
+) -> None:
+    """The recording ``rec`` of the played ``x``: phrase 0 dry, phrases 1-3 converted with the
+    delay live reports (``final``: its last status) and 3 semitones up."""
+    from comostream.models.audio import resample
+
     assert not final["running"] and not final["bypass"]
     assert final["speaker"] == "bass" and final["transpose"] == TRANSPOSE
     assert np.abs(rec).max() > 0.1, f"parec recorded silence\n{log}"

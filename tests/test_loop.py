@@ -12,7 +12,8 @@ from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
 from comostream.models.config import TrainConfig
 from comostream.training.loop import Trainer, lr_factor
 from comostream.training.runlog import read_stats
-from tests.toy_training import (
+
+from helpers import (
     flat_params,
     noisy_step,
     toy_config,
@@ -28,7 +29,7 @@ def _trainer(cfg, run_dir: Path, seed: int = 0, **kw) -> Trainer:  # type: ignor
                    progress=False, tensorboard=False, **kw)  # fmt: skip
 
 
-def test_loss_falls_and_stats_rows(tmp_path: Path) -> None:
+def test_loss_falls_and_stats_rows_are_logged_at_their_intervals(tmp_path: Path) -> None:
     cfg = toy_config(max_steps=40, log_every=10, valid_every=20, ckpt_every=100)
     state = _trainer(cfg, tmp_path).fit()
     assert state.step == 40
@@ -79,7 +80,7 @@ def test_dry_run_does_one_step_one_validation_one_checkpoint(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt_00000001.pt", "last.pt"]
 
 
-def test_max_steps_and_periodic_checkpoints(tmp_path: Path) -> None:
+def test_training_stops_at_max_steps_with_a_checkpoint_every_n_steps(tmp_path: Path) -> None:
     cfg = toy_config(max_steps=10, ckpt_every=4, log_every=5)
     state = _trainer(cfg, tmp_path, valid_fn=None).fit()
     assert state.step == 10

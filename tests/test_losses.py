@@ -74,7 +74,7 @@ def test_edm_weight_and_a_perfect_denoiser() -> None:
         assert float(edm_loss(_precond(False), x0, cond, per_frame, noise)) > 0
 
 
-def test_distillation_sigmas_and_indices() -> None:
+def test_distillation_sigmas_rise_from_min_to_max_and_indices_cover_every_step() -> None:
     s = distillation_sigmas(CFG.edm)
     assert s.shape == (CFG.edm.distill_steps + 1,)
     assert s[0] == CFG.edm.sigma_min and s[-1] == CFG.edm.sigma_max and bool((s[1:] > s[:-1]).all())
@@ -82,7 +82,7 @@ def test_distillation_sigmas_and_indices() -> None:
     assert int(n.min()) == 0 and int(n.max()) == CFG.edm.distill_steps - 1
 
 
-def test_distance() -> None:
+def test_distance_is_mse_or_pseudo_huber_and_refuses_others() -> None:
     a, b = torch.zeros(2, 3, 4), torch.full((2, 3, 4), 0.5)
     assert torch.allclose(distance(a, b), torch.full((2,), 0.25))
     huber = distance(a, b, "pseudo_huber", huber_c=0.03)
@@ -105,7 +105,7 @@ def test_distillation_gradients_reach_only_the_student() -> None:
     assert all(p.grad is None for p in [*teacher.parameters(), *target.parameters()])
 
 
-def test_ema_update() -> None:
+def test_ema_update_moves_the_target_towards_the_student_only() -> None:
     target, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     t0, s0 = target.weight.detach().clone(), student.weight.detach().clone()
     ema_update(target, student, 0.9)

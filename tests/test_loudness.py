@@ -38,7 +38,7 @@ def _stream(inc: IncrementalLoudness, x: np.ndarray, sizes: list[int]) -> np.nda
 
 
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 1000, 24000])
-def test_shape(n: int) -> None:
+def test_loudness_has_one_float32_value_per_frame(n: int) -> None:
     out = loudness(np.zeros(n, np.float32), CFG)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32
     assert out.shape == (n // CFG.hop_length + 1,)
@@ -49,23 +49,23 @@ def test_silence_is_floor() -> None:
     assert np.all(np.isfinite(out)) and np.all(out == pytest.approx(FLOOR_DB))
 
 
-def test_a_weighting_reference_values() -> None:
+def test_a_weighting_matches_its_reference_values_at_100_1k_and_10k_hz() -> None:
     db = a_weighting_db(np.array([100.0, 1000.0, 10000.0]))
     np.testing.assert_allclose(db, [-19.1, 0.0, -2.5], atol=0.1)
 
 
-def test_full_scale_1khz_sine_calibration() -> None:
+def test_a_full_scale_1khz_sine_reads_minus_3_db() -> None:
     mid = loudness(_sine(1000.0))[10:-10]
     np.testing.assert_allclose(mid, -3.0103, atol=0.05)
 
 
-def test_a_weighting_applied() -> None:
+def test_a_100hz_sine_reads_19_db_below_a_1khz_one() -> None:
     low = loudness(_sine(100.0))[10:-10].mean()
     mid = loudness(_sine(1000.0))[10:-10].mean()
     assert mid - low == pytest.approx(19.1, abs=0.5)
 
 
-def test_gain_law_and_monotone() -> None:
+def test_doubling_the_gain_adds_6_db_and_loudness_rises_with_level() -> None:
     x = SIGNAL
     base = loudness(x)
     louder = loudness(2.0 * x)  # +6.02 dB
@@ -74,7 +74,7 @@ def test_gain_law_and_monotone() -> None:
     assert np.all(np.diff(levels) > 0)
 
 
-def test_tensor_and_batch_api() -> None:
+def test_tensor_and_batch_input_give_the_numpy_values() -> None:
     x = torch.from_numpy(np.stack([SIGNAL, 0.5 * SIGNAL]))
     out = loudness(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, len(SIGNAL) // 256 + 1)
@@ -97,7 +97,9 @@ def test_incremental_equals_offline(sizes: list[int]) -> None:
     sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12).filter(lambda s: sum(s) >= 64),
     gain=st.sampled_from([0.0, 1e-4, 1.0]),
 )
-def test_incremental_random_chunkings(n: int, sizes: list[int], gain: float) -> None:
+def test_incremental_equals_offline_for_random_chunkings_and_levels(
+    n: int, sizes: list[int], gain: float
+) -> None:
     x = SIGNAL[:n] * np.float32(gain)
     out = _stream(IncrementalLoudness(CFG, capacity=500), x[None], sizes)
     ref = loudness(x)
@@ -105,7 +107,7 @@ def test_incremental_random_chunkings(n: int, sizes: list[int], gain: float) -> 
     assert np.abs(out[0] - ref).max() <= 1e-5
 
 
-def test_incremental_functional_core_batch() -> None:
+def test_functional_step_and_finish_on_a_batch_equal_offline() -> None:
     x = np.stack([SIGNAL, SIGNAL[::-1] * 0.01])
     inc = IncrementalLoudness(CFG)
     state = inc.init_state(batch=2)

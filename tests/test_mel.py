@@ -53,7 +53,7 @@ def test_filterbank_matches_librosa_slaney() -> None:
 
 
 @pytest.mark.parametrize("n", [0, 1, 255, 256, 257, 511, 512, 1023, 1024, 1025, 4097])
-def test_shape_and_frame_count(n: int) -> None:
+def test_mel_has_100_bins_and_n_div_256_plus_1_finite_frames(n: int) -> None:
     x = np.zeros(n, dtype=np.float32)
     mel = mel_spectrogram(x, CFG)
     assert mel.shape == (CFG.n_mels, n // CFG.hop_length + 1) == (100, num_frames(n, 256))
@@ -75,7 +75,7 @@ def test_matches_numpy_reference() -> None:
     np.testing.assert_allclose(OFFLINE, ref, atol=5e-5)
 
 
-def test_zero_padding_not_reflect() -> None:
+def test_the_edges_are_zero_padded_not_reflected() -> None:
     # An impulse at the very start is seen by frame 0 only through zero padding on the left:
     # with reflect padding frame 0 would also contain mirrored samples.
     x = np.zeros(2048, dtype=np.float32)
@@ -83,7 +83,7 @@ def test_zero_padding_not_reflect() -> None:
     np.testing.assert_allclose(mel_spectrogram(x), _reference(x, CFG), atol=5e-5)
 
 
-def test_differentiable() -> None:
+def test_gradients_flow_back_to_the_waveform() -> None:
     x = torch.from_numpy(SIGNAL[:2000].copy()).unsqueeze(0).requires_grad_(True)
     MelSpectrogram(CFG)(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
@@ -98,7 +98,7 @@ def test_incremental_equals_offline(sizes: list[int]) -> None:
     assert np.abs(out[0] - OFFLINE).max() <= 1e-5
 
 
-def test_incremental_single_samples() -> None:
+def test_incremental_fed_one_sample_at_a_time_equals_offline() -> None:
     x = SIGNAL[:1500]
     out = _stream(IncrementalMel(CFG), x[None], [1])
     np.testing.assert_allclose(out[0], mel_spectrogram(x), atol=1e-5, rtol=0)
@@ -110,7 +110,9 @@ def test_incremental_single_samples() -> None:
     sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=12).filter(lambda s: sum(s) >= 64),
     capacity=st.sampled_from([None, 1, 700]),
 )
-def test_incremental_random_chunkings(n: int, sizes: list[int], capacity: int | None) -> None:
+def test_incremental_equals_offline_for_random_chunkings_and_capacities(
+    n: int, sizes: list[int], capacity: int | None
+) -> None:
     x = SIGNAL[:n]
     out = _stream(IncrementalMel(CFG, capacity=capacity), x[None], sizes)
     ref = mel_spectrogram(x)
@@ -118,7 +120,7 @@ def test_incremental_random_chunkings(n: int, sizes: list[int], capacity: int | 
     assert np.abs(out[0] - ref).max() <= 1e-5
 
 
-def test_incremental_batch_and_functional_core() -> None:
+def test_functional_step_on_a_batch_equals_offline_without_reallocating() -> None:
     x = np.stack([SIGNAL, -SIGNAL * 0.1])
     inc = IncrementalMel(CFG)
     state = inc.init_state(batch=2)
@@ -138,7 +140,7 @@ def test_incremental_batch_and_functional_core() -> None:
         inc.step(torch.zeros(2, 10), state)
 
 
-def test_lookahead_emission_time() -> None:
+def test_a_frame_is_emitted_once_512_samples_past_its_centre_arrived() -> None:
     inc = IncrementalMel(CFG)
     assert inc.lookahead_samples == 512
     assert inc.push(np.zeros(511, np.float32)).shape == (1, 100, 0)
@@ -150,7 +152,7 @@ def test_lookahead_emission_time() -> None:
     assert inc.flush().shape == (1, 100, 2)
 
 
-def test_flush_resets_and_reset() -> None:
+def test_flush_and_reset_start_a_fresh_stream() -> None:
     inc = IncrementalMel(CFG)
     empty = inc.flush()  # nothing pushed: one all-padding frame, like the offline result
     np.testing.assert_allclose(empty[0].numpy(), mel_spectrogram(np.zeros(0, np.float32)))
@@ -169,7 +171,7 @@ def test_framer_rejects_bad_chunk() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_incremental_on_cuda() -> None:
+def test_incremental_on_cuda_equals_offline() -> None:
     x = torch.from_numpy(SIGNAL).unsqueeze(0).cuda()
     inc = IncrementalMel(CFG, device="cuda")
     state = inc.init_state(batch=1)

@@ -52,7 +52,9 @@ def test_header_layout_is_fixed_little_endian() -> None:
 
 @pytest.mark.parametrize("fmt", ["f32le", "s16le"])
 @pytest.mark.parametrize("channels", [1, 2])
-def test_frames_round_trip(fmt: str, channels: int) -> None:
+def test_audio_frames_round_trip_exactly_in_f32_and_to_one_lsb_in_s16(
+    fmt: str, channels: int
+) -> None:
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (256, channels)).astype(np.float32)
     f = unpack_frame(pack_frame(3, 99, x, fmt), fmt, channels, block=256)
@@ -73,7 +75,7 @@ def test_dropped_frames_carry_no_pcm() -> None:
     assert unpack_frame(tail, "f32le", 1, from_server=True).count == 10
 
 
-def test_malformed_frames() -> None:
+def test_malformed_audio_frames_are_bad_frame_or_bad_version() -> None:
     good = pack_frame(1, 2, np.zeros(64, np.float32), "f32le")
     assert _code(unpack_frame, good[:10], "f32le", 1) == "bad_frame"
     assert _code(unpack_frame, b"XXXX" + good[4:], "f32le", 1) == "bad_frame"
@@ -85,14 +87,14 @@ def test_malformed_frames() -> None:
     assert unpack_frame(good, "f32le", 1, block=64).count == 64
 
 
-def test_text_frames() -> None:
+def test_text_frames_must_be_json_objects_of_a_known_type() -> None:
     assert _code(parse_text, "{not json") == "bad_message"
     assert _code(parse_text, "[1, 2]") == "bad_message"
     assert _code(parse_text, '{"type": "dance"}') == "bad_message"
     assert parse_text('{"type": "stats"}') == {"type": "stats"}
 
 
-def test_hello_validation() -> None:
+def test_hello_defaults_and_each_bad_field_gives_its_documented_code() -> None:
     h = parse_hello(HELLO)
     assert (h.sample_rate, h.channels, h.format, h.block, h.speaker) == (48000, 1, "f32le",
                                                                          1024, "alto")
@@ -116,7 +118,7 @@ def test_hello_validation() -> None:
     assert _code(parse_hello, missing) == "bad_message"
 
 
-def test_set_validation() -> None:
+def test_set_needs_a_known_change_and_each_bad_field_gives_its_code() -> None:
     assert parse_set({"type": "set", "transpose": -3}).transpose == -3.0
     assert parse_set({"type": "set", "bypass": True}).bypass is True
     assert parse_set({"type": "set", "speaker": "bass"}).speaker == "bass"
@@ -126,7 +128,7 @@ def test_set_validation() -> None:
     assert _code(parse_set, {"type": "set", "transpose": 49}) == "bad_params"
 
 
-def test_error_message_and_limits() -> None:
+def test_error_messages_carry_their_close_code_and_the_frame_limit_is_fixed() -> None:
     msg = json.loads(error_message("unknown_speaker", "unknown speaker 'x'"))
     assert msg == {"type": "error", "code": "unknown_speaker", "close_code": 4004,
                    "message": "unknown speaker 'x'"}  # fmt: skip

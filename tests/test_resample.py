@@ -54,7 +54,7 @@ def test_any_chunking_equals_oneshot(orig: int, new: int) -> None:
     assert r.output_samples(x.shape[0]) == ref.shape[0]
 
 
-def test_multichannel_chunking() -> None:
+def test_multichannel_chunked_equals_oneshot_and_each_channel_its_mono_resampling() -> None:
     rng = np.random.default_rng(3)
     x = (0.3 * rng.standard_normal((2, 20000))).astype(np.float32)
     r = StreamingResampler(44100, 24000, channels=2)

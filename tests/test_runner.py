@@ -9,7 +9,8 @@ import pytest
 
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.runner import Ring, ThreadedConverter
-from tests.engine_helpers import IdentityStep, silent_f0
+
+from helpers import IdentityStep, silent_f0
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

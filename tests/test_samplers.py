@@ -36,7 +36,7 @@ def exact_ode(x_start: torch.Tensor, s0: float, s1: float) -> torch.Tensor:
     return MU + (x_start - MU) * math.sqrt(SD**2 + s1**2) / math.sqrt(SD**2 + s0**2)
 
 
-def test_sampling_sigmas() -> None:
+def test_sampling_sigmas_run_from_sigma_max_to_zero() -> None:
     s = sampling_sigmas(CFG.edm)
     assert s.shape == (CFG.edm.teacher_steps + 1,) and s[-1] == 0 and s[0] == CFG.edm.sigma_max
 
@@ -96,7 +96,7 @@ def test_samplers_are_deterministic_given_the_noise() -> None:
             assert not torch.allclose(first, sample(other), atol=1e-4)
 
 
-def test_consistency_samplers() -> None:
+def test_consistency_samplers_apply_the_denoiser_as_the_paper_and_need_a_noise_per_sigma() -> None:
     def half(x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor) -> torch.Tensor:
         return 0.5 * x + sigma
 

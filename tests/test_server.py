@@ -31,15 +31,13 @@ from comostream.models.config import RealtimeConfig
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.serve.bridge import Bridge
 from comostream.realtime.serve.client import StreamClient, stream_array
+from comostream.realtime.serve.config import ServerConfig
+from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.protocol import ERRORS, pack_frame
-from comostream.realtime.serve.server import (
-    DropQueue,
-    EngineFactory,
-    Gap,
-    ServerConfig,
-    ServerThread,
-)
-from tests.model_files import tiny_models, write_tiny_model
+from comostream.realtime.serve.server import ServerThread
+from comostream.realtime.serve.session import Block, DropQueue, Gap
+
+from helpers import write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
@@ -53,11 +51,6 @@ def sung(seconds: float, sr: int, f0: float = 220.0, seed: int = 0) -> np.ndarra
     x = sum(0.2 / k * np.sin(k * phase) for k in range(1, 6))
     x = x + 0.003 * np.random.default_rng(seed).standard_normal(t.shape)
     return (x * np.minimum(1.0, t / 0.05)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def models() -> tuple[Any, Any]:
-    return tiny_models()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +86,9 @@ def test_client_cli_output_equals_engine_output(server: ServerThread, models: An
     assert "round trip p50" in printed and "dropped 0 samples" in printed
 
 
-def test_eight_concurrent_clients(server: ServerThread, models: Any) -> None:
+def test_eight_concurrent_clients_each_get_their_offline_conversion(
+    server: ServerThread, models: Any
+) -> None:
     cases = [(48000, "alto", 0.0, "f32le"), (24000, "bass", 2.0, "f32le"),
              (44100, "tenor", -3.0, "s16le"), (16000, "alto", 0.0, "f32le"),
              (48000, {"alto": 0.5, "bass": 0.5}, 0.0, "f32le"), (32000, "bass", 0.0, "s16le"),
@@ -211,7 +206,7 @@ def test_malformed_input_gets_documented_errors_while_another_session_streams(
     asyncio.run(huge())
 
 
-def test_token_max_streams_and_idle_timeout(models: Any) -> None:
+def test_token_max_streams_and_idle_timeout_refuse_with_their_codes(models: Any) -> None:
     config = ServerConfig(port=0, token="s3cret", max_streams=1, idle_timeout_s=1.0)
     x = sung(1.0, 24000)
     with ServerThread(EngineFactory(*models, RT), config) as st:
@@ -232,8 +227,6 @@ def test_token_max_streams_and_idle_timeout(models: Any) -> None:
 
 
 def test_drop_queue_drops_oldest_and_merges_gaps() -> None:
-    from comostream.realtime.serve.server import Block
-
     async def run() -> None:
         q = DropQueue(max_samples=300, max_messages=2)
         q.put_block(Block(0, 10, 100, "a"))
@@ -366,7 +359,7 @@ def test_bridge_pumps_device_audio_through_the_server(server: ServerThread) -> N
     assert bridge.stats.rtt_ms and np.median(bridge.stats.rtt_ms) < 200
 
 
-def test_ws_overhead_measurement(models: Any) -> None:
+def test_ws_overhead_is_the_round_trip_minus_the_compute(models: Any) -> None:
     from comostream.bench.latency import measure_ws_overhead
 
     r = measure_ws_overhead(*models, realtime=RT, sample_rate=48000, seconds=1.0)
@@ -375,7 +368,9 @@ def test_ws_overhead_measurement(models: Any) -> None:
     assert 0 < r["ws_overhead_ms"] < 50  # loose: a shared CI machine (measured ~1-2 ms)
 
 
-def test_serve_cli_refusals(monkeypatch: Any, capsys: Any, tmp_path: Path) -> None:
+def test_serve_and_client_commands_refuse_clearly(
+    monkeypatch: Any, capsys: Any, tmp_path: Path
+) -> None:
     import comostream.models.shipped
 
     monkeypatch.setattr(comostream.models.shipped, "default_model_path", lambda: None)

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streaming_helpers import (
+
+from comostream.models.backbone import Backbone
+from comostream.models.conditioner import Conditioner
+from comostream.models.config import load_config
+from comostream.models.edm import EDMPrecond
+from comostream.models.streaming import CausalConv1d, Delay, Streaming, init_tree, state_tensors
+
+from helpers import (
     FIXED_CHUNKS,
     chunk_bounds,
     measured_reach,
@@ -15,12 +22,6 @@ from streaming_helpers import (
     run_stream,
     state_signature,
 )
-
-from comostream.models.backbone import Backbone
-from comostream.models.conditioner import Conditioner
-from comostream.models.config import load_config
-from comostream.models.edm import EDMPrecond
-from comostream.models.streaming import CausalConv1d, Delay, Streaming, init_tree, state_tensors
 
 CONV_CASES = [(3, 1, 0), (3, 1, 1), (3, 2, 3), (5, 4, 2), (1, 1, 0), (2, 3, 3)]  # k, d, L
 
@@ -63,7 +64,9 @@ def test_conv_chunked_equals_one_shot(k: int, d: int, la: int) -> None:
     sizes=st.lists(st.integers(1, 12), min_size=1, max_size=8),
     frames=st.integers(1, 30),
 )
-def test_conv_any_chunking(case: tuple[int, int, int], sizes: list[int], frames: int) -> None:
+def test_conv_streamed_in_any_chunking_equals_one_shot(
+    case: tuple[int, int, int], sizes: list[int], frames: int
+) -> None:
     conv = _conv(*case)
     x = torch.randn(1, 3, frames)
     with torch.no_grad():
@@ -92,7 +95,7 @@ def test_conv_rejects_lookahead_beyond_span() -> None:
         CausalConv1d(2, 2, 3, 1, 3)
 
 
-def test_delay() -> None:
+def test_delay_shifts_by_its_samples_streamed_or_one_shot() -> None:
     x = torch.arange(10.0).view(1, 1, 10)
     delay = Delay(1, 3)
     assert torch.equal(delay(x)[0, 0], torch.tensor([0, 0, 0, 0, 1, 2, 3, 4, 5, 6.0]))
@@ -114,7 +117,7 @@ def test_state_is_preallocated_and_static() -> None:
     assert state_signature(list(state_tensors(state))) == before
 
 
-def test_modules_follow_the_protocol() -> None:
+def test_the_streaming_modules_implement_the_streaming_protocol() -> None:
     cfg = load_config("configs/tiny.toml")
     backbone = Backbone(cfg.model)
     for module in (

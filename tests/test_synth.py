@@ -46,7 +46,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 
 @needs_tts
-def test_layout_and_manifest(corpus: Path) -> None:
+def test_corpus_layout_manifest_and_corpus_json_list_every_file(corpus: Path) -> None:
     recs = _records(corpus)
     assert len(recs) == 2 * 3
     assert all(set(r) == KEYS for r in recs)
@@ -62,7 +62,7 @@ def test_layout_and_manifest(corpus: Path) -> None:
 
 
 @needs_tts
-def test_audio_and_f0_files(corpus: Path) -> None:
+def test_audio_is_mono_pcm16_at_minus_3_dbfs_with_an_f0_per_frame(corpus: Path) -> None:
     for r in _records(corpus):
         x, sr = sf.read(corpus / r["path"], always_2d=True)
         info = sf.info(str(corpus / r["path"]))
@@ -97,7 +97,7 @@ def test_ground_truth_f0_recoverable(corpus: Path) -> None:
 
 
 @needs_tts
-def test_parallel_and_split_by_line(corpus: Path) -> None:
+def test_every_singer_sings_each_line_alike_and_splits_go_by_line(corpus: Path) -> None:
     recs = _records(corpus)
     by_line: dict[int, list[dict]] = {}
     for r in recs:
@@ -113,7 +113,9 @@ def test_parallel_and_split_by_line(corpus: Path) -> None:
 
 
 @needs_tts
-def test_deterministic_and_jobs_independent(corpus: Path, tmp_path: Path) -> None:
+def test_the_corpus_is_the_same_bytes_for_any_jobs_and_differs_by_seed(
+    corpus: Path, tmp_path: Path
+) -> None:
     again = tmp_path / "again"
     synthesize_corpus(again, CFG, progress=False, jobs=2, max_lines=3)
     assert _tree_bytes(again) == _tree_bytes(corpus)
@@ -135,7 +137,7 @@ def test_missing_tool_names_debian_package(monkeypatch: pytest.MonkeyPatch, tmp_
         voices.check_tools([voices.BASE_VOICES["espeak_f2"]])
 
 
-def test_singer_table() -> None:
+def test_singer_table_is_fixed_distinct_and_refuses_too_many() -> None:
     names = [s.name for s in voices.SINGERS]
     assert len(names) >= 12 and len(set(names)) == len(names)
     assert all(s.base in voices.BASE_VOICES and s.register in voices.REGISTERS
@@ -147,7 +149,7 @@ def test_singer_table() -> None:
         voices.singer_table(len(names) + 1)
 
 
-def test_splits_deterministic_and_sized() -> None:
+def test_splits_are_seeded_and_sized_by_their_fractions() -> None:
     a = assign_splits(40, 0.1, 0.15, seed=1)
     assert a == assign_splits(40, 0.1, 0.15, seed=1) and a != assign_splits(40, 0.1, 0.15, 2)
     assert (a.count("test"), a.count("valid"), a.count("train")) == (6, 4, 30)
@@ -155,7 +157,7 @@ def test_splits_deterministic_and_sized() -> None:
     assert assign_splits(2, 0.1, 0.15, 0) == ["train", "train"]
 
 
-def test_lines_and_melodies() -> None:
+def test_lines_fill_the_minutes_and_melodies_have_vibrato_and_portamento() -> None:
     lines = make_lines(5, 60.0)
     total = sum((ln.melody.n_frames(SR, HOP) - 1) * HOP / SR for ln in lines)
     assert 60.0 <= total < 66.5 and make_lines(5, 60.0) == lines

@@ -25,7 +25,8 @@ from comostream.models.vocoder import (
 )
 from comostream.models.vocoder_synth import MelGrid, hash_uniform
 from comostream.training.checkpoint import save_checkpoint
-from tests.streaming_helpers import chunk_bounds, run_stream, state_signature
+
+from helpers import chunk_bounds, run_stream, state_signature
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,7 +74,7 @@ def test_streaming_equals_one_shot(lookahead: int) -> None:
         assert float((got - ref).abs().max()) <= 1e-4 * peak, f"block {block}"
 
 
-def test_shapes_and_bad_inputs() -> None:
+def test_output_is_hop_samples_per_frame_and_bad_inputs_are_value_errors() -> None:
     voc = _random_vocoder(2)
     mel, f0 = _inputs(batch=3, frames=7)
     with torch.no_grad():
@@ -91,7 +92,7 @@ def test_shapes_and_bad_inputs() -> None:
 
 
 @pytest.mark.parametrize("lookahead", [0, 1, 2])
-def test_lookahead_is_honoured(lookahead: int) -> None:
+def test_no_sample_depends_on_frames_beyond_its_lookahead(lookahead: int) -> None:
     """Inputs of frame t + L + 1 never reach samples of frames <= t; frame t + L does."""
     voc = _random_vocoder(lookahead)
     mel, f0 = _inputs(batch=1)
@@ -109,7 +110,7 @@ def test_lookahead_is_honoured(lookahead: int) -> None:
         assert not torch.equal(voc(m3, f0)[:, : (t + 1) * HOP], base[:, : (t + 1) * HOP])
 
 
-def test_deterministic_noise_and_offset() -> None:
+def test_noise_is_deterministic_moves_with_its_offset_and_sounds_when_unvoiced() -> None:
     voc = _random_vocoder()
     mel, f0 = _inputs()
     with torch.no_grad():
@@ -154,7 +155,7 @@ def test_harmonics_sit_at_multiples_of_f0() -> None:
     assert min(at) > 5 * max(between)
 
 
-def test_hash_noise_and_mel_grid() -> None:
+def test_hash_noise_is_uniform_and_uncorrelated_and_the_mel_grid_interpolates() -> None:
     idx = torch.arange(-1000, 200_000, dtype=torch.int64)
     u = hash_uniform(idx)
     assert torch.equal(u, hash_uniform(idx.clone()))
@@ -167,7 +168,7 @@ def test_hash_noise_and_mel_grid() -> None:
     assert torch.allclose(grid.interp(env, pos).flatten(), torch.tensor([0.0, 10.25, 99.0]))
 
 
-def test_presets_and_config() -> None:
+def test_presets_order_by_size_match_their_config_files_and_bad_ones_are_refused() -> None:
     assert vocoder_config() == VocoderConfig() == load_config().vocoder
     assert (
         vocoder_config("tiny").channels
@@ -183,7 +184,7 @@ def test_presets_and_config() -> None:
         VocoderConfig(lookahead_frames=-1)
 
 
-def test_export_round_trip_and_bad_files(tmp_path: Path) -> None:
+def test_export_round_trips_and_bad_files_are_checkpoint_errors(tmp_path: Path) -> None:
     voc = _random_vocoder(2)
     path = save_checkpoint(tmp_path / "voc.pt", {"kind": EXPORT_KIND, **voc.export_payload()})
     loaded = load_vocoder(path)
@@ -251,7 +252,9 @@ def test_f0_rmse_of_a_semitone_is_100_cents() -> None:
     assert n > frames // 2 and rmse == pytest.approx(100.0, abs=5.0)
 
 
-def test_pesq_wb(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pesq_wb_is_none_without_pesq_and_lower_for_a_noisy_copy(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
     x = _voice(200.0, seconds=2.0)
     noisy = x + 0.05 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
     monkeypatch.setitem(sys.modules, "pesq", None)  # not installed -> None (reported as null)

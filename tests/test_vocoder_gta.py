@@ -29,7 +29,8 @@ from comostream.training.features import prepare_features
 from comostream.training.vocoder import train_vocoder
 from comostream.training.vocoder_data import VocoderSegments, corpus_of
 from comostream.training.vocoder_gta import gta_mel, write_gta_features
-from tests.test_vocoder_training import _tone
+
+from helpers import harmonic_tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +48,7 @@ def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(6):
             n = SR
             f0 = np.full(n, base * (1 + 0.05 * i))
-            sf.write(corpus / singer / f"line{i:03d}.wav", _tone(f0), SR)
+            sf.write(corpus / singer / f"line{i:03d}.wav", harmonic_tone(f0), SR)
             np.save(corpus / singer / f"line{i:03d}.f0.npy",
                     f0[::HOP][: n // HOP + 1].astype(np.float32))  # fmt: skip
     cfg = Config(features=FeaturesConfig(extractors=("mel", "f0", "loudness"), f0_source="corpus"))
@@ -137,7 +138,9 @@ def test_init_starts_from_the_given_vocoder(feats: Path, tmp_path: Path) -> None
                       progress=False)  # fmt: skip
 
 
-def test_cli_prep_gta(feats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prep_gta_command_writes_features_naming_the_model_and_refuses_a_missing_one(
+    feats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = _model(list(SINGERS))
     ckpt = save_checkpoint(tmp_path / "m.ckpt", model.export_payload())
     rc = comostream.main(["prep", "gta", str(ckpt), "--data", str(feats), "--out",

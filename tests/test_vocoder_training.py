@@ -23,6 +23,8 @@ from comostream.training.features import prepare_features
 from comostream.training.vocoder import export_vocoder, train_vocoder
 from comostream.training.vocoder_data import VocoderSegments
 
+from helpers import harmonic_tone
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SR, HOP = 24000, 256
@@ -44,16 +46,6 @@ def _names(singer: str) -> list[str]:
     return [n for names in out.values() for n in names]
 
 
-def _tone(f0: np.ndarray) -> np.ndarray:
-    """Harmonic tone (1/h) following per-sample ``f0``, with a breath of noise."""
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    h = np.arange(1, 30)
-    x = np.sin(np.outer(phase, h)) @ (1.0 / h) * 0.1
-    return (x + 0.003 * np.random.default_rng(int(f0[0])).standard_normal(x.size)).astype(
-        np.float32
-    )
-
-
 @pytest.fixture(scope="module")
 def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-singer corpus of 1.2 s tones with vibrato and ground-truth F0, and its features."""
@@ -65,7 +57,7 @@ def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
             n = int(1.2 * SR)
             t = np.arange(n) / SR
             f0 = base * (1 + 0.02 * np.sin(2 * np.pi * 5.5 * t)) * (1 + 0.1 * (int(stem[4:]) % 3))
-            sf.write(corpus / singer / f"{stem}.wav", _tone(f0), SR)
+            sf.write(corpus / singer / f"{stem}.wav", harmonic_tone(f0), SR)
             frames = n // HOP + 1
             np.save(corpus / singer / f"{stem}.f0.npy", f0[::HOP][:frames].astype(np.float32))
     cfg = Config(features=FeaturesConfig(extractors=("mel", "f0"), f0_source="corpus"))
@@ -101,7 +93,9 @@ def test_segments_are_aligned_and_reproducible(feats: Path, tmp_path: Path) -> N
         VocoderSegments(feats, tmp_path / "other", "train", 20, Config().audio)
 
 
-def test_train_resume_exact_load_export_and_bench(feats: Path, tmp_path: Path) -> None:
+def test_training_resumes_exactly_and_its_export_and_bench_agree(
+    feats: Path, tmp_path: Path
+) -> None:
     full = tmp_path / "full"
     train_vocoder(_cfg(6), feats, full, progress=False)
     assert (full / "last.pt").is_file() and (full / "ckpt_00000004.pt").is_file()
@@ -160,7 +154,9 @@ def test_wrong_checkpoint_kind_is_a_clear_error(feats: Path, tmp_path: Path) -> 
         train_vocoder(_cfg(2), feats, run, resume=bad, progress=False)
 
 
-def test_cli(feats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_and_bench_vocoder_commands_run_and_refuse_a_missing_checkpoint(
+    feats: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for argv in (["train", "vocoder", "--help"], ["bench", "vocoder", "--help"]):
         with pytest.raises(SystemExit) as exc:
             comostream.main(argv)

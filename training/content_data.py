@@ -1,5 +1,6 @@
-"""Data for content-encoder training: a cache of WORLD-perturbed mels, its segment dataset,
-and the ``content`` feature extractor (encoder output cached next to mel/F0/loudness).
+"""Data for content-encoder training: a cache of WORLD-perturbed mels and its segment dataset.
+(The ``content`` feature extractor, the trained encoder's output cached next to mel/F0/loudness,
+is in :mod:`comostream.training.features`.)
 
 Cache layout: ``CACHE_DIR/<settings hash>/<singer>/<utt>.npz`` with ``mel`` (n_mels, T) float32
 (original), ``perturbed`` (P, n_mels, T) float32 (P = ``content.perturbations``), ``f0`` (T,)
@@ -10,7 +11,6 @@ utterance's perturbations are seeded by ``(train.seed, utterance id)``.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -40,7 +40,6 @@ __all__ = [
     "CachedUtterance",
     "PerturbedSegments",
     "build_perturbation_cache",
-    "content_features",
     "corpus_singers",
 ]
 
@@ -191,31 +190,3 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
     def batch(self, sample_ids: Sequence[int]) -> dict[str, Tensor]:
         """Collated items ``sample_ids`` (e.g. ``range(n)``: a fixed validation set)."""
         return collate_segments([self[k] for k in sample_ids])
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_encoder(path: str, mtime_ns: int, size: int) -> torch.nn.Module:
-    """The encoder at ``path``, loaded once per (path, mtime, size) (a changed file reloads)."""
-    from comostream.models.content import load_content_encoder
-
-    return load_content_encoder(path)
-
-
-def content_features(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.ndarray]:
-    """The ``content`` extractor: ``{"content": (content_dim, T) float32}`` of ``audio``
-    (samples at the model rate), frame-aligned with its mel, from the encoder at
-    ``features.content_checkpoint``."""
-    ckpt = cfg.features.content_checkpoint
-    if not ckpt:
-        raise FeatureError("the 'content' extractor needs features.content_checkpoint (a "
-                           "checkpoint from `comostream train content`)")  # fmt: skip
-    p = Path(ckpt)
-    stat = p.stat() if p.is_file() else None
-    encoder = _cached_encoder(str(p), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
-    mel = torch.from_numpy(mel_spectrogram(audio, cfg.audio))
-    if mel.shape[0] != encoder.n_mels:
-        raise FeatureError(f"{p}: encoder takes {encoder.n_mels} mel bins, the config has "
-                           f"{mel.shape[0]}")  # fmt: skip
-    with torch.inference_mode():
-        content = encoder(mel.unsqueeze(0))[0]
-    return {"content": content.numpy().astype(np.float32)}

@@ -107,11 +107,7 @@ def _content(audio: np.ndarray, utt: Utterance, cfg: Config) -> dict[str, np.nda
         audio = _perturbed(audio, utt, cfg)
     if cfg.features.content_model:
         return _external_content(audio, cfg)
-    from comostream.training.content_data import (
-        content_features,  # torch model: loaded only when asked
-    )
-
-    return content_features(audio, utt, cfg)
+    return _builtin_content(audio, cfg)
 
 
 def _utt_seed(utt: Utterance) -> int:
@@ -188,6 +184,38 @@ def _external_content(audio: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
     with torch.inference_mode():
         content = model(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])
     return {"content": content[0].numpy().astype(np.float32)}
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(path: str, mtime_ns: int, size: int) -> Any:
+    """The encoder at ``path``, loaded once per (path, mtime, size) (a changed file reloads)."""
+    from comostream.models.content import load_content_encoder  # torch: loaded only when asked
+
+    return load_content_encoder(path)
+
+
+def _builtin_content(audio: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
+    """``{"content": (content_dim, T) float32}`` of ``audio`` (samples at the model rate),
+    frame-aligned with its mel, from the built-in encoder at ``features.content_checkpoint``."""
+    import torch
+
+    ckpt = cfg.features.content_checkpoint
+    if not ckpt:
+        raise FeatureError(
+            "the 'content' extractor needs features.content_checkpoint (a checkpoint from "
+            "`comostream train content`)"
+        )
+    p = Path(ckpt)
+    stat = p.stat() if p.is_file() else None
+    encoder = _cached_encoder(str(p), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    mel = torch.from_numpy(mel_spectrogram(audio, cfg.audio))
+    if mel.shape[0] != encoder.n_mels:
+        raise FeatureError(
+            f"{p}: encoder takes {encoder.n_mels} mel bins, the config has {mel.shape[0]}"
+        )
+    with torch.inference_mode():
+        content = encoder(mel.unsqueeze(0))[0]
+    return {"content": content.numpy().astype(np.float32)}
 
 
 EXTRACTORS: Mapping[str, Extractor] = MappingProxyType(

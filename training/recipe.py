@@ -8,13 +8,12 @@ other core, the vocoder; then the vocoder fine-tuned on the distilled model's ow
 stage is seeded; a stage whose output exists is skipped, so an interrupted run continues where it
 stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
 
-Usage: ``python -m comostream.training.recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per
-stage, to check the plumbing in minutes).
+Usage: ``comostream train recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per stage, to
+check the plumbing in minutes), which calls :func:`run_recipe`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from comostream.models.shipped import config_file
 
-__all__ = ["Stage", "main", "stages"]
+__all__ = ["Stage", "run_recipe", "stages"]
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,10 @@ def _recipe_config(run: Path) -> Path:
 
 
 def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], list[Stage]]:
-    """``(before, parallel, after)``: the sequential stages, the two training branches run side
-    by side (acoustic model | vocoder), and the final stages."""
+    """``(before, acoustic, rest)``: the stages before training (corpus, content encoder,
+    features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
+    vocoder) runs beside ``acoustic`` and whose others (GTA fine-tuning, export, evaluation) run
+    after both (see :func:`run_recipe`)."""
     cfg = str(_recipe_config(run))
     configs = config_file("default.toml").parent
     steps = {"content": 1200, "teacher": 4000, "distill": 1500, "vocoder": 3000,
@@ -145,16 +146,13 @@ def _sequence(items: list[Stage], log: Path) -> None:
         _wait(_run(stage, log), log)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m comostream.training.recipe", description=__doc__)
-    ap.add_argument("run", nargs="?", type=Path, default=Path("out/default-model"))
-    ap.add_argument("--quick", action="store_true", help="a few steps per stage")
-    args = ap.parse_args(argv)
-    run: Path = args.run
+def run_recipe(run: Path = Path("out/default-model"), quick: bool = False) -> int:
+    """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
+    (a failed stage raises ``SystemExit`` naming it and the log)."""
     run.mkdir(parents=True, exist_ok=True)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, args.quick)
+    before, acoustic, rest = stages(run, quick)
     _sequence(before, log)
     # the acoustic model and the vocoder train side by side, one core each
     vocoder_stage, after = rest[0], rest[1:]
@@ -164,7 +162,3 @@ def main(argv: list[str] | None = None) -> int:
     _sequence(after, log)
     _log(log, f"recipe finished in {(time.time() - t0) / 60:.1f} min: {run / 'model.ckpt'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

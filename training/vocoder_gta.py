@@ -38,7 +38,7 @@ def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
             seed: int) -> np.ndarray:  # fmt: skip
     """The one-step target's log-mel ``(n_mels, T)`` float32 from one utterance's features
     (``f0`` (T,) Hz, ``voiced`` (T,), ``loudness`` (T,) dB, ``content`` (C, T) if the model
-    takes content), with the frame-indexed noise of ``seed``."""
+    takes content), with the frame-indexed noise of ``seed``; computed on the model's device."""
     frames = int(arrays["f0"].shape[0])
     feats = {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
              for k in ("f0", "loudness")}  # fmt: skip
@@ -48,7 +48,9 @@ def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
                                                        dtype=np.float32)).unsqueeze(0)
     index = torch.arange(frames, dtype=torch.int64).unsqueeze(0)
     noise = frame_noise(index, model.cfg.audio.n_mels, seed)
-    return model.generate(feats, singer, noise)[0].numpy().astype(np.float32)
+    where = next(model.parameters()).device
+    feats = {k: v.to(where) for k, v in feats.items()}
+    return model.generate(feats, singer, noise.to(where))[0].cpu().numpy().astype(np.float32)
 
 
 def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str | Path,

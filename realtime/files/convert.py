@@ -15,10 +15,9 @@ from comostream.models.audio import AudioError, read_audio, resample, save_wav
 from comostream.models.config import RealtimeConfig
 from comostream.models.shipped import require_model
 from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.realtime.geometry import stream_rate
 
 __all__ = ["ConvertResult", "convert_file"]
-
-ENGINE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 
 
 @dataclass
@@ -52,28 +51,26 @@ def convert_file(
     """Convert ``source`` to ``speaker`` and write ``output`` (WAV, the source's rate, mono).
 
     ``block``: frames per model step on the realtime schedule (the file is pushed in chunks of
-    one block); None runs offline (one model step over the whole file). Same output either way,
-    to float rounding. A rate outside 16-48 kHz is resampled to 48 kHz first.
+    one block; overrides ``realtime``'s); None runs offline (one model step over the whole file).
+    Same output either way, to float rounding. A rate the engine does not take is resampled first
+    (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``: None for the model's default.
     """
     from comostream.realtime.load import load_models
 
     checkpoint = require_model(checkpoint)
     audio, file_rate = read_audio(source)
-    rate = file_rate if file_rate in ENGINE_RATES else 48000
+    rate = stream_rate(file_rate)
     if rate != file_rate:  # e.g. 8 or 96 kHz: the engine runs at 48 kHz, the file keeps its rate
         audio = resample(audio, file_rate, rate)
-    rt = realtime or RealtimeConfig()
-    if block is not None:
-        rt = RealtimeConfig(**{**rt.__dict__, "block_frames": block})
+    rt = (realtime or RealtimeConfig()).with_block(block)
     model, voc = load_models(checkpoint, vocoder, device, rt)
-    if speaker is None:
-        speaker = model.speakers[0]
+    speaker = model.resolve_speaker(speaker)
     engine = StreamingConverter.from_models(model, voc, speaker=speaker, transpose=transpose,
                                             sample_rate=rate, realtime=rt,
                                             offline=block is None)  # fmt: skip
     t0 = time.perf_counter()
     with torch.inference_mode():
-        chunk = None if block is None else max(1, round(engine.block_ms * rate / 1000))
+        chunk = None if block is None else engine.block_samples
         y = convert_array(engine, audio, chunk=chunk)
     compute = time.perf_counter() - t0
     if not np.all(np.isfinite(y)):

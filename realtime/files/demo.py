@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from comostream.models.audio import load_audio
+from comostream.models.conditioner import SpeakerSpec
 from comostream.models.config import Config
 from comostream.models.f0 import extract_f0
 from comostream.models.f0_post import postprocess, transpose
 from comostream.models.loudness import IncrementalLoudness, loudness
 from comostream.models.mel import IncrementalMel, mel_spectrogram
+from comostream.realtime.geometry import StreamGeometry
 
 DEMO_BLOCK_FRAMES = 4  # frames per streamed block (42.7 ms at 24 kHz / hop 256)
 DEMO_TRANSPOSE = 0.0  # semitones applied to the tracked F0
@@ -48,7 +50,7 @@ def stream_features(
     audio: np.ndarray, cfg: Config, block_frames: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mel ``(n_mels, T)`` and loudness ``(T,)`` computed block by block, as the engine will."""
-    block = block_frames * cfg.audio.hop_length
+    block = StreamGeometry.from_configs(cfg.audio).with_block(block_frames).block_samples
     mel_inc, loud_inc = IncrementalMel(cfg.audio), IncrementalLoudness(cfg.audio)
     mels, louds = [], []
     x = torch.from_numpy(audio).unsqueeze(0)
@@ -87,7 +89,7 @@ def analyse(
         mel_stream_max_diff=float(np.abs(mel_s - mel_o).max()),
         loudness_stream_max_diff=float(np.abs(loud_s - loud_o).max()),
         lookahead_ms=1000.0 * (a.n_fft // 2) / a.sample_rate,
-        block_ms=1000.0 * block_frames * a.hop_length / a.sample_rate,
+        block_ms=StreamGeometry.from_configs(a).with_block(block_frames).block_ms,
         rtf_features=t_feat / seconds,
         rtf_f0=t_f0 / seconds,
     ), {"mel": mel_s, "loudness": loud_s, "f0_hz": f0, "voiced": track.voiced}
@@ -122,11 +124,12 @@ def run_demo(
     out_dir: Path,
     example: Path | None = None,
     checkpoint: Path | None = None,
-    singers: list[str] | None = None,
+    singers: list[SpeakerSpec] | None = None,
+    device: str = "cpu",
 ) -> int:
     """Convert ``example`` (or every bundled example) to every singer of the model (``checkpoint``
-    or the shipped one) and print a table; without a model, analyse the inputs through the
-    front-end and say what is missing."""
+    or the shipped one; ``singers``: these names or mixes only) on ``device`` and print a table;
+    without a model, analyse the inputs through the front-end and say what is missing."""
     from comostream.models.shipped import default_model_path, example_files
 
     inputs = [example] if example is not None else example_files()
@@ -137,7 +140,7 @@ def run_demo(
     if model is not None:
         from comostream.realtime.files.demo_convert import conversion_table, run_conversion_demo
 
-        reports = run_conversion_demo(model, inputs, out_dir, cfg, singers)
+        reports = run_conversion_demo(model, inputs, out_dir, cfg, singers, device=device)
         print(conversion_table(reports))
         n = len(reports)
         hits = sum(r.closest == r.singer for r in reports if r.closest is not None)

@@ -22,15 +22,15 @@ import torch
 from tqdm import tqdm
 
 from comostream.models.audio import read_audio, resample, save_wav
+from comostream.models.conditioner import SpeakerSpec
 from comostream.models.config import Config
 from comostream.models.f0_yin import yin_f0
 from comostream.models.voiceprint import closest, similarity, voice_print
 from comostream.realtime.engine import StreamingConverter, convert_array
-from comostream.realtime.load import load_models, load_voiceprints
+from comostream.realtime.geometry import StreamGeometry, stream_rate
+from comostream.realtime.load import load_models, load_voiceprints, read_export
 
 __all__ = ["ConversionReport", "run_conversion_demo"]
-
-ENGINE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 
 
 @dataclass
@@ -48,6 +48,27 @@ class ConversionReport:
     output: Path
 
 
+def _label(singer: SpeakerSpec) -> str:
+    """A singer as the user types it: ``NAME`` or ``NAME:WEIGHT,NAME:WEIGHT``."""
+    if isinstance(singer, str):
+        return singer
+    return ",".join(f"{name}:{weight:g}" for name, weight in singer.items())
+
+
+def _target_print(prints: dict[str, dict], singer: SpeakerSpec) -> dict | None:
+    """The voice print of a singer, or of a mix (weighted mean of the mel-cepstra, weighted
+    geometric mean of the F0 medians); None when one of them has none."""
+    if isinstance(singer, str):
+        return prints.get(singer)
+    if not singer or any(name not in prints for name in singer):
+        return None
+    total = sum(singer.values())
+    w = {name: weight / total for name, weight in singer.items()}
+    mcep = sum(w[n] * np.asarray(prints[n]["mcep"], dtype=np.float64) for n in w)
+    f0 = math.exp(sum(w[n] * math.log(prints[n]["f0_median"]) for n in w))
+    return {"mcep": mcep, "f0_median": f0}
+
+
 def _transpose(source: dict | None, target: dict | None) -> int:
     if not source or not target:
         return 0
@@ -55,11 +76,11 @@ def _transpose(source: dict | None, target: dict | None) -> int:
 
 
 def convert_example(
-    model: Any, vocoder: Any, audio: np.ndarray, rate: int, singer: str, transpose: int,
-    cfg: Config,
+    model: Any, vocoder: Any, audio: np.ndarray, rate: int, singer: SpeakerSpec,
+    transpose: int, cfg: Config,
 ) -> tuple[np.ndarray, float, float]:  # fmt: skip
     """``(converted audio, latency ms, RTF)`` on the live schedule at the file's rate."""
-    chunk = round(cfg.realtime.block_frames * cfg.audio.hop_length * rate / 24000)
+    chunk = StreamGeometry.from_configs(model.cfg.audio, cfg.realtime).samples_per_block(rate)
     eng = StreamingConverter.from_models(model, vocoder, speaker=singer, transpose=transpose,
                                          sample_rate=rate, realtime=cfg.realtime,
                                          chunk=chunk)  # fmt: skip
@@ -71,45 +92,51 @@ def convert_example(
 
 def run_conversion_demo(
     checkpoint: Path, examples: list[Path], out_dir: Path, cfg: Config,
-    singers: list[str] | None = None,
+    singers: list[SpeakerSpec] | None = None, device: str = "cpu",
 ) -> list[ConversionReport]:  # fmt: skip
-    """Convert every example to every singer (or ``singers``); write WAVs; the reports."""
-    model, vocoder = load_models(checkpoint)
-    prints = load_voiceprints(checkpoint)
-    names = singers or list(model.speakers)
+    """Convert every example to every singer (or to ``singers``: names or mixes ``{name:
+    weight}``) with the models on ``device``; write WAVs; the reports."""
+    export = read_export(checkpoint)
+    model, vocoder = load_models(checkpoint, None, device, payload=export)
+    model_rate = model.cfg.audio.sample_rate
+    prints = load_voiceprints(checkpoint, payload=export)
+    names: list[SpeakerSpec] = list(singers or model.speakers)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
     bar = tqdm(total=len(examples) * len(names), desc="converting", unit="conversion",
                file=sys.stderr)  # fmt: skip
     for path in examples:
-        audio, rate = read_audio(path)
-        if rate not in ENGINE_RATES:
-            audio, rate = resample(audio, rate, 48000), 48000
-        audio24 = resample(audio, rate, 24000)
+        audio, file_rate = read_audio(path)
+        rate = stream_rate(file_rate)
+        if rate != file_rate:
+            audio = resample(audio, file_rate, rate)
+        audio24 = resample(audio, rate, model_rate)
         src_f0 = yin_f0(audio24, cfg.f0)
         try:
             src_print = voice_print(audio24, cfg.f0) if prints else None
         except ValueError:  # nothing voiced: no transposition, no similarity
             src_print = None
         for singer in names:
-            t = _transpose(src_print, prints.get(singer))
+            label, target = _label(singer), _target_print(prints, singer)
+            t = _transpose(src_print, target)
             y, latency, rtf = convert_example(model, vocoder, audio, rate, singer, t, cfg)
-            out = out_dir / f"{path.stem}_to_{singer}.wav"
+            stem = label.replace(":", "-").replace(",", "+")  # a mix: a-0.5+b-0.5
+            out = out_dir / f"{path.stem}_to_{stem}.wav"
             save_wav(out, y, rate)
-            y24 = resample(y, rate, 24000)
+            y24 = resample(y, rate, model_rate)
             f0 = yin_f0(y24, cfg.f0)
             both = src_f0.voiced & f0.voiced
             cents = (1200 * np.log2(f0.f0_hz[both] / (src_f0.f0_hz[both] * 2 ** (t / 12)))
                      if both.any() else None)  # fmt: skip
             sim = near = None
-            if prints and singer in prints:
+            if target is not None:
                 try:
                     p = voice_print(y24, cfg.f0)
-                    sim, near = similarity(p, prints[singer], prints), closest(p, prints)
+                    sim, near = similarity(p, target, prints), closest(p, prints)
                 except ValueError:
                     pass
             reports.append(ConversionReport(
-                path.stem, singer, t, latency, rtf,
+                path.stem, label, t, latency, rtf,
                 float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
                 sim, near, out))  # fmt: skip
             bar.update()

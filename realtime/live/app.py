@@ -12,7 +12,6 @@ PortAudio reports (``stream.latency``).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -46,7 +45,6 @@ from comostream.realtime.live.streams import AudioStreams
 
 __all__ = ["LiveOptions", "LiveSession", "run_live"]
 
-MODEL_RATE = 24000
 SETTLE_S = 2.0  # after the first callback: the output buffer grows to fit the callback size
 
 
@@ -85,6 +83,7 @@ class LiveSession:
         from comostream.models.shipped import require_model
         from comostream.realtime.engine import StreamingConverter
         from comostream.realtime.frontend import default_f0_tracker
+        from comostream.realtime.geometry import StreamGeometry
         from comostream.realtime.load import load_models
 
         if opts.margin_blocks < 0:
@@ -92,13 +91,10 @@ class LiveSession:
         checkpoint = require_model(opts.checkpoint)
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        rt = realtime or RealtimeConfig()
-        if opts.block is not None:
-            rt = dataclasses.replace(rt, block_frames=opts.block)
+        rt = (realtime or RealtimeConfig()).with_block(opts.block)
         model, voc = load_models(checkpoint, opts.vocoder, opts.device, rt)
         self.speakers: list[str] = list(model.speakers)
-        hop = model.cfg.audio.hop_length
-        self.chunk = max(1, round(rt.block_frames * hop * sample_rate / MODEL_RATE))
+        self.chunk = StreamGeometry.from_configs(model.cfg.audio, rt).samples_per_block(sample_rate)
         self.f0: F0Tap | None = None
 
         def tracker(cfg: Any) -> F0Tap:

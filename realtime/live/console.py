@@ -77,7 +77,6 @@ def _parse_speaker(text: str, speakers: Sequence[str]) -> str | dict[str, float]
     if not text:
         raise ValueError(f"s NAME: one of {', '.join(speakers)}")
     if ":" not in text:
-        names: list[str] = [text]
         spec: str | dict[str, float] = text
     else:
         mix: dict[str, float] = {}
@@ -89,11 +88,13 @@ def _parse_speaker(text: str, speakers: Sequence[str]) -> str | dict[str, float]
             mix[name.strip()] = w
         if sum(mix.values()) <= 0:
             raise ValueError("a singer mix needs a positive weight")
-        names, spec = list(mix), mix
-    unknown = [n for n in names if n not in speakers]
-    if unknown:
-        raise ValueError(f"unknown singer {unknown[0]!r}: this model has {', '.join(speakers)}")
-    return spec
+        spec = mix
+    from comostream.models.conditioner import UnknownSpeakerError, resolve_speaker  # torch: lazy
+
+    try:
+        return resolve_speaker(spec, speakers)
+    except UnknownSpeakerError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def speaker_text(speaker: Any) -> str:

@@ -163,12 +163,12 @@ def pick_sample_rate(
         problems.append(problem)
     if requested:
         defaults = sorted({int(inp.default_rate), int(out.default_rate)})
-        hint = " or ".join(f"--samplerate {r}" for r in defaults)
+        hint = " or ".join(f"--sample-rate {r}" for r in defaults)
         raise LiveError(f"unsupported sample rate {requested} Hz: {problems[0]}; the devices' "
                         f"default {'rates are' if len(defaults) > 1 else 'rate is'} "
                         f"{' / '.join(map(str, defaults))} Hz (try {hint})")  # fmt: skip
     raise LiveError("the input and output devices share no default sample rate ("
-                    + "; ".join(problems) + "): pass --samplerate HZ")  # fmt: skip
+                    + "; ".join(problems) + "): pass --sample-rate HZ")  # fmt: skip
 
 
 def _rate_problem(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from comostream.realtime.runner import Ring
-from comostream.realtime.serve.client import StreamClient, now_us
+from comostream.realtime.serve.client import StreamClient, block_samples, now_us
 from comostream.realtime.serve.protocol import FLAG_DROPPED
 
 __all__ = ["Bridge", "BridgeStats", "DeviceError", "run_bridge"]
@@ -120,7 +120,9 @@ def run_bridge(
     **hello: Any,
 ) -> BridgeStats:
     """Bridge the devices to the server until Ctrl-C (or ``seconds``); returns the counters.
-    ``hello``: speaker, transpose, token (see :meth:`StreamClient.connect`)."""
+    ``block``: model frames per audio frame and device callback (:func:`block_samples`; None:
+    the server's block). ``hello``: speaker, transpose, token (see
+    :meth:`StreamClient.connect`)."""
     import sounddevice as sd
 
     stats = BridgeStats()
@@ -128,7 +130,8 @@ def run_bridge(
     async def main() -> BridgeStats:
         nonlocal stats
         client = await StreamClient.connect(url, sample_rate=sample_rate, channels=1,
-                                            block=block, **hello)  # fmt: skip
+                                            block=block_samples(block, sample_rate),
+                                            **hello)
         stop = asyncio.Event()
         try:
             try:

@@ -22,18 +22,26 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from comostream.models.config import RealtimeConfig
+from comostream.realtime.geometry import StreamGeometry, stream_rate
 from comostream.realtime.serve.protocol import (
     FLAG_DROPPED,
     FLAG_FLUSH,
     PROTOCOL_VERSION,
-    RATES,
     Frame,
     max_frame_bytes,
     pack_frame,
     unpack_frame,
 )
 
-__all__ = ["ClientResult", "ServerError", "StreamClient", "stream_array", "stream_file"]
+__all__ = [
+    "ClientResult",
+    "ServerError",
+    "StreamClient",
+    "block_samples",
+    "stream_array",
+    "stream_file",
+]
 
 
 class ServerError(RuntimeError):
@@ -42,6 +50,17 @@ class ServerError(RuntimeError):
     def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
         super().__init__(f"server error {code}: {message}")
         self.code, self.message, self.close_code = code, message, close_code
+
+
+def block_samples(frames: int | None, sample_rate: int) -> int | None:
+    """A block of ``frames`` model frames as samples per channel at ``sample_rate`` (the wire's
+    unit; None stays None: the server's block). The client does not know the server's model, so
+    frames are the default geometry's (:class:`~comostream.models.config.AudioConfig`: hop 256
+    at 24 kHz)."""
+    if frames is None:
+        return None
+    geometry = StreamGeometry.from_configs(realtime=RealtimeConfig(block_frames=frames))
+    return geometry.samples_per_block(sample_rate)
 
 
 def now_us() -> int:
@@ -162,7 +181,7 @@ async def stream_array(
     ``fast``: send as fast as replies come instead of at real-time pace. ``window``: at most
     this many blocks unanswered (default 4 when ``fast``, else unlimited; 1 measures round trips
     without any server queueing). ``hello``: :meth:`StreamClient.connect` keywords (speaker,
-    transpose, fmt, block, token).
+    transpose, fmt, token, and block: samples per channel, the wire's unit).
     """
     if window is None and fast:
         window = 4
@@ -236,10 +255,15 @@ def stream_file(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     url: str,
+    *,
+    block: int | None = None,
     **kwargs: Any,
 ) -> ClientResult:
-    """Stream an audio file (mono or stereo; other rates than 16-48 kHz are resampled to
-    48 kHz) and write the converted audio as a float WAV at the file's rate."""
+    """Stream an audio file (mono or stereo; a rate the server does not take is resampled first:
+    :func:`~comostream.realtime.geometry.stream_rate`) and write the converted audio as a float
+    WAV at that rate. ``block``: model frames per audio frame (:func:`block_samples`; None: the
+    server's block); ``kwargs``: :func:`stream_array`'s (fast, window, speaker, transpose, fmt,
+    token)."""
     import soundfile as sf
 
     from comostream.models.audio import AudioError, check_finite, resample, save_wav
@@ -255,8 +279,9 @@ def stream_file(
     check_finite(audio, str(source))
     x = audio[:, 0] if audio.shape[1] == 1 else audio[:, :2] if audio.shape[1] == 2 else (
         audio.mean(axis=1))  # fmt: skip
-    if rate not in RATES:
-        x, rate = resample(np.ascontiguousarray(x.T), rate, 48000).T, 48000
-    result = asyncio.run(stream_array(url, np.ascontiguousarray(x), int(rate), **kwargs))
+    if stream_rate(rate) != rate:
+        x, rate = resample(np.ascontiguousarray(x.T), rate, stream_rate(rate)).T, stream_rate(rate)
+    result = asyncio.run(stream_array(url, np.ascontiguousarray(x), int(rate),
+                                      block=block_samples(block, int(rate)), **kwargs))
     save_wav(output, result.output.T, rate, subtype="FLOAT")
     return result

@@ -3,43 +3,30 @@
 Runs as the WebSocket server's ``process_request`` hook. Bound to loopback, only loopback
 ``Host`` headers are accepted (DNS rebinding); browser ``Origin`` s must be the page's own or
 listed in ``ServerConfig.allow_origins``. A request that passes and asks for a WebSocket on
-``/`` or ``/ws`` is let through (``None``); other paths serve ``realtime/web/`` or ``/health``.
+``/`` or ``/ws`` is let through (``None``); other paths serve ``web/`` (beside this module) or
+``/health``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from comostream.realtime.serve.config import ServerConfig, is_loopback
 from comostream.realtime.serve.protocol import PROTOCOL_VERSION
 
-if TYPE_CHECKING:
-    from comostream.realtime.serve.server import ServerConfig
-
-__all__ = ["STATIC", "WS_PATHS", "is_loopback", "route_http"]
+__all__ = ["STATIC", "WS_PATHS", "route_http"]
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/worklet.js": ("worklet.js", "text/javascript; charset=utf-8")}  # fmt: skip
 WS_PATHS = ("/", "/ws")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or address) is this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def route_http(

@@ -3,7 +3,9 @@
 Text frames are JSON objects with a ``type``; binary frames are a fixed 24-byte little-endian
 header followed by interleaved PCM. Every protocol violation is a :class:`ProtocolError` whose
 ``code`` names a row of :data:`ERRORS` (the error text frame's code and the WebSocket close code).
-Nothing here touches sockets or models: the server, the clients and the tests share it.
+Nothing here touches sockets or models: the server, the clients and the tests share it. The
+sample rates a session may use are the engine's
+(:data:`comostream.realtime.geometry.INPUT_RATES`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from comostream.realtime.geometry import INPUT_RATES
+
 __all__ = [
     "CLOSE_NORMAL", "ERRORS", "FLAG_BYPASS", "FLAG_DROPPED", "FLAG_FLUSH", "FORMATS", "HEADER",
-    "MAGIC", "MAX_BLOCK", "MIN_BLOCK", "PROTOCOL_VERSION", "RATES", "Frame", "Hello",
+    "MAGIC", "MAX_BLOCK", "MIN_BLOCK", "PROTOCOL_VERSION", "Frame", "Hello",
     "ProtocolError", "SetMessage", "decode_pcm", "encode_pcm", "error_message", "max_frame_bytes",
     "pack_frame", "parse_hello", "parse_set", "parse_text", "unpack_frame",
 ]  # fmt: skip
@@ -33,7 +37,6 @@ FLAG_FLUSH = 0x02  # server -> client: the tail after a ``flush``
 FLAG_BYPASS = 0x04  # server -> client: the dry input (bypass), delayed like the converted audio
 SERVER_FLAGS = FLAG_DROPPED | FLAG_FLUSH | FLAG_BYPASS
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # sample format -> dtype
-RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # Hz a session may use
 MIN_BLOCK, MAX_BLOCK = 32, 8192  # samples per channel in one audio frame
 MAX_CHANNELS = 2
 CLOSE_NORMAL = 1000
@@ -256,9 +259,9 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
         raise ProtocolError("bad_version", f"protocol version {version}; this server speaks "
                                            f"{PROTOCOL_VERSION}")  # fmt: skip
     rate = _int_field(obj, "sample_rate")
-    if rate not in RATES:
+    if rate not in INPUT_RATES:
         raise ProtocolError("bad_params", f"sample rate {rate} Hz; supported: "
-                                          f"{', '.join(map(str, RATES))}")  # fmt: skip
+                                          f"{', '.join(map(str, INPUT_RATES))}")
     channels = _int_field(obj, "channels", 1)
     if channels not in (1, 2):
         raise ProtocolError("bad_params", f"channels must be 1 or 2, got {channels}")

@@ -1,15 +1,16 @@
 """``comostream serve``: WebSocket streaming for DAW bridges and browsers (``docs/protocol.md``).
 
 :class:`StreamServer` accepts connections and runs one
-:class:`~comostream.realtime.serve.session.Session` per connection (``realtime/session.py``: its
-engine, worker thread and bounded drop-oldest queues), at most ``max_streams`` at a time. Every
-session's engine comes from one :class:`EngineFactory` over the shared models: the traced model step
-is built once and shared, its state is per engine.
+:class:`~comostream.realtime.serve.session.Session` per connection (its engine, worker thread and
+bounded drop-oldest queues), at most ``max_streams`` at a time. Every session's engine comes from
+one :class:`~comostream.realtime.serve.engines.EngineFactory` over the shared models: the traced
+model step is built once and shared, its state is per engine. Settings:
+:class:`~comostream.realtime.serve.config.ServerConfig`.
 
 The same port serves the browser page (``/``), its scripts and a health endpoint
-(``GET /health``) through ``realtime/http_routes.py``. Bound to loopback, only loopback ``Host``
-headers are accepted (DNS rebinding); elsewhere a token is required. Browser ``Origin`` s must
-be the page's own or listed.
+(``GET /health``) through :mod:`comostream.realtime.serve.http_routes`. Bound to loopback, only
+loopback ``Host`` headers are accepted (DNS rebinding); elsewhere a token is required. Browser
+``Origin`` s must be the page's own or listed.
 """
 
 from __future__ import annotations
@@ -21,94 +22,17 @@ import secrets
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
-from comostream.models.config import RealtimeConfig
-from comostream.realtime.engine import MODEL_RATE, StreamingConverter
-from comostream.realtime.serve.http_routes import is_loopback, route_http
-from comostream.realtime.serve.protocol import (
-    PROTOCOL_VERSION,
-    Hello,
-    ProtocolError,
-    max_frame_bytes,
-)
-from comostream.realtime.serve.session import Block, DropQueue, Gap, Session
+from comostream.realtime.serve.config import ServerConfig
+from comostream.realtime.serve.engines import EngineFactory
+from comostream.realtime.serve.http_routes import route_http
+from comostream.realtime.serve.protocol import ProtocolError, max_frame_bytes
+from comostream.realtime.serve.session import Session
 
-# Block, DropQueue, Gap and Session live in comostream.realtime.serve.session; re-exported for
-# existing imports.
-__all__ = ["Block", "DropQueue", "EngineFactory", "Gap", "ServerConfig", "ServerThread",
-           "Session", "StreamServer", "run_server"]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """``comostream serve`` settings. A token is required unless bound to loopback."""
-
-    host: str = "127.0.0.1"
-    port: int = 8765  # 0: any free port
-    token: str | None = None
-    max_streams: int = 8
-    idle_timeout_s: float = 30.0  # a session with no frame for this long is closed
-    max_queue_ms: float = 200.0  # audio queued per direction beyond this drops the oldest
-    allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the page's own
-
-    def __post_init__(self) -> None:
-        if not is_loopback(self.host) and not self.token:
-            raise ValueError(f"serving on {self.host} (not loopback) needs a token: pass "
-                             "--token SECRET (clients send it in their hello)")  # fmt: skip
-        if self.max_streams < 1 or self.idle_timeout_s <= 0 or self.max_queue_ms <= 0:
-            raise ValueError("max_streams, idle_timeout_s and max_queue_ms must be positive")
-
-
-class EngineFactory:
-    """Engines over one loaded acoustic model + vocoder; the (traced) step is built by the first
-    engine and shared by the later ones (its state is per engine)."""
-
-    def __init__(self, model: Any, vocoder: Any, realtime: RealtimeConfig | None = None) -> None:
-        self.model, self.vocoder = model, vocoder
-        self.rt = realtime or RealtimeConfig()
-        self.speakers: list[str] = list(model.speakers)
-        self._step: Any = None
-        self._lock = threading.Lock()
-
-    def natural_block(self, sample_rate: int) -> int:
-        """Samples per channel of one model step at ``sample_rate`` (the default block)."""
-        hop = self.model.cfg.audio.hop_length
-        return max(1, round(self.rt.block_frames * hop * sample_rate / MODEL_RATE))
-
-    def check_speaker(self, spec: str | dict[str, float]) -> None:
-        """Raise ``ProtocolError('unknown_speaker')`` unless every name is a singer."""
-        for name in [spec] if isinstance(spec, str) else list(spec):
-            if name not in self.speakers:
-                raise ProtocolError("unknown_speaker", f"unknown speaker {name!r}; known "
-                                                       f"speakers: {', '.join(self.speakers)}")
-
-    def warm_up(self, sample_rate: int = 48000) -> None:
-        """Build the shared step and run a few blocks once (tracing, JIT compilation), so the
-        first session's first blocks are not late."""
-        hello = Hello(PROTOCOL_VERSION, sample_rate, 1, "f32le", None, None, 0.0, None)
-        block = self.natural_block(sample_rate)
-        engine = self.create(hello, block, self.speakers[0])
-        for _ in range(8):
-            engine.push(np.zeros(block, np.float32))
-
-    def create(self, hello: Hello, block: int, speaker: Any) -> StreamingConverter:
-        """An engine for a session (pushes of ``block`` samples)."""
-        kw = dict(speaker=speaker, transpose=hello.transpose, sample_rate=hello.sample_rate,
-                  channels=hello.channels, realtime=self.rt, chunk=block)  # fmt: skip
-        with self._lock:
-            if self._step is None:
-                engine = StreamingConverter.from_models(self.model, self.vocoder, **kw)
-                self._step = engine.step_module
-                return engine
-        return StreamingConverter(self._step, embed=self.model.conditioner.speaker_embedding,
-                                  audio=self.model.cfg.audio, **kw)  # fmt: skip
+__all__ = ["ServerThread", "StreamServer", "run_server"]
 
 
 class StreamServer:
@@ -147,10 +71,10 @@ class StreamServer:
 
     def active_streams(self) -> int:
         """Sessions whose connection is open (one closing no longer counts)."""
-        return sum(s.ws.state is State.OPEN and not s.closing for s in self.sessions.values())
+        return sum(s.is_open for s in self.sessions.values())
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = Session(self, ws, secrets.token_hex(4))
+        session = Session(self.factory, self.config, ws, secrets.token_hex(4))
         if self.active_streams() >= self.config.max_streams:
             await session.fail(ProtocolError("server_full", f"this server serves at most "
                                              f"{self.config.max_streams} streams"))  # fmt: skip

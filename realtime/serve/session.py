@@ -1,12 +1,13 @@
 """One WebSocket connection of ``comostream serve``: its :class:`Session` and bounded queues.
 
-A :class:`Session` owns its engine (built by
-:class:`~comostream.realtime.serve.server.EngineFactory`) and one worker thread that runs it, so
-inference never blocks the event loop. Three tasks per session: the reader validates frames into the
-input queue, the worker converts in order, the sender writes replies. Both queues are bounded
-:class:`DropQueue` s: audio beyond ``max_queue_ms`` drops the OLDEST blocks, which become
-``FLAG_DROPPED`` replies (silence, no PCM) so the client's timeline and the delay never move; the
-counts are in ``stats``.
+A :class:`Session` is given the server's engine factory
+(:class:`~comostream.realtime.serve.engines.EngineFactory`) and settings
+(:class:`~comostream.realtime.serve.config.ServerConfig`), nothing else of the server; it owns its
+engine and one worker thread that runs it, so inference never blocks the event loop. Three tasks
+per session: the reader validates frames into the input queue, the worker converts in order, the
+sender writes replies. Both queues are bounded :class:`DropQueue` s: audio beyond
+``max_queue_ms`` drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies (silence, no PCM)
+so the client's timeline and the delay never move; the counts are in ``stats``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
-from comostream.realtime.engine import MODEL_RATE, SampleFifo, StreamingConverter
+from comostream.realtime.engine import SampleFifo, StreamingConverter
+from comostream.realtime.serve.config import ServerConfig
+from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.protocol import (
     FLAG_BYPASS,
     FLAG_DROPPED,
@@ -43,9 +47,6 @@ from comostream.realtime.serve.protocol import (
     parse_text,
     unpack_frame,
 )  # fmt: skip
-
-if TYPE_CHECKING:
-    from comostream.realtime.serve.server import StreamServer
 
 __all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
 
@@ -146,9 +147,10 @@ class DropQueue:
 class Session:
     """One connection: hello -> ready, then audio and control frames (see the module doc)."""
 
-    def __init__(self, server: StreamServer, ws: ServerConnection, sid: str) -> None:
-        self.server, self.ws, self.id = server, ws, sid
-        self.cfg = server.config
+    def __init__(
+        self, factory: EngineFactory, config: ServerConfig, ws: ServerConnection, sid: str
+    ) -> None:
+        self.factory, self.cfg, self.ws, self.id = factory, config, ws, sid
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"comostream-{sid}")
         self.hello: Hello | None = None
         self.engine: StreamingConverter | None = None
@@ -158,6 +160,11 @@ class Session:
         self.blocks_in = self.blocks_out = 0
         self.last_seq = self.last_ts = 0
         self.closing = False
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open and not closing (it counts towards ``max_streams``)."""
+        return self.ws.state is State.OPEN and not self.closing
 
     # -- life cycle ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -223,9 +230,8 @@ class Session:
         token = self.cfg.token
         if token and not hmac.compare_digest((hello.token or "").encode(), token.encode()):
             raise ProtocolError("unauthorized", "this server needs a valid token in hello")
-        factory = self.server.factory
-        speaker = hello.speaker if hello.speaker is not None else factory.speakers[0]
-        factory.check_speaker(speaker)
+        factory = self.factory
+        speaker = factory.check_speaker(hello.speaker)
         block = hello.block or factory.natural_block(hello.sample_rate)
         loop = asyncio.get_running_loop()
         try:
@@ -248,7 +254,7 @@ class Session:
             "type": "ready", "version": PROTOCOL_VERSION, "session": self.id,
             "sample_rate": h.sample_rate, "channels": h.channels, "format": h.format,
             "block": self.block, "delay_samples": e.delay_samples, "latency_ms": e.latency_ms,
-            "model_rate": MODEL_RATE, "speakers": self.server.factory.speakers,
+            "model_rate": self.factory.geometry.sample_rate, "speakers": self.factory.speakers,
             "speaker": e.speaker, "transpose": e.transpose,
             "limits": {"max_block": MAX_BLOCK, "max_frame_bytes": max_frame_bytes(),
                        "max_queue_ms": self.cfg.max_queue_ms,
@@ -281,7 +287,7 @@ class Session:
             if kind == "set":
                 change = parse_set(obj)
                 if change.speaker is not None:
-                    self.server.factory.check_speaker(change.speaker)
+                    self.factory.check_speaker(change.speaker)
                 obj = {"type": "set", "change": change}
             self.inq.put_message(obj)
 

@@ -1,17 +1,28 @@
-"""The per-block model step of the streaming engine: content -> conditioner -> target -> vocoder.
+"""The conversion chain: raw per-frame features -> converted audio, offline or block by block.
 
-:class:`ConversionStep` chains the streaming-native models into one causal computation over a block
-of ``k`` frames of ``S`` streams. Every input arrives aligned (frame ``t`` of each input belongs to
-input frame ``t``); inside, side inputs are delayed to meet the later outputs of the lookahead
-stages, so the block's waveform out is ``lookahead_frames`` frames late. One step over a whole
-sequence and consecutive steps over blocks (one state) execute the same causal ops, so the
-engine's offline and streamed outputs are equal by construction (see
-:mod:`comostream.models.streaming`).
+:class:`ConversionChain` owns the whole inference chain over ``k`` frames of ``S`` streams:
 
-State tensors are preallocated by ``init_state`` and updated in place: ``step`` can be captured in
-a CUDA graph. Noise is counter-based (:func:`comostream.models.noise.frame_noise`) from a frame
-counter held in the state, so it does not depend on the block size either. Offline is one step over
-all frames from a fresh state.
+1. content: the model's own encoder on the input mel, or an external content model (window mode,
+   :class:`comostream.realtime.window.WindowedContent`) on the frames' input samples;
+2. conditioning F0: the causal unvoiced hold (:func:`comostream.models.acoustic.hold_unvoiced`,
+   the last voiced F0 kept in the state, :data:`~comostream.models.config.DEFAULT_F0_HZ` before
+   any) and then the per-frame transposition; the conditioner (content, F0, voiced, loudness,
+   singer);
+3. the one-step consistency target on counter-based noise
+   (:func:`comostream.models.noise.frame_noise`, a frame counter in the state: independent of the
+   block size);
+4. the vocoder, excited by the transposed F0 (0 where unvoiced).
+
+Every input arrives aligned (frame ``t`` of each input belongs to input frame ``t``); inside, side
+inputs are delayed to meet the later outputs of the lookahead stages, so the output is
+``lookahead_frames`` frames late. Like every streaming module it has ``init_state`` / ``step``; its
+offline call (``forward``) is one step over all frames from a fresh state. One step over a whole
+sequence and consecutive steps over blocks execute the same causal ops, so offline and streamed
+outputs are equal by construction (see :mod:`comostream.models.streaming`).
+
+State tensors are preallocated by ``init_state`` and updated in place, and no Python branch depends
+on the data: ``step`` can be traced (:class:`comostream.realtime.traced.TracedStep`) or captured in
+a CUDA graph (:class:`comostream.realtime.cuda_graph.GraphStep`).
 """
 
 from __future__ import annotations
@@ -22,27 +33,28 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from comostream.models.acoustic import AcousticModel
+from comostream.models.acoustic import AcousticModel, hold_unvoiced
+from comostream.models.config import DEFAULT_F0_HZ
 from comostream.models.edm import denormalise_mel
 from comostream.models.noise import frame_noise
 from comostream.models.streaming import Delay, StreamState
 
-__all__ = ["ConversionStep", "FrameInputs", "StepVocoder", "step_inputs"]
+__all__ = ["ChainVocoder", "ConversionChain", "FrameInputs"]
 
 FrameInputs = dict[str, Tensor]
-"""Per-block inputs, all for the same ``k`` input frames of ``S`` streams:
+"""Raw per-block inputs, all for the same ``k`` input frames of ``S`` streams (model dtype):
 
 * ``mel`` ``(S, n_mels, k)`` natural-log mel of the input (the content encoder's input);
 * ``audio`` ``(S, k * hop)`` the frames' input samples (an external content model's input);
-* ``f0`` ``(S, k)`` Hz, conditioning F0: transposed, unvoiced gaps held (never 0);
-* ``voiced`` ``(S, k)`` 0/1; ``loudness`` ``(S, k)`` dB;
-* ``f0_vocoder`` ``(S, k)`` Hz, transposed, 0 where unvoiced (the vocoder's excitation);
+* ``f0`` ``(S, k)`` Hz as tracked, 0 where unvoiced; ``voiced`` ``(S, k)`` 0/1;
+* ``loudness`` ``(S, k)`` dB;
+* ``transpose`` ``(S, k)`` semitones per frame (a caller ramps changes over frames);
 * ``speaker`` ``(S, speaker_dim)`` singer embedding (mixes and ramps are done by the caller).
 """
 
 
-class StepVocoder(Protocol):
-    """What the step needs of a streaming vocoder (:class:`comostream.models.vocoder.Vocoder`)."""
+class ChainVocoder(Protocol):
+    """What the chain needs of a streaming vocoder (:class:`comostream.models.vocoder.Vocoder`)."""
 
     lookahead_frames: int
     hop_length: int
@@ -53,9 +65,22 @@ class StepVocoder(Protocol):
         ...
 
 
-class ConversionStep(nn.Module):
-    """``FrameInputs`` of ``k`` frames -> waveform ``(S, k * hop)`` (or log-mel ``(S, n_mels, k)``
-    when built without a vocoder), ``lookahead_frames`` frames late.
+def _transposed(
+    held_hz: Tensor, f0_hz: Tensor, voiced: Tensor, semitones: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(conditioning F0, vocoder F0)`` ``(S, k)`` Hz in ``f0_hz``'s dtype: the held F0
+    transposed by ``semitones (S, k)``, and the transposed tracked F0 where voiced (0 elsewhere).
+    The products are taken in float64 and rounded once to the model dtype."""
+    ratio = 2.0 ** (semitones.double() / 12.0)
+    cond = (held_hz.double() * ratio).to(f0_hz.dtype)
+    is_voiced = voiced.to(torch.bool) & (f0_hz > 0)
+    voc = torch.where(is_voiced, f0_hz.double() * ratio, torch.zeros_like(ratio))
+    return cond, voc.to(f0_hz.dtype)
+
+
+class ConversionChain(nn.Module):
+    """:data:`FrameInputs` of ``k`` frames -> waveform ``(S, k * hop)`` (or log-mel
+    ``(S, n_mels, k)`` when built without a vocoder), ``lookahead_frames`` frames late.
 
     ``content_model``: an external content model in window mode
     (:class:`comostream.realtime.window.WindowedContent`, fed the frames' ``audio``) for a model
@@ -104,17 +129,20 @@ class ConversionStep(nn.Module):
         """Size of the singer embedding input."""
         return int(self.model.cfg.model.speaker_dim)
 
+    def _device_dtype(self, device: Any, dtype: Any) -> tuple[Any, Any]:
+        ref = next(self.model.parameters())
+        return (ref.device if device is None else device), (ref.dtype if dtype is None else dtype)
+
     def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
         """Fresh preallocated state of ``streams`` streams (models' device/dtype by default)."""
-        ref = next(self.model.parameters())
-        device = ref.device if device is None else device
-        dtype = ref.dtype if dtype is None else dtype
+        device, dtype = self._device_dtype(device, dtype)
         m = self.model
         state: StreamState = {
             "conditioner": m.conditioner.init_state(streams, device, dtype),
             "target": m.target.init_state(streams, device, dtype),
             "side_delay": self.side_delay.init_state(streams, device, dtype),
             "f0_delay": self.f0_delay.init_state(streams, device, dtype),
+            "f0_hold": torch.full((streams, 1), DEFAULT_F0_HZ, dtype=dtype, device=device),
             "frame": torch.full((streams, 1), -self.cond_late, dtype=torch.int64, device=device),
         }
         if self.content_model is not None:
@@ -125,6 +153,31 @@ class ConversionStep(nn.Module):
             state["vocoder"] = self.vocoder.init_state(streams, device, dtype)
         return state
 
+    def zero_inputs(
+        self, streams: int, frames: int, device: Any = None, dtype: Any = None
+    ) -> FrameInputs:
+        """Preallocated :data:`FrameInputs` of one block: silence, unvoiced, no transposition
+        (static buffers of a CUDA graph, a tracing example)."""
+        device, dtype = self._device_dtype(device, dtype)
+
+        def z(*shape: int) -> Tensor:
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        return {
+            "mel": z(streams, self.n_mels, frames),
+            "audio": z(streams, frames * self.hop_length),
+            "f0": z(streams, frames),
+            "voiced": z(streams, frames),
+            "loudness": z(streams, frames),
+            "transpose": z(streams, frames),
+            "speaker": z(streams, self.speaker_dim),
+        }
+
+    def forward(self, inputs: FrameInputs) -> Tensor:
+        """Offline: one step over all frames from a fresh state (``lookahead_frames`` late)."""
+        f0 = inputs["f0"]
+        return self.step(inputs, self.init_state(f0.shape[0], f0.device, f0.dtype))
+
     def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
         """One block of ``k`` frames: the output, ``lookahead_frames`` frames late.
 
@@ -134,7 +187,10 @@ class ConversionStep(nn.Module):
         t0 = self._clock()
         f0, voiced, loud = inputs["f0"], inputs["voiced"], inputs["loudness"]
         streams, frames = f0.shape
-        side = torch.stack([f0, voiced.to(f0.dtype), loud], dim=1)
+        held = hold_unvoiced(f0, voiced, state["f0_hold"])  # causal: one number of state
+        state["f0_hold"].copy_(held[:, -1:])
+        f0_cond, f0_voc = _transposed(held, f0, voiced, inputs["transpose"])
+        side = torch.stack([f0_cond, voiced.to(f0.dtype), loud], dim=1)
         side = self.side_delay.run(side, state["side_delay"])
         if self.content_model is not None:
             content = self.content_model.step(inputs["audio"], state["content"])[0]
@@ -153,7 +209,7 @@ class ConversionStep(nn.Module):
         state["frame"].add_(frames)
         x = m.target.step(noise * self.sigma_max, self.sigma, cond, state["target"])[0]
         mel = denormalise_mel(x, m.cfg.edm)
-        f0_voc = self.f0_delay.run(inputs["f0_vocoder"].unsqueeze(1), state["f0_delay"])
+        f0_voc = self.f0_delay.run(f0_voc.unsqueeze(1), state["f0_delay"])
         t2 = self._lap("acoustic", t1)
         if self.vocoder is None:
             return mel
@@ -176,23 +232,3 @@ class ConversionStep(nn.Module):
         now = self._clock()
         self.profile[stage] = now - since
         return now
-
-
-def step_inputs(
-    n_mels: int, speaker_dim: int, streams: int, frames: int,
-    device: Any = "cpu", dtype: torch.dtype = torch.float32,
-) -> FrameInputs:  # fmt: skip
-    """Preallocated (zero) :data:`FrameInputs` buffers of one block (for CUDA-graph capture)."""
-
-    def z(*shape: int) -> Tensor:
-        return torch.zeros(*shape, device=device, dtype=dtype)
-
-    return {
-        "mel": z(streams, n_mels, frames),
-        "audio": z(streams, frames * 256),
-        "f0": z(streams, frames) + 200.0,
-        "voiced": z(streams, frames),
-        "loudness": z(streams, frames),
-        "f0_vocoder": z(streams, frames),
-        "speaker": z(streams, speaker_dim),
-    }

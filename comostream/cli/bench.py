@@ -1,0 +1,326 @@
+"""``comostream bench f0|content|acoustic|vocoder|quality|latency|gpu``: measurements."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from comostream.cli.common import (
+    FRAME_MS,
+    Subparsers,
+    block_list,
+    block_option,
+    config_from_args,
+    config_options,
+    config_parent,
+    model_options,
+    positive_int,
+    runtime_options,
+    use_runtime,
+)
+
+__all__ = ["register"]
+
+SPLITS = ["train", "valid", "test"]
+
+
+def _cmd_bench_f0(args: argparse.Namespace) -> int:
+    from comostream.bench.corpus import default_bench_corpus
+    from comostream.bench.f0 import format_f0_table, run_f0_bench
+
+    device = use_runtime(args)
+    cfg = config_from_args(args)
+    corpus = args.corpus or default_bench_corpus(cfg)
+    backends = args.backends.split(",") if args.backends else None
+    results = run_f0_bench(corpus, backends=backends, split=args.split,
+                           max_utterances=args.max_utterances, cfg=cfg.f0, device=device)
+    print(json.dumps(results, indent=2, sort_keys=True) if args.json
+          else format_f0_table(results))
+    return 0
+
+
+def _cmd_bench_content(args: argparse.Namespace) -> int:
+    from comostream.bench.content import (
+        DEFAULT_CHECKPOINT,
+        format_content_report,
+        run_content_bench,
+    )
+
+    device = use_runtime(args)
+    result = run_content_bench(args.checkpoint or DEFAULT_CHECKPOINT, args.corpus,
+                               config_from_args(args), threads=args.threads or 1, device=device)
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json
+          else format_content_report(result))
+    return 0
+
+
+def _cmd_bench_acoustic(args: argparse.Namespace) -> int:
+    from comostream.bench.acoustic import format_acoustic_table, run_acoustic_bench
+
+    device = use_runtime(args)
+    steps = args.teacher_steps
+    if steps is None and args.config is not None:
+        steps = config_from_args(args).edm.teacher_steps
+    result = run_acoustic_bench(args.checkpoint, args.data, split=args.split, items=args.items,
+                                teacher_steps=steps, device=device)
+    print(json.dumps(result, indent=2) if args.json else format_acoustic_table(result))
+    return 0
+
+
+def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
+    from comostream.bench.vocoder import format_vocoder_report, run_vocoder_bench
+
+    device = use_runtime(args)
+    result = run_vocoder_bench(args.checkpoint, args.data, args.corpus, split=args.split,
+                               items=args.items, block=args.block, baseline=args.baseline,
+                               f0=config_from_args(args).f0, device=device)
+    print(json.dumps(result, indent=2) if args.json else format_vocoder_report(result))
+    return 0
+
+
+def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from comostream.bench.quality import format_quality_table, run_quality_bench
+    from comostream.models.shipped import require_model
+
+    checkpoint = require_model(args.checkpoint)
+    device = use_runtime(args)
+    cfg = config_from_args(args)
+    transpose = args.transpose if args.transpose == "auto" else float(args.transpose)
+    result = run_quality_bench(
+        checkpoint, args.data, args.corpus, vocoder=args.vocoder, distill=args.distill,
+        teacher_steps=args.teacher_steps, realtime=cfg.realtime, transpose=transpose,
+        split=args.split, max_lines=args.max_lines, max_conversions=args.max_conversions,
+        device=device,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_quality_table(result))
+    return 0
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    from comostream.bench.latency import (
+        build_bench_models,
+        format_latency_table,
+        plot_latency,
+        run_latency_bench,
+    )
+
+    device = use_runtime(args)
+    cfg = config_from_args(args)
+    rt = cfg.realtime
+    model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, device)
+    result = run_latency_bench(model, voc, realtime=rt, device=device,
+                               sample_rate=args.sample_rate, seconds=args.seconds,
+                               source=source, sweep=args.sweep or ())
+    if args.plot is not None:
+        plot_latency(result, args.plot)
+    if args.ws:
+        from comostream.bench.latency import measure_ws_overhead
+
+        result.update(measure_ws_overhead(model, voc, realtime=rt, sample_rate=args.sample_rate,
+                                          seconds=min(args.seconds, 5.0)))
+    result.pop("chunk_ms_all")
+    print(json.dumps(result, indent=2) if args.json else format_latency_table(result))
+    return 0
+
+
+def _cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from comostream.bench.gpu_check import run_gpu_check
+
+    return run_gpu_check(config_from_args(args), args.checkpoint, args.out)
+
+
+def _add_f0(bench_sub: Subparsers) -> None:
+    from comostream.models.config import F0Config
+
+    p = bench_sub.add_parser(
+        "f0", parents=[config_parent],
+        help="accuracy and cost of each F0 backend on the synthetic corpus",
+        description=(
+            "Raw pitch accuracy (within 50 cents), voicing decision error and compute seconds "
+            "per second of audio for each backend, against the exact F0 of the synthetic "
+            "corpus's held-out split."
+        ),
+    )
+    p.add_argument(
+        "--corpus", type=Path, default=None,
+        help="corpus folder (default: synthesise a small one under out/bench-corpus once)",
+    )
+    p.add_argument("--backends", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--max-utterances", type=int, default=None, help="cap for a quick run")
+    p.add_argument("--json", action="store_true", help="print one JSON object keyed by backend")
+    config_options(p, "f0", F0Config, ["fmin", "fmax", "voicing_threshold"])
+    runtime_options(p)
+    p.set_defaults(handler=_cmd_bench_f0)
+
+
+def _add_models(bench_sub: Subparsers) -> None:
+    """``bench content|acoustic|vocoder``: one trained part at a time."""
+    p = bench_sub.add_parser(
+        "content", parents=[config_parent],
+        help="singer information left and content kept by the content encoder (held-out singers)",
+        description=(
+            "On the singers of a parallel synthetic corpus that the encoder never saw: a linear "
+            "singer probe on content frames vs on mel frames (vs chance), a log-F0 probe, "
+            "cross-singer agreement of frame-aligned renditions, the decoder's reconstruction "
+            "error, and compute per second of audio in streaming mode."
+        ),
+    )
+    model_options(p, "a `train content` checkpoint (default out/content/last.pt)",
+                  vocoder=False, metavar="CKPT")
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="parallel corpus (default: the one the checkpoint was trained on)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    runtime_options(p, threads_default="1")
+    p.set_defaults(handler=_cmd_bench_content)
+
+    p = bench_sub.add_parser(
+        "acoustic", parents=[config_parent],
+        help="one-step target vs N-step teacher: mel distance and compute",
+        description=(
+            "On fixed validation segments (same noise for both), the mean absolute log-mel "
+            "distance to the ground truth and the compute per second of audio of the distilled "
+            "one-step target and of the teacher's Heun sampler, measured in one run. The "
+            "models and their settings come from the checkpoint; --config only sets the "
+            "teacher's steps ([edm] teacher_steps) when --teacher-steps is not given."
+        ),
+    )
+    model_options(p, "a distill training checkpoint (it holds the teacher too)", vocoder=False,
+                  required=True, metavar="CKPT")
+    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR")
+    p.add_argument("--split", default="valid", choices=SPLITS)
+    p.add_argument("--items", type=int, default=16, help="segments of 256 frames (default 16)")
+    p.add_argument("--teacher-steps", type=positive_int, default=None, metavar="N",
+                   help="Heun steps (default: [edm] teacher_steps of --config, else of the "
+                        "checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    runtime_options(p)
+    p.set_defaults(handler=_cmd_bench_acoustic)
+
+    p = bench_sub.add_parser(
+        "vocoder", parents=[config_parent],
+        help="vocoder resynthesis quality (MCD, F0 RMSE, PESQ-wb) and compute",
+        description=(
+            "Resynthesise the held-out lines (test split) of a feature folder from their mel "
+            "and F0 and compare with the recordings: mel-cepstral distortion (dB), F0 RMSE "
+            "(cents, harvest re-estimate with the config's [f0] range), PESQ-wb (needs `pip "
+            "install .[eval]`), mel L1, and compute per second of audio on one thread, "
+            "one-shot and streamed."
+        ),
+    )
+    model_options(p, "a `train vocoder` checkpoint (or its export)", vocoder=False,
+                  required=True, metavar="CKPT")
+    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
+                   help="feature folder (default: the one the vocoder was trained on)")
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                   help="recordings (default: the corpus the features were made from)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--items", type=int, default=None, help="at most this many utterances")
+    p.add_argument("--block", type=positive_int, default=4, metavar="FRAMES",
+                   help=f"frames per streaming step for the compute figure ({FRAME_MS}; "
+                        "default 4)")
+    p.add_argument("--baseline", action="store_true",
+                   help="also score the untrained model (pure harmonic-plus-noise from the mel)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    runtime_options(p)
+    p.set_defaults(handler=_cmd_bench_vocoder)
+
+
+def _add_engine(bench_sub: Subparsers) -> None:
+    """``bench quality|latency|gpu``: the whole conversion chain."""
+    p = bench_sub.add_parser(
+        "quality", parents=[config_parent],
+        help="conversion quality on held-out lines: F0, singer similarity, MCD, DNSMOS",
+        description=(
+            "Convert every held-out line of every singer to every other singer (one-step "
+            "target offline, the teacher with N steps when --distill is given, and the streaming "
+            "schedule) and score F0 RMSE (cents) and voicing error against the source, "
+            "Resemblyzer similarity to the target vs the source singer, DTW-aligned MCD against "
+            "the target singer's own rendition, DNSMOS. Singer similarity and DNSMOS need "
+            "`pip install .[eval]`."
+        ),
+    )
+    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
+                   help="the model's feature folder (names the corpus)")
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR", help="the corpus")
+    p.add_argument("--distill", type=Path, default=None, metavar="CKPT",
+                   help="the distillation checkpoint, for the teacher column")
+    p.add_argument("--teacher-steps", type=positive_int, default=None, metavar="N",
+                   help="Heun steps of the teacher column (default: [edm] teacher_steps of "
+                        "--distill)")
+    block_option(p, f"frames per model step of the streaming column ({FRAME_MS}); default: "
+                    "[realtime] block_frames")
+    p.add_argument("--transpose", default="auto", metavar="auto|N",
+                   help="semitones, or auto: to the target singer's register (default)")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--max-lines", type=positive_int, default=None, metavar="N")
+    p.add_argument("--max-conversions", type=positive_int, default=None, metavar="N")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    model_options(p)
+    runtime_options(p)
+    p.set_defaults(handler=_cmd_bench_quality)
+
+    p = bench_sub.add_parser(
+        "latency", parents=[config_parent],
+        help="latency and compute of the streaming engine (vs the window-recompute strategy)",
+        description=(
+            "Stream the bundled example through the engine in real-time-sized chunks and report "
+            "the algorithmic latency, the end-to-end latency of an onset on a simulated "
+            "real-time clock, per-chunk compute p50/p99 per stage, the real-time factor, the "
+            "teacher's N-step cost vs the one-step target, and the cost of re-running the same "
+            "models on 2.5 s of context per 250 ms block. Without --checkpoint the models have "
+            "random weights of the configured sizes (compute does not depend on the weights)."
+        ),
+    )
+    block_option(p)
+    p.add_argument("--sample-rate", type=positive_int, default=48000, metavar="HZ",
+                   help="input/output rate, as a sound card's (default 48000)")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio streamed (default 10)")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="draw the per-chunk compute distribution against the block duration")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--ws", action="store_true",
+                   help="also stream through a loopback WebSocket server and report its round "
+                   "trip overhead (ws_overhead_ms)")
+    p.add_argument("--sweep", type=block_list, default=None, metavar="FRAMES[,FRAMES...]",
+                   help="also measure latency, RTF and the window-recompute ratio at these "
+                        "block sizes, e.g. 1,2,4,8 (block_sweep)")
+    model_options(p, "inference file from `comostream export` (default: random weights of the "
+                     "configured sizes)")
+    runtime_options(p)
+    p.set_defaults(handler=_cmd_bench_latency)
+
+    p = bench_sub.add_parser(
+        "gpu", parents=[config_parent],
+        help="CUDA check: graph replay vs eager, chunk latency for 1-256 batched streams",
+        description=(
+            "On a machine with CUDA (a few minutes): the captured model step (content encoder, "
+            "conditioner, one-step target, vocoder) replayed as a CUDA graph vs the same step "
+            "run eagerly (max abs difference relative to the peak, 1 and 8 streams); the "
+            "per-chunk latency (host->device copy, the step, device->host copy; p50/p99 over "
+            "200 chunks, eager vs graph) for 1, 8, 64 and 256 streams of one block each; and "
+            "how many streams fit in real time. Writes gpu_check.json and gpu_check.md to "
+            "--out and prints the table; exit status 1 when graph and eager differ, 2 without "
+            "CUDA."
+        ),
+    )
+    model_options(p, "inference file from `comostream export` (default: random weights of the "
+                     "configured sizes; compute does not depend on the weights)", vocoder=False)
+    block_option(p, f"frames per chunk ({FRAME_MS}); default: [realtime] block_frames")
+    p.add_argument("--out", type=Path, default=Path("out/gpu_check"), metavar="DIR",
+                   help="output folder (default out/gpu_check)")
+    p.set_defaults(handler=_cmd_bench_gpu)
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``bench`` (with its measurements) to ``sub``."""
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks: F0 backends, content encoder, acoustic model, vocoder, conversion "
+             "quality, latency, the CUDA check",
+    )
+    bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    _add_f0(bench_sub)
+    _add_models(bench_sub)
+    _add_engine(bench_sub)

@@ -1,0 +1,259 @@
+"""What every command shares: option helpers, argument types, config loading, errors.
+
+One spelling per idea, defined here once and used by every command module:
+
+* ``--config TOML`` (:data:`config_parent`) and ``--NAME`` overrides of config fields
+  (:func:`config_options`); ``--block FRAMES`` is the override of ``[realtime] block_frames``
+  (:func:`block_option`), so handlers read ``cfg.realtime`` and never patch it;
+* ``--checkpoint`` / ``--vocoder`` (:func:`model_options`), ``--threads`` / ``--device``
+  (:func:`runtime_options`, applied by :func:`use_runtime`);
+* ``--speaker NAME`` or ``NAME:WEIGHT,NAME:WEIGHT`` (:func:`speaker_arg`), ``--sample-rate HZ``.
+
+Nothing here imports torch at module level: ``comostream --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FRAME_MS",
+    "CommandError",
+    "Subparsers",
+    "block_list",
+    "block_option",
+    "config_from_args",
+    "config_option",
+    "config_options",
+    "config_parent",
+    "level_arg",
+    "model_options",
+    "non_negative_int",
+    "overridden",
+    "positive_int",
+    "runtime_options",
+    "say",
+    "sound_device_arg",
+    "speaker_arg",
+    "use_runtime",
+    "user_errors",
+]
+
+Subparsers = Any  # argparse's private _SubParsersAction: the object add_subparsers returns
+
+_CFG_PREFIX = "cfg__"  # dest of a config override: cfg__SECTION__NAME
+FRAME_MS = "10.67 ms each at 24 kHz / hop 256"
+
+
+class CommandError(RuntimeError):
+    """A command cannot run as asked (printed as ``comostream: error: ...``, exit status 1)."""
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def level_arg(text: str) -> float:
+    """argparse type: a level within 0-1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0-1, got {value}")
+    return value
+
+
+def block_list(text: str) -> list[int]:
+    """argparse type: comma-separated frame counts >= 1."""
+    try:
+        return [positive_int(t) for t in text.split(",")]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected frames like 1,2,4,8, got {text!r}") from None
+
+
+def speaker_arg(text: str) -> str | dict[str, float]:
+    """argparse type: ``NAME`` or a mix ``NAME:WEIGHT,NAME:WEIGHT`` -> a name or ``{name: w}``."""
+    if ":" not in text:
+        if "," in text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: a mix gives each singer a weight (NAME:WEIGHT,NAME:WEIGHT); to "
+                "convert to several singers, repeat --speaker")
+        return text
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, weight = part.partition(":")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad singer mix entry {part!r}: use NAME:WEIGHT") from None
+        if not w >= 0:
+            raise argparse.ArgumentTypeError(f"singer weights must be >= 0, got {part!r}")
+        mix[name.strip()] = w
+    if sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a singer mix needs a positive weight")
+    return mix
+
+
+def sound_device_arg(text: str) -> int | str:
+    """argparse type: a sound device, by index or by part of its name."""
+    return int(text) if text.isdigit() else text
+
+
+# ---------------------------------------------------------------- options
+
+
+def config_option(
+    parser: argparse.ArgumentParser,
+    section: str,
+    cls: type,
+    name: str,
+    *,
+    flag: str | None = None,
+    type: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    help: str | None = None,
+) -> None:
+    """Add an override of config field ``[section] name`` (default spelling ``--name``).
+
+    The option is typed from the dataclass unless ``type`` is given; left unset, the value comes
+    from the config file (or the built-in default). :func:`config_from_args` applies it.
+    """
+    hints = typing.get_type_hints(cls)
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[name]
+    parser.add_argument(
+        flag or "--" + name.replace("_", "-"),
+        dest=f"{_CFG_PREFIX}{section}__{name}",
+        type=type or hints[name],
+        default=None,
+        metavar=metavar or name.upper(),
+        help=help or f"[{section}] {name}; default from the config ({default})",
+    )
+
+
+def config_options(
+    parser: argparse.ArgumentParser, section: str, cls: type, names: Sequence[str]
+) -> None:
+    """:func:`config_option` for each of ``names`` of ``[section]``."""
+    for name in names:
+        config_option(parser, section, cls, name)
+
+
+def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--block FRAMES``: the override of ``[realtime] block_frames`` (frames per model step)."""
+    from comostream.models.config import RealtimeConfig
+
+    config_option(
+        parser, "realtime", RealtimeConfig, "block_frames", flag="--block", type=positive_int,
+        metavar="FRAMES",
+        help=help or f"frames per model step ({FRAME_MS}); default: [realtime] block_frames",
+    )
+
+
+def overridden(args: argparse.Namespace, section: str, name: str) -> bool:
+    """Whether the command line set config field ``[section] name`` (e.g. ``--block``)."""
+    return getattr(args, f"{_CFG_PREFIX}{section}__{name}", None) is not None
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", type=Path, default=None, metavar="TOML",
+        help="config file overriding configs/default.toml (unknown keys are an error)",
+    )
+    return parent
+
+
+config_parent = _config_parent()  # parents=[config_parent]: ``--config TOML``
+
+
+def model_options(
+    parser: argparse.ArgumentParser,
+    checkpoint_help: str = "inference file from `comostream export` (default: the shipped model)",
+    *,
+    vocoder: bool = True,
+    required: bool = False,
+    metavar: str = "MODEL.ckpt",
+) -> None:
+    """``--checkpoint`` (and ``--vocoder``) for commands that run a model."""
+    parser.add_argument("--checkpoint", type=Path, default=None, required=required,
+                        metavar=metavar, help=checkpoint_help)
+    if vocoder:
+        parser.add_argument(
+            "--vocoder", type=Path, default=None, metavar="VOC",
+            help="vocoder to use instead of the model file's: a `train vocoder` checkpoint, or "
+                 "your BigVGAN / HiFi-GAN generator (runs in window mode)",
+        )
+
+
+def runtime_options(parser: argparse.ArgumentParser, threads_default: str = "torch's") -> None:
+    """``--threads N`` and ``--device cpu|cuda``, applied by :func:`use_runtime`."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help=f"torch CPU (intra-op) threads (default: {threads_default})")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where the models run (default cpu)")
+
+
+def use_runtime(args: argparse.Namespace) -> str:
+    """Apply ``--threads`` and check ``--device``; returns the torch device to run on."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda: no CUDA device is available (use --device cpu)")
+    return str(args.device)
+
+
+# ---------------------------------------------------------------- config, output, errors
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~comostream.models.config.Config` of ``--config`` (or the defaults) with the
+    command line's overrides (:func:`config_option`) applied."""
+    from comostream.models.config import load_config
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith(_CFG_PREFIX) and value is not None:
+            _, section, name = key.split("__", 2)
+            overrides.setdefault(section, {})[name] = value
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def say(text: str) -> None:
+    """Print on the main process only (under torchrun every rank runs the command)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's input problem: printed plainly, no traceback."""
+    from comostream.models.audio import AudioError
+    from comostream.models.checkpoint_io import CheckpointError
+    from comostream.models.conditioner import UnknownSpeakerError
+    from comostream.training.corpus import CorpusError
+    from comostream.training.feature_index import FeatureError
+    from comostream.training.voices import ToolMissingError
+
+    return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
+            UnknownSpeakerError, FileNotFoundError, CommandError)

@@ -30,6 +30,7 @@ test: install lint
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 install: debian-deps $(STAMP)
 
@@ -61,4 +62,4 @@ default-model: install
 	$(VENV)/bin/comostream train recipe out/default-model
 
 clean:
-	rm -rf $(VENV) out *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .ruff_cache

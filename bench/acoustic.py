@@ -63,7 +63,8 @@ def run_acoustic_bench(
     steps = teacher_steps or cfg.edm.teacher_steps
     sigmas = sampling_sigmas(cfg.edm, steps)
     one, t_one = _timed(
-        lambda: consistency_onestep(models["target"], noise, cond, cfg.edm.sigma_max), repeats,
+        lambda: consistency_onestep(models["target"], noise, cond, cfg.edm.sigma_max),
+        repeats,
         device,
     )
     many, t_many = _timed(lambda: heun_sampler(models["teacher"], noise, cond, sigmas), 1, device)
@@ -88,13 +89,17 @@ def run_acoustic_bench(
 
 def format_acoustic_table(r: dict[str, Any]) -> str:
     """A Markdown table of :func:`run_acoustic_bench`'s result."""
-    return "\n".join([
-        "| sampler | mel L1 to ground truth | compute (ms per s of audio) |",
-        "|---|---:|---:|",
-        f"| consistency target, 1 step | {r['onestep_mel_l1']:.3f} | {r['onestep_ms_per_s']:.1f} |",
-        f"| teacher, Heun {r['teacher_steps']} steps ({r['teacher_nfe']} evaluations) "
-        f"| {r['teacher_mel_l1']:.3f} | {r['teacher_ms_per_s']:.1f} |",
-        "",
-        f"one-step / teacher distance: {r['distance_ratio']:.3f}; speed-up: {r['speedup']:.1f}x "
-        f"({r['seconds']:.1f} s of audio, {r['threads']} threads)",
-    ])
+    return "\n".join(
+        [
+            "| sampler | mel L1 to ground truth | compute (ms per s of audio) |",
+            "|---|---:|---:|",
+            f"| consistency target, 1 step | {r['onestep_mel_l1']:.3f} "
+            f"| {r['onestep_ms_per_s']:.1f} |",
+            f"| teacher, Heun {r['teacher_steps']} steps ({r['teacher_nfe']} evaluations) "
+            f"| {r['teacher_mel_l1']:.3f} | {r['teacher_ms_per_s']:.1f} |",
+            "",
+            f"one-step / teacher distance: {r['distance_ratio']:.3f}; "
+            f"speed-up: {r['speedup']:.1f}x "
+            f"({r['seconds']:.1f} s of audio, {r['threads']} threads)",
+        ]
+    )

@@ -96,8 +96,17 @@ def _features(enc: ContentEncoder, cfg: Config, utt: Utterance) -> _Utt:
     with torch.inference_mode():
         content = enc(torch.from_numpy(a["mel"])[None].to(where))[0].cpu().numpy()
     active = a["loudness"] > cfg.content.active_db
-    return _Utt(utt.singer, int(utt.line or 0), utt.split, a["mel"], content, a["f0"],
-                a["voiced"], a["loudness"], active)  # fmt: skip
+    return _Utt(
+        utt.singer,
+        int(utt.line or 0),
+        utt.split,
+        a["mel"],
+        content,
+        a["f0"],
+        a["voiced"],
+        a["loudness"],
+        active,
+    )
 
 
 def _rows(utts: Sequence[_Utt], kind: str) -> tuple[Tensor, Tensor]:
@@ -165,8 +174,12 @@ def aligned_agreement(
 ) -> dict[str, Any]:
     """Agreement of frame-aligned renditions of the same line by two singers (see docstring)."""
     index = {(u.singer, u.line): u for u in feats}
-    pairs = [(index[h, line], index[p, line]) for h, p in partners.items()
-             for (s, line) in index if s == h and (p, line) in index]  # fmt: skip
+    pairs = [
+        (index[h, line], index[p, line])
+        for h, p in partners.items()
+        for (s, line) in index
+        if s == h and (p, line) in index
+    ]
     out: dict[str, Any] = {"pairs": sorted([h, p] for h, p in partners.items())}
     if not pairs:
         return out
@@ -216,8 +229,12 @@ def _conversion_l1(pairs: Sequence[tuple[_Utt, _Utt]], kind: str) -> float:
     return float(torch.cat(errs).mean()) if errs else float("nan")
 
 
-def stream_rtf(enc: ContentEncoder, block: int | None, seconds: float = RTF_SECONDS,
-               frame_s: float = 256 / 24000) -> float:  # fmt: skip
+def stream_rtf(
+    enc: ContentEncoder,
+    block: int | None,
+    seconds: float = RTF_SECONDS,
+    frame_s: float = 256 / 24000,
+) -> float:
     """Compute seconds per audio second: streaming ``step`` in ``block``-frame chunks (or the
     one-shot forward for ``None``) over ``seconds`` of random mel."""
     frames = int(seconds / frame_s)
@@ -247,7 +264,11 @@ def stream_rtf(enc: ContentEncoder, block: int | None, seconds: float = RTF_SECO
 
 
 def run_content_bench(
-    checkpoint: Path, corpus: Path | None, cfg: Config, threads: int = 1, progress: bool = True,
+    checkpoint: Path,
+    corpus: Path | None,
+    cfg: Config,
+    threads: int = 1,
+    progress: bool = True,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """All figures of the module docstring as one JSON-able dict (the encoder on ``device``)."""
@@ -263,20 +284,28 @@ def run_content_bench(
     all_utts = load_corpus(corpus)
     held_out = sorted({u.singer for u in all_utts} - set(trained))
     if len(held_out) < 2:
-        raise CorpusError(f"{corpus}: {len(held_out)} singer(s) not seen in training "
-                          f"({trained}); the benchmark needs >= 2 held-out singers")  # fmt: skip
+        raise CorpusError(
+            f"{corpus}: {len(held_out)} singer(s) not seen in training "
+            f"({trained}); the benchmark needs >= 2 held-out singers"
+        )
     splits = {u.split for u in all_utts if u.singer in held_out}
     if "test" not in splits or len(splits) < 2 or any(u.line is None for u in all_utts):
-        raise CorpusError(f"{corpus}: needs a parallel corpus with line numbers and "
-                          "train and test lines (`comostream prep synth`)")  # fmt: skip
+        raise CorpusError(
+            f"{corpus}: needs a parallel corpus with line numbers and "
+            "train and test lines (`comostream prep synth`)"
+        )
     partners = aligned_partners(corpus, held_out)
     wanted = set(held_out) | set(partners.values())
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         utts = [u for u in all_utts if u.singer in wanted]
-        feats = [_features(enc, cfg, u) for u in tqdm(
-            utts, desc="content bench", unit="utt", file=sys.stderr, disable=not progress)]
+        feats = [
+            _features(enc, cfg, u)
+            for u in tqdm(
+                utts, desc="content bench", unit="utt", file=sys.stderr, disable=not progress
+            )
+        ]
         held = [f for f in feats if f.singer in held_out]
         probe = speaker_probe(held, len(held_out))
         pitch = pitch_probe(held)
@@ -295,11 +324,16 @@ def run_content_bench(
         "speaker_probe": probe,
         "pitch_probe": pitch,
         "content_kept": kept,
-        "compute": {"s_per_audio_s": compute, "threads": threads, "device": device,
-                    "parameters": sum(p.numel() for p in enc.parameters()),
-                    "lookahead_frames": enc.lookahead_frames,
-                    "lookahead_ms": enc.lookahead_frames * cfg.audio.frame_ms,
-                    "left_frames": enc.left_frames, "content_dim": enc.content_dim},  # fmt: skip
+        "compute": {
+            "s_per_audio_s": compute,
+            "threads": threads,
+            "device": device,
+            "parameters": sum(p.numel() for p in enc.parameters()),
+            "lookahead_frames": enc.lookahead_frames,
+            "lookahead_ms": enc.lookahead_frames * cfg.audio.frame_ms,
+            "left_frames": enc.left_frames,
+            "content_dim": enc.content_dim,
+        },
     }
 
 
@@ -317,8 +351,10 @@ def format_content_report(r: dict[str, Any]) -> str:
         if key in ck:
             lines.append(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in ck[key].items()))
     d = ck["decoder_mel_l1"]
-    lines.append(f"decoder mel L1: own content {d['content']:.3f}, "
-                 f"shifted content {d['shifted_content']:.3f}")  # fmt: skip
+    lines.append(
+        f"decoder mel L1: own content {d['content']:.3f}, "
+        f"shifted content {d['shifted_content']:.3f}"
+    )
     rtf = ", ".join(f"{k} {v * 1000:.2f} ms/s" for k, v in cp["s_per_audio_s"].items())
     lines.append(f"compute ({cp['threads']} thread): {rtf}; lookahead {cp['lookahead_ms']:.1f} ms")
     return "\n".join(lines)

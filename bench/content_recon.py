@@ -59,8 +59,7 @@ def _l1(dec: ContentDecoder, b: dict[str, Tensor], spk: Tensor, mean: float, std
 def decoder_reconstruction(ck: dict[str, Any], utts: Sequence[FrameData]) -> dict[str, Any]:
     """``{"content": L1, "shifted_content": L1, "fit_frames": n, "test_frames": n}``."""
     try:
-        cfg = config_from_dict({"audio": ck["config"]["audio"],
-                                "content": ck["config"]["content"]})  # fmt: skip
+        cfg = config_from_dict({"audio": ck["config"]["audio"], "content": ck["config"]["content"]})
         state, trained = ck["models"]["decoder"], list(ck["meta"]["singers"])
     except (KeyError, TypeError) as exc:
         msg = f"content checkpoint lacks the decoder or its singers ({exc})"
@@ -74,8 +73,11 @@ def decoder_reconstruction(ck: dict[str, Any], utts: Sequence[FrameData]) -> dic
     dec.speakers = nn.Embedding.from_pretrained(rows.clone(), freeze=False)
     dec.eval()
     fit = [u for u in utts if u.split != "test"]
-    segs = [(_tensors(u, a, a + SEGMENT), held.index(u.singer)) for u in fit
-            for a in range(0, u.mel.shape[1] - SEGMENT + 1, SEGMENT)]  # fmt: skip
+    segs = [
+        (_tensors(u, a, a + SEGMENT), held.index(u.singer))
+        for u in fit
+        for a in range(0, u.mel.shape[1] - SEGMENT + 1, SEGMENT)
+    ]
     batch = {k: torch.stack([s[k] for s, _ in segs]) for k in segs[0][0]}
     spk = torch.tensor([i for _, i in segs])
     opt = torch.optim.Adam(dec.speakers.parameters(), lr=FIT_LR)

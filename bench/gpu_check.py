@@ -39,23 +39,26 @@ from comostream.realtime.geometry import StreamGeometry
 STREAMS = (1, 8, 64, 256)
 
 
-def random_inputs(step: ConversionChain, streams: int, frames: int, gen: torch.Generator,
-                  device: str = "cpu") -> FrameInputs:  # fmt: skip
+def random_inputs(
+    step: ConversionChain, streams: int, frames: int, gen: torch.Generator, device: str = "cpu"
+) -> FrameInputs:
     """Plausible random block inputs (pinned host memory, as an engine would hold them)."""
     x = step.zero_inputs(streams, frames, "cpu", torch.float32)
     x["mel"] = torch.randn(x["mel"].shape, generator=gen) * 2.0 - 6.0
     x["audio"] = torch.randn(x["audio"].shape, generator=gen) * 0.1
     voiced = (torch.rand(streams, frames, generator=gen) > 0.2).float()
     f0 = 110.0 * 2 ** (torch.rand(streams, frames, generator=gen) * 3) * voiced  # 0: unvoiced
-    x.update(f0=f0, voiced=voiced, transpose=torch.rand(streams, frames, generator=gen) * 4 - 2,
-             loudness=torch.rand(streams, frames, generator=gen) * 40 - 50,
-             speaker=torch.randn(streams, step.speaker_dim, generator=gen) * 0.5)  # fmt: skip
+    x.update(
+        f0=f0,
+        voiced=voiced,
+        transpose=torch.rand(streams, frames, generator=gen) * 4 - 2,
+        loudness=torch.rand(streams, frames, generator=gen) * 40 - 50,
+        speaker=torch.randn(streams, step.speaker_dim, generator=gen) * 0.5,
+    )
     return {k: v.pin_memory() if device == "cuda" else v for k, v in x.items()}
 
 
-def build_step(
-    checkpoint: Path | None, device: str, cfg: Config | None = None
-) -> ConversionChain:
+def build_step(checkpoint: Path | None, device: str, cfg: Config | None = None) -> ConversionChain:
     """The conversion chain of an inference file, or of random models of ``cfg``'s sizes."""
     if checkpoint is not None:
         from comostream.realtime.load import load_models
@@ -85,8 +88,14 @@ def check_equality(step: ConversionChain, streams: int, block: int, blocks: int 
     return worst / max(peak, 1e-12)
 
 
-def time_chunks(step: ConversionChain, streams: int, block: int, use_graph: bool,
-                chunks: int = 200, warmup: int = 20) -> dict[str, float]:  # fmt: skip
+def time_chunks(
+    step: ConversionChain,
+    streams: int,
+    block: int,
+    use_graph: bool,
+    chunks: int = 200,
+    warmup: int = 20,
+) -> dict[str, float]:
     """p50/p99 ms of one chunk: inputs to the device, the step, audio back to the host."""
     gen = torch.Generator().manual_seed(7)
     x = random_inputs(step, streams, block, gen, "cuda")
@@ -124,16 +133,20 @@ def format_table(r: dict[str, Any]) -> str:
     ]
     for s in map(str, r["streams"]):
         e, g = r["eager"][s], r["graph"][s]
-        lines.append(f"| {s} | {e['p50']:.2f} | {e['p99']:.2f} | {g['p50']:.2f} | "
-                     f"{g['p99']:.2f} | {e['p50'] / g['p50']:.1f}x |")  # fmt: skip
+        lines.append(
+            f"| {s} | {e['p50']:.2f} | {e['p99']:.2f} | {g['p50']:.2f} | "
+            f"{g['p99']:.2f} | {e['p50'] / g['p50']:.1f}x |"
+        )
     lines.append("")
-    lines.append(f"streams in real time with graphs (p99 < {block_ms:.2f} ms): "
-                 f"{r['realtime_streams_graph']}")  # fmt: skip
+    lines.append(
+        f"streams in real time with graphs (p99 < {block_ms:.2f} ms): {r['realtime_streams_graph']}"
+    )
     return "\n".join(lines)
 
 
-def run_gpu_check(cfg: Config, checkpoint: Path | None = None,
-                  out: Path = Path("out/gpu_check")) -> int:
+def run_gpu_check(
+    cfg: Config, checkpoint: Path | None = None, out: Path = Path("out/gpu_check")
+) -> int:
     """The whole check (see the module docstring) in blocks of ``cfg.realtime.block_frames``
     frames; 0 when graph == eager, 1 when not, 2 without CUDA."""
     block = cfg.realtime.block_frames
@@ -145,12 +158,16 @@ def run_gpu_check(cfg: Config, checkpoint: Path | None = None,
     t_start = time.time()
     step = build_step(checkpoint, "cuda", cfg)
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
         "block_frames": block,
         "block_ms": StreamGeometry.from_configs(step.model.cfg.audio, cfg.realtime).block_ms,
         "model": str(checkpoint or "random weights, configured sizes"),
-        "streams": list(STREAMS), "equality": {}, "eager": {}, "graph": {},
-    }  # fmt: skip
+        "streams": list(STREAMS),
+        "equality": {},
+        "eager": {},
+        "graph": {},
+    }
     for s in (1, 8):
         result["equality"][str(s)] = check_equality(step, s, block)
         print(f"equality, {s} streams: {result['equality'][str(s)]:.2e}", flush=True)

@@ -44,8 +44,13 @@ from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.resample import resample_oneshot
 
-__all__ = ["build_bench_models", "format_latency_table", "measure_ws_overhead", "plot_latency",
-           "run_latency_bench"]  # fmt: skip
+__all__ = [
+    "build_bench_models",
+    "format_latency_table",
+    "measure_ws_overhead",
+    "plot_latency",
+    "run_latency_bench",
+]
 
 STAGES = ("resample", "features", "f0", "content", "acoustic", "vocoder")
 WINDOW_CONTEXT_S = 2.5  # the field's usual realtime settings (RVC / so-vits-svc GUIs)
@@ -59,8 +64,11 @@ def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
     x = load_audio(str(path), model_rate)
     reps = int(np.ceil(seconds * model_rate / len(x)))
     x = np.tile(x, reps)[: int(seconds * model_rate)]
-    return x if sample_rate == model_rate else resample_oneshot(x, model_rate, sample_rate,
-                                                                aligned=True)  # fmt: skip
+    return (
+        x
+        if sample_rate == model_rate
+        else resample_oneshot(x, model_rate, sample_rate, aligned=True)
+    )
 
 
 def build_bench_models(
@@ -182,12 +190,17 @@ def _teacher_vs_onestep(model: AcousticModel, device: str) -> dict[str, float]:
     noise = torch.randn(1, cfg.audio.n_mels, frames, device=device)
     sigmas = sampling_sigmas(cfg.edm)
     with torch.inference_mode():
-        one = _timed(lambda: consistency_onestep(model.target, noise, cond, cfg.edm.sigma_max),
-                     device)  # fmt: skip
+        one = _timed(
+            lambda: consistency_onestep(model.target, noise, cond, cfg.edm.sigma_max), device
+        )
         many = _timed(lambda: heun_sampler(teacher, noise, cond, sigmas), device, repeats=1)
     seconds = frames * cfg.audio.hop_length / cfg.audio.sample_rate
-    return {"teacher_steps": cfg.edm.teacher_steps, "teacher_ms": 1000 * many / seconds,
-            "onestep_ms": 1000 * one / seconds, "onestep_speedup": many / one}  # fmt: skip
+    return {
+        "teacher_steps": cfg.edm.teacher_steps,
+        "teacher_ms": 1000 * many / seconds,
+        "onestep_ms": 1000 * one / seconds,
+        "onestep_speedup": many / one,
+    }
 
 
 def _stream(
@@ -208,8 +221,9 @@ def _stream(
     return totals, dict(engine.stats.stage_times)
 
 
-def matmul_frame_cost(model: AcousticModel, frames: int, device: str,
-                      batch_frames: int = 258) -> float:  # fmt: skip
+def matmul_frame_cost(
+    model: AcousticModel, frames: int, device: str, batch_frames: int = 258
+) -> float:
     """How many times more one frame costs in a product of the backbone's largest weight matrix
     with ``frames`` frames than with ``batch_frames`` (the window strategy's ~2.75 s): the
     small-block penalty of matrix products, which no dispatch saving removes."""
@@ -224,23 +238,39 @@ def matmul_frame_cost(model: AcousticModel, frames: int, device: str,
     return per_frame(frames) / per_frame(batch_frames)
 
 
-def block_sweep(model: AcousticModel, vocoder: nn.Module, blocks: Sequence[int], *,
-                realtime: RealtimeConfig, window_rtf: float, device: str = "cpu",
-                sample_rate: int = 48000, seconds: float = 4.0) -> list[dict[str, Any]]:
+def block_sweep(
+    model: AcousticModel,
+    vocoder: nn.Module,
+    blocks: Sequence[int],
+    *,
+    realtime: RealtimeConfig,
+    window_rtf: float,
+    device: str = "cpu",
+    sample_rate: int = 48000,
+    seconds: float = 4.0,
+) -> list[dict[str, Any]]:
     """Latency, RTF and the window-recompute ratio at each block size (frames) of ``blocks``."""
     x = example_signal(seconds + 0.5, sample_rate)
     rows = []
     for b in blocks:
         rt = realtime.with_block(int(b))
         chunk = StreamGeometry.from_configs(model.cfg.audio, rt).samples_per_block(sample_rate)
-        eng = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate, realtime=rt,
-                                             chunk=chunk)  # fmt: skip
+        eng = StreamingConverter.from_models(
+            model, vocoder, sample_rate=sample_rate, realtime=rt, chunk=chunk
+        )
         totals, _ = _stream(eng, x, sample_rate)
         rtf = float(sum(totals) / (len(totals) * chunk / sample_rate))
-        rows.append({"block_frames": int(b), "block_ms": eng.block_ms,
-                     "algorithmic_latency_ms": eng.latency_ms, "rtf": rtf,
-                     "chunk_ms_p99": _pct(totals, 99), "window_vs_streaming": window_rtf / rtf,
-                     "matmul_frame_cost_x": matmul_frame_cost(model, int(b), device)})  # fmt: skip
+        rows.append(
+            {
+                "block_frames": int(b),
+                "block_ms": eng.block_ms,
+                "algorithmic_latency_ms": eng.latency_ms,
+                "rtf": rtf,
+                "chunk_ms_p99": _pct(totals, 99),
+                "window_vs_streaming": window_rtf / rtf,
+                "matmul_frame_cost_x": matmul_frame_cost(model, int(b), device),
+            }
+        )
     return rows
 
 
@@ -257,20 +287,28 @@ def run_latency_bench(
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict."""
     chunk = StreamGeometry.from_configs(model.cfg.audio, realtime).samples_per_block(sample_rate)
-    engine = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
-                                            realtime=realtime, profile=True,
-                                            chunk=chunk)  # fmt: skip
+    engine = StreamingConverter.from_models(
+        model, vocoder, sample_rate=sample_rate, realtime=realtime, profile=True, chunk=chunk
+    )
     x = example_signal(seconds + 0.5, sample_rate)
     totals, times = _stream(engine, x, sample_rate)
     # the traced step runs content, acoustic model and vocoder as one graph: split it eagerly
-    eager = StreamingConverter.from_models(model, vocoder, sample_rate=sample_rate,
-                                           realtime=realtime, profile=True, trace=False,
-                                           chunk=chunk)  # fmt: skip
+    eager = StreamingConverter.from_models(
+        model,
+        vocoder,
+        sample_rate=sample_rate,
+        realtime=realtime,
+        profile=True,
+        trace=False,
+        chunk=chunk,
+    )
     _, eager_times = _stream(eager, x[: len(x) // 3 + sample_rate // 2], sample_rate)
     for name in ("content", "acoustic", "vocoder"):
         times[name] = eager_times.get(name, [])
-    stages = {s: {"p50": _pct(times.get(s, []), 50), "p99": _pct(times.get(s, []), 99)}
-              for s in (*STAGES, "model")}  # fmt: skip
+    stages = {
+        s: {"p50": _pct(times.get(s, []), 50), "p99": _pct(times.get(s, []), 99)}
+        for s in (*STAGES, "model")
+    }
     audio_s = len(totals) * chunk / sample_rate
     rtf = float(sum(totals) / audio_s)
     paced = _paced_e2e(engine, sample_rate)
@@ -301,10 +339,16 @@ def run_latency_bench(
         "chunk_ms_all": [1000.0 * t for t in totals],
     }
     if sweep:
-        result["block_sweep"] = block_sweep(model, vocoder, sweep, realtime=realtime,
-                                            window_rtf=window_rtf, device=device,
-                                            sample_rate=sample_rate,
-                                            seconds=min(seconds, 4.0))  # fmt: skip
+        result["block_sweep"] = block_sweep(
+            model,
+            vocoder,
+            sweep,
+            realtime=realtime,
+            window_rtf=window_rtf,
+            device=device,
+            sample_rate=sample_rate,
+            seconds=min(seconds, 4.0),
+        )
     return result
 
 
@@ -335,9 +379,13 @@ def measure_ws_overhead(
     compute_ms = dict(r.stats["compute_ms_by_seq"])
     overhead = [ms - compute_ms[seq] for seq, ms in r.rtt_ms.items() if seq in compute_ms]
     rtt, compute = r.rtt_percentile(50), float(r.stats["compute_ms_p50"])
-    return {"ws_overhead_ms": float(np.median(overhead)), "ws_rtt_ms_p50": rtt,
-            "ws_rtt_ms_p99": r.rtt_percentile(99), "ws_compute_ms_p50": compute,
-            "ws_dropped_samples": r.dropped_samples}  # fmt: skip
+    return {
+        "ws_overhead_ms": float(np.median(overhead)),
+        "ws_rtt_ms_p50": rtt,
+        "ws_rtt_ms_p99": r.rtt_percentile(99),
+        "ws_compute_ms_p50": compute,
+        "ws_dropped_samples": r.dropped_samples,
+    }
 
 
 def format_latency_table(r: dict[str, Any]) -> str:
@@ -367,17 +415,24 @@ def format_latency_table(r: dict[str, Any]) -> str:
         f" = {r['window_vs_streaming']:.1f}x the streaming engine",
     ]
     if r.get("block_sweep"):
-        lines += ["", "| block (frames) | algorithmic ms | RTF | p99 chunk ms | window recompute"
-                  " / streaming | matmul cost per frame vs 2.75 s batch |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| block (frames) | algorithmic ms | RTF | p99 chunk ms | window recompute"
+            " / streaming | matmul cost per frame vs 2.75 s batch |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in r["block_sweep"]:
-            lines.append(f"| {row['block_frames']} | {row['algorithmic_latency_ms']:.1f} | "
-                         f"{row['rtf']:.3f} | {row['chunk_ms_p99']:.2f} | "
-                         f"{row['window_vs_streaming']:.1f}x | {row['matmul_frame_cost_x']:.1f}x |")
+            lines.append(
+                f"| {row['block_frames']} | {row['algorithmic_latency_ms']:.1f} | "
+                f"{row['rtf']:.3f} | {row['chunk_ms_p99']:.2f} | "
+                f"{row['window_vs_streaming']:.1f}x | {row['matmul_frame_cost_x']:.1f}x |"
+            )
     if "ws_overhead_ms" in r:
-        lines.append(f"WebSocket (loopback): round trip p50 {r['ws_rtt_ms_p50']:.2f} ms, p99 "
-                     f"{r['ws_rtt_ms_p99']:.2f} ms; overhead over compute "
-                     f"{r['ws_overhead_ms']:.2f} ms")  # fmt: skip
+        lines.append(
+            f"WebSocket (loopback): round trip p50 {r['ws_rtt_ms_p50']:.2f} ms, p99 "
+            f"{r['ws_rtt_ms_p99']:.2f} ms; overhead over compute "
+            f"{r['ws_overhead_ms']:.2f} ms"
+        )
     return "\n".join(lines)
 
 
@@ -393,8 +448,7 @@ def plot_latency(r: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.hist(r["chunk_ms_all"], bins=60, color="#4477aa")
     ax.axvline(r["block_ms"], color="#cc3311", label=f"block {r['block_ms']:.1f} ms")
-    ax.axvline(r["chunk_ms_p99"], color="#228833", ls="--",
-               label=f"p99 {r['chunk_ms_p99']:.2f} ms")  # fmt: skip
+    ax.axvline(r["chunk_ms_p99"], color="#228833", ls="--", label=f"p99 {r['chunk_ms_p99']:.2f} ms")
     ax.set_xlabel("compute per chunk (ms)")
     ax.set_ylabel("chunks")
     ax.set_title(f"comostream engine on {r['device']}, {r['threads']} threads")

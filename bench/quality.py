@@ -215,8 +215,9 @@ def _source_f0(utt: Utterance, audio: np.ndarray, cfg: F0Config) -> tuple[np.nda
     return track.f0_hz, track.voiced
 
 
-def f0_errors(ref_hz: np.ndarray, ref_voiced: np.ndarray, out_hz: np.ndarray,
-              out_voiced: np.ndarray) -> dict[str, float | None]:  # fmt: skip
+def f0_errors(
+    ref_hz: np.ndarray, ref_voiced: np.ndarray, out_hz: np.ndarray, out_voiced: np.ndarray
+) -> dict[str, float | None]:
     """F0 figures of one conversion, per frame (the shorter track's length): ``f0_rmse_cents``
     over frames voiced in both (None if none), ``f0_gpe`` the fraction of those more than 20 %
     off (gross pitch errors: octave jumps), ``f0_fine_rmse_cents`` the RMSE of the rest, ``vde``
@@ -224,16 +225,20 @@ def f0_errors(ref_hz: np.ndarray, ref_voiced: np.ndarray, out_hz: np.ndarray,
     n = min(len(ref_hz), len(out_hz))
     rv, ov = np.asarray(ref_voiced[:n], bool), np.asarray(out_voiced[:n], bool)
     both = rv & ov & (ref_hz[:n] > 0) & (out_hz[:n] > 0)
-    out: dict[str, float | None] = {"f0_rmse_cents": None, "f0_gpe": None,
-                                    "f0_fine_rmse_cents": None,
-                                    "vde": float(np.mean(rv != ov)) if n else None}  # fmt: skip
+    out: dict[str, float | None] = {
+        "f0_rmse_cents": None,
+        "f0_gpe": None,
+        "f0_fine_rmse_cents": None,
+        "vde": float(np.mean(rv != ov)) if n else None,
+    }
     if both.any():
         cents = 1200.0 * np.log2(out_hz[:n][both] / ref_hz[:n][both])
         gross = np.abs(cents) > GROSS_CENTS
         out["f0_rmse_cents"] = float(np.sqrt(np.mean(cents**2)))
         out["f0_gpe"] = float(np.mean(gross))
-        out["f0_fine_rmse_cents"] = float(np.sqrt(np.mean(cents[~gross] ** 2))) if (~gross).any() \
-            else None
+        out["f0_fine_rmse_cents"] = (
+            float(np.sqrt(np.mean(cents[~gross] ** 2))) if (~gross).any() else None
+        )
     return out
 
 
@@ -244,15 +249,26 @@ def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
 
 
 def _convert(
-    model: AcousticModel, vocoder: nn.Module, audio: np.ndarray, speaker: str, transpose: float,
-    realtime: RealtimeConfig, streaming: bool,
+    model: AcousticModel,
+    vocoder: nn.Module,
+    audio: np.ndarray,
+    speaker: str,
+    transpose: float,
+    realtime: RealtimeConfig,
+    streaming: bool,
 ) -> np.ndarray:
     """``audio`` (model rate) converted offline, or streamed in blocks of ``realtime``'s."""
     geometry = StreamGeometry.from_configs(model.cfg.audio, realtime)
     chunk = geometry.samples_per_block() if streaming else None
-    eng = StreamingConverter.from_models(model, vocoder, speaker=speaker, transpose=transpose,
-                                         realtime=realtime, offline=not streaming,
-                                         chunk=chunk)  # fmt: skip
+    eng = StreamingConverter.from_models(
+        model,
+        vocoder,
+        speaker=speaker,
+        transpose=transpose,
+        realtime=realtime,
+        offline=not streaming,
+        chunk=chunk,
+    )
     with torch.inference_mode():
         return convert_array(eng, audio, chunk=chunk)
 
@@ -306,11 +322,13 @@ def run_quality_bench(
     rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
     todo = list(_conversions(lines, singers, max_conversions))
     floor: list[dict[str, float | None]] = []
-    for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress,
-                                  file=sys.stderr):  # fmt: skip
+    for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress, file=sys.stderr):
         audio = load_audio(utt.path)
-        t = (round(12 * math.log2(medians[tgt] / medians[src]))
-             if transpose == "auto" else float(transpose))  # fmt: skip
+        t = (
+            round(12 * math.log2(medians[tgt] / medians[src]))
+            if transpose == "auto"
+            else float(transpose)
+        )
         src_f0 = _source_f0(utt, audio, f0_cfg)
         if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
             own = yin_f0(audio, f0_cfg)
@@ -321,22 +339,35 @@ def run_quality_bench(
             y = _convert(m, voc, audio, tgt, t, rt, streaming=mode == "streaming")
             out_f0 = yin_f0(y, f0_cfg)
             emb = spk.embed(y)
-            rows[mode].append({
-                **f0_errors(src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced),
-                "spk_sim_target": _cos(emb, refs[tgt]), "spk_sim_source": _cos(emb, refs[src]),
-                "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
-                "dnsmos_ovrl": _dnsmos(y),
-            })  # fmt: skip
+            rows[mode].append(
+                {
+                    **f0_errors(
+                        src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced
+                    ),
+                    "spk_sim_target": _cos(emb, refs[tgt]),
+                    "spk_sim_source": _cos(emb, refs[src]),
+                    "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
+                    "dnsmos_ovrl": _dnsmos(y),
+                }
+            )
     result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
     exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
     if floor:  # what an exact conversion would score: the tracker's own error on the sources
-        result["f0_floor"] = {k: v for k, v in _summary(floor).items()
-                              if k.startswith("f0_") or k == "vde"}  # fmt: skip
-    result.update(checkpoint=str(checkpoint), vocoder=str(vocoder) if vocoder else None,
-                  corpus=str(corpus), split=split, block=block,
-                  transpose=transpose, lines=len(lines), singers=singers,
-                  f0_reference="corpus" if exact else "yin (or corpus where given)",
-                  eval_packages=spk.encoder is not None and _has("speechmos"))  # fmt: skip
+        result["f0_floor"] = {
+            k: v for k, v in _summary(floor).items() if k.startswith("f0_") or k == "vde"
+        }
+    result.update(
+        checkpoint=str(checkpoint),
+        vocoder=str(vocoder) if vocoder else None,
+        corpus=str(corpus),
+        split=split,
+        block=block,
+        transpose=transpose,
+        lines=len(lines),
+        singers=singers,
+        f0_reference="corpus" if exact else "yin (or corpus where given)",
+        eval_packages=spk.encoder is not None and _has("speechmos"),
+    )
     if not result["eval_packages"]:
         result["note"] = f"speaker similarity / DNSMOS need the eval extra: {EVAL_HINT}"
     return result
@@ -352,8 +383,11 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
         return float(np.mean(vals)) if vals else None
 
     out: dict[str, float | int | None] = {k: mean(k) for k in rows[0]}
-    wins = [r["spk_sim_target"] > r["spk_sim_source"] for r in rows
-            if r.get("spk_sim_target") is not None and r.get("spk_sim_source") is not None]
+    wins = [
+        r["spk_sim_target"] > r["spk_sim_source"]
+        for r in rows
+        if r.get("spk_sim_target") is not None and r.get("spk_sim_source") is not None
+    ]
     out["spk_win_rate"] = float(np.mean(wins)) if wins else None
     out["n_conversions"] = len(rows)
     return out
@@ -361,8 +395,18 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
 
 def format_quality_table(r: dict[str, Any]) -> str:
     """A Markdown table of :func:`run_quality_bench`'s result."""
-    keys = ("f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde", "spk_sim_target",
-            "spk_sim_source", "spk_win_rate", "mcd_db", "dnsmos_ovrl", "n_conversions")
+    keys = (
+        "f0_rmse_cents",
+        "f0_gpe",
+        "f0_fine_rmse_cents",
+        "vde",
+        "spk_sim_target",
+        "spk_sim_source",
+        "spk_win_rate",
+        "mcd_db",
+        "dnsmos_ovrl",
+        "n_conversions",
+    )
     lines = ["| metric | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]
     for k in keys:
         cells = []
@@ -371,14 +415,18 @@ def format_quality_table(r: dict[str, Any]) -> str:
             cells.append("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"{r['lines']} held-out lines ({r['split']} split), {len(r['singers'])} "
-                 f"singers, transposition {r['transpose']}, streaming block {r['block']} "
-                 "frames")  # fmt: skip
+    lines.append(
+        f"{r['lines']} held-out lines ({r['split']} split), {len(r['singers'])} "
+        f"singers, transposition {r['transpose']}, streaming block {r['block']} "
+        "frames"
+    )
     if r.get("f0_floor"):
         fl = r["f0_floor"]
-        lines.append(f"F0 reference: {r['f0_reference']}; the tracker on the unconverted sources "
-                     f"scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE {fl['f0_gpe']:.3f}, fine "
-                     f"{fl['f0_fine_rmse_cents']:.1f} cents (the floor of this measurement)")
+        lines.append(
+            f"F0 reference: {r['f0_reference']}; the tracker on the unconverted sources "
+            f"scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE {fl['f0_gpe']:.3f}, fine "
+            f"{fl['f0_fine_rmse_cents']:.1f} cents (the floor of this measurement)"
+        )
     if r.get("note"):
         lines.append(r["note"])
     return "\n".join(lines)

@@ -74,8 +74,9 @@ def frame_db(audio: np.ndarray, frames: int, hop: int, win: int = 1024) -> np.nd
 def _mcep(audio: np.ndarray, f0: np.ndarray, sr: int, hop: int) -> np.ndarray:
     """``(T, MCEP_DIMS)`` coded CheapTrick envelope without ``c_0``."""
     times = np.arange(f0.shape[0], dtype=np.float64) * hop / sr
-    sp = pyworld.cheaptrick(np.ascontiguousarray(audio, np.float64),
-                            np.ascontiguousarray(f0, np.float64), times, sr)  # fmt: skip
+    sp = pyworld.cheaptrick(
+        np.ascontiguousarray(audio, np.float64), np.ascontiguousarray(f0, np.float64), times, sr
+    )
     return pyworld.code_spectral_envelope(sp, sr, MCEP_DIMS + 1)[:, 1:]
 
 

@@ -116,8 +116,10 @@ class AcousticModel(nn.Module):
         self.content_cfg = content_cfg
         self.content_encoder = ContentEncoder(content_cfg, cfg.audio) if content_cfg else None
         if content_cfg is not None and content_cfg.content_dim != cfg.model.content_dim:
-            raise ConfigError(f"content encoder gives {content_cfg.content_dim} channels, the "
-                              f"model takes {cfg.model.content_dim}")  # fmt: skip
+            raise ConfigError(
+                f"content encoder gives {content_cfg.content_dim} channels, the "
+                f"model takes {cfg.model.content_dim}"
+            )
         self.lookahead_frames = self.conditioner.lookahead_frames + self.target.lookahead_frames
 
     @property
@@ -160,9 +162,7 @@ class AcousticModel(nn.Module):
         return payload
 
     @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, device: torch.device | str = "cpu"
-    ) -> AcousticModel:
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> AcousticModel:
         """Load an inference export: eval mode, on ``device``; CheckpointError if unusable."""
         return cls.from_payload(load_checkpoint(path, kind=INFERENCE_KIND), str(path)).to(device)
 

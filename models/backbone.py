@@ -156,7 +156,6 @@ class Backbone(StreamingStack):
             c = F.pad(c, (0, delay), mode="replicate")
         return self.run(pad_future(x, delay), c, pad_future(cond, delay), None)[..., delay:]
 
-
     def step(
         self, x: Tensor, c_noise: Tensor | float, cond: Tensor, state: StreamState
     ) -> tuple[Tensor, StreamState]:

@@ -61,8 +61,9 @@ class ChainVocoder(Protocol):
 
     def init_state(self, batch: int, device: Any = None, dtype: Any = None) -> StreamState: ...
 
-    def step(self, mel: Tensor, f0_hz: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
-        ...
+    def step(
+        self, mel: Tensor, f0_hz: Tensor, state: StreamState
+    ) -> tuple[Tensor, StreamState]: ...
 
 
 def _transposed(
@@ -111,9 +112,12 @@ class ConversionChain(nn.Module):
         if enc is None and model.cfg.model.content_dim > 0:
             raise ValueError("the model takes content features: give it a content model")
         if enc is not None and int(getattr(enc, "dim", getattr(enc, "content_dim", -1))) != (
-                model.cfg.model.content_dim):
-            raise ValueError(f"the content model gives {getattr(enc, 'dim', '?')} channels, the "
-                             f"acoustic model takes {model.cfg.model.content_dim}")  # fmt: skip
+            model.cfg.model.content_dim
+        ):
+            raise ValueError(
+                f"the content model gives {getattr(enc, 'dim', '?')} channels, the "
+                f"acoustic model takes {model.cfg.model.content_dim}"
+            )
         late_content = enc.lookahead_frames if enc is not None else 0
         late_cond = late_content + model.conditioner.lookahead_frames
         late_mel = late_cond + model.target.lookahead_frames
@@ -201,8 +205,8 @@ class ConversionChain(nn.Module):
             content = f0.new_zeros(streams, 0, frames)
         t1 = self._lap("content", t0)
         cond = m.conditioner.run(
-            content, side[:, 0], side[:, 1], side[:, 2], inputs["speaker"],
-            state["conditioner"])  # fmt: skip
+            content, side[:, 0], side[:, 1], side[:, 2], inputs["speaker"], state["conditioner"]
+        )
         start = state["frame"]
         index = start + torch.arange(frames, device=f0.device)
         noise = frame_noise(index, self.n_mels, self.seed_t, f0.dtype)

@@ -199,7 +199,6 @@ class Conditioner(StreamingStack):
         ins = [pad_future(t, d) for t in (content, f0_hz, voiced.to(content.dtype), loudness_db)]
         return self.run(*ins, speaker, None)[..., d:]
 
-
     def step(
         self,
         content: Tensor,

@@ -246,8 +246,10 @@ class FeaturesConfig:
         if not self.extractors or len(set(self.extractors)) != len(self.extractors):
             raise ConfigError("features: extractors must be a non-empty list without repeats")
         if self.content_checkpoint and self.content_model:
-            raise ConfigError("features: set content_checkpoint (built-in encoder) or "
-                              "content_model (external), not both")  # fmt: skip
+            raise ConfigError(
+                "features: set content_checkpoint (built-in encoder) or "
+                "content_model (external), not both"
+            )
         if self.content_layer < 0:
             raise ConfigError("features: content_layer must be >= 0 (0 = final output)")
 
@@ -291,9 +293,18 @@ class ContentConfig:
     active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
 
     def __post_init__(self) -> None:
-        for name in ("channels", "layers", "kernel_size", "dilation_cycle", "content_dim",
-                     "perturbations", "decoder_channels", "decoder_layers", "speaker_dim",
-                     "adversary_hidden"):  # fmt: skip
+        for name in (
+            "channels",
+            "layers",
+            "kernel_size",
+            "dilation_cycle",
+            "content_dim",
+            "perturbations",
+            "decoder_channels",
+            "decoder_layers",
+            "speaker_dim",
+            "adversary_hidden",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"content: {name} must be >= 1")
         if self.lookahead_frames < 0 or self.train_singers < 0 or self.eq_bands < 0:
@@ -372,8 +383,15 @@ class VocoderConfig:
     disc_channels: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("channels", "layers", "kernel_size", "dilation_cycle", "n_harmonics",
-                     "segment_frames", "disc_channels"):  # fmt: skip
+        for name in (
+            "channels",
+            "layers",
+            "kernel_size",
+            "dilation_cycle",
+            "n_harmonics",
+            "segment_frames",
+            "disc_channels",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"vocoder: {name} must be >= 1")
         if self.lookahead_frames < 0 or self.context_frames < 0 or self.adv_start < 0:

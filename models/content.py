@@ -113,7 +113,6 @@ class ContentEncoder(StreamingStack):
         x = F.pad(self.normalize_input(mel), (0, d), value=self.pad_value)
         return self.run(x, None)[..., d:]
 
-
     def step(self, mel: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
         """``mel (B, n_mels, k)`` -> ``(B, content_dim, k)``, ``lookahead_frames`` late."""
         return self.run(self.normalize_input(mel), state), state

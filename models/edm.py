@@ -87,7 +87,6 @@ class EDMPrecond(StreamingStack):
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma_like(sigma, x))
         return c_skip * x + c_out * self.backbone(c_in * x, c_noise, cond)
 
-
     def step(
         self, x: Tensor, sigma: Tensor | float, cond: Tensor, state: StreamState
     ) -> tuple[Tensor, StreamState]:
@@ -108,4 +107,3 @@ class EDMPrecond(StreamingStack):
             return x
         cond = ref.new_zeros(batch, self.backbone.cond_channels, delay)
         return self.step(x, sigma, cond, state)[0]
-

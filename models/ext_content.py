@@ -57,8 +57,14 @@ ENCODER_RATE = 16000  # Hz: every supported encoder's input rate
 FORMATS = ("fairseq", "torchaudio", "hf", "whisper")
 PLACEHOLDER_MODULES = ("fairseq", "omegaconf", "typing", "enum", "collections", "numpy", "pathlib")
 _MAX_PLACEHOLDERS = 64
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                       "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}  # fmt: skip
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
 
 
 class OpaqueObject:
@@ -100,8 +106,11 @@ def _load_torch(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with Namespace allowed and placeholders (see above)."""
     names: list[str] = []
     try:  # statically listed globals first (zip checkpoints), then one more per refusal
-        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-                 if n != "argparse.Namespace"]  # fmt: skip
+        names = [
+            n
+            for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            if n != "argparse.Namespace"
+        ]
     except Exception:  # legacy (non-zip) or damaged file: found out by torch.load below
         names = []
     for _ in range(_MAX_PLACEHOLDERS):
@@ -125,10 +134,15 @@ def _load_torch(path: Path) -> Any:
                 continue
             blocked = re.search(r"unsupported GLOBAL (\S+) whose module", text)
             detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-            reason = (f"refusing to load {blocked.group(1)}" if blocked else
-                      (detail.group(1) if detail else (text.splitlines() or [""])[0]))  # fmt: skip
-            raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt file?): "
-                                  f"{type(exc).__name__}: {reason.strip()}") from None  # fmt: skip
+            reason = (
+                f"refusing to load {blocked.group(1)}"
+                if blocked
+                else (detail.group(1) if detail else (text.splitlines() or [""])[0])
+            )
+            raise CheckpointError(
+                f"{path}: unreadable checkpoint (truncated or corrupt file?): "
+                f"{type(exc).__name__}: {reason.strip()}"
+            ) from None
     raise CheckpointError(f"{path}: too many pickled classes ({len(names)})")
 
 
@@ -148,8 +162,10 @@ def _load_safetensors(path: Path) -> dict[str, Tensor]:
             t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
             out[name] = t.reshape(info["shape"]).clone()
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: unreadable .safetensors file (truncated or corrupt?): "
-                              f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+        raise CheckpointError(
+            f"{path}: unreadable .safetensors file (truncated or corrupt?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
     return out
 
 
@@ -224,30 +240,41 @@ def _hf_cfg(config: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(c.get("num_attention_heads"), int):
         out["encoder_attention_heads"] = c["num_attention_heads"]
     if all(isinstance(c.get(k), list) for k in ("conv_dim", "conv_kernel", "conv_stride")):
-        out["conv_feature_layers"] = repr(list(zip(c["conv_dim"], c["conv_kernel"],
-                                                   c["conv_stride"], strict=False)))  # fmt: skip
+        out["conv_feature_layers"] = repr(
+            list(zip(c["conv_dim"], c["conv_kernel"], c["conv_stride"], strict=False))
+        )
     if isinstance(c.get("do_stable_layer_norm"), bool):
         out["layer_norm_first"] = c["do_stable_layer_norm"]
     return out
 
 
 _PATTERNS = (
-    ("fairseq", re.compile(r"(w2v_encoder\.)?(w2v_model\.)?(post_extract_proj\.|"
-                           r"encoder\.layers\.\d+\.self_attn\.|encoder\.pos_conv\.0\.)")),
+    (
+        "fairseq",
+        re.compile(
+            r"(w2v_encoder\.)?(w2v_model\.)?(post_extract_proj\.|"
+            r"encoder\.layers\.\d+\.self_attn\.|encoder\.pos_conv\.0\.)"
+        ),
+    ),
     ("torchaudio", re.compile(r"(wav2vec2\.)?encoder\.transformer\.layers\.\d+\.attention\.")),
     ("hf", re.compile(r"(hubert\.|wav2vec2\.)?encoder\.layers\.\d+\.attention\.")),
-)  # fmt: skip
+)
 
 
 def detect_format(payload: Any, what: str) -> tuple[str, Mapping[str, Any]]:
     """``(format, state dict)`` of a loaded payload: one of :data:`FORMATS`."""
     if not isinstance(payload, Mapping):
-        raise CheckpointError(f"{what}: not a content-encoder checkpoint (a "
-                              f"{type(payload).__name__}, expected a dict)")  # fmt: skip
+        raise CheckpointError(
+            f"{what}: not a content-encoder checkpoint (a "
+            f"{type(payload).__name__}, expected a dict)"
+        )
     if "dims" in payload and "model_state_dict" in payload:
         return "whisper", payload
-    candidates = [payload] + [payload[k] for k in ("model", "state_dict", "model_state_dict")
-                              if isinstance(payload.get(k), Mapping)]  # fmt: skip
+    candidates = [payload] + [
+        payload[k]
+        for k in ("model", "state_dict", "model_state_dict")
+        if isinstance(payload.get(k), Mapping)
+    ]
     for sd in candidates:
         keys = [k for k in sd if isinstance(k, str)]
         for name, pattern in _PATTERNS:
@@ -260,8 +287,9 @@ def detect_format(payload: Any, what: str) -> tuple[str, Mapping[str, Any]]:
     )
 
 
-def align_frames(feats: Tensor, first_centre: float, hop: float, frames: int,
-                 step: float) -> Tensor:  # fmt: skip
+def align_frames(
+    feats: Tensor, first_centre: float, hop: float, frames: int, step: float
+) -> Tensor:
     """Linear interpolation in time: ``feats`` (B, J, D), frame j centred at ``first_centre +
     hop j`` -> ``(B, D, frames)`` at centres ``step t`` (all in the same sample units); held
     constant outside the first/last centre."""
@@ -288,8 +316,14 @@ class ExternalContent(nn.Module):
     engine's cross-fade absorbs).
     """
 
-    def __init__(self, encoder: nn.Module, kind: str, sample_rate: int = 24000,
-                 hop_length: int = 256, left_context_s: float = 2.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        encoder: nn.Module,
+        kind: str,
+        sample_rate: int = 24000,
+        hop_length: int = 256,
+        left_context_s: float = 2.0,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.kind = kind
@@ -303,16 +337,18 @@ class ExternalContent(nn.Module):
     def forward(self, audio: Tensor) -> Tensor:
         """``audio`` (B, N) float at :attr:`sample_rate` -> (B, dim, N // hop_length + 1)."""
         if audio.dim() != 2 or audio.shape[-1] < 1:
-            raise ValueError(f"audio must be (batch, samples) with samples >= 1, "
-                             f"got {tuple(audio.shape)}")  # fmt: skip
+            raise ValueError(
+                f"audio must be (batch, samples) with samples >= 1, got {tuple(audio.shape)}"
+            )
         frames = audio.shape[-1] // self.hop_length + 1
         wav = audio.float()
         if self.sample_rate != ENCODER_RATE:
             wav = AF.resample(wav, self.sample_rate, ENCODER_RATE)
         feats = self.encoder(wav)
         step = self.hop_length * ENCODER_RATE / self.sample_rate
-        return align_frames(feats, self.encoder.first_centre_16k, self.encoder.hop_16k,
-                            frames, step)  # fmt: skip
+        return align_frames(
+            feats, self.encoder.first_centre_16k, self.encoder.hop_16k, frames, step
+        )
 
 
 def load_content_model(
@@ -339,8 +375,10 @@ def load_content_model(
     layer = 0 if layer is None else int(layer)
     if kind == "whisper":
         if projection:
-            raise CheckpointError(f"{what}: a Whisper encoder has no final_proj (projection "
-                                  "applies to HuBERT/ContentVec only)")  # fmt: skip
+            raise CheckpointError(
+                f"{what}: a Whisper encoder has no final_proj (projection "
+                "applies to HuBERT/ContentVec only)"
+            )
         encoder: nn.Module = whisper_content(payload, layer, what)
     else:
         if kind == "fairseq":

@@ -60,10 +60,17 @@ _STRING = r'("(?:\\.|[^"\\])*")'
 _COMMENTS = re.compile(_STRING + r"|//[^\n]*|/\*.*?\*/", re.S)
 _TRAILING_COMMAS = re.compile(_STRING + r"|,(\s*[}\]])")
 _ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-}  # fmt: skip
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 class AudioMismatchError(CheckpointError, ValueError):

@@ -54,33 +54,49 @@ HOP_16K = 320  # samples between frames (20 ms at 16 kHz)
 
 _TA_LAYER = r"encoder.transformer.layers.\1"
 _POS = "encoder.transformer.pos_conv_embed.conv"
-_WN = {"weight_g": "parametrizations.weight.original0",
-       "weight_v": "parametrizations.weight.original1"}  # fmt: skip
+_WN = {
+    "weight_g": "parametrizations.weight.original0",
+    "weight_v": "parametrizations.weight.original1",
+}
 
 # fairseq name (regex) -> torchaudio name. Conv block i of fairseq's ConvFeatureExtractionModel is
 # Sequential(conv, dropout, norm, gelu) where norm is GroupNorm (block 0, "default" mode) or
 # Sequential(transpose, LayerNorm, transpose) ("layer_norm" mode).
 FAIRSEQ_KEYS: tuple[tuple[str, str], ...] = (
-    (r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.conv.\2"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.layer_norm.\2"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.layer_norm.\2"),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.conv.\2",
+    ),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.2\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.layer_norm.\2",
+    ),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.layer_norm.\2",
+    ),
     (r"layer_norm\.(weight|bias)", r"encoder.feature_projection.layer_norm.\1"),
     (r"post_extract_proj\.(weight|bias)", r"encoder.feature_projection.projection.\1"),
-    (r"encoder\.pos_conv\.0\.(bias|weight_g|weight_v|parametrizations\.weight\.original[01])",
-     _POS + r".\1"),
+    (
+        r"encoder\.pos_conv\.0\.(bias|weight_g|weight_v|parametrizations\.weight\.original[01])",
+        _POS + r".\1",
+    ),
     (r"encoder\.layer_norm\.(weight|bias)", r"encoder.transformer.layer_norm.\1"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)",
-     _TA_LAYER + r".attention.\2_proj.\3"),
+    (
+        r"encoder\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)",
+        _TA_LAYER + r".attention.\2_proj.\3",
+    ),
     (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)", _TA_LAYER + r".layer_norm.\2"),
-    (r"encoder\.layers\.(\d+)\.fc1\.(weight|bias)",
-     _TA_LAYER + r".feed_forward.intermediate_dense.\2"),
+    (
+        r"encoder\.layers\.(\d+)\.fc1\.(weight|bias)",
+        _TA_LAYER + r".feed_forward.intermediate_dense.\2",
+    ),
     (r"encoder\.layers\.(\d+)\.fc2\.(weight|bias)", _TA_LAYER + r".feed_forward.output_dense.\2"),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)",
-     _TA_LAYER + r".final_layer_norm.\2"),
-)  # fmt: skip
+    (
+        r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)",
+        _TA_LAYER + r".final_layer_norm.\2",
+    ),
+)
 # pre-training only: masking, label embeddings, ContentVec's speaker-conditioned parts, quantiser
 FAIRSEQ_IGNORED = re.compile(
     r"(mask_emb|label_embs_concat|layer_proj\..*|target_glu\..*|encoder\.cond_layer_norm\..*"
@@ -89,16 +105,25 @@ FAIRSEQ_IGNORED = re.compile(
 
 # Hugging Face HubertModel name (regex) -> torchaudio name.
 HF_KEYS: tuple[tuple[str, str], ...] = (
-    (r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)",
-     r"feature_extractor.conv_layers.\1.\2.\3"),
-    (r"feature_projection\.(layer_norm|projection)\.(weight|bias)",
-     r"encoder.feature_projection.\1.\2"),
-    (r"encoder\.pos_conv_embed\.conv\.(bias|weight_g|weight_v|parametrizations\.weight\.original[01])",
-     _POS + r".\1"),
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)",
+        r"feature_extractor.conv_layers.\1.\2.\3",
+    ),
+    (
+        r"feature_projection\.(layer_norm|projection)\.(weight|bias)",
+        r"encoder.feature_projection.\1.\2",
+    ),
+    (
+        r"encoder\.pos_conv_embed\.conv\.(bias|weight_g|weight_v|parametrizations\.weight\.original[01])",
+        _POS + r".\1",
+    ),
     (r"encoder\.layer_norm\.(weight|bias)", r"encoder.transformer.layer_norm.\1"),
-    (r"encoder\.layers\.(\d+)\.(attention\.(?:q|k|v|out)_proj|layer_norm|final_layer_norm"
-     r"|feed_forward\.(?:intermediate|output)_dense)\.(weight|bias)", _TA_LAYER + r".\2.\3"),
-)  # fmt: skip
+    (
+        r"encoder\.layers\.(\d+)\.(attention\.(?:q|k|v|out)_proj|layer_norm|final_layer_norm"
+        r"|feed_forward\.(?:intermediate|output)_dense)\.(weight|bias)",
+        _TA_LAYER + r".\2.\3",
+    ),
+)
 HF_IGNORED = re.compile(r"(masked_spec_embed|lm_head\..*|projector\..*|classifier\..*)")
 TA_IGNORED = re.compile(r"(aux\..*|mask_generator\..*|logit_generator\.label_embeddings)")
 
@@ -137,8 +162,9 @@ class HubertSpec:
         return window
 
 
-def _rename(sd: Mapping[str, Any], table: tuple[tuple[str, str], ...], ignored: re.Pattern,
-            what: str) -> dict[str, Tensor]:  # fmt: skip
+def _rename(
+    sd: Mapping[str, Any], table: tuple[tuple[str, str], ...], ignored: re.Pattern, what: str
+) -> dict[str, Tensor]:
     """Rename ``sd`` by ``table``; ignored keys are dropped, unknown keys raise CheckpointError."""
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
@@ -231,8 +257,9 @@ def parse_conv_layers(text: str) -> tuple[tuple[int, int, int], ...]:
         layers = walk(ast.parse(text, mode="eval").body)
         out = tuple((int(c), int(k), int(s)) for c, k, s in layers)
     except (SyntaxError, ValueError, TypeError) as exc:
-        raise ValueError(f"conv_feature_layers {text!r} is not a list of (dim, kernel, stride): "
-                         f"{exc}") from None  # fmt: skip
+        raise ValueError(
+            f"conv_feature_layers {text!r} is not a list of (dim, kernel, stride): {exc}"
+        ) from None
     if not out:
         raise ValueError("conv_feature_layers is empty")
     return out
@@ -251,13 +278,18 @@ def infer_spec(sd: Mapping[str, Tensor], cfg: Mapping[str, Any], what: str) -> H
     conv = "feature_extractor.conv_layers"
     n_conv = len({k.split(".")[2] for k in sd if k.startswith(conv + ".")})
     layer_ids = {int(k.split(".")[3]) for k in sd if k.startswith("encoder.transformer.layers.")}
-    need = [f"{conv}.0.conv.weight", "encoder.feature_projection.projection.weight",
-            f"{_POS}.parametrizations.weight.original1", "encoder.transformer.layers.0."
-            "feed_forward.intermediate_dense.weight"]  # fmt: skip
+    need = [
+        f"{conv}.0.conv.weight",
+        "encoder.feature_projection.projection.weight",
+        f"{_POS}.parametrizations.weight.original1",
+        "encoder.transformer.layers.0.feed_forward.intermediate_dense.weight",
+    ]
     missing = [k for k in need if k not in sd]
     if missing or not n_conv or layer_ids != set(range(len(layer_ids))):
-        raise CheckpointError(f"{what}: not a complete HuBERT-family state (missing "
-                              f"{missing or 'transformer layers'})")  # fmt: skip
+        raise CheckpointError(
+            f"{what}: not a complete HuBERT-family state (missing "
+            f"{missing or 'transformer layers'})"
+        )
     kernels = [sd[f"{conv}.{i}.conv.weight"].shape for i in range(n_conv)]
     if "conv_feature_layers" in cfg:
         try:
@@ -267,8 +299,10 @@ def infer_spec(sd: Mapping[str, Tensor], cfg: Mapping[str, Any], what: str) -> H
     elif tuple(k[2] for k in kernels) == STANDARD_KERNELS:
         layers = tuple((k[0], k[2], s) for k, s in zip(kernels, STANDARD_STRIDES, strict=True))
     else:
-        raise CheckpointError(f"{what}: non-standard conv kernels {[k[2] for k in kernels]} and "
-                              "no config giving the strides")  # fmt: skip
+        raise CheckpointError(
+            f"{what}: non-standard conv kernels {[k[2] for k in kernels]} and "
+            "no config giving the strides"
+        )
     if f"{conv}.1.layer_norm.weight" in sd:
         mode = "layer_norm"
     elif f"{conv}.0.layer_norm.weight" in sd:
@@ -328,12 +362,19 @@ class HubertContent(nn.Module):
     past the last sample. ``final_proj`` (e.g. 768 -> 256) is applied when given.
     """
 
-    def __init__(self, model: Wav2Vec2Model, spec: HubertSpec, layer: int,
-                 final_proj: nn.Linear | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Wav2Vec2Model,
+        spec: HubertSpec,
+        layer: int,
+        final_proj: nn.Linear | None = None,
+    ) -> None:
         super().__init__()
         if not 0 <= layer <= spec.num_layers:
-            raise ValueError(f"layer {layer} out of range: the model has {spec.num_layers} "
-                             "transformer layers (1-based; 0 = the encoder output)")  # fmt: skip
+            raise ValueError(
+                f"layer {layer} out of range: the model has {spec.num_layers} "
+                "transformer layers (1-based; 0 = the encoder output)"
+            )
         self.model = model
         self.spec = spec
         self.layer = layer
@@ -363,9 +404,14 @@ class HubertContent(nn.Module):
         return h
 
 
-def hubert_content(sd: Mapping[str, Tensor], proj: Mapping[str, Tensor] | None,
-                   cfg: Mapping[str, Any], layer: int, projection: bool,
-                   what: str) -> HubertContent:  # fmt: skip
+def hubert_content(
+    sd: Mapping[str, Tensor],
+    proj: Mapping[str, Tensor] | None,
+    cfg: Mapping[str, Any],
+    layer: int,
+    projection: bool,
+    what: str,
+) -> HubertContent:
     """Build, load (strict keys and shapes) and wrap a torchaudio-named HuBERT state."""
     spec = infer_spec(sd, cfg, what)
     model = build_hubert(spec)
@@ -373,8 +419,9 @@ def hubert_content(sd: Mapping[str, Tensor], proj: Mapping[str, Tensor] | None,
     final: nn.Linear | None = None
     if projection:
         if not proj or "weight" not in proj:
-            raise CheckpointError(f"{what}: projection requested but the checkpoint has no "
-                                  "final_proj")  # fmt: skip
+            raise CheckpointError(
+                f"{what}: projection requested but the checkpoint has no final_proj"
+            )
         w = proj["weight"]
         final = nn.Linear(w.shape[1], w.shape[0], bias="bias" in proj)
         load_state_strict(final, proj, f"{what}: final_proj")

@@ -39,8 +39,10 @@ def require_model(checkpoint: str | os.PathLike[str] | None) -> Path:
         return Path(checkpoint)
     path = default_model_path()
     if path is None:
-        raise CheckpointError("no model given and this installation ships none: pass "
-                              "--checkpoint MODEL.ckpt (from `comostream export`)")  # fmt: skip
+        raise CheckpointError(
+            "no model given and this installation ships none: pass "
+            "--checkpoint MODEL.ckpt (from `comostream export`)"
+        )
     return path
 
 

@@ -120,8 +120,9 @@ class Vocoder(StreamingStack):
         self.left_frames: int = sum(cv.left_frames for cv in convs) + 1 - self.synth_delay
         self.grid = MelGrid(a)
         hop = a.hop_length
-        self.register_buffer("harmonics", torch.arange(1, c.n_harmonics + 1, dtype=torch.float32),
-                             persistent=False)  # fmt: skip
+        self.register_buffer(
+            "harmonics", torch.arange(1, c.n_harmonics + 1, dtype=torch.float32), persistent=False
+        )
         ramp = torch.arange(hop, dtype=torch.float64) / hop
         self.register_buffer("ramp", ramp.to(torch.float32), persistent=False)
         self.register_buffer("ramp64", ramp, persistent=False)
@@ -140,8 +141,14 @@ class Vocoder(StreamingStack):
         """Causal controls ``(B, 2 n_mels + 1, k)``: harmonic and noise log-envelopes, F0 (Hz)."""
         voiced = (f0_hz > 0).to(mel.dtype)
         log_f0 = torch.log2(f0_hz.clamp(min=1.0) / F0_REF_HZ) * voiced
-        x = torch.cat([(mel - self.cfg.mel_mean) / self.cfg.mel_std,
-                       log_f0.unsqueeze(1), voiced.unsqueeze(1)], dim=1)  # fmt: skip
+        x = torch.cat(
+            [
+                (mel - self.cfg.mel_mean) / self.cfg.mel_std,
+                log_f0.unsqueeze(1),
+                voiced.unsqueeze(1),
+            ],
+            dim=1,
+        )
         h = self.input(x)
         layers_state = child(state, "layers")
         for i, layer in enumerate(self.layers):
@@ -167,8 +174,9 @@ class Vocoder(StreamingStack):
         voiced = (f0 > 0).to(env.dtype).unsqueeze(1)
         return torch.exp(log_amp.clamp(max=MAX_LOG_GAIN)) * taper * voiced
 
-    def _synthesize(self, prev: Tensor, cur: Tensor, osc: StreamState | None,
-                    sample_offset: Tensor | None) -> Tensor:  # fmt: skip
+    def _synthesize(
+        self, prev: Tensor, cur: Tensor, osc: StreamState | None, sample_offset: Tensor | None
+    ) -> Tensor:
         """Samples ``(B, k * hop)`` moving from controls ``prev`` to ``cur`` (both (B, 2n+1, k))."""
         n, hop = self.n_mels, self.hop_length
         b, _, k = cur.shape
@@ -180,13 +188,17 @@ class Vocoder(StreamingStack):
         amp_cur = self._harmonic_amps(cur[:, :n], f_cur, f_max)
         if osc is None:
             phase0 = cur.new_zeros(b, 1, dtype=torch.float64)
-            first = (sample_offset if sample_offset is not None
-                     else torch.zeros(b, dtype=torch.int64, device=cur.device))  # fmt: skip
+            first = (
+                sample_offset
+                if sample_offset is not None
+                else torch.zeros(b, dtype=torch.int64, device=cur.device)
+            )
             tail = None
         else:
             phase0, first, tail = osc["phase"], osc["sample"], osc["noise_tail"]
-        phase, phase_end = frame_phase(fp.detach(), fc.detach(), phase0, self.ramp64,
-                                       self.sample_rate)  # fmt: skip
+        phase, phase_end = frame_phase(
+            fp.detach(), fc.detach(), phase0, self.ramp64, self.sample_rate
+        )
         harm = harmonic_block(phase, amp_prev, amp_cur, self.harmonics, self.ramp)
         log_gain = torch.matmul(self.noise_matrix, cur[:, n : 2 * n]) + self.noise_log_scale
         gain = torch.exp(log_gain.clamp(max=MAX_LOG_GAIN)).transpose(1, 2)  # (B, k, hop + 1)
@@ -198,8 +210,13 @@ class Vocoder(StreamingStack):
             osc["noise_tail"].copy_(new_tail.detach())
         return harm + noise
 
-    def run(self, mel: Tensor, f0_hz: Tensor, state: StreamState | None,
-            sample_offset: Tensor | None = None) -> Tensor:  # fmt: skip
+    def run(
+        self,
+        mel: Tensor,
+        f0_hz: Tensor,
+        state: StreamState | None,
+        sample_offset: Tensor | None = None,
+    ) -> Tensor:
         """The causal computation: ``(B, n_mels, k)``, ``(B, k)`` -> ``(B, k * hop)``.
 
         ``state`` None: a fresh run (zero past, phase 0, noise index from ``sample_offset``
@@ -217,8 +234,9 @@ class Vocoder(StreamingStack):
         if mel.dim() != 3 or mel.shape[1] != self.n_mels:
             raise ValueError(f"mel must be (B, {self.n_mels}, T), got {tuple(mel.shape)}")
         if f0_hz.shape != (mel.shape[0], mel.shape[2]):
-            raise ValueError(f"f0_hz must be (B, T) = {(mel.shape[0], mel.shape[2])}, "
-                             f"got {tuple(f0_hz.shape)}")  # fmt: skip
+            raise ValueError(
+                f"f0_hz must be (B, T) = {(mel.shape[0], mel.shape[2])}, got {tuple(f0_hz.shape)}"
+            )
 
     def forward(self, mel: Tensor, f0_hz: Tensor, sample_offset: Tensor | None = None) -> Tensor:
         """One-shot, aligned: ``(B, n_mels, T)``, ``(B, T)`` Hz -> ``(B, T * hop)``.
@@ -269,7 +287,7 @@ class Vocoder(StreamingStack):
             "config": {
                 "audio": dataclasses.asdict(self.audio),
                 "vocoder": dataclasses.asdict(self.cfg),
-            },  # fmt: skip
+            },
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()},
         }
 
@@ -281,16 +299,18 @@ class Vocoder(StreamingStack):
         weights.
         """
         if not isinstance(payload, Mapping):
-            raise CheckpointError(f"{what}: vocoder payload is a {type(payload).__name__}, "
-                                  "not a dict")  # fmt: skip
+            raise CheckpointError(
+                f"{what}: vocoder payload is a {type(payload).__name__}, not a dict"
+            )
         config = payload.get("config")
         if not isinstance(config, Mapping) or not all(
             isinstance(config.get(s), Mapping) for s in ("audio", "vocoder")
         ):
             raise CheckpointError(f"{what}: no usable 'config.audio' / 'config.vocoder' tables")
         try:
-            cfg = config_from_dict({s: dict(config[s]) for s in ("audio", "vocoder")},
-                                   f"{what}: config")  # fmt: skip
+            cfg = config_from_dict(
+                {s: dict(config[s]) for s in ("audio", "vocoder")}, f"{what}: config"
+            )
         except ConfigError as exc:
             raise CheckpointError(str(exc)) from None
         model = cls(cfg.vocoder, cfg.audio)

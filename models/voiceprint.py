@@ -27,8 +27,9 @@ class VoicePrint(dict):
     """``{"mcep": list[float] (24,), "f0_median": float}`` (plain data: checkpoint-safe)."""
 
 
-def voice_print(audio: np.ndarray, cfg: F0Config | None = None, sr: int = 24000,
-                hop: int = 256) -> VoicePrint:  # fmt: skip
+def voice_print(
+    audio: np.ndarray, cfg: F0Config | None = None, sr: int = 24000, hop: int = 256
+) -> VoicePrint:
     """The print of ``audio`` (24 kHz mono float32); ValueError if it has no voiced frame."""
     track = yin_f0(audio, cfg or F0Config())
     x = np.ascontiguousarray(audio, np.float64)
@@ -40,8 +41,10 @@ def voice_print(audio: np.ndarray, cfg: F0Config | None = None, sr: int = 24000,
         raise ValueError("no voiced frame to make a voice print from")
     sp = pyworld.cheaptrick(x, f0, times, sr)
     mcep = pyworld.code_spectral_envelope(sp, sr, DIMS + 1)[:, 1:]
-    return VoicePrint(mcep=[float(v) for v in mcep[use].mean(axis=0)],
-                      f0_median=float(np.median(track.f0_hz[use])))  # fmt: skip
+    return VoicePrint(
+        mcep=[float(v) for v in mcep[use].mean(axis=0)],
+        f0_median=float(np.median(track.f0_hz[use])),
+    )
 
 
 def _frame_db(x: np.ndarray, frames: int, hop: int, win: int = 1024) -> np.ndarray:

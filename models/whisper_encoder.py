@@ -32,8 +32,14 @@ from torch import Tensor, nn
 
 from comostream.models.checkpoint_io import CheckpointError, load_state_strict
 
-__all__ = ["AudioEncoder", "WhisperContent", "WhisperDims", "WhisperLogMel", "sinusoids",
-           "whisper_content"]  # fmt: skip
+__all__ = [
+    "AudioEncoder",
+    "WhisperContent",
+    "WhisperDims",
+    "WhisperLogMel",
+    "sinusoids",
+    "whisper_content",
+]
 
 SAMPLE_RATE = 16000  # Hz
 N_FFT = 400  # samples
@@ -77,15 +83,29 @@ class WhisperLogMel(nn.Module):
 
     def __init__(self, n_mels: int) -> None:
         super().__init__()
-        fb = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, n_mels, SAMPLE_RATE,
-                                norm="slaney", mel_scale="slaney")  # fmt: skip
+        fb = AF.melscale_fbanks(
+            N_FFT // 2 + 1,
+            0.0,
+            SAMPLE_RATE / 2,
+            n_mels,
+            SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
+        )
         self.register_buffer("filters", fb.T.contiguous(), persistent=False)  # (n_mels, 201)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, wav: Tensor) -> Tensor:
         """``wav`` (B, M), M > 200 -> (B, n_mels, M // 160) float32."""
-        spec = torch.stft(wav.float(), N_FFT, HOP, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True)  # fmt: skip
+        spec = torch.stft(
+            wav.float(),
+            N_FFT,
+            HOP,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
         power = spec[..., :-1].abs() ** 2
         log = torch.clamp(self.filters @ power, min=1e-10).log10()
         floor = log.amax(dim=(1, 2), keepdim=True) - 8.0
@@ -109,8 +129,9 @@ class MultiHeadAttention(nn.Module):
         def heads(y: Tensor) -> Tensor:
             return y.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(heads(self.query(x)), heads(self.key(x)),
-                                           heads(self.value(x)))  # fmt: skip
+        y = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        )
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -121,8 +142,9 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(n_state, n_head)
         self.attn_ln = nn.LayerNorm(n_state)
-        self.mlp = nn.Sequential(nn.Linear(n_state, 4 * n_state), nn.GELU(),
-                                 nn.Linear(4 * n_state, n_state))  # fmt: skip
+        self.mlp = nn.Sequential(
+            nn.Linear(n_state, 4 * n_state), nn.GELU(), nn.Linear(4 * n_state, n_state)
+        )
         self.mlp_ln = nn.LayerNorm(n_state)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,8 +165,9 @@ class AudioEncoder(nn.Module):
         self.dims = dims
         self.conv1 = nn.Conv1d(dims.n_mels, dims.n_audio_state, 3, padding=1)
         self.conv2 = nn.Conv1d(dims.n_audio_state, dims.n_audio_state, 3, stride=2, padding=1)
-        self.register_buffer("positional_embedding",
-                             sinusoids(dims.n_audio_ctx, dims.n_audio_state))  # fmt: skip
+        self.register_buffer(
+            "positional_embedding", sinusoids(dims.n_audio_ctx, dims.n_audio_state)
+        )
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head)
             for _ in range(dims.n_audio_layer)
@@ -172,8 +195,10 @@ class WhisperContent(nn.Module):
         super().__init__()
         n = encoder.dims.n_audio_layer
         if not 0 <= layer <= n:
-            raise ValueError(f"layer {layer} out of range: the encoder has {n} blocks "
-                             "(1-based; 0 = the encoder output after ln_post)")  # fmt: skip
+            raise ValueError(
+                f"layer {layer} out of range: the encoder has {n} blocks "
+                "(1-based; 0 = the encoder output after ln_post)"
+            )
         self.mel = WhisperLogMel(encoder.dims.n_mels)
         self.encoder = encoder
         self.layer = layer
@@ -203,8 +228,10 @@ def whisper_content(payload: Mapping[str, Any], layer: int, what: str) -> Whispe
     dims = WhisperDims.from_dict(dims_raw, what)
     encoder = AudioEncoder(dims)
     state = {k[len("encoder.") :]: v for k, v in sd.items() if k.startswith("encoder.")}
-    state = {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v
-             for k, v in state.items()}  # fmt: skip
+    state = {
+        k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v
+        for k, v in state.items()
+    }
     state.setdefault("positional_embedding", encoder.positional_embedding.clone())
     load_state_strict(encoder, state, f"{what}: Whisper encoder")
     try:

@@ -45,9 +45,15 @@ class BatchedConverter:
         self.rt = realtime or RealtimeConfig()
         self.step = ConversionChain(model, vocoder, seed=self.rt.seed).eval()
         self.engines = [
-            StreamingConverter(self.step, embed=model.conditioner.speaker_embedding,
-                               speaker=model.resolve_speaker(spk), sample_rate=sample_rate,
-                               realtime=self.rt, audio=model.cfg.audio, **kwargs)
+            StreamingConverter(
+                self.step,
+                embed=model.conditioner.speaker_embedding,
+                speaker=model.resolve_speaker(spk),
+                sample_rate=sample_rate,
+                realtime=self.rt,
+                audio=model.cfg.audio,
+                **kwargs,
+            )
             for spk in speakers
         ]
         for eng in self.engines:

@@ -66,4 +66,3 @@ class GraphStep:
                     buf.copy_(inputs[name], non_blocking=True)
         self.graph.replay()
         return self.output
-

@@ -181,10 +181,14 @@ class StreamingConverter:
         if chunk is not None and chunk < 1:
             raise ValueError(f"chunk must be >= 1 sample, got {chunk}")
         self.chunk = chunk
-        self.fifo_prefill = (self.hop * (self.block + self.frontend.lookahead_frames)
-                             if chunk is None else self._aligned_prefill(chunk))  # fmt: skip
+        self.fifo_prefill = (
+            self.hop * (self.block + self.frontend.lookahead_frames)
+            if chunk is None
+            else self._aligned_prefill(chunk)
+        )
         self.delay_samples_24k = (
-            self.fifo_prefill + self.frontend.pad_samples + self.hop * int(step.lookahead_frames))
+            self.fifo_prefill + self.frontend.pad_samples + self.hop * int(step.lookahead_frames)
+        )
         if self.rs_in is not None:  # round the total delay up to a whole output sample
             grid = model_rate // math.gcd(model_rate, sample_rate)
             extra = -(int(self.rs_in.delay_samples_out) + self.delay_samples_24k) % grid
@@ -197,8 +201,9 @@ class StreamingConverter:
         dim = int(getattr(step, "speaker_dim", 0))
         zero = torch.zeros(1, dim, dtype=self.dtype)
         self._speaker = _Ramp(self._embedding(speaker) if embed else zero, self.rt.ramp_frames)
-        self._transpose = _Ramp(torch.tensor(float(transpose), dtype=torch.float64),
-                                self.rt.ramp_frames)  # fmt: skip
+        self._transpose = _Ramp(
+            torch.tensor(float(transpose), dtype=torch.float64), self.rt.ramp_frames
+        )
         self.speaker = speaker
         self.stats = EngineStats()
         self.defer_blocks = False  # batched use: blocks are queued for a shared model step
@@ -229,13 +234,21 @@ class StreamingConverter:
         on_cpu = next(model.parameters()).device.type == "cpu"
         if trace is None:
             traceable = getattr(vocoder, "traceable", True)  # window mode branches on data
-            trace = on_cpu and not kwargs.get("offline", False) and content_model is None and (
-                traceable)  # fmt: skip
+            trace = (
+                on_cpu
+                and not kwargs.get("offline", False)
+                and content_model is None
+                and (traceable)
+            )
         if trace:
             step = TracedStep(chain, chain.zero_inputs(1, rt.block_frames))
         kwargs.setdefault("audio", model.cfg.audio)
-        return cls(step, embed=model.conditioner.speaker_embedding,
-                   speaker=model.resolve_speaker(speaker), **kwargs)
+        return cls(
+            step,
+            embed=model.conditioner.speaker_embedding,
+            speaker=model.resolve_speaker(speaker),
+            **kwargs,
+        )
 
     # -- public API ------------------------------------------------------------------------------
     def _aligned_prefill(self, chunk: int) -> int:
@@ -343,8 +356,10 @@ class StreamingConverter:
         t0 = time.perf_counter()
         mono, squeeze = self._mono(samples)
         if self.chunk is not None and mono.shape[0] % self.chunk:
-            raise ValueError(f"this engine takes pushes of {self.chunk} samples (or multiples); "
-                             f"got {mono.shape[0]}")  # fmt: skip
+            raise ValueError(
+                f"this engine takes pushes of {self.chunk} samples (or multiples); "
+                f"got {mono.shape[0]}"
+            )
         x24 = self.rs_in.push(mono) if self.rs_in is not None else mono
         if self.profile:
             self.stats.add_time("resample", time.perf_counter() - t0)
@@ -446,10 +461,14 @@ class StreamingConverter:
             return torch.as_tensor(np.asarray(a), dtype=dt).to(dev).unsqueeze(0)
 
         inputs = {
-            "mel": t(f.mel), "loudness": t(f.loudness), "voiced": t(f.voiced.astype(np.float32)),
-            "f0": t(f.f0), "transpose": t(transpose), "audio": t(f.audio.T.reshape(-1)),
+            "mel": t(f.mel),
+            "loudness": t(f.loudness),
+            "voiced": t(f.voiced.astype(np.float32)),
+            "f0": t(f.f0),
+            "transpose": t(transpose),
+            "audio": t(f.audio.T.reshape(-1)),
             "speaker": speaker.to(dev, dt).reshape(1, -1),
-        }  # fmt: skip
+        }
         if self.defer_blocks:
             self.queued.append(inputs)
             return

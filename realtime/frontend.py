@@ -59,8 +59,12 @@ class FrameFeatures:
     @staticmethod
     def concat(parts: list[FrameFeatures]) -> FrameFeatures:
         """Frames of ``parts`` in order (an empty list is not allowed)."""
-        return FrameFeatures(*(np.concatenate([getattr(p, f) for p in parts], axis=-1)
-                               for f in ("mel", "loudness", "f0", "voiced", "audio")))  # fmt: skip
+        return FrameFeatures(
+            *(
+                np.concatenate([getattr(p, f) for p in parts], axis=-1)
+                for f in ("mel", "loudness", "f0", "voiced", "audio")
+            )
+        )
 
     def split(self, k: int) -> tuple[FrameFeatures, FrameFeatures]:
         """The first ``k`` frames and the rest."""

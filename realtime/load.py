@@ -35,8 +35,10 @@ def load_vocoder_any(
         try:
             ext = load_external_vocoder(path, device=device)
         except CheckpointError as theirs:
-            raise CheckpointError(f"{path}: not a usable vocoder. As a comostream vocoder: "
-                                  f"{ours}. As a BigVGAN/HiFi-GAN generator: {theirs}") from None
+            raise CheckpointError(
+                f"{path}: not a usable vocoder. As a comostream vocoder: "
+                f"{ours}. As a BigVGAN/HiFi-GAN generator: {theirs}"
+            ) from None
     return WindowedVocoder(ext, realtime).to(device)
 
 
@@ -64,7 +66,8 @@ def load_models(
         raise CheckpointError(
             f"{checkpoint}: the model file holds no vocoder; pass --vocoder (a `comostream train "
             "vocoder` checkpoint or your BigVGAN/HiFi-GAN generator) or re-export with "
-            "`comostream export --vocoder`")  # fmt: skip
+            "`comostream export --vocoder`"
+        )
     voc = Vocoder.from_payload(ck["vocoder"], f"{Path(checkpoint)} (vocoder)").to(device)
     return model, voc
 

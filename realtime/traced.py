@@ -65,9 +65,11 @@ class TracedStep(nn.Module):
         leaves = [t for _, t in state_tensors(template)]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarning: shape checks become constants
-            traced = torch.jit.trace(_Flat(step, self.names, template),
-                                     tuple(example[k] for k in self.names) + tuple(leaves),
-                                     check_trace=False)  # fmt: skip
+            traced = torch.jit.trace(
+                _Flat(step, self.names, template),
+                tuple(example[k] for k in self.names) + tuple(leaves),
+                check_trace=False,
+            )
             self.traced = torch.jit.freeze(traced.eval())
         self.profile: dict[str, float] | None = None  # per-stage times are not available
 

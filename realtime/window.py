@@ -97,8 +97,9 @@ class WindowedVocoder(_Windowed):
         dtype = dtype or torch.float32
         frames = self.context_frames + self.lookahead_frames
         return {
-            "mel": torch.full((batch, self.n_mels, frames), math.log(1e-5), device=device,
-                              dtype=dtype),  # fmt: skip
+            "mel": torch.full(
+                (batch, self.n_mels, frames), math.log(1e-5), device=device, dtype=dtype
+            ),
             "tail": torch.zeros(batch, self.crossfade, device=device, dtype=dtype),
         }
 
@@ -138,8 +139,11 @@ class WindowedContent(_Windowed):
 
     def init_state(self, batch: int, device: Any = None, dtype: Any = None) -> StreamState:
         frames = self.context_frames + self.lookahead_frames
-        return {"audio": torch.zeros(batch, frames * self.hop_length, device=device,
-                                     dtype=dtype or torch.float32)}  # fmt: skip
+        return {
+            "audio": torch.zeros(
+                batch, frames * self.hop_length, device=device, dtype=dtype or torch.float32
+            )
+        }
 
     def step(self, audio: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
         k = audio.shape[-1] // self.hop_length

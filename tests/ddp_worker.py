@@ -30,11 +30,27 @@ GLOBAL_BATCH, STEPS, LR = 8, 4, 0.2
 def main(out_dir: Path) -> None:
     info, device = setup_distributed("cpu")
     assert info.world_size == 2 and dist.get_backend() == "gloo"
-    cfg = toy_config(batch_size=GLOBAL_BATCH // info.world_size, max_steps=STEPS, ckpt_every=2,
-                     log_every=1, valid_every=2, lr=LR, grad_clip=0.0)  # fmt: skip
+    cfg = toy_config(
+        batch_size=GLOBAL_BATCH // info.world_size,
+        max_steps=STEPS,
+        ckpt_every=2,
+        log_every=1,
+        valid_every=2,
+        lr=LR,
+        grad_clip=0.0,
+    )
     state = toy_state(cfg, seed=info.rank, dropout=0.0, sgd=True)
-    trainer = Trainer(cfg, state, plain_step, toy_dataset(), out_dir / "run", kind="toy",
-                      valid_fn=toy_valid, progress=False, tensorboard=False)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        plain_step,
+        toy_dataset(),
+        out_dir / "run",
+        kind="toy",
+        valid_fn=toy_valid,
+        progress=False,
+        tensorboard=False,
+    )
     trainer.fit()
     torch.save(flat_params(state), out_dir / f"rank{info.rank}.pt")
     dist.destroy_process_group()

@@ -136,8 +136,9 @@ def tiny_models(
     torch.manual_seed(0)
     cfg = load_config("configs/tiny.toml")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lookahead_frames=lookahead))
-    content = ContentConfig(channels=16, layers=2, content_dim=cfg.model.content_dim,
-                            lookahead_frames=lookahead)  # fmt: skip
+    content = ContentConfig(
+        channels=16, layers=2, content_dim=cfg.model.content_dim, lookahead_frames=lookahead
+    )
     model = AcousticModel(cfg, singers or SINGERS, content).eval()
     vocoder = Vocoder(vocoder_config("tiny", lookahead_frames=lookahead)).eval()
     return model, vocoder
@@ -176,17 +177,47 @@ def harmonic_tone(f0: np.ndarray, rate: int = 24000) -> np.ndarray:
 # jik876/hifi-gan, open-mmlab/Amphion), not from our modules.
 # NVIDIA BigVGAN's kaiser-sinc anti-aliasing filter (ratio 2, 12 taps), from the original code.
 ORIGINAL_FILTER = torch.tensor(
-    [0.0020289646927267313, 0.009389465674757957, -0.0255434587597847, -0.057657383382320404,
-     0.12857258319854736, 0.44320979714393616, 0.44320979714393616, 0.12857258319854736,
-     -0.057657383382320404, -0.0255434587597847, 0.009389465674757957, 0.0020289646927267313]
-)  # fmt: skip
+    [
+        0.0020289646927267313,
+        0.009389465674757957,
+        -0.0255434587597847,
+        -0.057657383382320404,
+        0.12857258319854736,
+        0.44320979714393616,
+        0.44320979714393616,
+        0.12857258319854736,
+        -0.057657383382320404,
+        -0.0255434587597847,
+        0.009389465674757957,
+        0.0020289646927267313,
+    ]
+)
 UPS = {"upsample_rates": [4, 4, 4, 4], "upsample_kernel_sizes": [8, 8, 8, 8]}
-ARCH1 = {**UPS, "upsample_initial_channel": 32, "resblock": "1", "resblock_kernel_sizes": [3, 5],
-         "resblock_dilation_sizes": [[1, 3, 5], [1, 2, 3]]}  # fmt: skip
-NV_AUDIO = {"num_mels": 100, "sampling_rate": 24000, "hop_size": 256, "n_fft": 1024,
-            "win_size": 1024, "fmin": 0, "fmax": None}  # fmt: skip
-AMPHION_AUDIO = {"n_mel": 100, "sample_rate": 24000, "hop_size": 256, "n_fft": 1024,
-                 "win_size": 1024, "fmin": 0, "fmax": 12000}  # fmt: skip
+ARCH1 = {
+    **UPS,
+    "upsample_initial_channel": 32,
+    "resblock": "1",
+    "resblock_kernel_sizes": [3, 5],
+    "resblock_dilation_sizes": [[1, 3, 5], [1, 2, 3]],
+}
+NV_AUDIO = {
+    "num_mels": 100,
+    "sampling_rate": 24000,
+    "hop_size": 256,
+    "n_fft": 1024,
+    "win_size": 1024,
+    "fmin": 0,
+    "fmax": None,
+}
+AMPHION_AUDIO = {
+    "n_mel": 100,
+    "sample_rate": 24000,
+    "hop_size": 256,
+    "n_fft": 1024,
+    "win_size": 1024,
+    "fmin": 0,
+    "fmax": 12000,
+}
 
 
 def _wn(sd: dict[str, Tensor], g: torch.Generator, name: str, shape: tuple, bias: int) -> None:
@@ -280,8 +311,18 @@ TOY_CHANNELS, TOY_FRAMES = 2, 16
 
 def toy_config(**train: Any) -> Config:
     """Defaults for a fast CPU run, overridable per field of [train]."""
-    base = dict(batch_size=4, max_steps=12, lr=1e-2, warmup_steps=3, lr_schedule="cosine",
-                log_every=2, valid_every=5, ckpt_every=4, grad_clip=1.0, amp=False)  # fmt: skip
+    base = dict(
+        batch_size=4,
+        max_steps=12,
+        lr=1e-2,
+        warmup_steps=3,
+        lr_schedule="cosine",
+        log_every=2,
+        valid_every=5,
+        ckpt_every=4,
+        grad_clip=1.0,
+        amp=False,
+    )
     base.update(train)
     return Config(train=TrainConfig(**base))
 
@@ -332,5 +373,6 @@ def toy_valid(state: TrainState) -> dict[str, float]:
 
 
 def flat_params(state: TrainState) -> Tensor:
-    return torch.cat([p.detach().reshape(-1) for m in state.models.values()
-                      for p in m.parameters()])  # fmt: skip
+    return torch.cat(
+        [p.detach().reshape(-1) for m in state.models.values() for p in m.parameters()]
+    )

@@ -25,13 +25,19 @@ from comostream.training.features import prepare_features
 from comostream.training.synth import synthesize_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = {"batch_size": 4, "segment_frames": 48, "log_every": 20, "valid_every": 60,
-         "ckpt_every": 1000, "warmup_steps": 5, "lr": 2e-3}  # fmt: skip
+TRAIN = {
+    "batch_size": 4,
+    "segment_frames": 48,
+    "log_every": 20,
+    "valid_every": 60,
+    "ckpt_every": 1000,
+    "warmup_steps": 5,
+    "lr": 2e-3,
+}
 
 
 def _cfg(max_steps: int, **train: float) -> Config:
-    overrides = {"model": {"content_dim": 0},
-                 "train": {**TRAIN, "max_steps": max_steps, **train}}  # fmt: skip
+    overrides = {"model": {"content_dim": 0}, "train": {**TRAIN, "max_steps": max_steps, **train}}
     return load_config(ROOT / "configs" / "tiny.toml", overrides=overrides)
 
 
@@ -67,15 +73,22 @@ def test_teacher_loss_falls(teacher: Path) -> None:
 def test_distillation_resumes_exactly_and_its_export_generates_deterministically(
     feats: Path, teacher: Path, tmp_path: Path
 ) -> None:
-    straight = train_distill(_cfg(8, valid_every=8), teacher,
-                             RunOptions(feats, tmp_path / "a", progress=False))  # fmt: skip
+    straight = train_distill(
+        _cfg(8, valid_every=8), teacher, RunOptions(feats, tmp_path / "a", progress=False)
+    )
     cfg_part = _cfg(8, ckpt_every=4, valid_every=8)
     train_distill(cfg_part, teacher, RunOptions(feats, tmp_path / "b", progress=False))
-    resumed = train_distill(cfg_part, teacher, RunOptions(
-        feats, tmp_path / "c", resume=tmp_path / "b" / "ckpt_00000004.pt", progress=False))
+    resumed = train_distill(
+        cfg_part,
+        teacher,
+        RunOptions(
+            feats, tmp_path / "c", resume=tmp_path / "b" / "ckpt_00000004.pt", progress=False
+        ),
+    )
     for name in ("student", "target"):
-        for p, q in zip(straight.models[name].parameters(), resumed.models[name].parameters(),
-                        strict=True):  # fmt: skip
+        for p, q in zip(
+            straight.models[name].parameters(), resumed.models[name].parameters(), strict=True
+        ):
             assert torch.equal(p, q), name
     valid = _rows(tmp_path / "a", "valid")[-1]
     assert {"target_mel_l1", "teacher_mel_l1", "target_to_teacher_l1"} <= set(valid)
@@ -87,8 +100,11 @@ def test_distillation_resumes_exactly_and_its_export_generates_deterministically
     assert model.speakers == tuple(straight.meta["speakers"])
     torch.testing.assert_close(model.target.state_dict(), straight.models["target"].state_dict())
     frames = 30
-    feats_in = {"f0": torch.full((1, frames), 220.0), "voiced": torch.ones(1, frames, dtype=bool),
-                "loudness": torch.full((1, frames), -20.0)}  # fmt: skip
+    feats_in = {
+        "f0": torch.full((1, frames), 220.0),
+        "voiced": torch.ones(1, frames, dtype=bool),
+        "loudness": torch.full((1, frames), -20.0),
+    }
     noise = torch.randn(1, 100, frames, generator=torch.Generator().manual_seed(0))
     mel = model.generate(feats_in, [model.speakers[0]], noise)
     assert mel.shape == (1, 100, frames) and torch.isfinite(mel).all()
@@ -106,22 +122,33 @@ def test_finetune_trains_only_the_new_row(feats: Path, teacher: Path, tmp_path: 
     ck = load_checkpoint(tmp_path / "d" / "last.pt")
     ck["meta"]["speakers"][-1] = "someone_else"
     save_checkpoint(tmp_path / "renamed.pt", ck)
-    before = AcousticModel.from_checkpoint(export_model(tmp_path / "renamed.pt",
-                                                        tmp_path / "before.ckpt"))  # fmt: skip
-    train_finetune(_cfg(30), tmp_path / "renamed.pt", newcomer,
-                   RunOptions(feats, tmp_path / "ft", progress=False))  # fmt: skip
+    before = AcousticModel.from_checkpoint(
+        export_model(tmp_path / "renamed.pt", tmp_path / "before.ckpt")
+    )
+    train_finetune(
+        _cfg(30),
+        tmp_path / "renamed.pt",
+        newcomer,
+        RunOptions(feats, tmp_path / "ft", progress=False),
+    )
     with pytest.raises(ValueError, match="already"):
-        train_finetune(cfg, tmp_path / "renamed.pt", before.speakers[0],
-                       RunOptions(feats, tmp_path / "x", progress=False))  # fmt: skip
-    after = AcousticModel.from_checkpoint(export_model(tmp_path / "ft" / "last.pt",
-                                                       tmp_path / "after.ckpt"))  # fmt: skip
+        train_finetune(
+            cfg,
+            tmp_path / "renamed.pt",
+            before.speakers[0],
+            RunOptions(feats, tmp_path / "x", progress=False),
+        )
+    after = AcousticModel.from_checkpoint(
+        export_model(tmp_path / "ft" / "last.pt", tmp_path / "after.ckpt")
+    )
     assert after.speakers == (*before.speakers, newcomer)
     old_rows = before.conditioner.speakers.embedding.weight
     new_table = after.conditioner.speakers.embedding.weight
     assert torch.equal(new_table[: len(before.speakers)], old_rows)
     assert not torch.equal(new_table[-1], torch.zeros_like(new_table[-1]))
-    for (k, v), (k2, v2) in zip(before.target.state_dict().items(),
-                                after.target.state_dict().items(), strict=True):  # fmt: skip
+    for (k, v), (k2, v2) in zip(
+        before.target.state_dict().items(), after.target.state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(v, v2)
     for k, v in before.conditioner.state_dict().items():
         if "embedding" not in k:
@@ -145,8 +172,19 @@ def test_train_teacher_dry_run_writes_a_checkpoint_and_its_config(
     cfg = tmp_path / "tiny.toml"
     text = (ROOT / "configs" / "tiny.toml").read_text()
     cfg.write_text(text.replace("content_dim = 8", "content_dim = 0"))
-    rc = comostream.main(["train", "teacher", "--config", str(cfg), "--data", str(feats),
-                          "--out", str(tmp_path / "run"), "--dry-run"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "train",
+            "teacher",
+            "--config",
+            str(cfg),
+            "--data",
+            str(feats),
+            "--out",
+            str(tmp_path / "run"),
+            "--dry-run",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "run" / "last.pt").is_file()
     assert (tmp_path / "run" / "config.json").is_file()
@@ -180,21 +218,36 @@ def test_export_carries_the_content_encoder(feats: Path, tmp_path: Path) -> None
     content_cfg = ContentConfig(channels=16, layers=2, content_dim=8)
     base = load_config(ROOT / "configs" / "tiny.toml")
     encoder = ContentEncoder(content_cfg, base.audio)
-    enc_path = save_checkpoint(tmp_path / "content.pt", {
-        "kind": "content", "models": {"encoder": encoder.state_dict()},
-        "config": config_to_dict(dataclasses.replace(base, content=content_cfg))})  # fmt: skip
-    cfg = load_config(ROOT / "configs" / "tiny.toml", overrides={
-        "features": {"extractors": ["mel", "f0", "loudness", "content"],
-                     "content_checkpoint": str(enc_path)},
-        "train": {**TRAIN, "max_steps": 2, "valid_every": 2}})  # fmt: skip
+    enc_path = save_checkpoint(
+        tmp_path / "content.pt",
+        {
+            "kind": "content",
+            "models": {"encoder": encoder.state_dict()},
+            "config": config_to_dict(dataclasses.replace(base, content=content_cfg)),
+        },
+    )
+    cfg = load_config(
+        ROOT / "configs" / "tiny.toml",
+        overrides={
+            "features": {
+                "extractors": ["mel", "f0", "loudness", "content"],
+                "content_checkpoint": str(enc_path),
+            },
+            "train": {**TRAIN, "max_steps": 2, "valid_every": 2},
+        },
+    )
     assert cfg.model.content_dim == 8
     corpus = Path(json.loads((feats / "features.json").read_text())["source"])
     prepare_features(corpus, tmp_path / "feat", cfg, progress=False)
     train_teacher(cfg, RunOptions(tmp_path / "feat", tmp_path / "t", progress=False))
-    train_distill(cfg, tmp_path / "t" / "last.pt",
-                  RunOptions(tmp_path / "feat", tmp_path / "d", progress=False))  # fmt: skip
-    model = AcousticModel.from_checkpoint(export_model(tmp_path / "d" / "last.pt",
-                                                       tmp_path / "m.ckpt"))  # fmt: skip
+    train_distill(
+        cfg,
+        tmp_path / "t" / "last.pt",
+        RunOptions(tmp_path / "feat", tmp_path / "d", progress=False),
+    )
+    model = AcousticModel.from_checkpoint(
+        export_model(tmp_path / "d" / "last.pt", tmp_path / "m.ckpt")
+    )
     assert model.content_encoder is not None
     torch.testing.assert_close(model.content_encoder.state_dict(), encoder.state_dict())
 
@@ -207,7 +260,11 @@ def test_finetune_from_a_folder_of_recordings(feats: Path, teacher: Path, tmp_pa
     for wav in sorted((corpus / "flite_slt_alto").glob("*.wav")):
         (singer_dir / wav.name).write_bytes(wav.read_bytes())
     train_distill(_cfg(2), teacher, RunOptions(feats, tmp_path / "d", progress=False))
-    state = train_finetune(_cfg(3), tmp_path / "d" / "last.pt", "alto_two",
-                           RunOptions(singer_dir, tmp_path / "ft", progress=False))  # fmt: skip
+    state = train_finetune(
+        _cfg(3),
+        tmp_path / "d" / "last.pt",
+        "alto_two",
+        RunOptions(singer_dir, tmp_path / "ft", progress=False),
+    )
     assert state.meta["speakers"][-1] == "alto_two"
     assert (tmp_path / "ft" / "features" / "index.jsonl").is_file()

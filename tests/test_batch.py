@@ -27,16 +27,18 @@ def _separate(models, speakers, transposes, xs, block: int, device: str = "cpu")
     outs = []
     for spk, tr, x in zip(speakers, transposes, xs, strict=True):
         rt = RealtimeConfig(block_frames=block)
-        eng = StreamingConverter.from_models(model.to(device), vocoder.to(device), speaker=spk,
-                                             transpose=tr, realtime=rt)  # fmt: skip
+        eng = StreamingConverter.from_models(
+            model.to(device), vocoder.to(device), speaker=spk, transpose=tr, realtime=rt
+        )
         outs.append(np.concatenate([eng.push(x[a : a + 512]) for a in range(0, len(x), 512)]))
     return outs
 
 
 def _batched(models, speakers, transposes, xs, block: int, graph: bool = False):
     model, vocoder = models
-    bc = BatchedConverter(model, vocoder, speakers, realtime=RealtimeConfig(block_frames=block),
-                          graph=graph)  # fmt: skip
+    bc = BatchedConverter(
+        model, vocoder, speakers, realtime=RealtimeConfig(block_frames=block), graph=graph
+    )
     for eng, tr in zip(bc.engines, transposes, strict=True):
         eng.set_transpose(tr)
         eng.reset()  # start from the transposition, no ramp

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("rate,block", [(24000, 2), (48000, 1)])
 def test_paced_end_to_end_latency_of_an_identity_engine(rate: int, block: int) -> None:
     chunk = 256 * block * rate // 24000
-    eng = StreamingConverter(IdentityStep(1), realtime=RealtimeConfig(block_frames=block),
-                             sample_rate=rate, chunk=chunk, f0_tracker=silent_f0())  # fmt: skip
+    eng = StreamingConverter(
+        IdentityStep(1),
+        realtime=RealtimeConfig(block_frames=block),
+        sample_rate=rate,
+        chunk=chunk,
+        f0_tracker=silent_f0(),
+    )
     paced = _paced_e2e(eng, rate)
     assert paced is not None
     e2e, lag = paced

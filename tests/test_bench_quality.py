@@ -56,16 +56,30 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("flite") is None:
         pytest.skip("flite not installed (apt-get install flite)")
     out = tmp_path_factory.mktemp("qcorpus")
-    synthesize_corpus(out, CorpusConfig(singers=2, minutes=0.2, seed=3), progress=False,
-                      max_lines=2)  # fmt: skip
+    synthesize_corpus(
+        out, CorpusConfig(singers=2, minutes=0.2, seed=3), progress=False, max_lines=2
+    )
     return out
 
 
 def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, capsys) -> None:
     singers = sorted({u.singer for u in load_corpus(corpus)})
     model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=singers)
-    rc = comostream.main(["bench", "quality", "--checkpoint", str(model), "--corpus", str(corpus),
-                          "--split", "train", "--max-conversions", "2", "--json"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "bench",
+            "quality",
+            "--checkpoint",
+            str(model),
+            "--corpus",
+            str(corpus),
+            "--split",
+            "train",
+            "--max-conversions",
+            "2",
+            "--json",
+        ]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     for mode in ("onestep", "teacher", "streaming"):
@@ -75,8 +89,18 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     assert 0 <= r["f0_floor"]["f0_fine_rmse_cents"] < 100  # YIN on clean synthetic singing
     table = format_quality_table(r)
     assert "f0_gpe" in table and "floor of this measurement" in table
-    for key in ("f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde", "spk_sim_target",
-                "spk_sim_source", "spk_win_rate", "mcd_db", "dnsmos_ovrl", "n_conversions"):
+    for key in (
+        "f0_rmse_cents",
+        "f0_gpe",
+        "f0_fine_rmse_cents",
+        "vde",
+        "spk_sim_target",
+        "spk_sim_source",
+        "spk_win_rate",
+        "mcd_db",
+        "dnsmos_ovrl",
+        "n_conversions",
+    ):
         assert key in r["onestep"]
     assert r["onestep"]["n_conversions"] == r["streaming"]["n_conversions"] == 2
     assert r["teacher"]["n_conversions"] == 0  # no --distill given
@@ -100,9 +124,22 @@ def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, caps
     vfile = save_checkpoint(tmp_path / "v.ckpt", {"kind": EXPORT_KIND, **voc.export_payload()})
     outs = []
     for extra in ([], ["--vocoder", str(vfile)]):
-        rc = comostream.main(["bench", "quality", "--checkpoint", str(model), "--corpus",
-                              str(corpus), "--split", "train", "--max-conversions", "1", "--json",
-                              *extra])  # fmt: skip
+        rc = comostream.main(
+            [
+                "bench",
+                "quality",
+                "--checkpoint",
+                str(model),
+                "--corpus",
+                str(corpus),
+                "--split",
+                "train",
+                "--max-conversions",
+                "1",
+                "--json",
+                *extra,
+            ]
+        )
         assert rc == 0
         outs.append(json.loads(capsys.readouterr().out))
     assert outs[0]["vocoder"] is None and outs[1]["vocoder"] == str(vfile)

@@ -33,9 +33,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 EXAMPLE = Path(__file__).resolve().parents[1] / "models/assets/examples/alto_line2.wav"
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
-    pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (`make test` installs "
-                       "the Debian package as root; or: apt-get install chromium)"),
-]  # fmt: skip
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (`make test` installs "
+        "the Debian package as root; or: apt-get install chromium)",
+    ),
+]
 
 
 class DevTools:
@@ -58,8 +61,13 @@ class DevTools:
                 return reply["result"]
 
     async def evaluate(self, session: str, expression: str) -> Any:
-        r = await self.call("Runtime.evaluate", session, expression=expression,
-                            returnByValue=True, awaitPromise=True)  # fmt: skip
+        r = await self.call(
+            "Runtime.evaluate",
+            session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
         if "exceptionDetails" in r:
             raise RuntimeError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
@@ -69,13 +77,24 @@ def _launch(mic: Path, profile: Path) -> tuple[subprocess.Popen[str], str]:
     """Headless Chromium with a fake microphone; returns the process and its DevTools URL."""
     assert CHROMIUM is not None
     proc = subprocess.Popen(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-         f"--use-file-for-fake-audio-capture={mic}", "--autoplay-policy=no-user-gesture-required",
-         "about:blank"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={mic}",
+            "--autoplay-policy=no-user-gesture-required",
+            "about:blank",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -100,8 +119,9 @@ async def _drive(devtools_url: str, page: str, shot: Path) -> tuple[dict[str, An
     async with connect(devtools_url, max_size=2**25) as ws:
         cdp = DevTools(ws)
         target = (await cdp.call("Target.createTarget", url=page))["targetId"]
-        session = (await cdp.call("Target.attachToTarget", targetId=target,
-                                  flatten=True))["sessionId"]  # fmt: skip
+        session = (await cdp.call("Target.attachToTarget", targetId=target, flatten=True))[
+            "sessionId"
+        ]
         state: dict[str, Any] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -110,9 +130,12 @@ async def _drive(devtools_url: str, page: str, shot: Path) -> tuple[dict[str, An
             if state.get("errors") or state.get("received", 0) >= 48000:  # 1 s converted
                 break
         before = dict(state)
-        await cdp.evaluate(session, "(() => { const s = document.getElementById('speaker');"
-                                    " s.value = 'tenor'; s.dispatchEvent(new Event('change'));"
-                                    " })()")  # fmt: skip
+        await cdp.evaluate(
+            session,
+            "(() => { const s = document.getElementById('speaker');"
+            " s.value = 'tenor'; s.dispatchEvent(new Event('change'));"
+            " })()",
+        )
         while time.monotonic() < deadline and not state["errors"]:
             await asyncio.sleep(0.3)
             state = json.loads(await cdp.evaluate(session, STATE_JS))

@@ -31,9 +31,14 @@ def _payload(kind: str = "teacher") -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     net(torch.randn(4, 3)).sum().backward()
     opt.step()
-    return {"kind": kind, "step": 7, "config": {"train": {"lr": 1e-3, "amp": True}},
-            "models": {"net": net.state_dict()}, "optimizers": {"main": opt.state_dict()},
-            "rng": [get_rng_state()]}  # fmt: skip
+    return {
+        "kind": kind,
+        "step": 7,
+        "config": {"train": {"lr": 1e-3, "amp": True}},
+        "models": {"net": net.state_dict()},
+        "optimizers": {"main": opt.state_dict()},
+        "rng": [get_rng_state()],
+    }
 
 
 def test_round_trip_is_atomic_and_weights_only(tmp_path: Path) -> None:

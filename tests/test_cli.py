@@ -43,9 +43,7 @@ def test_config_command_prints_the_default_config_as_json(
     assert cfg["audio"]["hop_length"] == 256
 
 
-def test_bad_config_file_is_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_config_file_is_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[f0]\nbakend = 'dio'\n")
     assert comostream.main(["config", "--config", str(bad)]) == 2
@@ -86,8 +84,20 @@ COMMANDS = dict(_commands())
 
 
 def test_the_walk_finds_every_command() -> None:
-    for name in ("demo", "convert", "live", "serve", "client", "bridge", "prep gta",
-                 "train recipe", "export", "bench acoustic", "bench gpu", "config"):
+    for name in (
+        "demo",
+        "convert",
+        "live",
+        "serve",
+        "client",
+        "bridge",
+        "prep gta",
+        "train recipe",
+        "export",
+        "bench acoustic",
+        "bench gpu",
+        "config",
+    ):
         assert name in COMMANDS
 
 
@@ -101,8 +111,18 @@ def test_no_option_is_spelled_samplerate() -> None:
 
 def test_every_command_with_a_checkpoint_has_threads_device_and_config() -> None:
     with_checkpoint = [n for n, p in COMMANDS.items() if "--checkpoint" in _options(p)]
-    assert {"demo", "convert", "live", "serve", "bench latency", "bench quality",
-            "bench content", "bench vocoder", "bench acoustic", "bench gpu"} <= set(with_checkpoint)
+    assert {
+        "demo",
+        "convert",
+        "live",
+        "serve",
+        "bench latency",
+        "bench quality",
+        "bench content",
+        "bench vocoder",
+        "bench acoustic",
+        "bench gpu",
+    } <= set(with_checkpoint)
     for name in with_checkpoint:
         flags = _options(COMMANDS[name])
         assert "--config" in flags, name
@@ -120,15 +140,25 @@ def test_every_command_that_runs_a_model_has_threads_and_device() -> None:
 
 def test_block_is_in_frames_on_every_command() -> None:
     with_block = {n: o["--block"] for n, p in COMMANDS.items() if "--block" in (o := _options(p))}
-    assert {"convert", "live", "serve", "client", "bridge", "bench latency", "bench quality",
-            "bench vocoder", "bench gpu"} <= set(with_block)
+    assert {
+        "convert",
+        "live",
+        "serve",
+        "client",
+        "bridge",
+        "bench latency",
+        "bench quality",
+        "bench vocoder",
+        "bench gpu",
+    } <= set(with_block)
     for name, action in with_block.items():
         assert action.metavar == "FRAMES", name
         assert "frames" in action.help and "samples per" not in action.help, name
 
 
-@pytest.mark.parametrize("command", ["convert IN -o OUT", "live", "serve", "bench latency",
-                                     "bench quality", "bench gpu"])
+@pytest.mark.parametrize(
+    "command", ["convert IN -o OUT", "live", "serve", "bench latency", "bench quality", "bench gpu"]
+)
 def test_block_overrides_realtime_block_frames_through_the_config(command: str) -> None:
     argv = [*command.split(), "--block", "5"]
     cfg = config_from_args(build_parser().parse_args(argv))
@@ -176,11 +206,19 @@ def test_demo_speaker_is_repeatable() -> None:
     assert build_parser().parse_args(["demo"]).speaker is None  # every singer
 
 
-@pytest.mark.parametrize("command", [
-    ["demo"], ["convert", "IN.wav", "-o", "OUT.wav"], ["serve"], ["live"], ["bench", "latency"],
-    ["bench", "quality"], ["bench", "acoustic", "--checkpoint", "C", "--data", "D"],
-    ["prep", "gta", "M", "--data", "D", "--out", "O"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["convert", "IN.wav", "-o", "OUT.wav"],
+        ["serve"],
+        ["live"],
+        ["bench", "latency"],
+        ["bench", "quality"],
+        ["bench", "acoustic", "--checkpoint", "C", "--data", "D"],
+        ["prep", "gta", "M", "--data", "D", "--out", "O"],
+    ],
+)
 def test_device_cuda_without_cuda_is_one_clear_error(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -226,7 +264,9 @@ def test_every_recipe_stage_is_a_valid_command_line(tmp_path: Path) -> None:
 
 
 def test_build_parser_does_not_import_torch() -> None:
-    code = ("import sys; from comostream.cli import build_parser; build_parser(); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from comostream.cli import build_parser; build_parser(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

@@ -26,7 +26,12 @@ def test_defaults_file_matches_dataclass_defaults() -> None:
 def test_default_audio_is_24khz_hop_256_and_100_mels_up_to_12khz() -> None:
     a = load_config().audio
     assert (a.sample_rate, a.n_fft, a.win_length, a.hop_length, a.n_mels) == (
-        24000, 1024, 1024, 256, 100)
+        24000,
+        1024,
+        1024,
+        256,
+        100,
+    )
     assert (a.fmin, a.fmax) == (0.0, 12000.0)
     assert a.frame_ms == pytest.approx(10.6667, abs=1e-3)
 
@@ -56,7 +61,7 @@ def test_an_unknown_section_is_a_config_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_a_wrong_type_or_an_out_of_range_value_is_a_config_error_naming_the_key(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     cfg_file = tmp_path / "bad.toml"
     cfg_file.write_text("[audio]\nhop_length = 'big'\n")

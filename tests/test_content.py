@@ -36,8 +36,16 @@ from comostream.training.perturb import Perturbation, analyze_utterance, draw_pe
 from helpers import chunk_bounds, measured_reach, random_chunkings, run_stream
 
 SR, HOP = 24000, 256
-TINY = ContentConfig(channels=16, layers=3, content_dim=8, perturbations=1, decoder_channels=16,
-                     decoder_layers=2, speaker_dim=4, adversary_hidden=16)  # fmt: skip
+TINY = ContentConfig(
+    channels=16,
+    layers=3,
+    content_dim=8,
+    perturbations=1,
+    decoder_channels=16,
+    decoder_layers=2,
+    speaker_dim=4,
+    adversary_hidden=16,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,8 +67,13 @@ def test_chunked_equals_one_shot(cfg: ContentConfig) -> None:
     chunkings: list = [1, 2, 4, 8, *random_chunkings(45, 2)]
     for sizes in chunkings:
         state = enc.init_state(2)
-        out = run_stream(lambda c, s=state: enc.step(c, s)[0], lambda s=state: enc.flush(s, 2),
-                         [x], chunk_bounds(45, sizes), enc.lookahead_frames)  # fmt: skip
+        out = run_stream(
+            lambda c, s=state: enc.step(c, s)[0],
+            lambda s=state: enc.flush(s, 2),
+            [x],
+            chunk_bounds(45, sizes),
+            enc.lookahead_frames,
+        )
         assert out.shape == ref.shape
         assert (out - ref).abs().max() <= 1e-5
 
@@ -85,8 +98,10 @@ def test_content_frames_are_unit_rms() -> None:
 def _save_encoder(path: Path, cfg: Config, seed: int = 0) -> ContentEncoder:
     torch.manual_seed(seed)
     enc = ContentEncoder(cfg.content, cfg.audio)
-    save_checkpoint(path, {"kind": "content", "config": config_to_dict(cfg),
-                           "models": {"encoder": enc.state_dict()}})  # fmt: skip
+    save_checkpoint(
+        path,
+        {"kind": "content", "config": config_to_dict(cfg), "models": {"encoder": enc.state_dict()}},
+    )
     return enc.eval()
 
 
@@ -106,8 +121,10 @@ def test_encoder_checkpoint_round_trips_and_bad_files_are_checkpoint_errors(tmp_
         load_content_encoder(tmp_path / "t.pt")
     wrong = config_to_dict(cfg)
     wrong["content"]["content_dim"] = 9
-    save_checkpoint(tmp_path / "w.pt", {"kind": "content", "config": wrong,
-                                        "models": {"encoder": enc.state_dict()}})  # fmt: skip
+    save_checkpoint(
+        tmp_path / "w.pt",
+        {"kind": "content", "config": wrong, "models": {"encoder": enc.state_dict()}},
+    )
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_content_encoder(tmp_path / "w.pt")
 
@@ -115,9 +132,15 @@ def test_encoder_checkpoint_round_trips_and_bad_files_are_checkpoint_errors(tmp_
 def _batch(frames: int = 24) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ones = torch.ones(2, frames, dtype=torch.bool)
-    return {"src": _mel(frames), "mel": _mel(frames, seed=2), "f0": torch.full((2, frames), 220.0),
-            "voiced": ones, "loudness": torch.rand(2, frames, generator=g) * 40 - 60,
-            "mask": ones, "speaker": torch.tensor([0, 2])}  # fmt: skip
+    return {
+        "src": _mel(frames),
+        "mel": _mel(frames, seed=2),
+        "f0": torch.full((2, frames), 220.0),
+        "voiced": ones,
+        "loudness": torch.rand(2, frames, generator=g) * 40 - 60,
+        "mask": ones,
+        "speaker": torch.tensor([0, 2]),
+    }
 
 
 @pytest.mark.parametrize("mode", ["confusion", "reverse"])
@@ -135,8 +158,10 @@ def test_adversarial_terms_route_gradients(mode: str) -> None:
         if mode == "confusion":
             assert float(out["adv_enc"]) >= -1e-6  # CE to uniform minus log(n)
         out["loss"].backward()
-        grads[weight] = ([p.grad.clone() for p in adv.parameters()],
-                         [p.grad.clone() for p in enc.parameters()])  # fmt: skip
+        grads[weight] = (
+            [p.grad.clone() for p in adv.parameters()],
+            [p.grad.clone() for p in enc.parameters()],
+        )
     for a, b in zip(grads[0.0][0], grads[1.0][0], strict=True):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(grads[0.0][1], grads[1.0][1], strict=True))
@@ -174,10 +199,15 @@ def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
     for name, hz, seconds in (("a1", 220.0, 0.5), ("a2", 330.0, 0.37)):
         (tmp_path / "data" / "alto").mkdir(parents=True, exist_ok=True)
         sf.write(str(tmp_path / "data" / "alto" / f"{name}.wav"), _harmonic(seconds, hz), SR)
-    feats = dataclasses.replace(cfg.features, extractors=("mel", "content"),
-                                content_checkpoint=str(tmp_path / "c.pt"))  # fmt: skip
-    index = prepare_features(tmp_path / "data", tmp_path / "feat",
-                             dataclasses.replace(cfg, features=feats), progress=False)  # fmt: skip
+    feats = dataclasses.replace(
+        cfg.features, extractors=("mel", "content"), content_checkpoint=str(tmp_path / "c.pt")
+    )
+    index = prepare_features(
+        tmp_path / "data",
+        tmp_path / "feat",
+        dataclasses.replace(cfg, features=feats),
+        progress=False,
+    )
     assert len(index.entries) == 2
     for e in index.entries:
         with np.load(tmp_path / "feat" / e.path) as d:
@@ -185,18 +215,34 @@ def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
             assert d["content"].dtype == np.float32
     missing = dataclasses.replace(feats, content_checkpoint="")
     with pytest.raises(ValueError, match="content_checkpoint"):
-        prepare_features(tmp_path / "data", tmp_path / "feat2",
-                         dataclasses.replace(cfg, features=missing), progress=False)  # fmt: skip
+        prepare_features(
+            tmp_path / "data",
+            tmp_path / "feat2",
+            dataclasses.replace(cfg, features=missing),
+            progress=False,
+        )
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
     from comostream.training.synth import synthesize_corpus
 
-    synthesize_corpus(tmp_path / "corpus", CorpusConfig(singers=2, minutes=0.2, seed=3),
-                      progress=False, max_lines=3)  # fmt: skip
-    train = TrainConfig(batch_size=2, segment_frames=32, max_steps=2, warmup_steps=1,
-                        log_every=1, valid_every=1, ckpt_every=1, amp=False)  # fmt: skip
+    synthesize_corpus(
+        tmp_path / "corpus",
+        CorpusConfig(singers=2, minutes=0.2, seed=3),
+        progress=False,
+        max_lines=3,
+    )
+    train = TrainConfig(
+        batch_size=2,
+        segment_frames=32,
+        max_steps=2,
+        warmup_steps=1,
+        log_every=1,
+        valid_every=1,
+        ckpt_every=1,
+        amp=False,
+    )
     cfg = Config(content=TINY, train=train)
     run = tmp_path / "run"
     last = train_content(cfg, tmp_path / "corpus", run, dry_run=True, progress=False)

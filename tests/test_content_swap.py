@@ -20,8 +20,13 @@ def _corpus(root: Path) -> list:
     """A parallel manifest corpus: singers a, b, c sing line 0 (1 s); c also sings line 1 and a
     line 2 of another length."""
     rows = []
-    for singer, f0, line, n in [("a", 200, 0, SR), ("b", 300, 0, SR), ("c", 400, 0, SR),
-                                ("c", 500, 1, SR), ("a", 250, 2, SR // 2)]:  # fmt: skip
+    for singer, f0, line, n in [
+        ("a", 200, 0, SR),
+        ("b", 300, 0, SR),
+        ("c", 400, 0, SR),
+        ("c", 500, 1, SR),
+        ("a", 250, 2, SR // 2),
+    ]:
         (root / singer).mkdir(parents=True, exist_ok=True)
         path = f"{singer}/{singer}_{line}.wav"
         t = np.arange(n) / SR
@@ -50,8 +55,11 @@ def test_swap_takes_another_singers_rendition_of_the_same_line(tmp_path: Path) -
     for s in ("a", "b", "c"):
         u = utts[s, 0]
         y = _swapped(sf.read(u.path, dtype="float32")[0], u, cfg)
-        pick = [t for t in ("a", "b", "c")
-                if np.array_equal(y, sf.read(utts[t, 0].path, dtype="float32")[0])]
+        pick = [
+            t
+            for t in ("a", "b", "c")
+            if np.array_equal(y, sf.read(utts[t, 0].path, dtype="float32")[0])
+        ]
         assert len(pick) == 1 and pick[0] != s
     unnumbered = dataclasses.replace(a0, line=None)
     assert _swapped(own, unnumbered, cfg) is own

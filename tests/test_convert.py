@@ -29,8 +29,9 @@ def files(models, tmp_path_factory) -> dict[str, Path]:
     paths = {
         "model": save_checkpoint(d / "model.ckpt", full),
         "bare": save_checkpoint(d / "bare.ckpt", model.export_payload()),
-        "vocoder": save_checkpoint(d / "voc.ckpt", {"kind": "vocoder-export",
-                                                    **vocoder.export_payload()}),  # fmt: skip
+        "vocoder": save_checkpoint(
+            d / "voc.ckpt", {"kind": "vocoder-export", **vocoder.export_payload()}
+        ),
         "wav44": d / "in44.wav",
     }
     save_wav(paths["wav44"], sung(44100, 1.0), 44100, subtype="FLOAT")
@@ -46,8 +47,16 @@ def test_export_file_holds_the_vocoder(files, models) -> None:
 
 def test_convert_offline_and_streamed_agree(files, tmp_path: Path, capsys) -> None:
     out_off, out_blk = tmp_path / "off.wav", tmp_path / "blk.wav"
-    base = ["convert", str(files["wav44"]), "--checkpoint", str(files["model"]),
-            "--speaker", "bass", "--transpose", "2"]  # fmt: skip
+    base = [
+        "convert",
+        str(files["wav44"]),
+        "--checkpoint",
+        str(files["model"]),
+        "--speaker",
+        "bass",
+        "--transpose",
+        "2",
+    ]
     assert comostream.main([*base, "-o", str(out_off)]) == 0
     assert comostream.main([*base, "-o", str(out_blk), "--block", "4"]) == 0
     assert "streamed in blocks of 4 frames" in capsys.readouterr().out
@@ -60,22 +69,44 @@ def test_convert_offline_and_streamed_agree(files, tmp_path: Path, capsys) -> No
 
 def test_convert_with_a_separate_vocoder_and_a_singer_mix(files, tmp_path: Path) -> None:
     out = tmp_path / "mix.wav"
-    rc = comostream.main(["convert", str(files["wav44"]), "-o", str(out), "--checkpoint",
-                          str(files["bare"]), "--vocoder", str(files["vocoder"]),
-                          "--speaker", "alto:0.3,tenor:0.7"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "convert",
+            str(files["wav44"]),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(files["bare"]),
+            "--vocoder",
+            str(files["vocoder"]),
+            "--speaker",
+            "alto:0.3,tenor:0.7",
+        ]
+    )
     assert rc == 0 and sf.info(str(out)).frames == 44100
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--speaker", "soprano"], "unknown speaker"),
-    (["--checkpoint", "BARE"], "holds no vocoder"),
-    (["--checkpoint", "MISSING"], "not found"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--speaker", "soprano"], "unknown speaker"),
+        (["--checkpoint", "BARE"], "holds no vocoder"),
+        (["--checkpoint", "MISSING"], "not found"),
+    ],
+)
 def test_convert_errors_are_clear(files, tmp_path: Path, capsys, extra, message) -> None:
-    args = ["convert", str(files["wav44"]), "-o", str(tmp_path / "x.wav"),
-            "--checkpoint", str(files["model"])]  # fmt: skip
-    extra = [str(files["bare"]) if e == "BARE" else str(tmp_path / "no.ckpt")
-             if e == "MISSING" else e for e in extra]  # fmt: skip
+    args = [
+        "convert",
+        str(files["wav44"]),
+        "-o",
+        str(tmp_path / "x.wav"),
+        "--checkpoint",
+        str(files["model"]),
+    ]
+    extra = [
+        str(files["bare"]) if e == "BARE" else str(tmp_path / "no.ckpt") if e == "MISSING" else e
+        for e in extra
+    ]
     assert comostream.main(args + extra) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.wav").exists()
@@ -84,8 +115,9 @@ def test_convert_errors_are_clear(files, tmp_path: Path, capsys, extra, message)
 def test_convert_of_an_unreadable_input_fails_saying_so(files, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF....WAVEfmt nonsense")
-    rc = comostream.main(["convert", str(bad), "-o", str(tmp_path / "y.wav"),
-                          "--checkpoint", str(files["model"])])  # fmt: skip
+    rc = comostream.main(
+        ["convert", str(bad), "-o", str(tmp_path / "y.wav"), "--checkpoint", str(files["model"])]
+    )
     assert rc == 1 and "unreadable" in capsys.readouterr().err
 
 
@@ -93,18 +125,51 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
     files, capsys, tmp_path: Path
 ) -> None:
     plot = tmp_path / "chunks.png"
-    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--json",
-                          "--seconds", "1", "--block", "2", "--threads", "1",
-                          "--plot", str(plot)])  # fmt: skip
+    rc = comostream.main(
+        [
+            "bench",
+            "latency",
+            "--checkpoint",
+            str(files["model"]),
+            "--json",
+            "--seconds",
+            "1",
+            "--block",
+            "2",
+            "--threads",
+            "1",
+            "--plot",
+            str(plot),
+        ]
+    )
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("algorithmic_latency_ms", "block_ms", "chunk_ms_p50", "chunk_ms_p99", "stages",
-                "rtf", "e2e_latency_ms", "teacher_steps", "teacher_ms", "onestep_ms",
-                "window_recompute_rtf", "device", "threads"):  # fmt: skip
+    for key in (
+        "algorithmic_latency_ms",
+        "block_ms",
+        "chunk_ms_p50",
+        "chunk_ms_p99",
+        "stages",
+        "rtf",
+        "e2e_latency_ms",
+        "teacher_steps",
+        "teacher_ms",
+        "onestep_ms",
+        "window_recompute_rtf",
+        "device",
+        "threads",
+    ):
         assert key in r
-    assert set(r["stages"]) == {"resample", "features", "f0", "content", "acoustic", "vocoder",
-                                "model"}
+    assert set(r["stages"]) == {
+        "resample",
+        "features",
+        "f0",
+        "content",
+        "acoustic",
+        "vocoder",
+        "model",
+    }
     assert r["traced"] and r["stages"]["model"]["p50"] > 0
     # tiny models: lookahead 1 (content) + 1 (target) + 1 (vocoder) frames, block 2, overhang
     # 1 frame = 64 ms at 24 kHz; the 48 <-> 24 kHz resamplers add a few ms
@@ -114,13 +179,38 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
 
 
 def test_bench_latency_sweep_reports_a_row_per_block_and_refuses_block_0(files, capsys) -> None:
-    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--seconds",
-                          "1", "--threads", "1", "--sweep", "1,4"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "bench",
+            "latency",
+            "--checkpoint",
+            str(files["model"]),
+            "--seconds",
+            "1",
+            "--threads",
+            "1",
+            "--sweep",
+            "1,4",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| 4 |" in out and "matmul cost per frame" in out
-    rc = comostream.main(["bench", "latency", "--checkpoint", str(files["model"]), "--seconds",
-                          "1", "--threads", "1", "--sweep", "2", "--json"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "bench",
+            "latency",
+            "--checkpoint",
+            str(files["model"]),
+            "--seconds",
+            "1",
+            "--threads",
+            "1",
+            "--sweep",
+            "2",
+            "--json",
+        ]
+    )
     r = json.loads(capsys.readouterr().out)
     (row,) = r["block_sweep"]
     assert row["block_frames"] == 2
@@ -136,8 +226,20 @@ def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path)
     """--vocoder with a HiFi-GAN generator in its original format: loaded, run windowed."""
     voc = write_original(tmp_path, "nvidia", "hifigan", ARCH1, original_state("hifigan", ARCH1))
     out = tmp_path / "hifi.wav"
-    rc = comostream.main(["convert", str(files["wav44"]), "-o", str(out), "--checkpoint",
-                          str(files["bare"]), "--vocoder", str(voc), "--block", "2"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "convert",
+            str(files["wav44"]),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(files["bare"]),
+            "--vocoder",
+            str(voc),
+            "--block",
+            "2",
+        ]
+    )
     assert rc == 0
     y, sr = read_audio(out)
     assert sr == 44100 and y.shape == (44100,) and np.isfinite(y).all()
@@ -147,8 +249,10 @@ def test_windowed_vocoder_is_never_traced(files, tmp_path: Path) -> None:
     from comostream.realtime.engine import StreamingConverter
     from comostream.realtime.load import load_models
     from comostream.realtime.traced import TracedStep
-    voc_path = write_original(tmp_path, "nvidia", "hifigan", ARCH1,
-                              original_state("hifigan", ARCH1))  # fmt: skip
+
+    voc_path = write_original(
+        tmp_path, "nvidia", "hifigan", ARCH1, original_state("hifigan", ARCH1)
+    )
     model, voc = load_models(files["bare"], voc_path)
     eng = StreamingConverter.from_models(model, voc)
     assert not isinstance(eng.step_module, TracedStep)
@@ -160,7 +264,9 @@ def test_convert_keeps_an_odd_input_rate(files, tmp_path: Path) -> None:
     src = tmp_path / "in8k.wav"
     save_wav(src, sung(8000, 0.5), 8000, subtype="FLOAT")
     out = tmp_path / "out8k.wav"
-    assert comostream.main(["convert", str(src), "-o", str(out), "--checkpoint",
-                            str(files["model"])]) == 0  # fmt: skip
+    assert (
+        comostream.main(["convert", str(src), "-o", str(out), "--checkpoint", str(files["model"])])
+        == 0
+    )
     info = sf.info(str(out))
     assert info.samplerate == 8000 and abs(info.frames - 4000) <= 1

@@ -35,10 +35,16 @@ def _manifest(root: Path, rows: list[dict | str]) -> Path:
 
 def _row(singer: str, i: int, split: str = "train") -> dict:
     return {
-        "path": f"{singer}/{singer}_{i:04d}.wav", "f0": f"{singer}/{singer}_{i:04d}.f0.npy",
-        "singer": singer, "text": "la la", "melody": f"m{i}", "line": i, "split": split,
-        "seconds": 0.5, "sample_rate": SR,
-    }  # fmt: skip
+        "path": f"{singer}/{singer}_{i:04d}.wav",
+        "f0": f"{singer}/{singer}_{i:04d}.f0.npy",
+        "singer": singer,
+        "text": "la la",
+        "melody": f"m{i}",
+        "line": i,
+        "split": split,
+        "seconds": 0.5,
+        "sample_rate": SR,
+    }
 
 
 def test_manifest_is_read_and_resolved(tmp_path: Path) -> None:
@@ -50,8 +56,14 @@ def test_manifest_is_read_and_resolved(tmp_path: Path) -> None:
     assert len(utts) == 4 and all(isinstance(u, Utterance) for u in utts)
     u = utts[1]
     assert u.path == tmp_path / "a/a_0001.wav" and u.f0_path == tmp_path / "a/a_0001.f0.npy"
-    assert (u.singer, u.split, u.text, u.melody, u.line, u.seconds) == ("a", "test", "la la",
-                                                                      "m1", 1, 0.5)  # fmt: skip
+    assert (u.singer, u.split, u.text, u.melody, u.line, u.seconds) == (
+        "a",
+        "test",
+        "la la",
+        "m1",
+        1,
+        0.5,
+    )
     assert singers(utts) == ["a", "b"]
     assert [x.path.name for x in select(utts, split="train")] == ["a_0000.wav", "b_0000.wav"]
     assert len(select(utts, singer="b")) == 2 and len(select(utts, ["test", "valid"], "b")) == 1

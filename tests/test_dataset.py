@@ -26,9 +26,11 @@ def feat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frames); valid: one 'a' file."""
     root = tmp_path_factory.mktemp("ds")
     rows = []
-    for singer, name, seconds, hz, split in (("b", "x", 0.5, 150.0, "train"),
-                                             ("a", "x", 1.5, 300.0, "train"),
-                                             ("a", "v", 0.4, 300.0, "valid")):  # fmt: skip
+    for singer, name, seconds, hz, split in (
+        ("b", "x", 0.5, 150.0, "train"),
+        ("a", "x", 1.5, 300.0, "train"),
+        ("a", "v", 0.4, 300.0, "valid"),
+    ):
         t = np.arange(int(seconds * SR)) / SR
         (root / "data" / singer).mkdir(parents=True, exist_ok=True)
         sf.write(str(root / "data" / singer / f"{name}.wav"), 0.3 * np.sin(2 * np.pi * hz * t), SR)
@@ -87,8 +89,17 @@ def test_missing_split_or_directory_is_a_clear_error(feat_dir: Path, tmp_path: P
 
 
 def test_trainer_on_segments_resumes_exactly(feat_dir: Path, tmp_path: Path) -> None:
-    cfg = Config(train=TrainConfig(batch_size=2, segment_frames=16, max_steps=4, lr=1e-2,
-                                   warmup_steps=0, ckpt_every=100, log_every=2))  # fmt: skip
+    cfg = Config(
+        train=TrainConfig(
+            batch_size=2,
+            segment_frames=16,
+            max_steps=4,
+            lr=1e-2,
+            warmup_steps=0,
+            ckpt_every=100,
+            log_every=2,
+        )
+    )
     ds = SegmentDataset(feat_dir, "train", cfg.train.segment_frames, seed=cfg.train.seed)
 
     def step(state, batch):  # type: ignore[no-untyped-def]
@@ -98,8 +109,17 @@ def test_trainer_on_segments_resumes_exactly(feat_dir: Path, tmp_path: Path) -> 
     def run(stop: int | None, resume: Path | None, run_dir: Path) -> torch.Tensor:
         torch.manual_seed(0)
         state = make_state({"net": torch.nn.Conv1d(100, 1, 3, padding=1)}, cfg.train)
-        trainer = Trainer(cfg, state, step, ds, run_dir, kind="teacher", progress=False,
-                          collate_fn=collate_segments, tensorboard=False)  # fmt: skip
+        trainer = Trainer(
+            cfg,
+            state,
+            step,
+            ds,
+            run_dir,
+            kind="teacher",
+            progress=False,
+            collate_fn=collate_segments,
+            tensorboard=False,
+        )
         if resume is not None:
             trainer.resume(resume)
         trainer.fit(stop_at=stop)

@@ -29,23 +29,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_two_gloo_ranks_match_one_process_with_the_global_batch(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the worker imports helpers from its folder
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(tmp_path),
+    ]
     for _ in range(2):  # one retry, only when gloo's two processes failed to connect
-        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         if proc.returncode == 0 or "peer ranks" not in proc.stdout + proc.stderr:
             break
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)
 
-    cfg = toy_config(batch_size=GLOBAL_BATCH, max_steps=STEPS, ckpt_every=100, lr=LR,
-                     grad_clip=0.0)  # fmt: skip
+    cfg = toy_config(batch_size=GLOBAL_BATCH, max_steps=STEPS, ckpt_every=100, lr=LR, grad_clip=0.0)
     single = toy_state(cfg, seed=0, dropout=0.0, sgd=True)
     start = flat_params(single).clone()
-    Trainer(cfg, single, plain_step, toy_dataset(), tmp_path / "single", kind="toy",
-            progress=False, tensorboard=False).fit()  # fmt: skip
+    Trainer(
+        cfg,
+        single,
+        plain_step,
+        toy_dataset(),
+        tmp_path / "single",
+        kind="toy",
+        progress=False,
+        tensorboard=False,
+    ).fit()
     assert not torch.allclose(flat_params(single), start, atol=1e-3)  # it did train
     torch.testing.assert_close(rank0, flat_params(single), rtol=1e-5, atol=1e-6)
 

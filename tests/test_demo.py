@@ -53,9 +53,7 @@ def test_demo_command_writes_features(
     assert set(saved.files) == {"mel", "loudness", "f0_hz", "voiced"}
 
 
-def test_demo_bad_input_is_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_demo_bad_input_is_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF not really a wav")
     assert comostream.main(["demo", "--input", str(bad), "--out", str(tmp_path)]) == 1
@@ -77,8 +75,19 @@ def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     model = write_tiny_model(tmp_path / "m.ckpt")
     example = example_files()[0]
-    argv = ["demo", "--checkpoint", str(model), "--speaker", "alto", "--speaker",
-            "alto:1,bass:3", "--input", str(example), "--out", str(tmp_path / "demo")]
+    argv = [
+        "demo",
+        "--checkpoint",
+        str(model),
+        "--speaker",
+        "alto",
+        "--speaker",
+        "alto:1,bass:3",
+        "--input",
+        str(example),
+        "--out",
+        str(tmp_path / "demo"),
+    ]
     rc = comostream.main(argv)
     assert rc == 0
     out = capsys.readouterr().out

@@ -107,18 +107,21 @@ def test_declared_chunk_saves_the_fifo_block(rate: int, block: int) -> None:
     stream delay (the block is buffered by the caller instead of the FIFO)."""
     rt = RealtimeConfig(block_frames=block)
     chunk = round(256 * block * rate / 24000)
-    robust = StreamingConverter(IdentityStep(1), realtime=rt, sample_rate=rate,
-                                f0_tracker=silent_f0())  # fmt: skip
-    aligned = StreamingConverter(IdentityStep(1), realtime=rt, sample_rate=rate, chunk=chunk,
-                                 f0_tracker=silent_f0())  # fmt: skip
+    robust = StreamingConverter(
+        IdentityStep(1), realtime=rt, sample_rate=rate, f0_tracker=silent_f0()
+    )
+    aligned = StreamingConverter(
+        IdentityStep(1), realtime=rt, sample_rate=rate, chunk=chunk, f0_tracker=silent_f0()
+    )
     if rate % 24000 == 0:  # whole 24 kHz blocks per chunk: one block less of stream delay
         assert aligned.delay_ms <= robust.delay_ms - 1000 * 256 * block / 24000 + 1.0
         assert aligned.latency_ms <= robust.latency_ms + 1.0
     else:  # 44.1 kHz chunks straddle frames: no saving, never worse
         assert aligned.delay_ms <= robust.delay_ms + 0.1
     x = (np.sin(np.arange(rate) * 2 * np.pi * 300 / rate) * 0.5).astype(np.float32)
-    out = np.concatenate([aligned.push(x[a : a + chunk]) for a in range(0, rate - chunk + 1,
-                                                                         chunk)])  # fmt: skip
+    out = np.concatenate(
+        [aligned.push(x[a : a + chunk]) for a in range(0, rate - chunk + 1, chunk)]
+    )
     d = aligned.delay_samples
     n = len(out)
     tol = 1e-6 if rate == 24000 else 0.02

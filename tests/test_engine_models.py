@@ -14,12 +14,12 @@ from helpers import sung
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 def _engine(models, rate: int, block: int | None, **kw) -> StreamingConverter:
     model, vocoder = models
     rt = RealtimeConfig(block_frames=block or 1)
-    return StreamingConverter.from_models(model, vocoder, sample_rate=rate, realtime=rt,
-                                          offline=block is None, **kw)  # fmt: skip
+    return StreamingConverter.from_models(
+        model, vocoder, sample_rate=rate, realtime=rt, offline=block is None, **kw
+    )
 
 
 @pytest.fixture(scope="module")

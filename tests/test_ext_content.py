@@ -40,34 +40,54 @@ TA_TO_FAIRSEQ = [
     (r"feature_extractor\.conv_layers\.0\.layer_norm\.", "feature_extractor.conv_layers.0.2."),
     (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
     (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0",
-     "encoder.pos_conv.0.weight_g"),
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1",
-     "encoder.pos_conv.0.weight_v"),
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0",
+        "encoder.pos_conv.0.weight_g",
+    ),
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1",
+        "encoder.pos_conv.0.weight_v",
+    ),
     (r"encoder\.transformer\.pos_conv_embed\.conv\.bias", "encoder.pos_conv.0.bias"),
     (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
     (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.",
-     r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.",
-     r"encoder.layers.\1.fc1."),
-    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.",
-     r"encoder.layers.\1.fc2."),
-    (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.",
-     r"encoder.layers.\1.final_layer_norm."),
-]  # fmt: skip
-TA_TO_FAIRSEQ_LN = [(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.",
-                     r"feature_extractor.conv_layers.\1.2.1.")] + TA_TO_FAIRSEQ  # fmt: skip
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.",
+        r"encoder.layers.\1.self_attn_layer_norm.",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.",
+        r"encoder.layers.\1.fc1.",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.",
+        r"encoder.layers.\1.fc2.",
+    ),
+    (
+        r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.",
+        r"encoder.layers.\1.final_layer_norm.",
+    ),
+]
+TA_TO_FAIRSEQ_LN = [
+    (
+        r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.",
+        r"feature_extractor.conv_layers.\1.2.1.",
+    )
+] + TA_TO_FAIRSEQ
 # torchaudio name -> Hugging Face HubertModel name
 TA_TO_HF = [
     (r"encoder\.feature_projection\.", "feature_projection."),
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0",
-     "encoder.pos_conv_embed.conv.weight_g"),
-    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1",
-     "encoder.pos_conv_embed.conv.weight_v"),
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0",
+        "encoder.pos_conv_embed.conv.weight_g",
+    ),
+    (
+        r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1",
+        "encoder.pos_conv_embed.conv.weight_v",
+    ),
     (r"encoder\.transformer\.", "encoder."),
     (r"feature_extractor\.", "feature_extractor."),
-]  # fmt: skip
+]
 
 
 def _rename(sd: dict, table: list, prefix: str = "") -> dict:
@@ -82,12 +102,18 @@ def _rename(sd: dict, table: list, prefix: str = "") -> dict:
     return out
 
 
-def _ta_model(mode: str = "group_norm", embed: int = EMBED, heads: int = HEADS,
-              pre_ln: bool = False, seed: int = 0) -> torchaudio.models.Wav2Vec2Model:  # fmt: skip
+def _ta_model(
+    mode: str = "group_norm",
+    embed: int = EMBED,
+    heads: int = HEADS,
+    pre_ln: bool = False,
+    seed: int = 0,
+) -> torchaudio.models.Wav2Vec2Model:
     """A tiny torchaudio HuBERT (standard 7-block conv stack, 8 channels) with random weights."""
     torch.manual_seed(seed)
-    m = torchaudio.models.wav2vec2_model(mode, CONV, False, embed, 0.0, 16, 4, 2, heads, 0.0,
-                                         2 * embed, 0.0, 0.0, pre_ln, 0.0, None)  # fmt: skip
+    m = torchaudio.models.wav2vec2_model(
+        mode, CONV, False, embed, 0.0, 16, 4, 2, heads, 0.0, 2 * embed, 0.0, 0.0, pre_ln, 0.0, None
+    )
     with torch.no_grad():
         for name, p in m.named_parameters():
             gain = name.endswith("norm.weight")
@@ -99,13 +125,26 @@ def _fairseq_payload(ta: torch.nn.Module, **extra_args: object) -> dict:
     fs = _rename(ta.state_dict(), TA_TO_FAIRSEQ)
     fs.update(mask_emb=torch.randn(EMBED), label_embs_concat=torch.randn(5, 16))
     fs.update({"final_proj.weight": torch.randn(16, EMBED), "final_proj.bias": torch.randn(16)})
-    args = argparse.Namespace(conv_feature_layers=CONV_TEXT, encoder_embed_dim=EMBED,
-                              encoder_layers=2, encoder_attention_heads=HEADS, conv_pos=16,
-                              encoder_ffn_embed_dim=2 * EMBED, layer_norm_first=False,
-                              extractor_mode="default", normalize=False, final_dim=16,
-                              **extra_args)  # fmt: skip
-    return {"args": args, "cfg": None, "model": fs, "optimizer_history": [{"num_updates": 3}],
-            "extra_state": {"epoch": 1}}  # fmt: skip
+    args = argparse.Namespace(
+        conv_feature_layers=CONV_TEXT,
+        encoder_embed_dim=EMBED,
+        encoder_layers=2,
+        encoder_attention_heads=HEADS,
+        conv_pos=16,
+        encoder_ffn_embed_dim=2 * EMBED,
+        layer_norm_first=False,
+        extractor_mode="default",
+        normalize=False,
+        final_dim=16,
+        **extra_args,
+    )
+    return {
+        "args": args,
+        "cfg": None,
+        "model": fs,
+        "optimizer_history": [{"num_updates": 3}],
+        "extra_state": {"epoch": 1},
+    }
 
 
 def _fairseq_forward(fs: dict, wav: torch.Tensor, layer: int) -> torch.Tensor:
@@ -114,8 +153,12 @@ def _fairseq_forward(fs: dict, wav: torch.Tensor, layer: int) -> torch.Tensor:
     for i, (_, _, stride) in enumerate(CONV):
         x = F.conv1d(x, fs[f"feature_extractor.conv_layers.{i}.0.weight"], stride=stride)
         if i == 0:
-            x = F.group_norm(x, 8, fs["feature_extractor.conv_layers.0.2.weight"],
-                             fs["feature_extractor.conv_layers.0.2.bias"])  # fmt: skip
+            x = F.group_norm(
+                x,
+                8,
+                fs["feature_extractor.conv_layers.0.2.weight"],
+                fs["feature_extractor.conv_layers.0.2.bias"],
+            )
         x = F.gelu(x)
     x = F.layer_norm(x.transpose(1, 2), (8,), fs["layer_norm.weight"], fs["layer_norm.bias"])
     x = F.linear(x, fs["post_extract_proj.weight"], fs["post_extract_proj.bias"])
@@ -131,12 +174,14 @@ def _fairseq_forward(fs: dict, wav: torch.Tensor, layer: int) -> torch.Tensor:
         def lin(name: str, h: torch.Tensor, p: str = p) -> torch.Tensor:
             return F.linear(h, fs[p + name + ".weight"], fs[p + name + ".bias"])
 
-        q, k, v = (lin(f"self_attn.{z}_proj", x).view(b, t, HEADS, -1).transpose(1, 2)
-                   for z in "qkv")  # fmt: skip
+        q, k, v = (
+            lin(f"self_attn.{z}_proj", x).view(b, t, HEADS, -1).transpose(1, 2) for z in "qkv"
+        )
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c // HEADS), dim=-1) @ v
         x = x + lin("self_attn.out_proj", att.transpose(1, 2).reshape(b, t, c))
-        x = F.layer_norm(x, (c,), fs[p + "self_attn_layer_norm.weight"],
-                         fs[p + "self_attn_layer_norm.bias"])  # fmt: skip
+        x = F.layer_norm(
+            x, (c,), fs[p + "self_attn_layer_norm.weight"], fs[p + "self_attn_layer_norm.bias"]
+        )
         x = x + lin("fc2", F.gelu(lin("fc1", x)))
         x = F.layer_norm(
             x, (c,), fs[p + "final_layer_norm.weight"], fs[p + "final_layer_norm.bias"]
@@ -154,8 +199,12 @@ def _aligned(frames16: torch.Tensor, n24: int, first: float = 0.0) -> np.ndarray
     f = frames16.detach().numpy()
     centres = first + 320.0 * np.arange(f.shape[1])
     targets = np.arange(n24 // 256 + 1) * 512.0 / 3.0
-    return np.stack([[np.interp(targets, centres, f[b, :, d]) for d in range(f.shape[2])]
-                     for b in range(f.shape[0])])  # fmt: skip
+    return np.stack(
+        [
+            [np.interp(targets, centres, f[b, :, d]) for d in range(f.shape[2])]
+            for b in range(f.shape[0])
+        ]
+    )
 
 
 def _audio(n: int = 9000, batch: int = 2, seed: int = 1) -> torch.Tensor:
@@ -198,8 +247,10 @@ def test_fairseq_mapping_matches_fairseq_semantics(tmp_path: Path) -> None:
     for mine, theirs in pairs:
         torch.testing.assert_close(mine.detach(), fs[theirs])
     g, v = fs["encoder.pos_conv.0.weight_g"], fs["encoder.pos_conv.0.weight_v"]
-    torch.testing.assert_close(got.encoder.transformer.pos_conv_embed.conv.weight.detach(),
-                               g * v / v.norm(dim=(0, 1), keepdim=True))  # fmt: skip
+    torch.testing.assert_close(
+        got.encoder.transformer.pos_conv_embed.conv.weight.detach(),
+        g * v / v.norm(dim=(0, 1), keepdim=True),
+    )
 
 
 def test_fairseq_projection_layers_and_contentvec_extras(tmp_path: Path) -> None:
@@ -212,8 +263,12 @@ def test_fairseq_projection_layers_and_contentvec_extras(tmp_path: Path) -> None
         "fc1.weight",
     ):  # a ContentVec speaker-conditioned layer 2 (dropped)
         fs[f"encoder.layers.2.{key}"] = torch.randn(EMBED, EMBED)
-    fs.update({"encoder.cond_layer_norm.weight_ln.weight": torch.randn(EMBED, 256),
-               "layer_proj.weight": torch.randn(16, EMBED)})  # fmt: skip
+    fs.update(
+        {
+            "encoder.cond_layer_norm.weight_ln.weight": torch.randn(EMBED, 256),
+            "layer_proj.weight": torch.randn(16, EMBED),
+        }
+    )
     torch.save(payload, tmp_path / "contentvec.pt")
     audio = _audio(5000)
     l1 = load_content_model(tmp_path / "contentvec.pt", layer=1)
@@ -232,10 +287,16 @@ def test_fairseq_projection_layers_and_contentvec_extras(tmp_path: Path) -> None
 def test_fairseq_pre_ln_cfg_dict_normalize_and_final_norm(tmp_path: Path) -> None:
     ta = _ta_model(mode="layer_norm", pre_ln=True, seed=3)
     fs = _rename(ta.state_dict(), TA_TO_FAIRSEQ_LN)
-    model_cfg = {"conv_feature_layers": CONV_TEXT, "encoder_attention_heads": HEADS,
-                 "layer_norm_first": True, "extractor_mode": "layer_norm"}  # fmt: skip
-    torch.save({"args": None, "cfg": {"model": model_cfg, "task": {"normalize": True}},
-                "model": fs}, tmp_path / "large.pt")  # fmt: skip
+    model_cfg = {
+        "conv_feature_layers": CONV_TEXT,
+        "encoder_attention_heads": HEADS,
+        "layer_norm_first": True,
+        "extractor_mode": "layer_norm",
+    }
+    torch.save(
+        {"args": None, "cfg": {"model": model_cfg, "task": {"normalize": True}}, "model": fs},
+        tmp_path / "large.pt",
+    )
     audio = _audio(6000)
     ext2 = load_content_model(tmp_path / "large.pt", layer=2)
     ext0 = load_content_model(tmp_path / "large.pt")
@@ -243,8 +304,9 @@ def test_fairseq_pre_ln_cfg_dict_normalize_and_final_norm(tmp_path: Path) -> Non
     with torch.no_grad():
         ref = ta.extract_features(_pad16(F.layer_norm(wav16, wav16.shape[-1:])))[0][1]
         torch.testing.assert_close(ext2.encoder(wav16), ref, atol=2e-5, rtol=1e-4)
-        final = F.layer_norm(ref, (EMBED,), fs["encoder.layer_norm.weight"],
-                             fs["encoder.layer_norm.bias"])  # fmt: skip
+        final = F.layer_norm(
+            ref, (EMBED,), fs["encoder.layer_norm.weight"], fs["encoder.layer_norm.bias"]
+        )
         torch.testing.assert_close(ext0.encoder(wav16), final, atol=2e-5, rtol=1e-4)
 
 
@@ -287,10 +349,18 @@ def test_a_hugging_face_hubert_folder_matches_torchaudios_features(
     hf.update({"final_proj.weight": torch.randn(16, EMBED), "final_proj.bias": torch.randn(16)})
     folder = tmp_path / "content-vec"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "hubert", "num_attention_heads": HEADS, "conv_dim": [8] * 7,
-        "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2],
-        "do_stable_layer_norm": False}))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "hubert",
+                "num_attention_heads": HEADS,
+                "conv_dim": [8] * 7,
+                "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+                "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+                "do_stable_layer_norm": False,
+            }
+        )
+    )
     if container == "bin":
         torch.save(hf, folder / "pytorch_model.bin")
     else:
@@ -306,8 +376,19 @@ def test_a_hugging_face_hubert_folder_matches_torchaudios_features(
 
 def test_hubert_frame_centres_by_impulse() -> None:
     ta = _ta_model(mode="layer_norm", seed=7)  # per-frame norms: an impulse stays local
-    spec = HubertSpec(tuple(CONV), "layer_norm", False, EMBED, 2, HEADS, 2 * EMBED, 16, 4,
-                      False, normalize_waveform=False)  # fmt: skip
+    spec = HubertSpec(
+        tuple(CONV),
+        "layer_norm",
+        False,
+        EMBED,
+        2,
+        HEADS,
+        2 * EMBED,
+        16,
+        4,
+        False,
+        normalize_waveform=False,
+    )
     enc = HubertContent(ta, spec, 1)
     wav = torch.zeros(1, 4000)
     base = enc.conv_features(wav)
@@ -395,16 +476,22 @@ def test_fairseq_and_omegaconf_objects_become_inert_placeholders(
         conv_feature_layers=AnyNode(CONV_TEXT, model),
     )
     payload = _fairseq_payload(_ta_model())
-    payload.update(args=None, cfg=DictConfig({"model": model}),
-                   task_state={"dictionaries": [Dictionary()]})  # fmt: skip
+    payload.update(
+        args=None, cfg=DictConfig({"model": model}), task_state={"dictionaries": [Dictionary()]}
+    )
     torch.save(payload, tmp_path / "hubert_base.pt")
     monkeypatch.undo()  # the loader must not need (or import) these modules
     loaded, _ = read_payload(tmp_path / "hubert_base.pt")
-    assert plain(loaded["cfg"]) == {"model": {"encoder_attention_heads": HEADS,
-                                              "extractor_mode": "default",
-                                              "conv_feature_layers": CONV_TEXT}}  # fmt: skip
+    assert plain(loaded["cfg"]) == {
+        "model": {
+            "encoder_attention_heads": HEADS,
+            "extractor_mode": "default",
+            "conv_feature_layers": CONV_TEXT,
+        }
+    }
     assert type(loaded["task_state"]["dictionaries"][0]).pickled_name == (
-        "fairseq.data.dictionary.Dictionary")  # fmt: skip
+        "fairseq.data.dictionary.Dictionary"
+    )
     ext = load_content_model(tmp_path / "hubert_base.pt")
     assert ext.encoder.spec.num_heads == HEADS  # read back from the placeholder config
     assert "fairseq" not in sys.modules and "omegaconf" not in sys.modules
@@ -451,9 +538,18 @@ def test_wrong_files_are_checkpoint_errors_naming_file_and_fault(tmp_path: Path)
 
 # ----------------------------------------------------------------------------------- Whisper
 
-DIMS = {"n_mels": 80, "n_audio_ctx": 100, "n_audio_state": 32, "n_audio_head": 2,
-        "n_audio_layer": 2, "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": 32,
-        "n_text_head": 2, "n_text_layer": 2}  # fmt: skip
+DIMS = {
+    "n_mels": 80,
+    "n_audio_ctx": 100,
+    "n_audio_state": 32,
+    "n_audio_head": 2,
+    "n_audio_layer": 2,
+    "n_vocab": 51865,
+    "n_text_ctx": 448,
+    "n_text_state": 32,
+    "n_text_head": 2,
+    "n_text_layer": 2,
+}
 
 
 def _whisper_sinusoids(length: int, channels: int) -> torch.Tensor:
@@ -469,11 +565,17 @@ def _whisper_state(seed: int = 0) -> dict:
     def r(*shape: int, scale: float = 0.2, base: float = 0.0) -> torch.Tensor:
         return base + scale * torch.randn(*shape, generator=g)
 
-    sd = {"encoder.conv1.weight": r(c, m, 3), "encoder.conv1.bias": r(c),
-          "encoder.conv2.weight": r(c, c, 3), "encoder.conv2.bias": r(c),
-          "encoder.positional_embedding": _whisper_sinusoids(DIMS["n_audio_ctx"], c),
-          "encoder.ln_post.weight": r(c, base=1.0), "encoder.ln_post.bias": r(c),
-          "decoder.token_embedding.weight": r(7, c), "decoder.ln.weight": r(c)}  # fmt: skip
+    sd = {
+        "encoder.conv1.weight": r(c, m, 3),
+        "encoder.conv1.bias": r(c),
+        "encoder.conv2.weight": r(c, c, 3),
+        "encoder.conv2.bias": r(c),
+        "encoder.positional_embedding": _whisper_sinusoids(DIMS["n_audio_ctx"], c),
+        "encoder.ln_post.weight": r(c, base=1.0),
+        "encoder.ln_post.bias": r(c),
+        "decoder.token_embedding.weight": r(7, c),
+        "decoder.ln.weight": r(c),
+    }
     for n in range(DIMS["n_audio_layer"]):
         p = f"encoder.blocks.{n}."
         for name in ("attn.query", "attn.key", "attn.value", "attn.out"):
@@ -504,8 +606,9 @@ def _whisper_mel(wav: np.ndarray, n_mels: int) -> np.ndarray:
 def _whisper_encoder(sd: dict, mel: torch.Tensor, layer: int = 0) -> torch.Tensor:
     """Whisper's AudioEncoder written out from its checkpoint keys: (B, n_mels, F) -> (B, J, C)."""
     x = F.gelu(F.conv1d(mel, sd["encoder.conv1.weight"], sd["encoder.conv1.bias"], padding=1))
-    x = F.gelu(F.conv1d(x, sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], stride=2,
-                        padding=1)).transpose(1, 2)  # fmt: skip
+    x = F.gelu(
+        F.conv1d(x, sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], stride=2, padding=1)
+    ).transpose(1, 2)
     x = x + sd["encoder.positional_embedding"][: x.shape[1]]
     b, t, c = x.shape
     h = DIMS["n_audio_head"]
@@ -524,8 +627,11 @@ def _whisper_encoder(sd: dict, mel: torch.Tensor, layer: int = 0) -> torch.Tenso
         o = (torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v).transpose(1, 2).reshape(b, t, c)
         x = x + F.linear(o, sd[p + "attn.out.weight"], sd[p + "attn.out.bias"])
         y = ln("mlp_ln", x)
-        x = x + F.linear(F.gelu(F.linear(y, sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"])),
-                         sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"])  # fmt: skip
+        x = x + F.linear(
+            F.gelu(F.linear(y, sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"])),
+            sd[p + "mlp.2.weight"],
+            sd[p + "mlp.2.bias"],
+        )
     if layer:
         return x
     return F.layer_norm(x, (c,), sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"])
@@ -605,7 +711,7 @@ def test_content_extractor_can_read_a_perturbed_copy(tmp_path: Path) -> None:
     """``content_perturb``: content of a WORLD-resung copy (same frames, seeded by the path)."""
     torch.save(_fairseq_payload(_ta_model()), tmp_path / "h.pt")
     t = np.arange(12000) / 24000
-    audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 440 * t))
+    audio = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 440 * t)
     audio = audio.astype(np.float32)
     base = FeaturesConfig(extractors=("mel", "content"), content_model=str(tmp_path / "h.pt"))
     utt = Utterance(tmp_path / "x.wav", "a", "train", None, "", None, None, 0.0)

@@ -46,11 +46,20 @@ from helpers import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FRAMES = 12
-ARCH2 = {**UPS, "upsample_initial_channel": 16, "resblock": "2", "resblock_kernel_sizes": [3, 5],
-         "resblock_dilation_sizes": [[1, 3], [1, 2]]}  # fmt: skip
+ARCH2 = {
+    **UPS,
+    "upsample_initial_channel": 16,
+    "resblock": "2",
+    "resblock_kernel_sizes": [3, 5],
+    "resblock_dilation_sizes": [[1, 3], [1, 2]],
+}
 SNAKEBETA = {"activation": "snakebeta", "snake_logscale": True}
-V2_SNAKE = {"activation": "snake", "snake_logscale": False, "use_tanh_at_final": False,
-            "use_bias_at_final": False}  # fmt: skip
+V2_SNAKE = {
+    "activation": "snake",
+    "snake_logscale": False,
+    "use_tanh_at_final": False,
+    "use_bias_at_final": False,
+}
 
 # case -> (expected format, family, generator hyper-parameters, file layout)
 CASES = {
@@ -146,8 +155,11 @@ def test_original_files_load_and_match_the_reference(tmp_path: Path, case: str) 
     vocoder = load_external_vocoder(write_original(tmp_path, layout, family, arch, sd))
     assert isinstance(vocoder, ExternalVocoder)
     assert (vocoder.format, vocoder.sample_rate, vocoder.n_mels, vocoder.hop_length) == (
-        fmt, 24000, 100, 256,
-    )  # fmt: skip
+        fmt,
+        24000,
+        100,
+        256,
+    )
     assert not vocoder.training and not any(p.requires_grad for p in vocoder.parameters())
     mel = mel_input()
     with torch.no_grad():
@@ -174,8 +186,10 @@ def test_training_folder_gives_the_newest_generator(tmp_path: Path) -> None:
 def test_weight_norm_names_old_new_and_folded_give_the_same_output(tmp_path: Path) -> None:
     _, family, arch, _ = CASES["bigvgan-v1-snakebeta"]
     sd = original_state(family, arch)
-    pairs = {".weight_g": ".parametrizations.weight.original0",
-             ".weight_v": ".parametrizations.weight.original1"}  # fmt: skip
+    pairs = {
+        ".weight_g": ".parametrizations.weight.original0",
+        ".weight_v": ".parametrizations.weight.original1",
+    }
     renamed = {}
     for key, value in sd.items():
         old = next((s for s in pairs if key.endswith(s)), None)
@@ -257,17 +271,29 @@ def test_safetensors_checkpoint_folder(tmp_path: Path) -> None:
 
 
 def test_22khz_80band_hifigan_is_refused_unless_inspecting(tmp_path: Path) -> None:
-    audio = {"num_mels": 80, "sampling_rate": 22050, "hop_size": 256, "n_fft": 1024,
-             "win_size": 1024, "fmin": 0, "fmax": 8000}  # fmt: skip
+    audio = {
+        "num_mels": 80,
+        "sampling_rate": 22050,
+        "hop_size": 256,
+        "n_fft": 1024,
+        "win_size": 1024,
+        "fmin": 0,
+        "fmax": 8000,
+    }
     sd = original_state("hifigan", ARCH1, n_mels=80)
     path = write_original(tmp_path, "nvidia", "hifigan", ARCH1, sd, audio)
     with pytest.raises(AudioMismatchError) as info:
         load_external_vocoder(path)
     text = str(info.value)
     assert isinstance(info.value, CheckpointError) and isinstance(info.value, ValueError)
-    for part in ("config.json", "sample rate 22050 Hz (ours 24000 Hz)", "mel bands 80 (ours 100)",
-                 "fmax 8000 Hz (ours 12000 Hz)", "22.05 kHz / 80-band vocoder cannot drive the "
-                 "24 kHz / 100-band model", "strict_audio=False"):  # fmt: skip
+    for part in (
+        "config.json",
+        "sample rate 22050 Hz (ours 24000 Hz)",
+        "mel bands 80 (ours 100)",
+        "fmax 8000 Hz (ours 12000 Hz)",
+        "22.05 kHz / 80-band vocoder cannot drive the 24 kHz / 100-band model",
+        "strict_audio=False",
+    ):
         assert part in text
     assert "n_fft" not in text.split("differs:")[1]  # only what differs is listed
     vocoder = load_external_vocoder(path, strict_audio=False)

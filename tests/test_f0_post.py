@@ -107,7 +107,7 @@ def test_interpolate_unvoiced_is_linear_in_log_f0_and_holds_the_edges() -> None:
     )
 )
 def test_interpolation_keeps_voiced_frames_and_stays_within_their_range(
-    values: list[float]
+    values: list[float],
 ) -> None:
     f0 = np.array(values, np.float32)
     voiced = f0 > 0

@@ -36,7 +36,7 @@ def _user_corpus(root: Path) -> dict[str, int]:
 
 
 def test_features_are_frame_aligned_unusable_files_listed_and_the_index_written(
-    tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     frames = _user_corpus(tmp_path / "data")
     feat = tmp_path / "feat"
@@ -62,8 +62,13 @@ def test_features_are_frame_aligned_unusable_files_listed_and_the_index_written(
     assert loaded.entries == index.entries and meta["singers"] == ["alto", "bass"]
     assert meta["settings"]["f0"]["backend"] == Config().f0.backend and meta["utterances"] == 3
     row = json.loads((feat / "index.jsonl").read_text().splitlines()[0])
-    assert row == {"utt": "alto/a1", "singer": "alto", "split": row["split"],
-                   "frames": frames["alto/a1"], "path": "alto/a1.npz"}  # fmt: skip
+    assert row == {
+        "utt": "alto/a1",
+        "singer": "alto",
+        "split": row["split"],
+        "frames": frames["alto/a1"],
+        "path": "alto/a1.npz",
+    }
 
 
 def test_a_rerun_reuses_force_recomputes_and_other_settings_are_refused(tmp_path: Path) -> None:
@@ -128,8 +133,9 @@ def test_registered_extractor_adds_a_named_array(tmp_path: Path) -> None:
 def test_f0_source_corpus_copies_the_synthetic_corpus_ground_truth(tmp_path: Path) -> None:
     from comostream.training.synth import synthesize_corpus
 
-    synthesize_corpus(tmp_path / "syn", CorpusConfig(singers=2, minutes=0.05), progress=False,
-                      max_lines=2)  # fmt: skip
+    synthesize_corpus(
+        tmp_path / "syn", CorpusConfig(singers=2, minutes=0.05), progress=False, max_lines=2
+    )
     cfg = Config(features=FeaturesConfig(f0_source="corpus"))
     index = prepare_features(tmp_path / "syn", tmp_path / "feat", cfg, progress=False)
     assert len(index.singers) == 2 and not index.skipped and index.entries
@@ -151,5 +157,7 @@ def test_prep_features_command_reports_and_refuses_other_settings_without_force(
     assert "1 utterances of 1 singers" in capsys.readouterr().out
     assert main(["prep", "features", str(tmp_path / "data"), feat, "--backend", "harvest"]) == 1
     assert "other settings (f0.backend)" in capsys.readouterr().err
-    assert main(["prep", "features", str(tmp_path / "data"), feat, "--backend", "harvest",
-                 "--force"]) == 0  # fmt: skip
+    assert (
+        main(["prep", "features", str(tmp_path / "data"), feat, "--backend", "harvest", "--force"])
+        == 0
+    )

@@ -14,8 +14,9 @@ from comostream.realtime.serve.protocol import ProtocolError, parse_hello
 from helpers import IdentityStep, silent_f0
 
 
-@pytest.mark.parametrize(("rate", "samples"), [(24000, 512), (48000, 1024), (44100, 941),
-                                               (22050, 470), (16000, 341)])
+@pytest.mark.parametrize(
+    ("rate", "samples"), [(24000, 512), (48000, 1024), (44100, 941), (22050, 470), (16000, 341)]
+)
 def test_a_block_is_frames_times_hop_at_the_model_rate_and_rounded_at_device_rates(
     rate: int, samples: int
 ) -> None:
@@ -61,8 +62,12 @@ def test_client_blocks_in_frames_become_samples_at_the_session_rate() -> None:
 
 @pytest.mark.parametrize(("rate", "block"), [(44100, 3), (48000, 2), (24000, 5)])
 def test_the_engine_reads_its_block_from_the_geometry(rate: int, block: int) -> None:
-    eng = StreamingConverter(IdentityStep(2), sample_rate=rate,
-                             realtime=RealtimeConfig(block_frames=block), f0_tracker=silent_f0(1))
+    eng = StreamingConverter(
+        IdentityStep(2),
+        sample_rate=rate,
+        realtime=RealtimeConfig(block_frames=block),
+        f0_tracker=silent_f0(1),
+    )
     assert eng.geometry.block_frames == block
     assert eng.geometry.lookahead_frames == 3  # the step's 2 + the F0 tracker's 1
     assert eng.block_samples == round(block * 256 * rate / 24000)

@@ -114,8 +114,11 @@ def test_sample_rate_defaults_to_the_input_device_and_refuses_clearly() -> None:
     assert pick_sample_rate(sd, devs[0], devs[2], None, (1, 2)) == 44100
     assert pick_sample_rate(sd, devs[1], devs[2], None, (1, 2)) == 48000
     assert pick_sample_rate(sd, devs[0], devs[2], 48000, (1, 2)) == 48000
-    with pytest.raises(LiveError, match=r"unsupported sample rate 96000 Hz: 0 'HDA.*refuses "
-                       r"96000 Hz.*default rate is 44100 Hz \(try --sample-rate 44100\)"):
+    with pytest.raises(
+        LiveError,
+        match=r"unsupported sample rate 96000 Hz: 0 'HDA.*refuses "
+        r"96000 Hz.*default rate is 44100 Hz \(try --sample-rate 44100\)",
+    ):
         pick_sample_rate(sd, devs[0], devs[2], 96000, (1, 2))
     with pytest.raises(LiveError, match="12345 Hz is not a standard rate"):
         pick_sample_rate(sd, devs[2], devs[2], 12345, (1, 2))
@@ -139,8 +142,14 @@ def test_missing_portaudio_names_the_debian_package(monkeypatch: pytest.MonkeyPa
 
 def test_list_devices_on_a_machine_without_any() -> None:
     env = dict(os.environ, PULSE_SERVER="unix:/nonexistent/comostream-test")  # no sound server
-    res = subprocess.run([sys.executable, "-m", "comostream", "live", "--list-devices"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "comostream", "live", "--list-devices"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     if "no audio devices found" not in res.stdout:
         pytest.skip(f"this machine has sound devices:\n{res.stdout}")
@@ -157,23 +166,49 @@ def test_console_commands_parse_and_refuse_clearly() -> None:
     assert parse_command("transpose -12", SINGERS).value == -12.0
     assert parse_command("m 0.25", SINGERS).value == 0.25
     assert [parse_command(c, SINGERS).kind for c in ("b", "q", "h", "l")] == [
-        "bypass", "quit", "help", "singers"]  # fmt: skip
+        "bypass",
+        "quit",
+        "help",
+        "singers",
+    ]
     assert parse_command("   ", SINGERS) is None
-    for line, message in [("s soprano", "unknown speaker 'soprano'.*alto, bass, tenor"),
-                          ("s alto:x", "expected a number"), ("t 60", "within \\+-48"),
-                          ("t up", "expected a number"), ("m 2", "within 0-1"),
-                          ("s alto:0,bass:0", "positive weight"), ("xyz", "unknown command")]:
+    for line, message in [
+        ("s soprano", "unknown speaker 'soprano'.*alto, bass, tenor"),
+        ("s alto:x", "expected a number"),
+        ("t 60", "within \\+-48"),
+        ("t up", "expected a number"),
+        ("m 2", "within 0-1"),
+        ("s alto:0,bass:0", "positive weight"),
+        ("xyz", "unknown command"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_command(line, SINGERS)
 
 
 def test_status_line_shows_what_the_issue_asks() -> None:
-    s = LiveStatus(sample_rate=48000, converter_ms=88.7, device_in_ms=32.0, device_out_ms=32.0,
-                   rtf=0.21, xruns=2, dropped_blocks=1, concealed=480, f0_hz=220.0,
-                   speaker="bass", transpose=12.0)  # fmt: skip
+    s = LiveStatus(
+        sample_rate=48000,
+        converter_ms=88.7,
+        device_in_ms=32.0,
+        device_out_ms=32.0,
+        rtf=0.21,
+        xruns=2,
+        dropped_blocks=1,
+        concealed=480,
+        f0_hz=220.0,
+        speaker="bass",
+        transpose=12.0,
+    )
     line = format_status(s)
-    for part in ("latency 88.7 ms + device 32.0/32.0 ms", "RTF 0.21", "xruns 2", "late 10 ms",
-                 "dropped 1", "F0 220.0>440.0 Hz", "bass +12 st"):  # fmt: skip
+    for part in (
+        "latency 88.7 ms + device 32.0/32.0 ms",
+        "RTF 0.21",
+        "xruns 2",
+        "late 10 ms",
+        "dropped 1",
+        "F0 220.0>440.0 Hz",
+        "bass +12 st",
+    ):
         assert part in line, line
     assert "BYPASS" in format_status(LiveStatus(bypass=True))
     assert "F0   -" in format_status(LiveStatus())
@@ -205,8 +240,9 @@ def _sizes(n: int) -> list[int]:
     return out
 
 
-def _run_duplex(mixer: LiveMixer, x: np.ndarray, channels: int = 1,
-                before: Any = None) -> np.ndarray:  # fmt: skip
+def _run_duplex(
+    mixer: LiveMixer, x: np.ndarray, channels: int = 1, before: Any = None
+) -> np.ndarray:
     """Feed ``x`` through ``mixer.duplex_callback`` in irregular blocks, converting in between;
     ``before(pos)`` runs before each callback."""
     y = np.zeros((x.shape[0], channels), np.float32)
@@ -268,15 +304,26 @@ def test_monitor_mixes_the_dry_input_in() -> None:
 def test_xrun_flags_are_counted_per_callback() -> None:
     mixer = LiveMixer(_identity_converter(), SR)
     buf_in, buf_out = np.zeros((256, 1), np.float32), np.zeros((256, 1), np.float32)
-    flags = [SimpleNamespace(input_overflow=True, input_underflow=False, output_overflow=False,
-                             output_underflow=True),
-             SimpleNamespace(input_overflow=False, input_underflow=False, output_overflow=False,
-                             output_underflow=True)]  # fmt: skip
+    flags = [
+        SimpleNamespace(
+            input_overflow=True, input_underflow=False, output_overflow=False, output_underflow=True
+        ),
+        SimpleNamespace(
+            input_overflow=False,
+            input_underflow=False,
+            output_overflow=False,
+            output_underflow=True,
+        ),
+    ]
     for f in flags:
         mixer.duplex_callback(buf_in, buf_out, 256, None, f)
     assert mixer.xruns == 2
-    assert mixer.xrun_flags == {"input_overflow": 1, "input_underflow": 0,
-                                "output_overflow": 0, "output_underflow": 2}  # fmt: skip
+    assert mixer.xrun_flags == {
+        "input_overflow": 1,
+        "input_underflow": 0,
+        "output_overflow": 0,
+        "output_underflow": 2,
+    }
 
 
 def test_separate_streams_are_aligned_to_the_duplex_delay() -> None:
@@ -316,8 +363,7 @@ class _FakeStream:
     die_after: float | None = None  # seconds, then the thread ends (PortAudio ended it)
     stall_after: float | None = None  # seconds, then no more callbacks (a device that hangs)
 
-    def __init__(self, samplerate: int, channels: tuple[int, int], callback: Any,
-                 **_: Any) -> None:  # fmt: skip
+    def __init__(self, samplerate: int, channels: tuple[int, int], callback: Any, **_: Any) -> None:
         self.rate, self.channels, self.callback = samplerate, channels, callback
         self._stop = threading.Event()
         self.out: list[np.ndarray] = []
@@ -358,24 +404,40 @@ def _fake_portaudio(streams: list[_FakeStream]) -> SimpleNamespace:
     """A ``sounddevice`` with one full-duplex 48 kHz device whose streams are ``_FakeStream``."""
     return SimpleNamespace(
         query_hostapis=lambda: [{"name": "ALSA"}],
-        query_devices=lambda: [{"name": "pulse", "hostapi": 0, "max_input_channels": 2,
-                                "max_output_channels": 2, "default_samplerate": 48000.0}],
-        default=SimpleNamespace(device=(0, 0)), PortAudioError=RuntimeError,
-        check_input_settings=lambda **_: None, check_output_settings=lambda **_: None,
-        Stream=lambda **kw: streams.append(_FakeStream(**kw)) or streams[-1])  # fmt: skip
+        query_devices=lambda: [
+            {
+                "name": "pulse",
+                "hostapi": 0,
+                "max_input_channels": 2,
+                "max_output_channels": 2,
+                "default_samplerate": 48000.0,
+            }
+        ],
+        default=SimpleNamespace(device=(0, 0)),
+        PortAudioError=RuntimeError,
+        check_input_settings=lambda **_: None,
+        check_output_settings=lambda **_: None,
+        Stream=lambda **kw: streams.append(_FakeStream(**kw)) or streams[-1],
+    )
 
 
-def test_a_whole_run_with_commands_and_status(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_a_whole_run_with_commands_and_status(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from comostream.realtime.live import app as live
 
     from helpers import write_tiny_model
 
     streams: list[_FakeStream] = []
     monkeypatch.setattr(live, "import_sounddevice", lambda: _fake_portaudio(streams))
-    opts = live.LiveOptions(checkpoint=write_tiny_model(tmp_path / "tiny.ckpt"), threads=1,
-                            speaker="alto", transpose=2.0, duration=2.5,
-                            status_file=tmp_path / "status.json")  # fmt: skip
+    opts = live.LiveOptions(
+        checkpoint=write_tiny_model(tmp_path / "tiny.ckpt"),
+        threads=1,
+        speaker="alto",
+        transpose=2.0,
+        duration=2.5,
+        status_file=tmp_path / "status.json",
+    )
     out = io.StringIO()
     commands = io.StringIO("s tenor\nt -1\ns soprano\nm 0.5\nb\nl\n")
     final = live.run_live(opts, out=out, commands=commands)
@@ -410,9 +472,13 @@ def test_a_failing_stream_is_reopened_until_it_keeps_failing(
 
     monkeypatch.setattr(_FakeStream, failure, 0.3)
     monkeypatch.setattr(live, "import_sounddevice", lambda: _fake_portaudio([]))
-    opts = live.LiveOptions(checkpoint=write_tiny_model(tmp_path / "tiny.ckpt"), threads=1,
-                            duration=20.0, status_file=tmp_path / "status.json",
-                            stall_s=0.3)  # fmt: skip
+    opts = live.LiveOptions(
+        checkpoint=write_tiny_model(tmp_path / "tiny.ckpt"),
+        threads=1,
+        duration=20.0,
+        status_file=tmp_path / "status.json",
+        stall_s=0.3,
+    )
     out = io.StringIO()
     with pytest.raises(LiveError, match="failed 6 times within 60 s .ended or stalled.: the "):
         live.run_live(opts, out=out, commands=io.StringIO())

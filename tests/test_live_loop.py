@@ -83,8 +83,7 @@ TOOLS = ("pulseaudio", "paplay", "parec", "pacat")
 
 def _pulse_missing() -> str | None:
     """Why the loop cannot run here (None if it can)."""
-    fix = ("install pulseaudio, pulseaudio-utils and libasound2-plugins (`make test` does, as "
-           "root)")  # fmt: skip
+    fix = "install pulseaudio, pulseaudio-utils and libasound2-plugins (`make test` does, as root)"
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         return f"PulseAudio is absent (no {', '.join(missing)}): {fix}"
@@ -112,15 +111,34 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Any:
     script = tmp / "loop.pa"
     script.write_text(
         f"load-module module-native-protocol-unix auth-anonymous=1 socket={socket}\n"
-        + "".join(f"load-module module-null-sink sink_name={name} rate={SR} channels=1\n"
-                  for name in ("vin", "vout")))  # fmt: skip
-    env = dict(os.environ, HOME=str(tmp), XDG_RUNTIME_DIR=str(tmp / "run"),
-               XDG_CONFIG_HOME=str(tmp / "config"))  # fmt: skip
+        + "".join(
+            f"load-module module-null-sink sink_name={name} rate={SR} channels=1\n"
+            for name in ("vin", "vout")
+        )
+    )
+    env = dict(
+        os.environ,
+        HOME=str(tmp),
+        XDG_RUNTIME_DIR=str(tmp / "run"),
+        XDG_CONFIG_HOME=str(tmp / "config"),
+    )
     log = open(tmp / "pulseaudio.log", "w")  # noqa: SIM115 (closed below)
     daemon = subprocess.Popen(
-        ["pulseaudio", "-n", "-F", str(script), "--daemonize=no", "--exit-idle-time=-1",
-         "--use-pid-file=false", "--system=false", "--log-target=stderr"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        [
+            "pulseaudio",
+            "-n",
+            "-F",
+            str(script),
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "--use-pid-file=false",
+            "--system=false",
+            "--log-target=stderr",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 15
     while not socket.exists() and daemon.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -130,8 +148,12 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Any:
         pytest.fail(f"pulseaudio did not start: {(tmp / 'pulseaudio.log').read_text()[-2000:]}")
     time.sleep(0.3)  # the sinks are loaded after the socket
     client = {k: v for k, v in os.environ.items() if not k.startswith("PULSE_")}
-    client.update(PULSE_SERVER=f"unix:{socket}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                  NUMBA_NUM_THREADS="1")  # fmt: skip
+    client.update(
+        PULSE_SERVER=f"unix:{socket}",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+    )
     try:
         yield client
     finally:
@@ -230,8 +252,9 @@ def _offline_reference(model_path: Path, x: np.ndarray, speaker: str) -> np.ndar
     from comostream.realtime.load import load_models
 
     model, voc = load_models(model_path)
-    engine = StreamingConverter.from_models(model, voc, speaker=speaker, transpose=TRANSPOSE,
-                                            sample_rate=SR, chunk=1024)  # fmt: skip
+    engine = StreamingConverter.from_models(
+        model, voc, speaker=speaker, transpose=TRANSPOSE, sample_rate=SR, chunk=1024
+    )
     return convert_array(engine, x)
 
 
@@ -345,24 +368,67 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
     soundfile.write(tmp_path / "src.wav", x, SR, subtype="FLOAT")
     status_path, rec_path = tmp_path / "status.json", tmp_path / "rec.f32"
     with ExitStack() as stack:
-        files = [stack.enter_context(open(path, mode)) for path, mode in (
-            ("/dev/zero", "rb"), (tmp_path / "live.log", "w"), (rec_path, "wb"))]  # fmt: skip
+        files = [
+            stack.enter_context(open(path, mode))
+            for path, mode in (("/dev/zero", "rb"), (tmp_path / "live.log", "w"), (rec_path, "wb"))
+        ]
         procs: list[subprocess.Popen[Any]] = []
         stack.callback(_stop_all, procs)
         # silence into vin from the start, so that vin.monitor never idles: an input that stops
         # producing makes PortAudio's ALSA capture time out and end the stream
-        procs.append(subprocess.Popen(
-            ["pacat", "-d", "vin", "--raw", "--format=s16le", f"--rate={SR}", "--channels=1",
-             "--latency-msec=30"],
-            env=pulse, stdin=files[0]))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    "pacat",
+                    "-d",
+                    "vin",
+                    "--raw",
+                    "--format=s16le",
+                    f"--rate={SR}",
+                    "--channels=1",
+                    "--latency-msec=30",
+                ],
+                env=pulse,
+                stdin=files[0],
+            )
+        )
         live = subprocess.Popen(
-            [sys.executable, "-m", "comostream", "live", "--checkpoint",
-             str(model_path), "--input", "pulse", "--output", "pulse", "--sample-rate", str(SR),
-             "--speaker", "bass", "--transpose", str(TRANSPOSE), "--threads", "1", "--bypass",
-             "--latency", str(LIVE_LATENCY_MS), "--margin", str(MARGIN_BLOCKS), "--config",
-             str(config_path), "--status-file", str(status_path)],
-            cwd=ROOT, env=dict(pulse, PULSE_SOURCE="vin.monitor", PULSE_SINK="vout"), text=True,
-            stdin=subprocess.PIPE, stdout=files[1], stderr=subprocess.STDOUT)  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "comostream",
+                "live",
+                "--checkpoint",
+                str(model_path),
+                "--input",
+                "pulse",
+                "--output",
+                "pulse",
+                "--sample-rate",
+                str(SR),
+                "--speaker",
+                "bass",
+                "--transpose",
+                str(TRANSPOSE),
+                "--threads",
+                "1",
+                "--bypass",
+                "--latency",
+                str(LIVE_LATENCY_MS),
+                "--margin",
+                str(MARGIN_BLOCKS),
+                "--config",
+                str(config_path),
+                "--status-file",
+                str(status_path),
+            ],
+            cwd=ROOT,
+            env=dict(pulse, PULSE_SOURCE="vin.monitor", PULSE_SINK="vout"),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=files[1],
+            stderr=subprocess.STDOUT,
+        )
         procs.append(live)
         deadline = time.monotonic() + 90
         while not status_path.exists():
@@ -370,9 +436,22 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "comostream live did not start"
             time.sleep(0.1)
         watch = _Watch(status_path, live.pid)
-        procs.append(subprocess.Popen(
-            ["parec", "-d", "vout.monitor", "--raw", "--format=float32le", f"--rate={SR}",
-             "--channels=1", "--latency-msec=100"], env=pulse, stdout=files[2]))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    "parec",
+                    "-d",
+                    "vout.monitor",
+                    "--raw",
+                    "--format=float32le",
+                    f"--rate={SR}",
+                    "--channels=1",
+                    "--latency-msec=100",
+                ],
+                env=pulse,
+                stdout=files[2],
+            )
+        )
         time.sleep(0.3)
         player = subprocess.Popen(["paplay", "-d", "vin", str(tmp_path / "src.wav")], env=pulse)
         procs.append(player)
@@ -402,13 +481,17 @@ def _loop_attempt(pulse: dict[str, str], tmp_path: Path) -> None:
     assert after["elapsed_s"] - before["elapsed_s"] >= 20.0, (before, after)
     changed = [f"{k}: {before[k]} -> {after[k]}" for k in MISS_KEYS if after[k] != before[k]]
     seen, starved, worst = watch.starved_misses(t_before, t_after)
-    where = (f"between {before['elapsed_s']:.1f} s and {after['elapsed_s']:.1f} s (device flags "
-             f"{before['xrun_flags']} -> {after['xrun_flags']}); live waited up to {worst:.2f} s "
-             f"for a CPU within {LOOKBACK_S:g} s")
+    where = (
+        f"between {before['elapsed_s']:.1f} s and {after['elapsed_s']:.1f} s (device flags "
+        f"{before['xrun_flags']} -> {after['xrun_flags']}); live waited up to {worst:.2f} s "
+        f"for a CPU within {LOOKBACK_S:g} s"
+    )
     print(f"\nloop: live waited up to {worst:.2f} s for a CPU within {LOOKBACK_S:g} s")
     if changed and (not seen or starved < seen):
-        raise RealTimeMiss(f"{', '.join(changed)} {where}; {seen - starved} of {seen} without "
-                           f"CPU starvation\n{log}")
+        raise RealTimeMiss(
+            f"{', '.join(changed)} {where}; {seen - starved} of {seen} without "
+            f"CPU starvation\n{log}"
+        )
     if changed:
         print(f"loop: a busy machine: {', '.join(changed)} {where}: checking the audio")
     try:
@@ -451,25 +534,34 @@ def _check_audio(
     ref = _offline_reference(model_path, x[warm + period : warm + 2 * period], "bass")
     ref = ref[lead : period - SR // 2]
     starts = [warm + k * period + lead + device for k in range(1, REPEATS)]
-    costs = [_f0_costs(rec[i : i + ref.shape[0] + 2 * converter], ref, 2 * converter)
-             for i in starts]  # fmt: skip
+    costs = [
+        _f0_costs(rec[i : i + ref.shape[0] + 2 * converter], ref, 2 * converter) for i in starts
+    ]
     each_ms = [1000 * _best_lag(c) / SR for c in costs]
     measured_ms = 1000 * _best_lag(np.sum(costs, axis=0)) / SR
-    print(f"\nloop: dry {1000 * device / SR:.1f} ms (devices + paplay/parec); converter "
-          f"measured {measured_ms:.1f} ms (phrases: {', '.join(f'{m:.1f}' for m in each_ms)}) vs "
-          f"reported {final['converter_ms']:.1f} ms (algorithmic {final['algorithmic_ms']:.1f}); "
-          f"live's devices {final['device_in_ms']:.1f} in / {final['device_out_ms']:.1f} out ms")
+    print(
+        f"\nloop: dry {1000 * device / SR:.1f} ms (devices + paplay/parec); converter "
+        f"measured {measured_ms:.1f} ms (phrases: {', '.join(f'{m:.1f}' for m in each_ms)}) vs "
+        f"reported {final['converter_ms']:.1f} ms (algorithmic {final['algorithmic_ms']:.1f}); "
+        f"live's devices {final['device_in_ms']:.1f} in / {final['device_out_ms']:.1f} out ms"
+    )
     assert max(each_ms) - min(each_ms) <= CONSTANT_MS, f"the delay moved: {each_ms} ms"
     assert abs(measured_ms - final["converter_ms"]) <= DELAY_TOL_MS, (
-        f"converter delay measured {measured_ms:.1f} ms, reported {final['converter_ms']:.1f}")
+        f"converter delay measured {measured_ms:.1f} ms, reported {final['converter_ms']:.1f}"
+    )
 
     # ... and their F0 is the source's, 3 semitones up
     total = device + measured_ms * SR / 1000
     rec24 = resample(rec, SR, 24000)
-    cents = np.concatenate([
-        _cents_error(rec24[round((warm + k * period + gap + total) / 2) :], phrase24)
-        for k in range(1, REPEATS)])  # fmt: skip
-    print(f"F0: median {np.median(cents):+.1f} cents off +{100 * TRANSPOSE:.0f}; "
-          f"{np.mean(np.abs(cents) < 50):.0%} of voiced frames within 50 cents")
+    cents = np.concatenate(
+        [
+            _cents_error(rec24[round((warm + k * period + gap + total) / 2) :], phrase24)
+            for k in range(1, REPEATS)
+        ]
+    )
+    print(
+        f"F0: median {np.median(cents):+.1f} cents off +{100 * TRANSPOSE:.0f}; "
+        f"{np.mean(np.abs(cents) < 50):.0%} of voiced frames within 50 cents"
+    )
     assert abs(np.median(cents)) < 25, np.median(cents)
     assert np.mean(np.abs(cents) < 50) > 0.6

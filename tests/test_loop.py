@@ -25,8 +25,17 @@ from helpers import (
 
 def _trainer(cfg, run_dir: Path, seed: int = 0, **kw) -> Trainer:  # type: ignore[no-untyped-def]
     kw.setdefault("valid_fn", toy_valid)
-    return Trainer(cfg, toy_state(cfg, seed), noisy_step, toy_dataset(), run_dir, kind="toy",
-                   progress=False, tensorboard=False, **kw)  # fmt: skip
+    return Trainer(
+        cfg,
+        toy_state(cfg, seed),
+        noisy_step,
+        toy_dataset(),
+        run_dir,
+        kind="toy",
+        progress=False,
+        tensorboard=False,
+        **kw,
+    )
 
 
 def test_loss_falls_and_stats_rows_are_logged_at_their_intervals(tmp_path: Path) -> None:
@@ -60,13 +69,16 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     opt_b = resumed.optimizers["main"].state_dict()["state"]
     for k in opt_a:
         assert all(torch.equal(opt_a[k][n], opt_b[k][n]) for n in opt_a[k])
-    assert full.optimizers["main"].param_groups[0]["lr"] == resumed.optimizers["main"].param_groups[
-        0]["lr"]  # fmt: skip
+    assert (
+        full.optimizers["main"].param_groups[0]["lr"]
+        == resumed.optimizers["main"].param_groups[0]["lr"]
+    )
     rows_a = read_stats(tmp_path / "a")
     rows_b = read_stats(tmp_path / "b")
     assert [(r["split"], r["step"]) for r in rows_a] == [(r["split"], r["step"]) for r in rows_b]
     assert [r["mse"] for r in rows_a if r["split"] == "valid"] == [
-        r["mse"] for r in rows_b if r["split"] == "valid"]  # fmt: skip
+        r["mse"] for r in rows_b if r["split"] == "valid"
+    ]
 
 
 def test_dry_run_does_one_step_one_validation_one_checkpoint(tmp_path: Path) -> None:
@@ -96,8 +108,16 @@ def test_training_stops_at_max_steps_with_a_checkpoint_every_n_steps(tmp_path: P
 def test_resume_rejects_a_checkpoint_of_another_kind_or_model(tmp_path: Path) -> None:
     cfg = toy_config(max_steps=1)
     _trainer(cfg, tmp_path, valid_fn=None).fit()
-    other = Trainer(cfg, toy_state(cfg), noisy_step, toy_dataset(), tmp_path / "x",
-                    kind="teacher", progress=False, tensorboard=False)  # fmt: skip
+    other = Trainer(
+        cfg,
+        toy_state(cfg),
+        noisy_step,
+        toy_dataset(),
+        tmp_path / "x",
+        kind="teacher",
+        progress=False,
+        tensorboard=False,
+    )
     with pytest.raises(CheckpointError, match="a 'toy' checkpoint, expected 'teacher'"):
         other.resume(tmp_path / "last.pt")
     bigger = _trainer(cfg, tmp_path / "y")
@@ -111,8 +131,16 @@ def test_non_finite_loss_stops_training(tmp_path: Path) -> None:
         return {"loss": state.models["net"](batch[0]).mean() * float("nan")}
 
     cfg = toy_config(max_steps=3)
-    trainer = Trainer(cfg, toy_state(cfg), nan_step, toy_dataset(), tmp_path, kind="toy",
-                      progress=False, tensorboard=False)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        toy_state(cfg),
+        nan_step,
+        toy_dataset(),
+        tmp_path,
+        kind="toy",
+        progress=False,
+        tensorboard=False,
+    )
     with pytest.raises(FloatingPointError, match="step 1: non-finite loss"):
         trainer.fit()
 
@@ -129,6 +157,7 @@ def test_lr_schedule_warmup_then_constant_or_cosine() -> None:
 def test_tensorboard_scalars_are_written(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     cfg = toy_config(max_steps=2, log_every=1)
-    Trainer(cfg, toy_state(cfg), noisy_step, toy_dataset(), tmp_path, kind="toy",
-            progress=False).fit()  # fmt: skip
+    Trainer(
+        cfg, toy_state(cfg), noisy_step, toy_dataset(), tmp_path, kind="toy", progress=False
+    ).fit()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -29,8 +29,16 @@ from comostream.realtime.serve.protocol import (
 )
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
-HELLO = {"type": "hello", "version": 1, "sample_rate": 48000, "channels": 1, "format": "f32le",
-         "block": 1024, "speaker": "alto", "transpose": 0}  # fmt: skip
+HELLO = {
+    "type": "hello",
+    "version": 1,
+    "sample_rate": 48000,
+    "channels": 1,
+    "format": "f32le",
+    "block": 1024,
+    "speaker": "alto",
+    "transpose": 0,
+}
 
 
 def _code(fn, *args, **kwargs) -> str:
@@ -96,20 +104,37 @@ def test_text_frames_must_be_json_objects_of_a_known_type() -> None:
 
 def test_hello_defaults_and_each_bad_field_gives_its_documented_code() -> None:
     h = parse_hello(HELLO)
-    assert (h.sample_rate, h.channels, h.format, h.block, h.speaker) == (48000, 1, "f32le",
-                                                                         1024, "alto")
+    assert (h.sample_rate, h.channels, h.format, h.block, h.speaker) == (
+        48000,
+        1,
+        "f32le",
+        1024,
+        "alto",
+    )
     minimal = parse_hello({"type": "hello", "version": 1, "sample_rate": 44100})
     assert minimal.block is None and minimal.speaker is None and minimal.format == "f32le"
     mix = parse_hello({**HELLO, "speaker": {"alto": 1, "bass": 3}})
     assert mix.speaker == {"alto": 1.0, "bass": 3.0}
     cases = {
         "bad_version": [{"version": 2}],
-        "bad_params": [{"sample_rate": 12345}, {"channels": 3}, {"format": "u8"},
-                       {"block": 8}, {"block": 100000}, {"transpose": 60},
-                       {"speaker": {"alto": 0}}],
-        "bad_message": [{"sample_rate": "48000"}, {"block": True}, {"transpose": "up"},
-                        {"speaker": 3}, {"token": 5}, {"speaker": {"alto": -1}}],
-    }  # fmt: skip
+        "bad_params": [
+            {"sample_rate": 12345},
+            {"channels": 3},
+            {"format": "u8"},
+            {"block": 8},
+            {"block": 100000},
+            {"transpose": 60},
+            {"speaker": {"alto": 0}},
+        ],
+        "bad_message": [
+            {"sample_rate": "48000"},
+            {"block": True},
+            {"transpose": "up"},
+            {"speaker": 3},
+            {"token": 5},
+            {"speaker": {"alto": -1}},
+        ],
+    }
     for code, changes in cases.items():
         for change in changes:
             assert _code(parse_hello, {**HELLO, **change}) == code, change
@@ -130,8 +155,12 @@ def test_set_needs_a_known_change_and_each_bad_field_gives_its_code() -> None:
 
 def test_error_messages_carry_their_close_code_and_the_frame_limit_is_fixed() -> None:
     msg = json.loads(error_message("unknown_speaker", "unknown speaker 'x'"))
-    assert msg == {"type": "error", "code": "unknown_speaker", "close_code": 4004,
-                   "message": "unknown speaker 'x'"}  # fmt: skip
+    assert msg == {
+        "type": "error",
+        "code": "unknown_speaker",
+        "close_code": 4004,
+        "message": "unknown speaker 'x'",
+    }
     assert ProtocolError("bad_frame", "x").close_code == 4003
     with pytest.raises(ValueError):
         ProtocolError("no_such_code", "x")

@@ -10,8 +10,19 @@ from comostream.training.recipe import stages
 def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> None:
     before, acoustic, rest = stages(tmp_path / "run")
     names = [s.name for s in (*before, *acoustic, *rest)]
-    assert names == ["corpus", "content", "features", "teacher", "distill", "vocoder",
-                     "acoustic-export", "gta", "vocoder-gta", "export", "quality"]
+    assert names == [
+        "corpus",
+        "content",
+        "features",
+        "teacher",
+        "distill",
+        "vocoder",
+        "acoustic-export",
+        "gta",
+        "vocoder-gta",
+        "export",
+        "quality",
+    ]
     by = {s.name: s for s in (*before, *acoustic, *rest)}
     run = tmp_path / "run"
     gta = by["gta"].args

@@ -62,20 +62,31 @@ def server(models: tuple[Any, Any]) -> Iterator[ServerThread]:
 
 
 def reference(models: tuple[Any, Any], x: np.ndarray, sr: int, block: int, **kw: Any) -> np.ndarray:
-    engine = StreamingConverter.from_models(*models, sample_rate=sr, realtime=RT, chunk=block,
-                                            **kw)  # fmt: skip
+    engine = StreamingConverter.from_models(*models, sample_rate=sr, realtime=RT, chunk=block, **kw)
     return convert_array(engine, x)
 
 
 # ---------------------------------------------------------------- streaming results
 
 
-def test_client_cli_output_equals_engine_output(server: ServerThread, models: Any,
-                                                tmp_path: Path, capsys: Any) -> None:  # fmt: skip
+def test_client_cli_output_equals_engine_output(
+    server: ServerThread, models: Any, tmp_path: Path, capsys: Any
+) -> None:
     x = sung(0.8, 48000)
     sf.write(tmp_path / "in.wav", x, 48000, subtype="FLOAT")
-    rc = main(["client", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out.wav"),
-               "--url", server.url, "--speaker", "bass", "--fast"])  # fmt: skip
+    rc = main(
+        [
+            "client",
+            str(tmp_path / "in.wav"),
+            "-o",
+            str(tmp_path / "out.wav"),
+            "--url",
+            server.url,
+            "--speaker",
+            "bass",
+            "--fast",
+        ]
+    )
     assert rc == 0
     out, sr = sf.read(tmp_path / "out.wav", dtype="float32")
     ref = reference(models, x, 48000, 1024, speaker="bass")
@@ -89,16 +100,25 @@ def test_client_cli_output_equals_engine_output(server: ServerThread, models: An
 def test_eight_concurrent_clients_each_get_their_offline_conversion(
     server: ServerThread, models: Any
 ) -> None:
-    cases = [(48000, "alto", 0.0, "f32le"), (24000, "bass", 2.0, "f32le"),
-             (44100, "tenor", -3.0, "s16le"), (16000, "alto", 0.0, "f32le"),
-             (48000, {"alto": 0.5, "bass": 0.5}, 0.0, "f32le"), (32000, "bass", 0.0, "s16le"),
-             (22050, "tenor", 5.0, "f32le"), (48000, "bass", -12.0, "f32le")]  # fmt: skip
+    cases = [
+        (48000, "alto", 0.0, "f32le"),
+        (24000, "bass", 2.0, "f32le"),
+        (44100, "tenor", -3.0, "s16le"),
+        (16000, "alto", 0.0, "f32le"),
+        (48000, {"alto": 0.5, "bass": 0.5}, 0.0, "f32le"),
+        (32000, "bass", 0.0, "s16le"),
+        (22050, "tenor", 5.0, "f32le"),
+        (48000, "bass", -12.0, "f32le"),
+    ]
     signals = [sung(0.5, sr, 180.0 + 15 * i, seed=i) for i, (sr, *_) in enumerate(cases)]
 
     async def run_all() -> list[Any]:
-        return await asyncio.gather(*(
-            stream_array(server.url, x, sr, fast=True, speaker=spk, transpose=tr, fmt=fmt)
-            for x, (sr, spk, tr, fmt) in zip(signals, cases, strict=True)))  # fmt: skip
+        return await asyncio.gather(
+            *(
+                stream_array(server.url, x, sr, fast=True, speaker=spk, transpose=tr, fmt=fmt)
+                for x, (sr, spk, tr, fmt) in zip(signals, cases, strict=True)
+            )
+        )
 
     t0 = time.perf_counter()
     results = asyncio.run(run_all())
@@ -192,8 +212,9 @@ def test_malformed_input_gets_documented_errors_while_another_session_streams(
         return await streaming
 
     r = asyncio.run(run())
-    np.testing.assert_allclose(r.output, reference(models, x, 48000, 1024, speaker="tenor"),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        r.output, reference(models, x, 48000, 1024, speaker="tenor"), atol=1e-6
+    )
 
     async def huge() -> None:  # beyond 4x the limit: the WebSocket layer closes (1009)
         async with connect(server.url, max_size=None) as ws:
@@ -237,8 +258,12 @@ def test_drop_queue_drops_oldest_and_merges_gaps() -> None:
         items = [await q.get() for _ in range(len(q))]
         assert isinstance(items[0], Gap) and (items[0].seq, items[0].count) == (0, 100)
         assert items[1] == "set"
-        assert isinstance(items[2], Gap) and (items[2].seq, items[2].count, items[2].blocks,
-                                              items[2].ts) == (2, 200, 2, 12)  # fmt: skip
+        assert isinstance(items[2], Gap) and (
+            items[2].seq,
+            items[2].count,
+            items[2].blocks,
+            items[2].ts,
+        ) == (2, 200, 2, 12)
         assert [b.payload for b in items[3:]] == ["d", "e", "f"]
         assert (q.dropped_blocks, q.dropped_samples, q.samples) == (3, 300, 0)
         q.put_message("a")
@@ -264,8 +289,9 @@ def test_slow_reader_does_not_grow_server_memory(models: Any) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", st.server.port))
             peak = {"in": 0, "out": 0, "buffer": 0}
-            async with connect(st.url, sock=sock, max_size=None, max_queue=1,
-                               close_timeout=1.0) as ws:
+            async with connect(
+                st.url, sock=sock, max_size=None, max_queue=1, close_timeout=1.0
+            ) as ws:
                 await ws.send(_hello(block=block))
                 await ws.recv()
                 session = next(iter(st.server.sessions.values()))
@@ -380,17 +406,24 @@ def test_serve_and_client_commands_refuse_clearly(
     assert "pass --checkpoint" in capsys.readouterr().err
     wav = tmp_path / "in.wav"
     sf.write(wav, sung(0.2, 24000), 24000)
-    assert main(["client", str(wav), "-o", str(tmp_path / "o.wav"), "--url",
-                 "ws://127.0.0.1:9/ws"]) == 1  # fmt: skip
+    assert (
+        main(["client", str(wav), "-o", str(tmp_path / "o.wav"), "--url", "ws://127.0.0.1:9/ws"])
+        == 1
+    )
     assert "ws://127.0.0.1:9/ws" in capsys.readouterr().err
 
 
 def test_sigterm_closes_sessions_gracefully(tmp_path: Path) -> None:
     ckpt = write_tiny_model(tmp_path / "tiny.ckpt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "comostream", "serve", "--checkpoint",
-                             str(ckpt), "--port", "0"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comostream", "serve", "--checkpoint", str(ckpt), "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -412,4 +445,3 @@ def test_sigterm_closes_sessions_gracefully(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
-

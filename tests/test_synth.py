@@ -120,8 +120,9 @@ def test_the_corpus_is_the_same_bytes_for_any_jobs_and_differs_by_seed(
     synthesize_corpus(again, CFG, progress=False, jobs=2, max_lines=3)
     assert _tree_bytes(again) == _tree_bytes(corpus)
     other = tmp_path / "other"
-    synthesize_corpus(other, CorpusConfig(singers=1, minutes=0.1, seed=4), progress=False,
-                      max_lines=1)  # fmt: skip
+    synthesize_corpus(
+        other, CorpusConfig(singers=1, minutes=0.1, seed=4), progress=False, max_lines=1
+    )
     a, b = _records(other)[0], _records(corpus)[0]
     assert a["text"] != b["text"] or a["melody"] != b["melody"]
     assert (other / a["path"]).read_bytes() != (corpus / b["path"]).read_bytes()
@@ -140,8 +141,9 @@ def test_missing_tool_names_debian_package(monkeypatch: pytest.MonkeyPatch, tmp_
 def test_singer_table_is_fixed_distinct_and_refuses_too_many() -> None:
     names = [s.name for s in voices.SINGERS]
     assert len(names) >= 12 and len(set(names)) == len(names)
-    assert all(s.base in voices.BASE_VOICES and s.register in voices.REGISTERS
-               for s in voices.SINGERS)  # fmt: skip
+    assert all(
+        s.base in voices.BASE_VOICES and s.register in voices.REGISTERS for s in voices.SINGERS
+    )
     assert len({(s.base, s.register, s.warp_alpha) for s in voices.SINGERS}) == len(names)
     for n in range(8, 13):
         assert [s.name for s in voices.singer_table(n)] == names[:n]

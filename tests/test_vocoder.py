@@ -67,9 +67,13 @@ def test_streaming_equals_one_shot(lookahead: int) -> None:
     assert peak > 1e-3
     for block in (1, 2, 4, 8, [3, 1, 5]):
         state = voc.init_state(2)
-        got = run_stream(lambda m, f, s=state: voc.step(m, f, s)[0],
-                         lambda s=state: voc.flush(s, 2), [mel, f0],
-                         chunk_bounds(FRAMES, block), lookahead * HOP)  # fmt: skip
+        got = run_stream(
+            lambda m, f, s=state: voc.step(m, f, s)[0],
+            lambda s=state: voc.flush(s, 2),
+            [mel, f0],
+            chunk_bounds(FRAMES, block),
+            lookahead * HOP,
+        )
         assert got.shape == ref.shape
         assert float((got - ref).abs().max()) <= 1e-4 * peak, f"block {block}"
 
@@ -253,7 +257,7 @@ def test_f0_rmse_of_a_semitone_is_100_cents() -> None:
 
 
 def test_pesq_wb_is_none_without_pesq_and_lower_for_a_noisy_copy(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     x = _voice(200.0, seconds=2.0)
     noisy = x + 0.05 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)

@@ -49,8 +49,10 @@ def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
             n = SR
             f0 = np.full(n, base * (1 + 0.05 * i))
             sf.write(corpus / singer / f"line{i:03d}.wav", harmonic_tone(f0), SR)
-            np.save(corpus / singer / f"line{i:03d}.f0.npy",
-                    f0[::HOP][: n // HOP + 1].astype(np.float32))  # fmt: skip
+            np.save(
+                corpus / singer / f"line{i:03d}.f0.npy",
+                f0[::HOP][: n // HOP + 1].astype(np.float32),
+            )
     cfg = Config(features=FeaturesConfig(extractors=("mel", "f0", "loudness"), f0_source="corpus"))
     prepare_features(corpus, root / "feat", cfg, progress=False)
     return root / "feat"
@@ -66,19 +68,33 @@ def _model(singers: list[str]) -> AcousticModel:
 
 def _voc_cfg(max_steps: int, channels: int = 16) -> Config:
     base = config_to_dict(Config())
-    base["vocoder"].update({**VOCODER_PRESETS["tiny"], "channels": channels,
-                            "segment_frames": 16, "context_frames": 4,
-                            "adv_weight": 0.0})  # fmt: skip
-    base["train"].update({"batch_size": 2, "max_steps": max_steps, "lr": 2e-3,
-                          "warmup_steps": 0, "log_every": 1, "valid_every": 100,
-                          "ckpt_every": 100, "amp": False})  # fmt: skip
+    base["vocoder"].update(
+        {
+            **VOCODER_PRESETS["tiny"],
+            "channels": channels,
+            "segment_frames": 16,
+            "context_frames": 4,
+            "adv_weight": 0.0,
+        }
+    )
+    base["train"].update(
+        {
+            "batch_size": 2,
+            "max_steps": max_steps,
+            "lr": 2e-3,
+            "warmup_steps": 0,
+            "log_every": 1,
+            "valid_every": 100,
+            "ckpt_every": 100,
+            "amp": False,
+        }
+    )
     return config_from_dict(base)
 
 
 def test_gta_copy_replaces_only_the_mel(feats: Path, tmp_path: Path) -> None:
     model = _model(list(SINGERS))
-    out = write_gta_features(model, feats, tmp_path / "gta", model_name="tiny.ckpt",
-                             progress=False)  # fmt: skip
+    out = write_gta_features(model, feats, tmp_path / "gta", model_name="tiny.ckpt", progress=False)
     index, meta = load_feature_index(out)
     src_index, src_meta = load_feature_index(feats)
     assert [e.path for e in index.entries] == [e.path for e in src_index.entries]
@@ -94,9 +110,11 @@ def test_gta_copy_replaces_only_the_mel(feats: Path, tmp_path: Path) -> None:
             assert b["mel"].shape == a["mel"].shape and b["mel"].dtype == np.float32
             assert not np.allclose(a["mel"], b["mel"])
             # the target's one-step output with the realtime path's frame noise
-            feats_t = {"f0": torch.from_numpy(a["f0"])[None],
-                       "voiced": torch.from_numpy(a["voiced"])[None],
-                       "loudness": torch.from_numpy(a["loudness"])[None]}  # fmt: skip
+            feats_t = {
+                "f0": torch.from_numpy(a["f0"])[None],
+                "voiced": torch.from_numpy(a["voiced"])[None],
+                "loudness": torch.from_numpy(a["loudness"])[None],
+            }
             index_t = torch.arange(a["f0"].shape[0])[None]
             noise = frame_noise(index_t, model.cfg.audio.n_mels, model.cfg.realtime.seed)
             want = model.generate(feats_t, e.singer, noise)[0].numpy()
@@ -125,17 +143,20 @@ def test_init_starts_from_the_given_vocoder(feats: Path, tmp_path: Path) -> None
     base = tmp_path / "base"
     train_vocoder(_voc_cfg(2), feats, base, progress=False)
     init = load_vocoder(base / "last.pt")
-    state = train_vocoder(_voc_cfg(0), feats, tmp_path / "ft", init=base / "last.pt",
-                          progress=False)  # fmt: skip
+    state = train_vocoder(
+        _voc_cfg(0), feats, tmp_path / "ft", init=base / "last.pt", progress=False
+    )
     assert state.step == 0
     got = state.models["vocoder"].state_dict()
     assert all(torch.equal(got[k], v) for k, v in init.state_dict().items())
-    state = train_vocoder(_voc_cfg(2), feats, tmp_path / "ft2", init=base / "last.pt",
-                          progress=False)  # fmt: skip
+    state = train_vocoder(
+        _voc_cfg(2), feats, tmp_path / "ft2", init=base / "last.pt", progress=False
+    )
     assert state.step == 2 and state.meta["init"] == str(base / "last.pt")
     with pytest.raises(CheckpointError, match="--init"):  # other sizes
-        train_vocoder(_voc_cfg(1, channels=24), feats, tmp_path / "bad", init=base / "last.pt",
-                      progress=False)  # fmt: skip
+        train_vocoder(
+            _voc_cfg(1, channels=24), feats, tmp_path / "bad", init=base / "last.pt", progress=False
+        )
 
 
 def test_prep_gta_command_writes_features_naming_the_model_and_refuses_a_missing_one(
@@ -143,11 +164,24 @@ def test_prep_gta_command_writes_features_naming_the_model_and_refuses_a_missing
 ) -> None:
     model = _model(list(SINGERS))
     ckpt = save_checkpoint(tmp_path / "m.ckpt", model.export_payload())
-    rc = comostream.main(["prep", "gta", str(ckpt), "--data", str(feats), "--out",
-                          str(tmp_path / "gta")])  # fmt: skip
+    rc = comostream.main(
+        ["prep", "gta", str(ckpt), "--data", str(feats), "--out", str(tmp_path / "gta")]
+    )
     assert rc == 0 and "--init" in capsys.readouterr().out
     meta = json.loads((tmp_path / "gta" / "features.json").read_text())
     assert meta["gta_model"] == str(ckpt)
-    assert comostream.main(["prep", "gta", str(tmp_path / "nope.ckpt"), "--data", str(feats),
-                            "--out", str(tmp_path / "g2")]) == 1  # fmt: skip
+    assert (
+        comostream.main(
+            [
+                "prep",
+                "gta",
+                str(tmp_path / "nope.ckpt"),
+                "--data",
+                str(feats),
+                "--out",
+                str(tmp_path / "g2"),
+            ]
+        )
+        == 1
+    )
     assert "not found" in capsys.readouterr().err

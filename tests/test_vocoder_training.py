@@ -68,11 +68,28 @@ def feats(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _cfg(max_steps: int, **vocoder: object) -> Config:
     base = config_to_dict(Config())
-    base["vocoder"].update({**VOCODER_PRESETS["tiny"], "segment_frames": 16,
-                            "context_frames": 4, "adv_weight": 0.0, **vocoder})  # fmt: skip
-    base["train"].update({"batch_size": 2, "max_steps": max_steps, "lr": 2e-3,
-                          "warmup_steps": 0, "lr_schedule": "constant", "log_every": 1,
-                          "valid_every": 3, "ckpt_every": 2, "amp": False})  # fmt: skip
+    base["vocoder"].update(
+        {
+            **VOCODER_PRESETS["tiny"],
+            "segment_frames": 16,
+            "context_frames": 4,
+            "adv_weight": 0.0,
+            **vocoder,
+        }
+    )
+    base["train"].update(
+        {
+            "batch_size": 2,
+            "max_steps": max_steps,
+            "lr": 2e-3,
+            "warmup_steps": 0,
+            "lr_schedule": "constant",
+            "log_every": 1,
+            "valid_every": 3,
+            "ckpt_every": 2,
+            "amp": False,
+        }
+    )
     return config_from_dict(base)
 
 
@@ -134,9 +151,19 @@ def test_training_resumes_exactly_and_its_export_and_bench_agree(
 
 def test_adversarial_branch_trains_the_discriminator(feats: Path, tmp_path: Path) -> None:
     run = tmp_path / "gan"
-    state = train_vocoder(_cfg(3, adv_weight=1.0, adv_start=1, disc_periods=[2, 3],
-                               disc_ffts=[64, 128], disc_channels=4),
-                          feats, run, progress=False)  # fmt: skip
+    state = train_vocoder(
+        _cfg(
+            3,
+            adv_weight=1.0,
+            adv_start=1,
+            disc_periods=[2, 3],
+            disc_ffts=[64, 128],
+            disc_channels=4,
+        ),
+        feats,
+        run,
+        progress=False,
+    )
     rows = _rows(run, "train")
     assert "disc" not in rows[0]  # step 1 < adv_start
     assert {"adv_g", "fm", "disc"} <= set(rows[1]) and rows[1]["grad_norm_discriminator"] > 0
@@ -164,16 +191,30 @@ def test_train_and_bench_vocoder_commands_run_and_refuse_a_missing_checkpoint(
     out = capsys.readouterr().out
     assert "--corpus" in out and "--block" in out and "--max-steps" in out
     toml = tmp_path / "tiny.toml"
-    toml.write_text("[vocoder]\nchannels = 16\nlayers = 2\ndilation_cycle = 2\n"
-                    "n_harmonics = 24\nsegment_frames = 16\nadv_weight = 0.0\n"
-                    "[train]\nbatch_size = 2\n")  # fmt: skip
+    toml.write_text(
+        "[vocoder]\nchannels = 16\nlayers = 2\ndilation_cycle = 2\n"
+        "n_harmonics = 24\nsegment_frames = 16\nadv_weight = 0.0\n"
+        "[train]\nbatch_size = 2\n"
+    )
     run = tmp_path / "cli"
-    rc = comostream.main(["train", "vocoder", "--config", str(toml), "--data", str(feats),
-                          "--out", str(run), "--dry-run"])  # fmt: skip
+    rc = comostream.main(
+        [
+            "train",
+            "vocoder",
+            "--config",
+            str(toml),
+            "--data",
+            str(feats),
+            "--out",
+            str(run),
+            "--dry-run",
+        ]
+    )
     assert rc == 0 and (run / "last.pt").is_file()
     capsys.readouterr()
-    rc = comostream.main(["bench", "vocoder", "--checkpoint", str(run / "last.pt"), "--items",
-                          "1", "--json"])  # fmt: skip
+    rc = comostream.main(
+        ["bench", "vocoder", "--checkpoint", str(run / "last.pt"), "--items", "1", "--json"]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["utterances"] == 1

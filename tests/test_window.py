@@ -58,8 +58,9 @@ def test_windowed_vocoder_tracks_the_one_shot_output(block: int) -> None:
     with torch.no_grad():
         ref = model(mel)[0]
         state = win.init_state(1)
-        outs = [win.step(mel[..., a : a + block], None, state)[0]
-                for a in range(0, t_frames, block)]  # fmt: skip
+        outs = [
+            win.step(mel[..., a : a + block], None, state)[0] for a in range(0, t_frames, block)
+        ]
     y = torch.cat(outs, dim=-1)[0]
     assert y.shape[0] == t_frames * 256
     late = win.lookahead_frames * 256
@@ -71,8 +72,7 @@ def test_windowed_vocoder_tracks_the_one_shot_output(block: int) -> None:
 
 def test_windowed_content_matches_one_shot_frames_inside_the_context() -> None:
     model = ToyContent()
-    win = WindowedContent(model, RealtimeConfig(window_context_ms=100.0,
-                                                window_lookahead_frames=3))  # fmt: skip
+    win = WindowedContent(model, RealtimeConfig(window_context_ms=100.0, window_lookahead_frames=3))
     audio = torch.randn(1, 256 * 60) * 0.1
     ref = model(audio)  # frame t centred at 256 t
     state = win.init_state(1)

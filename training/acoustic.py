@@ -109,8 +109,10 @@ def train_teacher(cfg: Config, opts: RunOptions) -> TrainState:
     device = _device()
     seed_everything(cfg.train.seed)
     train, valid = _datasets(cfg, opts.data)
-    models = {"conditioner": build_conditioner(cfg, train.singers),
-              "denoiser": build_denoiser(cfg, consistency=False)}  # fmt: skip
+    models = {
+        "conditioner": build_conditioner(cfg, train.singers),
+        "denoiser": build_denoiser(cfg, consistency=False),
+    }
     state = make_state(models, cfg.train, device)
     state.meta["speakers"] = list(train.singers)
 
@@ -128,9 +130,18 @@ def train_teacher(cfg: Config, opts: RunOptions) -> TrainState:
         x = heun_sampler(st.models["denoiser"], _valid_noise(b), cond, sampling_sigmas(cfg.edm))
         return {"teacher_mel_l1": mel_distance(denormalise_mel(x, cfg.edm), b["mel"], b["mask"])}
 
-    trainer = Trainer(cfg, state, step, train, opts.out, kind="teacher",
-                      collate_fn=collate_segments, valid_fn=validate if valid else None,
-                      dry_run=opts.dry_run, progress=opts.progress)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        step,
+        train,
+        opts.out,
+        kind="teacher",
+        collate_fn=collate_segments,
+        valid_fn=validate if valid else None,
+        dry_run=opts.dry_run,
+        progress=opts.progress,
+    )
     if opts.resume:
         trainer.resume(opts.resume)
     return trainer.fit()
@@ -150,10 +161,12 @@ def load_teacher(path: Path) -> tuple[Config, list[str], dict[str, dict[str, Ten
 
 
 def _distill_models(cfg: Config, speakers: list[str]) -> dict[str, Any]:
-    return {"conditioner": build_conditioner(cfg, speakers).requires_grad_(False),
-            "teacher": build_denoiser(cfg, consistency=False).requires_grad_(False),
-            "student": build_denoiser(cfg, consistency=True),
-            "target": build_denoiser(cfg, consistency=True).requires_grad_(False)}  # fmt: skip
+    return {
+        "conditioner": build_conditioner(cfg, speakers).requires_grad_(False),
+        "teacher": build_denoiser(cfg, consistency=False).requires_grad_(False),
+        "student": build_denoiser(cfg, consistency=True),
+        "target": build_denoiser(cfg, consistency=True).requires_grad_(False),
+    }
 
 
 def train_distill(cfg: Config, teacher_ckpt: Path, opts: RunOptions) -> TrainState:
@@ -168,8 +181,9 @@ def train_distill(cfg: Config, teacher_ckpt: Path, opts: RunOptions) -> TrainSta
     cfg = dataclasses.replace(cfg, model=tcfg.model, audio=tcfg.audio)
     train, valid = _datasets(cfg, opts.data)
     if list(train.singers) != speakers:
-        raise CheckpointError(f"{teacher_ckpt}: singers {speakers} differ from the features' "
-                              f"{train.singers}")  # fmt: skip
+        raise CheckpointError(
+            f"{teacher_ckpt}: singers {speakers} differ from the features' {train.singers}"
+        )
     models = _distill_models(cfg, speakers)
     load_state_strict(models["conditioner"], states["conditioner"], f"{teacher_ckpt}: conditioner")
     for name in ("teacher", "student", "target"):
@@ -186,8 +200,17 @@ def train_distill(cfg: Config, teacher_ckpt: Path, opts: RunOptions) -> TrainSta
         x0 = normalise_mel(batch["mel"], cfg.edm)
         n = sample_distill_index(x0.shape[0], cfg.edm.distill_steps, None, x0.device)
         loss = consistency_distillation_loss(
-            m["student"], m["target"], m["teacher"], x0, cond, n, sigmas,
-            torch.randn_like(x0), cfg.edm.distill_distance, mask=batch["mask"])  # fmt: skip
+            m["student"],
+            m["target"],
+            m["teacher"],
+            x0,
+            cond,
+            n,
+            sigmas,
+            torch.randn_like(x0),
+            cfg.edm.distill_distance,
+            mask=batch["mask"],
+        )
         return {"consistency": loss}
 
     def validate(st: TrainState) -> dict[str, float]:
@@ -200,17 +223,31 @@ def train_distill(cfg: Config, teacher_ckpt: Path, opts: RunOptions) -> TrainSta
             x = heun_sampler(m["teacher"], noise, cond, sampling_sigmas(cfg.edm))
             teacher_ref["mel"] = denormalise_mel(x, cfg.edm)
             teacher_ref["l1"] = mel_distance(teacher_ref["mel"], b["mel"], b["mask"])
-        one = denormalise_mel(consistency_onestep(m["target"], noise, cond, cfg.edm.sigma_max),
-                              cfg.edm)  # fmt: skip
+        one = denormalise_mel(
+            consistency_onestep(m["target"], noise, cond, cfg.edm.sigma_max), cfg.edm
+        )
         to_teacher = mel_distance(one, teacher_ref["mel"], b["mask"])
-        return {"target_mel_l1": mel_distance(one, b["mel"], b["mask"]),
-                "teacher_mel_l1": teacher_ref["l1"], "target_to_teacher_l1": to_teacher}
+        return {
+            "target_mel_l1": mel_distance(one, b["mel"], b["mask"]),
+            "teacher_mel_l1": teacher_ref["l1"],
+            "target_to_teacher_l1": to_teacher,
+        }
 
-    trainer = Trainer(cfg, state, step, train, opts.out, kind="distill",
-                      collate_fn=collate_segments, valid_fn=validate if valid else None,
-                      after_step=lambda st: ema_update(st.models["target"], st.models["student"],
-                                                       cfg.edm.ema_rate),
-                      dry_run=opts.dry_run, progress=opts.progress)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        step,
+        train,
+        opts.out,
+        kind="distill",
+        collate_fn=collate_segments,
+        valid_fn=validate if valid else None,
+        after_step=lambda st: ema_update(
+            st.models["target"], st.models["student"], cfg.edm.ema_rate
+        ),
+        dry_run=opts.dry_run,
+        progress=opts.progress,
+    )
     if opts.resume:
         trainer.resume(opts.resume)
     return trainer.fit()
@@ -247,8 +284,9 @@ def train_finetune(cfg: Config, init: Path, speaker: str, opts: RunOptions) -> T
     mcfg, speakers, models = load_distilled(init)
     if speaker in speakers:
         raise ValueError(f"singer {speaker!r} is already in {init}; pick a new name")
-    cfg = dataclasses.replace(cfg, model=mcfg.model, audio=mcfg.audio, edm=mcfg.edm,
-                              features=mcfg.features, f0=mcfg.f0)  # fmt: skip
+    cfg = dataclasses.replace(
+        cfg, model=mcfg.model, audio=mcfg.audio, edm=mcfg.edm, features=mcfg.features, f0=mcfg.f0
+    )
     feat_dir = Path(opts.data)
     if not (feat_dir / "features.json").is_file():
         feat_dir = _singer_features(feat_dir, speaker, opts.out, cfg, opts.progress)
@@ -273,9 +311,17 @@ def train_finetune(cfg: Config, init: Path, speaker: str, opts: RunOptions) -> T
         loss = edm_loss(st.models["teacher"], x0, cond, sigma, torch.randn_like(x0), batch["mask"])
         return {"edm": loss}
 
-    trainer = Trainer(cfg, state, step, data, opts.out, kind="finetune",
-                      collate_fn=collate_segments, dry_run=opts.dry_run,
-                      progress=opts.progress)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        step,
+        data,
+        opts.out,
+        kind="finetune",
+        collate_fn=collate_segments,
+        dry_run=opts.dry_run,
+        progress=opts.progress,
+    )
     if opts.resume:
         trainer.resume(opts.resume)
     return trainer.fit()
@@ -290,8 +336,10 @@ def _singer_features(
 
     audio = [p for ext in ("wav", "flac", "ogg") for p in singer_dir.glob(f"*.{ext}")]
     if not singer_dir.is_dir() or not audio:
-        raise CorpusError(f"{singer_dir}: neither a feature folder (features.json) nor a folder "
-                          "of recordings (*.wav, *.flac, *.ogg)")  # fmt: skip
+        raise CorpusError(
+            f"{singer_dir}: neither a feature folder (features.json) nor a folder "
+            "of recordings (*.wav, *.flac, *.ogg)"
+        )
     corpus = out / "corpus"
     (corpus).mkdir(parents=True, exist_ok=True)
     link = corpus / speaker
@@ -317,8 +365,10 @@ def singer_prints(corpus: Path, singers: list[str], per_singer: int = 6) -> dict
         if not mine:
             continue
         ps = [voice_print(load_audio(u.path)) for u in mine]
-        prints[name] = {"mcep": [float(v) for v in np.mean([p["mcep"] for p in ps], axis=0)],
-                        "f0_median": float(np.median([p["f0_median"] for p in ps]))}  # fmt: skip
+        prints[name] = {
+            "mcep": [float(v) for v in np.mean([p["mcep"] for p in ps], axis=0)],
+            "f0_median": float(np.median([p["f0_median"] for p in ps])),
+        }
     return prints
 
 
@@ -334,8 +384,10 @@ def export_model(
     if cfg.model.content_dim > 0:
         source = cfg.features.content_checkpoint
         if not source:
-            raise CheckpointError(f"{ckpt}: the model takes content but its config names no "
-                                  "[features] content_checkpoint to export with it")  # fmt: skip
+            raise CheckpointError(
+                f"{ckpt}: the model takes content but its config names no "
+                "[features] content_checkpoint to export with it"
+            )
         encoder = load_content_encoder(source)
     model = AcousticModel(cfg, speakers, encoder.cfg if encoder is not None else None)
     model.conditioner.load_state_dict(models["conditioner"].state_dict())

@@ -74,8 +74,13 @@ class ContentDecoder(nn.Module):
         self.input = FrameLinear(cfg.content_dim + 3, c)
         self.spk = nn.ModuleList(nn.Linear(cfg.speaker_dim, c) for _ in range(cfg.decoder_layers))
         self.convs = nn.ModuleList(
-            nn.Conv1d(c, c, DECODER_KERNEL, dilation=2 ** (i % 3),
-                      padding=(DECODER_KERNEL // 2) * 2 ** (i % 3))  # fmt: skip
+            nn.Conv1d(
+                c,
+                c,
+                DECODER_KERNEL,
+                dilation=2 ** (i % 3),
+                padding=(DECODER_KERNEL // 2) * 2 ** (i % 3),
+            )
             for i in range(cfg.decoder_layers)
         )
         self.output = FrameLinear(c, n_mels)
@@ -96,10 +101,12 @@ class SingerAdversary(nn.Module):
     def __init__(self, cfg: ContentConfig, n_speakers: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            FrameLinear(cfg.content_dim, cfg.adversary_hidden), nn.GELU(),
-            FrameLinear(cfg.adversary_hidden, cfg.adversary_hidden), nn.GELU(),
+            FrameLinear(cfg.content_dim, cfg.adversary_hidden),
+            nn.GELU(),
+            FrameLinear(cfg.adversary_hidden, cfg.adversary_hidden),
+            nn.GELU(),
             FrameLinear(cfg.adversary_hidden, n_speakers),
-        )  # fmt: skip
+        )
 
     def forward(self, content: Tensor) -> Tensor:
         return self.net(content)
@@ -127,8 +134,13 @@ def content_losses(
     labels = batch["speaker"][:, None].expand_as(active)[active]
     zero = z.sum() * 0.0
     if not bool(active.any()):  # no active frame in the batch
-        return {"loss": recon + zero, "recon": recon.detach(), "adv_ce": zero.detach(),
-                "adv_acc": zero.detach(), "adv_enc": zero.detach()}  # fmt: skip
+        return {
+            "loss": recon + zero,
+            "recon": recon.detach(),
+            "adv_ce": zero.detach(),
+            "adv_acc": zero.detach(),
+            "adv_enc": zero.detach(),
+        }
     own = adversary(z.detach()).transpose(1, 2)[active]  # trains the classifier only
     adv_ce = F.cross_entropy(own, labels)
     frozen = {name: prm.detach() for name, prm in adversary.named_parameters()}
@@ -139,8 +151,13 @@ def content_losses(
         adv_enc = -F.cross_entropy(seen, labels)
     loss = recon + adv_ce + cfg.adversary_weight * adv_enc
     adv_acc = (own.argmax(-1) == labels).float().mean()
-    return {"loss": loss, "recon": recon.detach(), "adv_ce": adv_ce.detach(),
-            "adv_acc": adv_acc.detach(), "adv_enc": adv_enc.detach()}  # fmt: skip
+    return {
+        "loss": loss,
+        "recon": recon.detach(),
+        "adv_ce": adv_ce.detach(),
+        "adv_acc": adv_acc.detach(),
+        "adv_enc": adv_enc.detach(),
+    }
 
 
 def _step_fn(cfg: ContentConfig) -> Callable[[TrainState, Any], Mapping[str, Tensor]]:
@@ -184,8 +201,9 @@ def train_content(
     order = corpus_singers(data_dir, load_corpus(data_dir))
     n = c.train_singers or len(order)
     if n > len(order):
-        raise CorpusError(f"{data_dir}: content.train_singers = {n}, but the corpus has "
-                          f"{len(order)} singers")  # fmt: skip
+        raise CorpusError(
+            f"{data_dir}: content.train_singers = {n}, but the corpus has {len(order)} singers"
+        )
     singers = order[:n]
     cache = Path(cache_dir) if cache_dir is not None else run_dir / "perturbed"
     entries = build_perturbation_cache(data_dir, cache, cfg, singers, progress=progress)
@@ -194,8 +212,9 @@ def train_content(
         raise CorpusError(f"{data_dir}: no training utterances for singers {singers}")
 
     def segments(name: str, seed: int) -> PerturbedSegments:
-        return PerturbedSegments(split[name], singers, cfg.train.segment_frames, c.gain_db,
-                                 cfg.audio.log_floor, seed)  # fmt: skip
+        return PerturbedSegments(
+            split[name], singers, cfg.train.segment_frames, c.gain_db, cfg.audio.log_floor, seed
+        )
 
     seed_everything(cfg.train.seed)
     models = {
@@ -206,9 +225,18 @@ def train_content(
     state = make_state(models, cfg.train, device)
     state.meta = {"singers": list(singers), "corpus": str(data_dir)}
     valid = _valid_fn(segments("valid", cfg.train.seed + 1), c) if split["valid"] else None
-    trainer = Trainer(cfg, state, _step_fn(c), segments("train", cfg.train.seed), run_dir,
-                      kind=CHECKPOINT_KIND, collate_fn=collate_segments, valid_fn=valid,
-                      dry_run=dry_run, progress=progress)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        _step_fn(c),
+        segments("train", cfg.train.seed),
+        run_dir,
+        kind=CHECKPOINT_KIND,
+        collate_fn=collate_segments,
+        valid_fn=valid,
+        dry_run=dry_run,
+        progress=progress,
+    )
     if resume is not None:
         trainer.resume(resume)
     trainer.fit()

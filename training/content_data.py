@@ -43,8 +43,16 @@ __all__ = [
     "corpus_singers",
 ]
 
-PERTURB_KEYS = ("perturbations", "pitch_shift_min", "pitch_shift_max", "formant_alpha_min",
-                "formant_alpha_max", "eq_bands", "eq_db", "breathiness_max")  # fmt: skip
+PERTURB_KEYS = (
+    "perturbations",
+    "pitch_shift_min",
+    "pitch_shift_max",
+    "formant_alpha_min",
+    "formant_alpha_max",
+    "eq_bands",
+    "eq_db",
+    "breathiness_max",
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,13 @@ def corpus_singers(data_dir: Path, utts: Sequence[Utterance]) -> list[str]:
 
 def _cache_key(cfg: Config) -> str:
     d = config_to_dict(cfg)
-    settings = {"audio": d["audio"], "f0": d["f0"], "f0_source": cfg.features.f0_source,
-                "content": {k: d["content"][k] for k in PERTURB_KEYS}, "seed": cfg.train.seed}
+    settings = {
+        "audio": d["audio"],
+        "f0": d["f0"],
+        "f0_source": cfg.features.f0_source,
+        "content": {k: d["content"][k] for k in PERTURB_KEYS},
+        "seed": cfg.train.seed,
+    }
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -118,8 +131,9 @@ def build_perturbation_cache(
             save_npz(path, _compute(utt, cfg))
         with np.load(path) as data:
             frames = int(data["mel"].shape[-1])
-        out.append(CachedUtterance(f"{utt.singer}/{utt.path.stem}", utt.singer, utt.split,
-                                   frames, path))  # fmt: skip
+        out.append(
+            CachedUtterance(f"{utt.singer}/{utt.path.stem}", utt.singer, utt.split, frames, path)
+        )
     return out
 
 
@@ -170,8 +184,13 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         version = int(rng.integers(0, data["perturbed"].shape[0]))
         gain = rng.uniform(-self.gain_db, self.gain_db) / 20.0 * math.log(10.0)
         src = np.maximum(data["perturbed"][version, :, start:stop] + gain, self.floor)
-        pieces = {"src": src, "mel": data["mel"][:, start:stop], "f0": data["f0"][start:stop],
-                  "voiced": data["voiced"][start:stop], "loudness": data["loudness"][start:stop]}
+        pieces = {
+            "src": src,
+            "mel": data["mel"][:, start:stop],
+            "f0": data["f0"][start:stop],
+            "voiced": data["voiced"][start:stop],
+            "loudness": data["loudness"][start:stop],
+        }
         pad = {"src": self.floor, "mel": self.floor, "loudness": FLOOR_DB}
         item = {}
         for name, arr in pieces.items():

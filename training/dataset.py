@@ -110,8 +110,9 @@ class SegmentDataset(Dataset[dict[str, Tensor]]):
         for name, arr in data.items():
             piece = arr[..., start : start + valid]
             if valid < seg:
-                pad = np.full((*arr.shape[:-1], seg - valid), self.pad_value.get(name, 0),
-                              dtype=arr.dtype)  # fmt: skip
+                pad = np.full(
+                    (*arr.shape[:-1], seg - valid), self.pad_value.get(name, 0), dtype=arr.dtype
+                )
                 piece = np.concatenate([piece, pad], axis=-1)
             item[name] = torch.from_numpy(np.ascontiguousarray(piece))
         mask = torch.zeros(seg, dtype=torch.bool)

@@ -44,8 +44,13 @@ class FeatureEntry:
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> FeatureEntry:
         try:
-            return cls(str(row["utt"]), str(row["singer"]), str(row["split"]),
-                       int(row["frames"]), str(row["path"]))  # fmt: skip
+            return cls(
+                str(row["utt"]),
+                str(row["singer"]),
+                str(row["split"]),
+                int(row["frames"]),
+                str(row["path"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise FeatureError(f"malformed index row {row!r} ({exc})") from None
 
@@ -80,14 +85,17 @@ class FeatureIndex:
     def summary(self) -> str:
         """A human-readable report (counts, minutes per split, every skipped file)."""
         total = sum(e.frames for e in self.entries)
-        lines = [f"{len(self.entries)} utterances of {len(self.singers)} singers in "
-                 f"{self.feat_dir} ({self.computed} computed, {self.reused} already done), "
-                 f"{total} frames"]  # fmt: skip
+        lines = [
+            f"{len(self.entries)} utterances of {len(self.singers)} singers in "
+            f"{self.feat_dir} ({self.computed} computed, {self.reused} already done), "
+            f"{total} frames"
+        ]
         for name in ("train", "valid", "test"):
             part = self.split(name)
             if part:
-                lines.append(f"  {name}: {len(part)} utterances, {sum(e.frames for e in part)} "
-                             "frames")  # fmt: skip
+                lines.append(
+                    f"  {name}: {len(part)} utterances, {sum(e.frames for e in part)} frames"
+                )
         if self.skipped:
             lines.append(f"{len(self.skipped)} skipped (listed in skipped.jsonl):")
             lines += [f"  {s.path}: {s.reason}" for s in self.skipped]

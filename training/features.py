@@ -134,8 +134,11 @@ def _swapped(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
     so the acoustic model learns to take the timbre from the singer table only."""
     if utt.line is None:
         return audio
-    others = [u for u in _renditions(str(utt.path.parent.parent)).get(utt.line, [])
-              if u.singer != utt.singer]  # fmt: skip
+    others = [
+        u
+        for u in _renditions(str(utt.path.parent.parent)).get(utt.line, [])
+        if u.singer != utt.singer
+    ]
     rng = np.random.default_rng([_utt_seed(utt), cfg.train.seed, 1])
     for k in rng.permutation(len(others)):
         try:
@@ -162,14 +165,21 @@ def _perturbed(audio: np.ndarray, utt: Utterance, cfg: Config) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_external(path: str, stamp: tuple[int, int], layer: int, projection: bool,
-                     sample_rate: int, hop_length: int) -> Any:  # fmt: skip
+def _cached_external(
+    path: str,
+    stamp: tuple[int, int],
+    layer: int,
+    projection: bool,
+    sample_rate: int,
+    hop_length: int,
+) -> Any:
     from comostream.models.ext_content import (
         load_content_model,  # torch model: loaded only when asked
     )
 
-    return load_content_model(path, layer=layer, projection=projection, sample_rate=sample_rate,
-                              hop_length=hop_length)  # fmt: skip
+    return load_content_model(
+        path, layer=layer, projection=projection, sample_rate=sample_rate, hop_length=hop_length
+    )
 
 
 def _external_content(audio: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
@@ -179,8 +189,14 @@ def _external_content(audio: np.ndarray, cfg: Config) -> dict[str, np.ndarray]:
     f, p = cfg.features, Path(cfg.features.content_model)
     stat = p.stat() if p.exists() else None
     stamp = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
-    model = _cached_external(str(p), stamp, f.content_layer, f.content_projection,
-                             cfg.audio.sample_rate, cfg.audio.hop_length)  # fmt: skip
+    model = _cached_external(
+        str(p),
+        stamp,
+        f.content_layer,
+        f.content_projection,
+        cfg.audio.sample_rate,
+        cfg.audio.hop_length,
+    )
     with torch.inference_mode():
         content = model(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])
     return {"content": content[0].numpy().astype(np.float32)}
@@ -313,12 +329,18 @@ def prepare_features(
                 "); use --force to recompute them, or another directory"
             )
         if (feat_dir / "index.jsonl").is_file():
-            previous = {e.utt: e for e in map(FeatureEntry.from_dict,
-                                               read_jsonl(feat_dir / "index.jsonl"))}  # fmt: skip
+            previous = {
+                e.utt: e for e in map(FeatureEntry.from_dict, read_jsonl(feat_dir / "index.jsonl"))
+            }
     singers = sorted({u.singer for u in utts})
     arrays_doc = {k: v for n in cfg.features.extractors for k, v in extractors[n].arrays.items()}
-    meta = {"format": FEATURES_FORMAT, "settings": settings, "singers": singers,
-            "arrays": arrays_doc, "source": str(data_dir)}  # fmt: skip
+    meta = {
+        "format": FEATURES_FORMAT,
+        "settings": settings,
+        "singers": singers,
+        "arrays": arrays_doc,
+        "source": str(data_dir),
+    }
     feat_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")  # settings first: see above
     entries: list[FeatureEntry] = []
@@ -347,8 +369,9 @@ def prepare_features(
         entries.append(FeatureEntry(uid, utt.singer, utt.split, frames, rel))
     index = FeatureIndex(feat_dir, singers, entries, skipped, computed, reused)
     index.write()
-    meta.update(utterances=len(entries), frames=sum(e.frames for e in entries),
-                skipped=len(skipped))  # fmt: skip
+    meta.update(
+        utterances=len(entries), frames=sum(e.frames for e in entries), skipped=len(skipped)
+    )
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     return index
 

@@ -125,8 +125,11 @@ class Trainer:
         """Restore models, optimisers, schedulers, step and this rank's RNG states from ``path``."""
         ck = load_checkpoint(path, kind=self.kind)
         st = self.state
-        for section, own in (("models", st.models), ("optimizers", st.optimizers),
-                             ("schedulers", st.schedulers)):  # fmt: skip
+        for section, own in (
+            ("models", st.models),
+            ("optimizers", st.optimizers),
+            ("schedulers", st.schedulers),
+        ):
             saved = ck.get(section)
             if not isinstance(saved, dict) or set(saved) != set(own):
                 names = sorted(saved) if isinstance(saved, dict) else None
@@ -148,13 +151,17 @@ class Trainer:
         else:  # another world size: the data order is still exact, the noise is reseeded
             seed_everything(self.tcfg.seed + self.dist.rank + 7919 * st.step)
             if self.dist.is_main:
-                print(f"note: {path} was written by {len(rngs)} ranks, resuming with "
-                      f"{self.dist.world_size}: RNG streams reseeded", file=sys.stderr)  # fmt: skip
+                print(
+                    f"note: {path} was written by {len(rngs)} ranks, resuming with "
+                    f"{self.dist.world_size}: RNG streams reseeded",
+                    file=sys.stderr,
+                )
         old = ck.get("config", {}).get("train", {})
         changed = sorted(k for k, v in config_to_dict(self.tcfg).items() if old.get(k, v) != v)
         if changed and self.dist.is_main:
-            print(f"note: resuming {path} with changed [train] {', '.join(changed)}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: resuming {path} with changed [train] {', '.join(changed)}", file=sys.stderr
+            )
 
     # ------------------------------------------------------------------ one step
 
@@ -253,8 +260,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n", encoding="utf-8")
         logger = RunLogger(self.run_dir, main, self.tensorboard, resume_step=st.step)
-        bar = tqdm(total=end, initial=min(st.step, end), desc=self.kind, unit="step",
-                   file=sys.stderr, disable=not (self.progress and main))  # fmt: skip
+        bar = tqdm(
+            total=end,
+            initial=min(st.step, end),
+            desc=self.kind,
+            unit="step",
+            file=sys.stderr,
+            disable=not (self.progress and main),
+        )
         for m in st.models.values():
             m.train()
         window: dict[str, list[float]] = {}
@@ -268,8 +281,9 @@ class Trainer:
                 bar.update(1)
                 final = st.step == end
                 if st.step % tc.log_every == 0 or self.dry_run:
-                    row = mean_over_ranks({k: sum(v) / len(v) for k, v in window.items()},
-                                          self.dist)  # fmt: skip
+                    row = mean_over_ranks(
+                        {k: sum(v) / len(v) for k, v in window.items()}, self.dist
+                    )
                     now = time.perf_counter()
                     row["steps_per_s"] = (st.step - tick_step) / max(now - tick, 1e-9)
                     tick, tick_step, window = now, st.step, {}

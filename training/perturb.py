@@ -51,7 +51,10 @@ class Perturbation:
 
 
 def analyze_utterance(
-    audio: np.ndarray, sample_rate: int, hop: int, f0: np.ndarray | None = None,
+    audio: np.ndarray,
+    sample_rate: int,
+    hop: int,
+    f0: np.ndarray | None = None,
     f0_cfg: F0Config | None = None,
 ) -> WorldAnalysis:
     """Analyse ``audio (samples,)`` on ``T = samples // hop + 1`` frames.

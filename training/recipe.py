@@ -54,54 +54,184 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
     after both (see :func:`run_recipe`)."""
     cfg = str(_recipe_config(run))
     configs = config_file("default.toml").parent
-    steps = {"content": 1200, "teacher": 4000, "distill": 1500, "vocoder": 3000,
-             "vocoder_gta": 1000}
+    steps = {
+        "content": 1200,
+        "teacher": 4000,
+        "distill": 1500,
+        "vocoder": 3000,
+        "vocoder_gta": 1000,
+    }
     if quick:
         steps = {k: 4 for k in steps}
     minutes = "0.3" if quick else "2"
     before = [
-        Stage("corpus", ["prep", "synth", str(run / "corpus"), "--singers", "10", "--minutes",
-                         minutes, "--seed", "0"], run / "corpus" / "manifest.jsonl"),
-        Stage("content", ["train", "content", "--data", str(run / "corpus"), "--out",
-                          str(run / "content"), "--config", str(configs / "content-cpu.toml"),
-                          "--train-singers", "0", "--max-steps", str(steps["content"])],
-              run / "content" / "last.pt"),
-        Stage("features", ["prep", "features", str(run / "corpus"), str(run / "feat"),
-                           "--config", cfg], run / "feat" / "index.jsonl"),
-    ]  # fmt: skip
+        Stage(
+            "corpus",
+            [
+                "prep",
+                "synth",
+                str(run / "corpus"),
+                "--singers",
+                "10",
+                "--minutes",
+                minutes,
+                "--seed",
+                "0",
+            ],
+            run / "corpus" / "manifest.jsonl",
+        ),
+        Stage(
+            "content",
+            [
+                "train",
+                "content",
+                "--data",
+                str(run / "corpus"),
+                "--out",
+                str(run / "content"),
+                "--config",
+                str(configs / "content-cpu.toml"),
+                "--train-singers",
+                "0",
+                "--max-steps",
+                str(steps["content"]),
+            ],
+            run / "content" / "last.pt",
+        ),
+        Stage(
+            "features",
+            ["prep", "features", str(run / "corpus"), str(run / "feat"), "--config", cfg],
+            run / "feat" / "index.jsonl",
+        ),
+    ]
     acoustic = [
-        Stage("teacher", ["train", "teacher", "--config", cfg, "--data", str(run / "feat"),
-                          "--out", str(run / "teacher"), "--max-steps", str(steps["teacher"])],
-              run / "teacher" / "last.pt"),
-        Stage("distill", ["train", "distill", "--config", cfg, "--teacher",
-                          str(run / "teacher" / "last.pt"), "--data", str(run / "feat"), "--out",
-                          str(run / "distill"), "--max-steps", str(steps["distill"]), "--lr",
-                          "1e-4"], run / "distill" / "last.pt"),
-    ]  # fmt: skip
+        Stage(
+            "teacher",
+            [
+                "train",
+                "teacher",
+                "--config",
+                cfg,
+                "--data",
+                str(run / "feat"),
+                "--out",
+                str(run / "teacher"),
+                "--max-steps",
+                str(steps["teacher"]),
+            ],
+            run / "teacher" / "last.pt",
+        ),
+        Stage(
+            "distill",
+            [
+                "train",
+                "distill",
+                "--config",
+                cfg,
+                "--teacher",
+                str(run / "teacher" / "last.pt"),
+                "--data",
+                str(run / "feat"),
+                "--out",
+                str(run / "distill"),
+                "--max-steps",
+                str(steps["distill"]),
+                "--lr",
+                "1e-4",
+            ],
+            run / "distill" / "last.pt",
+        ),
+    ]
     vocoder = [
-        Stage("vocoder", ["train", "vocoder", "--config", str(configs / "vocoder-cpu.toml"),
-                          "--data", str(run / "feat"), "--out", str(run / "vocoder"),
-                          "--max-steps", str(steps["vocoder"])], run / "vocoder" / "last.pt"),
-    ]  # fmt: skip
+        Stage(
+            "vocoder",
+            [
+                "train",
+                "vocoder",
+                "--config",
+                str(configs / "vocoder-cpu.toml"),
+                "--data",
+                str(run / "feat"),
+                "--out",
+                str(run / "vocoder"),
+                "--max-steps",
+                str(steps["vocoder"]),
+            ],
+            run / "vocoder" / "last.pt",
+        ),
+    ]
     after = [
         # the vocoder fine-tuned on the model's own mels (comostream.training.vocoder_gta)
-        Stage("acoustic-export", ["export", str(run / "distill" / "last.pt"), "-o",
-                                  str(run / "acoustic.ckpt")], run / "acoustic.ckpt"),
-        Stage("gta", ["prep", "gta", str(run / "acoustic.ckpt"), "--data", str(run / "feat"),
-                      "--out", str(run / "feat-gta")], run / "feat-gta" / "features.json"),
-        Stage("vocoder-gta", ["train", "vocoder", "--config", str(configs / "vocoder-cpu.toml"),
-                              "--data", str(run / "feat-gta"), "--out", str(run / "vocoder-gta"),
-                              "--init", str(run / "vocoder" / "last.pt"), "--max-steps",
-                              str(steps["vocoder_gta"])], run / "vocoder-gta" / "last.pt"),
-        Stage("export", ["export", str(run / "distill" / "last.pt"), "-o", str(run / "model.ckpt"),
-                         "--vocoder", str(run / "vocoder-gta" / "last.pt"), "--corpus",
-                         str(run / "corpus")], run / "model.ckpt"),
-        Stage("quality", ["bench", "quality", "--checkpoint", str(run / "model.ckpt"), "--data",
-                          str(run / "feat"), "--distill", str(run / "distill" / "last.pt"),
-                          "--max-lines", "1" if quick else "2", "--json"]
-              + (["--teacher-steps", "4", "--max-conversions", "4"] if quick else []),
-              run / "quality.json", stdout=run / "quality.json"),
-    ]  # fmt: skip
+        Stage(
+            "acoustic-export",
+            ["export", str(run / "distill" / "last.pt"), "-o", str(run / "acoustic.ckpt")],
+            run / "acoustic.ckpt",
+        ),
+        Stage(
+            "gta",
+            [
+                "prep",
+                "gta",
+                str(run / "acoustic.ckpt"),
+                "--data",
+                str(run / "feat"),
+                "--out",
+                str(run / "feat-gta"),
+            ],
+            run / "feat-gta" / "features.json",
+        ),
+        Stage(
+            "vocoder-gta",
+            [
+                "train",
+                "vocoder",
+                "--config",
+                str(configs / "vocoder-cpu.toml"),
+                "--data",
+                str(run / "feat-gta"),
+                "--out",
+                str(run / "vocoder-gta"),
+                "--init",
+                str(run / "vocoder" / "last.pt"),
+                "--max-steps",
+                str(steps["vocoder_gta"]),
+            ],
+            run / "vocoder-gta" / "last.pt",
+        ),
+        Stage(
+            "export",
+            [
+                "export",
+                str(run / "distill" / "last.pt"),
+                "-o",
+                str(run / "model.ckpt"),
+                "--vocoder",
+                str(run / "vocoder-gta" / "last.pt"),
+                "--corpus",
+                str(run / "corpus"),
+            ],
+            run / "model.ckpt",
+        ),
+        Stage(
+            "quality",
+            [
+                "bench",
+                "quality",
+                "--checkpoint",
+                str(run / "model.ckpt"),
+                "--data",
+                str(run / "feat"),
+                "--distill",
+                str(run / "distill" / "last.pt"),
+                "--max-lines",
+                "1" if quick else "2",
+                "--json",
+            ]
+            + (["--teacher-steps", "4", "--max-conversions", "4"] if quick else []),
+            run / "quality.json",
+            stdout=run / "quality.json",
+        ),
+    ]
     return before, [*acoustic], [*vocoder, *after]
 
 
@@ -112,8 +242,13 @@ def _run(stage: Stage, log: Path) -> subprocess.Popen[bytes] | None:
         return None
     cmd = [sys.executable, "-m", "comostream", *stage.args]
     _log(log, f"[{stage.name}] $ comostream {shlex.join(stage.args)}")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
-               TQDM_MININTERVAL="30")  # progress bars: a line every 30 s in the log
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+        TQDM_MININTERVAL="30",
+    )  # progress bars: a line every 30 s in the log
     out = open(stage.stdout, "wb") if stage.stdout else open(log, "ab")  # noqa: SIM115
     err = open(log, "ab")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)

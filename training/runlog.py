@@ -37,8 +37,10 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                print("note: tensorboard is not installed; logging to stats.jsonl only",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    "note: tensorboard is not installed; logging to stats.jsonl only",
+                    file=sys.stderr,
+                )
             else:
                 self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
 
@@ -58,8 +60,9 @@ class RunLogger:
         """Write one row: ``split`` ("train"/"valid"), ``step`` and named scalars."""
         if not self.enabled:
             return
-        clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in
-                 values.items()}  # fmt: skip
+        clean = {
+            k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()
+        }
         row = {"split": split, "step": int(step), **clean}
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -172,17 +172,23 @@ def synthesize_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = max(1, int(jobs))
     bar = tqdm(
-        total=len(lines) * len(singers), desc="synth corpus", unit="utt", file=sys.stderr,
+        total=len(lines) * len(singers),
+        desc="synth corpus",
+        unit="utt",
+        file=sys.stderr,
         disable=not progress,
-    )  # fmt: skip
+    )
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="comostream-tts-") as tmp:
         texts = [line.text for line in lines]
         with ThreadPoolExecutor(max_workers=min(jobs, len(bases))) as pool:
             spoken = dict(
-                zip(bases, pool.map(lambda b: tts_batch(BASE_VOICES[b], texts, Path(tmp)), bases),
-                    strict=True)
-            )  # fmt: skip
+                zip(
+                    bases,
+                    pool.map(lambda b: tts_batch(BASE_VOICES[b], texts, Path(tmp)), bases),
+                    strict=True,
+                )
+            )
         tasks = [
             (
                 wo.load_resampled(spoken[b][i], sr),

@@ -127,15 +127,21 @@ def train_vocoder(
     disc = Discriminators(vc).to(device)
     tc = cfg.train
     optimizers = {
-        "generator": torch.optim.AdamW(vocoder.parameters(), lr=tc.lr, betas=(0.8, 0.99),
-                                       weight_decay=tc.weight_decay),
-        "discriminator": torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.8, 0.99),
-                                           weight_decay=tc.weight_decay),
-    }  # fmt: skip
-    state = make_state({"vocoder": vocoder, "discriminator": disc}, tc, device,
-                       optimizers=optimizers)  # fmt: skip
-    state.meta = {"data": str(data), "corpus": str(src),
-                  **({"init": str(init)} if init is not None else {})}  # fmt: skip
+        "generator": torch.optim.AdamW(
+            vocoder.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=tc.weight_decay
+        ),
+        "discriminator": torch.optim.AdamW(
+            disc.parameters(), lr=tc.lr, betas=(0.8, 0.99), weight_decay=tc.weight_decay
+        ),
+    }
+    state = make_state(
+        {"vocoder": vocoder, "discriminator": disc}, tc, device, optimizers=optimizers
+    )
+    state.meta = {
+        "data": str(data),
+        "corpus": str(src),
+        **({"init": str(init)} if init is not None else {}),
+    }
     losses = VocoderLoss(cfg, device)
 
     def step(st: TrainState, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -149,9 +155,18 @@ def train_vocoder(
         res = losses(st.models["vocoder"], None, b, adversarial=False)  # type: ignore[arg-type]
         return {k: float(v) for k, v in res.items()}
 
-    trainer = Trainer(cfg, state, step, train, out, kind=CHECKPOINT_KIND, collate_fn=collate,
-                      valid_fn=validate if valid_batch is not None else None,
-                      dry_run=dry_run, progress=progress)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        state,
+        step,
+        train,
+        out,
+        kind=CHECKPOINT_KIND,
+        collate_fn=collate,
+        valid_fn=validate if valid_batch is not None else None,
+        dry_run=dry_run,
+        progress=progress,
+    )
     if resume is not None:
         trainer.resume(resume)
     return trainer.fit()

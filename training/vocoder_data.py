@@ -71,8 +71,10 @@ def load_utterances(
             )
         wav = load_audio(utt.path, audio.sample_rate)
         if wav.shape[0] // hop + 1 != e.frames:
-            raise FeatureError(f"{utt.path}: {wav.shape[0]} samples do not fit the {e.frames} "
-                               f"frames of {feat_dir / e.path}")  # fmt: skip
+            raise FeatureError(
+                f"{utt.path}: {wav.shape[0]} samples do not fit the {e.frames} "
+                f"frames of {feat_dir / e.path}"
+            )
         with np.load(feat_dir / e.path) as data:
             mel, f0 = data["mel"].astype(np.float32), data["f0"].astype(np.float32)
         wav = np.pad(wav, (0, e.frames * hop - wav.shape[0]))
@@ -122,9 +124,12 @@ class VocoderSegments(Dataset[dict[str, Tensor]]):
         f0[:n] = data["f0"][start : start + n]
         wav = np.zeros(seg * hop, dtype=np.float32)
         wav[: n * hop] = data["audio"][start * hop : (start + n) * hop]
-        return {"mel": torch.from_numpy(mel), "f0": torch.from_numpy(f0),
-                "audio": torch.from_numpy(wav),
-                "offset": torch.tensor(int(rng.integers(0, NOISE_OFFSET_MAX)))}  # fmt: skip
+        return {
+            "mel": torch.from_numpy(mel),
+            "f0": torch.from_numpy(f0),
+            "audio": torch.from_numpy(wav),
+            "offset": torch.tensor(int(rng.integers(0, NOISE_OFFSET_MAX))),
+        }
 
     def batch(self, sample_ids: Iterable[int]) -> dict[str, Tensor]:
         """Collated items ``sample_ids`` (e.g. a fixed validation set)."""

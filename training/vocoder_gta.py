@@ -34,18 +34,22 @@ from comostream.training.vocoder_data import corpus_of
 __all__ = ["gta_mel", "write_gta_features"]
 
 
-def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
-            seed: int) -> np.ndarray:  # fmt: skip
+def gta_mel(
+    model: AcousticModel, arrays: dict[str, np.ndarray], singer: str, seed: int
+) -> np.ndarray:
     """The one-step target's log-mel ``(n_mels, T)`` float32 from one utterance's features
     (``f0`` (T,) Hz, ``voiced`` (T,), ``loudness`` (T,) dB, ``content`` (C, T) if the model
     takes content), with the frame-indexed noise of ``seed``; computed on the model's device."""
     frames = int(arrays["f0"].shape[0])
-    feats = {k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
-             for k in ("f0", "loudness")}  # fmt: skip
+    feats = {
+        k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
+        for k in ("f0", "loudness")
+    }
     feats["voiced"] = torch.from_numpy(np.asarray(arrays["voiced"], dtype=bool)).unsqueeze(0)
     if "content" in arrays:
-        feats["content"] = torch.from_numpy(np.asarray(arrays["content"],
-                                                       dtype=np.float32)).unsqueeze(0)
+        feats["content"] = torch.from_numpy(
+            np.asarray(arrays["content"], dtype=np.float32)
+        ).unsqueeze(0)
     index = torch.arange(frames, dtype=torch.int64).unsqueeze(0)
     noise = frame_noise(index, model.cfg.audio.n_mels, seed)
     where = next(model.parameters()).device
@@ -53,8 +57,14 @@ def gta_mel(model: AcousticModel, arrays: dict[str, np.ndarray], singer: str,
     return model.generate(feats, singer, noise.to(where))[0].cpu().numpy().astype(np.float32)
 
 
-def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str | Path,
-                       *, model_name: str = "", progress: bool = True) -> Path:  # fmt: skip
+def write_gta_features(
+    model: AcousticModel,
+    feat_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    model_name: str = "",
+    progress: bool = True,
+) -> Path:
     """Write the GTA copy of ``feat_dir`` into ``out_dir`` (see the module docstring); returns
     ``out_dir``. Utterances already written are kept, so an interrupted run continues.
 
@@ -64,14 +74,17 @@ def write_gta_features(model: AcousticModel, feat_dir: str | Path, out_dir: str 
     index, meta = load_feature_index(feat_dir)
     missing = sorted(set(index.singers) - set(model.speakers))
     if missing:
-        raise FeatureError(f"{feat_dir}: singers {', '.join(missing)} are not in the model "
-                           f"(it knows {', '.join(model.speakers)})")  # fmt: skip
+        raise FeatureError(
+            f"{feat_dir}: singers {', '.join(missing)} are not in the model "
+            f"(it knows {', '.join(model.speakers)})"
+        )
     source = corpus_of(feat_dir, None).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     seed = model.cfg.realtime.seed
     model.eval()
-    for e in tqdm(index.entries, desc="gta mels", unit="utt", disable=not progress,
-                  file=sys.stderr):  # fmt: skip
+    for e in tqdm(
+        index.entries, desc="gta mels", unit="utt", disable=not progress, file=sys.stderr
+    ):
         dst = out_dir / e.path
         if dst.is_file():
             continue

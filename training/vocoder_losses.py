@@ -107,12 +107,14 @@ class _SpecDisc(nn.Module):
         super().__init__()
         self.n_fft = n_fft
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.convs = nn.ModuleList([
-            nn.Conv2d(1, channels, (7, 5), (2, 1), padding=(3, 2)),
-            nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1)),
-            nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1)),
-            nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)),
-        ])  # fmt: skip
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(1, channels, (7, 5), (2, 1), padding=(3, 2)),
+                nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1)),
+                nn.Conv2d(channels, channels, (5, 3), (2, 1), padding=(2, 1)),
+                nn.Conv2d(channels, channels, (3, 3), padding=(1, 1)),
+            ]
+        )
         self.out = nn.Conv2d(channels, 1, (3, 3), padding=(1, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -33,10 +33,15 @@ def _cmd_bench_f0(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     corpus = args.corpus or default_bench_corpus(cfg)
     backends = args.backends.split(",") if args.backends else None
-    results = run_f0_bench(corpus, backends=backends, split=args.split,
-                           max_utterances=args.max_utterances, cfg=cfg.f0, device=device)
-    print(json.dumps(results, indent=2, sort_keys=True) if args.json
-          else format_f0_table(results))
+    results = run_f0_bench(
+        corpus,
+        backends=backends,
+        split=args.split,
+        max_utterances=args.max_utterances,
+        cfg=cfg.f0,
+        device=device,
+    )
+    print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_f0_table(results))
     return 0
 
 
@@ -48,10 +53,16 @@ def _cmd_bench_content(args: argparse.Namespace) -> int:
     )
 
     device = use_runtime(args)
-    result = run_content_bench(args.checkpoint or DEFAULT_CHECKPOINT, args.corpus,
-                               config_from_args(args), threads=args.threads or 1, device=device)
-    print(json.dumps(result, indent=2, sort_keys=True) if args.json
-          else format_content_report(result))
+    result = run_content_bench(
+        args.checkpoint or DEFAULT_CHECKPOINT,
+        args.corpus,
+        config_from_args(args),
+        threads=args.threads or 1,
+        device=device,
+    )
+    print(
+        json.dumps(result, indent=2, sort_keys=True) if args.json else format_content_report(result)
+    )
     return 0
 
 
@@ -62,8 +73,14 @@ def _cmd_bench_acoustic(args: argparse.Namespace) -> int:
     steps = args.teacher_steps
     if steps is None and args.config is not None:
         steps = config_from_args(args).edm.teacher_steps
-    result = run_acoustic_bench(args.checkpoint, args.data, split=args.split, items=args.items,
-                                teacher_steps=steps, device=device)
+    result = run_acoustic_bench(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        items=args.items,
+        teacher_steps=steps,
+        device=device,
+    )
     print(json.dumps(result, indent=2) if args.json else format_acoustic_table(result))
     return 0
 
@@ -72,9 +89,17 @@ def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
     from comostream.bench.vocoder import format_vocoder_report, run_vocoder_bench
 
     device = use_runtime(args)
-    result = run_vocoder_bench(args.checkpoint, args.data, args.corpus, split=args.split,
-                               items=args.items, block=args.block, baseline=args.baseline,
-                               f0=config_from_args(args).f0, device=device)
+    result = run_vocoder_bench(
+        args.checkpoint,
+        args.data,
+        args.corpus,
+        split=args.split,
+        items=args.items,
+        block=args.block,
+        baseline=args.baseline,
+        f0=config_from_args(args).f0,
+        device=device,
+    )
     print(json.dumps(result, indent=2) if args.json else format_vocoder_report(result))
     return 0
 
@@ -88,9 +113,17 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     transpose = args.transpose if args.transpose == "auto" else float(args.transpose)
     result = run_quality_bench(
-        checkpoint, args.data, args.corpus, vocoder=args.vocoder, distill=args.distill,
-        teacher_steps=args.teacher_steps, realtime=cfg.realtime, transpose=transpose,
-        split=args.split, max_lines=args.max_lines, max_conversions=args.max_conversions,
+        checkpoint,
+        args.data,
+        args.corpus,
+        vocoder=args.vocoder,
+        distill=args.distill,
+        teacher_steps=args.teacher_steps,
+        realtime=cfg.realtime,
+        transpose=transpose,
+        split=args.split,
+        max_lines=args.max_lines,
+        max_conversions=args.max_conversions,
         device=device,
     )
     print(json.dumps(result, indent=2) if args.json else format_quality_table(result))
@@ -109,16 +142,30 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     rt = cfg.realtime
     model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, device)
-    result = run_latency_bench(model, voc, realtime=rt, device=device,
-                               sample_rate=args.sample_rate, seconds=args.seconds,
-                               source=source, sweep=args.sweep or ())
+    result = run_latency_bench(
+        model,
+        voc,
+        realtime=rt,
+        device=device,
+        sample_rate=args.sample_rate,
+        seconds=args.seconds,
+        source=source,
+        sweep=args.sweep or (),
+    )
     if args.plot is not None:
         plot_latency(result, args.plot)
     if args.ws:
         from comostream.bench.latency import measure_ws_overhead
 
-        result.update(measure_ws_overhead(model, voc, realtime=rt, sample_rate=args.sample_rate,
-                                          seconds=min(args.seconds, 5.0)))
+        result.update(
+            measure_ws_overhead(
+                model,
+                voc,
+                realtime=rt,
+                sample_rate=args.sample_rate,
+                seconds=min(args.seconds, 5.0),
+            )
+        )
     result.pop("chunk_ms_all")
     print(json.dumps(result, indent=2) if args.json else format_latency_table(result))
     return 0
@@ -134,7 +181,8 @@ def _add_f0(bench_sub: Subparsers) -> None:
     from comostream.models.config import F0Config
 
     p = bench_sub.add_parser(
-        "f0", parents=[config_parent],
+        "f0",
+        parents=[config_parent],
         help="accuracy and cost of each F0 backend on the synthetic corpus",
         description=(
             "Raw pitch accuracy (within 50 cents), voicing decision error and compute seconds "
@@ -143,7 +191,9 @@ def _add_f0(bench_sub: Subparsers) -> None:
         ),
     )
     p.add_argument(
-        "--corpus", type=Path, default=None,
+        "--corpus",
+        type=Path,
+        default=None,
         help="corpus folder (default: synthesise a small one under out/bench-corpus once)",
     )
     p.add_argument("--backends", default=None, help="comma-separated subset (default: all)")
@@ -158,7 +208,8 @@ def _add_f0(bench_sub: Subparsers) -> None:
 def _add_models(bench_sub: Subparsers) -> None:
     """``bench content|acoustic|vocoder``: one trained part at a time."""
     p = bench_sub.add_parser(
-        "content", parents=[config_parent],
+        "content",
+        parents=[config_parent],
         help="singer information left and content kept by the content encoder (held-out singers)",
         description=(
             "On the singers of a parallel synthetic corpus that the encoder never saw: a linear "
@@ -167,16 +218,25 @@ def _add_models(bench_sub: Subparsers) -> None:
             "error, and compute per second of audio in streaming mode."
         ),
     )
-    model_options(p, "a `train content` checkpoint (default out/content/last.pt)",
-                  vocoder=False, metavar="CKPT")
-    p.add_argument("--corpus", type=Path, default=None,
-                   help="parallel corpus (default: the one the checkpoint was trained on)")
+    model_options(
+        p,
+        "a `train content` checkpoint (default out/content/last.pt)",
+        vocoder=False,
+        metavar="CKPT",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        help="parallel corpus (default: the one the checkpoint was trained on)",
+    )
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     runtime_options(p, threads_default="1")
     p.set_defaults(handler=_cmd_bench_content)
 
     p = bench_sub.add_parser(
-        "acoustic", parents=[config_parent],
+        "acoustic",
+        parents=[config_parent],
         help="one-step target vs N-step teacher: mel distance and compute",
         description=(
             "On fixed validation segments (same noise for both), the mean absolute log-mel "
@@ -186,20 +246,30 @@ def _add_models(bench_sub: Subparsers) -> None:
             "teacher's steps ([edm] teacher_steps) when --teacher-steps is not given."
         ),
     )
-    model_options(p, "a distill training checkpoint (it holds the teacher too)", vocoder=False,
-                  required=True, metavar="CKPT")
+    model_options(
+        p,
+        "a distill training checkpoint (it holds the teacher too)",
+        vocoder=False,
+        required=True,
+        metavar="CKPT",
+    )
     p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR")
     p.add_argument("--split", default="valid", choices=SPLITS)
     p.add_argument("--items", type=int, default=16, help="segments of 256 frames (default 16)")
-    p.add_argument("--teacher-steps", type=positive_int, default=None, metavar="N",
-                   help="Heun steps (default: [edm] teacher_steps of --config, else of the "
-                        "checkpoint)")
+    p.add_argument(
+        "--teacher-steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="Heun steps (default: [edm] teacher_steps of --config, else of the checkpoint)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     runtime_options(p)
     p.set_defaults(handler=_cmd_bench_acoustic)
 
     p = bench_sub.add_parser(
-        "vocoder", parents=[config_parent],
+        "vocoder",
+        parents=[config_parent],
         help="vocoder resynthesis quality (MCD, F0 RMSE, PESQ-wb) and compute",
         description=(
             "Resynthesise the held-out lines (test split) of a feature folder from their mel "
@@ -209,19 +279,41 @@ def _add_models(bench_sub: Subparsers) -> None:
             "one-shot and streamed."
         ),
     )
-    model_options(p, "a `train vocoder` checkpoint (or its export)", vocoder=False,
-                  required=True, metavar="CKPT")
-    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
-                   help="feature folder (default: the one the vocoder was trained on)")
-    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
-                   help="recordings (default: the corpus the features were made from)")
+    model_options(
+        p,
+        "a `train vocoder` checkpoint (or its export)",
+        vocoder=False,
+        required=True,
+        metavar="CKPT",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FEAT_DIR",
+        help="feature folder (default: the one the vocoder was trained on)",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="recordings (default: the corpus the features were made from)",
+    )
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--items", type=int, default=None, help="at most this many utterances")
-    p.add_argument("--block", type=positive_int, default=4, metavar="FRAMES",
-                   help=f"frames per streaming step for the compute figure ({FRAME_MS}; "
-                        "default 4)")
-    p.add_argument("--baseline", action="store_true",
-                   help="also score the untrained model (pure harmonic-plus-noise from the mel)")
+    p.add_argument(
+        "--block",
+        type=positive_int,
+        default=4,
+        metavar="FRAMES",
+        help=f"frames per streaming step for the compute figure ({FRAME_MS}; default 4)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also score the untrained model (pure harmonic-plus-noise from the mel)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     runtime_options(p)
     p.set_defaults(handler=_cmd_bench_vocoder)
@@ -230,7 +322,8 @@ def _add_models(bench_sub: Subparsers) -> None:
 def _add_engine(bench_sub: Subparsers) -> None:
     """``bench quality|latency|gpu``: the whole conversion chain."""
     p = bench_sub.add_parser(
-        "quality", parents=[config_parent],
+        "quality",
+        parents=[config_parent],
         help="conversion quality on held-out lines: F0, singer similarity, MCD, DNSMOS",
         description=(
             "Convert every held-out line of every singer to every other singer (one-step "
@@ -241,18 +334,39 @@ def _add_engine(bench_sub: Subparsers) -> None:
             "`pip install .[eval]`."
         ),
     )
-    p.add_argument("--data", type=Path, default=None, metavar="FEAT_DIR",
-                   help="the model's feature folder (names the corpus)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="FEAT_DIR",
+        help="the model's feature folder (names the corpus)",
+    )
     p.add_argument("--corpus", type=Path, default=None, metavar="DIR", help="the corpus")
-    p.add_argument("--distill", type=Path, default=None, metavar="CKPT",
-                   help="the distillation checkpoint, for the teacher column")
-    p.add_argument("--teacher-steps", type=positive_int, default=None, metavar="N",
-                   help="Heun steps of the teacher column (default: [edm] teacher_steps of "
-                        "--distill)")
-    block_option(p, f"frames per model step of the streaming column ({FRAME_MS}); default: "
-                    "[realtime] block_frames")
-    p.add_argument("--transpose", default="auto", metavar="auto|N",
-                   help="semitones, or auto: to the target singer's register (default)")
+    p.add_argument(
+        "--distill",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="the distillation checkpoint, for the teacher column",
+    )
+    p.add_argument(
+        "--teacher-steps",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="Heun steps of the teacher column (default: [edm] teacher_steps of --distill)",
+    )
+    block_option(
+        p,
+        f"frames per model step of the streaming column ({FRAME_MS}); default: "
+        "[realtime] block_frames",
+    )
+    p.add_argument(
+        "--transpose",
+        default="auto",
+        metavar="auto|N",
+        help="semitones, or auto: to the target singer's register (default)",
+    )
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--max-lines", type=positive_int, default=None, metavar="N")
     p.add_argument("--max-conversions", type=positive_int, default=None, metavar="N")
@@ -262,7 +376,8 @@ def _add_engine(bench_sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_bench_quality)
 
     p = bench_sub.add_parser(
-        "latency", parents=[config_parent],
+        "latency",
+        parents=[config_parent],
         help="latency and compute of the streaming engine (vs the window-recompute strategy)",
         description=(
             "Stream the bundled example through the engine in real-time-sized chunks and report "
@@ -274,25 +389,46 @@ def _add_engine(bench_sub: Subparsers) -> None:
         ),
     )
     block_option(p)
-    p.add_argument("--sample-rate", type=positive_int, default=48000, metavar="HZ",
-                   help="input/output rate, as a sound card's (default 48000)")
+    p.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=48000,
+        metavar="HZ",
+        help="input/output rate, as a sound card's (default 48000)",
+    )
     p.add_argument("--seconds", type=float, default=10.0, help="audio streamed (default 10)")
-    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                   help="draw the per-chunk compute distribution against the block duration")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="draw the per-chunk compute distribution against the block duration",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--ws", action="store_true",
-                   help="also stream through a loopback WebSocket server and report its round "
-                   "trip overhead (ws_overhead_ms)")
-    p.add_argument("--sweep", type=block_list, default=None, metavar="FRAMES[,FRAMES...]",
-                   help="also measure latency, RTF and the window-recompute ratio at these "
-                        "block sizes, e.g. 1,2,4,8 (block_sweep)")
-    model_options(p, "inference file from `comostream export` (default: random weights of the "
-                     "configured sizes)")
+    p.add_argument(
+        "--ws",
+        action="store_true",
+        help="also stream through a loopback WebSocket server and report its round "
+        "trip overhead (ws_overhead_ms)",
+    )
+    p.add_argument(
+        "--sweep",
+        type=block_list,
+        default=None,
+        metavar="FRAMES[,FRAMES...]",
+        help="also measure latency, RTF and the window-recompute ratio at these "
+        "block sizes, e.g. 1,2,4,8 (block_sweep)",
+    )
+    model_options(
+        p,
+        "inference file from `comostream export` (default: random weights of the configured sizes)",
+    )
     runtime_options(p)
     p.set_defaults(handler=_cmd_bench_latency)
 
     p = bench_sub.add_parser(
-        "gpu", parents=[config_parent],
+        "gpu",
+        parents=[config_parent],
         help="CUDA check: graph replay vs eager, chunk latency for 1-256 batched streams",
         description=(
             "On a machine with CUDA (a few minutes): the captured model step (content encoder, "
@@ -305,11 +441,20 @@ def _add_engine(bench_sub: Subparsers) -> None:
             "CUDA."
         ),
     )
-    model_options(p, "inference file from `comostream export` (default: random weights of the "
-                     "configured sizes; compute does not depend on the weights)", vocoder=False)
+    model_options(
+        p,
+        "inference file from `comostream export` (default: random weights of the "
+        "configured sizes; compute does not depend on the weights)",
+        vocoder=False,
+    )
     block_option(p, f"frames per chunk ({FRAME_MS}); default: [realtime] block_frames")
-    p.add_argument("--out", type=Path, default=Path("out/gpu_check"), metavar="DIR",
-                   help="output folder (default out/gpu_check)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/gpu_check"),
+        metavar="DIR",
+        help="output folder (default out/gpu_check)",
+    )
     p.set_defaults(handler=_cmd_bench_gpu)
 
 
@@ -318,7 +463,7 @@ def register(sub: Subparsers) -> None:
     bench = sub.add_parser(
         "bench",
         help="benchmarks: F0 backends, content encoder, acoustic model, vocoder, conversion "
-             "quality, latency, the CUDA check",
+        "quality, latency, the CUDA check",
     )
     bench_sub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     _add_f0(bench_sub)

@@ -96,7 +96,8 @@ def speaker_arg(text: str) -> str | dict[str, float]:
         if "," in text:
             raise argparse.ArgumentTypeError(
                 f"{text!r}: a mix gives each singer a weight (NAME:WEIGHT,NAME:WEIGHT); to "
-                "convert to several singers, repeat --speaker")
+                "convert to several singers, repeat --speaker"
+            )
         return text
     mix: dict[str, float] = {}
     for part in text.split(","):
@@ -105,7 +106,8 @@ def speaker_arg(text: str) -> str | dict[str, float]:
             w = float(weight)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"bad singer mix entry {part!r}: use NAME:WEIGHT") from None
+                f"bad singer mix entry {part!r}: use NAME:WEIGHT"
+            ) from None
         if not w >= 0:
             raise argparse.ArgumentTypeError(f"singer weights must be >= 0, got {part!r}")
         mix[name.strip()] = w
@@ -163,7 +165,12 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
     from comostream.models.config import RealtimeConfig
 
     config_option(
-        parser, "realtime", RealtimeConfig, "block_frames", flag="--block", type=positive_int,
+        parser,
+        "realtime",
+        RealtimeConfig,
+        "block_frames",
+        flag="--block",
+        type=positive_int,
         metavar="FRAMES",
         help=help or f"frames per model step ({FRAME_MS}); default: [realtime] block_frames",
     )
@@ -177,7 +184,10 @@ def overridden(args: argparse.Namespace, section: str, name: str) -> bool:
 def _config_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--config", type=Path, default=None, metavar="TOML",
+        "--config",
+        type=Path,
+        default=None,
+        metavar="TOML",
         help="config file overriding configs/default.toml (unknown keys are an error)",
     )
     return parent
@@ -195,22 +205,40 @@ def model_options(
     metavar: str = "MODEL.ckpt",
 ) -> None:
     """``--checkpoint`` (and ``--vocoder``) for commands that run a model."""
-    parser.add_argument("--checkpoint", type=Path, default=None, required=required,
-                        metavar=metavar, help=checkpoint_help)
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        required=required,
+        metavar=metavar,
+        help=checkpoint_help,
+    )
     if vocoder:
         parser.add_argument(
-            "--vocoder", type=Path, default=None, metavar="VOC",
+            "--vocoder",
+            type=Path,
+            default=None,
+            metavar="VOC",
             help="vocoder to use instead of the model file's: a `train vocoder` checkpoint, or "
-                 "your BigVGAN / HiFi-GAN generator (runs in window mode)",
+            "your BigVGAN / HiFi-GAN generator (runs in window mode)",
         )
 
 
 def runtime_options(parser: argparse.ArgumentParser, threads_default: str = "torch's") -> None:
     """``--threads N`` and ``--device cpu|cuda``, applied by :func:`use_runtime`."""
-    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                        help=f"torch CPU (intra-op) threads (default: {threads_default})")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="where the models run (default cpu)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"torch CPU (intra-op) threads (default: {threads_default})",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the models run (default cpu)",
+    )
 
 
 def use_runtime(args: argparse.Namespace) -> str:
@@ -255,5 +283,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from comostream.training.feature_index import FeatureError
     from comostream.training.voices import ToolMissingError
 
-    return (AudioError, CorpusError, FeatureError, CheckpointError, ToolMissingError,
-            UnknownSpeakerError, FileNotFoundError, CommandError)
+    return (
+        AudioError,
+        CorpusError,
+        FeatureError,
+        CheckpointError,
+        ToolMissingError,
+        UnknownSpeakerError,
+        FileNotFoundError,
+        CommandError,
+    )

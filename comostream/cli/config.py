@@ -17,7 +17,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     """Add ``config`` to ``sub``."""
     p = sub.add_parser(
-        "config", parents=[config_parent], help="print the resolved configuration as JSON",
+        "config",
+        parents=[config_parent],
+        help="print the resolved configuration as JSON",
         description="Print configs/default.toml with --config's overrides applied, as JSON.",
     )
     p.set_defaults(handler=_cmd_config)

@@ -28,8 +28,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     device = use_runtime(args)
     return run_demo(
-        config_from_args(args), out_dir=args.out, example=args.input,
-        checkpoint=args.checkpoint, singers=args.speaker, device=device,
+        config_from_args(args),
+        out_dir=args.out,
+        example=args.input,
+        checkpoint=args.checkpoint,
+        singers=args.speaker,
+        device=device,
     )
 
 
@@ -41,19 +45,29 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     # --block given: streamed on the realtime schedule in blocks of [realtime] block_frames
     block = cfg.realtime.block_frames if overridden(args, "realtime", "block_frames") else None
     r = convert_file(
-        args.input, args.output, speaker=args.speaker, transpose=args.transpose, block=block,
-        checkpoint=args.checkpoint, vocoder=args.vocoder, realtime=cfg.realtime, device=device,
+        args.input,
+        args.output,
+        speaker=args.speaker,
+        transpose=args.transpose,
+        block=block,
+        checkpoint=args.checkpoint,
+        vocoder=args.vocoder,
+        realtime=cfg.realtime,
+        device=device,
     )
     mode = "offline" if r.block is None else f"streamed in blocks of {r.block} frames"
-    print(f"wrote {r.output}: {r.seconds:.2f} s as {r.speaker}, {mode}; latency "
-          f"{r.latency_ms:.1f} ms; compute {r.compute_s:.2f} s (RTF {r.rtf:.3f})")
+    print(
+        f"wrote {r.output}: {r.seconds:.2f} s as {r.speaker}, {mode}; latency "
+        f"{r.latency_ms:.1f} ms; compute {r.compute_s:.2f} s (RTF {r.rtf:.3f})"
+    )
     return 0
 
 
 def register(sub: Subparsers) -> None:
     """Add ``demo`` and ``convert`` to ``sub``."""
     p = sub.add_parser(
-        "demo", parents=[config_parent],
+        "demo",
+        parents=[config_parent],
         help="run the main job on the bundled example (what `make demo` runs)",
         description=(
             "Convert the bundled sung examples to every singer of the model (the shipped one, or "
@@ -64,15 +78,22 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--input", type=Path, default=None, help="audio file instead of the example")
-    p.add_argument("--speaker", type=speaker_arg, action="append", default=None, metavar="NAME",
-                   help=f"convert to this singer ({SPEAKER_MIX}); repeat for several "
-                        "(default: every singer of the model)")
+    p.add_argument(
+        "--speaker",
+        type=speaker_arg,
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"convert to this singer ({SPEAKER_MIX}); repeat for several "
+        "(default: every singer of the model)",
+    )
     model_options(p, "inference file (default: the shipped model)", vocoder=False)
     runtime_options(p)
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser(
-        "convert", parents=[config_parent],
+        "convert",
+        parents=[config_parent],
         help="convert a recording to another singer (a file)",
         description=(
             "Convert IN to a singer of the model and write OUT (WAV at IN's rate), through the "
@@ -83,12 +104,21 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (wav/flac/ogg, any rate)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
-    p.add_argument("--speaker", type=speaker_arg, default=None, metavar="NAME",
-                   help=f"target singer, {SPEAKER_MIX} (default: the first)")
-    p.add_argument("--transpose", type=float, default=0.0, metavar="N",
-                   help="semitones (+12 = an octave up)")
-    block_option(p, f"stream on the realtime schedule in blocks of FRAMES frames ({FRAME_MS}) "
-                    "instead of offline (one model step for the whole file)")
+    p.add_argument(
+        "--speaker",
+        type=speaker_arg,
+        default=None,
+        metavar="NAME",
+        help=f"target singer, {SPEAKER_MIX} (default: the first)",
+    )
+    p.add_argument(
+        "--transpose", type=float, default=0.0, metavar="N", help="semitones (+12 = an octave up)"
+    )
+    block_option(
+        p,
+        f"stream on the realtime schedule in blocks of FRAMES frames ({FRAME_MS}) "
+        "instead of offline (one model step for the whole file)",
+    )
     model_options(p)
     runtime_options(p)
     p.set_defaults(handler=_cmd_convert)

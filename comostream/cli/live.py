@@ -48,11 +48,20 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
         cfg = config_from_args(args)
         opts = LiveOptions(
-            input=args.input, output=args.output, sample_rate=args.sample_rate,
-            speaker=args.speaker, transpose=args.transpose, monitor=args.monitor,
-            bypass=args.bypass, checkpoint=args.checkpoint,
-            vocoder=args.vocoder, device=use_runtime(args), threads=args.threads,
-            latency=args.latency, margin_blocks=args.margin, duration=args.duration,
+            input=args.input,
+            output=args.output,
+            sample_rate=args.sample_rate,
+            speaker=args.speaker,
+            transpose=args.transpose,
+            monitor=args.monitor,
+            bypass=args.bypass,
+            checkpoint=args.checkpoint,
+            vocoder=args.vocoder,
+            device=use_runtime(args),
+            threads=args.threads,
+            latency=args.latency,
+            margin_blocks=args.margin,
+            duration=args.duration,
             status_file=args.status_file,
         )
         run_live(opts, cfg.realtime)  # --block is in cfg.realtime
@@ -64,7 +73,9 @@ def _cmd_live(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     """Add ``live`` to ``sub``."""
     p = sub.add_parser(
-        "live", parents=[config_parent], help="convert a microphone live (sound card in and out)",
+        "live",
+        parents=[config_parent],
+        help="convert a microphone live (sound card in and out)",
         description=(
             "Convert the input device's signal live and play it on the output device. A status "
             "line (latency, RTF, xruns, dropped blocks, F0, singer) is refreshed twice a second; "
@@ -73,33 +84,80 @@ def register(sub: Subparsers) -> None:
             "(block + analysis overhang + lookaheads + output buffer) plus the devices' buffers."
         ),
     )
-    p.add_argument("--list-devices", action="store_true",
-                   help="list the sound devices (index, name, channels, default rate) and exit")
-    p.add_argument("--input", type=sound_device_arg, default=None, metavar="DEV",
-                   help="input device: index or part of its name (default: the system's)")
-    p.add_argument("--output", type=sound_device_arg, default=None, metavar="DEV",
-                   help="output device: index or part of its name (default: the system's)")
-    p.add_argument("--sample-rate", type=positive_int, default=None, metavar="HZ",
-                   help="device sample rate (default: the input device's)")
+    p.add_argument(
+        "--list-devices",
+        action="store_true",
+        help="list the sound devices (index, name, channels, default rate) and exit",
+    )
+    p.add_argument(
+        "--input",
+        type=sound_device_arg,
+        default=None,
+        metavar="DEV",
+        help="input device: index or part of its name (default: the system's)",
+    )
+    p.add_argument(
+        "--output",
+        type=sound_device_arg,
+        default=None,
+        metavar="DEV",
+        help="output device: index or part of its name (default: the system's)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=None,
+        metavar="HZ",
+        help="device sample rate (default: the input device's)",
+    )
     block_option(p)
-    p.add_argument("--speaker", type=speaker_arg, default=None, metavar="NAME",
-                   help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the "
-                        "first)")
-    p.add_argument("--transpose", type=float, default=0.0, metavar="N",
-                   help="semitones (+12 = an octave up)")
-    p.add_argument("--monitor", type=level_arg, default=0.0, metavar="LEVEL",
-                   help="mix the dry input into the output at LEVEL, 0-1 (default 0)")
-    p.add_argument("--bypass", action="store_true",
-                   help="start with the dry signal (b toggles)")
-    p.add_argument("--latency", type=latency_arg, default="high", metavar="low|high|MS",
-                   help="device buffering asked of PortAudio (default high: no crackle)")
-    p.add_argument("--margin", type=non_negative_int, default=1, metavar="BLOCKS",
-                   help="compute margin of the output buffer, in blocks, beyond one block and "
-                   "one device callback (default 1; more if a busy CPU makes it late)")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
-                   help="stop after SECONDS (default: run until q or Ctrl-C)")
-    p.add_argument("--status-file", type=Path, default=None, metavar="FILE.json",
-                   help="rewrite the status as JSON here with every status line")
+    p.add_argument(
+        "--speaker",
+        type=speaker_arg,
+        default=None,
+        metavar="NAME",
+        help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the first)",
+    )
+    p.add_argument(
+        "--transpose", type=float, default=0.0, metavar="N", help="semitones (+12 = an octave up)"
+    )
+    p.add_argument(
+        "--monitor",
+        type=level_arg,
+        default=0.0,
+        metavar="LEVEL",
+        help="mix the dry input into the output at LEVEL, 0-1 (default 0)",
+    )
+    p.add_argument("--bypass", action="store_true", help="start with the dry signal (b toggles)")
+    p.add_argument(
+        "--latency",
+        type=latency_arg,
+        default="high",
+        metavar="low|high|MS",
+        help="device buffering asked of PortAudio (default high: no crackle)",
+    )
+    p.add_argument(
+        "--margin",
+        type=non_negative_int,
+        default=1,
+        metavar="BLOCKS",
+        help="compute margin of the output buffer, in blocks, beyond one block and "
+        "one device callback (default 1; more if a busy CPU makes it late)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after SECONDS (default: run until q or Ctrl-C)",
+    )
+    p.add_argument(
+        "--status-file",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="rewrite the status as JSON here with every status line",
+    )
     model_options(p)
     runtime_options(p)
     p.set_defaults(handler=_cmd_live)

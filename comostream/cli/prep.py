@@ -29,8 +29,7 @@ def _cmd_prep_synth(args: argparse.Namespace) -> int:
 def _cmd_prep_features(args: argparse.Namespace) -> int:
     from comostream.training.features import prepare_features
 
-    index = prepare_features(args.data_dir, args.feat_dir, config_from_args(args),
-                             force=args.force)
+    index = prepare_features(args.data_dir, args.feat_dir, config_from_args(args), force=args.force)
     print(index.summary())
     return 0
 
@@ -42,8 +41,10 @@ def _cmd_prep_gta(args: argparse.Namespace) -> int:
     device = use_runtime(args)
     model = AcousticModel.from_checkpoint(args.model, device)
     out = write_gta_features(model, args.data, args.out, model_name=str(args.model))
-    print(f"wrote {out} (GTA mels of {args.model}); fine-tune with `comostream train vocoder "
-          f"--data {out} --init VOCODER`")
+    print(
+        f"wrote {out} (GTA mels of {args.model}); fine-tune with `comostream train vocoder "
+        f"--data {out} --init VOCODER`"
+    )
     return 0
 
 
@@ -54,7 +55,8 @@ def register(sub: Subparsers) -> None:
     prep = sub.add_parser("prep", help="prepare data: the synthetic corpus, training features")
     prep_sub = prep.add_subparsers(dest="prep_command", metavar="WHAT", required=True)
     p = prep_sub.add_parser(
-        "synth", parents=[config_parent],
+        "synth",
+        parents=[config_parent],
         help="synthesise a parallel multi-singer singing corpus with exact F0",
         description=(
             "Render every lyric line on its melody with every singer (flite, espeak-ng and "
@@ -68,7 +70,8 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_prep_synth)
 
     p = prep_sub.add_parser(
-        "features", parents=[config_parent],
+        "features",
+        parents=[config_parent],
         help="cache mel, F0 and loudness of every utterance of a corpus for training",
         description=(
             "Compute frame-aligned features of every utterance of DATA_DIR (a synthetic corpus "
@@ -95,10 +98,16 @@ def register(sub: Subparsers) -> None:
             "the model's smoother mels as clean singing. Utterances already written are kept."
         ),
     )
-    p.add_argument("model", type=Path, metavar="MODEL",
-                   help="an inference file (`comostream export`)")
-    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
-                   help="the features the model was trained on")
+    p.add_argument(
+        "model", type=Path, metavar="MODEL", help="an inference file (`comostream export`)"
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FEAT_DIR",
+        help="the features the model was trained on",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     runtime_options(p)
     p.set_defaults(handler=_cmd_prep_gta)

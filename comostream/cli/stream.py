@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 from comostream.cli.common import (
@@ -33,8 +34,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     rt = config_from_args(args).realtime
     try:
         config = ServerConfig(
-            host=args.host, port=args.port, token=args.token, max_streams=args.max_streams,
-            idle_timeout_s=args.idle_timeout, max_queue_ms=rt.max_backlog_ms,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            max_streams=args.max_streams,
+            idle_timeout_s=args.idle_timeout,
+            max_queue_ms=rt.max_backlog_ms,
             allow_origins=tuple(args.allow_origin),
         )
     except ValueError as exc:
@@ -61,16 +66,25 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
     try:
         r = stream_file(
-            args.input, args.output, args.url, fast=args.fast, speaker=args.speaker,
-            transpose=args.transpose, fmt=args.format, block=args.block, token=args.token,
+            args.input,
+            args.output,
+            args.url,
+            fast=args.fast,
+            speaker=args.speaker,
+            transpose=args.transpose,
+            fmt=args.format,
+            block=args.block,
+            token=args.token,
         )
     except _stream_errors() as exc:
         raise CommandError(f"{args.url}: {exc}") from None
     seconds = r.output.shape[0] / r.sample_rate
-    print(f"wrote {args.output}: {seconds:.2f} s as {r.ready['speaker']}; round trip p50 "
-          f"{r.rtt_percentile(50):.1f} ms, p99 {r.rtt_percentile(99):.1f} ms; algorithmic "
-          f"latency {r.ready['latency_ms']:.1f} ms; server compute p50 "
-          f"{r.stats['compute_ms_p50']:.1f} ms per block; dropped {r.dropped_samples} samples")
+    print(
+        f"wrote {args.output}: {seconds:.2f} s as {r.ready['speaker']}; round trip p50 "
+        f"{r.rtt_percentile(50):.1f} ms, p99 {r.rtt_percentile(99):.1f} ms; algorithmic "
+        f"latency {r.ready['latency_ms']:.1f} ms; server compute p50 "
+        f"{r.stats['compute_ms_p50']:.1f} ms per block; dropped {r.dropped_samples} samples"
+    )
     return 0
 
 
@@ -84,8 +98,14 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
 
     try:
         s = run_bridge(
-            args.url, args.input, args.output, sample_rate=args.sample_rate, block=args.block,
-            seconds=args.seconds, speaker=args.speaker, transpose=args.transpose,
+            args.url,
+            args.input,
+            args.output,
+            sample_rate=args.sample_rate,
+            block=args.block,
+            seconds=args.seconds,
+            speaker=args.speaker,
+            transpose=args.transpose,
             token=args.token,
         )
     except DeviceError as exc:
@@ -93,8 +113,10 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     except _stream_errors() as exc:
         raise CommandError(f"{args.url}: {exc}") from None
     rtt = sorted(s.rtt_ms or [0.0])
-    print(f"sent {s.sent_blocks} blocks; round trip p50 {rtt[len(rtt) // 2]:.1f} ms; "
-          f"underruns {s.underruns}, server drops {s.dropped}, skipped {s.skipped} samples")
+    print(
+        f"sent {s.sent_blocks} blocks; round trip p50 {rtt[len(rtt) // 2]:.1f} ms; "
+        f"underruns {s.underruns}, server drops {s.dropped}, skipped {s.skipped} samples"
+    )
     return 0
 
 
@@ -102,40 +124,69 @@ def _connection_parent() -> argparse.ArgumentParser:
     """The options of a connection to a `comostream serve` server (client, bridge)."""
     conn = argparse.ArgumentParser(add_help=False)
     conn.add_argument("--url", default="ws://127.0.0.1:8765/ws", help="server URL")
-    conn.add_argument("--speaker", type=speaker_arg, default=None, metavar="NAME",
-                      help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT "
-                           "(default: the server's)")
+    conn.add_argument(
+        "--speaker",
+        type=speaker_arg,
+        default=None,
+        metavar="NAME",
+        help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the server's)",
+    )
     conn.add_argument("--transpose", type=float, default=0.0, metavar="N", help="semitones")
     conn.add_argument("--token", default=None, help="the server's --token")
-    conn.add_argument("--block", type=positive_int, default=None, metavar="FRAMES",
-                      help=f"model frames per audio message ({FRAME_MS}; the samples follow "
-                           "from the audio's rate); default: the server's block")
+    conn.add_argument(
+        "--block",
+        type=positive_int,
+        default=None,
+        metavar="FRAMES",
+        help=f"model frames per audio message ({FRAME_MS}; the samples follow "
+        "from the audio's rate); default: the server's block",
+    )
     return conn
 
 
 def register(sub: Subparsers) -> None:
     """Add ``serve``, ``client`` and ``bridge`` to ``sub``."""
     p = sub.add_parser(
-        "serve", parents=[config_parent],
+        "serve",
+        parents=[config_parent],
         help="WebSocket streaming server for DAW bridges and browsers",
         description=(
             "Serve the streaming engine over WebSocket (ws://HOST:PORT/ws, protocol in "
-            "docs/protocol.md): one engine per connection, bounded queues that drop the oldest "
+            f"{resources.files('comostream.docs') / 'protocol.md'}): one engine per connection, "
+            "bounded queues that drop the oldest "
             "blocks when a client or the server falls behind. Also serves a browser page at / "
             "(microphone -> server -> playback) and GET /health. SIGTERM closes sessions "
             "gracefully (close code 1001)."
         ),
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; any other needs --token)",
+    )
     p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
     p.add_argument("--token", default=None, help="secret every client must send in its hello")
-    p.add_argument("--max-streams", type=positive_int, default=8, metavar="N",
-                   help="concurrent streams; newcomers are refused with close code 4007")
-    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
-                   help="close a session that sends nothing for S seconds (default 30)")
-    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                   help="browser origin allowed besides the server's own page (repeatable)")
+    p.add_argument(
+        "--max-streams",
+        type=positive_int,
+        default=8,
+        metavar="N",
+        help="concurrent streams; newcomers are refused with close code 4007",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="close a session that sends nothing for S seconds (default 30)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="browser origin allowed besides the server's own page (repeatable)",
+    )
     block_option(p)
     model_options(p)
     runtime_options(p)
@@ -143,7 +194,9 @@ def register(sub: Subparsers) -> None:
 
     conn = _connection_parent()
     p = sub.add_parser(
-        "client", parents=[conn], help="stream a file through a `comostream serve` server",
+        "client",
+        parents=[conn],
+        help="stream a file through a `comostream serve` server",
         description=(
             "Stream IN to the server at real-time pace (or --fast), write the converted audio "
             "(float WAV at IN's rate, aligned to IN) and print the round-trip latency p50/p99."
@@ -151,25 +204,49 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (mono or stereo)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
-    p.add_argument("--fast", action="store_true",
-                   help="send as fast as the server answers (a few blocks in flight)")
-    p.add_argument("--format", choices=["f32le", "s16le"], default="f32le",
-                   help="sample format on the wire (default f32le)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="send as fast as the server answers (a few blocks in flight)",
+    )
+    p.add_argument(
+        "--format",
+        choices=["f32le", "s16le"],
+        default="f32le",
+        help="sample format on the wire (default f32le)",
+    )
     p.set_defaults(handler=_cmd_client)
 
     p = sub.add_parser(
-        "bridge", parents=[conn], help="sound devices <-> server (route a DAW send through it)",
+        "bridge",
+        parents=[conn],
+        help="sound devices <-> server (route a DAW send through it)",
         description=(
             "Stream an input device to the server and play the converted audio on an output "
             "device: route a DAW send to a virtual device, record or monitor the output."
         ),
     )
-    p.add_argument("--input", type=sound_device_arg, default=None, metavar="DEV",
-                   help="input device (index or name; default: the system's)")
-    p.add_argument("--output", type=sound_device_arg, default=None, metavar="DEV",
-                   help="output device (index or name; default: the system's)")
-    p.add_argument("--sample-rate", type=positive_int, default=48000, metavar="HZ",
-                   help="device sample rate (default 48000)")
+    p.add_argument(
+        "--input",
+        type=sound_device_arg,
+        default=None,
+        metavar="DEV",
+        help="input device (index or name; default: the system's)",
+    )
+    p.add_argument(
+        "--output",
+        type=sound_device_arg,
+        default=None,
+        metavar="DEV",
+        help="output device (index or name; default: the system's)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=48000,
+        metavar="HZ",
+        help="device sample rate (default 48000)",
+    )
     p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
     p.set_defaults(handler=_cmd_bridge)

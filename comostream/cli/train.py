@@ -37,8 +37,10 @@ def _cmd_train_distill(args: argparse.Namespace) -> int:
     from comostream.training.acoustic import train_distill
 
     state = train_distill(config_from_args(args), args.teacher, _run_options(args))
-    say(f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
-        f"export with `comostream export {args.out}/last.pt -o MODEL.ckpt`")
+    say(
+        f"distill: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
+        f"export with `comostream export {args.out}/last.pt -o MODEL.ckpt`"
+    )
     return 0
 
 
@@ -46,8 +48,10 @@ def _cmd_train_finetune(args: argparse.Namespace) -> int:
     from comostream.training.acoustic import train_finetune
 
     state = train_finetune(config_from_args(args), args.init, args.speaker, _run_options(args))
-    say(f"finetune: {state.step} steps; singer {args.speaker!r} added; "
-        f"checkpoints in {args.out}/ (last.pt)")
+    say(
+        f"finetune: {state.step} steps; singer {args.speaker!r} added; "
+        f"checkpoints in {args.out}/ (last.pt)"
+    )
     return 0
 
 
@@ -65,11 +69,18 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
     from comostream.training.vocoder import train_vocoder
 
     state = train_vocoder(
-        config_from_args(args), args.data, args.out, corpus=args.corpus, resume=args.resume,
-        init=args.init, dry_run=args.dry_run,
+        config_from_args(args),
+        args.data,
+        args.out,
+        corpus=args.corpus,
+        resume=args.resume,
+        init=args.init,
+        dry_run=args.dry_run,
     )
-    say(f"vocoder: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
-        f"score it with `comostream bench vocoder --checkpoint {args.out}/last.pt`")
+    say(
+        f"vocoder: {state.step} steps; checkpoints in {args.out}/ (last.pt); "
+        f"score it with `comostream bench vocoder --checkpoint {args.out}/last.pt`"
+    )
     return 0
 
 
@@ -94,37 +105,63 @@ def _add_acoustic_stages(train_sub: Subparsers) -> None:
 
     stages = {
         "teacher": ("the EDM diffusion teacher (conditioner + denoiser)", _cmd_train_teacher),
-        "distill": ("consistency distillation of a teacher: student + EMA target",
-                    _cmd_train_distill),
-        "finetune": ("add a singer to a distilled model and learn its embedding",
-                     _cmd_train_finetune),
+        "distill": (
+            "consistency distillation of a teacher: student + EMA target",
+            _cmd_train_distill,
+        ),
+        "finetune": (
+            "add a singer to a distilled model and learn its embedding",
+            _cmd_train_finetune,
+        ),
     }
     for name, (text, handler) in stages.items():
         p = train_sub.add_parser(
-            name, parents=[config_parent], help=text,
+            name,
+            parents=[config_parent],
+            help=text,
             description=(
                 f"Train {text}. Works under torchrun (DDP) too; writes config.json, "
                 "stats.jsonl, TensorBoard scalars and checkpoints (ckpt_STEP.pt, last.pt) to "
                 "--out."
             ),
         )
-        data_help = ("features from `comostream prep features`" if name != "finetune" else
-                     "features holding the new singer, or a folder of its recordings")
+        data_help = (
+            "features from `comostream prep features`"
+            if name != "finetune"
+            else "features holding the new singer, or a folder of its recordings"
+        )
         p.add_argument("--data", type=Path, required=True, metavar="DIR", help=data_help)
         p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
-        p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
-                       help="continue a run exactly from its checkpoint")
-        p.add_argument("--dry-run", action="store_true",
-                       help="one step, one validation, one checkpoint, then stop")
+        p.add_argument(
+            "--resume",
+            type=Path,
+            default=None,
+            metavar="CKPT",
+            help="continue a run exactly from its checkpoint",
+        )
+        p.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="one step, one validation, one checkpoint, then stop",
+        )
         config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
         p.set_defaults(handler=handler)
         if name == "distill":
             p.add_argument("--teacher", type=Path, required=True, metavar="TEACHER_CKPT")
         if name == "finetune":
-            p.add_argument("--init", type=Path, required=True, metavar="CKPT",
-                           help="a distill (or finetune) checkpoint")
-            p.add_argument("--speaker", required=True, metavar="NAME",
-                           help="the new singer (a singer of FEAT_DIR)")
+            p.add_argument(
+                "--init",
+                type=Path,
+                required=True,
+                metavar="CKPT",
+                help="a distill (or finetune) checkpoint",
+            )
+            p.add_argument(
+                "--speaker",
+                required=True,
+                metavar="NAME",
+                help="the new singer (a singer of FEAT_DIR)",
+            )
 
 
 def _add_content_and_vocoder(train_sub: Subparsers) -> None:
@@ -132,7 +169,8 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     from comostream.models.config import ContentConfig, TrainConfig
 
     p = train_sub.add_parser(
-        "content", parents=[config_parent],
+        "content",
+        parents=[config_parent],
         help="train the built-in streaming content encoder",
         description=(
             "Train the content encoder on the first --train-singers singers of CORPUS_DIR: it "
@@ -142,19 +180,31 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
             "'content'); perturbed mels are cached under RUN_DIR/perturbed."
         ),
     )
-    p.add_argument("--data", type=Path, required=True, metavar="CORPUS_DIR",
-                   help="a corpus (`comostream prep synth` or CORPUS_DIR/<singer>/*.wav)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="CORPUS_DIR",
+        help="a corpus (`comostream prep synth` or CORPUS_DIR/<singer>/*.wav)",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--dry-run", action="store_true",
-                   help="one step, one validation, one checkpoint")
-    p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
-                   help="continue from a checkpoint of this run")
+    p.add_argument(
+        "--dry-run", action="store_true", help="one step, one validation, one checkpoint"
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="continue from a checkpoint of this run",
+    )
     config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
     config_options(p, "content", ContentConfig, ["train_singers"])
     p.set_defaults(handler=_cmd_train_content)
 
     p = train_sub.add_parser(
-        "vocoder", parents=[config_parent],
+        "vocoder",
+        parents=[config_parent],
         help="train the built-in streaming harmonic-plus-noise vocoder",
         description=(
             "Train the vocoder on random segments of the train split of FEAT_DIR (ground-truth "
@@ -164,18 +214,39 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
             "'vocoder') to --out."
         ),
     )
-    p.add_argument("--data", type=Path, required=True, metavar="FEAT_DIR",
-                   help="features from `comostream prep features`")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FEAT_DIR",
+        help="features from `comostream prep features`",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--corpus", type=Path, default=None, metavar="CORPUS_DIR",
-                   help="the recordings (default: the corpus FEAT_DIR was made from)")
-    p.add_argument("--resume", type=Path, default=None, metavar="CKPT",
-                   help="continue a run exactly from its checkpoint")
-    p.add_argument("--init", type=Path, default=None, metavar="VOCODER",
-                   help="fine-tune: start from this vocoder's weights (same sizes), fresh "
-                        "optimisers, step 0; e.g. on `comostream prep gta` features")
-    p.add_argument("--dry-run", action="store_true",
-                   help="one step, one validation, one checkpoint, then stop")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="CORPUS_DIR",
+        help="the recordings (default: the corpus FEAT_DIR was made from)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="continue a run exactly from its checkpoint",
+    )
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="VOCODER",
+        help="fine-tune: start from this vocoder's weights (same sizes), fresh "
+        "optimisers, step 0; e.g. on `comostream prep gta` features",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="one step, one validation, one checkpoint, then stop"
+    )
     config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
     p.set_defaults(handler=_cmd_train_vocoder)
 
@@ -183,7 +254,8 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
 def _add_recipe(train_sub: Subparsers) -> None:
     """``train recipe``: the shipped default model from scratch (``make default-model``)."""
     p = train_sub.add_parser(
-        "recipe", help="the shipped default model's whole recipe, from scratch (resumable)",
+        "recipe",
+        help="the shipped default model's whole recipe, from scratch (resumable)",
         description=(
             "Run the reproducible recipe of the shipped default model as the documented "
             "commands, into RUN_DIR: the synthetic corpus (10 singers x 2 minutes), the content "
@@ -196,10 +268,19 @@ def _add_recipe(train_sub: Subparsers) -> None:
             "output. About 1 h 45 min on 2 cores."
         ),
     )
-    p.add_argument("run", nargs="?", type=Path, default=Path("out/default-model"),
-                   metavar="RUN_DIR", help="run folder (default out/default-model)")
-    p.add_argument("--quick", action="store_true",
-                   help="a few steps per stage, to check the plumbing in minutes")
+    p.add_argument(
+        "run",
+        nargs="?",
+        type=Path,
+        default=Path("out/default-model"),
+        metavar="RUN_DIR",
+        help="run folder (default out/default-model)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few steps per stage, to check the plumbing in minutes",
+    )
     p.set_defaults(handler=_cmd_train_recipe)
 
 
@@ -215,17 +296,32 @@ def register(sub: Subparsers) -> None:
     _add_recipe(train_sub)
 
     p = sub.add_parser(
-        "export", help="write the inference file of a distilled model (target only)",
+        "export",
+        help="write the inference file of a distilled model (target only)",
         description=(
             "Keep only what inference runs: the conditioner, the EMA target denoiser, the "
             "singer table and the config (no student, teacher or optimiser state)."
         ),
     )
-    p.add_argument("checkpoint", type=Path, metavar="CKPT",
-                   help="a distill or finetune training checkpoint (RUN_DIR/last.pt)")
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CKPT",
+        help="a distill or finetune training checkpoint (RUN_DIR/last.pt)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
-    p.add_argument("--vocoder", type=Path, default=None, metavar="VOC.ckpt",
-                   help="a `comostream train vocoder` checkpoint to store in the file")
-    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
-                   help="the training corpus: store the singers' voice prints (for the demo)")
+    p.add_argument(
+        "--vocoder",
+        type=Path,
+        default=None,
+        metavar="VOC.ckpt",
+        help="a `comostream train vocoder` checkpoint to store in the file",
+    )
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the training corpus: store the singers' voice prints (for the demo)",
+    )
     p.set_defaults(handler=_cmd_export)

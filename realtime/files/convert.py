@@ -65,9 +65,15 @@ def convert_file(
     rt = (realtime or RealtimeConfig()).with_block(block)
     model, voc = load_models(checkpoint, vocoder, device, rt)
     speaker = model.resolve_speaker(speaker)
-    engine = StreamingConverter.from_models(model, voc, speaker=speaker, transpose=transpose,
-                                            sample_rate=rate, realtime=rt,
-                                            offline=block is None)  # fmt: skip
+    engine = StreamingConverter.from_models(
+        model,
+        voc,
+        speaker=speaker,
+        transpose=transpose,
+        sample_rate=rate,
+        realtime=rt,
+        offline=block is None,
+    )
     t0 = time.perf_counter()
     with torch.inference_mode():
         chunk = None if block is None else engine.block_samples
@@ -78,5 +84,6 @@ def convert_file(
     if rate != file_rate:
         y = resample(y, rate, file_rate)
     save_wav(output, y, file_rate)
-    return ConvertResult(Path(output), len(audio) / rate, compute, engine.latency_ms, speaker,
-                         block)  # fmt: skip
+    return ConvertResult(
+        Path(output), len(audio) / rate, compute, engine.latency_ms, speaker, block
+    )

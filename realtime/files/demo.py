@@ -144,9 +144,11 @@ def run_demo(
         print(conversion_table(reports))
         n = len(reports)
         hits = sum(r.closest == r.singer for r in reports if r.closest is not None)
-        print(f"\n{n} conversions streamed in blocks of {cfg.realtime.block_frames} frames "
-              f"({model}); written to {out_dir}/. Timbre closest to the target singer in "
-              f"{hits} of {n}.")  # fmt: skip
+        print(
+            f"\n{n} conversions streamed in blocks of {cfg.realtime.block_frames} frames "
+            f"({model}); written to {out_dir}/. Timbre closest to the target singer in "
+            f"{hits} of {n}."
+        )
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     warm_up(cfg)

@@ -76,14 +76,25 @@ def _transpose(source: dict | None, target: dict | None) -> int:
 
 
 def convert_example(
-    model: Any, vocoder: Any, audio: np.ndarray, rate: int, singer: SpeakerSpec,
-    transpose: int, cfg: Config,
-) -> tuple[np.ndarray, float, float]:  # fmt: skip
+    model: Any,
+    vocoder: Any,
+    audio: np.ndarray,
+    rate: int,
+    singer: SpeakerSpec,
+    transpose: int,
+    cfg: Config,
+) -> tuple[np.ndarray, float, float]:
     """``(converted audio, latency ms, RTF)`` on the live schedule at the file's rate."""
     chunk = StreamGeometry.from_configs(model.cfg.audio, cfg.realtime).samples_per_block(rate)
-    eng = StreamingConverter.from_models(model, vocoder, speaker=singer, transpose=transpose,
-                                         sample_rate=rate, realtime=cfg.realtime,
-                                         chunk=chunk)  # fmt: skip
+    eng = StreamingConverter.from_models(
+        model,
+        vocoder,
+        speaker=singer,
+        transpose=transpose,
+        sample_rate=rate,
+        realtime=cfg.realtime,
+        chunk=chunk,
+    )
     t0 = time.perf_counter()
     with torch.inference_mode():
         y = convert_array(eng, audio, chunk=chunk)
@@ -91,9 +102,13 @@ def convert_example(
 
 
 def run_conversion_demo(
-    checkpoint: Path, examples: list[Path], out_dir: Path, cfg: Config,
-    singers: list[SpeakerSpec] | None = None, device: str = "cpu",
-) -> list[ConversionReport]:  # fmt: skip
+    checkpoint: Path,
+    examples: list[Path],
+    out_dir: Path,
+    cfg: Config,
+    singers: list[SpeakerSpec] | None = None,
+    device: str = "cpu",
+) -> list[ConversionReport]:
     """Convert every example to every singer (or to ``singers``: names or mixes ``{name:
     weight}``) with the models on ``device``; write WAVs; the reports."""
     export = read_export(checkpoint)
@@ -103,8 +118,9 @@ def run_conversion_demo(
     names: list[SpeakerSpec] = list(singers or model.speakers)
     out_dir.mkdir(parents=True, exist_ok=True)
     reports = []
-    bar = tqdm(total=len(examples) * len(names), desc="converting", unit="conversion",
-               file=sys.stderr)  # fmt: skip
+    bar = tqdm(
+        total=len(examples) * len(names), desc="converting", unit="conversion", file=sys.stderr
+    )
     for path in examples:
         audio, file_rate = read_audio(path)
         rate = stream_rate(file_rate)
@@ -126,8 +142,11 @@ def run_conversion_demo(
             y24 = resample(y, rate, model_rate)
             f0 = yin_f0(y24, cfg.f0)
             both = src_f0.voiced & f0.voiced
-            cents = (1200 * np.log2(f0.f0_hz[both] / (src_f0.f0_hz[both] * 2 ** (t / 12)))
-                     if both.any() else None)  # fmt: skip
+            cents = (
+                1200 * np.log2(f0.f0_hz[both] / (src_f0.f0_hz[both] * 2 ** (t / 12)))
+                if both.any()
+                else None
+            )
             sim = near = None
             if target is not None:
                 try:
@@ -135,10 +154,19 @@ def run_conversion_demo(
                     sim, near = similarity(p, target, prints), closest(p, prints)
                 except ValueError:
                     pass
-            reports.append(ConversionReport(
-                path.stem, label, t, latency, rtf,
-                float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
-                sim, near, out))  # fmt: skip
+            reports.append(
+                ConversionReport(
+                    path.stem,
+                    label,
+                    t,
+                    latency,
+                    rtf,
+                    float(np.sqrt(np.mean(cents**2))) if cents is not None else None,
+                    sim,
+                    near,
+                    out,
+                )
+            )
             bar.update()
     bar.close()
     return reports
@@ -146,12 +174,17 @@ def run_conversion_demo(
 
 def conversion_table(reports: list[ConversionReport]) -> str:
     """The demo's Markdown table."""
-    rows = ["| example | singer | transpose | latency (ms) | RTF | F0 RMSE (cents) | timbre "
-            "similarity | closest singer |", "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    rows = [
+        "| example | singer | transpose | latency (ms) | RTF | F0 RMSE (cents) | timbre "
+        "similarity | closest singer |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in reports:
         f0 = "n/a" if r.f0_rmse_cents is None else f"{r.f0_rmse_cents:.0f}"
         sim = "n/a" if r.similarity is None else f"{r.similarity:+.2f}"
         mark = "" if r.closest is None else (" (target)" if r.closest == r.singer else "")
-        rows.append(f"| {r.example} | {r.singer} | {r.transpose:+d} | {r.latency_ms:.1f} | "
-                    f"{r.rtf:.2f} | {f0} | {sim} | {r.closest or 'n/a'}{mark} |")  # fmt: skip
+        rows.append(
+            f"| {r.example} | {r.singer} | {r.transpose:+d} | {r.latency_ms:.1f} | "
+            f"{r.rtf:.2f} | {f0} | {sim} | {r.closest or 'n/a'}{mark} |"
+        )
     return "\n".join(rows)

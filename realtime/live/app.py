@@ -76,8 +76,13 @@ class LiveSession:
     """Models, engine, converter and mixer of one live run (no device yet: :func:`run_live`
     opens the streams that drive :attr:`mixer`'s callbacks)."""
 
-    def __init__(self, opts: LiveOptions, sample_rate: int, out_channels: int,
-                 realtime: RealtimeConfig | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        opts: LiveOptions,
+        sample_rate: int,
+        out_channels: int,
+        realtime: RealtimeConfig | None = None,
+    ) -> None:
         import torch
 
         from comostream.models.shipped import require_model
@@ -102,16 +107,25 @@ class LiveSession:
             return self.f0
 
         self.engine = StreamingConverter.from_models(
-            model, voc, speaker=opts.speaker, transpose=opts.transpose, sample_rate=sample_rate,
-            realtime=rt, chunk=self.chunk, f0_tracker=tracker)  # fmt: skip
+            model,
+            voc,
+            speaker=opts.speaker,
+            transpose=opts.transpose,
+            sample_rate=sample_rate,
+            realtime=rt,
+            chunk=self.chunk,
+            f0_tracker=tracker,
+        )
         self.sample_rate = sample_rate
         self.device_labels = ("", "")  # input, output (set by run_live)
         self._warm_up()
         self.margin_blocks = opts.margin_blocks
-        self.conv = TimedConverter(self.engine, block=self.chunk,
-                                   prefill=output_buffer(0, self.chunk, opts.margin_blocks))
-        self.mixer = LiveMixer(self.conv, sample_rate, out_channels, bypass=opts.bypass,
-                               monitor=opts.monitor)  # fmt: skip
+        self.conv = TimedConverter(
+            self.engine, block=self.chunk, prefill=output_buffer(0, self.chunk, opts.margin_blocks)
+        )
+        self.mixer = LiveMixer(
+            self.conv, sample_rate, out_channels, bypass=opts.bypass, monitor=opts.monitor
+        )
 
     def _warm_up(self, seconds: float = 0.3) -> None:
         """Run a little silence through the engine (first calls of a traced step are slow),
@@ -139,16 +153,27 @@ class LiveSession:
         """A :class:`LiveStatus` of now (``latency``: the devices', seconds in / out)."""
         sr, conv, mixer = self.sample_rate, self.conv, self.mixer
         return LiveStatus(
-            running=True, elapsed_s=round(elapsed, 3), sample_rate=sr,
+            running=True,
+            elapsed_s=round(elapsed, 3),
+            sample_rate=sr,
             algorithmic_ms=self.engine.latency_ms,
-            converter_ms=1000.0 * self.delay_samples / sr, delay_samples=self.delay_samples,
-            device_in_ms=1000.0 * latency[0], device_out_ms=1000.0 * latency[1], rtf=rtf,
-            xruns=mixer.xruns, xrun_flags=dict(mixer.xrun_flags),
-            dropped_blocks=conv.stats.dropped_blocks, concealed=conv.stats.concealed,
+            converter_ms=1000.0 * self.delay_samples / sr,
+            delay_samples=self.delay_samples,
+            device_in_ms=1000.0 * latency[0],
+            device_out_ms=1000.0 * latency[1],
+            rtf=rtf,
+            xruns=mixer.xruns,
+            xrun_flags=dict(mixer.xrun_flags),
+            dropped_blocks=conv.stats.dropped_blocks,
+            concealed=conv.stats.concealed,
             f0_hz=self.f0.f0_hz if self.f0 is not None else 0.0,
-            speaker=speaker_text(self.engine.speaker), transpose=self.engine.transpose,
-            bypass=mixer.bypass, monitor=mixer.monitor, input_device=self.device_labels[0],
-            output_device=self.device_labels[1])  # fmt: skip
+            speaker=speaker_text(self.engine.speaker),
+            transpose=self.engine.transpose,
+            bypass=mixer.bypass,
+            monitor=mixer.monitor,
+            input_device=self.device_labels[0],
+            output_device=self.device_labels[1],
+        )
 
 
 def run_live(
@@ -209,8 +234,9 @@ class _Console:
         self.out.flush()
 
 
-def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, out: TextIO,
-               commands: TextIO) -> LiveStatus:  # fmt: skip
+def _supervise(
+    opts: LiveOptions, session: LiveSession, streams: AudioStreams, out: TextIO, commands: TextIO
+) -> LiveStatus:
     """The main thread's loop: status, commands, stream watch, stop conditions; the final
     status."""
     console = _Console(out)
@@ -224,9 +250,11 @@ def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, o
 
     status = snapshot(0.0)
     inp, outd = streams.inp, streams.out
-    console.say(f"live: {inp.label()} -> {outd.label()} at {session.sample_rate} Hz, singer "
-                f"{status.speaker}, transpose {status.transpose:+g}. Type h for commands; "
-                "Ctrl-C stops.")  # fmt: skip
+    console.say(
+        f"live: {inp.label()} -> {outd.label()} at {session.sample_rate} Hz, singer "
+        f"{status.speaker}, transpose {status.transpose:+g}. Type h for commands; "
+        "Ctrl-C stops."
+    )
     conv, mixer = session.conv, session.mixer
     settle_until: float | None = None  # the output buffer is fitted to the callbacks until then
     settled = False
@@ -243,8 +271,13 @@ def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, o
                 break
             if mixer.callbacks != seen:
                 seen, progress = mixer.callbacks, now
-            failed = ("ended by itself" if not streams.active else
-                      "stalled" if now - progress > opts.stall_s else "")  # fmt: skip
+            failed = (
+                "ended by itself"
+                if not streams.active
+                else "stalled"
+                if now - progress > opts.stall_s
+                else ""
+            )
             if failed:  # a device error (or a sound server gone): reopen
                 streams.restart()
                 seen, progress = mixer.callbacks, time.monotonic()
@@ -256,10 +289,12 @@ def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, o
             elif settle_until is not None and not settled and not conv.pending_prefill:
                 settled = True  # say the latency once
                 s = snapshot(0.0)
-                console.say(f"latency {s.converter_ms:.1f} ms (algorithmic {s.algorithmic_ms:.1f}"
-                            f" + buffer {s.converter_ms - s.algorithmic_ms:.1f} for callbacks of "
-                            f"up to {mixer.largest} samples) + device {s.device_in_ms:.1f} in / "
-                            f"{s.device_out_ms:.1f} out")  # fmt: skip
+                console.say(
+                    f"latency {s.converter_ms:.1f} ms (algorithmic {s.algorithmic_ms:.1f}"
+                    f" + buffer {s.converter_ms - s.algorithmic_ms:.1f} for callbacks of "
+                    f"up to {mixer.largest} samples) + device {s.device_in_ms:.1f} in / "
+                    f"{s.device_out_ms:.1f} out"
+                )
             for line in reader.poll():
                 quit_ = _command(line, session, console) or quit_
             while not conv.errors.empty():
@@ -270,8 +305,10 @@ def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, o
                 last = (now, conv.compute_s, conv.converted)
                 status = snapshot(rtf)
                 if status.dropped_blocks > dropped:
-                    console.say(f"conversion fell behind: {status.dropped_blocks - dropped} "
-                                f"block(s) dropped (RTF {rtf:.2f})")  # fmt: skip
+                    console.say(
+                        f"conversion fell behind: {status.dropped_blocks - dropped} "
+                        f"block(s) dropped (RTF {rtf:.2f})"
+                    )
                     dropped = status.dropped_blocks
                 console.status(format_status(status))
                 if opts.status_file is not None:
@@ -290,10 +327,12 @@ def _supervise(opts: LiveOptions, session: LiveSession, streams: AudioStreams, o
     if failure is not None:
         console.say("")
         raise failure
-    console.say(f"stopped after {status.elapsed_s:.1f} s: xruns {status.xruns}, dropped "
-                f"{status.dropped_blocks} blocks, concealed {status.concealed} samples; "
-                f"latency {status.converter_ms:.1f} ms + device {status.device_in_ms:.1f} in / "
-                f"{status.device_out_ms:.1f} out")  # fmt: skip
+    console.say(
+        f"stopped after {status.elapsed_s:.1f} s: xruns {status.xruns}, dropped "
+        f"{status.dropped_blocks} blocks, concealed {status.concealed} samples; "
+        f"latency {status.converter_ms:.1f} ms + device {status.device_in_ms:.1f} in / "
+        f"{status.device_out_ms:.1f} out"
+    )
     return status
 
 
@@ -320,10 +359,10 @@ def _command(line: str, session: LiveSession, console: _Console) -> bool:
         mixer.set_monitor(cmd.value)
         console.say(f"monitor level {cmd.value:g}")
     else:
-        apply: Callable[[Any], None] = (engine.set_speaker if cmd.kind == "speaker"
-                                        else engine.set_transpose)  # fmt: skip
+        apply: Callable[[Any], None] = (
+            engine.set_speaker if cmd.kind == "speaker" else engine.set_transpose
+        )
         session.conv.submit(lambda: apply(cmd.value))
         what = speaker_text(cmd.value) if cmd.kind == "speaker" else f"{cmd.value:+g} semitones"
         console.say(f"{cmd.kind} -> {what}")
     return False
-

@@ -170,8 +170,9 @@ class LiveMixer:
         return (0.0, 1.0) if self.bypass else (1.0, self.monitor)
 
     # -- callbacks -------------------------------------------------------------------------------
-    def duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int,
-                        time_info: Any, status: Any) -> None:  # fmt: skip
+    def duplex_callback(
+        self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any, status: Any
+    ) -> None:
         """``sounddevice.Stream`` callback: ``indata (frames, in_ch)`` -> ``outdata``."""
         self.callbacks += 1
         if frames > self.largest:
@@ -184,8 +185,7 @@ class LiveMixer:
             self.conv.write(dry)
             self._output(outdata[pos : pos + n], dry)
 
-    def input_callback(self, indata: np.ndarray, frames: int, time_info: Any,
-                       status: Any) -> None:  # fmt: skip
+    def input_callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         """``sounddevice.InputStream`` callback (separate streams)."""
         if frames > self.largest:
             self.largest = frames
@@ -197,8 +197,9 @@ class LiveMixer:
             self.conv.write(dry)
             self._dry_ring.write(dry)
 
-    def output_callback(self, outdata: np.ndarray, frames: int, time_info: Any,
-                        status: Any) -> None:  # fmt: skip
+    def output_callback(
+        self, outdata: np.ndarray, frames: int, time_info: Any, status: Any
+    ) -> None:
         """``sounddevice.OutputStream`` callback (separate streams)."""
         self.callbacks += 1
         if frames > self.largest:

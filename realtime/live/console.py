@@ -13,8 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["COMMAND_HELP", "Command", "LineReader", "LiveStatus", "format_status",
-           "parse_command", "speaker_text", "write_status_file"]  # fmt: skip
+__all__ = [
+    "COMMAND_HELP",
+    "Command",
+    "LineReader",
+    "LiveStatus",
+    "format_status",
+    "parse_command",
+    "speaker_text",
+    "write_status_file",
+]
 
 COMMAND_HELP = (
     "commands (type, then Enter): s NAME | s NAME:W,NAME:W  singer or mix;  t N  transpose to N "
@@ -149,10 +157,12 @@ def format_status(s: LiveStatus) -> str:
     monitor = f" | monitor {s.monitor:.2f}" if s.monitor > 0 else ""
     monitor += f" | restarts {s.restarts}" if s.restarts else ""
     late_ms = 1000.0 * s.concealed / s.sample_rate if s.sample_rate else 0.0
-    return (f"latency {s.converter_ms:.1f} ms + device {s.device_in_ms:.1f}/{s.device_out_ms:.1f}"
-            f" ms | RTF {s.rtf:.2f} | xruns {s.xruns} | late {late_ms:.0f} ms | dropped "
-            f"{s.dropped_blocks} | {f0} | "
-            f"{mode}{monitor}")  # fmt: skip
+    return (
+        f"latency {s.converter_ms:.1f} ms + device {s.device_in_ms:.1f}/{s.device_out_ms:.1f}"
+        f" ms | RTF {s.rtf:.2f} | xruns {s.xruns} | late {late_ms:.0f} ms | dropped "
+        f"{s.dropped_blocks} | {f0} | "
+        f"{mode}{monitor}"
+    )
 
 
 def write_status_file(path: str | os.PathLike[str], status: LiveStatus) -> None:

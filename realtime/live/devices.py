@@ -30,8 +30,20 @@ NO_DEVICES_HINT = (
 )
 
 
-STANDARD_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 176400,
-                  192000)  # Hz: what sound cards run at (and the engine's resampler is built for)
+STANDARD_RATES = (
+    8000,
+    11025,
+    16000,
+    22050,
+    24000,
+    32000,
+    44100,
+    48000,
+    88200,
+    96000,
+    176400,
+    192000,
+)  # Hz: what sound cards run at (and the engine's resampler is built for)
 
 
 class LiveError(RuntimeError):
@@ -61,8 +73,10 @@ def import_sounddevice() -> ModuleType:
     try:
         import sounddevice
     except OSError as exc:  # raised at import when libportaudio cannot be loaded
-        raise LiveError(f"PortAudio is missing ({exc}): install the Debian package "
-                        "libportaudio2 (sudo apt-get install libportaudio2)") from None  # fmt: skip
+        raise LiveError(
+            f"PortAudio is missing ({exc}): install the Debian package "
+            "libportaudio2 (sudo apt-get install libportaudio2)"
+        ) from None
     return sounddevice
 
 
@@ -76,10 +90,16 @@ def query_devices(sd: Any) -> list[DeviceInfo]:
     hostapis = [h["name"] for h in sd.query_hostapis()]
     default_in, default_out = _defaults(sd)
     return [
-        DeviceInfo(index=i, name=str(d["name"]), hostapi=hostapis[d["hostapi"]],
-                   inputs=int(d["max_input_channels"]), outputs=int(d["max_output_channels"]),
-                   default_rate=float(d["default_samplerate"]), default_input=i == default_in,
-                   default_output=i == default_out)  # fmt: skip
+        DeviceInfo(
+            index=i,
+            name=str(d["name"]),
+            hostapi=hostapis[d["hostapi"]],
+            inputs=int(d["max_input_channels"]),
+            outputs=int(d["max_output_channels"]),
+            default_rate=float(d["default_samplerate"]),
+            default_input=i == default_in,
+            default_output=i == default_out,
+        )
         for i, d in enumerate(sd.query_devices())
     ]
 
@@ -102,10 +122,14 @@ def format_devices(devices: Sequence[DeviceInfo]) -> str:
     for d in devices:
         mark = (">" if d.default_input else " ") + ("<" if d.default_output else " ")
         name = f"{d.name} ({d.hostapi})"
-        lines.append(f"{mark} {d.index:2d}  {name:<44.44s} {d.inputs:3d} {d.outputs:4d}  "
-                     f"{d.default_rate:7.0f} Hz")  # fmt: skip
-    lines.append("choose with --input/--output: an index or part of a name "
-                 "(> default input, < default output)")  # fmt: skip
+        lines.append(
+            f"{mark} {d.index:2d}  {name:<44.44s} {d.inputs:3d} {d.outputs:4d}  "
+            f"{d.default_rate:7.0f} Hz"
+        )
+    lines.append(
+        "choose with --input/--output: an index or part of a name "
+        "(> default input, < default output)"
+    )
     return "\n".join(lines)
 
 
@@ -164,11 +188,16 @@ def pick_sample_rate(
     if requested:
         defaults = sorted({int(inp.default_rate), int(out.default_rate)})
         hint = " or ".join(f"--sample-rate {r}" for r in defaults)
-        raise LiveError(f"unsupported sample rate {requested} Hz: {problems[0]}; the devices' "
-                        f"default {'rates are' if len(defaults) > 1 else 'rate is'} "
-                        f"{' / '.join(map(str, defaults))} Hz (try {hint})")  # fmt: skip
-    raise LiveError("the input and output devices share no default sample rate ("
-                    + "; ".join(problems) + "): pass --sample-rate HZ")  # fmt: skip
+        raise LiveError(
+            f"unsupported sample rate {requested} Hz: {problems[0]}; the devices' "
+            f"default {'rates are' if len(defaults) > 1 else 'rate is'} "
+            f"{' / '.join(map(str, defaults))} Hz (try {hint})"
+        )
+    raise LiveError(
+        "the input and output devices share no default sample rate ("
+        + "; ".join(problems)
+        + "): pass --sample-rate HZ"
+    )
 
 
 def _rate_problem(
@@ -177,8 +206,10 @@ def _rate_problem(
     """None when both devices open at ``rate`` Hz, else what PortAudio said."""
     if rate not in STANDARD_RATES:
         return f"{rate} Hz is not a standard rate ({', '.join(map(str, STANDARD_RATES))})"
-    for dev, ch, check in ((inp, channels[0], sd.check_input_settings),
-                           (out, channels[1], sd.check_output_settings)):  # fmt: skip
+    for dev, ch, check in (
+        (inp, channels[0], sd.check_input_settings),
+        (out, channels[1], sd.check_output_settings),
+    ):
         try:
             check(device=dev.index, samplerate=rate, channels=ch, dtype="float32")
         except sd.PortAudioError as exc:

@@ -20,11 +20,22 @@ class AudioStreams:
     drift; the converter's output buffer is fitted to the sizes it sees instead.
     """
 
-    def __init__(self, sd: Any, mixer: LiveMixer, inp: DeviceInfo, out: DeviceInfo,
-                 sample_rate: int, out_channels: int, latency: str | float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sd: Any,
+        mixer: LiveMixer,
+        inp: DeviceInfo,
+        out: DeviceInfo,
+        sample_rate: int,
+        out_channels: int,
+        latency: str | float,
+    ) -> None:
         self.sd, self.mixer, self.inp, self.out = sd, mixer, inp, out
         self.sample_rate, self.out_channels, self.requested_latency = (
-            sample_rate, out_channels, latency)
+            sample_rate,
+            out_channels,
+            latency,
+        )
         self.streams: list[Any] = []
         self._latency = (0.0, 0.0)  # the last streams' (kept when reopening fails)
         self.restarts = 0  # times PortAudio ended the stream and it was reopened
@@ -36,25 +47,41 @@ class AudioStreams:
 
     def open(self) -> None:
         """Open (not start) the streams; :class:`LiveError` saying which device refused."""
-        common = dict(samplerate=self.sample_rate, blocksize=0, dtype="float32",
-                      latency=self.requested_latency)  # fmt: skip
+        common = dict(
+            samplerate=self.sample_rate,
+            blocksize=0,
+            dtype="float32",
+            latency=self.requested_latency,
+        )
         sd, mixer = self.sd, self.mixer
         try:
             if self.duplex:
-                self.streams = [sd.Stream(
-                    device=(self.inp.index, self.out.index), channels=(1, self.out_channels),
-                    callback=mixer.duplex_callback, **common)]  # fmt: skip
+                self.streams = [
+                    sd.Stream(
+                        device=(self.inp.index, self.out.index),
+                        channels=(1, self.out_channels),
+                        callback=mixer.duplex_callback,
+                        **common,
+                    )
+                ]
             else:
                 self.streams = [
-                    sd.InputStream(device=self.inp.index, channels=1,
-                                   callback=mixer.input_callback, **common),
-                    sd.OutputStream(device=self.out.index, channels=self.out_channels,
-                                    callback=mixer.output_callback, **common),
-                ]  # fmt: skip
+                    sd.InputStream(
+                        device=self.inp.index, channels=1, callback=mixer.input_callback, **common
+                    ),
+                    sd.OutputStream(
+                        device=self.out.index,
+                        channels=self.out_channels,
+                        callback=mixer.output_callback,
+                        **common,
+                    ),
+                ]
         except sd.PortAudioError as exc:
             self.close()
-            raise LiveError(f"cannot open {self.inp.label()} -> {self.out.label()} at "
-                            f"{self.sample_rate} Hz: {exc}") from None  # fmt: skip
+            raise LiveError(
+                f"cannot open {self.inp.label()} -> {self.out.label()} at "
+                f"{self.sample_rate} Hz: {exc}"
+            ) from None
 
     def start(self) -> None:
         """Start them: the input first (separate streams are aligned at the first output)."""
@@ -84,9 +111,11 @@ class AudioStreams:
         now = time.monotonic()
         self._restart_times = [t for t in self._restart_times if now - t < window_s] + [now]
         if len(self._restart_times) > limit:
-            raise LiveError(f"the audio stream failed {limit + 1} times within {window_s:.0f} s "
-                            "(ended or stalled): the device fails (PortAudio's messages above "
-                            "may say more)")  # fmt: skip
+            raise LiveError(
+                f"the audio stream failed {limit + 1} times within {window_s:.0f} s "
+                "(ended or stalled): the device fails (PortAudio's messages above "
+                "may say more)"
+            )
         self.stop()
         self.close()
         self.open()

@@ -48,8 +48,14 @@ class Bridge:
     result is copied to each); ``prefill_blocks`` / ``max_blocks``: output queue bounds.
     """
 
-    def __init__(self, block: int, sample_rate: int, channels: int = 1, prefill_blocks: int = 2,
-                 max_blocks: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        block: int,
+        sample_rate: int,
+        channels: int = 1,
+        prefill_blocks: int = 2,
+        max_blocks: int = 8,
+    ) -> None:
         self.block, self.sample_rate, self.channels = block, sample_rate, channels
         capacity = max(64 * block, sample_rate)
         self.inp, self.out = Ring(capacity), Ring(capacity)
@@ -129,9 +135,13 @@ def run_bridge(
 
     async def main() -> BridgeStats:
         nonlocal stats
-        client = await StreamClient.connect(url, sample_rate=sample_rate, channels=1,
-                                            block=block_samples(block, sample_rate),
-                                            **hello)
+        client = await StreamClient.connect(
+            url,
+            sample_rate=sample_rate,
+            channels=1,
+            block=block_samples(block, sample_rate),
+            **hello,
+        )
         stop = asyncio.Event()
         try:
             try:
@@ -141,11 +151,20 @@ def run_bridge(
             channels = max(1, min(2, int(out_info["max_output_channels"])))
             bridge = Bridge(client.block, sample_rate, channels)
             stats = bridge.stats
-            with _open_stream(sd, sample_rate, client.block, input_device, output_device,
-                              channels, bridge.callback):  # fmt: skip
-                announce(f"bridging as {client.ready['speaker']}: server latency "
-                         f"{client.ready['latency_ms']:.1f} ms + round trip + "
-                         f"{bridge.buffer_ms:.1f} ms buffer; Ctrl-C stops")  # fmt: skip
+            with _open_stream(
+                sd,
+                sample_rate,
+                client.block,
+                input_device,
+                output_device,
+                channels,
+                bridge.callback,
+            ):
+                announce(
+                    f"bridging as {client.ready['speaker']}: server latency "
+                    f"{client.ready['latency_ms']:.1f} ms + round trip + "
+                    f"{bridge.buffer_ms:.1f} ms buffer; Ctrl-C stops"
+                )
                 pump = asyncio.create_task(bridge.pump(client, stop))
                 t_end = None if seconds is None else time.monotonic() + seconds
                 while not pump.done() and (t_end is None or time.monotonic() < t_end):
@@ -163,12 +182,25 @@ def run_bridge(
         return stats
 
 
-def _open_stream(sd: Any, rate: int, block: int, inp: int | str | None, out: int | str | None,
-                 channels: int, callback: Callable[..., None]) -> Any:  # fmt: skip
+def _open_stream(
+    sd: Any,
+    rate: int,
+    block: int,
+    inp: int | str | None,
+    out: int | str | None,
+    channels: int,
+    callback: Callable[..., None],
+) -> Any:
     """A duplex ``sounddevice.Stream`` (mono in, ``channels`` out); :class:`DeviceError`."""
     try:
-        return sd.Stream(samplerate=rate, blocksize=block, device=(inp, out),
-                         channels=(1, channels), dtype="float32", latency="low",
-                         callback=callback)  # fmt: skip
+        return sd.Stream(
+            samplerate=rate,
+            blocksize=block,
+            device=(inp, out),
+            channels=(1, channels),
+            dtype="float32",
+            latency="low",
+            callback=callback,
+        )
     except (ValueError, sd.PortAudioError) as exc:
         raise DeviceError(f"cannot open devices {inp!r} -> {out!r} at {rate} Hz: {exc}") from None

@@ -93,11 +93,24 @@ class StreamClient:
         token: str | None = None,
     ) -> StreamClient:
         """Open a session; raises :class:`ServerError` if the server refuses it."""
-        ws = await connect(url, compression=None, max_size=4 * max_frame_bytes(),
-                           open_timeout=30.0, close_timeout=5.0)  # fmt: skip
-        hello = {"type": "hello", "version": PROTOCOL_VERSION, "sample_rate": sample_rate,
-                 "channels": channels, "format": fmt, "block": block, "speaker": speaker,
-                 "transpose": transpose, "token": token}  # fmt: skip
+        ws = await connect(
+            url,
+            compression=None,
+            max_size=4 * max_frame_bytes(),
+            open_timeout=30.0,
+            close_timeout=5.0,
+        )
+        hello = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "sample_rate": sample_rate,
+            "channels": channels,
+            "format": fmt,
+            "block": block,
+            "speaker": speaker,
+            "transpose": transpose,
+            "token": token,
+        }
         try:
             await ws.send(json.dumps(hello))
             reply = await _next_text(ws)
@@ -147,8 +160,7 @@ def _checked(obj: dict[str, Any]) -> dict[str, Any]:
 def _closed(exc: ConnectionClosed) -> ServerError:
     rcvd = exc.rcvd
     code = rcvd.code if rcvd is not None else None
-    return ServerError("closed", f"connection closed ({code}: {rcvd.reason if rcvd else ''})",
-                       code)  # fmt: skip
+    return ServerError("closed", f"connection closed ({code}: {rcvd.reason if rcvd else ''})", code)
 
 
 @dataclass
@@ -277,11 +289,19 @@ def stream_file(
     if audio.shape[0] == 0:
         raise AudioError(f"{source}: audio file has zero samples")
     check_finite(audio, str(source))
-    x = audio[:, 0] if audio.shape[1] == 1 else audio[:, :2] if audio.shape[1] == 2 else (
-        audio.mean(axis=1))  # fmt: skip
+    x = (
+        audio[:, 0]
+        if audio.shape[1] == 1
+        else audio[:, :2]
+        if audio.shape[1] == 2
+        else (audio.mean(axis=1))
+    )
     if stream_rate(rate) != rate:
         x, rate = resample(np.ascontiguousarray(x.T), rate, stream_rate(rate)).T, stream_rate(rate)
-    result = asyncio.run(stream_array(url, np.ascontiguousarray(x), int(rate),
-                                      block=block_samples(block, int(rate)), **kwargs))
+    result = asyncio.run(
+        stream_array(
+            url, np.ascontiguousarray(x), int(rate), block=block_samples(block, int(rate)), **kwargs
+        )
+    )
     save_wav(output, result.output.T, rate, subtype="FLOAT")
     return result

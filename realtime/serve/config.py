@@ -32,7 +32,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
-            raise ValueError(f"serving on {self.host} (not loopback) needs a token: pass "
-                             "--token SECRET (clients send it in their hello)")  # fmt: skip
+            raise ValueError(
+                f"serving on {self.host} (not loopback) needs a token: pass "
+                "--token SECRET (clients send it in their hello)"
+            )
         if self.max_streams < 1 or self.idle_timeout_s <= 0 or self.max_queue_ms <= 0:
             raise ValueError("max_streams, idle_timeout_s and max_queue_ms must be positive")

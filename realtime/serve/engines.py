@@ -53,12 +53,22 @@ class EngineFactory:
 
     def create(self, hello: Hello, block: int, speaker: Any) -> StreamingConverter:
         """An engine for a session (pushes of ``block`` samples)."""
-        kw = dict(speaker=speaker, transpose=hello.transpose, sample_rate=hello.sample_rate,
-                  channels=hello.channels, realtime=self.rt, chunk=block)  # fmt: skip
+        kw = dict(
+            speaker=speaker,
+            transpose=hello.transpose,
+            sample_rate=hello.sample_rate,
+            channels=hello.channels,
+            realtime=self.rt,
+            chunk=block,
+        )
         with self._lock:
             if self._step is None:
                 engine = StreamingConverter.from_models(self.model, self.vocoder, **kw)
                 self._step = engine.step_module
                 return engine
-        return StreamingConverter(self._step, embed=self.model.conditioner.speaker_embedding,
-                                  audio=self.model.cfg.audio, **kw)  # fmt: skip
+        return StreamingConverter(
+            self._step,
+            embed=self.model.conditioner.speaker_embedding,
+            audio=self.model.cfg.audio,
+            **kw,
+        )

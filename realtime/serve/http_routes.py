@@ -23,9 +23,11 @@ from comostream.realtime.serve.protocol import PROTOCOL_VERSION
 
 __all__ = ["STATIC", "WS_PATHS", "route_http"]
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
-          "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/worklet.js": ("worklet.js", "text/javascript; charset=utf-8")}  # fmt: skip
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/worklet.js": ("worklet.js", "text/javascript; charset=utf-8"),
+}
 WS_PATHS = ("/", "/ws")
 
 
@@ -42,13 +44,22 @@ def route_http(
         origin = request.headers.get("Origin")
         if path not in WS_PATHS:
             return conn.respond(HTTPStatus.NOT_FOUND, "WebSocket endpoint is /ws\n")
-        if origin is not None and origin not in config.allow_origins and (
-                urlsplit(origin).netloc != host):  # fmt: skip
+        if (
+            origin is not None
+            and origin not in config.allow_origins
+            and (urlsplit(origin).netloc != host)
+        ):
             return conn.respond(HTTPStatus.FORBIDDEN, f"Origin {origin!r} not allowed\n")
         return None
     if path == "/health":
-        body = json.dumps({"status": "ok", "version": PROTOCOL_VERSION, "streams": streams(),
-                           "max_streams": config.max_streams})  # fmt: skip
+        body = json.dumps(
+            {
+                "status": "ok",
+                "version": PROTOCOL_VERSION,
+                "streams": streams(),
+                "max_streams": config.max_streams,
+            }
+        )
         return _response(conn, body.encode(), "application/json")
     if path in STATIC:
         name, ctype = STATIC[path]
@@ -61,8 +72,11 @@ def _response(conn: ServerConnection, body: bytes, ctype: str) -> Response:
     """A 200 with ``body`` (bytes) of content type ``ctype``, never cached."""
     r = conn.respond(HTTPStatus.OK, "")
     r.body = body
-    for name, value in (("Content-Length", str(len(body))), ("Content-Type", ctype),
-                        ("Cache-Control", "no-store")):  # fmt: skip
+    for name, value in (
+        ("Content-Length", str(len(body))),
+        ("Content-Type", ctype),
+        ("Cache-Control", "no-store"),
+    ):
         if name in r.headers:  # Headers is a multidict: replace, don't add
             del r.headers[name]
         r.headers[name] = value

@@ -22,11 +22,31 @@ import numpy as np
 from comostream.realtime.geometry import INPUT_RATES
 
 __all__ = [
-    "CLOSE_NORMAL", "ERRORS", "FLAG_BYPASS", "FLAG_DROPPED", "FLAG_FLUSH", "FORMATS", "HEADER",
-    "MAGIC", "MAX_BLOCK", "MIN_BLOCK", "PROTOCOL_VERSION", "Frame", "Hello",
-    "ProtocolError", "SetMessage", "decode_pcm", "encode_pcm", "error_message", "max_frame_bytes",
-    "pack_frame", "parse_hello", "parse_set", "parse_text", "unpack_frame",
-]  # fmt: skip
+    "CLOSE_NORMAL",
+    "ERRORS",
+    "FLAG_BYPASS",
+    "FLAG_DROPPED",
+    "FLAG_FLUSH",
+    "FORMATS",
+    "HEADER",
+    "MAGIC",
+    "MAX_BLOCK",
+    "MIN_BLOCK",
+    "PROTOCOL_VERSION",
+    "Frame",
+    "Hello",
+    "ProtocolError",
+    "SetMessage",
+    "decode_pcm",
+    "encode_pcm",
+    "error_message",
+    "max_frame_bytes",
+    "pack_frame",
+    "parse_hello",
+    "parse_set",
+    "parse_text",
+    "unpack_frame",
+]
 
 PROTOCOL_VERSION = 1
 MAGIC = b"CMSP"
@@ -44,12 +64,17 @@ CLIENT_TYPES = ("hello", "set", "reset", "flush", "stats")
 
 # code -> (WebSocket close code, meaning). docs/protocol.md has the same table; a test checks it.
 ERRORS: dict[str, tuple[int, str]] = {
-    "bad_message": (4000, "a text frame that is not a JSON object of a known type with valid "
-                          "fields"),
+    "bad_message": (
+        4000,
+        "a text frame that is not a JSON object of a known type with valid fields",
+    ),
     "not_ready": (4001, "an audio or control frame before `hello`, or a second `hello`"),
     "bad_version": (4002, "a protocol version the server does not speak (hello or frame header)"),
-    "bad_frame": (4003, "a binary frame with a wrong magic, reserved bits set, a sample count "
-                        "other than the session's block, or a byte count that does not match"),
+    "bad_frame": (
+        4003,
+        "a binary frame with a wrong magic, reserved bits set, a sample count "
+        "other than the session's block, or a byte count that does not match",
+    ),
     "unknown_speaker": (4004, "a singer (or a singer of a mix) the model does not have"),
     "bad_params": (4005, "unsupported sample rate, channels, format, block or transposition"),
     "unauthorized": (4006, "the server needs a token and `hello` had none or a wrong one"),
@@ -59,7 +84,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "frame_too_large": (1009, "a frame above the session's max_frame_bytes"),
     "internal": (1011, "the server failed while converting (a bug: see the server log)"),
     "shutdown": (1001, "the server is shutting down (SIGTERM)"),
-}  # fmt: skip
+}
 
 
 class ProtocolError(Exception):
@@ -79,8 +104,9 @@ class ProtocolError(Exception):
 
 def error_message(code: str, message: str) -> str:
     """The JSON text frame that reports an error (sent before closing with its close code)."""
-    return json.dumps({"type": "error", "code": code, "close_code": ERRORS[code][0],
-                       "message": message})  # fmt: skip
+    return json.dumps(
+        {"type": "error", "code": code, "close_code": ERRORS[code][0], "message": message}
+    )
 
 
 def max_frame_bytes(block: int = MAX_BLOCK, channels: int = MAX_CHANNELS) -> int:
@@ -134,8 +160,9 @@ def pack_frame(
         payload, n = b"", int(count or 0)
     else:
         payload, n = encode_pcm(samples, fmt), int(np.asarray(samples).shape[0])
-    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, flags, 0, seq & 0xFFFFFFFF,
-                         timestamp_us & 0xFFFFFFFFFFFFFFFF, n)  # fmt: skip
+    header = HEADER.pack(
+        MAGIC, PROTOCOL_VERSION, flags, 0, seq & 0xFFFFFFFF, timestamp_us & 0xFFFFFFFFFFFFFFFF, n
+    )
     return header + payload
 
 
@@ -145,20 +172,26 @@ def unpack_frame(
     """Decode and check a binary frame. ``block``: the only sample count a client frame may
     carry; ``from_server``: accept the server's flags. Raises :class:`ProtocolError`."""
     if len(data) < HEADER.size:
-        raise ProtocolError("bad_frame", f"binary frame of {len(data)} bytes is shorter than the "
-                                         f"{HEADER.size}-byte header")  # fmt: skip
+        raise ProtocolError(
+            "bad_frame",
+            f"binary frame of {len(data)} bytes is shorter than the {HEADER.size}-byte header",
+        )
     magic, version, flags, reserved, seq, ts, count = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ProtocolError("bad_frame", f"wrong magic {magic!r} (expected {MAGIC!r})")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"frame version {version}; this server speaks "
-                                           f"{PROTOCOL_VERSION}")  # fmt: skip
+        raise ProtocolError(
+            "bad_version", f"frame version {version}; this server speaks {PROTOCOL_VERSION}"
+        )
     allowed = SERVER_FLAGS if from_server else 0
     if reserved or flags & ~allowed:
         raise ProtocolError("bad_frame", f"reserved header bits set (flags {flags:#x})")
     if block is not None and count != block:
-        raise ProtocolError("bad_frame", f"frame of {count} samples; this session's block is "
-                                         f"{block} (pad the last block with zeros)")  # fmt: skip
+        raise ProtocolError(
+            "bad_frame",
+            f"frame of {count} samples; this session's block is "
+            f"{block} (pad the last block with zeros)",
+        )
     payload = memoryview(data)[HEADER.size :]
     if flags & FLAG_DROPPED:
         if len(payload):
@@ -166,9 +199,12 @@ def unpack_frame(
         return Frame(seq, ts, flags, count, np.zeros((0, channels), np.float32))
     expected = count * channels * FORMATS[fmt].itemsize
     if len(payload) != expected:
-        raise ProtocolError("bad_frame", f"odd byte count: {len(payload)} bytes of PCM for "
-                                         f"{count} samples x {channels} channels of {fmt} "
-                                         f"({expected} expected)")  # fmt: skip
+        raise ProtocolError(
+            "bad_frame",
+            f"odd byte count: {len(payload)} bytes of PCM for "
+            f"{count} samples x {channels} channels of {fmt} "
+            f"({expected} expected)",
+        )
     return Frame(seq, ts, flags, count, decode_pcm(payload, fmt, channels))
 
 
@@ -209,16 +245,20 @@ def parse_text(text: str | bytes) -> dict[str, Any]:
         raise ProtocolError("bad_message", "text frame must be a JSON object")
     kind = obj.get("type")
     if kind not in CLIENT_TYPES:
-        raise ProtocolError("bad_message", f"unknown message type {kind!r}; expected one of "
-                                           f"{', '.join(CLIENT_TYPES)}")  # fmt: skip
+        raise ProtocolError(
+            "bad_message",
+            f"unknown message type {kind!r}; expected one of {', '.join(CLIENT_TYPES)}",
+        )
     return obj
 
 
 def _speaker(value: Any) -> str | dict[str, float] | None:
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, Mapping) and value and all(
-        isinstance(k, str) and _is_number(w) and w >= 0 for k, w in value.items()
+    if (
+        isinstance(value, Mapping)
+        and value
+        and all(isinstance(k, str) and _is_number(w) and w >= 0 for k, w in value.items())
     ):
         if sum(float(w) for w in value.values()) <= 0:
             raise ProtocolError("bad_params", "a singer mix needs a positive total weight")
@@ -234,8 +274,9 @@ def _transpose(value: Any) -> float:
     if not _is_number(value):
         raise ProtocolError("bad_message", f"transpose must be a number, got {value!r}")
     if abs(value) > 48:
-        raise ProtocolError("bad_params", f"transposition must be within +-48 semitones, "
-                                          f"got {value}")  # fmt: skip
+        raise ProtocolError(
+            "bad_params", f"transposition must be within +-48 semitones, got {value}"
+        )
     return float(value)
 
 
@@ -256,28 +297,38 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
     """Validate a ``hello`` object (see ``docs/protocol.md``); raises :class:`ProtocolError`."""
     version = _int_field(obj, "version")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError("bad_version", f"protocol version {version}; this server speaks "
-                                           f"{PROTOCOL_VERSION}")  # fmt: skip
+        raise ProtocolError(
+            "bad_version", f"protocol version {version}; this server speaks {PROTOCOL_VERSION}"
+        )
     rate = _int_field(obj, "sample_rate")
     if rate not in INPUT_RATES:
-        raise ProtocolError("bad_params", f"sample rate {rate} Hz; supported: "
-                                          f"{', '.join(map(str, INPUT_RATES))}")
+        raise ProtocolError(
+            "bad_params", f"sample rate {rate} Hz; supported: {', '.join(map(str, INPUT_RATES))}"
+        )
     channels = _int_field(obj, "channels", 1)
     if channels not in (1, 2):
         raise ProtocolError("bad_params", f"channels must be 1 or 2, got {channels}")
     fmt = obj.get("format", "f32le")
     if fmt not in FORMATS:
-        raise ProtocolError("bad_params", f"sample format {fmt!r}; supported: "
-                                          f"{', '.join(FORMATS)}")  # fmt: skip
+        raise ProtocolError("bad_params", f"sample format {fmt!r}; supported: {', '.join(FORMATS)}")
     block = _int_field(obj, "block", None)
     if block is not None and not MIN_BLOCK <= block <= MAX_BLOCK:
-        raise ProtocolError("bad_params", f"block of {block} samples; supported "
-                                          f"{MIN_BLOCK}-{MAX_BLOCK}")  # fmt: skip
+        raise ProtocolError(
+            "bad_params", f"block of {block} samples; supported {MIN_BLOCK}-{MAX_BLOCK}"
+        )
     token = obj.get("token")
     if token is not None and not isinstance(token, str):
         raise ProtocolError("bad_message", "token must be a string")
-    return Hello(version, rate, channels, fmt, block, _speaker(obj.get("speaker")),
-                 _transpose(obj.get("transpose", 0.0)), token)  # fmt: skip
+    return Hello(
+        version,
+        rate,
+        channels,
+        fmt,
+        block,
+        _speaker(obj.get("speaker")),
+        _transpose(obj.get("transpose", 0.0)),
+        token,
+    )
 
 
 def parse_set(obj: Mapping[str, Any]) -> SetMessage:

@@ -50,10 +50,18 @@ class StreamServer:
         bound port)."""
         await asyncio.get_running_loop().run_in_executor(None, self.factory.warm_up)
         self._server = await serve(
-            self._handle, self.config.host, self.config.port, process_request=self._http,
-            compression=None, max_size=4 * max_frame_bytes(), max_queue=16, write_limit=2**16,
-            close_timeout=2.0, ping_interval=20.0, ping_timeout=20.0,
-        )  # fmt: skip
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._http,
+            compression=None,
+            max_size=4 * max_frame_bytes(),
+            max_queue=16,
+            write_limit=2**16,
+            close_timeout=2.0,
+            ping_interval=20.0,
+            ping_timeout=20.0,
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
 
     @property
@@ -63,8 +71,12 @@ class StreamServer:
 
     async def shutdown(self) -> None:
         """Close every session with ``shutdown`` (1001), then stop listening."""
-        await asyncio.gather(*(s.fail(ProtocolError("shutdown", "server shutting down"))
-                               for s in list(self.sessions.values())))  # fmt: skip
+        await asyncio.gather(
+            *(
+                s.fail(ProtocolError("shutdown", "server shutting down"))
+                for s in list(self.sessions.values())
+            )
+        )
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -76,8 +88,11 @@ class StreamServer:
     async def _handle(self, ws: ServerConnection) -> None:
         session = Session(self.factory, self.config, ws, secrets.token_hex(4))
         if self.active_streams() >= self.config.max_streams:
-            await session.fail(ProtocolError("server_full", f"this server serves at most "
-                                             f"{self.config.max_streams} streams"))  # fmt: skip
+            await session.fail(
+                ProtocolError(
+                    "server_full", f"this server serves at most {self.config.max_streams} streams"
+                )
+            )
             session.executor.shutdown(wait=False)
             return
         self.sessions[session.id] = session
@@ -153,8 +168,10 @@ def run_server(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         http = server.url.replace("ws://", "http://").removesuffix("/ws")
-        announce(f"serving on {server.url} (browser page {http}/, health {http}/health); "
-                 f"singers: {', '.join(factory.speakers)}")  # fmt: skip
+        announce(
+            f"serving on {server.url} (browser page {http}/, health {http}/health); "
+            f"singers: {', '.join(factory.speakers)}"
+        )
         await stop.wait()
         announce(f"shutting down: closing {len(server.sessions)} session(s)")
         await server.shutdown()

@@ -46,7 +46,7 @@ from comostream.realtime.serve.protocol import (
     parse_set,
     parse_text,
     unpack_frame,
-)  # fmt: skip
+)
 
 __all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
 
@@ -104,8 +104,10 @@ class DropQueue:
 
     def put_message(self, item: Any) -> None:
         if self.messages >= self.max_messages:
-            raise ProtocolError("overloaded", f"more than {self.max_messages} control frames "
-                                              "queued; wait for the replies")  # fmt: skip
+            raise ProtocolError(
+                "overloaded",
+                f"more than {self.max_messages} control frames queued; wait for the replies",
+            )
         self._items.append(item)
         self.messages += 1
         self._wake()
@@ -190,10 +192,16 @@ class Session:
             self.executor.shutdown(wait=False, cancel_futures=True)
             if self.engine is not None:
                 s = self.stats()
-                log.info("session %s ended: %d blocks in, %d out, dropped %d in / %d out, "
-                         "compute p50 %.1f ms", self.id, s["blocks_in"], s["blocks_out"],
-                         s["dropped_in_blocks"], s["dropped_out_blocks"],
-                         s["compute_ms_p50"])  # fmt: skip
+                log.info(
+                    "session %s ended: %d blocks in, %d out, dropped %d in / %d out, "
+                    "compute p50 %.1f ms",
+                    self.id,
+                    s["blocks_in"],
+                    s["blocks_out"],
+                    s["dropped_in_blocks"],
+                    s["dropped_out_blocks"],
+                    s["compute_ms_p50"],
+                )
 
     async def fail(self, exc: ProtocolError) -> None:
         """Send the error text frame, then close with its code (once)."""
@@ -212,11 +220,13 @@ class Session:
             async with asyncio.timeout(self.cfg.idle_timeout_s):
                 msg = await self.ws.recv()
         except TimeoutError:
-            raise ProtocolError("idle_timeout",
-                                f"no frame for {self.cfg.idle_timeout_s:g} s") from None
+            raise ProtocolError(
+                "idle_timeout", f"no frame for {self.cfg.idle_timeout_s:g} s"
+            ) from None
         if len(msg) > max_frame_bytes():
-            raise ProtocolError("frame_too_large", f"frame of {len(msg)} bytes; the limit is "
-                                                   f"{max_frame_bytes()}")  # fmt: skip
+            raise ProtocolError(
+                "frame_too_large", f"frame of {len(msg)} bytes; the limit is {max_frame_bytes()}"
+            )
         return msg
 
     async def _open(self) -> None:
@@ -235,8 +245,9 @@ class Session:
         block = hello.block or factory.natural_block(hello.sample_rate)
         loop = asyncio.get_running_loop()
         try:
-            self.engine = await loop.run_in_executor(self.executor, factory.create, hello, block,
-                                                     speaker)  # fmt: skip
+            self.engine = await loop.run_in_executor(
+                self.executor, factory.create, hello, block, speaker
+            )
         except ValueError as exc:
             raise ProtocolError("bad_params", str(exc)) from None
         self.hello, self.block = hello, block
@@ -244,23 +255,41 @@ class Session:
         budget = max(2 * block, round(self.cfg.max_queue_ms * hello.sample_rate / 1000))
         self.inq, self.outq = DropQueue(budget), DropQueue(budget)
         await self.ws.send(json.dumps(self.ready_message()))
-        log.info("session %s: %d Hz x %d, %s, block %d, singer %s", self.id, hello.sample_rate,
-                 hello.channels, hello.format, block, speaker)  # fmt: skip
+        log.info(
+            "session %s: %d Hz x %d, %s, block %d, singer %s",
+            self.id,
+            hello.sample_rate,
+            hello.channels,
+            hello.format,
+            block,
+            speaker,
+        )
 
     def ready_message(self) -> dict[str, Any]:
         assert self.hello is not None and self.engine is not None
         h, e = self.hello, self.engine
         return {
-            "type": "ready", "version": PROTOCOL_VERSION, "session": self.id,
-            "sample_rate": h.sample_rate, "channels": h.channels, "format": h.format,
-            "block": self.block, "delay_samples": e.delay_samples, "latency_ms": e.latency_ms,
-            "model_rate": self.factory.geometry.sample_rate, "speakers": self.factory.speakers,
-            "speaker": e.speaker, "transpose": e.transpose,
-            "limits": {"max_block": MAX_BLOCK, "max_frame_bytes": max_frame_bytes(),
-                       "max_queue_ms": self.cfg.max_queue_ms,
-                       "idle_timeout_s": self.cfg.idle_timeout_s,
-                       "max_streams": self.cfg.max_streams},
-        }  # fmt: skip
+            "type": "ready",
+            "version": PROTOCOL_VERSION,
+            "session": self.id,
+            "sample_rate": h.sample_rate,
+            "channels": h.channels,
+            "format": h.format,
+            "block": self.block,
+            "delay_samples": e.delay_samples,
+            "latency_ms": e.latency_ms,
+            "model_rate": self.factory.geometry.sample_rate,
+            "speakers": self.factory.speakers,
+            "speaker": e.speaker,
+            "transpose": e.transpose,
+            "limits": {
+                "max_block": MAX_BLOCK,
+                "max_frame_bytes": max_frame_bytes(),
+                "max_queue_ms": self.cfg.max_queue_ms,
+                "idle_timeout_s": self.cfg.idle_timeout_s,
+                "max_streams": self.cfg.max_streams,
+            },
+        }
 
     # -- the three tasks -------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -310,8 +339,9 @@ class Session:
         while True:
             item = await self.outq.get()
             if isinstance(item, Gap):
-                item = pack_frame(item.seq, item.ts, None, self.hello.format, FLAG_DROPPED,
-                                  count=item.count)  # fmt: skip
+                item = pack_frame(
+                    item.seq, item.ts, None, self.hello.format, FLAG_DROPPED, count=item.count
+                )
             elif isinstance(item, Block):
                 item = item.payload
             await self.ws.send(item)
@@ -348,10 +378,17 @@ class Session:
             wet = self.engine.flush()
             dry = self.dry.flush(wet.shape[0])
             flags = FLAG_FLUSH | (FLAG_BYPASS if self.bypass else 0)
-            return pack_frame(self.last_seq, self.last_ts, dry if self.bypass else wet,
-                              self.hello.format, flags)  # fmt: skip
-        return json.dumps({"type": "state", "speaker": self.engine.speaker,
-                           "transpose": self.engine.transpose, "bypass": self.bypass})
+            return pack_frame(
+                self.last_seq, self.last_ts, dry if self.bypass else wet, self.hello.format, flags
+            )
+        return json.dumps(
+            {
+                "type": "state",
+                "speaker": self.engine.speaker,
+                "transpose": self.engine.transpose,
+                "bypass": self.bypass,
+            }
+        )
 
     def stats(self, blocks: bool = False) -> dict[str, Any]:
         """The ``stats`` reply: latency, compute, real-time factor, drops and queue depths;
@@ -361,9 +398,13 @@ class Session:
         times = np.asarray([t for _, t in timings] or [0.0]) * 1000.0
         audio_s = self.blocks_out * self.block / self.hello.sample_rate
         out = {
-            "type": "stats", "session": self.id, "latency_ms": self.engine.latency_ms,
-            "delay_samples": self.engine.delay_samples, "block": self.block,
-            "blocks_in": self.blocks_in, "blocks_out": self.blocks_out,
+            "type": "stats",
+            "session": self.id,
+            "latency_ms": self.engine.latency_ms,
+            "delay_samples": self.engine.delay_samples,
+            "block": self.block,
+            "blocks_in": self.blocks_in,
+            "blocks_out": self.blocks_out,
             "compute_ms_p50": float(np.percentile(times, 50)),
             "compute_ms_p99": float(np.percentile(times, 99)),
             "rtf": self.compute_s / audio_s if audio_s else 0.0,
@@ -371,13 +412,15 @@ class Session:
             "dropped_in_samples": self.inq.dropped_samples,
             "dropped_out_blocks": self.outq.dropped_blocks,
             "dropped_out_samples": self.outq.dropped_samples,
-            "queue_in": len(self.inq), "queue_out": len(self.outq),
+            "queue_in": len(self.inq),
+            "queue_out": len(self.outq),
             "queue_in_high_water": self.inq.high_water,
             "queue_out_high_water": self.outq.high_water,
             "bad_samples": self.engine.stats.bad_samples,
-            "speaker": self.engine.speaker, "transpose": self.engine.transpose,
+            "speaker": self.engine.speaker,
+            "transpose": self.engine.transpose,
             "bypass": self.bypass,
-        }  # fmt: skip
+        }
         if blocks:
             out["compute_ms_by_seq"] = [[seq, round(1000.0 * t, 4)] for seq, t in timings]
         return out

@@ -6,7 +6,7 @@ and block by block) and its networks (:mod:`.acoustic`, :mod:`.content`, :mod:`.
 (:mod:`.mel`, :mod:`.loudness`, :mod:`.frames`, F0 in :mod:`.f0`, :mod:`.f0_yin`,
 :mod:`.f0_track`, :mod:`.f0_post`); the streaming building blocks (:mod:`.streaming`,
 :mod:`.noise`); users' own encoders and vocoders (:mod:`.ext_content`, :mod:`.ext_vocoder`);
-configuration (:mod:`.config`), checkpoint reading (:mod:`.checkpoint_io`), audio files
-(:mod:`.audio`), voice prints (:mod:`.voiceprint`) and the shipped model and data
-(:mod:`.shipped`).
+configuration (:mod:`.config`), singer-mix weights (:mod:`.mix`), checkpoint reading
+(:mod:`.checkpoint_io`), audio files (:mod:`.audio`), voice prints (:mod:`.voiceprint`) and the
+shipped model and data (:mod:`.shipped`).
 """

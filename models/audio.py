@@ -1,22 +1,46 @@
 """Audio file I/O (soundfile) and offline high-quality resampling (torchaudio, Kaiser sinc).
 
 All audio is float32 in [-1, 1]; mono arrays are ``(samples,)``, multichannel ``(channels,
-samples)``. Every read checks for a missing/unreadable file, zero samples and NaN/Inf, raising
-:class:`AudioError` with the file name.
+samples)``. Every read checks for a missing/unreadable file, a sample rate outside
+:data:`~comostream.models.limits.FILE_RATE_MIN`-:data:`~comostream.models.limits.FILE_RATE_MAX`
+(before any sample is read), zero samples and NaN/Inf, raising :class:`AudioError` with the file
+name. Long files go through in pieces with bounded memory: :func:`open_audio` /
+:func:`read_blocks` read them, :class:`ChunkedResampler` resamples them (the same samples as
+:func:`resample` of the whole), :class:`WavWriter` writes them atomically.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from torchaudio.functional.functional import _get_sinc_resample_kernel
 
-__all__ = ["AudioError", "check_finite", "read_audio", "load_audio", "resample", "save_wav"]
+from comostream.models.limits import check_file_rate
+
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "ChunkedResampler",
+    "WavWriter",
+    "check_finite",
+    "open_audio",
+    "read_audio",
+    "read_blocks",
+    "load_audio",
+    "resample",
+    "save_wav",
+]
 
 # librosa "kaiser_best"-equivalent sinc interpolation: ~ -100 dB stopband, 95% passband.
 _LOWPASS_WIDTH = 64
@@ -44,13 +68,10 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     Returns ``(audio (samples,) float32 mono = mean of channels, sample_rate Hz)``.
     """
     p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: file not found")
-    if not p.is_file():
-        raise AudioError(f"{p}: not a regular file")
+    open_audio(p)  # exists, readable, a sane rate: before any sample is read
     try:
         data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, MemoryError) as exc:
         raise AudioError(f"{p}: unreadable or corrupt audio file ({exc})") from None
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"{p}: audio file has zero samples")
@@ -119,9 +140,255 @@ def save_wav(
             sf.write(fh, frames, int(sample_rate), subtype=subtype, format="WAV")
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, p)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+    except (
+        sf.LibsndfileError,
+        RuntimeError,
+        TypeError,
+        ValueError,
+        OSError,
+        AssertionError,
+    ) as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise AudioError(f"{p}: could not write audio ({exc})") from None
+        raise AudioError(f"{p}: could not write audio ({_why(exc)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------- long files in pieces
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What :func:`open_audio` found: ``frames`` readable (per channel), ``sample_rate`` Hz,
+    ``channels``, and ``missing_frames`` that a WAV header promises beyond the file's end
+    (a truncated file: libsndfile reads what is there)."""
+
+    path: Path
+    sample_rate: int
+    frames: int
+    channels: int
+    missing_frames: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def missing_seconds(self) -> float:
+        return self.missing_frames / self.sample_rate
+
+
+def open_audio(path: str | os.PathLike[str]) -> AudioInfo:
+    """Check ``path`` without reading its samples: readable, a sane rate
+    (:func:`~comostream.models.limits.check_file_rate`), at least one sample. Raises
+    :class:`AudioError` naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: file not found")
+    if not p.is_file():
+        raise AudioError(f"{p}: not a regular file")
+    try:
+        with sf.SoundFile(str(p)) as f:
+            rate, frames, channels = int(f.samplerate), int(f.frames), int(f.channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{p}: unreadable or corrupt audio file ({exc})") from None
+    try:
+        check_file_rate(rate, str(p))
+    except ValueError as exc:
+        raise AudioError(str(exc)) from None
+    if frames <= 0 or channels <= 0:
+        raise AudioError(f"{p}: audio file has zero samples")
+    return AudioInfo(p, rate, frames, channels, _wav_missing_frames(p, frames))
+
+
+def _wav_missing_frames(p: Path, frames: int) -> int:
+    """Frames a RIFF/WAVE header's ``data`` chunk promises beyond ``frames`` (0 when none, or
+    not a WAV, or a streaming writer's placeholder size)."""
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return 0
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        cid, length = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = struct.unpack("<H", head[pos + 20 : pos + 22])[0]
+        if cid == b"data":
+            if block_align <= 0 or length in (0, 0xFFFFFFFF):
+                return 0
+            promised = length // block_align
+            held = (size - pos - 8) // block_align
+            return max(0, min(promised - held, promised - frames))
+        pos += 8 + length + (length & 1)
+    return 0
+
+
+def read_blocks(info: AudioInfo, frames: int = 65536) -> Iterator[np.ndarray]:
+    """The mono mix (float32, the mean of the channels as :func:`read_audio` takes it) of the
+    file of ``info`` in blocks of ``frames`` samples (the last shorter); AudioError on NaN/Inf."""
+    p = info.path
+    done = 0
+    try:
+        with sf.SoundFile(str(p)) as f:
+            while True:
+                data = f.read(frames, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                check_finite(data, f"{p} (from sample {done})")
+                done += data.shape[0]
+                mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{p}: unreadable or corrupt audio file ({exc})") from None
+
+
+class ChunkedResampler:
+    """:func:`resample` of a mono signal given in pieces: the same samples (to float rounding) as
+    resampling the whole, with memory bounded by the piece. ``push`` returns what is complete;
+    ``flush`` the rest, ``ceil(total * sr_out / sr_in)`` samples in all."""
+
+    def __init__(self, sr_in: int, sr_out: int) -> None:
+        if sr_in <= 0 or sr_out <= 0:
+            raise ValueError(f"sample rates must be positive, got {sr_in} -> {sr_out}")
+        self.sr_in, self.sr_out = int(sr_in), int(sr_out)
+        self.gcd = math.gcd(self.sr_in, self.sr_out)
+        self.up, self.down = self.sr_out // self.gcd, self.sr_in // self.gcd
+        self.kernel, self.width = _get_sinc_resample_kernel(
+            self.sr_in,
+            self.sr_out,
+            self.gcd,
+            lowpass_filter_width=_LOWPASS_WIDTH,
+            rolloff=_ROLLOFF,
+            resampling_method="sinc_interp_kaiser",
+            beta=_BETA,
+            dtype=torch.float32,
+        )
+        self._buf = np.zeros(self.width, np.float32)  # the whole signal's left padding
+        self._seen = 0  # input samples pushed
+        self._given = 0  # output samples returned
+
+    def _groups(self) -> np.ndarray:
+        """Run every complete stride of the buffer (``down`` inputs -> ``up`` outputs)."""
+        span = 2 * self.width + self.down  # the kernel's length
+        groups = (self._buf.shape[0] - span) // self.down + 1
+        if groups <= 0:
+            return np.zeros(0, np.float32)
+        used = (groups - 1) * self.down + span
+        x = torch.from_numpy(np.ascontiguousarray(self._buf[:used]))[None, None]
+        with torch.no_grad():
+            y = torch.nn.functional.conv1d(x, self.kernel, stride=self.down)
+        self._buf = self._buf[groups * self.down :].copy()
+        return y[0].T.reshape(-1).numpy().astype(np.float32, copy=False)
+
+    def push(self, x: np.ndarray) -> np.ndarray:
+        """Feed ``(n,)`` samples at ``sr_in``; the output samples now complete."""
+        if self.sr_in == self.sr_out:
+            self._seen += x.shape[0]
+            return np.array(x, dtype=np.float32)
+        self._seen += x.shape[0]
+        self._buf = np.concatenate([self._buf, np.asarray(x, np.float32)])
+        y = self._groups()
+        self._given += y.shape[0]
+        return y
+
+    def flush(self) -> np.ndarray:
+        """The rest of the output (the whole signal's right padding run through)."""
+        if self.sr_in == self.sr_out:
+            return np.zeros(0, np.float32)
+        self._buf = np.concatenate([self._buf, np.zeros(self.width + self.down, np.float32)])
+        y = self._groups()
+        total = int(torch.ceil(torch.as_tensor(self.up * self._seen / self.down)))
+        y = y[: max(0, total - self._given)]
+        self._given += y.shape[0]
+        return y
+
+
+class WavWriter:
+    """An atomic WAV writer fed in pieces (a context manager): samples go to a temp file beside
+    ``path``, which replaces ``path`` only when the block exits without an error; on any error
+    (a full disk included) the temp file is removed, ``path`` is left as it was and the error
+    is :class:`AudioError`. PCM subtypes are clipped to [-1, 1]; NaN/Inf are an error."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        channels: int = 1,
+        subtype: str = "PCM_16",
+    ) -> None:
+        self.path = Path(path)
+        self.sample_rate, self.channels, self.subtype = int(sample_rate), channels, subtype.upper()
+        self.frames = 0
+        self._tmp: Path | None = None
+        self._file: sf.SoundFile | None = None
+
+    def __enter__(self) -> WavWriter:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+            )
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self._file = sf.SoundFile(
+                tmp, "w", self.sample_rate, self.channels, self.subtype, format="WAV"
+            )
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
+            self._discard()
+            raise AudioError(f"{self.path}: could not write audio ({exc})") from None
+        return self
+
+    def write(self, audio: np.ndarray) -> None:
+        """Append ``(samples,)`` (or ``(samples, channels)``) float samples."""
+        assert self._file is not None, "use WavWriter as a context manager"
+        x = np.asarray(audio, dtype=np.float32)
+        check_finite(x, str(self.path))
+        if self.subtype not in _FLOAT_SUBTYPES:
+            x = np.clip(x, -1.0, 1.0)
+        try:
+            self._file.write(x)
+        except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as exc:
+            raise AudioError(f"{self.path}: could not write audio ({_why(exc)})") from None
+        self.frames += x.shape[0]
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if kind is not None:
+            self._discard()
+            return
+        assert self._file is not None and self._tmp is not None
+        try:
+            self._file.close()
+            self._file = None
+            os.chmod(self._tmp, 0o644)  # mkstemp creates 0600
+            os.replace(self._tmp, self.path)
+        except (sf.LibsndfileError, RuntimeError, AssertionError, OSError) as err:
+            self._discard()
+            raise AudioError(f"{self.path}: could not write audio ({_why(err)})") from None
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (sf.LibsndfileError, RuntimeError, AssertionError, OSError):
+                pass
+            self._file = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def _why(exc: BaseException) -> str:
+    """A failed write's reason (soundfile asserts on a short write: a full disk)."""
+    if isinstance(exc, AssertionError):
+        return "short write: is the disk full?"
+    return str(exc) or type(exc).__name__

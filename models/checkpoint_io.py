@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FORMAT_VERSION", "CheckpointError", "load_checkpoint", "load_state_strict"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "check_finite_state",
+    "load_checkpoint",
+    "load_state_strict",
+]
 
 FORMAT_VERSION = 1
 _MAX_LISTED = 8  # keys listed per category in a mismatch message
@@ -123,4 +129,21 @@ def load_state_strict(module: nn.Module, state: Mapping[str, Any], what: str) ->
         raise CheckpointError(
             f"{what}: state does not match {type(module).__name__}: " + "; ".join(problems)
         )
+    check_finite_state(state, what)
     module.load_state_dict(state, strict=True)
+
+
+def check_finite_state(state: Mapping[str, Any], what: str) -> None:
+    """Raise :class:`CheckpointError` naming ``what`` and the keys if any floating-point tensor
+    of ``state`` holds NaN or Inf (a damaged file or a diverged training run: the checkpoint is
+    at fault, not the audio it would convert)."""
+    bad = [
+        f"{key} ({int((~torch.isfinite(v)).sum())} of {v.numel()})"
+        for key, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{what}: the checkpoint's weights hold NaN or Inf values in [{_listed(bad)}]: the "
+            "file is damaged or its training diverged; use another checkpoint"
+        )

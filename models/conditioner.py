@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from comostream.models.config import ModelConfig
+from comostream.models.mix import BadMixError, check_mix
 from comostream.models.streaming import (
     CausalConv1d,
     FrameLinear,
@@ -32,10 +33,12 @@ from comostream.models.streaming import (
 )
 
 __all__ = [
+    "BadMixError",
     "Conditioner",
     "SpeakerSpec",
     "SpeakerTable",
     "UnknownSpeakerError",
+    "check_mix",
     "f0_inputs",
     "resolve_speaker",
 ]
@@ -99,16 +102,14 @@ class SpeakerTable(nn.Module):
             raise UnknownSpeakerError(name, self._names) from None
 
     def weights(self, spec: SpeakerSpec) -> Tensor:
-        """Mixing weights ``(n_speakers,)``: one-hot for a name, normalised to sum 1 for a mix."""
-        w = torch.zeros(len(self._names), device=self.embedding.weight.device)
-        items = {spec: 1.0} if isinstance(spec, str) else spec
+        """Mixing weights ``(n_speakers,)``: one-hot for a name, normalised to sum 1 for a mix
+        (checked by :func:`~comostream.models.mix.check_mix`: a :class:`BadMixError`, a
+        ValueError, for non-finite, negative or huge weights or a zero sum)."""
+        w = torch.zeros(len(self._names), dtype=torch.float64)
+        items = {spec: 1.0} if isinstance(spec, str) else check_mix(spec)
         for name, weight in items.items():
-            if weight < 0:
-                raise ValueError(f"speaker weight for {name!r} must be >= 0, got {weight}")
-            w[self.index(name)] += float(weight)
-        if float(w.sum()) <= 0:
-            raise ValueError("speaker mix weights must have a positive sum")
-        return w / w.sum()
+            w[self.index(name)] += weight
+        return (w / w.sum()).to(torch.float32).to(self.embedding.weight.device)
 
     def embed(self, specs: SpeakerSpec | Sequence[SpeakerSpec]) -> Tensor:
         """Embeddings ``(B, dim)`` of one spec (B = 1) or a list of specs."""

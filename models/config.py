@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from comostream.models.limits import check_block_frames
+
 __all__ = [
     "AudioConfig",
     "F0Config",
@@ -33,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_F0_HZ",
+    "F0_BACKENDS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -40,6 +43,7 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("comostream.configs") / "default.toml"))
 DEFAULT_F0_HZ = 200.0  # Hz: conditioning F0 where no voiced frame gives one (hold, interpolation)
+F0_BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio", "yin")
 
 
 class ConfigError(ValueError):
@@ -81,7 +85,7 @@ class AudioConfig:
 class F0Config:
     """F0 extraction and post-processing."""
 
-    backend: str = "yin"  # one of comostream.models.f0.BACKENDS; chosen by `comostream bench f0`
+    backend: str = "yin"  # one of F0_BACKENDS; chosen by `comostream bench f0`
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -93,6 +97,10 @@ class F0Config:
     yin_voicing: float = 0.4  # yin: voiced when the chosen CMNDF dip (aperiodicity) is below
 
     def __post_init__(self) -> None:
+        if self.backend not in F0_BACKENDS:
+            raise ConfigError(
+                f"f0: unknown backend {self.backend!r}; valid backends: {', '.join(F0_BACKENDS)}"
+            )
         if not 0.0 < self.fmin < self.fmax:
             raise ConfigError("f0: need 0 < fmin < fmax")
         if self.median_frames < 1 or self.median_frames % 2 == 0:
@@ -201,6 +209,8 @@ class TrainConfig:
     log_every: int = 50  # steps between stats.jsonl / TensorBoard rows
     valid_every: int = 1000  # steps between validations
     ckpt_every: int = 1000  # steps between checkpoints
+    # newest ckpt_STEP.pt files kept in the run folder (plus last.pt and best.pt); 0 = keep all
+    keep_checkpoints: int = 3
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     num_workers: int = 0  # DataLoader workers
 
@@ -211,6 +221,8 @@ class TrainConfig:
             raise ConfigError("train: lr must be positive")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.num_workers < 0:
             raise ConfigError("train: warmup_steps, grad_clip and num_workers must be >= 0")
+        if self.keep_checkpoints < 0:
+            raise ConfigError("train: keep_checkpoints must be >= 0 (0 = keep every checkpoint)")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError("train: lr_schedule must be 'constant' or 'cosine'")
         for name in ("log_every", "valid_every", "ckpt_every"):
@@ -338,8 +350,12 @@ class RealtimeConfig:
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
 
     def __post_init__(self) -> None:
-        if self.block_frames < 1 or self.ramp_frames < 1:
-            raise ConfigError("realtime: block_frames and ramp_frames must be >= 1")
+        try:
+            check_block_frames(self.block_frames)
+        except ValueError as exc:
+            raise ConfigError(f"realtime: block_frames: {exc}") from None
+        if self.ramp_frames < 1:
+            raise ConfigError("realtime: ramp_frames must be >= 1")
         if self.window_lookahead_frames < 0:
             raise ConfigError("realtime: window_lookahead_frames must be >= 0")
         if min(self.max_backlog_ms, self.window_context_ms, self.sola_search_ms) < 0:
@@ -519,6 +535,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a TOML config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 

@@ -26,13 +26,13 @@ import torch
 import torchaudio.functional as AF
 
 from comostream.models.audio import resample
-from comostream.models.config import F0Config
+from comostream.models.config import F0_BACKENDS, F0Config
 from comostream.models.f0_track import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
 from comostream.models.f0_yin import yin_f0
 
 __all__ = ["BACKENDS", "extract_f0"]
 
-BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio", "yin")
+BACKENDS: tuple[str, ...] = F0_BACKENDS
 
 _CREPE_SR = 16000  # Hz
 _CREPE_WINDOW = 1024  # samples at 16 kHz

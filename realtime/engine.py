@@ -24,8 +24,11 @@ chunk is a block at the model rate), and the chunk's own buffering is counted in
 instead; the algorithmic latency is then one block + ``p`` + lookaheads. The resamplers add
 their own integer delays; at rates such as 44.1 kHz a few samples of silence more make the total
 a whole number of output samples, so outputs of any block size line up exactly. ``flush``
-returns the last ``D`` samples; offline (``offline=True``) runs every frame in one model step at
-``flush`` and returns the same samples (equal to float rounding).
+returns the last ``D`` samples. Offline (``offline=True``) runs the frames in model steps of
+:data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` as they come (and the rest at ``flush``):
+the same samples (equal to float rounding: the chain is causal, so consecutive steps on one state
+compute what one step over all frames does) with memory bounded whatever the length; its
+``push`` returns what is ready so far (possibly nothing), and ``flush`` the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from comostream.models.acoustic import AcousticModel
 from comostream.models.chain import ConversionChain
 from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
+from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
 from comostream.realtime.frontend import (
     FrameFeatures,
     FrontEnd,
@@ -53,7 +57,19 @@ from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.resample import StreamingResampler
 from comostream.realtime.traced import TracedStep
 
-__all__ = ["SampleFifo", "StreamingConverter", "convert_array"]
+__all__ = [
+    "SAMPLE_LIMIT",
+    "SampleFifo",
+    "StreamingConverter",
+    "convert_array",
+    "sanitize_samples",
+]
+
+# Input samples are clipped to +-SAMPLE_LIMIT (80 dB above full scale: nothing real is cut) and
+# NaN/inf become 0, all counted in ``EngineStats.bad_samples``: finite extremes such as 3e38
+# would overflow the resamplers. Model output is held to the same range, non-finite -> 0
+# (``bad_output_samples``), so a stream never fails on its values.
+SAMPLE_LIMIT = 1e4
 
 SpeakerEmbed = Callable[[Any], Tensor]  # a singer name / mix -> (1, speaker_dim) embedding
 
@@ -101,7 +117,8 @@ class EngineStats:
     blocks: int = 0
     frames: int = 0
     samples_in: int = 0
-    bad_samples: int = 0  # NaN/inf input samples replaced by 0
+    bad_samples: int = 0  # input samples that were NaN/inf (-> 0) or beyond +-SAMPLE_LIMIT
+    bad_output_samples: int = 0  # model output samples non-finite (-> 0) or beyond the limit
     stage_times: dict[str, list[float]] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
@@ -138,8 +155,9 @@ class StreamingConverter:
     ``lookahead_frames``, ``hop_length``, ``init_state(streams)`` and ``step(FrameInputs, state) ->
     (1, k * hop)``). ``embed``: singer name/mix -> ``(1, speaker_dim)``; None for a step without
     singers. ``sample_rate``/``channels``: the caller's audio (default: the model rate; 1 or 2
-    channels in, the same count out: mono is duplicated). ``offline``: run all frames in one model
-    step at ``flush``.
+    channels in, the same count out: mono is duplicated). ``offline``: run the frames in steps of
+    :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` instead of ``block_frames`` (the
+    module docstring). ``transpose``: semitones, finite, within +-48 (ValueError otherwise).
     """
 
     def __init__(
@@ -159,6 +177,7 @@ class StreamingConverter:
         profile: bool = False,
         chunk: int | None = None,
     ) -> None:
+        transpose = check_transpose(transpose)
         self.rt = realtime or RealtimeConfig()
         self.audio = audio or AudioConfig()
         model_rate = self.audio.sample_rate
@@ -311,9 +330,7 @@ class StreamingConverter:
 
     def set_transpose(self, semitones: float) -> None:
         """Change transposition (semitones): ramped over ``ramp_frames`` frames."""
-        if not np.isfinite(semitones) or abs(semitones) > 48:
-            raise ValueError(f"transposition must be within +-48 semitones, got {semitones}")
-        target = torch.tensor(float(semitones), dtype=torch.float64)
+        target = torch.tensor(check_transpose(semitones), dtype=torch.float64)
         self._transpose.set(target, self._transpose.current())
 
     @property
@@ -401,7 +418,10 @@ class StreamingConverter:
             return self.embed(speaker).detach().to("cpu", self.dtype).reshape(1, -1)
 
     def _mono(self, samples: np.ndarray) -> tuple[np.ndarray, bool]:
-        x = np.asarray(samples, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, replaced below
+            x = np.asarray(samples, dtype=np.float32)
+        x, bad = sanitize_samples(x)  # before the channel mix, which could overflow
+        self.stats.bad_samples += bad
         if x.ndim == 1:
             squeeze = True
         elif x.ndim == 2 and x.shape[1] in (1, 2):
@@ -409,10 +429,6 @@ class StreamingConverter:
             x = x.mean(axis=1)
         else:
             raise ValueError(f"samples must be (n,) or (n, 1|2), got shape {x.shape}")
-        bad = ~np.isfinite(x)
-        if bad.any():
-            self.stats.bad_samples += int(bad.sum())
-            x = np.where(bad, 0.0, x).astype(np.float32)
         return np.ascontiguousarray(x), squeeze
 
     def _shape(self, out: np.ndarray, squeeze: bool) -> np.ndarray:
@@ -421,7 +437,8 @@ class StreamingConverter:
         return np.repeat(out[:, None], self.channels, axis=1)
 
     def _feed(self, x24: np.ndarray, final: bool = False) -> None:
-        """Front-end on ``x24``; run every complete block (all frames when offline+final)."""
+        """Front-end on ``x24``; run every complete block (offline: every complete step of
+        :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES`, and all frames when final)."""
         t0 = time.perf_counter()
         self.frontend.f0_seconds = 0.0
         feats = self.frontend.push(x24) if x24.shape[0] else None
@@ -432,20 +449,18 @@ class StreamingConverter:
         if feats is not None and feats.frames:
             self._pending.append(feats)
             self._pending_frames += feats.frames
-        if self.offline and not final:
-            return
-        size = self._pending_frames if self.offline else self.block
-        while size and self._pending_frames >= size:
+        size = OFFLINE_STEP_FRAMES if self.offline else self.block
+        while self._pending_frames and (self._pending_frames >= size or (self.offline and final)):
             frames = FrameFeatures.concat(self._pending)
-            head, rest = frames.split(size)
+            head, rest = frames.split(min(size, self._pending_frames))
             self._pending = [rest] if rest.frames else []
             self._pending_frames = rest.frames
             self._run_block(head)
 
     def _emit(self, n: int) -> np.ndarray:
         self._in24 += n
-        if self.offline:
-            return np.zeros(0, np.float32)
+        if self.offline:  # what is ready, never beyond the input's count (a prefix of the output)
+            n = min(len(self.fifo), self._in24 - self._out24)
         self._out24 += n
         return self.fifo.pop(n)
 
@@ -488,12 +503,28 @@ class StreamingConverter:
 
     def accept(self, y: Tensor) -> None:
         """Queue one block's model output ``(1, k * hop)`` (or ``(k * hop,)``) for delivery."""
-        wav = y.reshape(-1).float().cpu().numpy()
+        wav, bad = sanitize_samples(y.reshape(-1).float().cpu().numpy())
+        self.stats.bad_output_samples += bad
         if wav.shape[0] % self.hop:
             raise RuntimeError(f"the model step gave {wav.shape[0]} samples, not whole frames")
         self.fifo.push(wav)
         self.stats.blocks += 1
         self.stats.frames += wav.shape[0] // self.hop
+
+
+def sanitize_samples(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``x`` float32 with NaN/inf -> 0 and values clipped to +-:data:`SAMPLE_LIMIT`, and how
+    many samples were changed (``x`` itself, not a copy, when none was)."""
+    if x.size == 0:
+        return x, 0
+    bad = ~np.isfinite(x)
+    with np.errstate(invalid="ignore"):
+        big = np.abs(x) > SAMPLE_LIMIT
+    count = int(bad.sum()) + int((big & ~bad).sum())
+    if not count:
+        return x, 0
+    x = np.where(bad, np.float32(0.0), x)
+    return np.clip(x, -SAMPLE_LIMIT, SAMPLE_LIMIT).astype(np.float32), count
 
 
 def convert_array(

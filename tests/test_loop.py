@@ -49,7 +49,8 @@ def test_loss_falls_and_stats_rows_are_logged_at_their_intervals(tmp_path: Path)
     valid = read_stats(tmp_path, "valid")
     assert [r["step"] for r in valid] == [20, 40] and valid[1]["mse"] < valid[0]["mse"]
     assert json.loads((tmp_path / "config.json").read_text())["train"]["max_steps"] == 40
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt_00000040.pt", "last.pt"]
+    names = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert names == ["best.pt", "ckpt_00000040.pt", "last.pt"]  # best: validated at step 40
 
 
 def test_resume_is_bit_identical(tmp_path: Path) -> None:
@@ -89,7 +90,8 @@ def test_dry_run_does_one_step_one_validation_one_checkpoint(tmp_path: Path) -> 
     ck = load_checkpoint(tmp_path / "last.pt", kind="toy")
     assert ck["step"] == 1 and set(ck["models"]) == {"net"} and len(ck["rng"]) == 1
     assert ck["config"]["train"]["max_steps"] == 1000
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["ckpt_00000001.pt", "last.pt"]
+    names = sorted(p.name for p in tmp_path.glob("*.pt"))
+    assert names == ["best.pt", "ckpt_00000001.pt", "last.pt"]
 
 
 def test_training_stops_at_max_steps_with_a_checkpoint_every_n_steps(tmp_path: Path) -> None:

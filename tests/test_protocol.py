@@ -124,15 +124,20 @@ def test_hello_defaults_and_each_bad_field_gives_its_documented_code() -> None:
             {"block": 8},
             {"block": 100000},
             {"transpose": 60},
+        ],
+        "bad_mix": [
             {"speaker": {"alto": 0}},
+            {"speaker": {"alto": -1}},
+            {"speaker": {"alto": 1e39}},
+            {"speaker": {}},
         ],
         "bad_message": [
             {"sample_rate": "48000"},
             {"block": True},
             {"transpose": "up"},
             {"speaker": 3},
+            {"speaker": {"alto": "1"}},
             {"token": 5},
-            {"speaker": {"alto": -1}},
         ],
     }
     for code, changes in cases.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "load_state_strict",
     "save_checkpoint",
     "link_checkpoint",
+    "remove_stale_temps",
     "get_rng_state",
     "set_rng_state",
 ]
@@ -77,9 +79,10 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
     if not isinstance(data.get("kind"), str):
         raise TypeError("checkpoint payload needs a 'kind' string (e.g. 'teacher')")
     _check_plain(data, "payload")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = ""
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
         with os.fdopen(fd, "wb") as fh:
             torch.save(data, fh)
             fh.flush()
@@ -87,13 +90,15 @@ def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) ->
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, p)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         reason = exc.strerror or str(exc)
         raise CheckpointWriteError(
             f"{p}: could not write checkpoint ({reason}); any previous file there is intact"
         ) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(p.parent)
     return p
@@ -108,8 +113,39 @@ def link_checkpoint(src: Path, dst: Path) -> None:
     except OSError:  # no hard links on this file system: copy through a validated re-save
         save_checkpoint(dst, load_checkpoint(src))
         return
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise CheckpointWriteError(
+            f"{dst}: could not point it at {src.name} ({reason}); the previous {dst.name} is intact"
+        ) from exc
     _fsync_dir(dst.parent)
+
+
+# the temp files of save_checkpoint (mkstemp: 8 random characters) and link_checkpoint (a PID)
+_TEMP_RE = re.compile(r"\.(?P<name>.+)\.(?:[a-z0-9_]{8}\.tmp|\d+\.link)")
+
+
+def remove_stale_temps(directory: Path, names: str) -> list[Path]:
+    """Delete the temp files an interrupted write (``kill -9``, power loss) left in ``directory``.
+
+    Only our own temp names are touched: ``.NAME.XXXXXXXX.tmp`` and ``.NAME.PID.link`` where NAME
+    fully matches the regex ``names`` (e.g. ``r"ckpt_\\d+\\.pt|last\\.pt"``). Call it only where
+    no other process writes into ``directory``. Returns the removed paths.
+    """
+    wanted = re.compile(names)
+    removed = []
+    for path in sorted(Path(directory).glob(".*")):
+        m = _TEMP_RE.fullmatch(path.name)
+        if m and wanted.fullmatch(m["name"]) and path.is_file() and not path.is_symlink():
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -11,17 +11,26 @@ LR schedule (per optimiser, :func:`lr_factor`): linear warm-up from ``lr / warmu
 ``lr`` over ``warmup_steps`` steps, then ``"constant"`` or ``"cosine"`` (to 0 at ``max_steps``).
 
 Run directory: ``config.json``, ``stats.jsonl``, ``tb/``, ``ckpt_{step:08d}.pt`` every
-``ckpt_every`` steps and at the end, ``last.pt`` (the newest). A checkpoint holds the models'
-state dicts (not ``frozen`` ones), optimisers, schedulers, step and every rank's RNG states;
-with the sample-id data scheme this makes "N steps, stop, resume, M steps" bit-identical to
-"N + M steps" on CPU. Validation runs on rank 0 with its RNGs reseeded (so validation losses are
-comparable across steps) and the training RNG state restored afterwards.
+``ckpt_every`` steps and at the end, ``last.pt`` (the newest) and ``best.pt`` (the checkpoint with
+the lowest validation metric among those written at a validation step: ``valid_fn``'s ``"loss"``,
+else its first value, unless ``best_metric`` names one). Only the newest ``keep_checkpoints``
+``ckpt_*.pt`` (up to the current step) are kept; ``last.pt`` and ``best.pt`` are hard links, so
+pruning never loses them. Temp files that an interrupted write left are removed when a run
+starts, with one line on stderr. A full disk stops training with one error naming the file
+(:class:`CheckpointWriteError` or :class:`RunWriteError`); the previous checkpoint stays valid.
+
+A checkpoint holds the models' state dicts (not ``frozen`` ones), optimisers, schedulers, step,
+the ``best.pt`` record and every rank's RNG states; with the sample-id data scheme this makes
+"N steps, stop, resume, M steps" bit-identical to "N + M steps" on CPU. Validation runs on rank 0
+with its RNGs reseeded (so validation losses are comparable across steps) and the training RNG
+state restored afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -36,10 +45,12 @@ from tqdm import tqdm
 from comostream.models.config import Config, config_to_dict
 from comostream.training.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
     get_rng_state,
     link_checkpoint,
     load_checkpoint,
     load_state_strict,
+    remove_stale_temps,
     save_checkpoint,
     set_rng_state,
 )
@@ -52,7 +63,7 @@ from comostream.training.distributed import (
     mean_over_ranks,
     move_to,
 )
-from comostream.training.runlog import RunLogger
+from comostream.training.runlog import RunLogger, RunWriteError, write_text_atomic
 from comostream.training.sampler import GlobalBatchSampler
 from comostream.training.state import TrainState, lr_factor, make_state, seed_everything
 
@@ -60,6 +71,9 @@ __all__ = ["StepFn", "TrainState", "Trainer", "lr_factor", "make_state", "seed_e
 
 StepFn = Callable[["TrainState", Any], Mapping[str, Tensor]]
 VALID_SEED_OFFSET = 1_000_003  # validation RNG seed = train.seed + this
+CKPT_RE = re.compile(r"ckpt_(\d{8,})\.pt")  # the step checkpoints of a run folder
+# the files of a run folder whose writes go through a temp file (see remove_stale_temps)
+RUN_FILES = r"ckpt_\d{8,}\.pt|last\.pt|best\.pt|config\.json|stats\.jsonl"
 
 
 class Trainer:
@@ -68,6 +82,8 @@ class Trainer:
     data: a dataset indexed by global sample id (any int >= 0); ``collate_fn`` makes a batch.
     valid_fn(state) -> {name: float}: run on rank 0 under ``torch.no_grad``, in eval mode; it
     must not use collective operations. kind: the checkpoint kind ("teacher", "distill", ...).
+    best_metric: the ``valid_fn`` value that ``best.pt`` minimises (default ``"loss"`` if
+    present, else the first value).
     """
 
     def __init__(
@@ -85,6 +101,7 @@ class Trainer:
         dry_run: bool = False,
         progress: bool = True,
         tensorboard: bool = True,
+        best_metric: str | None = None,
     ) -> None:
         self.cfg, self.tcfg, self.state = cfg, cfg.train, state
         self.step_fn, self.valid_fn, self.after_step = step_fn, valid_fn, after_step
@@ -92,6 +109,9 @@ class Trainer:
         self.run_dir, self.kind = Path(run_dir), kind
         self.dry_run, self.progress, self.tensorboard = dry_run, progress, tensorboard
         self.dist: DistInfo = dist_info()
+        self.best_metric = best_metric
+        self.best: dict[str, Any] | None = None  # {"step", "metric", "value"} of best.pt
+        self._valid: tuple[int, dict[str, float]] | None = None  # the last validation (rank 0)
         seed_everything(self.tcfg.seed + self.dist.rank)
         broadcast_modules([*state.models.values(), *state.frozen.values()], self.dist)
 
@@ -110,16 +130,56 @@ class Trainer:
             "schedulers": {k: s.state_dict() for k, s in st.schedulers.items()},
             "rng": all_gather_objects(get_rng_state(), self.dist),
             "meta": st.meta,
+            "best": self.best,
         }
 
+    def _score(self) -> tuple[str, float] | None:
+        """The validation metric of the current step, if validation ran at this step."""
+        if self._valid is None or self._valid[0] != self.state.step or not self._valid[1]:
+            return None
+        result = self._valid[1]
+        key = self.best_metric or ("loss" if "loss" in result else next(iter(result)))
+        value = result.get(key)
+        return (key, value) if value is not None and math.isfinite(value) else None
+
     def save(self) -> Path | None:
-        """Write ``ckpt_{step:08d}.pt`` and point ``last.pt`` at it (rank 0); returns the path."""
+        """Write ``ckpt_{step:08d}.pt``, point ``last.pt`` (and ``best.pt`` if this step's
+        validation is the best so far) at it and prune old ones (rank 0); returns the path."""
         payload = self.checkpoint_payload()
         if not self.dist.is_main:
             return None
+        score, best = self._score(), self.best
+        if score is not None and (
+            best is None or best["metric"] != score[0] or score[1] < best["value"]
+        ):
+            best = {"step": self.state.step, "metric": score[0], "value": score[1]}
+        payload["best"] = best
         path = save_checkpoint(self.run_dir / f"ckpt_{self.state.step:08d}.pt", payload)
         link_checkpoint(path, self.run_dir / "last.pt")
+        if best is not self.best:
+            link_checkpoint(path, self.run_dir / "best.pt")
+            self.best = best
+        self.prune()
         return path
+
+    def prune(self) -> list[Path]:
+        """Delete all but the newest ``keep_checkpoints`` ``ckpt_*.pt`` up to the current step.
+
+        Files of later steps (an earlier run being redone after a resume) are left alone;
+        ``last.pt`` and ``best.pt`` are never touched. Returns the deleted paths.
+        """
+        keep = self.tcfg.keep_checkpoints
+        if keep <= 0 or not self.dist.is_main:
+            return []
+        steps = []
+        for path in self.run_dir.iterdir():
+            m = CKPT_RE.fullmatch(path.name)
+            if m and int(m[1]) <= self.state.step and path.is_file():
+                steps.append((int(m[1]), path))
+        old = [path for _, path in sorted(steps)[:-keep]]
+        for path in old:
+            path.unlink(missing_ok=True)
+        return old
 
     def resume(self, path: str | Path) -> None:
         """Restore models, optimisers, schedulers, step and this rank's RNG states from ``path``."""
@@ -145,6 +205,9 @@ class Trainer:
             msg = f"{path}: optimiser/scheduler state does not fit: {exc}"
             raise CheckpointError(msg) from None
         st.step, st.meta = int(ck["step"]), dict(ck.get("meta", {}))
+        best = ck.get("best")
+        valid_best = isinstance(best, dict) and {"step", "metric", "value"} <= set(best)
+        self.best = dict(best) if valid_best else None
         rngs = ck["rng"]
         if len(rngs) == self.dist.world_size:
             set_rng_state(rngs[self.dist.rank])
@@ -225,6 +288,7 @@ class Trainer:
             for k, m in self.state.models.items():
                 m.train(modes[k])
             set_rng_state(saved)
+        self._valid = (self.state.step, result)
         if logger is not None:
             logger.log("valid", self.state.step, result)
         return result
@@ -258,7 +322,14 @@ class Trainer:
             end = min(end, stop_at)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json() + "\n", encoding="utf-8")
+            stale = remove_stale_temps(self.run_dir, RUN_FILES)
+            if stale:
+                print(
+                    f"note: removed {len(stale)} temp file(s) that an interrupted write left in "
+                    f"{self.run_dir}: {', '.join(p.name for p in stale)}",
+                    file=sys.stderr,
+                )
+            write_text_atomic(self.run_dir / "config.json", self.cfg.to_json() + "\n")
         logger = RunLogger(self.run_dir, main, self.tensorboard, resume_step=st.step)
         bar = tqdm(
             total=end,
@@ -293,8 +364,22 @@ class Trainer:
                     self.validate(logger)
                 if st.step % tc.ckpt_every == 0 or final:
                     self.save()
+        except (CheckpointWriteError, RunWriteError) as exc:
+            raise type(exc)(f"{exc}. {self._stopped_note()}") from exc
         finally:
             batches.close()
             bar.close()
             logger.close()
         return st
+
+    def _stopped_note(self) -> str:
+        """What a user needs after a write error: where training stopped and how to go on."""
+        last = self.run_dir / "last.pt"
+        note = f"Training stopped at step {self.state.step}"
+        if not last.is_file():
+            return note + "; no checkpoint was written yet"
+        try:
+            step = int(load_checkpoint(last, kind=self.kind)["step"])
+        except CheckpointError:
+            return note
+        return f"{note}; {last} (step {step}) is intact: free space, then resume from it"

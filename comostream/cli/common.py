@@ -26,6 +26,7 @@ __all__ = [
     "FRAME_MS",
     "CommandError",
     "Subparsers",
+    "block_frames_arg",
     "block_list",
     "block_option",
     "config_from_args",
@@ -36,11 +37,15 @@ __all__ = [
     "model_options",
     "non_negative_int",
     "overridden",
+    "port_arg",
     "positive_int",
+    "positive_seconds",
     "runtime_options",
     "say",
     "sound_device_arg",
     "speaker_arg",
+    "transpose_arg",
+    "transpose_or_auto",
     "use_runtime",
     "user_errors",
 ]
@@ -74,6 +79,46 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def transpose_arg(text: str) -> float:
+    """argparse type: semitones, finite, within +-48
+    (:func:`~comostream.models.limits.check_transpose`)."""
+    from comostream.models.limits import check_transpose  # standard library only
+
+    try:
+        return check_transpose(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def transpose_or_auto(text: str) -> str | float:
+    """argparse type: ``auto`` or semitones (:func:`transpose_arg`)."""
+    return "auto" if text == "auto" else transpose_arg(text)
+
+
+def port_arg(text: str) -> int:
+    """argparse type: a TCP port, 0-65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is an integer 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def level_arg(text: str) -> float:
     """argparse type: a level within 0-1."""
     value = float(text)
@@ -82,12 +127,26 @@ def level_arg(text: str) -> float:
     return value
 
 
-def block_list(text: str) -> list[int]:
-    """argparse type: comma-separated frame counts >= 1."""
+def block_frames_arg(text: str) -> int:
+    """argparse type: frames per model step, 1-512
+    (:func:`~comostream.models.limits.check_block_frames`)."""
+    from comostream.models.limits import check_block_frames  # standard library only
+
     try:
-        return [positive_int(t) for t in text.split(",")]
-    except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"expected frames like 1,2,4,8, got {text!r}") from None
+        return check_block_frames(int(text))
+    except ValueError as exc:
+        msg = str(exc) if "block" in str(exc) else f"expected a number of frames, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def block_list(text: str) -> list[int]:
+    """argparse type: comma-separated frame counts (each :func:`block_frames_arg`)."""
+    try:
+        return [block_frames_arg(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected frames like 1,2,4,8, got {text!r} ({exc})"
+        ) from None
 
 
 def speaker_arg(text: str) -> str | dict[str, float]:
@@ -108,12 +167,13 @@ def speaker_arg(text: str) -> str | dict[str, float]:
             raise argparse.ArgumentTypeError(
                 f"bad singer mix entry {part!r}: use NAME:WEIGHT"
             ) from None
-        if not w >= 0:
-            raise argparse.ArgumentTypeError(f"singer weights must be >= 0, got {part!r}")
         mix[name.strip()] = w
-    if sum(mix.values()) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a singer mix needs a positive weight")
-    return mix
+    from comostream.models.mix import BadMixError, check_mix  # torch-free
+
+    try:
+        return check_mix(mix)
+    except BadMixError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def sound_device_arg(text: str) -> int | str:
@@ -170,7 +230,7 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
         RealtimeConfig,
         "block_frames",
         flag="--block",
-        type=positive_int,
+        type=block_frames_arg,
         metavar="FRAMES",
         help=help or f"frames per model step ({FRAME_MS}); default: [realtime] block_frames",
     )
@@ -281,6 +341,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from comostream.models.conditioner import UnknownSpeakerError
     from comostream.training.corpus import CorpusError
     from comostream.training.feature_index import FeatureError
+    from comostream.training.runlog import RunWriteError
     from comostream.training.voices import ToolMissingError
 
     return (
@@ -288,6 +349,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CorpusError,
         FeatureError,
         CheckpointError,
+        RunWriteError,
         ToolMissingError,
         UnknownSpeakerError,
         FileNotFoundError,

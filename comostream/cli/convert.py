@@ -15,6 +15,7 @@ from comostream.cli.common import (
     overridden,
     runtime_options,
     speaker_arg,
+    transpose_arg,
     use_runtime,
 )
 
@@ -97,9 +98,10 @@ def register(sub: Subparsers) -> None:
         help="convert a recording to another singer (a file)",
         description=(
             "Convert IN to a singer of the model and write OUT (WAV at IN's rate), through the "
-            "streaming engine: offline (one model step for the whole file) or, with --block, on "
-            "the realtime schedule (the same output, to float rounding). F0 follows the source, "
-            "transposed by --transpose semitones."
+            "streaming engine: offline (model steps of 5.46 s, memory bounded whatever the "
+            "file's length) or, with --block, on the realtime schedule (the same output, to "
+            "float rounding). F0 follows the source, transposed by --transpose semitones. OUT "
+            "is written atomically and is never IN; IN's rate must be within 8-384 kHz."
         ),
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (wav/flac/ogg, any rate)")
@@ -112,12 +114,16 @@ def register(sub: Subparsers) -> None:
         help=f"target singer, {SPEAKER_MIX} (default: the first)",
     )
     p.add_argument(
-        "--transpose", type=float, default=0.0, metavar="N", help="semitones (+12 = an octave up)"
+        "--transpose",
+        type=transpose_arg,
+        default=0.0,
+        metavar="N",
+        help="semitones within +-48 (+12 = an octave up)",
     )
     block_option(
         p,
         f"stream on the realtime schedule in blocks of FRAMES frames ({FRAME_MS}) "
-        "instead of offline (one model step for the whole file)",
+        "instead of offline (model steps of 512 frames)",
     )
     model_options(p)
     runtime_options(p)

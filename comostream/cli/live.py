@@ -18,6 +18,7 @@ from comostream.cli.common import (
     runtime_options,
     sound_device_arg,
     speaker_arg,
+    transpose_arg,
     use_runtime,
 )
 
@@ -119,7 +120,11 @@ def register(sub: Subparsers) -> None:
         help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the first)",
     )
     p.add_argument(
-        "--transpose", type=float, default=0.0, metavar="N", help="semitones (+12 = an octave up)"
+        "--transpose",
+        type=transpose_arg,
+        default=0.0,
+        metavar="N",
+        help="semitones within +-48 (+12 = an octave up)",
     )
     p.add_argument(
         "--monitor",

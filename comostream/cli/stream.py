@@ -10,14 +10,18 @@ from comostream.cli.common import (
     FRAME_MS,
     CommandError,
     Subparsers,
+    block_frames_arg,
     block_option,
     config_from_args,
     config_parent,
     model_options,
+    port_arg,
     positive_int,
+    positive_seconds,
     runtime_options,
     sound_device_arg,
     speaker_arg,
+    transpose_arg,
     use_runtime,
 )
 
@@ -27,7 +31,7 @@ __all__ = ["register"]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from comostream.models.shipped import require_model
     from comostream.realtime.load import load_models
-    from comostream.realtime.serve.config import ServerConfig
+    from comostream.realtime.serve.config import ServerConfig, resolve_token
     from comostream.realtime.serve.engines import EngineFactory
     from comostream.realtime.serve.server import run_server
 
@@ -36,7 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         config = ServerConfig(
             host=args.host,
             port=args.port,
-            token=args.token,
+            token=resolve_token(args.token, args.token_file),
             max_streams=args.max_streams,
             idle_timeout_s=args.idle_timeout,
             max_queue_ms=rt.max_backlog_ms,
@@ -61,6 +65,16 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     return (ServerError, WebSocketException, OSError, TimeoutError)
 
 
+def _client_token(args: argparse.Namespace) -> str | None:
+    """The token a client sends: ``--token``, ``--token-file`` or ``COMOSTREAM_TOKEN``."""
+    from comostream.realtime.serve.config import resolve_token
+
+    try:
+        return resolve_token(args.token, args.token_file)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _cmd_client(args: argparse.Namespace) -> int:
     from comostream.realtime.serve.client import stream_file
 
@@ -74,7 +88,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
             transpose=args.transpose,
             fmt=args.format,
             block=args.block,
-            token=args.token,
+            token=_client_token(args),
         )
     except _stream_errors() as exc:
         raise CommandError(f"{args.url}: {exc}") from None
@@ -106,7 +120,7 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
             seconds=args.seconds,
             speaker=args.speaker,
             transpose=args.transpose,
-            token=args.token,
+            token=_client_token(args),
         )
     except DeviceError as exc:
         raise CommandError(str(exc)) from None
@@ -131,11 +145,20 @@ def _connection_parent() -> argparse.ArgumentParser:
         metavar="NAME",
         help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the server's)",
     )
-    conn.add_argument("--transpose", type=float, default=0.0, metavar="N", help="semitones")
-    conn.add_argument("--token", default=None, help="the server's --token")
+    conn.add_argument(
+        "--transpose", type=transpose_arg, default=0.0, metavar="N", help="semitones within +-48"
+    )
+    conn.add_argument("--token", default=None, help="the server's token")
+    conn.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the token from the first line of PATH; without --token or --token-file, "
+        "the COMOSTREAM_TOKEN environment variable is used when set",
+    )
     conn.add_argument(
         "--block",
-        type=positive_int,
+        type=block_frames_arg,
         default=None,
         metavar="FRAMES",
         help=f"model frames per audio message ({FRAME_MS}; the samples follow "
@@ -164,8 +187,21 @@ def register(sub: Subparsers) -> None:
         default="127.0.0.1",
         help="address to bind (default 127.0.0.1; any other needs --token)",
     )
-    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
-    p.add_argument("--token", default=None, help="secret every client must send in its hello")
+    p.add_argument("--port", type=port_arg, default=8765, help="TCP port (default 8765; 0: any)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="secret every client must send in its hello (visible to local users in the "
+        "process list: prefer --token-file or the COMOSTREAM_TOKEN environment variable)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the token from the first line of PATH (not both with --token); without "
+        "either, the COMOSTREAM_TOKEN environment variable is used when set. GET /health "
+        "shows stream counts only to 'Authorization: Bearer TOKEN'",
+    )
     p.add_argument(
         "--max-streams",
         type=positive_int,
@@ -175,7 +211,7 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=positive_seconds,
         default=30.0,
         metavar="S",
         help="close a session that sends nothing for S seconds (default 30)",

@@ -16,7 +16,8 @@ from comostream.cli.common import (
 
 __all__ = ["register"]
 
-TRAIN_OPTIONS = ["max_steps", "batch_size", "lr", "seed"]  # [train] fields every stage overrides
+# [train] fields every stage overrides
+TRAIN_OPTIONS = ["max_steps", "batch_size", "lr", "seed", "keep_checkpoints"]
 
 
 def _run_options(args: argparse.Namespace) -> Any:

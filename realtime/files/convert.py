@@ -1,9 +1,18 @@
-"""`comostream convert`: a file through the streaming engine, offline or on the live schedule."""
+"""`comostream convert`: a file through the streaming engine, offline or on the live schedule.
+
+The file goes through in pieces, read -> (resampled) -> engine -> (resampled back) -> written,
+so memory does not grow with its length: offline, the engine runs model steps of
+:data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames (the same samples as one step over
+the whole file, to float rounding). The output never replaces the input, and is written
+atomically (:class:`~comostream.models.audio.WavWriter`).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,13 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from comostream.models.audio import AudioError, read_audio, resample, save_wav
+from comostream.models.audio import (
+    AudioError,
+    ChunkedResampler,
+    WavWriter,
+    open_audio,
+    read_blocks,
+)
 from comostream.models.config import RealtimeConfig
+from comostream.models.limits import check_transpose
 from comostream.models.shipped import require_model
-from comostream.realtime.engine import StreamingConverter, convert_array
+from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import stream_rate
 
-__all__ = ["ConvertResult", "convert_file"]
+__all__ = ["ConvertResult", "check_output_path", "convert_file"]
+
+READ_FRAMES = 65536  # samples of the file read at a time
 
 
 @dataclass
@@ -30,10 +48,50 @@ class ConvertResult:
     latency_ms: float  # the engine's algorithmic latency
     speaker: Any
     block: int | None  # frames per step, or None for offline
+    missing_seconds: float = 0.0  # what a truncated WAV's header promised beyond its end
 
     @property
     def rtf(self) -> float:
         return self.compute_s / max(self.seconds, 1e-9)
+
+
+def check_output_path(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
+    """AudioError if ``output`` is (or resolves to, through links, or is a hard link of) the
+    input file ``source``: a conversion never writes over its input."""
+    src, out = Path(source), Path(output)
+    same = src.resolve() == out.resolve()
+    if not same and out.exists() and src.exists():
+        try:
+            same = os.path.samefile(src, out)
+        except OSError:
+            same = False
+    if same:
+        raise AudioError(
+            f"{out}: is the input file {src}; write the output to another path "
+            "(convert never writes over its input)"
+        )
+    if out.is_dir():
+        raise AudioError(f"{out}: is a directory; give the output file's path")
+
+
+def _warn(text: str) -> None:
+    print(f"comostream: warning: {text}", file=sys.stderr)
+
+
+def _pieces(blocks: Iterator[np.ndarray], size: int | None) -> Iterator[np.ndarray]:
+    """``blocks`` re-cut into pieces of ``size`` samples (the last shorter); as is when None."""
+    if size is None:
+        yield from blocks
+        return
+    carry = np.zeros(0, np.float32)
+    for b in blocks:
+        carry = np.concatenate([carry, b]) if carry.shape[0] else b
+        whole = carry.shape[0] - carry.shape[0] % size
+        for i in range(0, whole, size):
+            yield carry[i : i + size]
+        carry = carry[whole:]
+    if carry.shape[0]:
+        yield carry
 
 
 def convert_file(
@@ -47,21 +105,33 @@ def convert_file(
     vocoder: str | os.PathLike[str] | None = None,
     realtime: RealtimeConfig | None = None,
     device: str = "cpu",
+    warn: Callable[[str], None] = _warn,
 ) -> ConvertResult:
     """Convert ``source`` to ``speaker`` and write ``output`` (WAV, the source's rate, mono).
 
     ``block``: frames per model step on the realtime schedule (the file is pushed in chunks of
-    one block; overrides ``realtime``'s); None runs offline (one model step over the whole file).
-    Same output either way, to float rounding. A rate the engine does not take is resampled first
-    (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``: None for the model's default.
+    one block; overrides ``realtime``'s); None runs offline (model steps of
+    :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames). Same output either way, to
+    float rounding, and memory bounded whatever the file's length. A rate the engine does not
+    take is resampled first (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``:
+    None for the model's default. Raises :class:`AudioError` for an output that is the input, an
+    unreadable or bogus file (rate outside 8-384 kHz) or a failed write (``output`` is then
+    left as it was); ``warn`` is told of a truncated file (converted as far as it goes).
     """
     from comostream.realtime.load import load_models
 
+    check_output_path(source, output)
+    transpose = check_transpose(transpose)
     checkpoint = require_model(checkpoint)
-    audio, file_rate = read_audio(source)
-    rate = stream_rate(file_rate)
-    if rate != file_rate:  # e.g. 8 or 96 kHz: the engine runs at 48 kHz, the file keeps its rate
-        audio = resample(audio, file_rate, rate)
+    info = open_audio(source)
+    if info.missing_frames:
+        warn(
+            f"{info.path}: truncated: its header promises {info.missing_frames} samples "
+            f"({info.missing_seconds:.2f} s) more than the file holds; converting the "
+            f"{info.seconds:.2f} s present"
+        )
+    file_rate = info.sample_rate
+    rate = stream_rate(file_rate)  # e.g. 8 or 96 kHz: streamed at 48 kHz, written at its rate
     rt = (realtime or RealtimeConfig()).with_block(block)
     model, voc = load_models(checkpoint, vocoder, device, rt)
     speaker = model.resolve_speaker(speaker)
@@ -74,16 +144,45 @@ def convert_file(
         realtime=rt,
         offline=block is None,
     )
+    rs_in, rs_out = ChunkedResampler(file_rate, rate), ChunkedResampler(rate, file_rate)
+    skip = engine.delay_samples  # the engine's delay, removed: output aligned to the input
+    n_in = 0  # samples at the stream rate pushed
+    n_out = 0  # aligned output samples at the stream rate written
+
+    def emit(y: np.ndarray, writer: WavWriter) -> None:
+        nonlocal skip, n_out
+        if skip:
+            cut = min(skip, y.shape[0])
+            y, skip = y[cut:], skip - cut
+        y = y[: max(0, n_in - n_out)]
+        if not np.all(np.isfinite(y)):
+            raise AudioError(f"{source}: the conversion produced non-finite samples")
+        n_out += y.shape[0]
+        if y.shape[0]:
+            writer.write(rs_out.push(y))
+
+    chunk = None if block is None else engine.block_samples
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        chunk = None if block is None else engine.block_samples
-        y = convert_array(engine, audio, chunk=chunk)
+
+    def stream_in() -> Iterator[np.ndarray]:
+        """The file at the stream rate, piece by piece."""
+        for x in read_blocks(info, READ_FRAMES):
+            yield rs_in.push(x)
+        yield rs_in.flush()
+
+    with WavWriter(output, file_rate) as writer, torch.inference_mode():
+        for piece in _pieces(stream_in(), chunk):
+            n_in += piece.shape[0]
+            emit(engine.push(piece), writer)
+        emit(engine.flush(), writer)
+        writer.write(rs_out.flush())
     compute = time.perf_counter() - t0
-    if not np.all(np.isfinite(y)):
-        raise AudioError(f"{source}: the conversion produced non-finite samples")
-    if rate != file_rate:
-        y = resample(y, rate, file_rate)
-    save_wav(output, y, file_rate)
     return ConvertResult(
-        Path(output), len(audio) / rate, compute, engine.latency_ms, speaker, block
+        Path(output),
+        n_in / rate,
+        compute,
+        engine.latency_ms,
+        speaker,
+        block,
+        info.missing_seconds,
     )

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from comostream.models.limits import check_transpose
+
 __all__ = [
     "COMMAND_HELP",
     "Command",
@@ -59,9 +61,7 @@ def parse_command(line: str, speakers: Sequence[str]) -> Command | None:
         return Command("speaker", _parse_speaker(arg, speakers))
     if verb in ("t", "transpose"):
         value = _number(arg, "t N: semitones, e.g. t +3 or t -12")
-        if abs(value) > 48:
-            raise ValueError(f"transposition must be within +-48 semitones, got {value:g}")
-        return Command("transpose", value)
+        return Command("transpose", check_transpose(value))
     if verb in ("m", "monitor"):
         value = _number(arg, "m LEVEL: the dry signal's level in the output, 0 to 1")
         if not 0.0 <= value <= 1.0:

@@ -2,13 +2,16 @@
 
 Runs as the WebSocket server's ``process_request`` hook. Bound to loopback, only loopback
 ``Host`` headers are accepted (DNS rebinding); browser ``Origin`` s must be the page's own or
-listed in ``ServerConfig.allow_origins``. A request that passes and asks for a WebSocket on
-``/`` or ``/ws`` is let through (``None``); other paths serve ``web/`` (beside this module) or
-``/health``.
+listed in ``ServerConfig.allow_origins``; the page's own is ``http://HOST`` (or ``https://HOST``
+behind a TLS proxy) with HOST the request's ``Host``, scheme included. A request that passes and
+asks for a WebSocket on ``/`` or ``/ws`` is let through (``None``); other paths serve ``web/``
+(beside this module) or ``/health``: ``{"status", "version"}`` only, plus the stream counts when
+the server has no token or the request carries it (``Authorization: Bearer TOKEN``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable
 from http import HTTPStatus
@@ -21,7 +24,7 @@ from websockets.http11 import Request, Response
 from comostream.realtime.serve.config import ServerConfig, is_loopback
 from comostream.realtime.serve.protocol import PROTOCOL_VERSION
 
-__all__ = ["STATIC", "WS_PATHS", "route_http"]
+__all__ = ["STATIC", "WS_PATHS", "authorized", "route_http", "same_origin"]
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -31,11 +34,41 @@ STATIC = {
 WS_PATHS = ("/", "/ws")
 
 
+def same_origin(origin: str, host: str) -> bool:
+    """Whether browser ``Origin`` ``origin`` is this server's own page reached as ``host`` (the
+    ``Host`` header): scheme ``http`` (or ``https``, through a TLS proxy) and the same
+    host:port, compared without case."""
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    return (
+        parts.scheme.lower() in ("http", "https")
+        and bool(host)
+        and parts.netloc.lower() == host.lower()
+        and origin.lower() == f"{parts.scheme}://{parts.netloc}".lower()  # no path, no userinfo
+    )
+
+
+def authorized(request: Request, config: ServerConfig) -> bool:
+    """Whether ``request`` may see the stream counts: the server has no token, or the request
+    carries it as ``Authorization: Bearer TOKEN`` (compared in constant time)."""
+    if not config.token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), config.token.encode()
+    )
+
+
 def route_http(
-    conn: ServerConnection, request: Request, config: ServerConfig, streams: Callable[[], int]
+    conn: ServerConnection,
+    request: Request,
+    config: ServerConfig,
+    counts: Callable[[], dict[str, int]],
 ) -> Response | None:
     """Host/Origin checks, then the page, its scripts and /health; None: a WebSocket.
-    ``streams()``: the open sessions, reported by /health."""
+    ``counts()``: streams and connections, reported by /health to authorised requests."""
     host = request.headers.get("Host", "")
     if is_loopback(config.host) and not is_loopback(urlsplit("//" + host).hostname or ""):
         return conn.respond(HTTPStatus.FORBIDDEN, f"Host {host!r} not allowed\n")
@@ -47,19 +80,15 @@ def route_http(
         if (
             origin is not None
             and origin not in config.allow_origins
-            and (urlsplit(origin).netloc != host)
+            and not same_origin(origin, host)
         ):
             return conn.respond(HTTPStatus.FORBIDDEN, f"Origin {origin!r} not allowed\n")
         return None
     if path == "/health":
-        body = json.dumps(
-            {
-                "status": "ok",
-                "version": PROTOCOL_VERSION,
-                "streams": streams(),
-                "max_streams": config.max_streams,
-            }
-        )
+        health: dict[str, object] = {"status": "ok", "version": PROTOCOL_VERSION}
+        if authorized(request, config):
+            health.update(counts())
+        body = json.dumps(health)
         return _response(conn, body.encode(), "application/json")
     if path in STATIC:
         name, ctype = STATIC[path]

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from comostream.models.limits import check_transpose
+from comostream.models.mix import BadMixError, check_mix
 from comostream.realtime.geometry import INPUT_RATES
 
 __all__ = [
@@ -81,6 +83,13 @@ ERRORS: dict[str, tuple[int, str]] = {
     "server_full": (4007, "the server already serves --max-streams streams"),
     "idle_timeout": (4008, "no frame from the client for the idle timeout"),
     "overloaded": (4009, "too many control frames queued (the client does not wait for replies)"),
+    "hello_timeout": (4010, "no valid `hello` within the hello deadline"),
+    "busy": (4011, "too many connections are still waiting for their `hello`"),
+    "bad_mix": (
+        4012,
+        "singer mix weights not finite, negative, too large or summing to 0 "
+        "(in `set`: refused, the session goes on)",
+    ),
     "frame_too_large": (1009, "a frame above the session's max_frame_bytes"),
     "internal": (1011, "the server failed while converting (a bug: see the server log)"),
     "shutdown": (1001, "the server is shutting down (SIGTERM)"),
@@ -102,11 +111,11 @@ class ProtocolError(Exception):
         return ERRORS[self.code][0]
 
 
-def error_message(code: str, message: str) -> str:
-    """The JSON text frame that reports an error (sent before closing with its close code)."""
-    return json.dumps(
-        {"type": "error", "code": code, "close_code": ERRORS[code][0], "message": message}
-    )
+def error_message(code: str, message: str, fatal: bool = True) -> str:
+    """The JSON text frame that reports an error (sent before closing with its close code);
+    ``fatal=False``: a refused ``set`` (``close_code`` null, the session goes on)."""
+    close = ERRORS[code][0] if fatal else None
+    return json.dumps({"type": "error", "code": code, "close_code": close, "message": message})
 
 
 def max_frame_bytes(block: int = MAX_BLOCK, channels: int = MAX_CHANNELS) -> int:
@@ -241,6 +250,8 @@ def parse_text(text: str | bytes) -> dict[str, Any]:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError("bad_message", f"text frame is not JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("bad_message", "text frame nests JSON too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_message", "text frame must be a JSON object")
     kind = obj.get("type")
@@ -253,31 +264,37 @@ def parse_text(text: str | bytes) -> dict[str, Any]:
 
 
 def _speaker(value: Any) -> str | dict[str, float] | None:
+    """A name, None, or a mix checked by :func:`~comostream.models.mix.check_mix` (``bad_mix``
+    for bad weights; ``bad_message`` for a value of the wrong type)."""
     if value is None or isinstance(value, str):
         return value
-    if (
-        isinstance(value, Mapping)
-        and value
-        and all(isinstance(k, str) and _is_number(w) and w >= 0 for k, w in value.items())
+    if isinstance(value, Mapping) and all(
+        isinstance(w, int | float) and not isinstance(w, bool) for w in value.values()
     ):
-        if sum(float(w) for w in value.values()) <= 0:
-            raise ProtocolError("bad_params", "a singer mix needs a positive total weight")
-        return {k: float(w) for k, w in value.items()}
+        try:
+            return check_mix(value)
+        except BadMixError as exc:
+            raise ProtocolError("bad_mix", str(exc)) from None
     raise ProtocolError("bad_message", "speaker must be a name or a mix {name: weight >= 0}")
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A JSON number that is a finite float (huge integers included: they are not)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer beyond float range
+        return False
 
 
 def _transpose(value: Any) -> float:
     if not _is_number(value):
         raise ProtocolError("bad_message", f"transpose must be a number, got {value!r}")
-    if abs(value) > 48:
-        raise ProtocolError(
-            "bad_params", f"transposition must be within +-48 semitones, got {value}"
-        )
-    return float(value)
+    try:
+        return check_transpose(value)  # the one check (models/limits.py)
+    except ValueError as exc:
+        raise ProtocolError("bad_params", str(exc)) from None
 
 
 def _int_field(obj: Mapping[str, Any], name: str, default: Any = ...) -> Any:
@@ -309,7 +326,7 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
     if channels not in (1, 2):
         raise ProtocolError("bad_params", f"channels must be 1 or 2, got {channels}")
     fmt = obj.get("format", "f32le")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ProtocolError("bad_params", f"sample format {fmt!r}; supported: {', '.join(FORMATS)}")
     block = _int_field(obj, "block", None)
     if block is not None and not MIN_BLOCK <= block <= MAX_BLOCK:

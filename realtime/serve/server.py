@@ -2,7 +2,10 @@
 
 :class:`StreamServer` accepts connections and runs one
 :class:`~comostream.realtime.serve.session.Session` per connection (its engine, worker thread and
-bounded drop-oldest queues), at most ``max_streams`` at a time. Every session's engine comes from
+bounded drop-oldest queues), at most ``max_streams`` streams at a time: only sessions that completed
+a valid hello (with the token when one is set) count; connections still in their hello have a
+short deadline (``hello_timeout_s``) and a cap of their own (``max_pending``), so silent sockets
+never take a stream's slot. Every session's engine comes from
 one :class:`~comostream.realtime.serve.engines.EngineFactory` over the shared models: the traced
 model step is built once and shared, its state is per engine. Settings:
 :class:`~comostream.realtime.serve.config.ServerConfig`.
@@ -42,6 +45,7 @@ class StreamServer:
         self.factory = factory
         self.config = config or ServerConfig()
         self.sessions: dict[str, Session] = {}
+        self.upgrading: set[ServerConnection] = set()  # TCP accepted, WebSocket not open yet
         self._server: Server | None = None
         self.port = self.config.port
 
@@ -54,11 +58,13 @@ class StreamServer:
             self.config.host,
             self.config.port,
             process_request=self._http,
+            create_connection=_guarded_connection(self),
             compression=None,
             max_size=4 * max_frame_bytes(),
             max_queue=16,
             write_limit=2**16,
             close_timeout=2.0,
+            open_timeout=self.config.hello_timeout_s,  # the HTTP upgrade: same deadline
             ping_interval=20.0,
             ping_timeout=20.0,
         )
@@ -82,17 +88,32 @@ class StreamServer:
             await self._server.wait_closed()
 
     def active_streams(self) -> int:
-        """Sessions whose connection is open (one closing no longer counts)."""
-        return sum(s.is_open for s in self.sessions.values())
+        """Streams: open sessions that completed a valid hello (one closing no longer counts)."""
+        return sum(s.is_open and s.authenticated for s in self.sessions.values())
+
+    def pending_connections(self) -> int:
+        """Open WebSocket connections still waiting for (or sending) their hello."""
+        return sum(s.is_open and not s.authenticated for s in self.sessions.values())
+
+    def _admit(self) -> bool:
+        """Whether a session whose hello is valid may start streaming (a free stream slot)."""
+        return self.active_streams() < self.config.max_streams
 
     async def _handle(self, ws: ServerConnection) -> None:
-        session = Session(self.factory, self.config, ws, secrets.token_hex(4))
+        self.upgrading.discard(ws)
+        session = Session(self.factory, self.config, ws, secrets.token_hex(4), self._admit)
+        refusal = None
         if self.active_streams() >= self.config.max_streams:
-            await session.fail(
-                ProtocolError(
-                    "server_full", f"this server serves at most {self.config.max_streams} streams"
-                )
+            refusal = ProtocolError(
+                "server_full", f"this server serves at most {self.config.max_streams} streams"
             )
+        elif self.pending_connections() >= self.config.max_pending:
+            refusal = ProtocolError(
+                "busy",
+                f"{self.config.max_pending} connections are already waiting for their hello",
+            )
+        if refusal is not None:
+            await session.fail(refusal)
             session.executor.shutdown(wait=False)
             return
         self.sessions[session.id] = session
@@ -103,7 +124,36 @@ class StreamServer:
 
     def _http(self, conn: ServerConnection, request: Request) -> Response | None:
         """Host/Origin checks, then the page, its scripts and /health; None: a WebSocket."""
-        return route_http(conn, request, self.config, self.active_streams)
+        return route_http(conn, request, self.config, self._counts)
+
+    def _counts(self) -> dict[str, int]:
+        """What an authorised ``/health`` reports besides the status."""
+        return {
+            "streams": self.active_streams(),
+            "max_streams": self.config.max_streams,
+            "pending": self.pending_connections(),
+            "max_pending": self.config.max_pending,
+        }
+
+
+def _guarded_connection(server: StreamServer) -> type[ServerConnection]:
+    """The connection class of ``server``: counted in ``server.upgrading`` from the TCP accept
+    until its WebSocket opens (or it closes); one beyond ``max_pending`` there is closed at once
+    (no WebSocket yet to carry a close code), so silent sockets hold no memory."""
+
+    class GuardedConnection(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            server.upgrading.add(self)
+            if len(server.upgrading) > server.config.max_pending:
+                server.upgrading.discard(self)
+                transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            server.upgrading.discard(self)
+            super().connection_lost(exc)
+
+    return GuardedConnection
 
 
 class ServerThread:

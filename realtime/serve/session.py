@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from comostream.realtime.engine import SampleFifo, StreamingConverter
+from comostream.realtime.engine import SampleFifo, StreamingConverter, sanitize_samples
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.protocol import (
@@ -150,9 +151,16 @@ class Session:
     """One connection: hello -> ready, then audio and control frames (see the module doc)."""
 
     def __init__(
-        self, factory: EngineFactory, config: ServerConfig, ws: ServerConnection, sid: str
+        self,
+        factory: EngineFactory,
+        config: ServerConfig,
+        ws: ServerConnection,
+        sid: str,
+        admit: Callable[[], bool] = lambda: True,
     ) -> None:
         self.factory, self.cfg, self.ws, self.id = factory, config, ws, sid
+        self.admit = admit  # called once the hello is valid: False when the server is full
+        self.authenticated = False  # a valid hello (and token) was accepted: counts as a stream
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"comostream-{sid}")
         self.hello: Hello | None = None
         self.engine: StreamingConverter | None = None
@@ -165,7 +173,8 @@ class Session:
 
     @property
     def is_open(self) -> bool:
-        """Whether the connection is open and not closing (it counts towards ``max_streams``)."""
+        """Whether the connection is open and not closing. Counted towards ``max_streams`` once
+        :attr:`authenticated`, towards ``max_pending`` before."""
         return self.ws.state is State.OPEN and not self.closing
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -215,14 +224,20 @@ class Session:
         reason = exc.message.encode()[:120].decode(errors="ignore")
         await self.ws.close(exc.close_code, reason)
 
-    async def _recv(self) -> str | bytes:
+    async def _recv(self, hello: bool = False) -> str | bytes:
+        """The next frame; ``hello``: within the hello deadline (``hello_timeout``), else within
+        the idle timeout (``idle_timeout``)."""
+        code, seconds = (
+            ("hello_timeout", self.cfg.hello_timeout_s)
+            if hello
+            else ("idle_timeout", self.cfg.idle_timeout_s)
+        )
         try:
-            async with asyncio.timeout(self.cfg.idle_timeout_s):
+            async with asyncio.timeout(seconds):
                 msg = await self.ws.recv()
         except TimeoutError:
-            raise ProtocolError(
-                "idle_timeout", f"no frame for {self.cfg.idle_timeout_s:g} s"
-            ) from None
+            what = "no valid hello" if hello else "no frame"
+            raise ProtocolError(code, f"{what} for {seconds:g} s") from None
         if len(msg) > max_frame_bytes():
             raise ProtocolError(
                 "frame_too_large", f"frame of {len(msg)} bytes; the limit is {max_frame_bytes()}"
@@ -230,7 +245,7 @@ class Session:
         return msg
 
     async def _open(self) -> None:
-        msg = await self._recv()
+        msg = await self._recv(hello=True)
         if isinstance(msg, bytes):
             raise ProtocolError("not_ready", "audio frame before hello")
         obj = parse_text(msg)
@@ -242,6 +257,11 @@ class Session:
             raise ProtocolError("unauthorized", "this server needs a valid token in hello")
         factory = self.factory
         speaker = factory.check_speaker(hello.speaker)
+        if not self.admit():  # counted from here on (synchronous: no race with other hellos)
+            raise ProtocolError(
+                "server_full", f"this server serves at most {self.cfg.max_streams} streams"
+            )
+        self.authenticated = True
         block = hello.block or factory.natural_block(hello.sample_rate)
         loop = asyncio.get_running_loop()
         try:
@@ -314,7 +334,16 @@ class Session:
                 self.outq.put_message(json.dumps(self.stats(obj.get("blocks") is True)))
                 continue
             if kind == "set":
-                change = parse_set(obj)
+                try:
+                    change = parse_set(obj)
+                except ProtocolError as exc:
+                    if exc.code != "bad_mix":
+                        raise
+                    # refused as a whole, answered in order (instead of `state`); goes on
+                    log.info("session %s: set refused: %s", self.id, exc.message)
+                    reply = error_message(exc.code, exc.message, fatal=False)
+                    self.inq.put_message({"type": "refused", "reply": reply})
+                    continue
                 if change.speaker is not None:
                     self.factory.check_speaker(change.speaker)
                 obj = {"type": "set", "change": change}
@@ -353,7 +382,7 @@ class Session:
         x = item.payload[:, 0] if self.hello.channels == 1 else item.payload
         t0 = time.perf_counter()
         wet = self.engine.push(x)
-        dry = self.dry.push(x)
+        dry = self.dry.push(sanitize_samples(np.asarray(x, np.float32))[0])  # as the engine
         seconds = time.perf_counter() - t0
         self.timings.append((item.seq, seconds))
         self.compute_s += seconds
@@ -363,6 +392,8 @@ class Session:
     def _control(self, obj: dict[str, Any]) -> str | bytes:
         assert self.engine is not None and self.hello is not None
         kind = obj["type"]
+        if kind == "refused":
+            return str(obj["reply"])
         if kind == "set":
             change = obj["change"]
             if change.speaker is not None:
@@ -417,6 +448,7 @@ class Session:
             "queue_in_high_water": self.inq.high_water,
             "queue_out_high_water": self.outq.high_water,
             "bad_samples": self.engine.stats.bad_samples,
+            "bad_output_samples": self.engine.stats.bad_output_samples,
             "speaker": self.engine.speaker,
             "transpose": self.engine.transpose,
             "bypass": self.bypass,

@@ -55,6 +55,7 @@ __all__ = [
 STAGES = ("resample", "features", "f0", "content", "acoustic", "vocoder")
 WINDOW_CONTEXT_S = 2.5  # the field's usual realtime settings (RVC / so-vits-svc GUIs)
 WINDOW_BLOCK_S = 0.25
+RANDOM_WEIGHTS = "random weights of the configured sizes (no --checkpoint)"
 
 
 def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
@@ -74,7 +75,8 @@ def example_signal(seconds: float, sample_rate: int) -> np.ndarray:
 def build_bench_models(
     cfg: Config, checkpoint: Path | None, vocoder: Path | None, device: str
 ) -> tuple[AcousticModel, nn.Module, str]:
-    """Models from an inference file (and vocoder), or random weights of ``cfg``'s sizes."""
+    """Models from an inference file (and vocoder), or random weights of ``cfg``'s sizes (the
+    source then reads :data:`RANDOM_WEIGHTS`)."""
     if checkpoint is not None:
         from comostream.realtime.load import load_models
 
@@ -83,7 +85,7 @@ def build_bench_models(
     torch.manual_seed(0)
     model = AcousticModel(cfg, ["singer_a", "singer_b"], cfg.content).to(device).eval()
     voc = Vocoder(cfg.vocoder, cfg.audio).to(device).eval()
-    return model, voc, "random weights (sizes from the config)"
+    return model, voc, RANDOM_WEIGHTS
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -108,9 +110,17 @@ def _timed(fn: Callable[[], Any], device: str, repeats: int = 3) -> float:
     return best
 
 
-def _onset(x: np.ndarray, sr: int) -> int | None:
-    """First sample where the trailing 5 ms RMS envelope crosses half-way (in dB) from the quiet
-    start to the loud part (sample resolution); None if the contrast is under 10 dB."""
+ONSET_BELOW_LOUD_DB = 20.0  # the onset threshold, at most this far below the loud part
+
+
+def _onset(x: np.ndarray, sr: int, after: int = 0) -> int | None:
+    """First sample at or after ``after`` where the trailing 5 ms RMS envelope crosses the onset
+    threshold: half-way (in dB) from the quiet start to the loud part, but no lower than
+    :data:`ONSET_BELOW_LOUD_DB` under the loud part (a trained model's output is near-silent
+    before the onset, -100 dB, and rises over a few ms: a half-way mark from such a floor
+    would fire on its first whisper). Sample resolution; None if the contrast is under 10 dB.
+    ``after``: a causal system's output cannot start before its input did, so a click of the
+    model's start-up before that is not the onset."""
     win = max(1, int(0.005 * sr))
     energy = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
     rms = np.sqrt((energy[win:] - energy[:-win]) / win + 1e-12)  # window ending at sample i
@@ -118,8 +128,9 @@ def _onset(x: np.ndarray, sr: int) -> int | None:
     quiet, loud = np.median(db[: max(1, len(db) // 8)]), np.percentile(db, 95)
     if loud - quiet < 10.0:
         return None
-    above = np.flatnonzero(db > 0.5 * (quiet + loud))
-    return int(above[0] + win - 1) if above.size else None
+    threshold = max(0.5 * (quiet + loud), loud - ONSET_BELOW_LOUD_DB)
+    above = np.flatnonzero(db[max(0, after - win + 1) :] > threshold)
+    return int(above[0] + max(0, after - win + 1) + win - 1) if above.size else None
 
 
 def _paced_e2e(engine: StreamingConverter, sr: int) -> tuple[float, float] | None:
@@ -142,8 +153,10 @@ def _paced_e2e(engine: StreamingConverter, sr: int) -> tuple[float, float] | Non
         clock = max(clock, arrival) + compute
         ready.append(clock)
     y = np.concatenate(outs)
-    onset_out = _onset(y, sr)
-    if onset_in is None or onset_out is None or onset_out < onset_in:
+    if onset_in is None:
+        return None
+    onset_out = _onset(y, sr, after=onset_in)
+    if onset_out is None:
         return None
     k = onset_out // chunk
     played = ready[k] + (onset_out - k * chunk) / sr
@@ -248,11 +261,15 @@ def block_sweep(
     device: str = "cpu",
     sample_rate: int = 48000,
     seconds: float = 4.0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Latency, RTF and the window-recompute ratio at each block size (frames) of ``blocks``."""
+    """Latency, RTF and the window-recompute ratio at each block size (frames) of ``blocks``;
+    ``progress`` is told of each block size before it is measured."""
     x = example_signal(seconds + 0.5, sample_rate)
     rows = []
-    for b in blocks:
+    for i, b in enumerate(blocks):
+        if progress is not None:
+            progress(f"block sweep: {b} frames ({i + 1} of {len(blocks)})")
         rt = realtime.with_block(int(b))
         chunk = StreamGeometry.from_configs(model.cfg.audio, rt).samples_per_block(sample_rate)
         eng = StreamingConverter.from_models(
@@ -284,13 +301,22 @@ def run_latency_bench(
     seconds: float = 8.0,
     source: str = "",
     sweep: Sequence[int] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement (see the module docstring); a JSON-able dict."""
+    """Run every measurement (see the module docstring); a JSON-able dict. ``progress`` (e.g.
+    a status line on stderr) is told what is measured next, step by step."""
+    steps = 6 if sweep else 5
+
+    def step(k: int, what: str) -> None:
+        if progress is not None:
+            progress(f"[{k}/{steps}] {what}")
+
     chunk = StreamGeometry.from_configs(model.cfg.audio, realtime).samples_per_block(sample_rate)
     engine = StreamingConverter.from_models(
         model, vocoder, sample_rate=sample_rate, realtime=realtime, profile=True, chunk=chunk
     )
     x = example_signal(seconds + 0.5, sample_rate)
+    step(1, f"streaming {seconds + 0.5:g} s of the example through the engine")
     totals, times = _stream(engine, x, sample_rate)
     # the traced step runs content, acoustic model and vocoder as one graph: split it eagerly
     eager = StreamingConverter.from_models(
@@ -302,6 +328,7 @@ def run_latency_bench(
         trace=False,
         chunk=chunk,
     )
+    step(2, "timing content, acoustic model and vocoder apart (eager)")
     _, eager_times = _stream(eager, x[: len(x) // 3 + sample_rate // 2], sample_rate)
     for name in ("content", "acoustic", "vocoder"):
         times[name] = eager_times.get(name, [])
@@ -311,9 +338,13 @@ def run_latency_bench(
     }
     audio_s = len(totals) * chunk / sample_rate
     rtf = float(sum(totals) / audio_s)
+    step(3, "end-to-end latency of an onset on a simulated real-time clock")
     paced = _paced_e2e(engine, sample_rate)
     e2e = None if paced is None else paced[0]
+    step(4, "window recompute: 2.5 s of context per 250 ms block")
     window_rtf = _window_recompute_rtf(model, vocoder, device)
+    step(5, f"teacher ({model.cfg.edm.teacher_steps} Heun steps) vs the one-step target")
+    teacher = _teacher_vs_onestep(model, device)
     result: dict[str, Any] = {
         "algorithmic_latency_ms": engine.latency_ms,
         "stream_delay_ms": engine.delay_ms,
@@ -327,7 +358,7 @@ def run_latency_bench(
         "stages": stages,
         "rtf": rtf,
         "e2e_latency_ms": e2e,
-        **_teacher_vs_onestep(model, device),
+        **teacher,
         "window_recompute_rtf": window_rtf,
         "window_vs_streaming": window_rtf / rtf,
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
@@ -339,6 +370,7 @@ def run_latency_bench(
         "chunk_ms_all": [1000.0 * t for t in totals],
     }
     if sweep:
+        step(6, f"block sweep over {', '.join(str(b) for b in sweep)} frames")
         result["block_sweep"] = block_sweep(
             model,
             vocoder,
@@ -348,6 +380,7 @@ def run_latency_bench(
             device=device,
             sample_rate=sample_rate,
             seconds=min(seconds, 4.0),
+            progress=progress,
         )
     return result
 
@@ -407,6 +440,8 @@ def format_latency_table(r: dict[str, Any]) -> str:
     lines += [
         "",
         f"algorithmic latency: {r['algorithmic_latency_ms']:.1f} ms   measured end-to-end: {e2e}",
+        "(end-to-end: a sung onset in, its converted onset out, on a simulated real-time clock "
+        "with each chunk's real compute; sound card buffers not included)",
         f"RTF (compute / audio): {r['rtf']:.3f}   p99 chunk {r['chunk_ms_p99']:.2f} ms vs block "
         f"{r['block_ms']:.2f} ms",
         f"teacher ({r['teacher_steps']} Heun steps): {r['teacher_ms']:.1f} ms per s of audio; "
@@ -437,24 +472,47 @@ def format_latency_table(r: dict[str, Any]) -> str:
 
 
 def plot_latency(r: dict[str, Any], path: Path) -> Path:
-    """Histogram of per-chunk compute against the block duration, as a PNG (needs matplotlib)."""
-    try:
-        import matplotlib
+    """A timeline of per-chunk compute against the block duration (the deadline), on a log
+    axis, with the distribution beside it, as a small PNG (needs matplotlib)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("--plot needs matplotlib: pip install 'comostream[eval]'") from None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(r["chunk_ms_all"], bins=60, color="#4477aa")
-    ax.axvline(r["block_ms"], color="#cc3311", label=f"block {r['block_ms']:.1f} ms")
-    ax.axvline(r["chunk_ms_p99"], color="#228833", ls="--", label=f"p99 {r['chunk_ms_p99']:.2f} ms")
-    ax.set_xlabel("compute per chunk (ms)")
-    ax.set_ylabel("chunks")
-    ax.set_title(f"comostream engine on {r['device']}, {r['threads']} threads")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from comostream.realtime.files.demo_plot import pyplot, save_png
+
+    plt = pyplot()
+    ms = np.asarray(r["chunk_ms_all"], dtype=np.float64)
+    block, p99 = float(r["block_ms"]), float(r["chunk_ms_p99"])
+    t = np.arange(len(ms)) * block / 1000.0  # chunk k arrives at k blocks
+    fig, (ax, side) = plt.subplots(
+        1, 2, figsize=(8, 3.6), sharey=True, gridspec_kw={"width_ratios": (5, 1), "wspace": 0.04}
+    )
+    late = ms > block
+    ax.vlines(t, 0, ms, color="#4477aa", lw=0.8)
+    ax.plot(t[late], ms[late], "o", ms=3, color="#cc3311", label=f"over the block: {late.sum()}")
+    ax.axhline(block, color="#cc3311", lw=1.5, label=f"block (deadline) {block:.1f} ms")
+    ax.axhline(p99, color="#228833", ls="--", lw=1.2, label=f"p99 {p99:.2f} ms")
+    low = max(0.05, float(ms.min()) / 1.5) if ms.size else 0.1
+    high = max(2.0 * block, float(ms.max()) * 1.5) if ms.size else 2.0 * block
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(FixedLocator([0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(0, max(t[-1] if t.size else 0.0, block / 1000.0))
+    ax.set_xlabel("time in the stream (s)")
+    ax.set_ylabel("compute per chunk (ms, log)")
+    ax.legend(loc="upper right", fontsize=8, ncol=3)
+    bins = np.geomspace(low, high, 40)
+    side.hist(ms, bins=bins, orientation="horizontal", color="#4477aa")
+    side.axhline(block, color="#cc3311", lw=1.5)
+    side.axhline(p99, color="#228833", ls="--", lw=1.2)
+    side.set_xlabel("chunks")
+    threads = int(r.get("threads", 1))
+    rtf = f", RTF {r['rtf']:.2f}" if r.get("rtf") is not None else ""
+    fig.suptitle(
+        f"comostream engine on {r.get('device', 'cpu')}, {threads} thread"
+        f"{'' if threads == 1 else 's'}: blocks of {r.get('block_frames', '?')} frames, "
+        f"{len(ms)} chunks{rtf}",
+        fontsize=10,
+    )
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.15, top=0.88)
+    return save_png(fig, path)

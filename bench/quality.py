@@ -47,7 +47,7 @@ from comostream.models.f0_yin import yin_f0
 from comostream.models.samplers import heun_sampler, sampling_sigmas
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry
-from comostream.training.corpus import Utterance, load_corpus
+from comostream.training.corpus import CorpusError, Utterance, load_corpus
 
 __all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
 
@@ -293,7 +293,8 @@ def run_quality_bench(
     """Run every conversion and measurement (see the module docstring), the models on
     ``device``; a JSON-able dict. ``realtime``: the engine's settings (default: the model's
     ``[realtime]``); ``block``: frames per step of the streaming schedule, overriding
-    ``realtime``'s."""
+    ``realtime``'s. The targets are the model's singers that the corpus has (CorpusError when
+    none); the sources, every corpus singer's rendition of a held-out line."""
     import json
 
     from comostream.realtime.load import load_models
@@ -301,23 +302,29 @@ def run_quality_bench(
     model, voc = load_models(checkpoint, vocoder, device, realtime)
     if corpus is None:
         if data is None:
-            raise ValueError("give --data (the model's feature folder) or --corpus")
+            raise CorpusError("give --data (the model's feature folder) or --corpus")
         corpus = Path(json.loads((Path(data) / "features.json").read_text())["source"])
     f0_cfg = model.cfg.f0
     rt = (realtime or model.cfg.realtime).with_block(block)
     block = rt.block_frames
-    singers = [s for s in model.speakers]
     utts = load_corpus(corpus)
+    sung = {u.singer for u in utts}
+    singers = [s for s in model.speakers if s in sung]  # the targets: the model's, in the corpus
+    if not singers:
+        raise CorpusError(
+            f"{corpus}: none of its singers ({', '.join(sorted(sung))}) is a singer of the "
+            f"model ({', '.join(model.speakers)}); give --corpus or --data of the model's"
+        )
     lines = _test_lines(utts, split, max_lines)
     if not lines:
-        raise ValueError(f"{corpus}: no {split}-split line sung by two or more singers")
+        raise CorpusError(f"{corpus}: no {split}-split line sung by two or more singers")
     models = {"onestep": model, "streaming": model}
     if distill is not None:
         models["teacher"] = _teacher_model(model, distill, teacher_steps)
     spk = _Speaker()
     medians: dict[str, float] = {}
     refs: dict[str, np.ndarray | None] = {}
-    for s in singers:
+    for s in sorted(sung):  # every source's register and voice, and every target's
         medians[s], refs[s] = _singer_references(utts, s, f0_cfg, spk)
     rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
     todo = list(_conversions(lines, singers, max_conversions))
@@ -416,9 +423,9 @@ def format_quality_table(r: dict[str, Any]) -> str:
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"{r['lines']} held-out lines ({r['split']} split), {len(r['singers'])} "
-        f"singers, transposition {r['transpose']}, streaming block {r['block']} "
-        "frames"
+        f"{r['lines']} held-out lines ({r['split']} split) of {r['corpus']}, "
+        f"{len(r['singers'])} singers, transposition {r['transpose']}, streaming block "
+        f"{r['block']} frames; model {r['checkpoint']}"
     )
     if r.get("f0_floor"):
         fl = r["f0_floor"]

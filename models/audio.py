@@ -6,7 +6,13 @@ samples)``. Every read checks for a missing/unreadable file, a sample rate outsi
 (before any sample is read), zero samples and NaN/Inf, raising :class:`AudioError` with the file
 name. Long files go through in pieces with bounded memory: :func:`open_audio` /
 :func:`read_blocks` read them, :class:`ChunkedResampler` resamples them (the same samples as
-:func:`resample` of the whole), :class:`WavWriter` writes them atomically.
+:func:`resample` of the whole), :class:`AudioWriter` writes them atomically.
+
+Outputs (:func:`save_audio`, :class:`AudioWriter`) take their format from the file's extension
+(:data:`OUTPUT_FORMATS`: .wav, .flac, .ogg) and, unless a subtype is given, the subtype of
+:data:`DEFAULT_SUBTYPES`: WAV 32-bit float (the samples as computed, never clipped), FLAC
+24-bit PCM (FLAC holds no float; clipped to [-1, 1]), OGG Vorbis. :func:`output_format` checks
+a path and subtype before anything is computed.
 """
 
 from __future__ import annotations
@@ -29,16 +35,21 @@ from torchaudio.functional.functional import _get_sinc_resample_kernel
 from comostream.models.limits import check_file_rate
 
 __all__ = [
+    "DEFAULT_SUBTYPES",
+    "OUTPUT_FORMATS",
     "AudioError",
     "AudioInfo",
+    "AudioWriter",
     "ChunkedResampler",
     "WavWriter",
     "check_finite",
     "open_audio",
+    "output_format",
     "read_audio",
     "read_blocks",
     "load_audio",
     "resample",
+    "save_audio",
     "save_wav",
 ]
 
@@ -48,6 +59,12 @@ _ROLLOFF = 0.9475937167399596
 _BETA = 14.769656459379492
 
 _FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
+_UNCLIPPED = {*_FLOAT_SUBTYPES, "VORBIS", "OPUS"}  # subtypes that hold samples beyond +-1
+
+OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}  # extension -> format
+DEFAULT_SUBTYPES = {"WAV": "FLOAT", "FLAC": "PCM_24", "OGG": "VORBIS"}
+VORBIS_MAX_RATE = 192000  # libvorbis crashes the process (no error) at 256 kHz and above
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
 class AudioError(ValueError):
@@ -114,30 +131,94 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y.numpy().astype(np.float32, copy=False)
 
 
+def output_format(
+    path: str | os.PathLike[str],
+    subtype: str | None = None,
+    format: str | None = None,
+    sample_rate: int | None = None,
+) -> tuple[str, str]:
+    """``(format, subtype)`` an output file at ``path`` is written in: the format of its
+    extension (:data:`OUTPUT_FORMATS`, or ``format`` when given), the subtype given (checked
+    against the format) or the format's default (:data:`DEFAULT_SUBTYPES`). Raises
+    :class:`AudioError` naming the file for an unknown extension, a subtype the format does
+    not hold or a ``sample_rate`` it cannot take (Vorbis above 192 kHz, Opus but at 8, 12,
+    16, 24 and 48 kHz); nothing is written."""
+    fmt, st = _format_and_subtype(Path(path), subtype, format)
+    if sample_rate is not None:
+        rate = int(sample_rate)
+        if st == "VORBIS" and rate > VORBIS_MAX_RATE:
+            raise AudioError(
+                f"{path}: Ogg Vorbis holds rates up to {VORBIS_MAX_RATE} Hz, not {rate}; "
+                "write .flac or .wav"
+            )
+        if st == "OPUS" and rate not in OPUS_RATES:
+            raise AudioError(
+                f"{path}: Opus holds the rates {', '.join(map(str, OPUS_RATES))} Hz only, "
+                f"not {rate}; use --subtype VORBIS, or write .flac or .wav"
+            )
+    return fmt, st
+
+
+def _format_and_subtype(p: Path, subtype: str | None, format: str | None) -> tuple[str, str]:
+    """:func:`output_format` without the rate."""
+    if format is None:
+        fmt = OUTPUT_FORMATS.get(p.suffix.lower())
+        if fmt is None:
+            what = f"extension {p.suffix!r}" if p.suffix else "no extension"
+            raise AudioError(
+                f"{p}: {what}: the output format follows the file name; "
+                f"end it in {', '.join(OUTPUT_FORMATS)}"
+            )
+    else:
+        fmt = format.upper()
+    if subtype is None:
+        return fmt, DEFAULT_SUBTYPES.get(fmt) or sf.default_subtype(fmt)
+    st = subtype.upper()
+    if st not in sf.available_subtypes(fmt) or not sf.check_format(fmt, st):
+        raise AudioError(
+            f"{p}: {fmt} files cannot hold subtype {subtype!r}; "
+            f"choose one of {', '.join(sorted(sf.available_subtypes(fmt)))}"
+        )
+    return fmt, st
+
+
 def save_wav(
     path: str | os.PathLike[str], audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16"
 ) -> None:
-    """Atomically write ``audio`` (``(samples,)`` or ``(channels, samples)``) as a WAV file.
+    """:func:`save_audio` as a WAV file whatever the name (16-bit PCM unless ``subtype``)."""
+    save_audio(path, audio, sample_rate, subtype, format="WAV")
+
+
+def save_audio(
+    path: str | os.PathLike[str],
+    audio: np.ndarray,
+    sample_rate: int,
+    subtype: str | None = None,
+    format: str | None = None,
+) -> None:
+    """Atomically write ``audio`` (``(samples,)`` or ``(channels, samples)``) to ``path``, in
+    the format of its extension and the subtype given or the format's default
+    (:func:`output_format`; ``format`` overrides the extension).
 
     Writes a temp file in the target directory then ``os.replace``s it, creating parent
-    directories. PCM subtypes are clipped to [-1, 1]; ``"FLOAT"``/``"DOUBLE"`` are not.
-    Raises :class:`AudioError` on NaN/Inf samples or a write failure.
+    directories. PCM subtypes are clipped to [-1, 1]; float and Vorbis/Opus are not.
+    Raises :class:`AudioError` on NaN/Inf samples, a bad format or a write failure.
     """
     p = Path(path)
+    fmt, subtype = output_format(p, subtype, format, sample_rate)
     x = np.asarray(audio)
     if x.ndim not in (1, 2):
         raise AudioError(f"{p}: audio must be (samples,) or (channels, samples), got {x.shape}")
-    subtype = subtype.upper()
     x = x.astype(np.float64 if subtype == "DOUBLE" else np.float32, copy=False)
     check_finite(x, str(p))
-    if subtype not in _FLOAT_SUBTYPES:
+    if subtype not in _UNCLIPPED:
         x = np.clip(x, -1.0, 1.0)
     frames = x if x.ndim == 1 else x.T  # soundfile wants (samples, channels)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            sf.write(fh, frames, int(sample_rate), subtype=subtype, format="WAV")
+            sf.write(fh, frames, int(sample_rate), subtype=subtype, format=fmt)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, p)
     except (
@@ -308,26 +389,30 @@ class ChunkedResampler:
         return y
 
 
-class WavWriter:
-    """An atomic WAV writer fed in pieces (a context manager): samples go to a temp file beside
-    ``path``, which replaces ``path`` only when the block exits without an error; on any error
-    (a full disk included) the temp file is removed, ``path`` is left as it was and the error
-    is :class:`AudioError`. PCM subtypes are clipped to [-1, 1]; NaN/Inf are an error."""
+class AudioWriter:
+    """An atomic audio writer fed in pieces (a context manager), in the format of ``path``'s
+    extension and ``subtype`` or the format's default (:func:`output_format`, checked on
+    creation; ``format`` overrides the extension): samples go to a temp file beside ``path``,
+    which replaces ``path`` only when the block exits without an error; on any error (a full
+    disk included) the temp file is removed, ``path`` is left as it was and the error is
+    :class:`AudioError`. PCM subtypes are clipped to [-1, 1]; NaN/Inf are an error."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         sample_rate: int,
         channels: int = 1,
-        subtype: str = "PCM_16",
+        subtype: str | None = None,
+        format: str | None = None,
     ) -> None:
         self.path = Path(path)
-        self.sample_rate, self.channels, self.subtype = int(sample_rate), channels, subtype.upper()
+        self.format, self.subtype = output_format(self.path, subtype, format, sample_rate)
+        self.sample_rate, self.channels = int(sample_rate), channels
         self.frames = 0
         self._tmp: Path | None = None
         self._file: sf.SoundFile | None = None
 
-    def __enter__(self) -> WavWriter:
+    def __enter__(self) -> AudioWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(
@@ -336,7 +421,7 @@ class WavWriter:
             os.close(fd)
             self._tmp = Path(tmp)
             self._file = sf.SoundFile(
-                tmp, "w", self.sample_rate, self.channels, self.subtype, format="WAV"
+                tmp, "w", self.sample_rate, self.channels, self.subtype, format=self.format
             )
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as exc:
             self._discard()
@@ -345,10 +430,10 @@ class WavWriter:
 
     def write(self, audio: np.ndarray) -> None:
         """Append ``(samples,)`` (or ``(samples, channels)``) float samples."""
-        assert self._file is not None, "use WavWriter as a context manager"
+        assert self._file is not None, "use AudioWriter as a context manager"
         x = np.asarray(audio, dtype=np.float32)
         check_finite(x, str(self.path))
-        if self.subtype not in _FLOAT_SUBTYPES:
+        if self.subtype not in _UNCLIPPED:
             x = np.clip(x, -1.0, 1.0)
         try:
             self._file.write(x)
@@ -385,6 +470,19 @@ class WavWriter:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+
+
+class WavWriter(AudioWriter):
+    """:class:`AudioWriter` of a WAV file whatever the name (16-bit PCM unless ``subtype``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sample_rate: int,
+        channels: int = 1,
+        subtype: str = "PCM_16",
+    ) -> None:
+        super().__init__(path, sample_rate, channels, subtype, format="WAV")
 
 
 def _why(exc: BaseException) -> str:

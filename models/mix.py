@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_MIX_SINGERS", "MAX_MIX_WEIGHT", "BadMixError", "check_mix"]
+__all__ = ["MAX_MIX_SINGERS", "MAX_MIX_WEIGHT", "BadMixError", "check_mix", "speaker_text"]
 
 MAX_MIX_WEIGHT = 1e6  # largest weight of one singer in a mix (weights are relative)
 MAX_MIX_SINGERS = 256  # most singers named in one mix
@@ -52,3 +52,16 @@ def check_mix(mix: Mapping[Any, Any]) -> dict[str, float]:
     if sum(out.values()) <= 0.0:
         raise BadMixError("a singer mix needs a positive total weight")
     return out
+
+
+def speaker_text(speaker: Any) -> str:
+    """A singer or a mix as the user types it: ``NAME`` or ``NAME:WEIGHT,NAME:WEIGHT`` (weights
+    as given, shortest form: ``a:0.5,b:0.5``); the one spelling every report prints."""
+    if isinstance(speaker, Mapping):
+        return ",".join(f"{name}:{_short(weight)}" for name, weight in speaker.items())
+    return str(speaker)
+
+
+def _short(weight: Any) -> str:
+    """A weight in its shortest form, to 10 digits (``0.5``, ``1``, ``0.3333333``)."""
+    return f"{weight:.10g}" if isinstance(weight, int | float) else str(weight)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
 SAMPLE_LIMIT = 1e4
 
 SpeakerEmbed = Callable[[Any], Tensor]  # a singer name / mix -> (1, speaker_dim) embedding
+VOICED_F0_FRAMES = 1024  # voiced input frames kept for :meth:`StreamingConverter.input_f0_median`
 
 
 class SampleFifo:
@@ -355,6 +357,13 @@ class StreamingConverter:
         self._speaker.start = self._speaker.target
         self._transpose.pos = 1.0
         self._transpose.start = self._transpose.target
+        self.voiced_f0: deque[float] = deque(maxlen=VOICED_F0_FRAMES)  # Hz, latest voiced frames
+
+    def input_f0_median(self, min_frames: int = 48) -> float | None:
+        """The median F0 (Hz) of the input's latest voiced frames (about 11 s of voicing at
+        24 kHz), None until ``min_frames`` voiced frames came in: the singer's register."""
+        f0 = list(self.voiced_f0)  # one C-level copy: a worker thread may append meanwhile
+        return float(np.median(f0)) if len(f0) >= min_frames else None
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Feed ``(n,)`` or ``(n, channels)`` float samples; return as many converted samples
@@ -447,6 +456,7 @@ class StreamingConverter:
             self.stats.add_time("features", time.perf_counter() - t0 - f0_time)
             self.stats.add_time("f0", f0_time)
         if feats is not None and feats.frames:
+            self.voiced_f0.extend(feats.f0[feats.voiced & (feats.f0 > 0)].tolist())
             self._pending.append(feats)
             self._pending_frames += feats.frames
         size = OFFLINE_STEP_FRAMES if self.offline else self.block

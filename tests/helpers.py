@@ -1,12 +1,17 @@
 """Plain helpers shared by the test modules (``from helpers import ...``; fixtures are in
 conftest.py): chunked-stream drivers, engine test doubles, tiny models and their files, test
-signals, users' vocoder files in their original layout, and a toy training problem."""
+signals, users' vocoder files in their original layout, a toy training problem and a
+self-signed TLS pair."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import ipaddress
 import json
 import random
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -376,3 +381,53 @@ def flat_params(state: TrainState) -> Tensor:
     return torch.cat(
         [p.detach().reshape(-1) for m in state.models.values() for p in m.parameters()]
     )
+
+
+# ---------------------------------------------------------------- TLS
+def self_signed_pair(folder: Path) -> tuple[Path, Path] | None:
+    """A self-signed certificate and key for 127.0.0.1/localhost (PEM): the ``openssl``
+    command, else the ``cryptography`` package; None with neither."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    openssl = shutil.which("openssl")
+    if openssl:
+        made = subprocess.run(
+            [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+            + ["-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2"]
+            + ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            capture_output=True,
+        )
+        if made.returncode == 0:
+            return cert, key
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        return None
+    pkey = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pkey.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(san, critical=False)
+        .sign(pkey, hashes.SHA256())
+    )
+    key.write_bytes(
+        pkey.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert, key

@@ -10,11 +10,15 @@ import pytest
 import soundfile as sf
 
 from comostream.models.audio import (
+    DEFAULT_SUBTYPES,
     AudioError,
+    AudioWriter,
     check_finite,
     load_audio,
+    output_format,
     read_audio,
     resample,
+    save_audio,
     save_wav,
 )
 
@@ -152,4 +156,63 @@ def test_save_nan_raises_and_leaves_nothing(tmp_path: Path) -> None:
         save_wav(tmp_path / "x.wav", np.array([0.0, np.nan], np.float32), 24000)
     with pytest.raises(AudioError, match="y.wav"):
         save_wav(tmp_path / "y.wav", np.zeros(10, np.float32), 24000, subtype="NOT_A_SUBTYPE")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg"])
+def test_save_audio_and_the_writer_follow_the_extension(tmp_path: Path, ext: str) -> None:
+    x = _sine(440.0, 24000, 0.5)
+    fmt = FORMATS[ext][0]
+    save_audio(tmp_path / f"whole.{ext}", x, 24000)
+    with AudioWriter(tmp_path / f"pieces.{ext}", 24000) as w:
+        for i in range(0, len(x), 1000):
+            w.write(x[i : i + 1000])
+    for name in (f"whole.{ext}", f"pieces.{ext}"):
+        info = sf.info(str(tmp_path / name))
+        assert (info.format, info.subtype) == (fmt, DEFAULT_SUBTYPES[fmt])
+        back, sr = read_audio(tmp_path / name)
+        assert sr == 24000
+        tol = {"wav": 0.0, "flac": 1e-6, "ogg": 0.05}[ext]  # float, 24-bit, lossy
+        np.testing.assert_allclose(back[: len(x)], x, atol=tol)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"whole.{ext}", f"pieces.{ext}"])
+
+
+def test_float_wav_keeps_peaks_flac_clips_them(tmp_path: Path) -> None:
+    x = np.array([0.0, 1.5, -2.0, 0.25], np.float32)
+    save_audio(tmp_path / "a.wav", x, 16000)
+    np.testing.assert_array_equal(sf.read(tmp_path / "a.wav", dtype="float32")[0], x)
+    save_audio(tmp_path / "a.flac", x, 16000)
+    back = sf.read(tmp_path / "a.flac", dtype="float32")[0]
+    assert back.max() <= 1.0 and back.min() == -1.0
+
+
+def test_output_format_refuses_unknown_extensions_and_subtypes(tmp_path: Path) -> None:
+    assert output_format("x.wav") == ("WAV", "FLOAT")
+    assert output_format("x.FLAC", "pcm_16") == ("FLAC", "PCM_16")
+    assert output_format("x.anything", format="wav") == ("WAV", "FLOAT")
+    for path, subtype, message in [
+        ("x.mp3", None, "extension '.mp3'"),
+        ("x", None, "no extension"),
+        ("x.flac", "FLOAT", "FLAC files cannot hold subtype 'FLOAT'"),
+        ("x.ogg", "PCM_16", "OGG files cannot hold"),
+    ]:
+        with pytest.raises(AudioError, match=message):
+            output_format(path, subtype)
+        with pytest.raises(AudioError, match=message):
+            save_audio(tmp_path / path, np.zeros(10, np.float32), 24000, subtype)
+        with pytest.raises(AudioError, match=message):
+            AudioWriter(tmp_path / path, 24000, subtype=subtype)
+    # rates a codec cannot take are refused up front (libvorbis crashes the process at 256 kHz)
+    for path, subtype, rate, message in [
+        ("x.ogg", None, 384000, "Ogg Vorbis holds rates up to 192000 Hz, not 384000"),
+        ("x.ogg", "OPUS", 44100, "Opus holds the rates"),
+    ]:
+        assert output_format(path, subtype) == ("OGG", subtype or "VORBIS")
+        with pytest.raises(AudioError, match=message):
+            output_format(path, subtype, sample_rate=rate)
+        with pytest.raises(AudioError, match=message):
+            AudioWriter(tmp_path / path, rate, subtype=subtype)
+        with pytest.raises(AudioError, match=message):
+            save_audio(tmp_path / path, np.zeros(10, np.float32), rate, subtype)
+    assert output_format("x.flac", sample_rate=384000) == ("FLAC", "PCM_24")
     assert list(tmp_path.iterdir()) == []

@@ -149,3 +149,69 @@ def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, caps
 def test_quality_bench_without_a_model_is_a_clear_error(capsys) -> None:
     assert comostream.main(["bench", "quality", "--checkpoint", "/nonexistent.ckpt"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_quality_bench_with_no_arguments_uses_the_shipped_model_and_the_bench_corpus(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defaults are resolved without running the benchmark (the full run is marked slow)."""
+    import comostream.bench.corpus
+    import comostream.bench.quality
+    from comostream.models.shipped import default_model_path
+
+    if default_model_path() is None:
+        pytest.skip("this installation ships no model")
+    seen: dict[str, object] = {}
+
+    def fake_corpus(cfg) -> Path:
+        seen["singers"] = cfg.corpus.singers
+        return tmp_path / "bench-corpus"
+
+    def fake_run(checkpoint, data, corpus, **kwargs):
+        seen.update(checkpoint=checkpoint, data=data, corpus=corpus, **kwargs)
+        return {"fake": True}
+
+    monkeypatch.setattr(comostream.bench.corpus, "default_bench_corpus", fake_corpus)
+    monkeypatch.setattr(comostream.bench.quality, "run_quality_bench", fake_run)
+    assert comostream.main(["bench", "quality", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"fake": True}
+    assert seen["checkpoint"] == default_model_path()
+    assert seen["corpus"] == tmp_path / "bench-corpus" and seen["data"] is None
+    assert seen["transpose"] == "auto" and seen["split"] == "test"
+    # a corpus or a feature folder given: no benchmark corpus is made
+    seen.clear()
+    assert comostream.main(["bench", "quality", "--data", "feats", "--json"]) == 0
+    assert seen["data"] == Path("feats") and seen["corpus"] is None and "singers" not in seen
+
+
+def test_quality_bench_refuses_a_corpus_without_the_models_singers(
+    corpus: Path, tmp_path: Path, capsys
+) -> None:
+    model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=["nobody", "else"])
+    argv = ["bench", "quality", "--checkpoint", str(model), "--corpus", str(corpus)]
+    assert comostream.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is a singer of the model (nobody, else)" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_quality_bench_runs_with_no_arguments(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`comostream bench quality` on a fresh clone: the benchmark corpus is synthesised (under
+    out/, here a temp folder) and the shipped model converts its held-out lines."""
+    from comostream.models.shipped import default_model_path
+
+    if default_model_path() is None or shutil.which("flite") is None:
+        pytest.skip("needs the shipped model and the TTS voices (make debian-deps)")
+    monkeypatch.chdir(tmp_path)
+    assert comostream.main(["bench", "quality", "--max-conversions", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["checkpoint"] == str(default_model_path())
+    assert Path(r["corpus"]).parent == Path("out/bench-corpus")
+    assert r["onestep"]["n_conversions"] == r["streaming"]["n_conversions"] == 2
+    assert r["onestep"]["f0_rmse_cents"] is not None and r["onestep"]["mcd_db"] > 0
+    from comostream.realtime.load import read_export
+
+    shipped = set(read_export(default_model_path())["speakers"])
+    assert len(r["singers"]) >= 2 and set(r["singers"]) <= shipped  # targets: the model's

@@ -1,8 +1,12 @@
 """The browser page end to end in headless Chromium: a fake microphone (a WAV file) -> the
-AudioWorklet -> the WebSocket server (tiny model) -> converted audio back into the page.
+AudioWorklet -> the WebSocket server (tiny model) -> converted audio back into the page, over
+HTTP and over HTTPS/WSS (a self-signed pair made here; skipped without openssl or cryptography).
 
 Chromium is driven over the Chrome DevTools Protocol with the ``websockets`` client (no
-selenium): open the page, poll ``window.comostream`` (the page's live state), change the singer.
+selenium): open the page, poll ``window.comostream`` (the page's live state) and use the
+controls as a person would: the singer list (with registers) before Start, the token field, a
+singer mix, auto transposition, recording and downloading the converted take. The HTTP run saves
+a screenshot of the page to ``docs/img/browser.png`` (the README's picture).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import base64
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile as sf
 from websockets.asyncio.client import connect
 
 from comostream.models.audio import load_audio, save_wav
@@ -27,10 +33,14 @@ from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.server import ServerThread
 
-from helpers import tiny_models
+from helpers import self_signed_pair, tiny_models
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-EXAMPLE = Path(__file__).resolve().parents[1] / "models/assets/examples/alto_line2.wav"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "models/assets/examples/alto_line2.wav"
+SCREENSHOT = ROOT / "docs/img/browser.png"  # the README's picture of the page
+REGISTERS = {"alto": 262.0, "bass": 131.0, "tenor": 196.0}  # voice prints' F0 medians (Hz)
+TOKEN = "page-s3cret"
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(
@@ -89,6 +99,8 @@ def _launch(mic: Path, profile: Path) -> tuple[subprocess.Popen[str], str]:
             "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-audio-capture={mic}",
             "--autoplay-policy=no-user-gesture-required",
+            "--ignore-certificate-errors",  # the HTTPS run's self-signed certificate
+            "--window-size=900,600",
             "about:blank",
         ],
         stderr=subprocess.PIPE,
@@ -110,9 +122,222 @@ def _launch(mic: Path, profile: Path) -> tuple[subprocess.Popen[str], str]:
 
 STATE_JS = """window.comostream === undefined ? null : JSON.stringify({
   received: comostream.received, dropped: comostream.dropped, sent: comostream.sent,
-  sumSquares: comostream.sumSquares, errors: comostream.errors,
-  ready: comostream.ready, lastState: comostream.lastState,
+  sumSquares: comostream.sumSquares, errors: comostream.errors, warnings: comostream.warnings,
+  ready: comostream.ready, lastState: comostream.lastState, phase: comostream.phase,
+  auto: comostream.auto, takeSamples: comostream.takeSamples, takeSeconds: comostream.takeSeconds,
+  singersLoaded: comostream.singersLoaded, devices: comostream.devices.length,
+  stats: comostream.stats, status: document.getElementById('status').textContent,
+  options: [...document.getElementById('speaker').options].map(o => [o.value, o.textContent]),
   total: document.getElementById('lat-total').textContent})"""
+
+
+class Page:
+    """The page under test: JavaScript in its context, its state, waits and clicks."""
+
+    def __init__(self, cdp: DevTools, session: str) -> None:
+        self.cdp, self.session = cdp, session
+
+    async def js(self, expression: str) -> Any:
+        return await self.cdp.evaluate(self.session, expression)
+
+    async def state(self) -> dict[str, Any]:
+        return json.loads(await self.js(STATE_JS) or "null") or {}
+
+    async def until(self, condition: str, what: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll until ``condition`` (JavaScript) holds; the page's state then. Fails on a page
+        error or at the timeout, showing the state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ok = await self.js(f"window.comostream !== undefined && !!({condition})")
+            state = await self.state()
+            if ok:
+                return state
+            assert not state.get("errors"), f"{what}: the page failed: {state['errors']}"
+            assert time.monotonic() < deadline, f"{what}: timed out; page state {state}"
+            await asyncio.sleep(0.2)
+
+    async def set_value(self, selector: str, value: Any, event: str = "change") -> None:
+        """Set a control's value and fire ``event``, as a person's click or drag would."""
+        await self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            f" e.value = {json.dumps(value)}; e.dispatchEvent(new Event({json.dumps(event)}));"
+            " })()"
+        )
+
+    async def check(self, selector: str) -> None:
+        await self.js(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.checked = true; e.dispatchEvent(new Event('change')); })()"
+        )
+
+    async def click(self, selector: str) -> None:
+        await self.js(f"document.querySelector({json.dumps(selector)}).click()")
+
+
+async def _control_panel(
+    devtools_url: str,
+    page_url: str,
+    ws_url: str,
+    downloads: Path,
+    token: str | None,
+    shot: Path | None,
+) -> dict[str, Any]:
+    """Use the page as a person would; what was seen on the way (for the asserts)."""
+    seen: dict[str, Any] = {}
+    async with connect(devtools_url, max_size=2**25) as ws:
+        cdp = DevTools(ws)
+        await cdp.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+        target = (await cdp.call("Target.createTarget", url=page_url))["targetId"]
+        session = (await cdp.call("Target.attachToTarget", targetId=target, flatten=True))[
+            "sessionId"
+        ]
+        await cdp.call(
+            "Emulation.setDeviceMetricsOverride",
+            session,
+            width=900,
+            height=600,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+        page = Page(cdp, session)
+        if token:  # the server needs its token: the page says so, then gets it typed in
+            seen["unauthorized"] = await page.until("comostream.phase === 'unauthorized'", "401")
+            await page.set_value("#token", token)
+        # 1. the singers and their registers, before Start
+        seen["loaded"] = await page.until(
+            "comostream.singersLoaded && comostream.devices.length > 0", "the singers and inputs"
+        )
+        # 2. stream
+        await page.click("#start")
+        seen["streaming"] = await page.until(
+            "comostream.phase === 'streaming' && comostream.received >= 24000", "streaming"
+        )
+        # 3. a mix with no weight: refused (4012 without closing), the stream goes on
+        await page.set_value("#speaker", "__mix__")
+        for name in REGISTERS:
+            await page.set_value(f'#mix input[data-singer="{name}"]', "0")
+        seen["bad_mix"] = await page.until("comostream.warnings.length > 0", "bad_mix")
+        # 4. a mix of two singers
+        await page.set_value('#mix input[data-singer="alto"]', "50", "input")
+        await page.set_value('#mix input[data-singer="tenor"]', "50")
+        seen["mix"] = await page.until(
+            "comostream.lastState && comostream.lastState.speaker.tenor === 0.5"
+            " && comostream.lastState.speaker.alto === 0.5",
+            "the mix",
+        )
+        # 5. auto transposition to the mix's register (from the input's F0 in stats)
+        await page.check("#auto")
+        seen["auto"] = await page.until(
+            "comostream.auto && comostream.lastState"
+            " && comostream.lastState.transpose === comostream.auto.semitones"
+            " && Number(document.getElementById('transpose').value) === comostream.auto.semitones",
+            "auto transposition",
+        )
+        # 6. record the converted take, then download it
+        await page.click("#record")
+        t0 = time.monotonic()
+        await page.until(f"comostream.takeSamples >= {int(1.5 * 48000)}", "recording")
+        await page.click("#record")
+        seen["record_wall_s"] = time.monotonic() - t0
+        seen["recorded"] = await page.until("comostream.takeBlob !== null", "the take")
+        await page.click("#download")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            files = [f for f in downloads.glob("*.wav") if f.stat().st_size > 44]
+            if files and not list(downloads.glob("*.crdownload")):
+                seen["download"] = files[0]
+                break
+            await asyncio.sleep(0.2)
+        if shot is not None:
+            png = await cdp.call("Page.captureScreenshot", session, format="png")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            shot.write_bytes(base64.b64decode(png["data"]))
+        await page.click("#start")  # Stop
+        seen["stopped"] = await page.until("comostream.phase === 'idle'", "stop")
+        # 7. the one stream slot taken by another client: the page says the server is full
+        hello = {"type": "hello", "version": 1, "sample_rate": 48000, "token": token}
+        async with connect(ws_url, ssl=_insecure() if ws_url.startswith("wss") else None) as other:
+            await other.send(json.dumps(hello))
+            assert json.loads(await other.recv())["type"] == "ready"
+            await page.click("#start")
+            await page.until("comostream.closeCode === 4007", "server full", timeout=10)
+            seen["full"] = await page.state()
+    return seen
+
+
+def _insecure() -> ssl.SSLContext:
+    """A client TLS context that accepts the test's self-signed certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_control_panel_lists_mixes_transposes_and_records(scheme: str, tmp_path: Path) -> None:
+    settings: dict[str, Any] = {}
+    if scheme == "https":
+        pair = self_signed_pair(tmp_path)
+        if pair is None:
+            pytest.skip("no openssl command and no cryptography package to make a certificate")
+        settings = {"tls_cert": str(pair[0]), "tls_key": str(pair[1]), "token": TOKEN}
+    mic = tmp_path / "mic.wav"
+    save_wav(mic, load_audio(EXAMPLE, 48000)[: 48000 * 3], 48000)
+    model, vocoder = tiny_models()
+    factory = EngineFactory(model, vocoder, RealtimeConfig(block_frames=2), REGISTERS)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with ServerThread(factory, ServerConfig(port=0, max_streams=1, **settings)) as st:
+        assert st.server.http_url.startswith(f"{scheme}://") and st.url.startswith(
+            "wss://" if scheme == "https" else "ws://"
+        )
+        proc, devtools = _launch(mic, tmp_path / "profile")
+        try:
+            seen = asyncio.run(
+                _control_panel(
+                    devtools,
+                    f"{st.server.http_url}/",
+                    st.url,
+                    downloads,
+                    settings.get("token"),
+                    SCREENSHOT if scheme == "http" else None,
+                )
+            )
+        finally:
+            proc.kill()
+            proc.wait(10)
+    if scheme == "https":
+        assert "token" in seen["unauthorized"]["status"]
+    # the singers with their registers, listed before Start
+    loaded = seen["loaded"]
+    assert loaded["ready"] is None and loaded["phase"] == "idle"
+    labels = dict(loaded["options"])
+    assert labels["alto"] == "alto (C4, 262 Hz)" and labels["bass"] == "bass (C3, 131 Hz)"
+    assert "__mix__" in labels and loaded["devices"] >= 1  # the fake microphone is listed
+    streaming = seen["streaming"]
+    assert streaming["ready"]["sample_rate"] == 48000 and not streaming["errors"]
+    # auto: the input's median F0 moved to the mix's register (geometric mean of its singers)
+    auto = seen["auto"]["auto"]
+    target = float(np.sqrt(REGISTERS["alto"] * REGISTERS["tenor"]))
+    assert auto["target_hz"] == pytest.approx(target, rel=1e-6)
+    assert 80 < auto["source_hz"] < 1000
+    assert auto["semitones"] == round(12 * np.log2(target / auto["source_hz"]))
+    assert seen["auto"]["lastState"]["transpose"] == auto["semitones"]
+    assert seen["bad_mix"]["warnings"][0].startswith("bad_mix")
+    assert seen["bad_mix"]["phase"] in ("streaming", "dropping")
+    # the take: downloaded as a WAV file, as long as the recording, converted (not silent)
+    take, rate = sf.read(seen["download"], dtype="float32")
+    recorded = seen["recorded"]
+    assert rate == 48000 and take.ndim == 1 and len(take) == recorded["takeSamples"]
+    assert len(take) >= 1.5 * rate  # recorded until 1.5 s had come back
+    assert abs(len(take) / rate - seen["record_wall_s"]) < 1.0, (len(take), seen["record_wall_s"])
+    rms = float(np.sqrt(np.mean(take**2)))
+    assert rms > 1e-3, f"the recorded take is silent (rms {rms:.2e})"
+    assert seen["download"].name.startswith("comostream-take-")
+    assert not seen["stopped"]["errors"], seen["stopped"]["errors"]
+    full = seen["full"]
+    assert full["phase"] == "error" and full["status"].startswith("server full"), full["status"]
+    if scheme == "http":
+        assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 async def _drive(devtools_url: str, page: str, shot: Path) -> tuple[dict[str, Any], dict]:

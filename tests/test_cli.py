@@ -270,3 +270,86 @@ def test_build_parser_does_not_import_torch() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------- outputs that explain themselves
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly() -> None:
+    """``comostream config | head -c 10``: no BrokenPipeError traceback, status 141 (SIGPIPE)."""
+    exe = Path(sys.executable).parent / "comostream"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "comostream"]
+    res = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" config | head -c 10', "bash", *cmd],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert res.stdout == '{\n  "audio'[:10] and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr == "" and res.returncode in (0, 141)  # 0: it wrote all before head left
+    # the reader gone before the first write: always a broken pipe
+    proc = subprocess.Popen(
+        [*cmd, "config"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
+
+
+def _help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        comostream.main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse's line wrapping undone
+
+
+def test_training_stage_help_reads_as_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "Add a singer to a distilled model and learn its embedding." in _help(
+        ["train", "finetune"], capsys
+    )
+    assert "Train the EDM diffusion teacher" in _help(["train", "teacher"], capsys)
+    assert "Distil a teacher into a one-step model" in _help(["train", "distill"], capsys)
+    for stage in ("teacher", "distill", "finetune"):
+        assert "Train add" not in _help(["train", stage], capsys)
+
+
+def test_live_help_lists_every_console_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from comostream.realtime.live.console import COMMAND_HELP, COMMANDS, parse_command
+
+    text = _help(["live"], capsys)
+    for typed, what in COMMANDS:
+        assert f"{typed} ({what})" in text and typed in COMMAND_HELP
+    # every command listed is one the console takes
+    for verb in {typed.split()[0] for typed, _ in COMMANDS}:
+        assert verb in ("s", "t", "m") or parse_command(verb, ["alto"]) is not None
+    assert "l (list singers)" in text
+
+
+def test_output_commands_say_how_the_format_is_chosen(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["convert"], ["client"]):
+        text = _help(argv, capsys)
+        assert ".wav is 32-bit float" in text and ".flac 24-bit PCM" in text, argv
+        assert "--subtype" in text and "OUT.flac" in text, argv
+
+
+def test_bench_latency_help_and_report_name_the_same_default_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from comostream.bench.latency import RANDOM_WEIGHTS
+
+    text = _help(["bench", "latency"], capsys)
+    assert "default: random weights of the configured sizes" in text
+    assert "shipped model" in text  # how to measure that one instead
+    assert RANDOM_WEIGHTS.startswith("random weights of the configured sizes")
+
+
+def test_client_refuses_an_output_format_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.wav"
+    src.write_bytes(b"")  # never read: the output is checked first
+    argv = ["client", str(src), "-o", str(tmp_path / "out.mp3"), "--url", "ws://127.0.0.1:9/ws"]
+    assert comostream.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "extension '.mp3'" in err and "127.0.0.1" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]

@@ -59,12 +59,13 @@ def test_convert_offline_and_streamed_agree(files, tmp_path: Path, capsys) -> No
     ]
     assert comostream.main([*base, "-o", str(out_off)]) == 0
     assert comostream.main([*base, "-o", str(out_blk), "--block", "4"]) == 0
-    assert "streamed in blocks of 4 frames" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "streamed in blocks of 4 frames" in out
     a, sr = read_audio(out_off)
     b, _ = read_audio(out_blk)
     assert sr == 44100 and a.shape == b.shape == (44100,)
     assert np.abs(a).max() > 1e-3
-    assert np.abs(a - b).max() <= 2e-4  # PCM16 files: quantisation of 3e-5 each
+    assert np.abs(a - b).max() <= 2e-4  # float WAVs (the default): float rounding only
 
 
 def test_convert_with_a_separate_vocoder_and_a_singer_mix(files, tmp_path: Path) -> None:
@@ -144,7 +145,11 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
     )
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert rc == 0
-    r = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    # progress, step by step, on stderr (stdout stays one JSON object)
+    for step in ("model: ", "[1/5] streaming", "[3/5] end-to-end", "[5/5] teacher"):
+        assert f"bench latency: {step}" in captured.err, step
     for key in (
         "algorithmic_latency_ms",
         "block_ms",
@@ -270,3 +275,131 @@ def test_convert_keeps_an_odd_input_rate(files, tmp_path: Path) -> None:
     )
     info = sf.info(str(out))
     assert info.samplerate == 8000 and abs(info.frames - 4000) <= 1
+
+
+# ---------------------------------------------------------------- the output's format
+
+
+def _convert_to(files, out: Path, *extra: str) -> int:
+    return comostream.main(
+        [
+            "convert",
+            str(files["wav44"]),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(files["model"]),
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "name,extra,fmt,subtype",
+    [
+        ("out.wav", [], "WAV", "FLOAT"),
+        ("out.flac", [], "FLAC", "PCM_24"),
+        ("out.ogg", [], "OGG", "VORBIS"),
+        ("OUT.FLAC", [], "FLAC", "PCM_24"),
+        ("out.wav", ["--subtype", "PCM_16"], "WAV", "PCM_16"),
+        ("out.wav", ["--subtype", "pcm_24"], "WAV", "PCM_24"),
+        ("out.flac", ["--subtype", "PCM_16"], "FLAC", "PCM_16"),
+    ],
+)
+def test_convert_writes_the_format_of_the_extension(
+    files, tmp_path: Path, capsys, name: str, extra: list[str], fmt: str, subtype: str
+) -> None:
+    out = tmp_path / name
+    assert _convert_to(files, out, *extra) == 0
+    info = sf.info(str(out))
+    assert (info.format, info.subtype) == (fmt, subtype)
+    assert info.samplerate == 44100 and info.frames == 44100 and info.channels == 1
+    y, _ = sf.read(str(out), dtype="float32")
+    assert np.abs(y).max() > 1e-3
+    assert f"({fmt} {subtype})" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temp file left
+
+
+@pytest.mark.parametrize(
+    "name,extra,message",
+    [
+        ("out.mp3", [], "extension '.mp3'"),
+        ("out", [], "no extension"),
+        ("out.flac", ["--subtype", "FLOAT"], "FLAC files cannot hold subtype 'FLOAT'"),
+        ("out.ogg", ["--subtype", "PCM_16"], "choose one of OPUS, VORBIS"),
+        ("out.wav", ["--subtype", "NONSENSE"], "WAV files cannot hold subtype 'NONSENSE'"),
+    ],
+)
+def test_an_output_format_it_cannot_write_is_refused_before_converting(
+    files, tmp_path: Path, capsys, monkeypatch, name: str, extra: list[str], message: str
+) -> None:
+    import comostream.realtime.load
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the models were loaded: the format is checked too late")
+
+    monkeypatch.setattr(comostream.realtime.load, "load_models", no_model)
+    assert _convert_to(files, tmp_path / name, *extra) == 1
+    err = capsys.readouterr().err
+    assert message in err and name in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_offline_convert_reports_its_steps_and_compute_not_a_latency(
+    files, tmp_path: Path, capsys
+) -> None:
+    from comostream.models.limits import OFFLINE_STEP_FRAMES
+
+    assert _convert_to(files, tmp_path / "off.wav") == 0
+    out = capsys.readouterr().out
+    assert f"offline, in model steps of {OFFLINE_STEP_FRAMES} frames" in out
+    assert "latency" not in out and "compute" in out and "RTF" in out
+    assert _convert_to(files, tmp_path / "blk.wav", "--block", "2") == 0
+    out = capsys.readouterr().out
+    assert "streamed in blocks of 2 frames, algorithmic latency" in out and " ms" in out
+
+
+def test_convert_prints_a_mix_as_typed(files, tmp_path: Path, capsys) -> None:
+    mix = "alto:0.5,tenor:0.5"
+    assert _convert_to(files, tmp_path / "mix.wav", "--speaker", mix) == 0
+    out = capsys.readouterr().out
+    assert f"as {mix}," in out and "{" not in out
+
+
+def test_a_rate_the_codec_cannot_take_is_refused_before_converting(
+    files, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import comostream.realtime.load
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the models were loaded: the rate is checked too late")
+
+    src = tmp_path / "in384k.wav"
+    save_wav(src, sung(384000, 0.05), 384000, subtype="FLOAT")
+    monkeypatch.setattr(comostream.realtime.load, "load_models", no_model)
+    out = tmp_path / "out.ogg"
+    rc = comostream.main(["convert", str(src), "-o", str(out), "--checkpoint", str(files["model"])])
+    assert rc == 1 and "Ogg Vorbis holds rates up to 192000 Hz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in384k.wav"]
+
+
+def test_client_writes_the_format_of_the_extension_and_prints_a_mix_as_typed(
+    models, tmp_path: Path, capsys
+) -> None:
+    from comostream.models.config import RealtimeConfig
+    from comostream.realtime.serve.config import ServerConfig
+    from comostream.realtime.serve.engines import EngineFactory
+    from comostream.realtime.serve.server import ServerThread
+
+    src = tmp_path / "in.wav"
+    save_wav(src, sung(48000, 0.3), 48000, subtype="FLOAT")
+    out = tmp_path / "out.flac"
+    factory = EngineFactory(*models, RealtimeConfig(block_frames=2))
+    with ServerThread(factory, ServerConfig(port=0, max_queue_ms=3000.0)) as st:
+        argv = ["client", str(src), "-o", str(out), "--url", st.url, "--fast"]
+        rc = comostream.main([*argv, "--speaker", "alto:0.5,bass:0.5", "--subtype", "PCM_16"])
+    assert rc == 0
+    info = sf.info(str(out))
+    assert (info.format, info.subtype, info.samplerate) == ("FLAC", "PCM_16", 48000)
+    printed = capsys.readouterr().out
+    assert "(FLAC PCM_16)" in printed and "as alto:0.5,bass:0.5;" in printed

@@ -49,6 +49,8 @@ def test_demo_command_writes_features(
     assert rc == 0
     out = capsys.readouterr().out
     assert example.name in out and "ships no model" in out
+    assert "stream vs offline mel: largest difference" in out  # the columns explained
+    assert "window lookahead:" in out and "RTF: compute time / audio time" in out
     saved = np.load(tmp_path / f"{example.stem}.features.npz")
     assert set(saved.files) == {"mel", "loudness", "f0_hz", "voiced"}
 
@@ -93,6 +95,10 @@ def test_demo_converts_with_a_model(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "| F0 RMSE (cents) |" in out and "2 conversions streamed" in out
     assert "| alto |" in out and "| alto:1,bass:3 |" in out  # a mix, as the user typed it
+    notes = out[out.index("| closest singer |") :]  # the columns explained under the table
+    for column in ("transpose:", "latency (ms):", "RTF:", "F0 RMSE (cents):"):
+        assert f"\n{column}" in notes, column
+    assert "\ntimbre similarity: cosine" in notes and "\nclosest singer:" in notes
     outputs = []
     for stem in ("alto", "alto-1+bass-3"):
         y = load_audio(tmp_path / "demo" / f"{example.stem}_to_{stem}.wav")
@@ -114,3 +120,32 @@ def test_demo_voice_print_of_a_mix_is_the_weighted_mean() -> None:
     assert np.allclose(mix["mcep"], [0.5, 0.5]) and mix["f0_median"] == pytest.approx(200.0)
     assert _target_print(prints, "a") is prints["a"]
     assert _target_print(prints, {"a": 1.0, "c": 1.0}) is None  # c has no print
+
+
+def test_demo_plot_draws_the_spectrograms_and_the_signal_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from comostream.realtime.engine import StreamingConverter
+    from comostream.realtime.files.demo_plot import latency_parts
+    from comostream.realtime.load import load_models
+
+    from helpers import write_tiny_model
+
+    model_path = write_tiny_model(tmp_path / "m.ckpt")
+    example = [p for p in example_files() if p.stem == "bass_line11"][0]
+    argv = ["demo", "--checkpoint", str(model_path), "--speaker", "alto", "--input", str(example)]
+    rc = comostream.main([*argv, "--out", str(tmp_path / "demo"), "--plot", str(tmp_path / "img")])
+    assert rc == 0 and "pictures:" in capsys.readouterr().out
+    for name in ("spectrogram.png", "signal_path.png"):
+        png = (tmp_path / "img" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 150_000
+    # the diagram's parts are the engine's latency, stage by stage
+    model, vocoder = load_models(model_path)
+    eng = StreamingConverter.from_models(model, vocoder, sample_rate=48000, chunk=1024)
+    parts = latency_parts(eng)
+    assert sum(p.ms for p in parts) == pytest.approx(eng.latency_ms, abs=1e-6)
+    by_stage = {p.stage: p.ms for p in parts if p.what == "lookahead"}
+    frame = 1000 * 256 / 24000
+    assert by_stage["vocoder"] == pytest.approx(frame)  # the tiny model's vocoder: 1 frame
+    assert [p.ms for p in parts if p.what == "block"] == [pytest.approx(eng.block_ms)]
+    assert min(p.ms for p in parts) > -1e-6

@@ -76,7 +76,7 @@ def test_offline_convert_in_bounded_steps_equals_one_step_over_the_file(
 ) -> None:
     src = _wav(tmp_path / "in.wav", 7.0, rate)  # 656 frames: two steps of at most 512
     out = tmp_path / "out.wav"
-    convert_file(src, out, checkpoint=model_file)
+    convert_file(src, out, checkpoint=model_file, subtype="PCM_16")
     got, sr = sf.read(str(out), dtype="int16")
     ref = _one_step_reference(model_file, src, monkeypatch)
     want = (np.clip(ref, -1, 1) * 32767).round()

@@ -486,3 +486,17 @@ def test_a_failing_stream_is_reopened_until_it_keeps_failing(
     assert out.getvalue().count(f"the audio stream {what} (a device error): reopened it") == 5
     status = json.loads((tmp_path / "status.json").read_text())
     assert not status["running"] and status["restarts"] == 5 and status["elapsed_s"] < 10
+
+
+def test_one_spelling_of_a_singer_mix_everywhere_it_is_printed() -> None:
+    from comostream.models.mix import speaker_text
+    from comostream.realtime.live import console
+
+    assert console.speaker_text is speaker_text  # live, convert, demo and client share it
+    assert speaker_text("alto") == "alto"
+    assert speaker_text({"a": 0.5, "b": 0.5}) == "a:0.5,b:0.5"
+    assert speaker_text({"a": 1.0, "b": 3}) == "a:1,b:3"
+    status = LiveStatus(sample_rate=48000)
+    status.speaker = speaker_text({"a": 0.25, "b": 0.75})  # what the session reports
+    line = format_status(status)
+    assert "a:0.25,b:0.75 +0 st" in line and "{" not in line

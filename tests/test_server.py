@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ from comostream.realtime.serve.protocol import ERRORS, pack_frame
 from comostream.realtime.serve.server import ServerThread
 from comostream.realtime.serve.session import Block, DropQueue, Gap
 
-from helpers import write_tiny_model
+from helpers import self_signed_pair, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
@@ -411,6 +412,82 @@ def test_serve_and_client_commands_refuse_clearly(
         == 1
     )
     assert "ws://127.0.0.1:9/ws" in capsys.readouterr().err
+
+
+def test_serve_checks_its_tls_pair_before_loading_the_model(
+    monkeypatch: Any, capsys: Any, tmp_path: Path
+) -> None:
+    import comostream.models.shipped
+
+    monkeypatch.setattr(comostream.models.shipped, "default_model_path", lambda: None)
+    assert main(["serve", "--tls-cert", str(tmp_path / "c.pem")]) == 1
+    assert "give both --tls-cert and --tls-key" in capsys.readouterr().err
+    missing = ["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")]
+    assert main(["serve", *missing]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    junk = str(tmp_path / "junk.pem")
+    assert main(["serve", "--tls-cert", junk, "--tls-key", junk]) == 1
+    assert "not a PEM certificate" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = self_signed_pair(tmp_path / "a"), self_signed_pair(tmp_path / "b")
+    if a is None or b is None:
+        pytest.skip("no openssl command and no cryptography package to make a certificate")
+    assert main(["serve", "--tls-cert", str(a[0]), "--tls-key", str(b[1])]) == 1
+    assert "does not belong to the certificate" in capsys.readouterr().err
+
+
+def test_singers_route_lists_registers_and_needs_the_token(models: Any) -> None:
+    factory = EngineFactory(*models, RT, registers={"alto": 262.0, "nobody": 100.0})
+    with ServerThread(factory, ServerConfig(port=0, token="s3cret")) as st:
+        url = f"{st.server.http_url}/singers"
+        assert _get(url)[0] == 401
+        assert _get(url, {"Authorization": "Bearer guess"})[0] == 401
+        status, ctype, body = _get(url, {"Authorization": "Bearer s3cret"})
+    assert status == 200 and ctype == "application/json"
+    assert json.loads(body) == {
+        "singers": [
+            {"name": "alto", "f0_median_hz": 262.0},
+            {"name": "bass", "f0_median_hz": None},
+            {"name": "tenor", "f0_median_hz": None},
+        ],
+        "default": "alto",
+    }
+
+
+def test_https_and_wss_serve_the_page_and_measure_the_input_register(
+    models: Any, tmp_path: Path
+) -> None:
+    pair = self_signed_pair(tmp_path)
+    if pair is None:
+        pytest.skip("no openssl command and no cryptography package to make a certificate")
+    config = ServerConfig(port=0, tls_cert=str(pair[0]), tls_key=str(pair[1]), max_queue_ms=3000.0)
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed
+    sr = 24000
+    t = np.arange(sr) / sr
+    tone = sum(0.2 / k * np.sin(2 * np.pi * 220.0 * k * t) for k in range(1, 6)).astype(np.float32)
+    with ServerThread(EngineFactory(*models, RT), config) as st:
+        assert st.url.startswith("wss://") and st.server.http_url.startswith("https://")
+        req = urllib.request.Request(f"{st.server.http_url}/")
+        with urllib.request.urlopen(req, timeout=10, context=insecure) as r:
+            assert r.status == 200 and b"app.js" in r.read()
+
+        async def run() -> dict[str, Any]:
+            async with connect(st.url, ssl=insecure) as ws:
+                await ws.send(_hello(sample_rate=sr, block=None))
+                ready = json.loads(await ws.recv())
+                block = ready["block"]
+                for i in range(len(tone) // block):
+                    await ws.send(pack_frame(i, 0, tone[i * block : (i + 1) * block], "f32le"))
+                    await ws.recv()
+                await ws.send('{"type": "stats"}')
+                return json.loads(await ws.recv())
+
+        stats = asyncio.run(run())
+    assert stats["type"] == "stats"
+    assert stats["input_f0_hz"] == pytest.approx(220.0, rel=0.03)  # the singer's register
 
 
 def test_sigterm_closes_sessions_gracefully(tmp_path: Path) -> None:

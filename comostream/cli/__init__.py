@@ -11,6 +11,7 @@ imports (torch, numba, ...) happen inside the handlers, so ``--help`` is instant
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,8 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a C tool's status is when its reader goes away
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``comostream`` console script."""
+    """Entry point of the ``comostream`` console script. When the reader of stdout goes away
+    (``comostream config | head``) the command stops quietly with status 141, as C tools do."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a pipe closed early shows here, not at interpreter exit
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush finds no broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from comostream.models.config import ConfigError
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from comostream.cli.common import (
@@ -107,6 +108,7 @@ def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
+    from comostream.bench.corpus import default_bench_corpus
     from comostream.bench.quality import format_quality_table, run_quality_bench
     from comostream.models.shipped import require_model
 
@@ -114,10 +116,13 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
     device = use_runtime(args)
     cfg = config_from_args(args)
     transpose = args.transpose  # "auto" or semitones (transpose_or_auto)
+    corpus = args.corpus
+    if corpus is None and args.data is None:  # the synthetic corpus `bench f0` uses too
+        corpus = default_bench_corpus(cfg)
     result = run_quality_bench(
         checkpoint,
         args.data,
-        args.corpus,
+        corpus,
         vocoder=args.vocoder,
         distill=args.distill,
         teacher_steps=args.teacher_steps,
@@ -143,7 +148,12 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     device = use_runtime(args)
     cfg = config_from_args(args)
     rt = cfg.realtime
+
+    def progress(what: str) -> None:
+        print(f"bench latency: {what}", file=sys.stderr, flush=True)
+
     model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, device)
+    progress(f"model: {source}")
     result = run_latency_bench(
         model,
         voc,
@@ -153,12 +163,15 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         source=source,
         sweep=args.sweep or (),
+        progress=progress,
     )
     if args.plot is not None:
         plot_latency(result, args.plot)
+        progress(f"plot written to {args.plot}")
     if args.ws:
         from comostream.bench.latency import measure_ws_overhead
 
+        progress("WebSocket round trip through a loopback server")
         result.update(
             measure_ws_overhead(
                 model,
@@ -333,7 +346,8 @@ def _add_engine(bench_sub: Subparsers) -> None:
             "schedule) and score F0 RMSE (cents) and voicing error against the source, "
             "Resemblyzer similarity to the target vs the source singer, DTW-aligned MCD against "
             "the target singer's own rendition, DNSMOS. Singer similarity and DNSMOS need "
-            "`pip install .[eval]`."
+            "`pip install .[eval]`. With no arguments: the shipped model on the synthetic "
+            "benchmark corpus (made once; the first run takes a few minutes more)."
         ),
     )
     p.add_argument(
@@ -343,7 +357,14 @@ def _add_engine(bench_sub: Subparsers) -> None:
         metavar="FEAT_DIR",
         help="the model's feature folder (names the corpus)",
     )
-    p.add_argument("--corpus", type=Path, default=None, metavar="DIR", help="the corpus")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the corpus (default, without --data: the synthetic benchmark corpus of the "
+        "configured singers, synthesised under out/bench-corpus once, as `bench f0` does)",
+    )
     p.add_argument(
         "--distill",
         type=Path,
@@ -388,7 +409,9 @@ def _add_engine(bench_sub: Subparsers) -> None:
             "real-time clock, per-chunk compute p50/p99 per stage, the real-time factor, the "
             "teacher's N-step cost vs the one-step target, and the cost of re-running the same "
             "models on 2.5 s of context per 250 ms block. Without --checkpoint the models have "
-            "random weights of the configured sizes (compute does not depend on the weights)."
+            "random weights of the configured sizes (compute does not depend on the weights; "
+            "the end-to-end onset is then the untrained model's). Each step is announced on "
+            "stderr; the report goes to stdout."
         ),
     )
     block_option(p)
@@ -405,7 +428,7 @@ def _add_engine(bench_sub: Subparsers) -> None:
         type=Path,
         default=None,
         metavar="FILE.png",
-        help="draw the per-chunk compute distribution against the block duration",
+        help="draw a timeline of the per-chunk compute against the block duration (log axis)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
@@ -424,7 +447,8 @@ def _add_engine(bench_sub: Subparsers) -> None:
     )
     model_options(
         p,
-        "inference file from `comostream export` (default: random weights of the configured sizes)",
+        "inference file from `comostream export`, e.g. the shipped model "
+        "models/assets/default.ckpt (default: random weights of the configured sizes)",
     )
     runtime_options(p)
     p.set_defaults(handler=_cmd_bench_latency)

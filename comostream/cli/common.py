@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "FRAME_MS",
+    "OUTPUT_FORMATS_HELP",
     "CommandError",
     "Subparsers",
     "block_frames_arg",
@@ -44,6 +45,7 @@ __all__ = [
     "say",
     "sound_device_arg",
     "speaker_arg",
+    "subtype_option",
     "transpose_arg",
     "transpose_or_auto",
     "use_runtime",
@@ -54,6 +56,12 @@ Subparsers = Any  # argparse's private _SubParsersAction: the object add_subpars
 
 _CFG_PREFIX = "cfg__"  # dest of a config override: cfg__SECTION__NAME
 FRAME_MS = "10.67 ms each at 24 kHz / hop 256"
+# models/audio.py's OUTPUT_FORMATS and DEFAULT_SUBTYPES, said for --help (no soundfile import)
+OUTPUT_FORMATS_HELP = (
+    "The output's format follows its extension: .wav is 32-bit float (the samples as computed, "
+    "never clipped), .flac 24-bit PCM (clipped to +-1), .ogg Ogg Vorbis; --subtype picks "
+    "another sample format, e.g. PCM_16 for 16-bit."
+)
 
 
 class CommandError(RuntimeError):
@@ -282,6 +290,19 @@ def model_options(
             help="vocoder to use instead of the model file's: a `train vocoder` checkpoint, or "
             "your BigVGAN / HiFi-GAN generator (runs in window mode)",
         )
+
+
+def subtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--subtype NAME``: the output file's sample format (checked against its format)."""
+    parser.add_argument(
+        "--subtype",
+        type=str.upper,
+        default=None,
+        metavar="NAME",
+        help="sample format of the output (a soundfile subtype: PCM_16, PCM_24, PCM_32, FLOAT "
+        "for WAV; PCM_16, PCM_24 for FLAC; VORBIS, OPUS for OGG); default: FLOAT for .wav, "
+        "PCM_24 for .flac, VORBIS for .ogg",
+    )
 
 
 def runtime_options(parser: argparse.ArgumentParser, threads_default: str = "torch's") -> None:

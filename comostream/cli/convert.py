@@ -7,6 +7,7 @@ from pathlib import Path
 
 from comostream.cli.common import (
     FRAME_MS,
+    OUTPUT_FORMATS_HELP,
     Subparsers,
     block_option,
     config_from_args,
@@ -15,6 +16,7 @@ from comostream.cli.common import (
     overridden,
     runtime_options,
     speaker_arg,
+    subtype_option,
     transpose_arg,
     use_runtime,
 )
@@ -35,6 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         singers=args.speaker,
         device=device,
+        plot=args.plot,
     )
 
 
@@ -55,12 +58,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         vocoder=args.vocoder,
         realtime=cfg.realtime,
         device=device,
+        subtype=args.subtype,
     )
-    mode = "offline" if r.block is None else f"streamed in blocks of {r.block} frames"
-    print(
-        f"wrote {r.output}: {r.seconds:.2f} s as {r.speaker}, {mode}; latency "
-        f"{r.latency_ms:.1f} ms; compute {r.compute_s:.2f} s (RTF {r.rtf:.3f})"
-    )
+    print(r.summary())
     return 0
 
 
@@ -80,6 +80,14 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder")
     p.add_argument("--input", type=Path, default=None, help="audio file instead of the example")
     p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also draw DIR/spectrogram.png (the first conversion, before and after) and "
+        "DIR/signal_path.png (the engine's stages with the latency each adds); needs matplotlib",
+    )
+    p.add_argument(
         "--speaker",
         type=speaker_arg,
         action="append",
@@ -97,15 +105,24 @@ def register(sub: Subparsers) -> None:
         parents=[config_parent],
         help="convert a recording to another singer (a file)",
         description=(
-            "Convert IN to a singer of the model and write OUT (WAV at IN's rate), through the "
-            "streaming engine: offline (model steps of 5.46 s, memory bounded whatever the "
+            "Convert IN to a singer of the model and write OUT (mono, at IN's rate), through "
+            "the streaming engine: offline (model steps of 5.46 s, memory bounded whatever the "
             "file's length) or, with --block, on the realtime schedule (the same output, to "
             "float rounding). F0 follows the source, transposed by --transpose semitones. OUT "
-            "is written atomically and is never IN; IN's rate must be within 8-384 kHz."
+            "is written atomically and is never IN; IN's rate must be within 8-384 kHz. "
+            + OUTPUT_FORMATS_HELP
         ),
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (wav/flac/ogg, any rate)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output file: OUT.wav, OUT.flac or OUT.ogg (the extension picks the format)",
+    )
+    subtype_option(p)
     p.add_argument(
         "--speaker",
         type=speaker_arg,

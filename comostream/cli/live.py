@@ -73,6 +73,9 @@ def _cmd_live(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     """Add ``live`` to ``sub``."""
+    from comostream.realtime.live.console import COMMANDS  # no torch: --help stays instant
+
+    commands = "; ".join(f"{typed} ({what})" for typed, what in COMMANDS)
     p = sub.add_parser(
         "live",
         parents=[config_parent],
@@ -80,8 +83,7 @@ def register(sub: Subparsers) -> None:
         description=(
             "Convert the input device's signal live and play it on the output device. A status "
             "line (latency, RTF, xruns, dropped blocks, F0, singer) is refreshed twice a second; "
-            "type commands while it runs: s NAME (singer or NAME:W,NAME:W mix), t N (transpose), "
-            "b (bypass), m LEVEL (monitor), q (quit); Ctrl-C stops. Latency: the converter's "
+            f"type commands while it runs, then Enter: {commands}. Latency: the converter's "
             "(block + analysis overhang + lookaheads + output buffer) plus the devices' buffers."
         ),
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from comostream.cli.common import (
     FRAME_MS,
+    OUTPUT_FORMATS_HELP,
     CommandError,
     Subparsers,
     block_frames_arg,
@@ -21,6 +22,7 @@ from comostream.cli.common import (
     runtime_options,
     sound_device_arg,
     speaker_arg,
+    subtype_option,
     transpose_arg,
     use_runtime,
 )
@@ -30,7 +32,7 @@ __all__ = ["register"]
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from comostream.models.shipped import require_model
-    from comostream.realtime.load import load_models
+    from comostream.realtime.load import load_models, load_voiceprints, read_export
     from comostream.realtime.serve.config import ServerConfig, resolve_token
     from comostream.realtime.serve.engines import EngineFactory
     from comostream.realtime.serve.server import run_server
@@ -45,14 +47,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout,
             max_queue_ms=rt.max_backlog_ms,
             allow_origins=tuple(args.allow_origin),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
         )
+        config.ssl_context()  # unreadable or mismatched TLS files: an error before the model
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     checkpoint = require_model(args.checkpoint)
     device = use_runtime(args)
-    model, voc = load_models(checkpoint, args.vocoder, device, rt)
+    export = read_export(checkpoint)
+    model, voc = load_models(checkpoint, args.vocoder, device, rt, payload=export)
+    prints = load_voiceprints(checkpoint, payload=export)
+    registers = {name: p["f0_median"] for name, p in prints.items() if "f0_median" in p}
     try:
-        return run_server(EngineFactory(model, voc, rt), config)
+        return run_server(EngineFactory(model, voc, rt, registers), config)
     except OSError as exc:
         raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 
@@ -76,8 +84,11 @@ def _client_token(args: argparse.Namespace) -> str | None:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    from comostream.models.audio import output_format
+    from comostream.models.mix import speaker_text
     from comostream.realtime.serve.client import stream_file
 
+    fmt, subtype = output_format(args.output, args.subtype)  # before connecting
     try:
         r = stream_file(
             args.input,
@@ -89,12 +100,14 @@ def _cmd_client(args: argparse.Namespace) -> int:
             fmt=args.format,
             block=args.block,
             token=_client_token(args),
+            subtype=subtype,
         )
     except _stream_errors() as exc:
         raise CommandError(f"{args.url}: {exc}") from None
     seconds = r.output.shape[0] / r.sample_rate
     print(
-        f"wrote {args.output}: {seconds:.2f} s as {r.ready['speaker']}; round trip p50 "
+        f"wrote {args.output} ({fmt} {subtype}): {seconds:.2f} s as "
+        f"{speaker_text(r.ready['speaker'])}; round trip p50 "
         f"{r.rtt_percentile(50):.1f} ms, p99 {r.rtt_percentile(99):.1f} ms; algorithmic "
         f"latency {r.ready['latency_ms']:.1f} ms; server compute p50 "
         f"{r.stats['compute_ms_p50']:.1f} ms per block; dropped {r.dropped_samples} samples"
@@ -178,8 +191,10 @@ def register(sub: Subparsers) -> None:
             f"{resources.files('comostream.docs') / 'protocol.md'}): one engine per connection, "
             "bounded queues that drop the oldest "
             "blocks when a client or the server falls behind. Also serves a browser page at / "
-            "(microphone -> server -> playback) and GET /health. SIGTERM closes sessions "
-            "gracefully (close code 1001)."
+            "(microphone -> server -> playback: singers, mix, transposition, recording), GET "
+            "/singers and GET /health; HTTPS/WSS with --tls-cert/--tls-key (browsers on other "
+            "machines need it for the microphone). SIGTERM closes sessions gracefully (close "
+            "code 1001)."
         ),
     )
     p.add_argument(
@@ -223,6 +238,19 @@ def register(sub: Subparsers) -> None:
         metavar="ORIGIN",
         help="browser origin allowed besides the server's own page (repeatable)",
     )
+    p.add_argument(
+        "--tls-cert",
+        default=None,
+        metavar="FILE",
+        help="PEM certificate: serve HTTPS/WSS (with --tls-key), so that browsers on other "
+        "machines may use their microphone; e.g. a self-signed pair from openssl req -x509",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=None,
+        metavar="FILE",
+        help="the unencrypted PEM private key of --tls-cert",
+    )
     block_option(p)
     model_options(p)
     runtime_options(p)
@@ -235,11 +263,20 @@ def register(sub: Subparsers) -> None:
         help="stream a file through a `comostream serve` server",
         description=(
             "Stream IN to the server at real-time pace (or --fast), write the converted audio "
-            "(float WAV at IN's rate, aligned to IN) and print the round-trip latency p50/p99."
+            "(at IN's rate, aligned to IN) and print the round-trip latency p50/p99. "
+            + OUTPUT_FORMATS_HELP
         ),
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (mono or stereo)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output file: OUT.wav, OUT.flac or OUT.ogg (the extension picks the format)",
+    )
+    subtype_option(p)
     p.add_argument(
         "--fast",
         action="store_true",

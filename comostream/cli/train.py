@@ -104,24 +104,32 @@ def _add_acoustic_stages(train_sub: Subparsers) -> None:
     """``train teacher|distill|finetune``: one loop, options from [train]."""
     from comostream.models.config import TrainConfig
 
+    # name: (the one-line help, the description's first sentence, the handler)
     stages = {
-        "teacher": ("the EDM diffusion teacher (conditioner + denoiser)", _cmd_train_teacher),
+        "teacher": (
+            "the EDM diffusion teacher (conditioner + denoiser)",
+            "Train the EDM diffusion teacher (conditioner + denoiser).",
+            _cmd_train_teacher,
+        ),
         "distill": (
             "consistency distillation of a teacher: student + EMA target",
+            "Distil a teacher into a one-step model by consistency distillation (a student and "
+            "its EMA target).",
             _cmd_train_distill,
         ),
         "finetune": (
             "add a singer to a distilled model and learn its embedding",
+            "Add a singer to a distilled model and learn its embedding.",
             _cmd_train_finetune,
         ),
     }
-    for name, (text, handler) in stages.items():
+    for name, (text, sentence, handler) in stages.items():
         p = train_sub.add_parser(
             name,
             parents=[config_parent],
             help=text,
             description=(
-                f"Train {text}. Works under torchrun (DDP) too; writes config.json, "
+                f"{sentence} Works under torchrun (DDP) too; writes config.json, "
                 "stats.jsonl, TensorBoard scalars and checkpoints (ckpt_STEP.pt, last.pt) to "
                 "--out."
             ),

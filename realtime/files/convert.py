@@ -4,7 +4,8 @@ The file goes through in pieces, read -> (resampled) -> engine -> (resampled bac
 so memory does not grow with its length: offline, the engine runs model steps of
 :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames (the same samples as one step over
 the whole file, to float rounding). The output never replaces the input, and is written
-atomically (:class:`~comostream.models.audio.WavWriter`).
+atomically (:class:`~comostream.models.audio.AudioWriter`) in the format of its extension
+(wav/flac/ogg; :func:`~comostream.models.audio.output_format`), checked before any work.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import torch
 
 from comostream.models.audio import (
     AudioError,
+    AudioWriter,
     ChunkedResampler,
-    WavWriter,
     open_audio,
+    output_format,
     read_blocks,
 )
 from comostream.models.config import RealtimeConfig
-from comostream.models.limits import check_transpose
+from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
+from comostream.models.mix import speaker_text
 from comostream.models.shipped import require_model
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import stream_rate
@@ -45,14 +48,32 @@ class ConvertResult:
     output: Path
     seconds: float  # audio duration
     compute_s: float  # wall time of the conversion
-    latency_ms: float  # the engine's algorithmic latency
+    latency_ms: float  # the engine's algorithmic latency (meaningful when streamed)
     speaker: Any
     block: int | None  # frames per step, or None for offline
     missing_seconds: float = 0.0  # what a truncated WAV's header promised beyond its end
+    format: str = "WAV"  # the output's container (from its extension)
+    subtype: str = "FLOAT"  # and sample format
 
     @property
     def rtf(self) -> float:
         return self.compute_s / max(self.seconds, 1e-9)
+
+    def summary(self) -> str:
+        """One line saying what was written and what is true of how: offline, the model steps
+        and the compute; streamed, the block and the latency a live stream of it would have."""
+        if self.block is None:
+            mode = f"offline, in model steps of {OFFLINE_STEP_FRAMES} frames"
+        else:
+            mode = (
+                f"streamed in blocks of {self.block} frames, algorithmic latency "
+                f"{self.latency_ms:.1f} ms"
+            )
+        return (
+            f"wrote {self.output} ({self.format} {self.subtype}): {self.seconds:.2f} s as "
+            f"{speaker_text(self.speaker)}, {mode}; compute {self.compute_s:.2f} s "
+            f"(RTF {self.rtf:.3f})"
+        )
 
 
 def check_output_path(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> None:
@@ -106,21 +127,26 @@ def convert_file(
     realtime: RealtimeConfig | None = None,
     device: str = "cpu",
     warn: Callable[[str], None] = _warn,
+    subtype: str | None = None,
 ) -> ConvertResult:
-    """Convert ``source`` to ``speaker`` and write ``output`` (WAV, the source's rate, mono).
+    """Convert ``source`` to ``speaker`` and write ``output`` (the source's rate, mono, in the
+    format of ``output``'s extension: wav/flac/ogg, with ``subtype`` or the format's default,
+    :func:`~comostream.models.audio.output_format`; checked before anything is converted).
 
     ``block``: frames per model step on the realtime schedule (the file is pushed in chunks of
     one block; overrides ``realtime``'s); None runs offline (model steps of
     :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames). Same output either way, to
     float rounding, and memory bounded whatever the file's length. A rate the engine does not
     take is resampled first (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``:
-    None for the model's default. Raises :class:`AudioError` for an output that is the input, an
-    unreadable or bogus file (rate outside 8-384 kHz) or a failed write (``output`` is then
-    left as it was); ``warn`` is told of a truncated file (converted as far as it goes).
+    None for the model's default. Raises :class:`AudioError` for an output that is the input or
+    in a format (extension, subtype, rate) it cannot be written in, an unreadable or bogus file
+    (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was); ``warn`` is
+    told of a truncated file (converted as far as it goes).
     """
     from comostream.realtime.load import load_models
 
     check_output_path(source, output)
+    fmt, subtype = output_format(output, subtype)
     transpose = check_transpose(transpose)
     checkpoint = require_model(checkpoint)
     info = open_audio(source)
@@ -131,6 +157,7 @@ def convert_file(
             f"{info.seconds:.2f} s present"
         )
     file_rate = info.sample_rate
+    output_format(output, subtype, sample_rate=file_rate)  # e.g. no Vorbis at 384 kHz
     rate = stream_rate(file_rate)  # e.g. 8 or 96 kHz: streamed at 48 kHz, written at its rate
     rt = (realtime or RealtimeConfig()).with_block(block)
     model, voc = load_models(checkpoint, vocoder, device, rt)
@@ -149,7 +176,7 @@ def convert_file(
     n_in = 0  # samples at the stream rate pushed
     n_out = 0  # aligned output samples at the stream rate written
 
-    def emit(y: np.ndarray, writer: WavWriter) -> None:
+    def emit(y: np.ndarray, writer: AudioWriter) -> None:
         nonlocal skip, n_out
         if skip:
             cut = min(skip, y.shape[0])
@@ -170,7 +197,7 @@ def convert_file(
             yield rs_in.push(x)
         yield rs_in.flush()
 
-    with WavWriter(output, file_rate) as writer, torch.inference_mode():
+    with AudioWriter(output, file_rate, subtype=subtype) as writer, torch.inference_mode():
         for piece in _pieces(stream_in(), chunk):
             n_in += piece.shape[0]
             emit(engine.push(piece), writer)
@@ -185,4 +212,6 @@ def convert_file(
         speaker,
         block,
         info.missing_seconds,
+        fmt,
+        subtype,
     )

@@ -9,6 +9,7 @@ offline ones, reports latency and cost, writes the features and says what is mis
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,13 @@ def warm_up(cfg: Config) -> None:
     postprocess(extract_f0(tone, cfg.audio.sample_rate, cfg.f0), cfg.f0)
 
 
+FRONT_END_NOTES = """\
+voiced: share of frames the F0 tracker found voiced. stream vs offline mel: largest difference
+  between the mel frames computed block by block and over the whole file (~1e-6: the same).
+window lookahead: the audio the analysis window needs past a frame (half an FFT).
+RTF: compute time / audio time of the mel + loudness extractors, and of the F0 tracker."""
+
+
 def _table(reports: list[FrontEndReport], backend: str) -> str:
     head = (
         "| input | seconds | frames | voiced | F0 median (Hz) | stream vs offline mel "
@@ -126,10 +134,12 @@ def run_demo(
     checkpoint: Path | None = None,
     singers: list[SpeakerSpec] | None = None,
     device: str = "cpu",
+    plot: Path | None = None,
 ) -> int:
     """Convert ``example`` (or every bundled example) to every singer of the model (``checkpoint``
     or the shipped one; ``singers``: these names or mixes only) on ``device`` and print a table;
-    without a model, analyse the inputs through the front-end and say what is missing."""
+    without a model, analyse the inputs through the front-end and say what is missing.
+    ``plot``: also draw the first conversion's spectrograms and the signal path there."""
     from comostream.models.shipped import default_model_path, example_files
 
     inputs = [example] if example is not None else example_files()
@@ -138,10 +148,15 @@ def run_demo(
         return 1
     model = checkpoint or default_model_path()
     if model is not None:
-        from comostream.realtime.files.demo_convert import conversion_table, run_conversion_demo
+        from comostream.realtime.files.demo_convert import (
+            TABLE_NOTES,
+            conversion_table,
+            run_conversion_demo,
+        )
 
         reports = run_conversion_demo(model, inputs, out_dir, cfg, singers, device=device)
         print(conversion_table(reports))
+        print("\n" + TABLE_NOTES)
         n = len(reports)
         hits = sum(r.closest == r.singer for r in reports if r.closest is not None)
         print(
@@ -149,7 +164,18 @@ def run_demo(
             f"({model}); written to {out_dir}/. Timbre closest to the target singer in "
             f"{hits} of {n}."
         )
+        if plot is not None and reports:
+            from comostream.realtime.files.demo_plot import write_demo_plots
+
+            first = reports[0]
+            source = next(p for p in inputs if p.stem == first.example)
+            written = write_demo_plots(
+                plot, model, source, first.output, first.singer, first.transpose, cfg, device
+            )
+            print("pictures: " + ", ".join(str(p) for p in written))
         return 0
+    if plot is not None:
+        print("--plot needs a model (--checkpoint MODEL.ckpt): no pictures drawn", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     warm_up(cfg)
     reports = []
@@ -158,6 +184,7 @@ def run_demo(
         reports.append(report)
         np.savez(out_dir / f"{path.stem}.features.npz", **features)
     print(_table(reports, cfg.f0.backend))
+    print("\n" + FRONT_END_NOTES)
     print(
         f"\nStreamed in blocks of {DEMO_BLOCK_FRAMES} frames; features written to {out_dir}/.\n"
         "This installation ships no model (`make default-model` trains one), so the demo "

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from comostream.models.audio import read_audio, resample, save_wav
+from comostream.models.audio import read_audio, resample, save_audio
 from comostream.models.conditioner import SpeakerSpec
 from comostream.models.config import Config
 from comostream.models.f0_yin import yin_f0
+from comostream.models.mix import speaker_text
 from comostream.models.voiceprint import closest, similarity, voice_print
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry, stream_rate
@@ -46,13 +47,6 @@ class ConversionReport:
     similarity: float | None
     closest: str | None
     output: Path
-
-
-def _label(singer: SpeakerSpec) -> str:
-    """A singer as the user types it: ``NAME`` or ``NAME:WEIGHT,NAME:WEIGHT``."""
-    if isinstance(singer, str):
-        return singer
-    return ",".join(f"{name}:{weight:g}" for name, weight in singer.items())
 
 
 def _target_print(prints: dict[str, dict], singer: SpeakerSpec) -> dict | None:
@@ -133,12 +127,12 @@ def run_conversion_demo(
         except ValueError:  # nothing voiced: no transposition, no similarity
             src_print = None
         for singer in names:
-            label, target = _label(singer), _target_print(prints, singer)
+            label, target = speaker_text(singer), _target_print(prints, singer)
             t = _transpose(src_print, target)
             y, latency, rtf = convert_example(model, vocoder, audio, rate, singer, t, cfg)
             stem = label.replace(":", "-").replace(",", "+")  # a mix: a-0.5+b-0.5
             out = out_dir / f"{path.stem}_to_{stem}.wav"
-            save_wav(out, y, rate)
+            save_audio(out, y, rate)  # WAV, 32-bit float (DEFAULT_SUBTYPES), as convert
             y24 = resample(y, rate, model_rate)
             f0 = yin_f0(y24, cfg.f0)
             both = src_f0.voiced & f0.voiced
@@ -172,8 +166,23 @@ def run_conversion_demo(
     return reports
 
 
+TABLE_NOTES = """\
+transpose: semitones applied to the source's F0, to the target singer's register (from the
+  voice prints in the model file; 0 without them).
+latency (ms): the engine's algorithmic latency on the live schedule (block + analysis overhang
+  + lookaheads + resampling), sound card buffers not included.
+RTF: compute time / audio time of the conversion (under 1: faster than real time).
+F0 RMSE (cents): how far the output's pitch is from the source's (transposed), RMS over the
+  frames voiced in both; 100 cents = a semitone, 50 a quarter tone.
+timbre similarity: cosine (-1 to +1) of the output's voice print and the target singer's (mean
+  mel-cepstrum of the voiced frames), centred on the mean print of the model's singers: above 0
+  the output's timbre leans toward the target's, 1 would be the same; n/a without prints.
+closest singer: the singer whose print is most similar to the output's; "(target)" when it is
+  the singer asked for."""
+
+
 def conversion_table(reports: list[ConversionReport]) -> str:
-    """The demo's Markdown table."""
+    """The demo's Markdown table (:data:`TABLE_NOTES` explain its columns)."""
     rows = [
         "| example | singer | transpose | latency (ms) | RTF | F0 RMSE (cents) | timbre "
         "similarity | closest singer |",

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from comostream.models.limits import check_transpose
+from comostream.models.mix import speaker_text
 
 __all__ = [
+    "COMMANDS",
     "COMMAND_HELP",
     "Command",
     "LineReader",
@@ -26,10 +28,18 @@ __all__ = [
     "write_status_file",
 ]
 
-COMMAND_HELP = (
-    "commands (type, then Enter): s NAME | s NAME:W,NAME:W  singer or mix;  t N  transpose to N "
-    "semitones;  b  bypass on/off;  m LEVEL  monitor level 0-1;  l  list singers;  q  quit "
-    "(Ctrl-C works too)"
+# (what is typed, what it does): the one list the console's help and `live --help` show
+COMMANDS = (
+    ("s NAME | s NAME:W,NAME:W", "singer or mix"),
+    ("t N", "transpose to N semitones"),
+    ("b", "bypass on/off"),
+    ("m LEVEL", "monitor level 0-1"),
+    ("l", "list singers"),
+    ("h", "this help"),
+    ("q", "quit, as Ctrl-C does"),
+)
+COMMAND_HELP = "commands (type, then Enter): " + ";  ".join(
+    f"{typed}  {what}" for typed, what in COMMANDS
 )
 
 
@@ -103,13 +113,6 @@ def _parse_speaker(text: str, speakers: Sequence[str]) -> str | dict[str, float]
         return resolve_speaker(spec, speakers)
     except UnknownSpeakerError as exc:
         raise ValueError(str(exc)) from None
-
-
-def speaker_text(speaker: Any) -> str:
-    """A singer or a mix as the user types it."""
-    if isinstance(speaker, dict):
-        return ",".join(f"{k}:{v:g}" for k, v in speaker.items())
-    return str(speaker)
 
 
 @dataclass

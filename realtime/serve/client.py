@@ -269,17 +269,27 @@ def stream_file(
     url: str,
     *,
     block: int | None = None,
+    subtype: str | None = None,
     **kwargs: Any,
 ) -> ClientResult:
     """Stream an audio file (mono or stereo; a rate the server does not take is resampled first:
-    :func:`~comostream.realtime.geometry.stream_rate`) and write the converted audio as a float
-    WAV at that rate. ``block``: model frames per audio frame (:func:`block_samples`; None: the
+    :func:`~comostream.realtime.geometry.stream_rate`) and write the converted audio at that
+    rate, in the format of ``output``'s extension (wav/flac/ogg) with ``subtype`` or the
+    format's default (:func:`~comostream.models.audio.output_format`, checked before
+    streaming). ``block``: model frames per audio frame (:func:`block_samples`; None: the
     server's block); ``kwargs``: :func:`stream_array`'s (fast, window, speaker, transpose, fmt,
     token)."""
     import soundfile as sf
 
-    from comostream.models.audio import AudioError, check_finite, resample, save_wav
+    from comostream.models.audio import (
+        AudioError,
+        check_finite,
+        output_format,
+        resample,
+        save_audio,
+    )
 
+    output_format(output, subtype)
     if not Path(source).is_file():
         raise AudioError(f"{source}: file not found")
     try:
@@ -303,5 +313,5 @@ def stream_file(
             url, np.ascontiguousarray(x), int(rate), block=block_samples(block, int(rate)), **kwargs
         )
     )
-    save_wav(output, result.output.T, rate, subtype="FLOAT")
+    save_audio(output, result.output.T, rate, subtype)
     return result

@@ -1,13 +1,14 @@
-"""``comostream serve`` settings (:class:`ServerConfig`), the loopback rule they rest on, and
-where the token comes from (:func:`resolve_token`: ``--token``, ``--token-file`` or
-:data:`TOKEN_ENV`)."""
+"""``comostream serve`` settings (:class:`ServerConfig`), the loopback rule they rest on, where
+the token comes from (:func:`resolve_token`: ``--token``, ``--token-file`` or :data:`TOKEN_ENV`)
+and the TLS context of ``--tls-cert``/``--tls-key`` (:meth:`ServerConfig.ssl_context`)."""
 
 from __future__ import annotations
 
 import ipaddress
 import math
 import os
-from collections.abc import Mapping
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class ServerConfig:
     max_pending: int = 16  # connections still in their hello; more are refused (busy)
     max_queue_ms: float = 200.0  # audio queued per direction beyond this drops the oldest
     allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the page's own
+    tls_cert: str | None = None  # PEM certificate (chain): serve HTTPS/WSS (with tls_key)
+    tls_key: str | None = None  # PEM private key of tls_cert
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -53,6 +56,51 @@ class ServerConfig:
             math.isfinite(self.hello_timeout_s) and self.hello_timeout_s > 0
         ):
             raise ValueError("max_pending and hello_timeout_s must be positive (and finite)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both --tls-cert and --tls-key (or neither)")
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with a TLS pair, else ``http`` (the page's; WebSockets: ``wss``/``ws``)."""
+        return "https" if self.tls_cert else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (None without a TLS pair). A file that cannot be read, is not
+        PEM, or a key that does not match the certificate is a ValueError naming the files."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        for path in (self.tls_cert, self.tls_key):
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key, password=_no_password(self.tls_key))
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None)
+            why = (
+                "the key does not belong to the certificate"
+                if reason == "KEY_VALUES_MISMATCH"
+                else f"not a PEM certificate and private key ({reason or exc})"
+            )
+            raise ValueError(
+                f"cannot use --tls-cert {self.tls_cert} --tls-key {self.tls_key}: {why}"
+            ) from None
+        return ctx
+
+
+def _no_password(key: str) -> Callable[[], bytes]:
+    """The password callback of an encrypted key: a clear error, never a terminal prompt."""
+
+    def refuse() -> bytes:
+        raise ValueError(
+            f"the TLS key {key} is encrypted; serve needs an unencrypted key (openssl req "
+            "... -nodes, or: openssl pkey -in KEY -out PLAIN)"
+        )
+
+    return refuse
 
 
 def resolve_token(

@@ -19,15 +19,32 @@ __all__ = ["EngineFactory"]
 
 class EngineFactory:
     """Engines over one loaded acoustic model + vocoder; the (traced) step is built by the first
-    engine and shared by the later ones (its state is per engine)."""
+    engine and shared by the later ones (its state is per engine). ``registers``: singer ->
+    median F0 in Hz (the voice prints' ``f0_median``), shown by ``GET /singers``."""
 
-    def __init__(self, model: Any, vocoder: Any, realtime: RealtimeConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        vocoder: Any,
+        realtime: RealtimeConfig | None = None,
+        registers: dict[str, float] | None = None,
+    ) -> None:
         self.model, self.vocoder = model, vocoder
         self.rt = realtime or RealtimeConfig()
         self.speakers: list[str] = list(model.speakers)
+        # singer -> median F0 (Hz) of its voice print (``comostream export --corpus``), if any
+        self.registers = {k: float(v) for k, v in (registers or {}).items() if k in self.speakers}
         self.geometry = StreamGeometry.from_configs(model.cfg.audio, self.rt)
         self._step: Any = None
         self._lock = threading.Lock()
+
+    def singers(self) -> dict[str, Any]:
+        """``GET /singers``: the singers in the model's order, each with its register (median
+        F0 in Hz from the voice prints; null without), and the default singer."""
+        return {
+            "singers": [{"name": n, "f0_median_hz": self.registers.get(n)} for n in self.speakers],
+            "default": self.speakers[0] if self.speakers else None,
+        }
 
     def natural_block(self, sample_rate: int) -> int:
         """Samples per channel of one model step at ``sample_rate`` (the default block)."""

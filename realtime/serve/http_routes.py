@@ -1,12 +1,15 @@
-"""Plain-HTTP side of ``comostream serve``: Host/Origin checks, the browser page and ``/health``.
+"""HTTP side of ``comostream serve``: Host/Origin checks, the browser page, ``/singers`` and
+``/health`` (HTTPS when the server has a TLS pair).
 
 Runs as the WebSocket server's ``process_request`` hook. Bound to loopback, only loopback
 ``Host`` headers are accepted (DNS rebinding); browser ``Origin`` s must be the page's own or
-listed in ``ServerConfig.allow_origins``; the page's own is ``http://HOST`` (or ``https://HOST``
-behind a TLS proxy) with HOST the request's ``Host``, scheme included. A request that passes and
-asks for a WebSocket on ``/`` or ``/ws`` is let through (``None``); other paths serve ``web/``
-(beside this module) or ``/health``: ``{"status", "version"}`` only, plus the stream counts when
-the server has no token or the request carries it (``Authorization: Bearer TOKEN``).
+listed in ``ServerConfig.allow_origins``; the page's own is ``http://HOST`` or ``https://HOST``
+(``--tls-cert``, or a TLS proxy) with HOST the request's ``Host``, scheme included. A request
+that passes and asks for a WebSocket on ``/`` or ``/ws`` is let through (``None``); other paths
+serve ``web/`` (beside this module), ``/health``: ``{"status", "version"}`` only, plus the
+stream counts when the server has no token or the request carries it (``Authorization: Bearer
+TOKEN``), and ``/singers`` (the singers and their registers; 401 without the token when the
+server has one).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 from collections.abc import Callable
 from http import HTTPStatus
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -66,9 +70,11 @@ def route_http(
     request: Request,
     config: ServerConfig,
     counts: Callable[[], dict[str, int]],
+    singers: Callable[[], dict[str, Any]] | None = None,
 ) -> Response | None:
-    """Host/Origin checks, then the page, its scripts and /health; None: a WebSocket.
-    ``counts()``: streams and connections, reported by /health to authorised requests."""
+    """Host/Origin checks, then the page, its scripts, /health and /singers; None: a WebSocket.
+    ``counts()``: streams and connections, reported by /health to authorised requests;
+    ``singers()``: the body of /singers (authorised requests only)."""
     host = request.headers.get("Host", "")
     if is_loopback(config.host) and not is_loopback(urlsplit("//" + host).hostname or ""):
         return conn.respond(HTTPStatus.FORBIDDEN, f"Host {host!r} not allowed\n")
@@ -90,6 +96,11 @@ def route_http(
             health.update(counts())
         body = json.dumps(health)
         return _response(conn, body.encode(), "application/json")
+    if path == "/singers" and singers is not None:
+        if not authorized(request, config):
+            body = json.dumps({"error": "unauthorized", "message": "this server needs its token"})
+            return _response(conn, body.encode(), "application/json", HTTPStatus.UNAUTHORIZED)
+        return _response(conn, json.dumps(singers()).encode(), "application/json")
     if path in STATIC:
         name, ctype = STATIC[path]
         page = resources.files("comostream.realtime.serve") / "web" / name
@@ -97,9 +108,11 @@ def route_http(
     return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
 
 
-def _response(conn: ServerConnection, body: bytes, ctype: str) -> Response:
-    """A 200 with ``body`` (bytes) of content type ``ctype``, never cached."""
-    r = conn.respond(HTTPStatus.OK, "")
+def _response(
+    conn: ServerConnection, body: bytes, ctype: str, status: HTTPStatus = HTTPStatus.OK
+) -> Response:
+    """A ``status`` (200) with ``body`` (bytes) of content type ``ctype``, never cached."""
+    r = conn.respond(status, "")
     r.body = body
     for name, value in (
         ("Content-Length", str(len(body))),

@@ -10,8 +10,9 @@ one :class:`~comostream.realtime.serve.engines.EngineFactory` over the shared mo
 model step is built once and shared, its state is per engine. Settings:
 :class:`~comostream.realtime.serve.config.ServerConfig`.
 
-The same port serves the browser page (``/``), its scripts and a health endpoint
-(``GET /health``) through :mod:`comostream.realtime.serve.http_routes`. Bound to loopback, only
+The same port serves the browser page (``/``), its scripts, the singers (``GET /singers``) and a
+health endpoint (``GET /health``) through :mod:`comostream.realtime.serve.http_routes`; with a TLS
+pair (``ServerConfig.tls_cert``/``tls_key``) all of it is HTTPS/WSS. Bound to loopback, only
 loopback ``Host`` headers are accepted (DNS rebinding); elsewhere a token is required. Browser
 ``Origin`` s must be the page's own or listed.
 """
@@ -58,6 +59,7 @@ class StreamServer:
             self.config.host,
             self.config.port,
             process_request=self._http,
+            ssl=self.config.ssl_context(),
             create_connection=_guarded_connection(self),
             compression=None,
             max_size=4 * max_frame_bytes(),
@@ -72,8 +74,14 @@ class StreamServer:
 
     @property
     def url(self) -> str:
+        """The WebSocket endpoint (``wss://`` when serving TLS)."""
+        return f"{self.http_url.replace('http', 'ws', 1)}/ws"
+
+    @property
+    def http_url(self) -> str:
+        """The page's base URL (``https://`` when serving TLS), no trailing slash."""
         host = self.config.host if ":" not in self.config.host else f"[{self.config.host}]"
-        return f"ws://{host}:{self.port}/ws"
+        return f"{self.config.scheme}://{host}:{self.port}"
 
     async def shutdown(self) -> None:
         """Close every session with ``shutdown`` (1001), then stop listening."""
@@ -124,7 +132,7 @@ class StreamServer:
 
     def _http(self, conn: ServerConnection, request: Request) -> Response | None:
         """Host/Origin checks, then the page, its scripts and /health; None: a WebSocket."""
-        return route_http(conn, request, self.config, self._counts)
+        return route_http(conn, request, self.config, self._counts, self.factory.singers)
 
     def _counts(self) -> dict[str, int]:
         """What an authorised ``/health`` reports besides the status."""
@@ -217,7 +225,7 @@ def run_server(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        http = server.url.replace("ws://", "http://").removesuffix("/ws")
+        http = server.http_url
         announce(
             f"serving on {server.url} (browser page {http}/, health {http}/health); "
             f"singers: {', '.join(factory.speakers)}"

@@ -449,6 +449,7 @@ class Session:
             "queue_out_high_water": self.outq.high_water,
             "bad_samples": self.engine.stats.bad_samples,
             "bad_output_samples": self.engine.stats.bad_output_samples,
+            "input_f0_hz": self.engine.input_f0_median(),
             "speaker": self.engine.speaker,
             "transpose": self.engine.transpose,
             "bypass": self.bypass,

@@ -45,7 +45,7 @@ __all__ = [
     "say",
     "sound_device_arg",
     "speaker_arg",
-    "subtype_option",
+    "output_options",
     "transpose_arg",
     "transpose_or_auto",
     "use_runtime",
@@ -292,8 +292,17 @@ def model_options(
         )
 
 
-def subtype_option(parser: argparse.ArgumentParser) -> None:
-    """``--subtype NAME``: the output file's sample format (checked against its format)."""
+def output_options(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output OUT`` (the extension picks the format) and ``--subtype NAME`` (the output
+    file's sample format, checked against its format)."""
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="output file: OUT.wav, OUT.flac or OUT.ogg (the extension picks the format)",
+    )
     parser.add_argument(
         "--subtype",
         type=str.upper,

@@ -13,10 +13,10 @@ from comostream.cli.common import (
     config_from_args,
     config_parent,
     model_options,
+    output_options,
     overridden,
     runtime_options,
     speaker_arg,
-    subtype_option,
     transpose_arg,
     use_runtime,
 )
@@ -114,15 +114,7 @@ def register(sub: Subparsers) -> None:
         ),
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (wav/flac/ogg, any rate)")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="OUT",
-        help="output file: OUT.wav, OUT.flac or OUT.ogg (the extension picks the format)",
-    )
-    subtype_option(p)
+    output_options(p)
     p.add_argument(
         "--speaker",
         type=speaker_arg,

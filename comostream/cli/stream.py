@@ -16,13 +16,13 @@ from comostream.cli.common import (
     config_from_args,
     config_parent,
     model_options,
+    output_options,
     port_arg,
     positive_int,
     positive_seconds,
     runtime_options,
     sound_device_arg,
     speaker_arg,
-    subtype_option,
     transpose_arg,
     use_runtime,
 )
@@ -268,15 +268,7 @@ def register(sub: Subparsers) -> None:
         ),
     )
     p.add_argument("input", type=Path, metavar="IN", help="audio file (mono or stereo)")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="OUT",
-        help="output file: OUT.wav, OUT.flac or OUT.ogg (the extension picks the format)",
-    )
-    subtype_option(p)
+    output_options(p)
     p.add_argument(
         "--fast",
         action="store_true",

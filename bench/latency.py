@@ -47,6 +47,7 @@ from comostream.realtime.resample import resample_oneshot
 __all__ = [
     "build_bench_models",
     "format_latency_table",
+    "latency_pace_warning",
     "measure_ws_overhead",
     "plot_latency",
     "run_latency_bench",
@@ -421,6 +422,16 @@ def measure_ws_overhead(
     }
 
 
+def latency_pace_warning(r: dict[str, Any]) -> str:
+    """:func:`~comostream.realtime.pace.pace_warning` of a result: its RTF, the blocks the
+    loopback server dropped (with ``--ws``), its threads and block; ``""`` when it keeps up."""
+    from comostream.realtime.pace import pace_warning
+
+    chunk = max(1, int(r.get("chunk_samples") or 1))
+    dropped = -(-int(r.get("ws_dropped_samples") or 0) // chunk)  # samples -> blocks, rounded up
+    return pace_warning(r.get("rtf"), dropped, r.get("threads"), r.get("block_frames"))
+
+
 def format_latency_table(r: dict[str, Any]) -> str:
     """A table for humans of :func:`run_latency_bench`'s result."""
     lines = [
@@ -468,6 +479,8 @@ def format_latency_table(r: dict[str, Any]) -> str:
             f"{r['ws_rtt_ms_p99']:.2f} ms; overhead over compute "
             f"{r['ws_overhead_ms']:.2f} ms"
         )
+    if r.get("pace_warning"):
+        lines += ["", f"warning: {r['pace_warning']}"]
     return "\n".join(lines)
 
 

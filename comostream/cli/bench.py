@@ -141,6 +141,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
     from comostream.bench.latency import (
         build_bench_models,
         format_latency_table,
+        latency_pace_warning,
         plot_latency,
         run_latency_bench,
     )
@@ -182,6 +183,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
             )
         )
     result.pop("chunk_ms_all")
+    result["pace_warning"] = latency_pace_warning(result)  # "" when it keeps up
     print(json.dumps(result, indent=2) if args.json else format_latency_table(result))
     return 0
 
@@ -450,7 +452,7 @@ def _add_engine(bench_sub: Subparsers) -> None:
         "inference file from `comostream export`, e.g. the shipped model "
         "models/assets/default.ckpt (default: random weights of the configured sizes)",
     )
-    runtime_options(p)
+    runtime_options(p, streaming=True)
     p.set_defaults(handler=_cmd_bench_latency)
 
     p = bench_sub.add_parser(
@@ -553,6 +555,97 @@ def _add_memory(bench_sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_bench_memory)
 
 
+def _cmd_bench_serve(args: argparse.Namespace) -> int:
+    from comostream.bench.serve import format_serve_table, run_serve_bench
+    from comostream.cli.common import CommandError
+    from comostream.models.shipped import require_model
+
+    cfg = config_from_args(args)  # checked here, before the server starts
+    checkpoint = require_model(args.checkpoint)
+    block = cfg.realtime.block_frames if overridden(args, "realtime", "block_frames") else None
+
+    def progress(what: str) -> None:
+        print(f"bench serve: {what}", file=sys.stderr, flush=True)
+
+    try:
+        result = run_serve_bench(
+            args.streams,
+            checkpoint=checkpoint,
+            seconds=args.seconds,
+            sample_rate=args.sample_rate,
+            threads=args.threads or 1,
+            device=args.device,
+            vocoder=args.vocoder,
+            config=args.config,
+            block=block,
+            progress=progress,
+        )
+    except (RuntimeError, OSError, TimeoutError, ValueError) as exc:
+        raise CommandError(f"bench serve: {exc}") from None
+    print(json.dumps(result, indent=2) if args.json else format_serve_table(result))
+    return 0
+
+
+def _stream_counts(text: str) -> list[int]:
+    """argparse type: comma-separated stream counts >= 1, e.g. 1,2,4,8,16."""
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(1 <= v <= 256 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected stream counts like 1,2,4,8,16 (each 1-256), got {text!r}"
+        )
+    return values
+
+
+def _add_serve(bench_sub: Subparsers) -> None:
+    """``bench serve``."""
+    from comostream.cli.common import positive_seconds
+
+    p = bench_sub.add_parser(
+        "serve",
+        parents=[config_parent],
+        help="how many real-time streams one `comostream serve` holds",
+        description=(
+            "Start `comostream serve` as a child process on a free loopback port, then for each "
+            "N of --streams drive N clients from this process (asyncio), each streaming the "
+            "bundled example at the real-time rate of the audio for --seconds (block boundaries "
+            "spread over one block), and report per N: dropped samples (sum and per-client "
+            "max), round trip p50/p99 (send to reply, queueing included), the server's CPU "
+            "(cores and per stream, from /proc) and its compute per block; and the largest N "
+            "with zero drops and a round trip p99 below one block, every smaller N holding too "
+            "(realtime_streams). Progress goes to stderr, the report to stdout."
+        ),
+    )
+    p.add_argument(
+        "--streams",
+        type=_stream_counts,
+        default=[1, 2, 4, 8, 16],
+        metavar="N,N,...",
+        help="concurrent streams to measure, in this order (default 1,2,4,8,16)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=positive_seconds,
+        default=10.0,
+        metavar="S",
+        help="audio streamed by each client per N (default 10)",
+    )
+    p.add_argument(
+        "--sample-rate",
+        type=positive_int,
+        default=48000,
+        metavar="HZ",
+        help="the clients' rate, as a sound card's (default 48000)",
+    )
+    block_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    model_options(p)
+    runtime_options(p, "1: one intra-op thread for the server, each session in its own thread")
+    p.set_defaults(handler=_cmd_bench_serve)
+
+
 def register(sub: Subparsers) -> None:
     """Add ``bench`` (with its measurements) to ``sub``."""
     bench = sub.add_parser(
@@ -565,3 +658,4 @@ def register(sub: Subparsers) -> None:
     _add_models(bench_sub)
     _add_engine(bench_sub)
     _add_memory(bench_sub)
+    _add_serve(bench_sub)

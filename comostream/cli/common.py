@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "FRAME_MS",
     "OUTPUT_FORMATS_HELP",
+    "STREAM_THREADS",
     "CommandError",
     "Subparsers",
     "block_frames_arg",
@@ -42,9 +43,11 @@ __all__ = [
     "positive_int",
     "positive_seconds",
     "runtime_options",
+    "runtime_threads",
     "say",
     "sound_device_arg",
     "speaker_arg",
+    "streams",
     "output_options",
     "transpose_arg",
     "transpose_or_auto",
@@ -314,8 +317,24 @@ def output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def runtime_options(parser: argparse.ArgumentParser, threads_default: str = "torch's") -> None:
-    """``--threads N`` and ``--device cpu|cuda``, applied by :func:`use_runtime`."""
+STREAM_THREADS = 1  # torch intra-op threads per stream unless --threads says otherwise
+STREAM_THREADS_HELP = (
+    "1 (one thread per stream: on a busy or shared machine more threads wait for each other at "
+    "every small model step and miss real time; torch's intra-op setting is process-wide)"
+)
+
+
+def runtime_options(
+    parser: argparse.ArgumentParser,
+    threads_default: str = "torch's",
+    *,
+    streaming: bool | Callable[[argparse.Namespace], bool] = False,
+) -> None:
+    """``--threads N`` and ``--device cpu|cuda``, applied by :func:`use_runtime`. ``streaming``
+    (or a test of the parsed arguments, e.g. ``--block`` given): the command streams, so it
+    runs on :data:`STREAM_THREADS` unless ``--threads`` says otherwise."""
+    if streaming is True and threads_default == "torch's":
+        threads_default = STREAM_THREADS_HELP
     parser.add_argument(
         "--threads",
         type=positive_int,
@@ -329,14 +348,37 @@ def runtime_options(parser: argparse.ArgumentParser, threads_default: str = "tor
         default="cpu",
         help="where the models run (default cpu)",
     )
+    parser.set_defaults(runtime_streaming=streaming)
+
+
+def runtime_threads(args: argparse.Namespace) -> int | None:
+    """The torch intra-op threads the command runs on: ``--threads``, else
+    :data:`STREAM_THREADS` for a streaming command (:func:`runtime_options`), else None
+    (torch's default)."""
+    if getattr(args, "threads", None):
+        return int(args.threads)
+    return STREAM_THREADS if streams(args) else None
+
+
+def streams(args: argparse.Namespace) -> bool:
+    """Whether the parsed command streams (``streaming`` of :func:`runtime_options`)."""
+    streaming = getattr(args, "runtime_streaming", False)
+    return bool(streaming(args) if callable(streaming) else streaming)
 
 
 def use_runtime(args: argparse.Namespace) -> str:
-    """Apply ``--threads`` and check ``--device``; returns the torch device to run on."""
+    """Apply :func:`runtime_threads` (and, streaming, one inter-op thread where torch still
+    allows it) and check ``--device``; returns the torch device to run on."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = runtime_threads(args)
+    if threads:
+        torch.set_num_threads(threads)
+    if threads and streams(args):
+        try:  # only before any parallel work has started (once per process)
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CommandError("--device cuda: no CUDA device is available (use --device cpu)")
     return str(args.device)

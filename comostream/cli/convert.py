@@ -41,6 +41,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _streamed(args: argparse.Namespace) -> bool:
+    """``convert --block``: on the realtime schedule (one thread per stream by default)."""
+    return overridden(args, "realtime", "block_frames")
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from comostream.realtime.files.convert import convert_file
 
@@ -97,7 +102,7 @@ def register(sub: Subparsers) -> None:
         "(default: every singer of the model)",
     )
     model_options(p, "inference file (default: the shipped model)", vocoder=False)
-    runtime_options(p)
+    runtime_options(p, streaming=True)
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser(
@@ -135,5 +140,10 @@ def register(sub: Subparsers) -> None:
         "instead of offline (model steps of 512 frames)",
     )
     model_options(p)
-    runtime_options(p)
+    runtime_options(
+        p,
+        "1 with --block (one thread per stream: more wait for each other at every small "
+        "model step on a busy machine and miss real time); offline, torch's",
+        streaming=_streamed,
+    )
     p.set_defaults(handler=_cmd_convert)

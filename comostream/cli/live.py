@@ -166,5 +166,5 @@ def register(sub: Subparsers) -> None:
         help="rewrite the status as JSON here with every status line",
     )
     model_options(p)
-    runtime_options(p)
+    runtime_options(p, streaming=True)
     p.set_defaults(handler=_cmd_live)

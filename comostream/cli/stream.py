@@ -253,7 +253,13 @@ def register(sub: Subparsers) -> None:
     )
     block_option(p)
     model_options(p)
-    runtime_options(p)
+    runtime_options(
+        p,
+        "1, for the whole process: each session runs its engine in a worker thread of its "
+        "own, so one thread per session; more threads per session wait for each other at every "
+        "small model step once several clients stream, and miss real time",
+        streaming=True,
+    )
     p.set_defaults(handler=_cmd_serve)
 
     conn = _connection_parent()

@@ -35,6 +35,7 @@ from comostream.models.mix import speaker_text
 from comostream.models.shipped import require_model
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import stream_rate
+from comostream.realtime.pace import pace_warning
 
 __all__ = ["ConvertResult", "check_output_path", "convert_file"]
 
@@ -141,7 +142,9 @@ def convert_file(
     None for the model's default. Raises :class:`AudioError` for an output that is the input or
     in a format (extension, subtype, rate) it cannot be written in, an unreadable or bogus file
     (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was); ``warn`` is
-    told of a truncated file (converted as far as it goes).
+    told of a truncated file (converted as far as it goes) and, streamed, of an RTF above
+    :data:`~comostream.realtime.pace.RTF_LIMIT` (:func:`~comostream.realtime.pace.pace_warning`,
+    once, at the end).
     """
     from comostream.realtime.load import load_models
 
@@ -204,6 +207,10 @@ def convert_file(
         emit(engine.flush(), writer)
         writer.write(rs_out.flush())
     compute = time.perf_counter() - t0
+    if block is not None:  # streamed: would a live stream of it keep up?
+        slow = pace_warning(compute / max(n_in / rate, 1e-9), 0, torch.get_num_threads(), block)
+        if slow:
+            warn(slow)
     return ConvertResult(
         Path(output),
         n_in / rate,

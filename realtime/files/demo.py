@@ -151,12 +151,16 @@ def run_demo(
         from comostream.realtime.files.demo_convert import (
             TABLE_NOTES,
             conversion_table,
+            demo_pace_warning,
             run_conversion_demo,
         )
 
         reports = run_conversion_demo(model, inputs, out_dir, cfg, singers, device=device)
         print(conversion_table(reports))
         print("\n" + TABLE_NOTES)
+        slow = demo_pace_warning(reports, cfg.realtime.block_frames)
+        if slow:
+            print(f"comostream: warning: {slow}", file=sys.stderr)
         n = len(reports)
         hits = sum(r.closest == r.singer for r in reports if r.closest is not None)
         print(

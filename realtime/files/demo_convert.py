@@ -30,8 +30,9 @@ from comostream.models.voiceprint import closest, similarity, voice_print
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry, stream_rate
 from comostream.realtime.load import load_models, load_voiceprints, read_export
+from comostream.realtime.pace import pace_warning
 
-__all__ = ["ConversionReport", "run_conversion_demo"]
+__all__ = ["ConversionReport", "demo_pace_warning", "run_conversion_demo"]
 
 
 @dataclass
@@ -179,6 +180,14 @@ timbre similarity: cosine (-1 to +1) of the output's voice print and the target 
   the output's timbre leans toward the target's, 1 would be the same; n/a without prints.
 closest singer: the singer whose print is most similar to the output's; "(target)" when it is
   the singer asked for."""
+
+
+def demo_pace_warning(reports: list[ConversionReport], block: int) -> str:
+    """:func:`~comostream.realtime.pace.pace_warning` of the table's slowest conversion (one
+    line for the whole table); ``""`` when every conversion keeps up."""
+    if not reports:
+        return ""
+    return pace_warning(max(r.rtf for r in reports), 0, torch.get_num_threads(), block)
 
 
 def conversion_table(reports: list[ConversionReport]) -> str:

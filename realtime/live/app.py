@@ -42,6 +42,7 @@ from comostream.realtime.live.devices import (
     query_devices,
 )
 from comostream.realtime.live.streams import AudioStreams
+from comostream.realtime.pace import PaceWatch
 
 __all__ = ["LiveOptions", "LiveSession", "run_live"]
 
@@ -239,6 +240,8 @@ def _supervise(
 ) -> LiveStatus:
     """The main thread's loop: status, commands, stream watch, stop conditions; the final
     status."""
+    import torch
+
     console = _Console(out)
     reader = LineReader(commands)
     start = time.monotonic()
@@ -261,6 +264,7 @@ def _supervise(
     last = (start, conv.compute_s, conv.converted)
     next_status = start
     dropped = 0
+    pace = PaceWatch()  # one warning when the conversion falls behind real time
     seen, progress = 0, start  # callbacks counted, and when they last moved
     quit_ = False
     failure: LiveError | None = None
@@ -310,6 +314,14 @@ def _supervise(
                         f"block(s) dropped (RTF {rtf:.2f})"
                     )
                     dropped = status.dropped_blocks
+                slow = pace.check(
+                    rtf if settled else None,  # the start (buffer fitting) is not judged
+                    status.dropped_blocks,
+                    torch.get_num_threads(),
+                    session.engine.block,
+                )
+                if slow:
+                    console.say(f"warning: {slow}")
                 console.status(format_status(status))
                 if opts.status_file is not None:
                     write_status_file(opts.status_file, status)

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from comostream.realtime.engine import SampleFifo, StreamingConverter, sanitize_samples
+from comostream.realtime.pace import PaceWatch
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.protocol import (
@@ -53,6 +55,7 @@ __all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
 
 log = logging.getLogger("comostream.server")  # the server's logger: one line per session
 MAX_MESSAGES = 64  # queued control frames / text replies per direction and session
+PACE_MIN_AUDIO_S = 2.0  # audio converted before a session's RTF is judged (drops: at once)
 
 
 @dataclass
@@ -170,6 +173,7 @@ class Session:
         self.blocks_in = self.blocks_out = 0
         self.last_seq = self.last_ts = 0
         self.closing = False
+        self.pace = PaceWatch()  # warns once when the session falls behind real time
 
     @property
     def is_open(self) -> bool:
@@ -359,9 +363,23 @@ class Session:
                 data = await loop.run_in_executor(self.executor, self._convert, item)
                 self.blocks_out += 1
                 self.outq.put_block(Block(item.seq, item.ts, item.count, data))
+                self._check_pace()
             else:
                 reply = await loop.run_in_executor(self.executor, self._control, item)
                 self.outq.put_message(reply)
+
+    def _check_pace(self) -> None:
+        """Log :func:`~comostream.realtime.pace.pace_warning` once per session: blocks dropped,
+        or an RTF above the limit over at least :data:`PACE_MIN_AUDIO_S` of audio."""
+        assert self.engine is not None and self.hello is not None
+        if self.pace.warned:
+            return
+        audio_s = self.blocks_out * self.block / self.hello.sample_rate
+        rtf = self.compute_s / audio_s if audio_s >= PACE_MIN_AUDIO_S else None
+        dropped = self.inq.dropped_blocks + self.outq.dropped_blocks
+        text = self.pace.check(rtf, dropped, torch.get_num_threads(), self.engine.block)
+        if text:
+            log.warning("session %s: %s", self.id, text)
 
     async def _send(self) -> None:
         assert self.hello is not None

@@ -1,0 +1,413 @@
+"""``comostream bench serve``: how many real-time streams one ``comostream serve`` holds.
+
+The server runs as a child process (``python -m comostream serve --port 0``), exactly as it is
+deployed: its CPU time (``/proc/PID/stat``, every thread) is then the server's alone, and the
+clients' Python does not compete with the server's sessions for one interpreter lock, which an
+in-process server would (understating what the server holds). One process drives the clients
+with asyncio, speaking the protocol (``docs/protocol.md``) through
+:class:`~comostream.realtime.serve.client.StreamClient`: for each N, N sessions stream the bundled
+example (looped) at the real-time rate of the audio for ``seconds``, their block boundaries
+spread evenly over one block (independent clients do not send in lock step), then flush, report
+their ``stats`` and close. Per N: dropped samples (``DROPPED`` replies and blocks never answered;
+sum and per-client max), round trip p50/p99 over every converted block (send to reply, queueing
+included), server CPU (cores, and per stream), the server's compute per block, and the driver's
+own CPU and pacing lateness (a driver that falls behind would invalidate the row).
+:func:`realtime_streams` is the headline: the largest N that holds real time, every smaller N
+measured holding too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "format_serve_table",
+    "realtime_streams",
+    "row_holds",
+    "run_serve_bench",
+    "serve_process",
+]
+
+START_TIMEOUT_S = 300.0  # the child's model load and warm-up on a busy machine
+DRAIN_TIMEOUT_S = 30.0  # after the last block: the flush reply, stats and close
+_URL = re.compile(r"serving on (wss?://\S+/ws)")
+
+
+# ---------------------------------------------------------------- the rule
+
+
+def row_holds(row: dict[str, Any], block_ms: float) -> bool:
+    """Whether one measured N held real time: no sample dropped or lost, no client failed, and
+    the round trip's p99 below one block (``block_ms``)."""
+    p99 = row.get("rtt_ms_p99")
+    return (
+        row["dropped_samples"] == 0
+        and not row.get("errors")
+        and p99 is not None
+        and math.isfinite(p99)
+        and p99 < block_ms
+    )
+
+
+def realtime_streams(rows: Sequence[dict[str, Any]], block_ms: float) -> int:
+    """The largest N (``row["streams"]``) that held real time (:func:`row_holds`) with every
+    smaller N measured holding as well (a pass above a failure is noise, not capacity); 0 when
+    the smallest N already fails."""
+    best = 0
+    for row in sorted(rows, key=lambda r: r["streams"]):
+        if not row_holds(row, block_ms):
+            break
+        best = row["streams"]
+    return best
+
+
+# ---------------------------------------------------------------- the server process
+
+
+@dataclass
+class ServerProcess:
+    """A running ``comostream serve`` child: its WebSocket URL and process id."""
+
+    url: str
+    pid: int
+    log: Path
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the whole process so far (every thread); None where
+        ``/proc`` is not available."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def serve_process(
+    checkpoint: Path,
+    *,
+    max_streams: int,
+    threads: int = 1,
+    device: str = "cpu",
+    vocoder: Path | None = None,
+    config: Path | None = None,
+    block: int | None = None,
+    start_timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[ServerProcess]:
+    """Run ``comostream serve`` on a free loopback port until the block ends (SIGTERM, then
+    kill after 15 s). Its stdout/stderr go to a temporary log, shown when it fails to start."""
+    cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0"]
+    cmd += ["--max-streams", str(max_streams), "--idle-timeout", "120"]
+    cmd += ["--checkpoint", str(checkpoint), "--threads", str(threads), "--device", device]
+    if vocoder is not None:
+        cmd += ["--vocoder", str(vocoder)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    if block is not None:
+        cmd += ["--block", str(block)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    with tempfile.TemporaryDirectory(prefix="comostream-bench-serve-") as tmp:
+        log = Path(tmp) / "serve.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            url = _wait_for_url(proc, log, start_timeout_s)
+            yield ServerProcess(url, proc.pid, log)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15.0)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_for_url(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> str:
+    """The URL the child announces; RuntimeError (with its log's tail) if it exits or is late."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = log.read_text(errors="replace")
+        found = _URL.search(text)
+        if found:
+            return found.group(1)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            why = (
+                f"exited with status {proc.returncode}"
+                if proc.returncode is not None
+                else (f"did not start within {timeout_s:.0f} s")
+            )
+            tail = "\n".join(text.strip().splitlines()[-15:])
+            raise RuntimeError(f"comostream serve {why}:\n{tail}")
+        time.sleep(0.1)
+
+
+# ---------------------------------------------------------------- the clients
+
+
+@dataclass
+class _ClientRun:
+    """What one paced client measured."""
+
+    sent_samples: int = 0
+    answered_samples: int = 0
+    dropped_samples: int = 0  # in DROPPED replies
+    rtt_ms: list[float] = field(default_factory=list)
+    late_ms: list[float] = field(default_factory=list)  # send time - due time (the driver)
+    stats: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def lost_samples(self) -> int:
+        """Dropped by the server plus never answered (a session that failed)."""
+        return self.dropped_samples + max(0, self.sent_samples - self.answered_samples)
+
+
+async def _paced(client: Any, x: np.ndarray, t0: float, phase_s: float, run: _ClientRun) -> None:
+    """Send ``x`` block by block at real-time pace from ``t0 + phase_s``, then ``flush``, and
+    collect every reply until the flushed tail."""
+    from comostream.realtime.serve.protocol import FLAG_DROPPED, FLAG_FLUSH
+
+    block, sr = client.block, client.sample_rate
+
+    async def receive() -> None:
+        while True:
+            reply = await client.recv()
+            if isinstance(reply, dict):
+                continue
+            if reply.flags & FLAG_FLUSH:
+                return
+            run.answered_samples += reply.count
+            if reply.flags & FLAG_DROPPED:
+                run.dropped_samples += reply.count
+            else:
+                run.rtt_ms.append((time.monotonic_ns() // 1000 - reply.timestamp_us) / 1000.0)
+
+    receiver = asyncio.create_task(receive())
+    try:
+        for k in range(len(x) // block):
+            due = t0 + phase_s + k * block / sr
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            run.late_ms.append(max(0.0, time.monotonic() - due) * 1000.0)
+            if receiver.done():
+                break
+            await client.send_block(k, x[k * block : (k + 1) * block])
+            run.sent_samples += block
+        if not receiver.done():
+            await client.control("flush")
+        await asyncio.wait_for(receiver, DRAIN_TIMEOUT_S)
+    finally:
+        receiver.cancel()
+
+
+async def _stats(client: Any) -> dict[str, Any]:
+    """The session's ``stats`` (answered at once)."""
+    await client.control("stats")
+    while True:
+        msg = await client.recv()
+        if isinstance(msg, dict) and msg.get("type") == "stats":
+            return msg
+
+
+async def _measure(
+    server: ServerProcess, n: int, x: np.ndarray, sample_rate: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """N paced clients at once; the row and the first session's ``ready``."""
+    from comostream.realtime.serve.client import StreamClient
+
+    clients: list[Any] = []
+    try:
+        for _ in range(n):  # one at a time: the server's hello cap (max_pending) never bites
+            clients.append(await StreamClient.connect(server.url, sample_rate=sample_rate))
+        block = clients[0].block
+        runs = [_ClientRun() for _ in clients]
+        signals = [np.roll(x, i * len(x) // n) for i in range(n)]  # not all the same note
+        cpu0, proc0 = server.cpu_seconds(), time.process_time()
+        t0 = time.monotonic() + 0.05
+        results = await asyncio.gather(
+            *(
+                _paced(c, s, t0, i * block / sample_rate / n, r)
+                for i, (c, s, r) in enumerate(zip(clients, signals, runs, strict=True))
+            ),
+            return_exceptions=True,
+        )
+        wall = time.monotonic() - t0
+        cpu1, proc1 = server.cpu_seconds(), time.process_time()
+        for c, r, res in zip(clients, runs, results, strict=True):
+            if isinstance(res, BaseException):
+                r.error = f"{type(res).__name__}: {res}"
+                continue
+            try:
+                r.stats = await asyncio.wait_for(_stats(c), DRAIN_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a failed session is a row's error
+                r.error = f"{type(exc).__name__}: {exc}"
+        ready = clients[0].ready
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    server_cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
+    return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall), ready
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _row(
+    n: int, runs: Sequence[_ClientRun], wall: float, server_cpu: float | None, client_cpu: float
+) -> dict[str, Any]:
+    """One N's figures (JSON-ready: no NaN)."""
+    rtt = [ms for r in runs for ms in r.rtt_ms]
+    late = [ms for r in runs for ms in r.late_ms]
+    lost = [r.lost_samples for r in runs]
+    sent = sum(r.sent_samples for r in runs)
+    compute = [r.stats["compute_ms_p99"] for r in runs if "compute_ms_p99" in r.stats]
+    return {
+        "streams": n,
+        "dropped_samples": int(sum(lost)),
+        "dropped_samples_max": int(max(lost)),
+        "dropped_fraction": sum(lost) / sent if sent else 0.0,
+        "server_dropped_samples": int(
+            sum(
+                r.stats.get("dropped_in_samples", 0) + r.stats.get("dropped_out_samples", 0)
+                for r in runs
+            )
+        ),
+        "rtt_ms_p50": _pct(rtt, 50),
+        "rtt_ms_p99": _pct(rtt, 99),
+        "rtt_ms_max": max(rtt) if rtt else None,
+        "compute_ms_p99": max(compute) if compute else None,
+        "server_cpu": server_cpu,  # cores busy (1.0: one core) over the streaming window
+        "server_cpu_per_stream": None if server_cpu is None else server_cpu / n,
+        "client_cpu": client_cpu,  # the driver's own share of a core
+        "send_late_ms_p99": _pct(late, 99),
+        "wall_s": wall,
+        "errors": [r.error for r in runs if r.error],
+    }
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def run_serve_bench(
+    streams: Sequence[int],
+    *,
+    checkpoint: Path,
+    seconds: float = 10.0,
+    sample_rate: int = 48000,
+    threads: int = 1,
+    device: str = "cpu",
+    vocoder: Path | None = None,
+    config: Path | None = None,
+    block: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Start one server, measure each N of ``streams`` for ``seconds`` of audio per client (in
+    the order given), stop the server; the result has one row per N and
+    :func:`realtime_streams`."""
+    from comostream.bench.latency import example_signal
+    from comostream.realtime.geometry import INPUT_RATES
+
+    if not streams or min(streams) < 1:
+        raise ValueError("streams: at least one N, each >= 1")
+    if sample_rate not in INPUT_RATES:
+        raise ValueError(f"sample rate {sample_rate} Hz: use one of {sorted(INPUT_RATES)}")
+    x = example_signal(seconds, sample_rate)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine shows
+    progress(f"starting comostream serve ({checkpoint}, {threads} thread(s), {device})")
+    rows: list[dict[str, Any]] = []
+    ready: dict[str, Any] = {}
+    with serve_process(
+        checkpoint,
+        max_streams=max(streams),
+        threads=threads,
+        device=device,
+        vocoder=vocoder,
+        config=config,
+        block=block,
+    ) as server:
+        progress(f"server at {server.url} (pid {server.pid})")
+        for n in streams:
+            progress(f"{n} stream(s) for {seconds:g} s")
+            bound = seconds + 2 * DRAIN_TIMEOUT_S + 30.0 + n  # connect, stream, drain, close
+            row, ready = asyncio.run(asyncio.wait_for(_measure(server, n, x, sample_rate), bound))
+            rows.append(row)
+            progress(_row_text(row))
+    block_samples = int(ready["block"])
+    block_ms = 1000.0 * block_samples / sample_rate
+    for row in rows:
+        row["realtime"] = row_holds(row, block_ms)
+    return {
+        "checkpoint": str(checkpoint),
+        "server": "subprocess",
+        "threads": threads,
+        "device": device,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1min_before": load,
+        "sample_rate": sample_rate,
+        "block_samples": block_samples,
+        "block_ms": block_ms,
+        "latency_ms": float(ready["latency_ms"]),
+        "seconds": seconds,
+        "rows": rows,
+        "realtime_streams": realtime_streams(rows, block_ms),
+    }
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    return (
+        f"{row['streams']} stream(s): dropped {row['dropped_samples']} samples, round trip p50 "
+        f"{_num(row['rtt_ms_p50'], '.1f')} ms p99 {_num(row['rtt_ms_p99'], '.1f')} ms, server "
+        f"CPU {_num(row['server_cpu'], '.2f')} cores"
+        + (f", {len(row['errors'])} client error(s)" if row["errors"] else "")
+    )
+
+
+def format_serve_table(r: dict[str, Any]) -> str:
+    """The result as a text table."""
+    lines = [
+        f"server: {r['checkpoint']} ({r['server']}, {r['threads']} thread(s), {r['device']}, "
+        f"{r['cpu_count']} CPUs, load {_num(r.get('load_avg_1min_before'), '.1f')} before); "
+        f"{r['sample_rate']} Hz, block {r['block_samples']} samples "
+        f"= {r['block_ms']:.1f} ms, algorithmic latency {r['latency_ms']:.1f} ms; "
+        f"{r['seconds']:g} s per stream",
+        f"{'N':>4} {'dropped':>9} {'max/client':>10} {'rtt p50':>8} {'rtt p99':>8} "
+        f"{'compute p99':>11} {'CPU/stream':>10} {'server CPU':>10} {'driver CPU':>10} "
+        f"{'real time':>9}",
+    ]
+    for row in r["rows"]:
+        per = row["server_cpu_per_stream"]
+        lines.append(
+            f"{row['streams']:>4} {row['dropped_samples']:>9} {row['dropped_samples_max']:>10} "
+            f"{_num(row['rtt_ms_p50'], '8.1f')} {_num(row['rtt_ms_p99'], '8.1f')} "
+            f"{_num(row['compute_ms_p99'], '11.1f')} "
+            f"{_num(None if per is None else 100 * per, '9.0f')}% "
+            f"{_num(row['server_cpu'], '10.2f')} {row['client_cpu']:10.2f} "
+            f"{'yes' if row['realtime'] else 'no':>9}"
+        )
+        lines += [f"     error: {e}" for e in row["errors"][:3]]
+    lines.append(
+        f"real-time streams (no drops, round trip p99 < {r['block_ms']:.1f} ms): "
+        f"{r['realtime_streams']}"
+    )
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ self-signed TLS pair."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
@@ -20,11 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
+from websockets.asyncio.client import connect
 
 from comostream.models.acoustic import AcousticModel
 from comostream.models.config import Config, ContentConfig, F0Config, TrainConfig, load_config
 from comostream.models.streaming import Delay, StreamState
 from comostream.models.vocoder import Vocoder, vocoder_config
+from comostream.realtime.serve.protocol import ERRORS
 from comostream.training.checkpoint import save_checkpoint
 from comostream.training.sampler import EpochShuffle
 from comostream.training.state import TrainState, make_state
@@ -431,3 +434,17 @@ def self_signed_pair(folder: Path) -> tuple[Path, Path] | None:
     )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     return cert, key
+
+
+async def expect_error(url: str, frames: list[str | bytes], code: str) -> None:
+    """Send ``frames``; the server must answer error ``code`` and close with its close code."""
+    async with connect(url, max_size=None) as ws:
+        for f in frames:
+            await ws.send(f)
+        while True:
+            msg = await asyncio.wait_for(ws.recv(), 20)
+            if isinstance(msg, str) and json.loads(msg)["type"] == "error":
+                break
+        assert json.loads(msg)["code"] == code, msg
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == ERRORS[code][0], (code, ws.close_code)

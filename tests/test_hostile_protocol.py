@@ -58,7 +58,7 @@ from comostream.realtime.serve.protocol import (
 )
 from comostream.realtime.serve.server import ServerThread
 
-from helpers import write_tiny_model
+from helpers import expect_error, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
@@ -83,20 +83,6 @@ def reference(models: Any, x: np.ndarray, sr: int = SR, block: int = BLOCK, **kw
 
 def _hello(**kw: Any) -> str:
     return json.dumps({"type": "hello", "version": 1, "sample_rate": SR, "block": BLOCK, **kw})
-
-
-async def _expect_error(url: str, frames: list[str | bytes], code: str) -> None:
-    """Send ``frames``; the server must answer error ``code`` and close with its close code."""
-    async with connect(url, max_size=None) as ws:
-        for f in frames:
-            await ws.send(f)
-        while True:
-            msg = await asyncio.wait_for(ws.recv(), 20)
-            if isinstance(msg, str) and json.loads(msg)["type"] == "error":
-                break
-        assert json.loads(msg)["code"] == code, msg
-        await asyncio.wait_for(ws.wait_closed(), 10)
-        assert ws.close_code == ERRORS[code][0], (code, ws.close_code)
 
 
 async def _closed_with(ws: ClientConnection, code: str, within: float) -> float:
@@ -133,7 +119,7 @@ def test_silent_and_unauthenticated_connections_take_no_stream_slot(
 
         async def run() -> list[Any]:
             silent = [await connect(st.url) for _ in range(2)]  # upgrade, then nothing
-            await _expect_error(st.url, [_hello(token="guess")], "unauthorized")
+            await expect_error(st.url, [_hello(token="guess")], "unauthorized")
             assert st.server.pending_connections() == 2 and st.server.active_streams() == 0
             # both slots are still free for clients with the token
             results = await asyncio.gather(
@@ -143,7 +129,7 @@ def test_silent_and_unauthenticated_connections_take_no_stream_slot(
             a = await StreamClient.connect(st.url, sample_rate=SR, block=BLOCK, token=TOKEN)
             b = await StreamClient.connect(st.url, sample_rate=SR, block=BLOCK, token=TOKEN)
             assert st.server.active_streams() == 2
-            await _expect_error(st.url, [], "server_full")  # now both slots are taken
+            await expect_error(st.url, [], "server_full")  # now both slots are taken
             await a.close()
             await b.close()
             for ws in silent:  # the silent ones end at the hello deadline, not the idle timeout
@@ -166,7 +152,7 @@ def test_pending_cap_refuses_newcomers_with_busy_while_a_stream_goes_on(
             streaming = asyncio.create_task(stream_array(st.url, x, SR, block=BLOCK))
             await asyncio.sleep(0.2)
             silent = [await connect(st.url) for _ in range(2)]
-            await _expect_error(st.url, [], "busy")  # refused at once, before any engine
+            await expect_error(st.url, [], "busy")  # refused at once, before any engine
             for ws in silent:
                 await _closed_with(ws, "hello_timeout", 10)
             client = await StreamClient.connect(st.url, sample_rate=SR, block=BLOCK)  # room again
@@ -392,9 +378,9 @@ def test_bad_mix_weights_close_in_hello_and_are_refused_in_set(
         streaming = asyncio.create_task(stream_array(server.url, x, SR, block=BLOCK))
         await asyncio.sleep(0.2)
         for mix in bad_mixes:
-            await _expect_error(server.url, [_hello(speaker=mix)], "bad_mix")
+            await expect_error(server.url, [_hello(speaker=mix)], "bad_mix")
             await set_refused(mix)
-        await _expect_error(server.url, [_hello(speaker={"alto": "1"})], "bad_message")
+        await expect_error(server.url, [_hello(speaker={"alto": "1"})], "bad_message")
         assert not streaming.done()
         return await streaming
 

@@ -34,11 +34,11 @@ from comostream.realtime.serve.bridge import Bridge
 from comostream.realtime.serve.client import StreamClient, stream_array
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
-from comostream.realtime.serve.protocol import ERRORS, pack_frame
+from comostream.realtime.serve.protocol import pack_frame
 from comostream.realtime.serve.server import ServerThread
 from comostream.realtime.serve.session import Block, DropQueue, Gap
 
-from helpers import self_signed_pair, write_tiny_model
+from helpers import expect_error, self_signed_pair, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
@@ -163,20 +163,6 @@ def test_bypass_returns_the_input_delayed_and_set_replies(server: ServerThread) 
 # ---------------------------------------------------------------- errors and close codes
 
 
-async def _expect_error(url: str, frames: list[str | bytes], code: str) -> None:
-    """Send ``frames``; the server must answer error ``code`` and close with its close code."""
-    async with connect(url, max_size=None) as ws:
-        for f in frames:
-            await ws.send(f)
-        while True:
-            msg = await asyncio.wait_for(ws.recv(), 20)
-            if isinstance(msg, str) and json.loads(msg)["type"] == "error":
-                break
-        assert json.loads(msg)["code"] == code, msg
-        await asyncio.wait_for(ws.wait_closed(), 10)
-        assert ws.close_code == ERRORS[code][0], (code, ws.close_code)
-
-
 def _hello(**kw: Any) -> str:
     return json.dumps({"type": "hello", "version": 1, "sample_rate": 48000, "block": 1024, **kw})
 
@@ -208,7 +194,7 @@ def test_malformed_input_gets_documented_errors_while_another_session_streams(
         streaming = asyncio.create_task(stream_array(server.url, x, 48000, speaker="tenor"))
         await asyncio.sleep(0.3)
         for frames, code in cases:
-            await _expect_error(server.url, frames, code)
+            await expect_error(server.url, frames, code)
         assert not streaming.done()  # still streaming at real-time pace meanwhile
         return await streaming
 
@@ -234,13 +220,13 @@ def test_token_max_streams_and_idle_timeout_refuse_with_their_codes(models: Any)
     with ServerThread(EngineFactory(*models, RT), config) as st:
 
         async def run() -> Any:
-            await _expect_error(st.url, [_hello()], "unauthorized")
-            await _expect_error(st.url, [_hello(token="guess")], "unauthorized")
+            await expect_error(st.url, [_hello()], "unauthorized")
+            await expect_error(st.url, [_hello(token="guess")], "unauthorized")
             streaming = asyncio.create_task(stream_array(st.url, x, 24000, token="s3cret"))
             await asyncio.sleep(0.3)
-            await _expect_error(st.url, [], "server_full")  # refused at once, no hello needed
+            await expect_error(st.url, [], "server_full")  # refused at once, no hello needed
             result = await streaming  # the existing stream is unaffected
-            await _expect_error(st.url, [_hello(token="s3cret")], "idle_timeout")
+            await expect_error(st.url, [_hello(token="s3cret")], "idle_timeout")
             return result
 
         r = asyncio.run(run())

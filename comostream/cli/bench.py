@@ -9,6 +9,7 @@ from pathlib import Path
 
 from comostream.cli.common import (
     FRAME_MS,
+    CommandError,
     Subparsers,
     block_list,
     block_option,
@@ -491,15 +492,20 @@ def _cmd_bench_memory(args: argparse.Namespace) -> int:
     from comostream.bench.memory import format_memory_table, run_memory_bench
 
     cfg = config_from_args(args)  # checked here, before any child runs
-    result = run_memory_bench(
-        args.minutes,
-        checkpoint=args.checkpoint,
-        threads=args.threads or 1,
-        block=cfg.realtime.block_frames if overridden(args, "realtime", "block_frames") else None,
-        workdir=args.workdir,
-        config=args.config,
-        device=args.device,
-    )
+    try:
+        result = run_memory_bench(
+            args.minutes,
+            checkpoint=args.checkpoint,
+            threads=args.threads or 1,
+            block=cfg.realtime.block_frames
+            if overridden(args, "realtime", "block_frames")
+            else None,
+            workdir=args.workdir,
+            config=args.config,
+            device=args.device,
+        )
+    except RuntimeError as exc:  # a child conversion failed: its own error message is inside
+        raise CommandError(f"bench memory: {str(exc).strip()}") from None
     print(json.dumps(result, indent=2) if args.json else format_memory_table(result))
     return 0
 
@@ -557,7 +563,6 @@ def _add_memory(bench_sub: Subparsers) -> None:
 
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
     from comostream.bench.serve import format_serve_table, run_serve_bench
-    from comostream.cli.common import CommandError
     from comostream.models.shipped import require_model
 
     cfg = config_from_args(args)  # checked here, before the server starts

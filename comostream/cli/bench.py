@@ -1,9 +1,12 @@
-"""``comostream bench f0|content|acoustic|vocoder|quality|latency|gpu|memory``: measurements."""
+"""``comostream bench ...``: measurements (f0, content, models, quality, latency, gpu, memory,
+serve, busy)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -561,6 +564,58 @@ def _add_memory(bench_sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_bench_memory)
 
 
+def _cmd_bench_busy(args: argparse.Namespace) -> int:
+    from comostream.bench.busy import CHECKS, format_busy_table, run_busy_check
+
+    checks = tuple(args.checks.split(",")) if args.checks else tuple(CHECKS)
+
+    def progress(what: str) -> None:
+        print(f"bench busy: {what}", file=sys.stderr, flush=True)
+
+    try:
+        result = run_busy_check(args.busy, checks, log=progress)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise CommandError(f"bench busy: {exc}") from None
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(
+            f"bench busy: {' '.join(exc.cmd[2:])} ran past {exc.timeout:.0f} s"
+        ) from None
+    print(json.dumps(result, indent=2) if args.json else format_busy_table(result))
+    return 0 if result["holds"] or not args.strict else 1
+
+
+def _add_busy(bench_sub: Subparsers) -> None:
+    """``bench busy``."""
+    p = bench_sub.add_parser(
+        "busy",
+        help="do convert --block 2, serve + client and bench latency keep real time with "
+        "their default options while other work keeps cores busy?",
+        description=(
+            "Start --busy processes that each spin one core (bounded: they end by themselves), "
+            "then run `comostream convert --block 2`, `comostream serve` + `comostream client` "
+            "(paced in real time) and `comostream bench latency`, each as a child process with "
+            "its default options, on the bundled example and the shipped model. A check holds "
+            "when its RTF stays below 0.8 and nothing is dropped. About 1-2 minutes."
+        ),
+    )
+    p.add_argument(
+        "--busy",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        metavar="CORES",
+        help="cores kept busy meanwhile (default: all but one)",
+    )
+    p.add_argument(
+        "--checks",
+        default=None,
+        metavar="NAME,...",
+        help="a subset of convert,serve_client,bench_latency (default: all)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a check misses real time")
+    p.set_defaults(handler=_cmd_bench_busy)
+
+
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
     from comostream.bench.serve import format_serve_table, run_serve_bench
     from comostream.models.shipped import require_model
@@ -664,3 +719,4 @@ def register(sub: Subparsers) -> None:
     _add_engine(bench_sub)
     _add_memory(bench_sub)
     _add_serve(bench_sub)
+    _add_busy(bench_sub)

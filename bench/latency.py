@@ -12,6 +12,9 @@ Measured in one run on the same models:
   one second of conditioning (same backbone size), per second of audio;
 * ``window_recompute_rtf``: the field's usual realtime strategy with the same models (re-run
   features and every model on 2.5 s of left context + a 250 ms block, every 250 ms);
+* ``backends``: RTF, per-chunk compute and the model step alone with each step backend (torch's
+  traced step, the ONNX Runtime step), side by side on the same stream; ``faster_backend``: the
+  one with the lower median chunk;
 * with ``--sweep 1,2,4,8``, ``block_sweep``: latency, RTF and the window-recompute ratio at
   each block size, with ``matmul_frame_cost_x``: what one frame of the backbone's largest
   matrix product costs at that block relative to a 2.75 s batch. The window strategy re-runs
@@ -22,6 +25,7 @@ Measured in one run on the same models:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +37,7 @@ from torch import nn
 
 from comostream.models.acoustic import AcousticModel, build_denoiser
 from comostream.models.audio import load_audio
-from comostream.models.config import AudioConfig, Config, RealtimeConfig
+from comostream.models.config import STEP_BACKENDS, AudioConfig, Config, RealtimeConfig
 from comostream.models.f0_yin import yin_f0
 from comostream.models.loudness import Loudness
 from comostream.models.mel import MelSpectrogram
@@ -292,6 +296,46 @@ def block_sweep(
     return rows
 
 
+def _backend_row(totals: list[float], times: dict[str, list[float]], chunk_s: float) -> dict:
+    return {
+        "rtf": float(sum(totals) / (len(totals) * chunk_s)) if totals else None,
+        "chunk_ms_p50": _pct(totals, 50),
+        "chunk_ms_p99": _pct(totals, 99),
+        "step_ms_p50": _pct(times.get("model", []), 50),
+        "step_ms_p99": _pct(times.get("model", []), 99),
+    }
+
+
+def backend_compare(
+    model: AcousticModel,
+    vocoder: nn.Module,
+    x: np.ndarray,
+    *,
+    realtime: RealtimeConfig,
+    sample_rate: int,
+    done: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per step backend (:data:`~comostream.models.config.STEP_BACKENDS`): ``rtf``, chunk and
+    model-step p50/p99 ms streaming ``x``, or ``error`` (not installed, not exportable). ``done``:
+    rows already measured (the main run's backend)."""
+    rows = dict(done or {})
+    chunk = StreamGeometry.from_configs(model.cfg.audio, realtime).samples_per_block(sample_rate)
+    for backend in STEP_BACKENDS:
+        if backend in rows:
+            continue
+        rt = dataclasses.replace(realtime, backend=backend)
+        try:
+            eng = StreamingConverter.from_models(
+                model, vocoder, sample_rate=sample_rate, realtime=rt, profile=True, chunk=chunk
+            )
+        except (ImportError, RuntimeError) as exc:  # OnnxBackendError: missing extra, window mode
+            rows[backend] = {"error": str(exc)}
+            continue
+        totals, times = _stream(eng, x, sample_rate)
+        rows[backend] = _backend_row(totals, times, chunk / sample_rate)
+    return {b: rows[b] for b in STEP_BACKENDS}
+
+
 def run_latency_bench(
     model: AcousticModel,
     vocoder: nn.Module,
@@ -306,7 +350,7 @@ def run_latency_bench(
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict. ``progress`` (e.g.
     a status line on stderr) is told what is measured next, step by step."""
-    steps = 6 if sweep else 5
+    steps = 7 if sweep else 6
 
     def step(k: int, what: str) -> None:
         if progress is not None:
@@ -319,12 +363,13 @@ def run_latency_bench(
     x = example_signal(seconds + 0.5, sample_rate)
     step(1, f"streaming {seconds + 0.5:g} s of the example through the engine")
     totals, times = _stream(engine, x, sample_rate)
+    mine = {realtime.backend: _backend_row(totals, times, chunk / sample_rate)}  # before more runs
     # the traced step runs content, acoustic model and vocoder as one graph: split it eagerly
     eager = StreamingConverter.from_models(
         model,
         vocoder,
         sample_rate=sample_rate,
-        realtime=realtime,
+        realtime=dataclasses.replace(realtime, backend="torch"),
         profile=True,
         trace=False,
         chunk=chunk,
@@ -346,6 +391,13 @@ def run_latency_bench(
     window_rtf = _window_recompute_rtf(model, vocoder, device)
     step(5, f"teacher ({model.cfg.edm.teacher_steps} Heun steps) vs the one-step target")
     teacher = _teacher_vs_onestep(model, device)
+    others = ", ".join(b for b in STEP_BACKENDS if b != realtime.backend)
+    step(6, f"the same stream with the other step backend ({others})")
+    backends = backend_compare(
+        model, vocoder, x, realtime=realtime, sample_rate=sample_rate, done=mine
+    )
+    # the lower median chunk: a shared machine's stalls move the mean (RTF) far more
+    measured = {b: r["chunk_ms_p50"] for b, r in backends.items() if r.get("rtf") is not None}
     result: dict[str, Any] = {
         "algorithmic_latency_ms": engine.latency_ms,
         "stream_delay_ms": engine.delay_ms,
@@ -366,12 +418,15 @@ def run_latency_bench(
         "threads": torch.get_num_threads(),
         "model": source,
         "traced": engine.step_module is not eager.step_module,
+        "backend": realtime.backend,
+        "backends": backends,
+        "faster_backend": min(measured, key=measured.__getitem__),
         "lookahead_frames": engine.lookahead_frames,
         "chunks": len(totals),
         "chunk_ms_all": [1000.0 * t for t in totals],
     }
     if sweep:
-        step(6, f"block sweep over {', '.join(str(b) for b in sweep)} frames")
+        step(7, f"block sweep over {', '.join(str(b) for b in sweep)} frames")
         result["block_sweep"] = block_sweep(
             model,
             vocoder,
@@ -460,6 +515,21 @@ def format_latency_table(r: dict[str, Any]) -> str:
         f"window recompute (2.5 s context per 250 ms block): RTF {r['window_recompute_rtf']:.3f}"
         f" = {r['window_vs_streaming']:.1f}x the streaming engine",
     ]
+    if r.get("backends"):
+        lines += [
+            "",
+            f"| step backend | RTF | p50 chunk ms | p99 chunk ms | p50 step ms | p99 step ms |"
+            f"  (main run: {r['backend']})",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in r["backends"].items():
+            if "error" in row:
+                lines.append(f"| {name} | n/a: {row['error']} | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {row['rtf']:.3f} | {row['chunk_ms_p50']:.2f} | "
+                f"{row['chunk_ms_p99']:.2f} | {row['step_ms_p50']:.2f} | {row['step_ms_p99']:.2f} |"
+            )
     if r.get("block_sweep"):
         lines += [
             "",

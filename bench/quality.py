@@ -6,13 +6,17 @@ semitones between the two singers' median F0) or a fixed amount, in three ways: 
 target offline, the teacher with N Heun steps offline (when a distillation checkpoint is given),
 and the streaming schedule at the default block. Per conversion:
 
-* ``f0_rmse_cents``: RMS cents between the output's F0 (by the streaming YIN tracker) and the
-  source's F0 times the transposition, on frames voiced in both; the source's F0 is the
-  corpus's exact one where it has it (``f0_reference``: ``"corpus"``), else YIN's;
+* ``f0_rmse_cents``: RMS cents between the output's F0 (by the realtime default tracker,
+  ``[f0] backend``: the one the engine streams with) and the source's F0 times the
+  transposition, on frames voiced in both; the source's F0 is the corpus's exact one where it
+  has it (``f0_reference``: ``"corpus"``), else the tracker's;
   ``f0_gpe``: fraction of those frames more than 20 % off (gross errors, octave jumps),
-  ``f0_fine_rmse_cents``: RMS cents of the others; ``vde``: fraction of frames whose voiced
-  flags disagree; ``f0_floor``: the same figures of the tracker on the unconverted sources
-  against the corpus's F0, i.e. what an exact conversion would score with this measurement;
+  ``f0_gross``: more than 50 cents off, ``f0_octave``: off by a whole number of octaves (within
+  50 cents of +-1200 k cents, k != 0; as ``bench f0``), ``f0_fine_rmse_cents``: RMS cents of
+  the frames within 20 %; ``vde``: fraction of frames whose voiced flags disagree;
+  ``f0_floor``: the same figures of the tracker on the unconverted sources against the corpus's
+  F0: what the engine feeds the model, i.e. what an exact conversion would score (the output's
+  ``f0_gross`` next to the floor's says whether the model or the vocoder add pitch errors);
 * ``spk_sim_target`` / ``spk_sim_source``: cosine of the output's Resemblyzer embedding with the
   target's / the source singer's (mean embedding of 4 train-split recordings each);
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
@@ -43,6 +47,8 @@ from comostream.bench.vocoder import _mcep, frame_db
 from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import load_audio, resample
 from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.f0 import extract_f0
+from comostream.models.f0_track import F0Track
 from comostream.models.f0_yin import yin_f0
 from comostream.models.samplers import heun_sampler, sampling_sigmas
 from comostream.realtime.engine import StreamingConverter, convert_array
@@ -54,6 +60,7 @@ __all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
 MODES = ("onestep", "teacher", "streaming")
 EVAL_HINT = "pip install .[eval] (resemblyzer, speechmos)"
 GROSS_CENTS = 1200.0 * math.log2(1.2)  # a gross pitch error: more than 20 % off (GPE's bound)
+TOLERANCE_CENTS = 50.0  # f0_gross / f0_octave: as `comostream bench f0`
 ACTIVE_DB = -45.0  # dBFS: frames quieter than this in either signal are left out of the MCD
 _MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
 
@@ -211,8 +218,13 @@ def _source_f0(utt: Utterance, audio: np.ndarray, cfg: F0Config) -> tuple[np.nda
     if utt.f0_path is not None and utt.f0_path.is_file():
         f0 = np.load(utt.f0_path).astype(np.float64)
         return f0, f0 > 0
-    track = yin_f0(audio, cfg)
+    track = _track(audio, cfg)
     return track.f0_hz, track.voiced
+
+
+def _track(audio: np.ndarray, cfg: F0Config) -> F0Track:
+    """The F0 of 24 kHz ``audio`` by ``cfg.backend`` (the tracker the engine streams with)."""
+    return extract_f0(audio, cfg=cfg)
 
 
 def f0_errors(
@@ -220,14 +232,17 @@ def f0_errors(
 ) -> dict[str, float | None]:
     """F0 figures of one conversion, per frame (the shorter track's length): ``f0_rmse_cents``
     over frames voiced in both (None if none), ``f0_gpe`` the fraction of those more than 20 %
-    off (gross pitch errors: octave jumps), ``f0_fine_rmse_cents`` the RMSE of the rest, ``vde``
-    the fraction of frames whose voiced flags disagree."""
+    off (gross pitch errors: octave jumps), ``f0_gross`` more than 50 cents off, ``f0_octave`` a
+    whole number of octaves off (+-50 cents), ``f0_fine_rmse_cents`` the RMSE of the frames
+    within 20 %, ``vde`` the fraction of frames whose voiced flags disagree."""
     n = min(len(ref_hz), len(out_hz))
     rv, ov = np.asarray(ref_voiced[:n], bool), np.asarray(out_voiced[:n], bool)
     both = rv & ov & (ref_hz[:n] > 0) & (out_hz[:n] > 0)
     out: dict[str, float | None] = {
         "f0_rmse_cents": None,
         "f0_gpe": None,
+        "f0_gross": None,
+        "f0_octave": None,
         "f0_fine_rmse_cents": None,
         "vde": float(np.mean(rv != ov)) if n else None,
     }
@@ -236,6 +251,11 @@ def f0_errors(
         gross = np.abs(cents) > GROSS_CENTS
         out["f0_rmse_cents"] = float(np.sqrt(np.mean(cents**2)))
         out["f0_gpe"] = float(np.mean(gross))
+        off = np.abs(cents) > TOLERANCE_CENTS
+        octaves = np.round(cents / 1200.0)
+        near_octave = np.abs(cents - 1200.0 * octaves) <= TOLERANCE_CENTS
+        out["f0_gross"] = float(np.mean(off))
+        out["f0_octave"] = float(np.mean(off & near_octave & (octaves != 0)))
         out["f0_fine_rmse_cents"] = (
             float(np.sqrt(np.mean(cents[~gross] ** 2))) if (~gross).any() else None
         )
@@ -304,7 +324,7 @@ def run_quality_bench(
         if data is None:
             raise CorpusError("give --data (the model's feature folder) or --corpus")
         corpus = Path(json.loads((Path(data) / "features.json").read_text())["source"])
-    f0_cfg = model.cfg.f0
+    f0_cfg = F0Config()  # the engine's tracker (_convert passes no other): the floor's too
     rt = (realtime or model.cfg.realtime).with_block(block)
     block = rt.block_frames
     utts = load_corpus(corpus)
@@ -338,13 +358,13 @@ def run_quality_bench(
         )
         src_f0 = _source_f0(utt, audio, f0_cfg)
         if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
-            own = yin_f0(audio, f0_cfg)
+            own = _track(audio, f0_cfg)
             floor.append(f0_errors(src_f0[0], src_f0[1], own.f0_hz, own.voiced))
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in models.items():
             y = _convert(m, voc, audio, tgt, t, rt, streaming=mode == "streaming")
-            out_f0 = yin_f0(y, f0_cfg)
+            out_f0 = _track(y, f0_cfg)
             emb = spk.embed(y)
             rows[mode].append(
                 {
@@ -372,7 +392,8 @@ def run_quality_bench(
         transpose=transpose,
         lines=len(lines),
         singers=singers,
-        f0_reference="corpus" if exact else "yin (or corpus where given)",
+        f0_reference="corpus" if exact else f"{f0_cfg.backend} (or corpus where given)",
+        f0_tracker=f0_cfg.backend,
         eval_packages=spk.encoder is not None and _has("speechmos"),
     )
     if not result["eval_packages"]:
@@ -405,6 +426,8 @@ def format_quality_table(r: dict[str, Any]) -> str:
     keys = (
         "f0_rmse_cents",
         "f0_gpe",
+        "f0_gross",
+        "f0_octave",
         "f0_fine_rmse_cents",
         "vde",
         "spk_sim_target",
@@ -430,9 +453,11 @@ def format_quality_table(r: dict[str, Any]) -> str:
     if r.get("f0_floor"):
         fl = r["f0_floor"]
         lines.append(
-            f"F0 reference: {r['f0_reference']}; the tracker on the unconverted sources "
-            f"scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE {fl['f0_gpe']:.3f}, fine "
-            f"{fl['f0_fine_rmse_cents']:.1f} cents (the floor of this measurement)"
+            f"F0 reference: {r['f0_reference']}; the tracker ({r.get('f0_tracker', '?')}) on "
+            f"the unconverted sources scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE "
+            f"{fl['f0_gpe']:.3f}, gross (> 50 cents) {fl.get('f0_gross') or 0.0:.4f}, octave "
+            f"{fl.get('f0_octave') or 0.0:.4f}, fine {fl['f0_fine_rmse_cents']:.1f} cents (the "
+            "floor of this measurement)"
         )
     if r.get("note"):
         lines.append(r["note"])

@@ -13,7 +13,10 @@ sum and per-client max), round trip p50/p99 over every converted block (send to 
 included), server CPU (cores, and per stream), the server's compute per block, and the driver's
 own CPU and pacing lateness (a driver that falls behind would invalidate the row).
 :func:`realtime_streams` is the headline: the largest N that holds real time, every smaller N
-measured holding too.
+measured holding too. The Ns go up until the first that fails (``stop_at_failure``), so the default
+list (:data:`DEFAULT_STREAMS`) finds the capacity in bounded time. The server batches its sessions'
+blocks (``serve --batch on``, the default) or runs one engine per session (``batch=False``); with
+batching each row also shows the scheduler's mean batch and step time (``stats.batch``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_STREAMS",
     "format_serve_table",
     "realtime_streams",
     "row_holds",
@@ -45,6 +49,7 @@ __all__ = [
 
 START_TIMEOUT_S = 300.0  # the child's model load and warm-up on a busy machine
 DRAIN_TIMEOUT_S = 30.0  # after the last block: the flush reply, stats and close
+DEFAULT_STREAMS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64)  # measured up to the first failure
 _URL = re.compile(r"serving on (wss?://\S+/ws)")
 
 
@@ -108,12 +113,20 @@ def serve_process(
     vocoder: Path | None = None,
     config: Path | None = None,
     block: int | None = None,
+    batch: bool = True,
+    batch_wait_ms: float | None = None,
+    backend: str | None = None,
     start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[ServerProcess]:
     """Run ``comostream serve`` on a free loopback port until the block ends (SIGTERM, then
     kill after 15 s). Its stdout/stderr go to a temporary log, shown when it fails to start."""
     cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0"]
     cmd += ["--max-streams", str(max_streams), "--idle-timeout", "120"]
+    cmd += ["--batch", "on" if batch else "off"]
+    if batch_wait_ms is not None:
+        cmd += ["--batch-wait", str(batch_wait_ms)]
+    if backend is not None:
+        cmd += ["--backend", backend]
     cmd += ["--checkpoint", str(checkpoint), "--threads", str(threads), "--device", device]
     if vocoder is not None:
         cmd += ["--vocoder", str(vocoder)]
@@ -227,9 +240,10 @@ async def _stats(client: Any) -> dict[str, Any]:
 
 
 async def _measure(
-    server: ServerProcess, n: int, x: np.ndarray, sample_rate: int
+    server: ServerProcess, n: int, x: np.ndarray, sample_rate: int, batch_cpu_s: float = 0.0
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """N paced clients at once; the row and the first session's ``ready``."""
+    """N paced clients at once; the row and the first session's ``ready``. ``batch_cpu_s``:
+    the batch scheduler's CPU seconds before (its ``stats`` are the server's, cumulative)."""
     from comostream.realtime.serve.client import StreamClient
 
     clients: list[Any] = []
@@ -262,7 +276,7 @@ async def _measure(
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     server_cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
-    return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall), ready
+    return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall, batch_cpu_s), ready
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -270,14 +284,27 @@ def _pct(values: Sequence[float], q: float) -> float | None:
 
 
 def _row(
-    n: int, runs: Sequence[_ClientRun], wall: float, server_cpu: float | None, client_cpu: float
+    n: int,
+    runs: Sequence[_ClientRun],
+    wall: float,
+    server_cpu: float | None,
+    client_cpu: float,
+    batch_cpu_s: float = 0.0,
 ) -> dict[str, Any]:
-    """One N's figures (JSON-ready: no NaN)."""
+    """One N's figures (JSON-ready: no NaN). Where the server's CPU goes, in cores:
+    ``cpu_sessions`` (the sessions' worker threads: front ends, and the model step when not
+    batched), ``cpu_batch`` (the batch scheduler's thread: gather, step, scatter; its intra-op
+    helper threads count in ``cpu_other``), ``cpu_other`` (the rest: the event loop with the
+    WebSocket protocol, other threads)."""
     rtt = [ms for r in runs for ms in r.rtt_ms]
     late = [ms for r in runs for ms in r.late_ms]
     lost = [r.lost_samples for r in runs]
     sent = sum(r.sent_samples for r in runs)
     compute = [r.stats["compute_ms_p99"] for r in runs if "compute_ms_p99" in r.stats]
+    batch = next((r.stats["batch"] for r in runs if "batch" in r.stats), None)
+    sessions = sum(r.stats.get("worker_cpu_s", 0.0) for r in runs) / wall
+    batch_cpu = None if batch is None else (batch["cpu_s"] - batch_cpu_s) / wall
+    other = None if server_cpu is None else server_cpu - sessions - (batch_cpu or 0.0)
     return {
         "streams": n,
         "dropped_samples": int(sum(lost)),
@@ -295,6 +322,21 @@ def _row(
         "compute_ms_p99": max(compute) if compute else None,
         "server_cpu": server_cpu,  # cores busy (1.0: one core) over the streaming window
         "server_cpu_per_stream": None if server_cpu is None else server_cpu / n,
+        # streams' worth of audio converted (N less the dropped share), and the CPU per such
+        # stream: overloaded, what the server still gets done per core
+        "served_streams": n * (1.0 - sum(lost) / sent) if sent else 0.0,
+        "server_cpu_per_served_stream": (
+            None
+            if server_cpu is None or not sent or sum(lost) >= sent
+            else server_cpu / (n * (1.0 - sum(lost) / sent))
+        ),
+        "batch_mean": None if batch is None else batch["batch_mean"],  # streams per step
+        "step_ms_p50": None if batch is None else batch["step_ms_p50"],  # the batched step
+        "step_ms_p99": None if batch is None else batch["step_ms_p99"],
+        "batch_cpu_s": None if batch is None else batch["cpu_s"],  # cumulative, the server's
+        "cpu_sessions": sessions,
+        "cpu_batch": batch_cpu,
+        "cpu_other": other,
         "client_cpu": client_cpu,  # the driver's own share of a core
         "send_late_ms_p99": _pct(late, 99),
         "wall_s": wall,
@@ -316,11 +358,18 @@ def run_serve_bench(
     vocoder: Path | None = None,
     config: Path | None = None,
     block: int | None = None,
+    batch: bool = True,
+    batch_wait_ms: float | None = None,
+    backend: str | None = None,
+    stop_at_failure: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Start one server, measure each N of ``streams`` for ``seconds`` of audio per client (in
-    the order given), stop the server; the result has one row per N and
-    :func:`realtime_streams`."""
+    the order given; after the first N that does not hold real time, no more when
+    ``stop_at_failure``), stop the server; the result has one row per N measured and
+    :func:`realtime_streams`. ``batch``: the server's ``--batch on`` (else ``off``);
+    ``batch_wait_ms``: its ``--batch-wait`` (None: the server's default); ``backend``: its
+    ``--backend`` (None: its config's)."""
     from comostream.bench.latency import example_signal
     from comostream.realtime.geometry import INPUT_RATES
 
@@ -330,7 +379,8 @@ def run_serve_bench(
         raise ValueError(f"sample rate {sample_rate} Hz: use one of {sorted(INPUT_RATES)}")
     x = example_signal(seconds, sample_rate)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine shows
-    progress(f"starting comostream serve ({checkpoint}, {threads} thread(s), {device})")
+    mode = "batched" if batch else "one engine per session"
+    progress(f"starting comostream serve ({checkpoint}, {threads} thread(s), {device}, {mode})")
     rows: list[dict[str, Any]] = []
     ready: dict[str, Any] = {}
     with serve_process(
@@ -341,22 +391,33 @@ def run_serve_bench(
         vocoder=vocoder,
         config=config,
         block=block,
+        batch=batch,
+        batch_wait_ms=batch_wait_ms,
+        backend=backend,
     ) as server:
         progress(f"server at {server.url} (pid {server.pid})")
         for n in streams:
             progress(f"{n} stream(s) for {seconds:g} s")
             bound = seconds + 2 * DRAIN_TIMEOUT_S + 30.0 + n  # connect, stream, drain, close
-            row, ready = asyncio.run(asyncio.wait_for(_measure(server, n, x, sample_rate), bound))
+            before = next((r["batch_cpu_s"] for r in reversed(rows) if r.get("batch_cpu_s")), 0.0)
+            row, ready = asyncio.run(
+                asyncio.wait_for(_measure(server, n, x, sample_rate, before), bound)
+            )
+            row["realtime"] = row_holds(row, 1000.0 * int(ready["block"]) / sample_rate)
             rows.append(row)
             progress(_row_text(row))
+            if stop_at_failure and not row["realtime"] and n != streams[-1]:
+                progress(f"{n} stream(s) do not hold real time: stopping here")
+                break
     block_samples = int(ready["block"])
     block_ms = 1000.0 * block_samples / sample_rate
-    for row in rows:
-        row["realtime"] = row_holds(row, block_ms)
     return {
         "checkpoint": str(checkpoint),
         "server": "subprocess",
         "threads": threads,
+        "batch": batch,
+        "batch_wait_ms": batch_wait_ms,
+        "backend": backend,  # None: the server's (its config's) backend
         "device": device,
         "cpu_count": os.cpu_count(),
         "load_avg_1min_before": load,
@@ -379,6 +440,18 @@ def _row_text(row: dict[str, Any]) -> str:
         f"{row['streams']} stream(s): dropped {row['dropped_samples']} samples, round trip p50 "
         f"{_num(row['rtt_ms_p50'], '.1f')} ms p99 {_num(row['rtt_ms_p99'], '.1f')} ms, server "
         f"CPU {_num(row['server_cpu'], '.2f')} cores"
+        + (
+            f", batch {row['batch_mean']:.1f} streams/step of {row['step_ms_p50']:.1f} ms p50"
+            if row.get("batch_mean") is not None
+            else ""
+        )
+        + (
+            f" (sessions {row['cpu_sessions']:.2f}, "
+            + ("" if row["cpu_batch"] is None else f"batch {row['cpu_batch']:.2f}, ")
+            + f"other {row['cpu_other']:.2f})"
+            if row.get("cpu_other") is not None
+            else ""
+        )
         + (f", {len(row['errors'])} client error(s)" if row["errors"] else "")
     )
 
@@ -387,13 +460,14 @@ def format_serve_table(r: dict[str, Any]) -> str:
     """The result as a text table."""
     lines = [
         f"server: {r['checkpoint']} ({r['server']}, {r['threads']} thread(s), {r['device']}, "
+        f"{'batched' if r.get('batch', True) else 'one engine per session'}, "
         f"{r['cpu_count']} CPUs, load {_num(r.get('load_avg_1min_before'), '.1f')} before); "
         f"{r['sample_rate']} Hz, block {r['block_samples']} samples "
         f"= {r['block_ms']:.1f} ms, algorithmic latency {r['latency_ms']:.1f} ms; "
         f"{r['seconds']:g} s per stream",
         f"{'N':>4} {'dropped':>9} {'max/client':>10} {'rtt p50':>8} {'rtt p99':>8} "
         f"{'compute p99':>11} {'CPU/stream':>10} {'server CPU':>10} {'driver CPU':>10} "
-        f"{'real time':>9}",
+        f"{'batch':>5} {'step p50':>8} {'real time':>9}",
     ]
     for row in r["rows"]:
         per = row["server_cpu_per_stream"]
@@ -403,6 +477,7 @@ def format_serve_table(r: dict[str, Any]) -> str:
             f"{_num(row['compute_ms_p99'], '11.1f')} "
             f"{_num(None if per is None else 100 * per, '9.0f')}% "
             f"{_num(row['server_cpu'], '10.2f')} {row['client_cpu']:10.2f} "
+            f"{_num(row.get('batch_mean'), '.1f'):>5} {_num(row.get('step_ms_p50'), '.1f'):>8} "
             f"{'yes' if row['realtime'] else 'no':>9}"
         )
         lines += [f"     error: {e}" for e in row["errors"][:3]]

@@ -36,6 +36,8 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_F0_HZ",
     "F0_BACKENDS",
+    "STREAMING_F0_BACKENDS",
+    "STEP_BACKENDS",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -43,7 +45,17 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH = Path(str(resources.files("comostream.configs") / "default.toml"))
 DEFAULT_F0_HZ = 200.0  # Hz: conditioning F0 where no voiced frame gives one (hold, interpolation)
-F0_BACKENDS: tuple[str, ...] = ("crepe-tiny", "crepe-full", "harvest", "dio", "yin")
+F0_BACKENDS: tuple[str, ...] = (
+    "crepe-tiny",
+    "crepe-full",
+    "harvest",
+    "dio",
+    "yin",
+    "yin-track",
+)
+STREAMING_F0_BACKENDS: tuple[str, ...] = ("yin", "yin-track")  # the engine can stream these
+# what runs the streaming model step (the engine's ``from_models``; onnxruntime: the onnx extra)
+STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 class ConfigError(ValueError):
@@ -85,7 +97,7 @@ class AudioConfig:
 class F0Config:
     """F0 extraction and post-processing."""
 
-    backend: str = "yin"  # one of F0_BACKENDS; chosen by `comostream bench f0`
+    backend: str = "yin-track"  # one of F0_BACKENDS; chosen by `comostream bench f0`
     fmin: float = 60.0  # Hz, lowest F0 searched
     fmax: float = 1100.0  # Hz, highest F0 searched
     voicing_threshold: float = 0.5  # CREPE periodicity above which a frame is voiced
@@ -348,12 +360,17 @@ class RealtimeConfig:
     window_lookahead_frames: int = 2  # window mode: future frames given to a windowed model
     sola_search_ms: float = 4.0  # window mode: SOLA offset search range
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
+    backend: str = "torch"  # runs the model step: torch (traced on a CPU) | onnxruntime
 
     def __post_init__(self) -> None:
         try:
             check_block_frames(self.block_frames)
         except ValueError as exc:
             raise ConfigError(f"realtime: block_frames: {exc}") from None
+        if self.backend not in STEP_BACKENDS:
+            raise ConfigError(
+                f"realtime: backend must be one of {', '.join(STEP_BACKENDS)}, got {self.backend!r}"
+            )
         if self.ramp_frames < 1:
             raise ConfigError("realtime: ramp_frames must be >= 1")
         if self.window_lookahead_frames < 0:

@@ -1,5 +1,6 @@
 """Frame-level F0 extraction: CREPE (torchcrepe, tiny/full), WORLD (harvest, dio) and the
-frame-local streaming YIN tracker (``yin``, :mod:`comostream.models.f0_yin`).
+frame-local streaming trackers: YIN (``yin``, :mod:`comostream.models.f0_yin`) and YIN with
+causal candidate decoding (``yin-track``, the default, :mod:`comostream.models.f0_yintrack`).
 
 Every backend returns exactly ``T = N // 256 + 1`` frames for ``N`` samples at 24 kHz, frame ``t``
 centred at sample ``t * 256``: the grid, the input check and :class:`F0Track` are in
@@ -29,6 +30,7 @@ from comostream.models.audio import resample
 from comostream.models.config import F0_BACKENDS, F0Config
 from comostream.models.f0_track import HOP_LENGTH, SAMPLE_RATE, F0Track, check_audio, n_frames
 from comostream.models.f0_yin import yin_f0
+from comostream.models.f0_yintrack import yintrack_f0
 
 __all__ = ["BACKENDS", "extract_f0"]
 
@@ -58,7 +60,8 @@ def extract_f0(
     see :func:`comostream.models.f0_post.postprocess`. Raises ValueError for an unknown backend, a
     non 1-D or non-float input, or NaN/inf samples. ``yin`` returns
     :func:`comostream.models.f0_yin.yin_f0` (its own voicing, level gate and causal post-processing;
-    periodicity = 1 - aperiodicity).
+    periodicity = 1 - aperiodicity), ``yin-track``
+    :func:`comostream.models.f0_yintrack.yintrack_f0` (causal candidate decoding).
     """
     cfg = cfg or F0Config()
     name = backend or cfg.backend
@@ -72,6 +75,8 @@ def extract_f0(
             x = resample(x, sample_rate, SAMPLE_RATE)
     if name == "yin":
         return yin_f0(x, cfg)
+    if name == "yin-track":
+        return yintrack_f0(x, cfg)
     t_frames = n_frames(x.shape[0])
     if not np.any(x):
         zeros = np.zeros(t_frames, np.float32)

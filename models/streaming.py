@@ -43,6 +43,7 @@ __all__ = [
     "per_item",
     "zero_history",
     "state_tensors",
+    "rebuild_state",
     "pad_future",
 ]
 
@@ -151,6 +152,17 @@ def state_tensors(state: StreamState, prefix: str = "") -> Iterator[tuple[str, T
             yield from state_tensors(value, name + ".")
 
 
+def rebuild_state(template: StreamState, leaves: list[Tensor]) -> StreamState:
+    """``template``'s nesting with its tensors replaced by ``leaves``, given in
+    :func:`state_tensors` order (the inverse of flattening a state)."""
+    it = iter(leaves)
+
+    def walk(s: StreamState) -> StreamState:
+        return {k: next(it) if isinstance(s[k], Tensor) else walk(s[k]) for k in sorted(s)}
+
+    return walk(template)
+
+
 def pad_future(x: Tensor, frames: int) -> Tensor:
     """``x (..., T)`` with ``frames`` zero frames appended (the one-shot stand-in for flush)."""
     return F.pad(x, (0, frames)) if frames else x
@@ -225,6 +237,12 @@ class CausalConv1d(nn.Module):
         if frames == 0:
             return x.new_zeros(x.shape[0], self.out_channels, 0)
         xp = _run_history(x, state, self.history_frames)  # (B, C_in, span + k)
+        if torch.onnx.is_in_onnx_export():  # no unfold in ONNX: the taps as K slices
+            xt = xp.transpose(1, 2)  # (B, span + k, C_in)
+            d = self.dilation
+            taps = torch.cat([xt[:, j * d : j * d + frames] for j in range(self.kernel_size)], -1)
+            weight = self.conv.weight.permute(0, 2, 1).reshape(self.out_channels, -1)
+            return F.linear(taps, weight, self.conv.bias).transpose(1, 2)  # taps (B, k, K C_in)
         taps = xp.unfold(2, self.history_frames + 1, 1)[..., :: self.dilation]  # (B, C, k, K)
         taps = taps.permute(0, 2, 1, 3).reshape(x.shape[0], frames, -1)  # (B, k, C_in * K)
         weight = self.conv.weight.view(self.out_channels, -1)

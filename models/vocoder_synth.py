@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -174,8 +175,26 @@ def noise_block(
     offs = torch.arange(k, device=gain.device) * hop
     idx = first_index.view(b, 1, 1) + offs.view(1, k, 1) + torch.arange(2 * hop, device=gain.device)
     white = hash_uniform(idx).to(gain.dtype) * (_SQRT3 * window)
-    seg = torch.fft.irfft(torch.fft.rfft(white) * gain, n=2 * hop)  # (B, k, 2 hop)
+    if torch.onnx.is_in_onnx_export():  # ONNX has no complex tensors: the same linear maps
+        seg = _filter_by_matmul(white, gain)
+    else:
+        seg = torch.fft.irfft(torch.fft.rfft(white) * gain, n=2 * hop)  # (B, k, 2 hop)
     first, second = seg[..., :hop], seg[..., hop:]
     carried = gain.new_zeros(b, 1, hop) if tail is None else tail.unsqueeze(1)
     out = first + torch.cat([carried, second[:, :-1]], dim=1)
     return out.reshape(b, k * hop), second[:, -1]
+
+
+def _filter_by_matmul(x: Tensor, gain: Tensor) -> Tensor:
+    """``irfft(rfft(x) * gain)`` for real ``x (..., n)`` and ``gain (..., n // 2 + 1)`` as real
+    matrix products with the DFT's basis (float64, rounded once; built in numpy so that a trace
+    records constants): what an ONNX export runs."""
+    n = x.shape[-1]
+    fwd = np.fft.rfft(np.eye(n), axis=-1)  # (n, n // 2 + 1): row j is the spectrum of sample j
+    bins = np.eye(n // 2 + 1)
+    inv = (np.fft.irfft(bins, n=n, axis=-1), np.fft.irfft(1j * bins, n=n, axis=-1))
+    fwd_re, fwd_im, inv_re, inv_im = (
+        torch.from_numpy(np.ascontiguousarray(m)).to(x.device, x.dtype)
+        for m in (fwd.real, fwd.imag, *inv)
+    )
+    return (x @ fwd_re * gain) @ inv_re + (x @ fwd_im * gain) @ inv_im

@@ -247,12 +247,20 @@ class StreamingConverter:
         ``speaker``: checked against the model's singers, None for the default
         (:meth:`~comostream.models.acoustic.AcousticModel.resolve_speaker`); ``trace``: run the
         chain as a traced graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a
-        CPU, when streaming built-in models); other keywords as the constructor.
+        CPU, when streaming built-in models); other keywords as the constructor. The realtime
+        config's ``backend`` ``onnxruntime`` runs the chain exported to ONNX instead
+        (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU).
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
         chain = ConversionChain(model, vocoder, content_model, seed=rt.seed).eval()
         step: nn.Module = chain
         on_cpu = next(model.parameters()).device.type == "cpu"
+        if rt.backend == "onnxruntime":
+            from comostream.realtime.onnx_step import OnnxStep, check_exportable
+
+            check_exportable(chain)
+            step = OnnxStep.from_chain(chain, rt.block_frames)
+            trace = False
         if trace is None:
             traceable = getattr(vocoder, "traceable", True)  # window mode branches on data
             trace = (

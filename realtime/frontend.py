@@ -25,12 +25,14 @@ from comostream.models.frames import Framer
 from comostream.models.loudness import Loudness
 from comostream.models.mel import MelSpectrogram
 
-__all__ = ["FrameFeatures", "FrontEnd", "IncrementalF0Like"]
+__all__ = ["FrameFeatures", "FrontEnd", "IncrementalF0Like", "REALTIME_F0_BACKEND"]
+
+REALTIME_F0_BACKEND = "yin-track"  # the engine's tracker when the config names an offline one
 
 
 class IncrementalF0Like(Protocol):
     """An incremental F0 tracker on the 24 kHz / hop-256 frame grid
-    (``comostream.models.f0_yin``)."""
+    (:mod:`comostream.models.f0_stream`)."""
 
     lookahead_samples: int
     lookahead_frames: int
@@ -75,10 +77,16 @@ class FrameFeatures:
 
 
 def default_f0_tracker(cfg: F0Config) -> IncrementalF0Like:
-    """The frame-local streaming F0 tracker (YIN, :mod:`comostream.models.f0_yin`)."""
-    from comostream.models.f0_yin import IncrementalF0
+    """The streaming F0 tracker of ``cfg.backend`` (:mod:`comostream.models.f0_stream`).
 
-    return IncrementalF0(cfg)
+    An offline backend (CREPE, WORLD: what a config may choose for training features) streams as
+    :data:`REALTIME_F0_BACKEND`, the measured realtime default.
+    """
+    from comostream.models.config import STREAMING_F0_BACKENDS
+    from comostream.models.f0_stream import streaming_tracker
+
+    name = cfg.backend if cfg.backend in STREAMING_F0_BACKENDS else REALTIME_F0_BACKEND
+    return streaming_tracker(name, cfg)
 
 
 class FrontEnd:

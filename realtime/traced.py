@@ -16,19 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from comostream.models.chain import ConversionChain, FrameInputs
-from comostream.models.streaming import StreamState, state_tensors
+from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 
 __all__ = ["TracedStep"]
-
-
-def _rebuild(template: StreamState, leaves: list[Tensor]) -> StreamState:
-    """``template``'s nesting with its tensors replaced, in :func:`state_tensors` order."""
-    it = iter(leaves)
-
-    def walk(s: StreamState) -> StreamState:
-        return {k: next(it) if isinstance(s[k], Tensor) else walk(s[k]) for k in sorted(s)}
-
-    return walk(template)
 
 
 class _Flat(nn.Module):
@@ -43,7 +33,7 @@ class _Flat(nn.Module):
     def forward(self, *args: Tensor) -> Tensor:
         n = len(self.names)
         inputs = dict(zip(self.names, args[:n], strict=True))
-        return self.step_module.step(inputs, _rebuild(self.template, list(args[n:])))
+        return self.step_module.step(inputs, rebuild_state(self.template, list(args[n:])))
 
 
 class TracedStep(nn.Module):

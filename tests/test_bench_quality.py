@@ -43,12 +43,26 @@ def test_f0_errors_separate_octave_jumps_from_fine_error() -> None:
     r = f0_errors(ref, voiced, out, out_voiced)
     assert r["vde"] == pytest.approx(0.10)
     assert r["f0_gpe"] == pytest.approx(2 / 90)
+    assert r["f0_gross"] == r["f0_octave"] == pytest.approx(2 / 90)  # 10 cents is not gross
     assert r["f0_fine_rmse_cents"] == pytest.approx(10.0)
     assert r["f0_rmse_cents"] == pytest.approx(np.sqrt((88 * 100 + 2 * 1200**2) / 90))
     assert 300 < GROSS_CENTS < 320
     none = f0_errors(ref, np.zeros(100, bool), out, out_voiced)
     assert none["f0_rmse_cents"] is None and none["vde"] == 1.0
     assert f0_errors(ref, voiced, out[:60], out_voiced[:60])["vde"] == pytest.approx(10 / 60)
+
+
+def test_f0_errors_gross_counts_fifths_and_octaves_apart() -> None:
+    ref = np.full(100, 200.0)
+    on = np.ones(100, bool)
+    out = ref.copy()
+    out[:3] = 200.0 * 2.0 ** (60 / 1200)  # 60 cents: gross, not an octave, not 20 % off
+    out[3:5] = 300.0  # a fifth: gross and GPE, not an octave
+    out[5:6] = 100.0 * 2.0 ** (30 / 1200)  # an octave low, 30 cents sharp: an octave error
+    r = f0_errors(ref, on, out, on)
+    assert r["f0_gross"] == pytest.approx(6 / 100)
+    assert r["f0_octave"] == pytest.approx(1 / 100)
+    assert r["f0_gpe"] == pytest.approx(3 / 100)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +99,23 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     for mode in ("onestep", "teacher", "streaming"):
         assert mode in r
     assert r["f0_reference"] == "corpus"  # the synthetic corpus has exact F0
-    assert set(r["f0_floor"]) == {"f0_rmse_cents", "f0_gpe", "f0_fine_rmse_cents", "vde"}
+    assert set(r["f0_floor"]) == {
+        "f0_rmse_cents",
+        "f0_gpe",
+        "f0_gross",
+        "f0_octave",
+        "f0_fine_rmse_cents",
+        "vde",
+    }
+    assert r["f0_tracker"] == "yin-track"  # the engine's default tracker measures both
     assert 0 <= r["f0_floor"]["f0_fine_rmse_cents"] < 100  # YIN on clean synthetic singing
     table = format_quality_table(r)
     assert "f0_gpe" in table and "floor of this measurement" in table
     for key in (
         "f0_rmse_cents",
         "f0_gpe",
+        "f0_gross",
+        "f0_octave",
         "f0_fine_rmse_cents",
         "vde",
         "spk_sim_target",

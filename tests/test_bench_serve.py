@@ -37,6 +37,35 @@ def test_realtime_streams_is_the_largest_n_held_with_every_smaller_n() -> None:
     assert row_holds(row(3), BLOCK_MS) and not row_holds(row(3, p99=30.0), BLOCK_MS)
 
 
+def test_the_ns_stop_at_the_first_that_fails_unless_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from contextlib import contextmanager
+
+    import comostream.bench.serve as bs
+
+    @contextmanager
+    def fake_server(*_: Any, **kw: Any) -> Any:
+        assert kw["batch"] is True and kw["max_streams"] == 8
+        yield bs.ServerProcess("ws://x/ws", 0, tmp_path / "log")
+
+    measured: list[int] = []
+
+    async def fake_measure(_s: Any, n: int, *_a: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        measured.append(n)
+        full = {**row(n, dropped=512 if n >= 4 else 0), "rtt_ms_p50": 5.0, "server_cpu": 0.5}
+        return full, {"block": 1024, "latency_ms": 46.0}
+
+    monkeypatch.setattr(bs, "serve_process", fake_server)
+    monkeypatch.setattr(bs, "_measure", fake_measure)
+    r = bs.run_serve_bench([1, 2, 4, 8], checkpoint=tmp_path / "m.ckpt", seconds=0.1)
+    assert measured == [1, 2, 4] and [x["realtime"] for x in r["rows"]] == [True, True, False]
+    assert r["realtime_streams"] == 2 and r["batch"] is True
+    measured.clear()
+    r = bs.run_serve_bench([1, 2, 4, 8], checkpoint=tmp_path / "m.ckpt", stop_at_failure=False)
+    assert measured == [1, 2, 4, 8] and r["realtime_streams"] == 2
+
+
 def test_stream_counts_are_checked() -> None:
     assert _stream_counts("1,2,4,8,16") == [1, 2, 4, 8, 16]
     for bad in ("", "0", "1,,2", "a", "1,-2", "1000"):
@@ -50,6 +79,7 @@ def test_bench_serve_measures_a_tiny_model(
     ckpt = write_tiny_model(tmp_path / "tiny.ckpt")
     threads_before = {t.ident for t in threading.enumerate()}
     argv = ["bench", "serve", "--checkpoint", str(ckpt), "--streams", "1,2", "--seconds", "1"]
+    argv += ["--all"]  # both Ns even if a busy machine fails the first
     assert main([*argv, "--threads", "1", "--json"]) == 0
     out, err = capsys.readouterr()
     r = json.loads(out)
@@ -67,6 +97,8 @@ def test_bench_serve_measures_a_tiny_model(
         assert x["realtime"] == row_holds(x, r["block_ms"])
     first = r["rows"][0]
     assert first["dropped_samples"] == 0  # one stream of a tiny model keeps up
+    assert r["batch"] is True and first["batch_mean"] >= 1.0 and first["step_ms_p50"] > 0
+    assert first["cpu_sessions"] > 0 and first["cpu_batch"] > 0  # where the server's CPU goes
     assert r["realtime_streams"] >= 1
     assert r["realtime_streams"] == realtime_streams(r["rows"], r["block_ms"])
     # bounded: no client thread left behind, and the server child is gone

@@ -148,7 +148,8 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
     captured = capsys.readouterr()
     r = json.loads(captured.out)
     # progress, step by step, on stderr (stdout stays one JSON object)
-    for step in ("model: ", "[1/5] streaming", "[3/5] end-to-end", "[5/5] teacher"):
+    steps = ("[1/6] streaming", "[3/6] end-to-end", "[5/6] teacher", "[6/6] the same stream")
+    for step in ("model: ", *steps):
         assert f"bench latency: {step}" in captured.err, step
     for key in (
         "algorithmic_latency_ms",
@@ -164,8 +165,11 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
         "window_recompute_rtf",
         "device",
         "threads",
+        "backends",
+        "faster_backend",
     ):
         assert key in r
+    assert set(r["backends"]) == {"torch", "onnxruntime"}  # side by side
     assert set(r["stages"]) == {
         "resample",
         "features",

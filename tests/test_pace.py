@@ -87,11 +87,12 @@ def test_interop_threads_already_fixed_is_not_an_error(monkeypatch: pytest.Monke
 def test_help_says_the_default_and_why() -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     sub = sub.choices
-    for name in ("live", "serve", "demo", "convert"):
+    for name in ("live", "demo", "convert"):
         threads = next(a for a in sub[name]._actions if "--threads" in a.option_strings)
         assert "1" in threads.help and "thread per" in threads.help, name
     serve = next(a for a in sub["serve"]._actions if "--threads" in a.option_strings)
-    assert "whole process" in serve.help and "session" in serve.help
+    assert "default: 1" in serve.help and "whole process" in serve.help
+    assert "batched step" in serve.help and "--batch off" in serve.help
 
 
 # ---------------------------------------------------------------- the warning

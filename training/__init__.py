@@ -1,7 +1,8 @@
 """Offline work: corpora, preprocessing and training (nothing at inference imports it).
 
 Corpora: the synthetic singing corpus (:mod:`.synth`, :mod:`.melody`, :mod:`.voices`,
-:mod:`.world_ops`) and the loader (:mod:`.corpus`). Preprocessing: cached features
+:mod:`.world_ops`), the real recorded voices (:mod:`.real`, :mod:`.asterisk`, :mod:`.debs`)
+and the loader (:mod:`.corpus`). Preprocessing: cached features
 (:mod:`.features`, :mod:`.feature_index`), WORLD perturbation (:mod:`.perturb`), GTA mels
 (:mod:`.vocoder_gta`). Training: the one loop (:mod:`.loop`, :mod:`.state`, :mod:`.sampler`,
 :mod:`.distributed`, :mod:`.runlog`, :mod:`.checkpoint`) and its stages: content encoder

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from comostream.cli import bench, config, convert, live, prep, stream, train
+from comostream.cli import bench, config, convert, live, prep, stream, train, voice
 from comostream.cli.common import CommandError, config_from_args, user_errors
 from comostream.version import __version__
 
@@ -27,6 +27,7 @@ COMMAND_GROUPS = (
     stream,  # serve, client, bridge
     prep,  # prep synth|features|gta
     train,  # train teacher|distill|finetune|content|vocoder|recipe, export
+    voice,  # voice add|list|remove|rename
     bench,  # bench f0|content|acoustic|vocoder|quality|latency|gpu
     config,  # config
 )

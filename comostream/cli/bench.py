@@ -14,6 +14,7 @@ from comostream.cli.common import (
     FRAME_MS,
     CommandError,
     Subparsers,
+    backend_option,
     block_list,
     block_option,
     config_from_args,
@@ -47,6 +48,8 @@ def _cmd_bench_f0(args: argparse.Namespace) -> int:
         max_utterances=args.max_utterances,
         cfg=cfg.f0,
         device=device,
+        suite=not args.no_suite,
+        real=args.real,
     )
     print(json.dumps(results, indent=2, sort_keys=True) if args.json else format_f0_table(results))
     return 0
@@ -206,9 +209,12 @@ def _add_f0(bench_sub: Subparsers) -> None:
         parents=[config_parent],
         help="accuracy and cost of each F0 backend on the synthetic corpus",
         description=(
-            "Raw pitch accuracy (within 50 cents), voicing decision error and compute seconds "
-            "per second of audio for each backend, against the exact F0 of the synthetic "
-            "corpus's held-out split."
+            "Raw pitch accuracy (within 50 cents), gross errors (> 50 cents) and octave errors "
+            "as fractions of the frames voiced in both, voicing decision error, compute "
+            "seconds per second of audio and lookahead (ms) for each backend, against the "
+            "exact F0 of the synthetic corpus's held-out split; then a known-pitch suite made "
+            "at run time (octave leaps, vibrato, breathy, low and high notes), and with --real "
+            "real voices re-sung with WORLD (docs/models.md#f0-backends)."
         ),
     )
     p.add_argument(
@@ -221,6 +227,17 @@ def _add_f0(bench_sub: Subparsers) -> None:
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--max-utterances", type=int, default=None, help="cap for a quick run")
     p.add_argument("--json", action="store_true", help="print one JSON object keyed by backend")
+    p.add_argument(
+        "--no-suite", action="store_true", help="skip the known-pitch suite (leaps, vibrato...)"
+    )
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also score on the re-sung real voices of a `comostream prep real DIR` corpus "
+        "(its --split utterances with exact F0)",
+    )
     config_options(p, "f0", F0Config, ["fmin", "fmax", "voicing_threshold"])
     runtime_options(p)
     p.set_defaults(handler=_cmd_bench_f0)
@@ -421,6 +438,7 @@ def _add_engine(bench_sub: Subparsers) -> None:
         ),
     )
     block_option(p)
+    backend_option(p)
     p.add_argument(
         "--sample-rate",
         type=positive_int,
@@ -623,6 +641,7 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # checked here, before the server starts
     checkpoint = require_model(args.checkpoint)
     block = cfg.realtime.block_frames if overridden(args, "realtime", "block_frames") else None
+    backend = cfg.realtime.backend if overridden(args, "realtime", "backend") else None
 
     def progress(what: str) -> None:
         print(f"bench serve: {what}", file=sys.stderr, flush=True)
@@ -638,6 +657,10 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
             vocoder=args.vocoder,
             config=args.config,
             block=block,
+            batch=args.batch == "on",
+            batch_wait_ms=args.batch_wait,
+            backend=backend,
+            stop_at_failure=not args.all,
             progress=progress,
         )
     except (RuntimeError, OSError, TimeoutError, ValueError) as exc:
@@ -661,6 +684,7 @@ def _stream_counts(text: str) -> list[int]:
 
 def _add_serve(bench_sub: Subparsers) -> None:
     """``bench serve``."""
+    from comostream.bench.serve import DEFAULT_STREAMS
     from comostream.cli.common import positive_seconds
 
     p = bench_sub.add_parser(
@@ -675,15 +699,37 @@ def _add_serve(bench_sub: Subparsers) -> None:
             "max), round trip p50/p99 (send to reply, queueing included), the server's CPU "
             "(cores and per stream, from /proc) and its compute per block; and the largest N "
             "with zero drops and a round trip p99 below one block, every smaller N holding too "
-            "(realtime_streams). Progress goes to stderr, the report to stdout."
+            "(realtime_streams). The Ns stop at the first that fails (unless --all), so the "
+            "default list finds the capacity in bounded time. Progress goes to stderr, the "
+            "report to stdout."
         ),
     )
     p.add_argument(
         "--streams",
         type=_stream_counts,
-        default=[1, 2, 4, 8, 16],
+        default=list(DEFAULT_STREAMS),
         metavar="N,N,...",
-        help="concurrent streams to measure, in this order (default 1,2,4,8,16)",
+        help="concurrent streams to measure, in this order, up to the first N that fails "
+        f"(default {','.join(map(str, DEFAULT_STREAMS))})",
+    )
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="measure every N of --streams, also after one fails",
+    )
+    p.add_argument(
+        "--batch",
+        choices=["on", "off"],
+        default="on",
+        help="the server's --batch: on (default) one batched model step for all sessions; "
+        "off: one engine per session (the former path)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="the server's --batch-wait (default: the server's, 0)",
     )
     p.add_argument(
         "--seconds",
@@ -700,6 +746,7 @@ def _add_serve(bench_sub: Subparsers) -> None:
         help="the clients' rate, as a sound card's (default 48000)",
     )
     block_option(p)
+    backend_option(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     model_options(p)
     runtime_options(p, "1: one intra-op thread for the server, each session in its own thread")
@@ -720,3 +767,6 @@ def register(sub: Subparsers) -> None:
     _add_memory(bench_sub)
     _add_serve(bench_sub)
     _add_busy(bench_sub)
+    from comostream.cli.voice import add_bench_voice
+
+    add_bench_voice(bench_sub)

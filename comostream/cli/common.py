@@ -5,6 +5,8 @@ One spelling per idea, defined here once and used by every command module:
 * ``--config TOML`` (:data:`config_parent`) and ``--NAME`` overrides of config fields
   (:func:`config_options`); ``--block FRAMES`` is the override of ``[realtime] block_frames``
   (:func:`block_option`), so handlers read ``cfg.realtime`` and never patch it;
+* ``--backend torch|onnxruntime`` is the override of ``[realtime] backend``
+  (:func:`backend_option`);
 * ``--checkpoint`` / ``--vocoder`` (:func:`model_options`), ``--threads`` / ``--device``
   (:func:`runtime_options`, applied by :func:`use_runtime`);
 * ``--speaker NAME`` or ``NAME:WEIGHT,NAME:WEIGHT`` (:func:`speaker_arg`), ``--sample-rate HZ``.
@@ -28,6 +30,8 @@ __all__ = [
     "STREAM_THREADS",
     "CommandError",
     "Subparsers",
+    "backend_arg",
+    "backend_option",
     "block_frames_arg",
     "block_list",
     "block_option",
@@ -247,6 +251,61 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
     )
 
 
+def backend_arg(text: str) -> str:
+    """argparse type: a model-step backend (:data:`~comostream.models.config.STEP_BACKENDS`)."""
+    from comostream.models.config import STEP_BACKENDS  # no torch import
+
+    if text not in STEP_BACKENDS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(STEP_BACKENDS)}, got {text!r}")
+    return text
+
+
+def backend_option(parser: argparse.ArgumentParser) -> None:
+    """``--backend torch|onnxruntime``: the override of ``[realtime] backend`` (what runs the
+    streaming model step)."""
+    from comostream.models.config import RealtimeConfig
+
+    config_option(
+        parser,
+        "realtime",
+        RealtimeConfig,
+        "backend",
+        type=backend_arg,
+        metavar="{torch,onnxruntime}",
+        help="what runs the model step: torch (traced on a CPU) or onnxruntime (the model "
+        "exported to ONNX at start-up, a few seconds; needs the onnx extra, the built-in "
+        "vocoder and the CPU); default: [realtime] backend (torch)",
+    )
+
+
+def f0_backend_arg(text: str) -> str:
+    """argparse type: a streaming F0 backend name (``[f0] backend`` for the engine)."""
+    from comostream.models.config import STREAMING_F0_BACKENDS
+
+    if text not in STREAMING_F0_BACKENDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot stream; streaming F0 backends: {', '.join(STREAMING_F0_BACKENDS)}"
+        )
+    return text
+
+
+def f0_option(parser: argparse.ArgumentParser) -> None:
+    """``--f0 NAME``: the override of ``[f0] backend`` (the engine's streaming F0 tracker)."""
+    from comostream.models.config import F0Config
+
+    config_option(
+        parser,
+        "f0",
+        F0Config,
+        "backend",
+        flag="--f0",
+        type=f0_backend_arg,
+        metavar="NAME",
+        help="streaming F0 tracker: yin-track or yin (docs/models.md#f0-backends); "
+        "default: [f0] backend",
+    )
+
+
 def overridden(args: argparse.Namespace, section: str, name: str) -> bool:
     """Whether the command line set config field ``[section] name`` (e.g. ``--block``)."""
     return getattr(args, f"{_CFG_PREFIX}{section}__{name}", None) is not None
@@ -411,6 +470,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from comostream.models.audio import AudioError
     from comostream.models.checkpoint_io import CheckpointError
     from comostream.models.conditioner import UnknownSpeakerError
+    from comostream.realtime.onnx_step import OnnxBackendError
     from comostream.training.corpus import CorpusError
     from comostream.training.feature_index import FeatureError
     from comostream.training.runlog import RunWriteError
@@ -424,6 +484,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RunWriteError,
         ToolMissingError,
         UnknownSpeakerError,
+        OnnxBackendError,
         FileNotFoundError,
         CommandError,
     )

@@ -9,9 +9,11 @@ from comostream.cli.common import (
     FRAME_MS,
     OUTPUT_FORMATS_HELP,
     Subparsers,
+    backend_option,
     block_option,
     config_from_args,
     config_parent,
+    f0_option,
     model_options,
     output_options,
     overridden,
@@ -64,6 +66,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         realtime=cfg.realtime,
         device=device,
         subtype=args.subtype,
+        f0=cfg.f0,
     )
     print(r.summary())
     return 0
@@ -103,6 +106,7 @@ def register(sub: Subparsers) -> None:
     )
     model_options(p, "inference file (default: the shipped model)", vocoder=False)
     runtime_options(p, streaming=True)
+    backend_option(p)
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser(
@@ -139,6 +143,8 @@ def register(sub: Subparsers) -> None:
         f"stream on the realtime schedule in blocks of FRAMES frames ({FRAME_MS}) "
         "instead of offline (model steps of 512 frames)",
     )
+    f0_option(p)
+    backend_option(p)
     model_options(p)
     runtime_options(
         p,

@@ -8,9 +8,11 @@ from pathlib import Path
 from comostream.cli.common import (
     CommandError,
     Subparsers,
+    backend_option,
     block_option,
     config_from_args,
     config_parent,
+    f0_option,
     level_arg,
     model_options,
     non_negative_int,
@@ -65,7 +67,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
             duration=args.duration,
             status_file=args.status_file,
         )
-        run_live(opts, cfg.realtime)  # --block is in cfg.realtime
+        run_live(opts, cfg.realtime, f0=cfg.f0)  # --block / --f0 are in cfg
     except LiveError as exc:
         raise CommandError(str(exc)) from None
     return 0
@@ -114,6 +116,8 @@ def register(sub: Subparsers) -> None:
         help="device sample rate (default: the input device's)",
     )
     block_option(p)
+    f0_option(p)
+    backend_option(p)
     p.add_argument(
         "--speaker",
         type=speaker_arg,

@@ -1,4 +1,4 @@
-"""``comostream prep synth|features|gta``: the synthetic corpus and training features."""
+"""``comostream prep synth|real|features|gta``: the corpora and training features."""
 
 from __future__ import annotations
 
@@ -26,6 +26,35 @@ def _cmd_prep_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prep_real(args: argparse.Namespace) -> int:
+    from comostream.cli.common import CommandError
+    from comostream.training.asterisk import resolve_voices
+    from comostream.training.debs import PackageError
+    from comostream.training.real import prepare_real_corpus, summary
+
+    fractions = (args.valid_fraction, args.test_fraction)
+    if not all(0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+        raise CommandError("--valid-fraction and --test-fraction must be in [0, 1), sum < 1")
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"--limit must be >= 1 (got {args.limit})")
+    try:
+        manifest = prepare_real_corpus(
+            args.out_dir,
+            resolve_voices(args.voices.split(",") if args.voices else None),
+            seed=args.seed,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            limit=args.limit,
+            sung=not args.no_sung,
+            cache_dir=args.cache_dir,
+        )
+    except PackageError as exc:
+        raise CommandError(str(exc)) from None
+    print(summary(manifest))
+    print(f"wrote {manifest}")
+    return 0
+
+
 def _cmd_prep_features(args: argparse.Namespace) -> int:
     from comostream.training.features import prepare_features
 
@@ -49,7 +78,7 @@ def _cmd_prep_gta(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``prep`` (synth, features, gta) to ``sub``."""
+    """Add ``prep`` (synth, real, features, gta) to ``sub``."""
     from comostream.models.config import CorpusConfig, F0Config, FeaturesConfig
 
     prep = sub.add_parser("prep", help="prepare data: the synthetic corpus, training features")
@@ -68,6 +97,8 @@ def register(sub: Subparsers) -> None:
     config_options(p, "corpus", CorpusConfig, ["singers", "minutes", "seed"])
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.set_defaults(handler=_cmd_prep_synth)
+
+    _register_real(prep_sub)
 
     p = prep_sub.add_parser(
         "features",
@@ -111,3 +142,57 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="OUT_DIR")
     runtime_options(p)
     p.set_defaults(handler=_cmd_prep_gta)
+
+
+def _register_real(prep_sub: Subparsers) -> None:
+    from comostream.models.config import CorpusConfig
+    from comostream.training.asterisk import REAL_VOICES
+
+    defaults = CorpusConfig()
+    voices = ", ".join(f"{v.name} ({v.package}, {v.speaker})" for v in REAL_VOICES)
+    p = prep_sub.add_parser(
+        "real",
+        help="real recorded voices (Debian's Asterisk prompts, CC-BY-SA 3.0), spoken and sung",
+        description=(
+            "Fetch the Asterisk prompt packages with `apt-get download` (into --cache-dir, only "
+            "when missing; nothing is installed), decode their G.722 prompts, trim silence, drop "
+            "tones and too-short or silent files, and write OUT_DIR/<voice>/*.wav (24 kHz mono) "
+            "plus each prompt re-sung with WORLD on a corpus melody as OUT_DIR/<voice>_sung/ "
+            "with its exact F0 (<utt>.f0.npy), manifest.jsonl (licence, package, version, "
+            "original file, speaker, split) and corpus.json. Voices: " + voices + ". "
+            "asterisk-core-sounds-it-*, -ru-* and asterisk-prompt-* are refused (kept for "
+            "evaluation). Deterministic for a seed; files already written are kept, so a rerun "
+            "resumes. About 80 minutes of speech in all."
+        ),
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument(
+        "--voices",
+        metavar="NAMES",
+        help="comma-separated voices or package names (default: all)",
+    )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="at most N prompts per voice (default: all)"
+    )
+    p.add_argument("--no-sung", action="store_true", help="write only the spoken voices")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the .deb files are kept or downloaded to (default OUT_DIR/.debs)",
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed, help="melody and split seed")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=defaults.valid_fraction,
+        help=f"share of prompts held out for validation (default {defaults.valid_fraction})",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help="share of prompts held out for test, by prompt name, in every language "
+        f"(default {defaults.test_fraction})",
+    )
+    p.set_defaults(handler=_cmd_prep_real)

@@ -11,10 +11,12 @@ from comostream.cli.common import (
     OUTPUT_FORMATS_HELP,
     CommandError,
     Subparsers,
+    backend_option,
     block_frames_arg,
     block_option,
     config_from_args,
     config_parent,
+    f0_option,
     model_options,
     output_options,
     port_arg,
@@ -60,7 +62,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     prints = load_voiceprints(checkpoint, payload=export)
     registers = {name: p["f0_median"] for name, p in prints.items() if "f0_median" in p}
     try:
-        return run_server(EngineFactory(model, voc, rt, registers), config)
+        factory = EngineFactory(
+            model,
+            voc,
+            rt,
+            registers,
+            batch=args.batch == "on",
+            max_batch=args.max_streams,
+            batch_wait_ms=args.batch_wait,
+            f0=config_from_args(args).f0,
+        )
+        return run_server(factory, config)
     except OSError as exc:
         raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 
@@ -189,7 +201,9 @@ def register(sub: Subparsers) -> None:
         description=(
             "Serve the streaming engine over WebSocket (ws://HOST:PORT/ws, protocol in "
             f"{resources.files('comostream.docs') / 'protocol.md'}): one engine per connection, "
-            "bounded queues that drop the oldest "
+            "the due blocks of all connections converted together in one batched model step "
+            "(--batch off: each connection's engine steps alone), bounded queues that drop the "
+            "oldest "
             "blocks when a client or the server falls behind. Also serves a browser page at / "
             "(microphone -> server -> playback: singers, mix, transposition, recording), GET "
             "/singers and GET /health; HTTPS/WSS with --tls-cert/--tls-key (browsers on other "
@@ -251,13 +265,35 @@ def register(sub: Subparsers) -> None:
         metavar="FILE",
         help="the unencrypted PEM private key of --tls-cert",
     )
+    p.add_argument(
+        "--batch",
+        choices=["on", "off"],
+        default="on",
+        help="on (default): one scheduler thread runs the due blocks of every session in one "
+        "batched model step (traced for up to --max-streams streams, on --threads intra-op "
+        "threads), the sessions' threads do their front ends; off: each session runs the model "
+        "step itself in its own thread",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="batched: how long a block may wait for other sessions' blocks before the step "
+        "starts without them (default 0: a step starts as soon as a block is due). Fewer, "
+        "fuller steps cost less CPU on a busy machine; the wait adds to the round trip at "
+        "light load",
+    )
     block_option(p)
+    f0_option(p)
+    backend_option(p)
     model_options(p)
     runtime_options(
         p,
-        "1, for the whole process: each session runs its engine in a worker thread of its "
-        "own, so one thread per session; more threads per session wait for each other at every "
-        "small model step once several clients stream, and miss real time",
+        "1, for the whole process: the batched step runs on them while the sessions' worker "
+        "threads run their front ends on the other cores; with --batch off each session runs "
+        "its engine in a worker thread of its own, and more threads per session wait for each "
+        "other at every small model step once several clients stream, and miss real time",
         streaming=True,
     )
     p.set_defaults(handler=_cmd_serve)

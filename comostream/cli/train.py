@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from comostream.cli.common import (
+    FRAME_MS,
+    CommandError,
     Subparsers,
+    block_option,
     config_from_args,
     config_options,
     config_parent,
@@ -92,11 +95,43 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.onnx is not None:
+        return _export_onnx(args)
+    if args.checkpoint is None or args.output is None:
+        raise CommandError("export: give CKPT and -o MODEL.ckpt (or --onnx OUT.onnx)")
     from comostream.training.acoustic import export_model
 
     path = export_model(args.checkpoint, args.output, args.vocoder, args.corpus)
     what = "with the vocoder" if args.vocoder else "no vocoder: pass --vocoder to include one"
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB; target model, {what})")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    """``export --onnx OUT.onnx [MODEL.ckpt]``: the streaming step of an inference file as ONNX."""
+    if args.output is not None or args.vocoder is not None or args.corpus is not None:
+        raise CommandError("export --onnx: -o, --vocoder and --corpus belong to a model export")
+    import torch
+
+    from comostream.models.chain import ConversionChain
+    from comostream.models.shipped import require_model
+    from comostream.realtime.load import load_models
+    from comostream.realtime.onnx_step import OnnxStep, export_step, write_onnx
+
+    rt = config_from_args(args).realtime
+    checkpoint = require_model(args.checkpoint)
+    model, voc = load_models(checkpoint, None, "cpu", rt)
+    chain = ConversionChain(model, voc, seed=rt.seed).eval()
+    with torch.inference_mode():
+        data = export_step(chain, rt.block_frames)
+        OnnxStep(data)  # it loads in ONNX Runtime, before anything is written
+    path = write_onnx(data, args.onnx)
+    say(
+        f"wrote {path} ({len(data) / 1e6:.2f} MB; the streaming step of {checkpoint}: "
+        f"{model.cfg.audio.sample_rate} Hz, hop {chain.hop_length}, block {rt.block_frames} "
+        f"frames, lookahead {chain.lookahead_frames} frames, {len(model.speakers)} singers; "
+        "docs/onnx.md says how to run it)"
+    )
     return 0
 
 
@@ -306,19 +341,35 @@ def register(sub: Subparsers) -> None:
 
     p = sub.add_parser(
         "export",
-        help="write the inference file of a distilled model (target only)",
+        parents=[config_parent],
+        help="write the inference file of a distilled model (target only), or its streaming "
+        "step as ONNX",
         description=(
             "Keep only what inference runs: the conditioner, the EMA target denoiser, the "
-            "singer table and the config (no student, teacher or optimiser state)."
+            "singer table and the config (no student, teacher or optimiser state). With --onnx, "
+            "write instead the streaming model step of an inference file (CKPT; default: the "
+            "shipped model) as ONNX, state in and state out, for ONNX Runtime hosts (C++, Rust, "
+            "the browser; docs/onnx.md); needs the onnx extra."
         ),
     )
     p.add_argument(
         "checkpoint",
         type=Path,
+        nargs="?",
+        default=None,
         metavar="CKPT",
-        help="a distill or finetune training checkpoint (RUN_DIR/last.pt)",
+        help="a distill or finetune training checkpoint (RUN_DIR/last.pt); with --onnx, an "
+        "inference file (default: the shipped model)",
     )
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL.ckpt")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="MODEL.ckpt")
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        metavar="OUT.onnx",
+        help="write the streaming step as ONNX (written atomically)",
+    )
+    block_option(p, f"with --onnx: frames per step the file is meant for ({FRAME_MS}; any runs)")
     p.add_argument(
         "--vocoder",
         type=Path,

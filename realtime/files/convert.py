@@ -29,7 +29,7 @@ from comostream.models.audio import (
     output_format,
     read_blocks,
 )
-from comostream.models.config import RealtimeConfig
+from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
 from comostream.models.mix import speaker_text
 from comostream.models.shipped import require_model
@@ -129,6 +129,7 @@ def convert_file(
     device: str = "cpu",
     warn: Callable[[str], None] = _warn,
     subtype: str | None = None,
+    f0: F0Config | None = None,
 ) -> ConvertResult:
     """Convert ``source`` to ``speaker`` and write ``output`` (the source's rate, mono, in the
     format of ``output``'s extension: wav/flac/ogg, with ``subtype`` or the format's default,
@@ -139,7 +140,8 @@ def convert_file(
     :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames). Same output either way, to
     float rounding, and memory bounded whatever the file's length. A rate the engine does not
     take is resampled first (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``:
-    None for the model's default. Raises :class:`AudioError` for an output that is the input or
+    None for the model's default. ``f0``: its ``backend`` is the streaming F0 tracker (None:
+    the default). Raises :class:`AudioError` for an output that is the input or
     in a format (extension, subtype, rate) it cannot be written in, an unreadable or bogus file
     (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was); ``warn`` is
     told of a truncated file (converted as far as it goes) and, streamed, of an RTF above
@@ -172,6 +174,7 @@ def convert_file(
         transpose=transpose,
         sample_rate=rate,
         realtime=rt,
+        f0=f0,
         offline=block is None,
     )
     rs_in, rs_out = ChunkedResampler(file_rate, rate), ChunkedResampler(rate, file_rate)

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from comostream.models.config import RealtimeConfig
+from comostream.models.config import F0Config, RealtimeConfig
 from comostream.realtime.live.audio import F0Tap, LiveMixer, TimedConverter, output_buffer
 from comostream.realtime.live.console import (
     COMMAND_HELP,
@@ -83,6 +83,7 @@ class LiveSession:
         sample_rate: int,
         out_channels: int,
         realtime: RealtimeConfig | None = None,
+        f0: F0Config | None = None,
     ) -> None:
         import torch
 
@@ -115,6 +116,7 @@ class LiveSession:
             sample_rate=sample_rate,
             realtime=rt,
             chunk=self.chunk,
+            f0=f0,
             f0_tracker=tracker,
         )
         self.sample_rate = sample_rate
@@ -182,10 +184,12 @@ def run_live(
     realtime: RealtimeConfig | None = None,
     out: TextIO | None = None,
     commands: TextIO | None = None,
+    f0: F0Config | None = None,
 ) -> LiveStatus:
     """Convert from the input device to the output device until ``q``, Ctrl-C or
     ``opts.duration``; returns the final status. ``out``: where the status line goes (stdout);
-    ``commands``: where typed commands come from (stdin)."""
+    ``commands``: where typed commands come from (stdin); ``f0``: the streaming F0 tracker's
+    config (None: the default)."""
     out = out or sys.stdout
     sd = import_sounddevice()
     devices = query_devices(sd)
@@ -195,7 +199,7 @@ def run_live(
     outd = find_device(devices, opts.output, "output")
     out_channels = max(1, min(2, outd.outputs))
     rate = pick_sample_rate(sd, inp, outd, opts.sample_rate, (1, out_channels))
-    session = LiveSession(opts, rate, out_channels, realtime)
+    session = LiveSession(opts, rate, out_channels, realtime, f0)
     session.device_labels = (inp.label(), outd.label())
     with ExitStack() as stack:
         # the callback needs the GIL: have the worker hand it over every 1 ms, not 5

@@ -1,26 +1,43 @@
 """The engines of ``comostream serve``'s sessions: one :class:`EngineFactory` over the shared
-models. The traced model step is built once and shared; its state is per engine."""
+models. The traced model step is built once and shared; its state is per engine. Batched (the
+default), every engine's blocks go through one :class:`~comostream.realtime.serve.batcher.
+BatchScheduler` that runs the due blocks of all sessions in one step."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
 import numpy as np
+import torch
 
+from comostream.models.chain import ConversionChain
 from comostream.models.conditioner import SpeakerSpec, UnknownSpeakerError, resolve_speaker
-from comostream.models.config import RealtimeConfig
+from comostream.models.config import F0Config, RealtimeConfig
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
+from comostream.realtime.serve.batcher import BatchScheduler, SlotStep, bucket_sizes
 from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello, ProtocolError
+from comostream.realtime.traced import TracedStep
 
-__all__ = ["EngineFactory"]
+__all__ = ["BATCH_WAIT", "EngineFactory"]
+
+# A block waits at most this share of a block for other sessions' blocks before the batched step
+# starts without them. Steps have a fixed cost each, so fewer, fuller steps save CPU below
+# saturation (at saturation batches fill anyway), at the price of round trip: 0, none, by default.
+BATCH_WAIT = 0.0
 
 
 class EngineFactory:
     """Engines over one loaded acoustic model + vocoder; the (traced) step is built by the first
     engine and shared by the later ones (its state is per engine). ``registers``: singer ->
-    median F0 in Hz (the voice prints' ``f0_median``), shown by ``GET /singers``."""
+    median F0 in Hz (the voice prints' ``f0_median``), shown by ``GET /singers``.
+
+    ``batch``: run every session's blocks through one :class:`BatchScheduler` (built at
+    :meth:`warm_up`), with traced batch sizes up to ``max_batch`` streams per step, a block
+    waiting at most ``batch_wait_ms`` for other sessions' blocks (None: :data:`BATCH_WAIT` of
+    the block); off: each engine runs the shared step itself, in its session's thread."""
 
     def __init__(
         self,
@@ -28,15 +45,25 @@ class EngineFactory:
         vocoder: Any,
         realtime: RealtimeConfig | None = None,
         registers: dict[str, float] | None = None,
+        *,
+        batch: bool = True,
+        max_batch: int = 8,
+        batch_wait_ms: float | None = None,
+        f0: F0Config | None = None,
     ) -> None:
         self.model, self.vocoder = model, vocoder
         self.rt = realtime or RealtimeConfig()
+        self.f0_cfg = f0  # the engines' F0 config (None: the defaults); hello's ``f0`` overrides
         self.speakers: list[str] = list(model.speakers)
         # singer -> median F0 (Hz) of its voice print (``comostream export --corpus``), if any
         self.registers = {k: float(v) for k, v in (registers or {}).items() if k in self.speakers}
         self.geometry = StreamGeometry.from_configs(model.cfg.audio, self.rt)
         self._step: Any = None
         self._lock = threading.Lock()
+        self.batch, self.max_batch = batch, max(1, int(max_batch))
+        wait = BATCH_WAIT * self.geometry.block_ms if batch_wait_ms is None else batch_wait_ms
+        self.batch_wait_ms = float(wait)
+        self.scheduler: BatchScheduler | None = None
 
     def singers(self) -> dict[str, Any]:
         """``GET /singers``: the singers in the model's order, each with its register (median
@@ -64,9 +91,62 @@ class EngineFactory:
         first session's first blocks are not late."""
         hello = Hello(PROTOCOL_VERSION, sample_rate, 1, "f32le", None, None, 0.0, None)
         block = self.natural_block(sample_rate)
+        if self.batch:
+            self._start_batching()
         engine = self.create(hello, block, self.check_speaker(None))
         for _ in range(8):
             engine.push(np.zeros(block, np.float32))
+        self.release(engine)
+
+    def _start_batching(self) -> None:
+        """The batch scheduler over :meth:`batch_steps` (once)."""
+        with self._lock:
+            if self.scheduler is not None:
+                return
+            step, buckets = self.batch_steps()
+            self.scheduler = BatchScheduler(
+                step,
+                buckets=buckets,
+                frames=self.rt.block_frames,
+                capacity=self.max_batch,
+                wait_ms=self.batch_wait_ms,
+            )
+
+    def batch_steps(self) -> tuple[Any, dict[int, Any]]:
+        """The scheduler's steps: one for any batch and block size (the eager chain), and on a
+        CPU the step traced for each batch size of
+        :func:`~comostream.realtime.serve.batcher.bucket_sizes`, each run a few times
+        (TorchScript optimises on the first runs). A backend with a dynamic batch (any object
+        with ``init_state(streams)`` and ``step(inputs, state)``) needs no buckets."""
+        chain = ConversionChain(self.model, self.vocoder, seed=self.rt.seed).eval()
+        if self.rt.backend == "onnxruntime":  # one ONNX Runtime step: any batch, any block
+            from comostream.realtime.onnx_step import OnnxStep, check_exportable
+
+            check_exportable(chain)
+            return OnnxStep.from_chain(chain, self.rt.block_frames), {}
+        on_cpu = next(self.model.parameters()).device.type == "cpu"
+        frames = self.rt.block_frames
+        buckets: dict[int, Any] = {}
+        if on_cpu and getattr(self.vocoder, "traceable", True):  # as from_models decides
+            for size in bucket_sizes(self.max_batch):
+                traced = TracedStep(chain, chain.zero_inputs(size, frames), size)
+                with torch.inference_mode():
+                    state = chain.init_state(size)
+                    for _ in range(3):
+                        traced.step(chain.zero_inputs(size, frames), state)
+                buckets[size] = traced
+        return chain, buckets
+
+    def release(self, engine: StreamingConverter) -> None:
+        """A session's engine is done: its batch slot (if any) is given back."""
+        step = engine.step_module
+        if isinstance(step, SlotStep):
+            step.close()
+
+    def close(self) -> None:
+        """Stop the batch scheduler (if any)."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     def create(self, hello: Hello, block: int, speaker: Any) -> StreamingConverter:
         """An engine for a session (pushes of ``block`` samples)."""
@@ -78,6 +158,24 @@ class EngineFactory:
             realtime=self.rt,
             chunk=block,
         )
+        if hello.f0 is not None:  # the session's streaming F0 tracker (else the config's)
+            kw["f0"] = dataclasses.replace(self.f0_cfg or F0Config(), backend=hello.f0)
+        elif self.f0_cfg is not None:
+            kw["f0"] = self.f0_cfg
+        if self.batch:
+            self._start_batching()
+            assert self.scheduler is not None
+            slot = SlotStep(self.scheduler)
+            try:
+                return StreamingConverter(
+                    slot,
+                    embed=self.model.conditioner.speaker_embedding,
+                    audio=self.model.cfg.audio,
+                    **kw,
+                )
+            except BaseException:
+                slot.close()
+                raise
         with self._lock:
             if self._step is None:
                 engine = StreamingConverter.from_models(self.model, self.vocoder, **kw)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from comostream.models.config import STREAMING_F0_BACKENDS
 from comostream.models.limits import check_transpose
 from comostream.models.mix import BadMixError, check_mix
 from comostream.realtime.geometry import INPUT_RATES
@@ -233,6 +234,7 @@ class Hello:
     speaker: str | dict[str, float] | None
     transpose: float
     token: str | None
+    f0: str | None = None  # streaming F0 backend (None: the server's config)
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,12 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
     token = obj.get("token")
     if token is not None and not isinstance(token, str):
         raise ProtocolError("bad_message", "token must be a string")
+    f0 = obj.get("f0")
+    if f0 is not None and (not isinstance(f0, str) or f0 not in STREAMING_F0_BACKENDS):
+        raise ProtocolError(
+            "bad_params",
+            f"f0 backend {f0!r}; streaming backends: {', '.join(STREAMING_F0_BACKENDS)}",
+        )
     return Hello(
         version,
         rate,
@@ -345,6 +353,7 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
         _speaker(obj.get("speaker")),
         _transpose(obj.get("transpose", 0.0)),
         token,
+        f0,
     )
 
 

@@ -7,7 +7,8 @@ a valid hello (with the token when one is set) count; connections still in their
 short deadline (``hello_timeout_s``) and a cap of their own (``max_pending``), so silent sockets
 never take a stream's slot. Every session's engine comes from
 one :class:`~comostream.realtime.serve.engines.EngineFactory` over the shared models: the traced
-model step is built once and shared, its state is per engine. Settings:
+model step is built once and shared, its state is per engine; batched (the default), the due
+blocks of all sessions run in one step (:mod:`comostream.realtime.serve.batcher`). Settings:
 :class:`~comostream.realtime.serve.config.ServerConfig`.
 
 The same port serves the browser page (``/``), its scripts, the singers (``GET /singers``) and a
@@ -233,6 +234,7 @@ def run_server(
         await stop.wait()
         announce(f"shutting down: closing {len(server.sessions)} session(s)")
         await server.shutdown()
+        factory.close()  # the batch scheduler's thread
 
     asyncio.run(main())
     return 0

@@ -3,11 +3,12 @@
 A :class:`Session` is given the server's engine factory
 (:class:`~comostream.realtime.serve.engines.EngineFactory`) and settings
 (:class:`~comostream.realtime.serve.config.ServerConfig`), nothing else of the server; it owns its
-engine and one worker thread that runs it, so inference never blocks the event loop. Three tasks
-per session: the reader validates frames into the input queue, the worker converts in order, the
-sender writes replies. Both queues are bounded :class:`DropQueue` s: audio beyond
-``max_queue_ms`` drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies (silence, no PCM)
-so the client's timeline and the delay never move; the counts are in ``stats``.
+engine and one worker thread that runs it, so inference never blocks the event loop (batched,
+the engine's model blocks go through the factory's shared step: the worker runs the front end and
+waits for them). Three tasks per session: the reader validates frames into the input queue, the
+worker converts in order, the sender writes replies. Both queues are bounded :class:`DropQueue` s:
+audio beyond ``max_queue_ms`` drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies
+(silence, no PCM) so the client's timeline and the delay never move; the counts are in ``stats``.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class Session:
         self.bypass = False
         self.timings: deque[tuple[int, float]] = deque(maxlen=512)  # (seq, compute seconds)
         self.compute_s = 0.0
+        self.worker_cpu_s = 0.0  # CPU time of the worker thread (the front end when batched)
         self.blocks_in = self.blocks_out = 0
         self.last_seq = self.last_ts = 0
         self.closing = False
@@ -204,6 +206,7 @@ class Session:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.executor.shutdown(wait=False, cancel_futures=True)
             if self.engine is not None:
+                self.factory.release(self.engine)  # its batch slot, once its last block is done
                 s = self.stats()
                 log.info(
                     "session %s ended: %d blocks in, %d out, dropped %d in / %d out, "
@@ -398,10 +401,11 @@ class Session:
         """One block through the engine (and the dry delay line): the reply frame."""
         assert self.engine is not None and self.hello is not None
         x = item.payload[:, 0] if self.hello.channels == 1 else item.payload
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         wet = self.engine.push(x)
         dry = self.dry.push(sanitize_samples(np.asarray(x, np.float32))[0])  # as the engine
         seconds = time.perf_counter() - t0
+        self.worker_cpu_s += time.thread_time() - cpu0
         self.timings.append((item.seq, seconds))
         self.compute_s += seconds
         flags = FLAG_BYPASS if self.bypass else 0
@@ -457,6 +461,7 @@ class Session:
             "compute_ms_p50": float(np.percentile(times, 50)),
             "compute_ms_p99": float(np.percentile(times, 99)),
             "rtf": self.compute_s / audio_s if audio_s else 0.0,
+            "worker_cpu_s": self.worker_cpu_s,
             "dropped_in_blocks": self.inq.dropped_blocks,
             "dropped_in_samples": self.inq.dropped_samples,
             "dropped_out_blocks": self.outq.dropped_blocks,
@@ -472,6 +477,9 @@ class Session:
             "transpose": self.engine.transpose,
             "bypass": self.bypass,
         }
+        scheduler = getattr(self.factory, "scheduler", None)
+        if scheduler is not None:  # the shared batched step (all sessions together)
+            out["batch"] = scheduler.stats.summary()
         if blocks:
             out["compute_ms_by_seq"] = [[seq, round(1000.0 * t, 4)] for seq, t in timings]
         return out

@@ -1,0 +1,415 @@
+"""Streaming YIN with candidate tracking (backend ``yin-track``): one-shot and incremental,
+identical output, no lookahead beyond the analysis window.
+
+The analysis is :mod:`comostream.models.f0_yin`'s (24 kHz, hop 256, frame ``t`` from the 1024
+samples ``[256 t - 512, 256 t + 512)``, 3 kHz frame-local low-pass, CMNDF ``d'(tau)``), but instead
+of one dip per frame it keeps up to :data:`MAX_CANDIDATES` local minima of ``d'`` in
+``[sr / fmax, sr / fmin]`` (the true period, its multiples = sub-octaves, and dips of strong
+harmonics = super-octaves), each with
+
+* the pYIN prior mass (Mauch & Dixon 2014): the probability, for a threshold drawn from
+  ``Beta(2, b)`` with mean ``yin_threshold``, that it is the first dip below the threshold;
+* its period from parabolic interpolation of ``d``.
+
+Decoding is a causal Viterbi (max-product forward pass, decision at lag 0) over the states
+"candidate ``i`` of this frame" plus "unvoiced":
+
+* observation log-likelihood of candidate ``i``: ``log(mass_i + _MASS_FLOOR)`` plus the voiced
+  evidence ``log(1 - p_u)``, minus ``_SUB_PENALTY`` when a dip at 1/2 or 1/3 of its period is
+  about as deep (it is then likely a sub-octave); of unvoiced: ``log p_u``, with ``p_u`` a
+  logistic of the frame's best ``d'`` around ``_VOICING`` (frames below ``silence_db`` dBFS are
+  forced unvoiced);
+* transition between voiced states: ``_JUMP_COST`` per 100 cents of pitch change beyond
+  ``_FREE_CENTS`` (so vibrato and portamento are free, an octave costs about 4 nats);
+* voicing changes cost ``_VOICING_COST``; the unvoiced state remembers the pitch it left and a
+  voiced restart after a short gap pays a (weaker) jump cost from it.
+
+The output of frame ``t`` is the best state of the forward pass at ``t``: it depends on frames
+``<= t`` only (``lookahead_frames = 0``), so the tracker adds no latency to the engine. A single
+frame whose best dip is an octave away from a stable path is outvoted by the path; a real leap
+is followed as soon as the new octave's evidence outweighs one jump cost (typically 1-2 frames).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from comostream.models.config import F0Config
+from comostream.models.f0_track import F0Track, check_audio, n_frames
+from comostream.models.f0_yin import (
+    _LOWPASS_HALF,
+    _LOWPASS_HZ,
+    LOOKAHEAD_SAMPLES,
+    WINDOW,
+    IncrementalF0,
+    _beta_cdf,
+    _lags,
+    _lowpass,
+)
+
+__all__ = ["MAX_CANDIDATES", "yintrack_f0", "IncrementalYinTrack"]
+
+MAX_CANDIDATES = 8  # CMNDF dips kept per frame
+_KEEP_MARGIN = 0.1  # d' units: dips this close to the deepest are kept first, shortest lag first
+_MASS_FLOOR = 0.005  # prior mass added to every dip (a dip no threshold picks is still possible)
+_JUMP_COST = 1.6  # nats per 100 cents of pitch change beyond _FREE_CENTS
+_FREE_CENTS = 60.0  # cents of pitch change per frame that cost nothing (portamento, vibrato)
+_VOICING_COST = 2.0  # nats for a voiced <-> unvoiced change
+_GAP_WEIGHT = 0.15  # jump-cost weight across an unvoiced gap (pitch memory of the unvoiced state)
+_MAX_GAP = 8  # frames after which the unvoiced state forgets the pitch it left
+_VOICING = 0.55  # d' units: the voicing evidence is 1/2 where the frame's best dip is this deep
+_VOICING_SLOPE = 0.05  # d' units: width of the logistic voicing evidence around _VOICING
+# a candidate with a dip at 1/n of its period (n >= 2) whose d' is at most _SUB_SCALE times its
+# own plus _SUB_MARGIN is likely a sub-octave (YIN's "shortest of the deep dips" rule, soft):
+_SUB_MARGIN = 0.02  # d' units
+_SUB_SCALE = 1.5
+_SUB_PENALTY = 5.0  # nats taken from its observation log-likelihood
+_HARMONIC_TOL = 0.03  # relative: how close a period ratio must be to an integer n (times n)
+_TAPER = "none"
+_PERIODS = 0.0
+_MIN_SPAN = 256
+_SHIFT = 0
+
+
+def _taper(width: int) -> np.ndarray:
+    if _TAPER == "hann":
+        return np.hanning(width + 2)[1:-1] * 2.0
+    return np.ones(width)
+
+
+_STATE = 2 * MAX_CANDIDATES + 4  # decoder state, see _decode
+DECODER_PARAMS = np.array(
+    [
+        _MASS_FLOOR,
+        _JUMP_COST,
+        _FREE_CENTS,
+        _VOICING_COST,
+        _GAP_WEIGHT,
+        _MAX_GAP,
+        _VOICING_SLOPE,
+        _SUB_MARGIN,
+        _SUB_PENALTY,
+        _SUB_SCALE,
+    ]
+)
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _candidates(
+    buf: np.ndarray,
+    start0: int,
+    lowpass: np.ndarray,
+    tau_min: int,
+    tau_max: int,
+    width: int,
+    threshold: float,
+    taper: np.ndarray,
+    periods: float,
+    min_span: int,
+    centre_shift: int,
+    cand_f0: np.ndarray,
+    cand_mass: np.ndarray,
+    cand_dn: np.ndarray,
+    best_dn: np.ndarray,
+    level_db: np.ndarray,
+) -> None:
+    """CMNDF dips of frames ``k = 0 .. len(best_dn) - 1`` (window ``buf[start0 + 256 k:][:1024]``).
+
+    Writes per frame up to ``MAX_CANDIDATES`` candidates ``cand_f0[k, i]`` Hz (0 = none) with
+    their pYIN prior mass ``cand_mass[k, i]`` and dip value ``cand_dn[k, i]``, the smallest dip
+    value ``best_dn[k]`` (1.0 when there is no dip) and the RMS level ``level_db[k]`` dBFS.
+    """
+    beta_b = 2.0 / threshold - 2.0
+    d = np.empty(tau_max + 2)
+    dn = np.empty(tau_max + 2)
+    n_lp = lowpass.shape[0]
+    y = np.empty(WINDOW - n_lp + 1)
+    centre = y.shape[0] // 2
+    half_w = width // 2
+    lags = np.empty(tau_max + 2, np.int64)
+    vals = np.empty(tau_max + 2)
+    masses = np.empty(tau_max + 2)
+    for k in range(best_dn.shape[0]):
+        frame = buf[start0 + 256 * k : start0 + 256 * k + WINDOW]
+        energy = 0.0
+        for j in range(WINDOW):
+            energy += frame[j] * frame[j]
+        level_db[k] = 10.0 * math.log10(max(energy / WINDOW, 1e-20))
+        for j in range(y.shape[0]):
+            seg = frame[j : j + n_lp]
+            acc = 0.0
+            for i in range(n_lp):
+                acc += lowpass[i] * seg[i]
+            y[j] = acc
+        d[0] = 0.0
+        dn[0] = 1.0
+        cum = 0.0
+        for tau in range(1, tau_max + 2):
+            span = width
+            if periods > 0.0:
+                span = min(width, max(min_span, 2 * int(0.5 * periods * tau)))
+            off = (width - span) // 2
+            a = centre - half_w - tau // 2 + off + min(centre_shift, y.shape[0] - centre - half_w - tau + tau // 2)
+            ya = y[a : a + span]
+            yb = y[a + tau : a + tau + span]
+            wt = taper[off : off + span]
+            acc = 0.0
+            for j in range(span):
+                diff = ya[j] - yb[j]
+                acc += wt[j] * diff * diff
+            d[tau] = acc * width / span
+            cum += acc
+            dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
+        # every local minimum below 1, with its pYIN first-dip-below-threshold mass
+        n = 0
+        run_min = 1.0
+        for tau in range(tau_min, tau_max + 1):
+            v = dn[tau]
+            if v < 1.0 and v < dn[tau - 1] and v <= dn[tau + 1]:
+                mass = 0.0
+                if v < run_min:
+                    mass = _beta_cdf(run_min, beta_b) - _beta_cdf(v, beta_b)
+                    run_min = v
+                lags[n] = tau
+                vals[n] = v
+                masses[n] = mass
+                n += 1
+        best_dn[k] = run_min
+        for i in range(MAX_CANDIDATES):
+            cand_f0[k, i] = 0.0
+            cand_mass[k, i] = 0.0
+            cand_dn[k, i] = 1.0
+        # keep, in lag order, the dips within _KEEP_MARGIN of the deepest (the period and its
+        # multiples), then the deepest of the rest, up to MAX_CANDIDATES
+        for i in range(min(n, MAX_CANDIDATES)):
+            pick = -1
+            for j in range(n):
+                if lags[j] >= 0 and vals[j] <= run_min + _KEEP_MARGIN:
+                    pick = j
+                    break
+            if pick < 0:
+                for j in range(n):
+                    if lags[j] >= 0 and (pick < 0 or vals[j] < vals[pick]):
+                        pick = j
+            tau = lags[pick]
+            lags[pick] = -1
+            lo, mid, hi = d[tau - 1], d[tau], d[tau + 1]
+            curv = lo - 2.0 * mid + hi
+            shift = 0.0
+            if curv > 0.0:
+                shift = min(1.0, max(-1.0, 0.5 * (lo - hi) / curv))
+            cand_f0[k, i] = 24000.0 / (tau + shift)
+            cand_mass[k, i] = masses[pick]
+            cand_dn[k, i] = vals[pick]
+
+
+@njit(cache=True)
+def _decode(
+    cand_f0: np.ndarray,
+    cand_mass: np.ndarray,
+    cand_dn: np.ndarray,
+    best_dn: np.ndarray,
+    level_db: np.ndarray,
+    voicing: float,
+    silence_db: float,
+    params: np.ndarray,
+    state: np.ndarray,
+    out_f0: np.ndarray,
+    out_voiced: np.ndarray,
+) -> None:
+    """Causal Viterbi over candidates + unvoiced, frame by frame, carrying ``state``.
+
+    ``params``: :data:`DECODER_PARAMS` (mass floor, jump cost, free cents, voicing cost, gap
+    weight, max gap, voicing slope, sub-octave margin, penalty and scale).
+
+    ``state``: ``[0:K]`` previous candidates' log2 F0 (NaN = none), ``[K:2K]`` their path
+    scores, ``[2K]`` unvoiced path score, ``[2K+1]`` log2 F0 the unvoiced path left (NaN =
+    none), ``[2K+2]`` frames the unvoiced path has been unvoiced, ``[2K+3]`` unused.
+    """
+    mass_floor, jump_cost, free_cents, voicing_cost = params[0], params[1], params[2], params[3]
+    gap_weight, max_gap, voicing_slope = params[4], params[5], params[6]
+    sub_margin, sub_penalty, sub_scale = params[7], params[8], params[9]
+    kk = MAX_CANDIDATES
+    lf = np.empty(kk)
+    score = np.empty(kk)
+    for k in range(best_dn.shape[0]):
+        loud = level_db[k] > silence_db
+        z = (best_dn[k] - voicing) / voicing_slope
+        p_u = 1.0 / (1.0 + math.exp(-z)) if z > -30.0 else 0.0
+        p_u = min(max(p_u, 1e-4), 1.0 - 1e-4)
+        log_v = math.log(1.0 - p_u)
+        # best voiced predecessor for a restart from unvoiced, and the unvoiced update
+        u_prev = state[2 * kk]
+        u_ref = state[2 * kk + 1]
+        u_gap = state[2 * kk + 2]
+        best_v = -1e30
+        best_v_lf = math.nan
+        for j in range(kk):
+            pj = state[j]
+            if not math.isnan(pj) and state[kk + j] > best_v:
+                best_v = state[kk + j]
+                best_v_lf = pj
+        from_v = best_v - voicing_cost
+        if from_v > u_prev:
+            new_u = from_v
+            new_ref = best_v_lf
+            new_gap = 1.0
+        else:
+            new_u = u_prev
+            new_ref = u_ref
+            new_gap = u_gap + 1.0
+        new_u += math.log(p_u) if loud else 0.0
+        # voiced candidates
+        for i in range(kk):
+            f = cand_f0[k, i]
+            if f <= 0.0 or not loud:
+                lf[i] = math.nan
+                score[i] = -1e30
+                continue
+            o = math.log2(f)
+            lf[i] = o
+            obs = math.log(cand_mass[k, i] + mass_floor) + log_v
+            # a sub-harmonic: a dip at 1/n of this period (n >= 2) is about as deep
+            for j in range(kk):
+                fj = cand_f0[k, j]
+                if fj > 0.0 and cand_dn[k, j] <= sub_scale * cand_dn[k, i] + sub_margin:
+                    r = fj / f
+                    n = round(r)
+                    if n >= 2 and abs(r - n) < _HARMONIC_TOL * n:
+                        obs -= sub_penalty
+                        break
+            best = -1e30
+            for j in range(kk):
+                pj = state[j]
+                if math.isnan(pj):
+                    continue
+                cents = abs(o - pj) * 1200.0
+                s = state[kk + j] - jump_cost * max(0.0, cents - free_cents) / 100.0
+                if s > best:
+                    best = s
+            s = u_prev - voicing_cost
+            if not math.isnan(u_ref) and u_gap <= max_gap:
+                cents = abs(o - u_ref) * 1200.0
+                s -= gap_weight * jump_cost * max(0.0, cents - free_cents) / 100.0
+            if s > best:
+                best = s
+            score[i] = best + obs
+        # decision at lag 0: the best voiced state gives the pitch, voiced when it beats the
+        # unvoiced state; then renormalise
+        top = new_u
+        arg = -1
+        for i in range(kk):
+            if score[i] > -1e29 and (arg < 0 or score[i] > score[arg]):
+                arg = i
+        if arg >= 0 and score[arg] >= new_u:
+            top = score[arg]
+            out_f0[k] = 2.0 ** lf[arg]
+            out_voiced[k] = True
+        else:
+            out_f0[k] = 0.0
+            out_voiced[k] = False
+        for i in range(kk):
+            state[i] = lf[i]
+            state[kk + i] = score[i] - top if score[i] > -1e29 else -1e30
+        state[2 * kk] = new_u - top
+        state[2 * kk + 1] = new_ref
+        state[2 * kk + 2] = new_gap
+
+
+class _CandidateTracker:
+    """Analysis parameters plus the decoder state of one stream (the ``frames``/``reset``
+    interface of :class:`comostream.models.f0_yin.IncrementalF0`'s tracker)."""
+
+    def __init__(self, cfg: F0Config) -> None:
+        self.cfg = cfg
+        self.lowpass = _lowpass(_LOWPASS_HZ, _LOWPASS_HALF)
+        self.tau_min, self.tau_max, self.width = _lags(cfg, _LOWPASS_HALF)
+        self.taper = _taper(self.width)
+        self.state = np.zeros(_STATE)
+        self.reset()
+
+    def reset(self) -> None:
+        kk = MAX_CANDIDATES
+        self.state[:kk] = np.nan
+        self.state[kk : 2 * kk] = -1e30
+        self.state[2 * kk] = 0.0
+        self.state[2 * kk + 1] = np.nan
+        self.state[2 * kk + 2] = _MAX_GAP + 1.0
+
+    def frames(
+        self, buf: np.ndarray, start0: int, count: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """F0 (count,) float32 Hz, voiced (count,) bool, best CMNDF dip (count,) float32."""
+        cand_f0 = np.zeros((count, MAX_CANDIDATES))
+        cand_mass = np.zeros((count, MAX_CANDIDATES))
+        cand_dn = np.ones((count, MAX_CANDIDATES))
+        best_dn = np.ones(count)
+        level = np.empty(count)
+        f0 = np.zeros(count)
+        voiced = np.zeros(count, np.bool_)
+        if count:
+            cfg = self.cfg
+            _candidates(
+                buf,
+                start0,
+                self.lowpass,
+                self.tau_min,
+                self.tau_max,
+                self.width,
+                cfg.yin_threshold,
+                self.taper,
+                _PERIODS,
+                _MIN_SPAN,
+                _SHIFT,
+                cand_f0,
+                cand_mass,
+                cand_dn,
+                best_dn,
+                level,
+            )
+            _decode(
+                cand_f0,
+                cand_mass,
+                cand_dn,
+                best_dn,
+                level,
+                _VOICING,
+                cfg.silence_db,
+                DECODER_PARAMS,
+                self.state,
+                f0,
+                voiced,
+            )
+        return f0.astype(np.float32), voiced, best_dn.astype(np.float32)
+
+
+def yintrack_f0(audio_24k: np.ndarray, cfg: F0Config | None = None) -> F0Track:
+    """F0 of mono 24 kHz ``audio_24k (N,)`` float: ``T = N // 256 + 1`` frames, decoded.
+
+    ``periodicity = 1 - `` the frame's best CMNDF dip. Raises ValueError for non-1-D, non-float
+    or NaN input.
+    """
+    cfg = cfg or F0Config()
+    x = check_audio(audio_24k)
+    t_frames = n_frames(x.shape[0])
+    buf = np.zeros(x.shape[0] + WINDOW)
+    buf[LOOKAHEAD_SAMPLES : LOOKAHEAD_SAMPLES + x.shape[0]] = x
+    f0, voiced, dn = _CandidateTracker(cfg).frames(buf, 0, t_frames)
+    return F0Track(f0, voiced, 1.0 - dn)
+
+
+class IncrementalYinTrack(IncrementalF0):
+    """Streaming :func:`yintrack_f0`: ``push(chunk)`` -> ``(f0 (k,), voiced (k,))``; the
+    concatenation over any chunking plus ``flush()`` equals ``yintrack_f0``.
+
+    Frame ``t`` is returned by the push that delivers sample ``256 t + 511``
+    (``lookahead_samples = 512``); the decoding is causal (``lookahead_frames = 0``).
+    """
+
+    def __init__(self, cfg: F0Config | None = None, capacity: int = 4096) -> None:
+        super().__init__(cfg, capacity)
+        self._tracker = _CandidateTracker(self.cfg)  # type: ignore[assignment]
+        self.reset()

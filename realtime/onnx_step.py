@@ -1,0 +1,337 @@
+"""The model step as an ONNX graph with explicit state, run by ONNX Runtime.
+
+:func:`export_step` writes :meth:`comostream.models.chain.ConversionChain.step` as ONNX: the
+block's :data:`~comostream.models.chain.FrameInputs` and every state tensor go in
+(``state_in.NAME``), the waveform ``wav`` and every updated state tensor come out
+(``state_out.NAME``): ONNX has no in-place updates, so the host carries the state from one call
+to the next. Streams and frames per block are dynamic dimensions (any batch, any block size; the
+file's ``block_frames`` is the block it was exported for). The metadata (:func:`read_metadata`)
+holds what a host needs: rates, hop, lookahead, the inputs' and state's names, shapes and
+initial values, the singers' embeddings. docs/onnx.md describes the contract for C++, Rust or
+onnxruntime-web hosts.
+
+:class:`OnnxStep` runs such a graph in ONNX Runtime (sequential, as many intra-op threads as
+``torch.get_num_threads()``, all graph optimisations) as a drop-in for the engine, like
+:class:`~comostream.realtime.traced.TracedStep`: ``step(inputs, state)`` copies the returned state
+back into the state tensors. Both need the optional packages of the ``onnx`` extra.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from comostream.models.chain import ConversionChain, FrameInputs
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.streaming import StreamState, state_tensors
+from comostream.realtime.onnx_ops import ONNX_OPSET, register_onnx_ops
+from comostream.realtime.traced import _Flat
+
+__all__ = [
+    "FORMAT_VERSION",
+    "OnnxBackendError",
+    "OnnxMissingError",
+    "OnnxStep",
+    "check_exportable",
+    "export_step",
+    "read_metadata",
+    "write_onnx",
+]
+
+FORMAT_VERSION = 1  # of the inputs/outputs/metadata contract (docs/onnx.md)
+EXTRA = "pip install 'comostream[onnx]'"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
+_UNITS = {
+    "mel": "natural-log mel magnitude of the input, (streams, n_mels, frames)",
+    "audio": "the frames' input samples at sample_rate, (streams, frames * hop_length)",
+    "f0": "Hz as tracked, 0 where unvoiced, (streams, frames)",
+    "voiced": "0 or 1, (streams, frames)",
+    "loudness": "dB, (streams, frames)",
+    "transpose": "semitones per frame, (streams, frames)",
+    "speaker": "singer embedding (a row of `speakers`, or a weighted mix), (streams, speaker_dim)",
+}
+
+
+class OnnxBackendError(RuntimeError):
+    """The onnxruntime backend or an ONNX export cannot run as asked."""
+
+
+class OnnxMissingError(OnnxBackendError, ImportError):
+    """onnx / onnxruntime is not installed (the ``onnx`` extra)."""
+
+
+def check_exportable(chain: ConversionChain) -> None:
+    """:class:`OnnxBackendError` unless ``chain`` can be exported: the built-in streaming content
+    encoder and vocoder, float32 on the CPU (window mode chooses offsets from the data)."""
+    ref = next(chain.parameters())
+    if ref.device.type != "cpu" or ref.dtype != torch.float32:
+        raise OnnxBackendError(
+            f"the onnxruntime backend runs float32 models on the CPU (got {ref.dtype} on "
+            f"{ref.device}): use --device cpu, or the torch backend"
+        )
+    if chain.vocoder is None or not getattr(chain.vocoder, "traceable", True):
+        raise OnnxBackendError(
+            "the onnxruntime backend needs the model file's built-in streaming vocoder (an "
+            "external vocoder runs in window mode): drop --vocoder, or use the torch backend"
+        )
+    if chain.content_model is not None:
+        raise OnnxBackendError(
+            "the onnxruntime backend needs the model's built-in content encoder (an external "
+            "content model runs in window mode): use the torch backend"
+        )
+
+
+def _require(module: str, what: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OnnxMissingError(
+            f"{what} needs the optional package {module!r}: install the onnx extra ({EXTRA})"
+        ) from None
+
+
+class _StateOut(nn.Module):
+    """The flat step with explicit state outputs: ``(wav, *new state leaves)``."""
+
+    def __init__(self, flat: _Flat, n_inputs: int) -> None:
+        super().__init__()
+        self.flat = flat
+        self.n_inputs = n_inputs
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
+        leaves = [a.clone() for a in args[self.n_inputs :]]  # updated in place by the step
+        wav = self.flat(*args[: self.n_inputs], *leaves)
+        return (wav, *leaves)
+
+
+def _shape(name: str, t: Tensor) -> list[int | str]:
+    """``t``'s shape with the dynamic dimensions named (streams first, frames last)."""
+    dims: list[int | str] = ["streams", *t.shape[1:]]
+    if name == "audio":
+        dims[-1] = "frames * hop_length"
+    elif name != "speaker":
+        dims[-1] = "frames"
+    return dims
+
+
+def export_step(chain: ConversionChain, block_frames: int) -> bytes:
+    """``chain``'s step (CPU, float32) as an ONNX model with its metadata (module docstring).
+
+    ``block_frames``: the block it is meant for (recorded; any block runs).
+    """
+    from comostream.version import __version__
+
+    onnx = _require("onnx", "ONNX export")
+    check_exportable(chain)
+    register_onnx_ops()
+    example = chain.zero_inputs(1, block_frames)
+    names = sorted(example)
+    template = chain.init_state(1)
+    leaves = list(state_tensors(template))
+    state_meta = []
+    for name, t in leaves:
+        init = t.flatten()[0].item()
+        if not bool((t == init).all()):
+            raise OnnxBackendError(f"state {name}: its initial value is not one constant")
+        dtype = str(t.dtype).removeprefix("torch.")
+        shape = ["streams", *t.shape[1:]]
+        io_names = {"input": f"state_in.{name}", "output": f"state_out.{name}"}
+        state_meta.append({"name": name, **io_names, "shape": shape, "dtype": dtype, "init": init})
+    in_state = [m["input"] for m in state_meta]
+    out_state = [m["output"] for m in state_meta]
+    axes: dict[str, dict[int, str]] = {n: {0: "streams"} for n in in_state + out_state}
+    for n in names:
+        axes[n] = {0: "streams", example[n].dim() - 1: "frames"}
+    axes["speaker"] = {0: "streams"}
+    axes["audio"] = {0: "streams", 1: "input_samples"}
+    axes["wav"] = {0: "streams", 1: "output_samples"}
+    buf = io.BytesIO()
+    wrapper = _StateOut(_Flat(chain, names, template), len(names)).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings: shape checks become constants
+        torch.onnx.export(
+            wrapper,
+            tuple(example[n] for n in names) + tuple(t for _, t in leaves),
+            buf,
+            input_names=names + in_state,
+            output_names=["wav", *out_state],
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    used = {i.name for i in proto.graph.input}  # unused inputs are pruned (``audio``, mostly)
+    inputs = [
+        {"name": n, "shape": _shape(n, example[n]), "dtype": "float32", "meaning": _UNITS[n]}
+        for n in names
+        if n in used
+    ]
+    meta = {
+        "comostream_onnx_format": FORMAT_VERSION,
+        "comostream_version": __version__,
+        "sample_rate": chain.model.cfg.audio.sample_rate,
+        "hop_length": chain.hop_length,
+        "n_mels": chain.n_mels,
+        "block_frames": block_frames,
+        "lookahead_frames": chain.lookahead_frames,
+        "speaker_dim": chain.speaker_dim,
+        "seed": chain.seed,
+        "inputs": inputs,
+        "outputs": [
+            {
+                "name": "wav",
+                "shape": ["streams", "frames * hop_length"],
+                "dtype": "float32",
+                "meaning": "converted samples at sample_rate, lookahead_frames frames late",
+            }
+        ],
+        "state": state_meta,
+        "speakers": _speakers(chain),
+    }
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    proto.doc_string = "comostream streaming model step (state in, state out); see docs/onnx.md"
+    return proto.SerializeToString()
+
+
+def _speakers(chain: ConversionChain) -> dict[str, list[float]]:
+    """Singer name -> embedding row (a mix is the weighted mean of rows, weights summing to 1)."""
+    table = chain.model.conditioner.speakers
+    rows = table.embedding.weight.detach().double().tolist()
+    return dict(zip(table.names, rows, strict=True))
+
+
+def write_onnx(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` to ``path`` atomically (a temp file beside it, then renamed)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
+    if "comostream_onnx_format" not in raw:
+        raise CheckpointError(
+            f"{where}: an ONNX model, but not a comostream streaming step (no comostream "
+            "metadata); write one with `comostream export --onnx OUT.onnx`"
+        )
+    try:
+        meta = {k: json.loads(v) if k != "comostream_version" else v for k, v in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{where}: damaged comostream metadata ({exc})") from None
+    version = meta["comostream_onnx_format"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{where}: ONNX step format {version}; this comostream reads up to {FORMAT_VERSION} "
+            "(export it again with this version)"
+        )
+    return meta
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The comostream metadata of an ONNX step file (JSON values decoded)."""
+    onnx = _require("onnx", "Reading an ONNX step")
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such ONNX file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise CheckpointError(f"{p}: not a readable ONNX model ({exc})") from None
+    return _parse_metadata({e.key: e.value for e in proto.metadata_props}, str(p))
+
+
+class OnnxStep(nn.Module):
+    """An exported step (a file, or the bytes of :func:`export_step`) in ONNX Runtime.
+
+    Drop-in for the engine: ``lookahead_frames``, ``hop_length``, ``speaker_dim``,
+    ``init_state(streams)`` and ``step(inputs, state)`` (any number of streams and frames; the
+    state tensors are updated in place from the graph's state outputs). ``threads``: ONNX
+    Runtime's intra-op threads (default: ``torch.get_num_threads()``).
+    """
+
+    def __init__(self, source: str | os.PathLike[str] | bytes, threads: int | None = None) -> None:
+        super().__init__()
+        ort = _require("onnxruntime", "The onnxruntime backend")
+        where = "the exported step" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise FileNotFoundError(f"{source}: no such ONNX file")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only
+        model = source if isinstance(source, bytes) else str(source)
+        try:
+            self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, InvalidGraph ...
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{where}: not a readable ONNX model ({first})") from None
+        self.meta = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, where)
+        m = self.meta
+        self.lookahead_frames = int(m["lookahead_frames"])
+        self.hop_length = int(m["hop_length"])
+        self.speaker_dim = int(m["speaker_dim"])
+        self.block_frames = int(m["block_frames"])
+        self.sample_rate = int(m["sample_rate"])
+        self.input_names = [i["name"] for i in m["inputs"]]
+        self.state_names = [s["name"] for s in m["state"]]
+        self.output_names = ["wav", *(s["output"] for s in m["state"])]
+        self._state_inputs = [s["input"] for s in m["state"]]
+        self.profile: dict[str, float] | None = None  # per-stage times are not available
+
+    @classmethod
+    def from_chain(
+        cls, chain: ConversionChain, block_frames: int, threads: int | None = None
+    ) -> OnnxStep:
+        """``chain`` exported in memory (a couple of seconds) and loaded."""
+        return cls(export_step(chain, block_frames), threads)
+
+    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
+        """Fresh state of ``streams`` streams (on the CPU, in the dtypes the graph takes)."""
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError("the onnxruntime backend runs on the CPU")
+        state: StreamState = {}
+        for s in self.meta["state"]:
+            *path, leaf = s["name"].split(".")
+            node = state
+            for key in path:
+                node = node.setdefault(key, {})
+            shape = (streams, *s["shape"][1:])
+            node[leaf] = torch.full(shape, s["init"], dtype=_DTYPES[s["dtype"]])
+        return state
+
+    def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
+        """One block ``(S, k * hop)``; ``state`` (from :meth:`init_state`) is updated in place."""
+        leaves = [t for _, t in state_tensors(state)]
+        if len(leaves) != len(self._state_inputs):
+            raise ValueError(f"state has {len(leaves)} tensors, the graph {len(self.state_names)}")
+        feed: dict[str, np.ndarray] = {
+            n: inputs[n].detach().to("cpu", torch.float32).numpy() for n in self.input_names
+        }
+        feed.update(zip(self._state_inputs, (t.numpy() for t in leaves), strict=True))
+        wav, *new = self.session.run(self.output_names, feed)
+        for t, value in zip(leaves, new, strict=True):
+            t.copy_(torch.from_numpy(value))
+        return torch.from_numpy(wav)

@@ -1,0 +1,125 @@
+"""yin-track (streaming YIN with causal candidate decoding): streaming == one-shot, the
+known-pitch suite (no octave errors), and the backend choice through config, CLI and protocol."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+
+from comostream.bench.f0 import F0Scores, lookahead_ms, synthetic_singing
+from comostream.bench.f0_suite import known_pitch_suite
+from comostream.cli import build_parser, config_from_args
+from comostream.models.config import (
+    STREAMING_F0_BACKENDS,
+    ConfigError,
+    F0Config,
+    RealtimeConfig,
+)
+from comostream.models.f0 import extract_f0
+from comostream.models.f0_stream import streaming_tracker
+from comostream.models.f0_yin import IncrementalF0
+from comostream.models.f0_yintrack import IncrementalYinTrack, yintrack_f0
+from comostream.realtime.frontend import FrontEnd
+from comostream.realtime.serve.engines import EngineFactory
+from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello, ProtocolError, parse_hello
+
+
+@pytest.fixture(scope="module")
+def suite() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    return known_pitch_suite()
+
+
+@pytest.mark.parametrize("backend", STREAMING_F0_BACKENDS)
+@pytest.mark.parametrize("chunk", [1, 7, 256, 1000])
+def test_streamed_in_fixed_chunks_equals_one_shot(backend: str, chunk: int) -> None:
+    audio, _ = synthetic_singing(1.0, seed=3, base_midi=57.0)
+    audio = audio[: audio.shape[0] - 41]  # not a multiple of the hop
+    ref = extract_f0(audio, backend=backend)
+    tracker = streaming_tracker(backend)
+    assert tracker.lookahead_samples == 512 and tracker.lookahead_frames == 0
+    for _ in range(2):  # the second stream checks that flush() resets the decoder
+        parts = [tracker.push(audio[i : i + chunk]) for i in range(0, audio.shape[0], chunk)]
+        parts.append(tracker.flush())
+        np.testing.assert_array_equal(np.concatenate([f for f, _ in parts]), ref.f0_hz)
+        np.testing.assert_array_equal(np.concatenate([v for _, v in parts]), ref.voiced)
+
+
+def test_yintrack_is_the_extract_f0_backend_and_its_streaming_class() -> None:
+    audio, _ = synthetic_singing(0.6, seed=4)
+    a, b = yintrack_f0(audio), extract_f0(audio, backend="yin-track")
+    np.testing.assert_array_equal(a.f0_hz, b.f0_hz)
+    assert isinstance(streaming_tracker("yin-track"), IncrementalYinTrack)
+    assert lookahead_ms("yin-track") == pytest.approx(21.333, abs=1e-3)
+    assert lookahead_ms("harvest") is None
+    with pytest.raises(ValueError, match="cannot stream"):
+        streaming_tracker("harvest")
+
+
+@pytest.mark.parametrize("condition", ["leaps", "vibrato", "breathy", "low", "high"])
+def test_known_pitch_suite_within_50_cents_and_no_octave_error(
+    suite: dict[str, list[tuple[np.ndarray, np.ndarray]]], condition: str
+) -> None:
+    scores = F0Scores()
+    for audio, ref in suite[condition]:
+        scores.add(extract_f0(audio, backend="yin-track"), ref)
+    assert scores.voiced_both > 0.85 * scores.voiced_ref, condition
+    assert scores.octave_err == 0, condition
+    assert scores.gross <= 0.01, (condition, scores.gross)
+
+
+def test_suite_has_exact_f0_in_the_named_ranges() -> None:
+    s = known_pitch_suite(("low", "high", "leaps"), seed=2)
+    low = np.concatenate([f for _, f in s["low"]])
+    high = np.concatenate([f for _, f in s["high"]])
+    assert low[low > 0].max() < 105 and low[low > 0].min() > 60
+    assert high[high > 0].min() > 650 and high[high > 0].max() < 1100
+    audio, f0 = s["leaps"][0]
+    assert f0.shape[0] == audio.shape[0] // 256 + 1 and audio.dtype == np.float32
+    voiced = f0[f0 > 0]
+    assert voiced.max() / voiced.min() > 1.9  # an octave leap
+    with pytest.raises(ValueError, match="known"):
+        known_pitch_suite(("nope",))
+
+
+def test_backend_through_config_engine_cli_and_protocol() -> None:
+    assert F0Config().backend == "yin-track"
+    with pytest.raises(ConfigError, match="valid backends"):
+        F0Config(backend="rmvpe")
+    # the engine streams the configured backend; an offline one streams as the default
+    assert isinstance(FrontEnd(f0=F0Config(backend="yin-track")).tracker, IncrementalYinTrack)
+    yin = FrontEnd(f0=F0Config(backend="yin")).tracker
+    assert not isinstance(yin, IncrementalYinTrack)
+    assert isinstance(FrontEnd(f0=F0Config(backend="dio")).tracker, IncrementalYinTrack)
+    # CLI: --f0 on convert, serve and live overrides [f0] backend; an offline name is refused
+    parser = build_parser()
+    for argv in (["convert", "a.wav", "-o", "b.wav"], ["serve"], ["live"]):
+        cfg = config_from_args(parser.parse_args([*argv, "--f0", "yin"]))
+        assert cfg.f0.backend == "yin"
+        assert config_from_args(parser.parse_args(argv)).f0.backend == "yin-track"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--f0", "harvest"])
+    # protocol: hello's optional f0
+    hello = {"type": "hello", "version": 1, "sample_rate": 48000}
+    assert parse_hello(hello).f0 is None
+    assert parse_hello({**hello, "f0": "yin"}).f0 == "yin"
+    for bad in ("crepe-full", 3):
+        with pytest.raises(ProtocolError) as err:
+            parse_hello({**hello, "f0": bad})
+        assert err.value.code == "bad_params"
+    assert dataclasses.replace(F0Config(), backend="yin").backend == "yin"
+
+
+def test_a_session_hello_picks_its_engine_tracker(models: tuple[Any, Any]) -> None:
+    factory = EngineFactory(*models, RealtimeConfig(block_frames=2), batch=False)
+    base = Hello(PROTOCOL_VERSION, 48000, 1, "f32le", None, None, 0.0, None)
+    speaker = factory.check_speaker(None)
+    default = factory.create(base, 1024, speaker)
+    assert isinstance(default.frontend.tracker, IncrementalYinTrack)
+    yin = factory.create(dataclasses.replace(base, f0="yin"), 1024, speaker)
+    assert isinstance(yin.frontend.tracker, IncrementalF0)
+    assert not isinstance(yin.frontend.tracker, IncrementalYinTrack)
+    served = EngineFactory(*models, RealtimeConfig(block_frames=2), batch=False, f0=F0Config("yin"))
+    assert not isinstance(served.create(base, 1024, speaker).frontend.tracker, IncrementalYinTrack)

@@ -1,0 +1,273 @@
+"""The model step exported to ONNX (realtime/onnx_step.py) and the onnxruntime backend: the same
+samples as the torch step for any block and batch, its metadata, the CLI, clear errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import comostream
+from comostream.bench.latency import backend_compare
+from comostream.models.chain import ConversionChain, FrameInputs
+from comostream.models.checkpoint_io import CheckpointError
+from comostream.models.config import ConfigError, RealtimeConfig
+from comostream.models.streaming import state_tensors
+from comostream.realtime.engine import StreamingConverter, convert_array
+
+from helpers import sung, write_tiny_model
+
+onnx = pytest.importorskip("onnx")  # the dev extra installs both
+pytest.importorskip("onnxruntime")
+
+from comostream.realtime.onnx_step import (  # noqa: E402
+    OnnxBackendError,
+    OnnxMissingError,
+    OnnxStep,
+    check_exportable,
+    export_step,
+    read_metadata,
+    write_onnx,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FRAMES = 24
+
+
+def _inputs(chain: ConversionChain, streams: int, frames: int = FRAMES) -> FrameInputs:
+    """Random inputs: voiced runs with gaps across block edges, a transposition ramp, one random
+    singer embedding per stream."""
+    g = torch.Generator().manual_seed(5)
+    x = chain.zero_inputs(streams, frames)
+    x["mel"] = torch.randn(x["mel"].shape, generator=g) - 6.0
+    x["audio"] = torch.randn(x["audio"].shape, generator=g) * 0.1
+    voiced = (torch.rand(streams, frames, generator=g) > 0.3).float()
+    voiced[:, 5:11] = 0.0
+    x["voiced"] = voiced
+    x["f0"] = (120.0 + 200.0 * torch.rand(streams, frames, generator=g)) * voiced
+    x["loudness"] = torch.rand(streams, frames, generator=g) * 30 - 50
+    x["transpose"] = torch.linspace(-3.0, 4.0, frames).expand(streams, frames).contiguous()
+    x["speaker"] = torch.randn(streams, chain.speaker_dim, generator=g)
+    return x
+
+
+def _block(x: FrameInputs, start: int, frames: int, rows: slice = slice(None)) -> FrameInputs:
+    hop = x["audio"].shape[-1] // x["f0"].shape[-1]
+    out = {n: x[n][rows, ..., start : start + frames] for n in x if n not in ("audio", "speaker")}
+    out["audio"] = x["audio"][rows, start * hop : (start + frames) * hop]
+    out["speaker"] = x["speaker"][rows]
+    return {n: t.contiguous() for n, t in out.items()}
+
+
+def _run(step, x: FrameInputs, block: int, state) -> torch.Tensor:
+    frames = x["f0"].shape[-1]
+    with torch.inference_mode():
+        return torch.cat(
+            [step.step(_block(x, s, block), state) for s in range(0, frames, block)], dim=-1
+        )
+
+
+@pytest.fixture(scope="module")
+def chain(models) -> ConversionChain:
+    model, vocoder = models
+    return ConversionChain(model, vocoder).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(chain: ConversionChain) -> bytes:
+    return export_step(chain, 2)
+
+
+@pytest.fixture(scope="module")
+def step(exported: bytes) -> OnnxStep:
+    return OnnxStep(exported)
+
+
+@pytest.mark.parametrize("block", [1, 2, 4, 8])
+def test_onnx_step_equals_the_torch_step_block_by_block(
+    chain: ConversionChain, step: OnnxStep, block: int
+) -> None:
+    x = _inputs(chain, streams=2)
+    torch_state, onnx_state = chain.init_state(2), step.init_state(2)
+    want = _run(chain, x, block, torch_state)
+    got = _run(step, x, block, onnx_state)
+    assert got.shape == want.shape == (2, FRAMES * chain.hop_length)
+    peak = float(want.abs().max())
+    assert peak > 0
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * peak)
+    for (name, a), (_, b) in zip(
+        state_tensors(onnx_state), state_tensors(torch_state), strict=True
+    ):
+        torch.testing.assert_close(
+            a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(b.abs().max())), msg=name
+        )
+
+
+def test_a_batch_of_three_singers_equals_each_stream_alone(
+    chain: ConversionChain, step: OnnxStep
+) -> None:
+    x = _inputs(chain, streams=3)
+    batched = _run(step, x, 2, step.init_state(3))
+    for i in range(3):
+        alone_x = {n: t[i : i + 1] for n, t in x.items()}
+        alone = _run(step, alone_x, 2, step.init_state(1))
+        peak = float(alone.abs().max())
+        torch.testing.assert_close(batched[i : i + 1], alone, rtol=0, atol=1e-4 * peak)
+    assert not torch.allclose(batched[0], batched[1])  # the singers differ
+
+
+def test_its_fresh_state_is_the_chains(chain: ConversionChain, step: OnnxStep) -> None:
+    mine, theirs = list(state_tensors(step.init_state(3))), list(state_tensors(chain.init_state(3)))
+    assert [n for n, _ in mine] == [n for n, _ in theirs]
+    for (name, a), (_, b) in zip(mine, theirs, strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_the_metadata_says_what_a_host_needs(
+    chain: ConversionChain, exported: bytes, tmp_path: Path
+) -> None:
+    meta = read_metadata(write_onnx(exported, tmp_path / "step.onnx"))
+    model = chain.model
+    assert meta["sample_rate"] == model.cfg.audio.sample_rate
+    assert (meta["hop_length"], meta["block_frames"]) == (chain.hop_length, 2)
+    assert meta["lookahead_frames"] == chain.lookahead_frames
+    assert meta["speaker_dim"] == chain.speaker_dim
+    proto = onnx.load_from_string(exported)
+    graph_inputs = [i.name for i in proto.graph.input]
+    names = [i["name"] for i in meta["inputs"]]
+    assert graph_inputs == names + [s["input"] for s in meta["state"]]
+    assert [o.name for o in proto.graph.output] == ["wav"] + [s["output"] for s in meta["state"]]
+    assert [s["name"] for s in meta["state"]] == [n for n, _ in state_tensors(chain.init_state(1))]
+    assert list(meta["speakers"]) == list(model.speakers)
+    first = model.speakers[0]
+    table = model.conditioner.speaker_embedding(first)[0]
+    assert torch.equal(torch.tensor(meta["speakers"][first], dtype=torch.float32), table)
+
+
+def test_engine_on_onnxruntime_equals_engine_on_torch(models) -> None:
+    model, vocoder = models
+    x = sung(48000, 0.5)
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        rt = RealtimeConfig(block_frames=2, backend=backend)
+        eng = StreamingConverter.from_models(model, vocoder, sample_rate=48000, realtime=rt)
+        assert isinstance(eng.step_module, OnnxStep) == (backend == "onnxruntime")
+        out[backend] = convert_array(eng, x, chunk=eng.block_samples)
+    peak = float(np.abs(out["torch"]).max())
+    assert peak > 0
+    np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=0, atol=1e-4 * peak)
+
+
+def test_cli_export_onnx_writes_the_step_and_its_metadata(tmp_path: Path) -> None:
+    ckpt = write_tiny_model(tmp_path / "tiny.ckpt")
+    out = tmp_path / "out" / "step.onnx"
+    assert comostream.main(["export", "--onnx", str(out), str(ckpt), "--block", "4"]) == 0
+    meta = read_metadata(out)
+    assert meta["block_frames"] == 4 and meta["comostream_onnx_format"] == 1
+    assert [p.name for p in out.parent.iterdir()] == ["step.onnx"]  # no temp file left
+    step = OnnxStep(out)
+    assert step.block_frames == 4 and step.hop_length == meta["hop_length"]
+
+
+def test_missing_corrupt_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such ONNX file"):
+        OnnxStep(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    with pytest.raises(CheckpointError, match="bad.onnx: not a readable ONNX model"):
+        OnnxStep(bad)
+    with pytest.raises(CheckpointError, match="not a readable ONNX model"):
+        read_metadata(bad)
+    h = onnx.helper
+    vec = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    out = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "g", [vec], [out])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)], ir_version=9), foreign)
+    with pytest.raises(CheckpointError, match="not a comostream streaming step"):
+        OnnxStep(foreign)
+
+
+def test_missing_onnxruntime_names_the_extra(
+    exported: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.raises(OnnxMissingError, match=r"comostream\[onnx\]"):
+        OnnxStep(exported)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert comostream.main(["export", "--onnx", str(tmp_path / "s.onnx")]) == 1
+    assert "pip install 'comostream[onnx]'" in capsys.readouterr().err
+
+
+def test_only_exportable_chains_and_known_backends_are_taken(
+    chain: ConversionChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="backend must be one of torch, onnxruntime"):
+        RealtimeConfig(backend="tensorrt")
+    monkeypatch.setattr(chain.vocoder, "traceable", False, raising=False)  # as window mode
+    with pytest.raises(OnnxBackendError, match="built-in streaming vocoder"):
+        check_exportable(chain)
+
+
+def test_bench_latency_compares_both_backends(models) -> None:
+    model, vocoder = models
+    rows = backend_compare(
+        model, vocoder, sung(24000, 0.9), realtime=RealtimeConfig(), sample_rate=24000
+    )
+    assert list(rows) == ["torch", "onnxruntime"]
+    for row in rows.values():
+        assert row["rtf"] > 0 and row["step_ms_p50"] > 0
+
+
+def test_batched_serving_on_onnxruntime_equals_it_on_torch(models) -> None:
+    from comostream.realtime.serve.engines import EngineFactory
+    from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello
+
+    model, vocoder = models
+    x = sung(48000, 0.4)
+    hello = Hello(PROTOCOL_VERSION, 48000, 1, "f32le", None, None, 0.0, None)
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        factory = EngineFactory(model, vocoder, RealtimeConfig(backend=backend), max_batch=4)
+        block = factory.natural_block(48000)
+        engines = [factory.create(hello, block, s) for s in model.speakers[:3]]
+        assert isinstance(factory.scheduler.step_module, OnnxStep) == (backend == "onnxruntime")
+        ys: list[list[np.ndarray]] = [[] for _ in engines]
+        for k in range(len(x) // block):
+            for y, eng in zip(ys, engines, strict=True):
+                y.append(eng.push(x[k * block : (k + 1) * block]))
+        out[backend] = np.stack([np.concatenate(y) for y in ys])
+        for eng in engines:
+            factory.release(eng)
+        factory.close()
+    peak = float(np.abs(out["torch"]).max())
+    assert peak > 0
+    np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=0, atol=1e-4 * peak)
+
+
+def test_step_backend_times_has_a_row_per_stream_count(chain: ConversionChain) -> None:
+    from comostream.bench.step_backends import step_backend_times
+
+    rows = step_backend_times(chain, [1, 3], frames=2, rounds=1, steps=4)
+    assert [r["streams"] for r in rows] == [1, 3]
+    assert all(r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["demo"], ["convert", "in.wav", "-o", "out.wav"], ["live"], ["serve"], ["bench", "latency"]],
+)
+def test_every_streaming_command_takes_the_backend(command: list[str]) -> None:
+    from comostream.cli import build_parser
+    from comostream.cli.common import config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(command)).realtime.backend == "torch"
+    args = parser.parse_args([*command, "--backend", "onnxruntime"])
+    assert config_from_args(args).realtime.backend == "onnxruntime"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command, "--backend", "tensorrt"])

@@ -43,7 +43,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
     opts = VoiceOptions(
         steps=args.steps,
         seed=args.seed,
-        mixed_voices="error" if args.strict else "warn",
+        mixed_voices="off" if args.no_check else "error" if args.strict else "warn",
     )
     if out.exists() and out.resolve() == model.resolve():
         raise CommandError(f"{out}: the output would overwrite the input model; give another -o")

@@ -470,6 +470,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from comostream.models.audio import AudioError
     from comostream.models.checkpoint_io import CheckpointError
     from comostream.models.conditioner import UnknownSpeakerError
+    from comostream.models.register import NoRegisterError
     from comostream.realtime.onnx_step import OnnxBackendError
     from comostream.training.corpus import CorpusError
     from comostream.training.feature_index import FeatureError
@@ -484,6 +485,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RunWriteError,
         ToolMissingError,
         UnknownSpeakerError,
+        NoRegisterError,
         OnnxBackendError,
         FileNotFoundError,
         CommandError,

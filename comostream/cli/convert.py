@@ -19,7 +19,7 @@ from comostream.cli.common import (
     overridden,
     runtime_options,
     speaker_arg,
-    transpose_arg,
+    transpose_or_auto,
     use_runtime,
 )
 
@@ -133,10 +133,12 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--transpose",
-        type=transpose_arg,
+        type=transpose_or_auto,
         default=0.0,
-        metavar="N",
-        help="semitones within +-48 (+12 = an octave up)",
+        metavar="N|auto",
+        help="semitones within +-48 (+12 = an octave up), or auto: the whole semitones that "
+        "bring IN's register (median F0 of its voiced frames) to the singer's (stored in the "
+        "model file; `comostream voice list` shows them)",
     )
     block_option(
         p,

@@ -55,6 +55,8 @@ class ConvertResult:
     missing_seconds: float = 0.0  # what a truncated WAV's header promised beyond its end
     format: str = "WAV"  # the output's container (from its extension)
     subtype: str = "FLOAT"  # and sample format
+    transpose: float = 0.0  # semitones applied
+    auto: tuple[float, float] | None = None  # --transpose auto: (source, singer) registers, Hz
 
     @property
     def rtf(self) -> float:
@@ -70,9 +72,17 @@ class ConvertResult:
                 f"streamed in blocks of {self.block} frames, algorithmic latency "
                 f"{self.latency_ms:.1f} ms"
             )
+        shift = ""
+        if self.auto is not None:
+            shift = (
+                f", transposed {self.transpose:+g} semitones (auto: source register "
+                f"{self.auto[0]:.0f} Hz, singer's {self.auto[1]:.0f} Hz)"
+            )
+        elif self.transpose:
+            shift = f", transposed {self.transpose:+g} semitones"
         return (
             f"wrote {self.output} ({self.format} {self.subtype}): {self.seconds:.2f} s as "
-            f"{speaker_text(self.speaker)}, {mode}; compute {self.compute_s:.2f} s "
+            f"{speaker_text(self.speaker)}{shift}, {mode}; compute {self.compute_s:.2f} s "
             f"(RTF {self.rtf:.3f})"
         )
 
@@ -94,6 +104,30 @@ def check_output_path(source: str | os.PathLike[str], output: str | os.PathLike[
         )
     if out.is_dir():
         raise AudioError(f"{out}: is a directory; give the output file's path")
+
+
+def source_register(info: Any, f0: F0Config | None = None) -> float | None:
+    """Median F0 (Hz) of the voiced frames of an opened file (:func:`open_audio`), by the
+    engine's streaming tracker, reading it piece by piece (memory bounded); None when it has
+    too few voiced frames (:func:`~comostream.models.register.median_voiced_hz`)."""
+    from comostream.models.f0_track import SAMPLE_RATE
+    from comostream.models.register import median_voiced_hz
+    from comostream.realtime.frontend import default_f0_tracker
+
+    tracker = default_f0_tracker(f0 or F0Config())
+    rs = ChunkedResampler(info.sample_rate, SAMPLE_RATE)
+    f0s: list[np.ndarray] = []
+    voiced: list[np.ndarray] = []
+
+    def take(track: tuple[np.ndarray, np.ndarray]) -> None:
+        f0s.append(np.asarray(track[0], np.float64))
+        voiced.append(np.asarray(track[1], bool))
+
+    for x in read_blocks(info, READ_FRAMES):
+        take(tracker.push(rs.push(x)))
+    take(tracker.push(rs.flush()))
+    take(tracker.flush())
+    return median_voiced_hz(np.concatenate(f0s), np.concatenate(voiced))
 
 
 def _warn(text: str) -> None:
@@ -121,7 +155,7 @@ def convert_file(
     output: str | os.PathLike[str],
     *,
     speaker: Any = None,
-    transpose: float = 0.0,
+    transpose: float | str = 0.0,
     block: int | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     vocoder: str | os.PathLike[str] | None = None,
@@ -140,11 +174,14 @@ def convert_file(
     :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` frames). Same output either way, to
     float rounding, and memory bounded whatever the file's length. A rate the engine does not
     take is resampled first (:func:`~comostream.realtime.geometry.stream_rate`). ``speaker``:
-    None for the model's default. ``f0``: its ``backend`` is the streaming F0 tracker (None:
-    the default). Raises :class:`AudioError` for an output that is the input or
-    in a format (extension, subtype, rate) it cannot be written in, an unreadable or bogus file
-    (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was); ``warn`` is
-    told of a truncated file (converted as far as it goes) and, streamed, of an RTF above
+    None for the model's default. ``transpose``: semitones, or ``"auto"``: the whole semitones
+    from the file's register (:func:`source_register`) to the singer's (the model file's voice
+    prints; :class:`~comostream.models.register.NoRegisterError` when it has none, a warning
+    and no shift when the file has too little voiced audio). ``f0``: its ``backend`` is the
+    streaming F0 tracker (None: the default). Raises :class:`AudioError` for an output that is
+    the input or in a format (extension, subtype, rate) it cannot be written in, an unreadable or
+    bogus file (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was);
+    ``warn`` is told of a truncated file (converted as far as it goes) and, streamed, of an RTF above
     :data:`~comostream.realtime.pace.RTF_LIMIT` (:func:`~comostream.realtime.pace.pace_warning`,
     once, at the end).
     """
@@ -152,7 +189,8 @@ def convert_file(
 
     check_output_path(source, output)
     fmt, subtype = output_format(output, subtype)
-    transpose = check_transpose(transpose)
+    auto = transpose == "auto"
+    transpose = 0.0 if auto else check_transpose(transpose)
     checkpoint = require_model(checkpoint)
     info = open_audio(source)
     if info.missing_frames:
@@ -167,6 +205,18 @@ def convert_file(
     rt = (realtime or RealtimeConfig()).with_block(block)
     model, voc = load_models(checkpoint, vocoder, device, rt)
     speaker = model.resolve_speaker(speaker)
+    registers = None
+    if auto:
+        from comostream.models.register import auto_semitones, singer_register
+        from comostream.realtime.load import load_voiceprints
+
+        singer_hz = singer_register(load_voiceprints(checkpoint), speaker)
+        source_hz = source_register(info, f0)
+        if source_hz is None:
+            warn(f"{info.path}: too little voiced audio to tell its register; not transposed")
+        else:
+            transpose = auto_semitones(source_hz, singer_hz)
+            registers = (source_hz, singer_hz)
     engine = StreamingConverter.from_models(
         model,
         voc,
@@ -224,4 +274,6 @@ def convert_file(
         info.missing_seconds,
         fmt,
         subtype,
+        transpose,
+        registers,
     )

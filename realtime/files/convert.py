@@ -182,8 +182,8 @@ def convert_file(
     the input or in a format (extension, subtype, rate) it cannot be written in, an unreadable or
     bogus file (rate outside 8-384 kHz) or a failed write (``output`` is then left as it was);
     ``warn`` is told of a truncated file (converted as far as it goes) and, streamed, of an RTF
-    above :data:`~comostream.realtime.pace.RTF_LIMIT` (:func:`~comostream.realtime.pace.pace_warning`,
-    once, at the end).
+    above :data:`~comostream.realtime.pace.RTF_LIMIT`
+    (:func:`~comostream.realtime.pace.pace_warning`, once, at the end).
     """
     from comostream.realtime.load import load_models
 

@@ -2,8 +2,9 @@
 identical output, no lookahead beyond the analysis window.
 
 The analysis is :mod:`comostream.models.f0_yin`'s (24 kHz, hop 256, frame ``t`` from the 1024
-samples ``[256 t - 512, 256 t + 512)``, 3 kHz frame-local low-pass, CMNDF ``d'(tau)``), but instead
-of one dip per frame it keeps up to :data:`MAX_CANDIDATES` local minima of ``d'`` in
+samples ``[256 t - 512, 256 t + 512)``, 3 kHz frame-local low-pass, lag-centred difference
+function, CMNDF ``d'(tau)``), but instead of one dip per frame it keeps up to
+:data:`MAX_CANDIDATES` local minima of ``d'`` in
 ``[sr / fmax, sr / fmin]`` (the true period, its multiples = sub-octaves, and dips of strong
 harmonics = super-octaves), each with
 
@@ -23,6 +24,17 @@ Decoding is a causal Viterbi (max-product forward pass, decision at lag 0) over 
   ``_FREE_CENTS`` (so vibrato and portamento are free, an octave costs about 4 nats);
 * voicing changes cost ``_VOICING_COST``; the unvoiced state remembers the pitch it left and a
   voiced restart after a short gap pays a (weaker) jump cost from it.
+
+Refinement: the decoder fixes the octave and the voicing, then each voiced frame's pitch is
+re-measured on the same window whitened by its own order-12 LPC inverse filter (autocorrelation
+method on the Hann-windowed low-passed frame, bandwidth expansion ``a_i 0.9^i``): the deepest local
+minimum of the lag-centred difference of the residual within 150 cents of the decoded period,
+parabolic vertex. Whitening removes the formants, so the difference compares the pulse spacing
+rather than the waveform shape, which a vocal-tract change inside the 42 ms window (a vowel or
+consonant transition on a held note) pulls off the period. Measured on the train splits
+(synthetic / real re-sung): gross errors 0.81% / 0.85% -> 0.55% / 0.58%, VDE and octave errors
+unchanged (the decisions are the decoder's). Choosing the candidates on the whitened frame instead
+lowers gross errors less and adds sub-octave errors on breathy high notes.
 
 The output of frame ``t`` is the best state of the forward pass at ``t``: it depends on frames
 ``<= t`` only (``lookahead_frames = 0``), so the tracker adds no latency to the engine. A single
@@ -68,18 +80,10 @@ _SUB_MARGIN = 0.02  # d' units
 _SUB_SCALE = 1.5
 _SUB_PENALTY = 5.0  # nats taken from its observation log-likelihood
 _HARMONIC_TOL = 0.03  # relative: how close a period ratio must be to an integer n (times n)
-_TAPER = "none"
-_PERIODS = 0.0
-_MIN_SPAN = 256
-_SHIFT = 0
-
-
-def _taper(width: int) -> np.ndarray:
-    if _TAPER == "hann":
-        return np.hanning(width + 2)[1:-1] * 2.0
-    return np.ones(width)
-
-
+# the decoded pitch is re-measured on the frame whitened by its own LPC inverse filter:
+_REFINE_ORDER = 12  # LPC order
+_REFINE_GAMMA = 0.9  # bandwidth expansion a_i gamma^i (partial whitening)
+_REFINE_CENTS = 150.0  # search range around the decoded pitch, cents
 _STATE = 2 * MAX_CANDIDATES + 4  # decoder state, see _decode
 DECODER_PARAMS = np.array(
     [
@@ -98,6 +102,83 @@ DECODER_PARAMS = np.array(
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
+def _whiten(
+    y: np.ndarray,
+    order: int,
+    gamma: float,
+    hann: np.ndarray,
+    yw: np.ndarray,
+    r: np.ndarray,
+    a: np.ndarray,
+    a_prev: np.ndarray,
+    e: np.ndarray,
+) -> None:
+    """LPC residual ``e`` of ``y`` (order ``order``, autocorrelation method on the Hann-windowed
+    ``y``, bandwidth-expanded by ``gamma``): the formants removed, the pulse spacing kept."""
+    n = y.shape[0]
+    for j in range(n):
+        yw[j] = y[j] * hann[j]
+    for i in range(order + 1):
+        acc = 0.0
+        for j in range(n - i):
+            acc += yw[j] * yw[j + i]
+        r[i] = acc
+    if r[0] <= 0.0:
+        e[:] = y
+        return
+    r[0] *= 1.0 + 1e-4
+    a[:] = 0.0
+    a[0] = 1.0
+    err = r[0]
+    for i in range(1, order + 1):
+        acc = r[i]
+        for j in range(1, i):
+            acc += a[j] * r[i - j]
+        kr = -acc / err
+        a_prev[:] = a
+        for j in range(1, i):
+            a[j] = a_prev[j] + kr * a_prev[i - j]
+        a[i] = kr
+        err *= 1.0 - kr * kr
+        if err <= 0.0:
+            break
+    g = 1.0
+    for i in range(1, order + 1):
+        g *= gamma
+        a[i] *= g
+    for j in range(n):
+        acc = y[j]
+        for i in range(1, min(order, j) + 1):
+            acc += a[i] * y[j - i]
+        e[j] = acc
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _cmndf(y: np.ndarray, width: int, tau_max: int, d: np.ndarray, dn: np.ndarray) -> None:
+    """Difference ``d (tau_max + 2,)`` of ``y`` over ``width`` samples and its CMNDF ``dn``.
+
+    Each lag's span ``[a, a + width + tau)`` is centred on ``y``'s centre, so ``d(tau)`` measures
+    the period at the frame centre for every lag (no lag-dependent delay on glides).
+    """
+    centre = y.shape[0] // 2
+    half_w = width // 2
+    d[0] = 0.0
+    dn[0] = 1.0
+    cum = 0.0
+    for tau in range(1, tau_max + 2):
+        a = centre - half_w - tau // 2
+        ya = y[a : a + width]
+        yb = y[a + tau : a + tau + width]
+        acc = 0.0
+        for j in range(width):
+            diff = ya[j] - yb[j]
+            acc += diff * diff
+        d[tau] = acc
+        cum += acc
+        dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def _candidates(
     buf: np.ndarray,
     start0: int,
@@ -106,10 +187,6 @@ def _candidates(
     tau_max: int,
     width: int,
     threshold: float,
-    taper: np.ndarray,
-    periods: float,
-    min_span: int,
-    centre_shift: int,
     cand_f0: np.ndarray,
     cand_mass: np.ndarray,
     cand_dn: np.ndarray,
@@ -127,8 +204,6 @@ def _candidates(
     dn = np.empty(tau_max + 2)
     n_lp = lowpass.shape[0]
     y = np.empty(WINDOW - n_lp + 1)
-    centre = y.shape[0] // 2
-    half_w = width // 2
     lags = np.empty(tau_max + 2, np.int64)
     vals = np.empty(tau_max + 2)
     masses = np.empty(tau_max + 2)
@@ -144,25 +219,7 @@ def _candidates(
             for i in range(n_lp):
                 acc += lowpass[i] * seg[i]
             y[j] = acc
-        d[0] = 0.0
-        dn[0] = 1.0
-        cum = 0.0
-        for tau in range(1, tau_max + 2):
-            span = width
-            if periods > 0.0:
-                span = min(width, max(min_span, 2 * int(0.5 * periods * tau)))
-            off = (width - span) // 2
-            a = centre - half_w - tau // 2 + off + min(centre_shift, y.shape[0] - centre - half_w - tau + tau // 2)
-            ya = y[a : a + span]
-            yb = y[a + tau : a + tau + span]
-            wt = taper[off : off + span]
-            acc = 0.0
-            for j in range(span):
-                diff = ya[j] - yb[j]
-                acc += wt[j] * diff * diff
-            d[tau] = acc * width / span
-            cum += acc
-            dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
+        _cmndf(y, width, tau_max, d, dn)
         # every local minimum below 1, with its pYIN first-dip-below-threshold mass
         n = 0
         run_min = 1.0
@@ -319,6 +376,83 @@ def _decode(
         state[2 * kk + 2] = new_gap
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _refine(
+    buf: np.ndarray,
+    start0: int,
+    lowpass: np.ndarray,
+    width: int,
+    tau_min: int,
+    tau_max: int,
+    order: int,
+    gamma: float,
+    max_cents: float,
+    f0: np.ndarray,
+) -> None:
+    """Re-estimate each voiced ``f0[k] > 0`` (Hz, in place) on the LPC-whitened frame.
+
+    Frame ``k``'s window ``buf[start0 + 256 k:][:1024]`` is low-passed as in
+    :func:`_candidates`, whitened (:func:`_whiten`, order ``order``, bandwidth expansion
+    ``gamma``), and its lag-centred difference ``d(tau)`` searched for its smallest local minimum
+    within ``max_cents`` of ``f0[k]``'s period; the parabolic vertex there replaces ``f0[k]``
+    (kept when there is no such minimum). The octave and the voicing stay the decoder's.
+    """
+    n_lp = lowpass.shape[0]
+    y = np.empty(WINDOW - n_lp + 1)
+    n = y.shape[0]
+    centre = n // 2
+    half_w = width // 2
+    hann = np.empty(n)
+    for j in range(n):
+        hann[j] = 0.5 - 0.5 * math.cos(2.0 * math.pi * (j + 0.5) / n)
+    yw = np.empty(n)
+    e = np.empty(n)
+    lpc_r = np.empty(order + 1)
+    lpc_a = np.zeros(order + 1)
+    lpc_prev = np.zeros(order + 1)
+    d = np.empty(tau_max + 2)
+    ratio = 2.0 ** (max_cents / 1200.0)
+    for k in range(f0.shape[0]):
+        if f0[k] <= 0.0:
+            continue
+        period = 24000.0 / f0[k]
+        lo = max(tau_min, int(period / ratio) - 1)
+        hi = min(tau_max, int(period * ratio) + 2)
+        if hi - lo < 2:
+            continue
+        frame = buf[start0 + 256 * k : start0 + 256 * k + WINDOW]
+        for j in range(n):
+            seg = frame[j : j + n_lp]
+            acc = 0.0
+            for i in range(n_lp):
+                acc += lowpass[i] * seg[i]
+            y[j] = acc
+        _whiten(y, order, gamma, hann, yw, lpc_r, lpc_a, lpc_prev, e)
+        for tau in range(lo - 1, hi + 2):
+            a = centre - half_w - tau // 2
+            ya = e[a : a + width]
+            yb = e[a + tau : a + tau + width]
+            acc = 0.0
+            for j in range(width):
+                diff = ya[j] - yb[j]
+                acc += diff * diff
+            d[tau] = acc
+        best = -1
+        for tau in range(lo, hi + 1):
+            if d[tau] < d[tau - 1] and d[tau] <= d[tau + 1] and (best < 0 or d[tau] < d[best]):
+                best = tau
+        if best < 0:
+            continue
+        lo_v, mid, hi_v = d[best - 1], d[best], d[best + 1]
+        curv = lo_v - 2.0 * mid + hi_v
+        shift = 0.0
+        if curv > 0.0:
+            shift = min(1.0, max(-1.0, 0.5 * (lo_v - hi_v) / curv))
+        g = 24000.0 / (best + shift)
+        if abs(1200.0 * math.log2(g / f0[k])) <= max_cents:
+            f0[k] = g
+
+
 class _CandidateTracker:
     """Analysis parameters plus the decoder state of one stream (the ``frames``/``reset``
     interface of :class:`comostream.models.f0_yin.IncrementalF0`'s tracker)."""
@@ -327,7 +461,6 @@ class _CandidateTracker:
         self.cfg = cfg
         self.lowpass = _lowpass(_LOWPASS_HZ, _LOWPASS_HALF)
         self.tau_min, self.tau_max, self.width = _lags(cfg, _LOWPASS_HALF)
-        self.taper = _taper(self.width)
         self.state = np.zeros(_STATE)
         self.reset()
 
@@ -360,10 +493,6 @@ class _CandidateTracker:
                 self.tau_max,
                 self.width,
                 cfg.yin_threshold,
-                self.taper,
-                _PERIODS,
-                _MIN_SPAN,
-                _SHIFT,
                 cand_f0,
                 cand_mass,
                 cand_dn,
@@ -382,6 +511,18 @@ class _CandidateTracker:
                 self.state,
                 f0,
                 voiced,
+            )
+            _refine(
+                buf,
+                start0,
+                self.lowpass,
+                self.width,
+                self.tau_min,
+                self.tau_max,
+                _REFINE_ORDER,
+                _REFINE_GAMMA,
+                _REFINE_CENTS,
+                f0,
             )
         return f0.astype(np.float32), voiced, best_dn.astype(np.float32)
 

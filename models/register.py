@@ -19,14 +19,19 @@ from comostream.models.mix import check_mix
 
 __all__ = [
     "AUTO_LIMIT",
+    "MIN_VOICED_FRAMES",
     "NoRegisterError",
+    "STREAM_VOICED_FRAMES",
     "auto_semitones",
     "median_voiced_hz",
+    "registers_from_prints",
     "singer_register",
 ]
 
 AUTO_LIMIT = 24  # semitones: an automatic shift never goes beyond two octaves
 MIN_VOICED_FRAMES = 24  # a source register needs at least this many voiced frames (0.26 s)
+# a live source's register: the median of its first this many voiced frames (1 s at 24 kHz / 256)
+STREAM_VOICED_FRAMES = 94
 
 
 class NoRegisterError(ValueError):
@@ -50,6 +55,11 @@ def singer_register(prints: Mapping[str, Mapping[str, Any]], spec: Any) -> float
             return float(hz)  # exactly the stored figure
         log_hz += weight / total * math.log(float(hz))
     return math.exp(log_hz)
+
+
+def registers_from_prints(prints: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Singer -> register (Hz) of the voice prints that store one (``f0_median``)."""
+    return {n: float(p["f0_median"]) for n, p in prints.items() if p.get("f0_median") is not None}
 
 
 def median_voiced_hz(f0_hz: np.ndarray, voiced: np.ndarray) -> float | None:

@@ -48,6 +48,7 @@ from comostream.models.acoustic import AcousticModel
 from comostream.models.chain import ConversionChain
 from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
 from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
+from comostream.models.register import STREAM_VOICED_FRAMES, auto_semitones, singer_register
 from comostream.realtime.frontend import (
     FrameFeatures,
     FrontEnd,
@@ -159,7 +160,13 @@ class StreamingConverter:
     singers. ``sample_rate``/``channels``: the caller's audio (default: the model rate; 1 or 2
     channels in, the same count out: mono is duplicated). ``offline``: run the frames in steps of
     :data:`~comostream.models.limits.OFFLINE_STEP_FRAMES` instead of ``block_frames`` (the
-    module docstring). ``transpose``: semitones, finite, within +-48 (ValueError otherwise).
+    module docstring). ``transpose``: semitones, finite, within +-48 (ValueError otherwise), or
+    ``"auto"``: untransposed until :data:`~comostream.models.register.STREAM_VOICED_FRAMES`
+    voiced frames came in, then (ramped, from the frame after the last of them, whatever the
+    chunking) the whole semitones from their median F0 to the singer's register, kept
+    (:func:`~comostream.models.register.auto_semitones`); ``registers``: singer -> register in
+    Hz (the voice prints' ``f0_median``), needed by ``"auto"``
+    (:class:`~comostream.models.register.NoRegisterError` for a singer without one).
     """
 
     def __init__(
@@ -168,7 +175,8 @@ class StreamingConverter:
         *,
         embed: SpeakerEmbed | None = None,
         speaker: Any = None,
-        transpose: float = 0.0,
+        transpose: float | str = 0.0,
+        registers: dict[str, float] | None = None,
         sample_rate: int | None = None,
         channels: int = 1,
         realtime: RealtimeConfig | None = None,
@@ -179,7 +187,10 @@ class StreamingConverter:
         profile: bool = False,
         chunk: int | None = None,
     ) -> None:
-        transpose = check_transpose(transpose)
+        self.registers = dict(registers or {})
+        auto = transpose == "auto"
+        self._singer_hz = self.singer_register_hz(speaker) if auto else None
+        transpose = 0.0 if auto else check_transpose(transpose)
         self.rt = realtime or RealtimeConfig()
         self.audio = audio or AudioConfig()
         model_rate = self.audio.sample_rate
@@ -226,6 +237,7 @@ class StreamingConverter:
             torch.tensor(float(transpose), dtype=torch.float64), self.rt.ramp_frames
         )
         self.speaker = speaker
+        self._auto = auto
         self.stats = EngineStats()
         self.defer_blocks = False  # batched use: blocks are queued for a shared model step
         self.queued: list[dict[str, Tensor]] = []
@@ -334,18 +346,58 @@ class StreamingConverter:
         """Change singer (a name, or a mix ``{name: weight}``): ramped over ``ramp_frames``."""
         if self.embed is None:
             raise ValueError("this engine has no singer table")
+        singer_hz = self.singer_register_hz(speaker) if self._auto else None  # before any change
         emb = self._embedding(speaker)
         self._speaker.set(emb, self._speaker.current())
         self.speaker = speaker
+        if self._auto:  # the shift from the source's register to the new singer's
+            self._singer_hz = singer_hz
+            if self.source_register_hz is not None:
+                shift = auto_semitones(self.source_register_hz, singer_hz)
+                if self._auto_at is not None:  # chosen, not yet due: due with the new shift
+                    self._auto_at = (self._auto_at[0], shift)
+                else:
+                    self._ramp_transpose(shift)
 
-    def set_transpose(self, semitones: float) -> None:
-        """Change transposition (semitones): ramped over ``ramp_frames`` frames."""
-        target = torch.tensor(check_transpose(semitones), dtype=torch.float64)
+    def set_transpose(self, semitones: float | str) -> None:
+        """Change transposition (semitones, ramped over ``ramp_frames`` frames; ends auto mode),
+        or ``"auto"``: to the singer's register from the input's (its latest voiced frames'
+        median if :data:`~comostream.models.register.STREAM_VOICED_FRAMES` came in already,
+        else once they have)."""
+        if semitones == "auto":
+            singer_hz = self.singer_register_hz(self.speaker)
+            self._auto, self._singer_hz, self._auto_at = True, singer_hz, None
+            if len(self.voiced_f0) >= STREAM_VOICED_FRAMES:
+                self.source_register_hz = float(np.median(list(self.voiced_f0)))
+                self._ramp_transpose(auto_semitones(self.source_register_hz, singer_hz))
+            else:  # the voiced frames so far are the first ones: gather the rest
+                self.source_register_hz = None
+                self._first_f0 = list(self.voiced_f0)
+            return
+        value = check_transpose(semitones)
+        self._auto, self._auto_at, self.source_register_hz = False, None, None
+        self._ramp_transpose(value)
+
+    def _ramp_transpose(self, semitones: float) -> None:
+        target = torch.tensor(float(semitones), dtype=torch.float64)
         self._transpose.set(target, self._transpose.current())
 
     @property
     def transpose(self) -> float:
+        """The transposition in use (semitones; in auto mode the shift chosen, 0 before)."""
+        if self._auto_at is not None:
+            return self._auto_at[1]
         return float(self._transpose.target)
+
+    @property
+    def transpose_auto(self) -> bool:
+        """Whether the transposition follows the singer's register (``"auto"``)."""
+        return self._auto
+
+    def singer_register_hz(self, speaker: Any) -> float:
+        """The register (Hz) of a singer or mix (NoRegisterError without one)."""
+        prints = {name: {"f0_median": hz} for name, hz in self.registers.items()}
+        return singer_register(prints, speaker)
 
     def reset(self) -> None:
         """Start a new stream: every state back to the beginning (singer/transposition kept)."""
@@ -363,9 +415,16 @@ class StreamingConverter:
         self.fifo.push(np.zeros(self.fifo_prefill, np.float32))
         self._speaker.pos = 1.0
         self._speaker.start = self._speaker.target
+        if getattr(self, "_auto", False):  # auto: the estimate starts again, untransposed
+            self._transpose.target = torch.tensor(0.0, dtype=torch.float64)
         self._transpose.pos = 1.0
         self._transpose.start = self._transpose.target
         self.voiced_f0: deque[float] = deque(maxlen=VOICED_F0_FRAMES)  # Hz, latest voiced frames
+        self._frames_in = 0  # feature frames from the front end
+        self._frames_run = 0  # feature frames through the model step (or queued)
+        self._first_f0: list[float] = []  # auto: the first voiced frames' F0 (Hz)
+        self.source_register_hz: float | None = None  # auto: the input's register, once known
+        self._auto_at: tuple[int, float] | None = None  # auto: (first frame, semitones) pending
 
     def input_f0_median(self, min_frames: int = 48) -> float | None:
         """The median F0 (Hz) of the input's latest voiced frames (about 11 s of voicing at
@@ -464,7 +523,11 @@ class StreamingConverter:
             self.stats.add_time("features", time.perf_counter() - t0 - f0_time)
             self.stats.add_time("f0", f0_time)
         if feats is not None and feats.frames:
-            self.voiced_f0.extend(feats.f0[feats.voiced & (feats.f0 > 0)].tolist())
+            voiced = feats.voiced & (feats.f0 > 0)
+            self.voiced_f0.extend(feats.f0[voiced].tolist())
+            if self._auto and self.source_register_hz is None:
+                self._estimate(feats.f0, voiced)
+            self._frames_in += feats.frames
             self._pending.append(feats)
             self._pending_frames += feats.frames
         size = OFFLINE_STEP_FRAMES if self.offline else self.block
@@ -474,6 +537,31 @@ class StreamingConverter:
             self._pending = [rest] if rest.frames else []
             self._pending_frames = rest.frames
             self._run_block(head)
+
+    def _estimate(self, f0: np.ndarray, voiced: np.ndarray) -> None:
+        """Auto mode: gather the first voiced frames' F0; with enough, choose the shift, due
+        from the frame after the last of them (the same frame whatever the chunking)."""
+        idx = np.flatnonzero(voiced)[: STREAM_VOICED_FRAMES - len(self._first_f0)]
+        self._first_f0.extend(np.asarray(f0)[idx].tolist())
+        if len(self._first_f0) < STREAM_VOICED_FRAMES:
+            return
+        assert self._singer_hz is not None
+        self.source_register_hz = float(np.median(self._first_f0))
+        shift = auto_semitones(self.source_register_hz, self._singer_hz)
+        self._auto_at = (self._frames_in + int(idx[-1]) + 1, shift)
+
+    def _take_transpose(self, k: int) -> Tensor:
+        """The next ``k`` frames' transposition, an auto shift started on its frame."""
+        start = self._frames_run
+        self._frames_run += k
+        due = self._auto_at
+        if due is None or due[0] >= start + k:
+            return self._transpose.take(k)
+        j = max(0, due[0] - start)
+        self._auto_at = None
+        head = self._transpose.take(j)
+        self._ramp_transpose(due[1])
+        return torch.cat([head, self._transpose.take(k - j)])
 
     def _emit(self, n: int) -> np.ndarray:
         self._in24 += n
@@ -486,7 +574,7 @@ class StreamingConverter:
         """One block of frames with its ramped singer and transposition through the model
         step (:data:`~comostream.models.chain.FrameInputs`), output into the FIFO."""
         k = f.frames
-        transpose = self._transpose.take(k)
+        transpose = self._take_transpose(k)
         speaker = self._speaker.take(k)[-1] if self.embed is not None else self._speaker.start
         dev, dt = self.device, self.dtype
 

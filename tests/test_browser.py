@@ -225,11 +225,11 @@ async def _control_panel(
             " && comostream.lastState.speaker.alto === 0.5",
             "the mix",
         )
-        # 5. auto transposition to the mix's register (from the input's F0 in stats)
+        # 5. auto transposition to the mix's register (the server's, shown from state/stats)
         await page.check("#auto")
         seen["auto"] = await page.until(
-            "comostream.auto && comostream.lastState"
-            " && comostream.lastState.transpose === comostream.auto.semitones"
+            "comostream.auto && comostream.stats && comostream.stats.transpose_auto"
+            " && comostream.stats.transpose === comostream.auto.semitones"
             " && Number(document.getElementById('transpose').value) === comostream.auto.semitones",
             "auto transposition",
         )
@@ -321,7 +321,9 @@ def test_control_panel_lists_mixes_transposes_and_records(scheme: str, tmp_path:
     assert auto["target_hz"] == pytest.approx(target, rel=1e-6)
     assert 80 < auto["source_hz"] < 1000
     assert auto["semitones"] == round(12 * np.log2(target / auto["source_hz"]))
-    assert seen["auto"]["lastState"]["transpose"] == auto["semitones"]
+    assert seen["auto"]["stats"]["transpose"] == auto["semitones"]  # chosen by the server
+    assert seen["auto"]["lastState"]["transpose_auto"] is True  # the page sent "auto"
+    assert seen["auto"]["stats"]["source_register_hz"] == auto["source_hz"]
     assert seen["bad_mix"]["warnings"][0].startswith("bad_mix")
     assert seen["bad_mix"]["phase"] in ("streaming", "dropping")
     # the take: downloaded as a WAV file, as long as the recording, converted (not silent)

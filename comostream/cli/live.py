@@ -20,7 +20,7 @@ from comostream.cli.common import (
     runtime_options,
     sound_device_arg,
     speaker_arg,
-    transpose_arg,
+    transpose_or_auto,
     use_runtime,
 )
 
@@ -127,10 +127,12 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--transpose",
-        type=transpose_arg,
+        type=transpose_or_auto,
         default=0.0,
         metavar="N",
-        help="semitones within +-48 (+12 = an octave up)",
+        help="semitones within +-48 (+12 = an octave up), or auto: after about a second of "
+        "voicing, the whole semitones from your register to the singer's (kept; the model "
+        "must store registers)",
     )
     p.add_argument(
         "--monitor",

@@ -25,7 +25,7 @@ from comostream.cli.common import (
     runtime_options,
     sound_device_arg,
     speaker_arg,
-    transpose_arg,
+    transpose_or_auto,
     use_runtime,
 )
 
@@ -171,7 +171,12 @@ def _connection_parent() -> argparse.ArgumentParser:
         help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the server's)",
     )
     conn.add_argument(
-        "--transpose", type=transpose_arg, default=0.0, metavar="N", help="semitones within +-48"
+        "--transpose",
+        type=transpose_or_auto,
+        default=0.0,
+        metavar="N",
+        help="semitones within +-48, or auto: the server shifts the input's register (its first "
+        "second of voicing) to the singer's, once (the model must store registers)",
     )
     conn.add_argument("--token", default=None, help="the server's token")
     conn.add_argument(

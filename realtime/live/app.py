@@ -58,7 +58,7 @@ class LiveOptions:
     sample_rate: int | None = None  # Hz; None: the input device's default
     block: int | None = None  # model frames per step (10.67 ms each); None: [realtime]
     speaker: Any = None  # name or {name: weight}; None: the model's first singer
-    transpose: float = 0.0  # semitones
+    transpose: float | str = 0.0  # semitones, or "auto": to the singer's register
     monitor: float = 0.0  # level of the dry input mixed into the output, 0-1
     bypass: bool = False  # start with the dry signal
     checkpoint: Path | None = None
@@ -87,11 +87,12 @@ class LiveSession:
     ) -> None:
         import torch
 
+        from comostream.models.register import NoRegisterError, registers_from_prints
         from comostream.models.shipped import require_model
         from comostream.realtime.engine import StreamingConverter
         from comostream.realtime.frontend import default_f0_tracker
         from comostream.realtime.geometry import StreamGeometry
-        from comostream.realtime.load import load_models
+        from comostream.realtime.load import load_models, load_voiceprints
 
         if opts.margin_blocks < 0:
             raise LiveError(f"the compute margin must be >= 0 blocks, got {opts.margin_blocks}")
@@ -100,6 +101,7 @@ class LiveSession:
             torch.set_num_threads(opts.threads)
         rt = (realtime or RealtimeConfig()).with_block(opts.block)
         model, voc = load_models(checkpoint, opts.vocoder, opts.device, rt)
+        registers = registers_from_prints(load_voiceprints(checkpoint))
         self.speakers: list[str] = list(model.speakers)
         self.chunk = StreamGeometry.from_configs(model.cfg.audio, rt).samples_per_block(sample_rate)
         self.f0: F0Tap | None = None
@@ -108,17 +110,21 @@ class LiveSession:
             self.f0 = F0Tap(default_f0_tracker(cfg))
             return self.f0
 
-        self.engine = StreamingConverter.from_models(
-            model,
-            voc,
-            speaker=opts.speaker,
-            transpose=opts.transpose,
-            sample_rate=sample_rate,
-            realtime=rt,
-            chunk=self.chunk,
-            f0=f0,
-            f0_tracker=tracker,
-        )
+        try:
+            self.engine = StreamingConverter.from_models(
+                model,
+                voc,
+                speaker=opts.speaker,
+                transpose=opts.transpose,
+                registers=registers,
+                sample_rate=sample_rate,
+                realtime=rt,
+                chunk=self.chunk,
+                f0=f0,
+                f0_tracker=tracker,
+            )
+        except NoRegisterError as exc:  # --transpose auto for a singer without a register
+            raise LiveError(str(exc)) from None
         self.sample_rate = sample_rate
         self.device_labels = ("", "")  # input, output (set by run_live)
         self._warm_up()
@@ -172,6 +178,7 @@ class LiveSession:
             f0_hz=self.f0.f0_hz if self.f0 is not None else 0.0,
             speaker=speaker_text(self.engine.speaker),
             transpose=self.engine.transpose,
+            transpose_auto=self.engine.transpose_auto,
             bypass=mixer.bypass,
             monitor=mixer.monitor,
             input_device=self.device_labels[0],
@@ -352,6 +359,15 @@ def _supervise(
     return status
 
 
+def _has_register(engine: Any, speaker: Any) -> bool:
+    """Whether the model file stores the register of ``speaker`` (what auto needs)."""
+    try:
+        engine.singer_register_hz(speaker)
+    except ValueError:
+        return False
+    return True
+
+
 def _command(line: str, session: LiveSession, console: _Console) -> bool:
     """Apply one typed command; True to quit."""
     try:
@@ -375,10 +391,18 @@ def _command(line: str, session: LiveSession, console: _Console) -> bool:
         mixer.set_monitor(cmd.value)
         console.say(f"monitor level {cmd.value:g}")
     else:
+        auto = cmd.value == "auto" or (cmd.kind == "speaker" and engine.transpose_auto)
+        singer = cmd.value if cmd.kind == "speaker" else engine.speaker
+        if auto and not _has_register(engine, singer):  # checked here: never in the worker
+            console.say(f"{speaker_text(singer)}: the model file stores no register for auto")
+            return False
         apply: Callable[[Any], None] = (
             engine.set_speaker if cmd.kind == "speaker" else engine.set_transpose
         )
         session.conv.submit(lambda: apply(cmd.value))
-        what = speaker_text(cmd.value) if cmd.kind == "speaker" else f"{cmd.value:+g} semitones"
+        if cmd.kind == "speaker":
+            what = speaker_text(cmd.value)
+        else:
+            what = "auto" if cmd.value == "auto" else f"{cmd.value:+g} semitones"
         console.say(f"{cmd.kind} -> {what}")
     return False

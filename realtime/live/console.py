@@ -31,7 +31,7 @@ __all__ = [
 # (what is typed, what it does): the one list the console's help and `live --help` show
 COMMANDS = (
     ("s NAME | s NAME:W,NAME:W", "singer or mix"),
-    ("t N", "transpose to N semitones"),
+    ("t N | t auto", "transpose to N semitones, or to the singer's register"),
     ("b", "bypass on/off"),
     ("m LEVEL", "monitor level 0-1"),
     ("l", "list singers"),
@@ -70,6 +70,8 @@ def parse_command(line: str, speakers: Sequence[str]) -> Command | None:
     if verb in ("s", "singer", "speaker"):
         return Command("speaker", _parse_speaker(arg, speakers))
     if verb in ("t", "transpose"):
+        if arg.lower() == "auto":
+            return Command("transpose", "auto")
         value = _number(arg, "t N: semitones, e.g. t +3 or t -12")
         return Command("transpose", check_transpose(value))
     if verb in ("m", "monitor"):
@@ -137,6 +139,7 @@ class LiveStatus:
     f0_hz: float = 0.0  # source F0 of the latest frame (0: unvoiced)
     speaker: str = ""
     transpose: float = 0.0
+    transpose_auto: bool = False  # --transpose auto: the shift follows the singer's register
     bypass: bool = False
     monitor: float = 0.0
     input_device: str = ""
@@ -156,7 +159,8 @@ def format_status(s: LiveStatus) -> str:
         f0 = f"F0 {s.f0_hz:5.1f}>{s.f0_hz * 2 ** (s.transpose / 12):5.1f} Hz"
     else:
         f0 = "F0   -   "
-    mode = "BYPASS" if s.bypass else f"{speaker_text(s.speaker)} {s.transpose:+g} st"
+    auto = " (auto)" if s.transpose_auto else ""
+    mode = "BYPASS" if s.bypass else f"{speaker_text(s.speaker)} {s.transpose:+g} st{auto}"
     monitor = f" | monitor {s.monitor:.2f}" if s.monitor > 0 else ""
     monitor += f" | restarts {s.restarts}" if s.restarts else ""
     late_ms = 1000.0 * s.concealed / s.sample_rate if s.sample_rate else 0.0

@@ -89,7 +89,7 @@ class StreamClient:
         fmt: str = "f32le",
         block: int | None = None,
         speaker: str | dict[str, float] | None = None,
-        transpose: float = 0.0,
+        transpose: float | str = 0.0,
         token: str | None = None,
     ) -> StreamClient:
         """Open a session; raises :class:`ServerError` if the server refuses it."""

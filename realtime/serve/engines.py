@@ -86,6 +86,19 @@ class EngineFactory:
         except UnknownSpeakerError as exc:
             raise ProtocolError("unknown_speaker", str(exc)) from None
 
+    def check_register(self, spec: SpeakerSpec) -> None:
+        """``ProtocolError('no_register')`` unless every singer of ``spec`` (a name or a mix)
+        has a register: what ``transpose: "auto"`` needs."""
+        names = [spec] if isinstance(spec, str) else list(spec)
+        missing = [n for n in names if n not in self.registers]
+        if missing:
+            raise ProtocolError(
+                "no_register",
+                'transpose "auto" needs the singer\'s register and the model file stores none '
+                f"for {', '.join(map(repr, missing))}: give transpose in semitones (a model "
+                "exported with `comostream export --corpus DIR` stores registers)",
+            )
+
     def warm_up(self, sample_rate: int = 48000) -> None:
         """Build the shared step and run a few blocks once (tracing, JIT compilation), so the
         first session's first blocks are not late."""
@@ -153,6 +166,7 @@ class EngineFactory:
         kw = dict(
             speaker=speaker,
             transpose=hello.transpose,
+            registers=self.registers,
             sample_rate=hello.sample_rate,
             channels=hello.channels,
             realtime=self.rt,

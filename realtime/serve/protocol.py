@@ -91,6 +91,11 @@ ERRORS: dict[str, tuple[int, str]] = {
         "singer mix weights not finite, negative, too large or summing to 0 "
         "(in `set`: refused, the session goes on)",
     ),
+    "no_register": (
+        4013,
+        'transpose "auto" for a singer the model file stores no register for '
+        "(in `set`: refused, the session goes on)",
+    ),
     "frame_too_large": (1009, "a frame above the session's max_frame_bytes"),
     "internal": (1011, "the server failed while converting (a bug: see the server log)"),
     "shutdown": (1001, "the server is shutting down (SIGTERM)"),
@@ -232,7 +237,7 @@ class Hello:
     format: str
     block: int | None
     speaker: str | dict[str, float] | None
-    transpose: float
+    transpose: float | str  # semitones, or "auto" (the singer's register)
     token: str | None
     f0: str | None = None  # streaming F0 backend (None: the server's config)
 
@@ -242,7 +247,7 @@ class SetMessage:
     """A ``set`` control frame: the fields to change (None: unchanged)."""
 
     speaker: str | dict[str, float] | None = None
-    transpose: float | None = None
+    transpose: float | str | None = None  # semitones, or "auto"
     bypass: bool | None = None
 
 
@@ -290,9 +295,14 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _transpose(value: Any) -> float:
+def _transpose(value: Any) -> float | str:
+    """Semitones (``bad_params`` beyond +-48) or ``"auto"``; anything else is ``bad_message``."""
+    if value == "auto":
+        return "auto"
     if not _is_number(value):
-        raise ProtocolError("bad_message", f"transpose must be a number, got {value!r}")
+        raise ProtocolError(
+            "bad_message", f'transpose must be a number of semitones or "auto", got {value!r}'
+        )
     try:
         return check_transpose(value)  # the one check (models/limits.py)
     except ValueError as exc:

@@ -264,6 +264,8 @@ class Session:
             raise ProtocolError("unauthorized", "this server needs a valid token in hello")
         factory = self.factory
         speaker = factory.check_speaker(hello.speaker)
+        if hello.transpose == "auto":
+            factory.check_register(speaker)
         if not self.admit():  # counted from here on (synchronous: no race with other hellos)
             raise ProtocolError(
                 "server_full", f"this server serves at most {self.cfg.max_streams} streams"
@@ -308,7 +310,7 @@ class Session:
             "model_rate": self.factory.geometry.sample_rate,
             "speakers": self.factory.speakers,
             "speaker": e.speaker,
-            "transpose": e.transpose,
+            **self.transposition(),
             "limits": {
                 "max_block": MAX_BLOCK,
                 "max_frame_bytes": max_frame_bytes(),
@@ -418,6 +420,17 @@ class Session:
             return str(obj["reply"])
         if kind == "set":
             change = obj["change"]
+            auto = change.transpose == "auto" or (
+                change.transpose is None and self.engine.transpose_auto
+            )
+            if auto:  # every singer of the (new) speaker needs a register: else nothing changes
+                try:
+                    self.factory.check_register(
+                        self.engine.speaker if change.speaker is None else change.speaker
+                    )
+                except ProtocolError as exc:
+                    log.info("session %s: set refused: %s", self.id, exc.message)
+                    return error_message(exc.code, exc.message, fatal=False)
             if change.speaker is not None:
                 self.engine.set_speaker(change.speaker)
             if change.transpose is not None:
@@ -438,10 +451,21 @@ class Session:
             {
                 "type": "state",
                 "speaker": self.engine.speaker,
-                "transpose": self.engine.transpose,
+                **self.transposition(),
                 "bypass": self.bypass,
             }
         )
+
+    def transposition(self) -> dict[str, Any]:
+        """``transpose`` (semitones in use; with auto, the shift chosen, 0 before),
+        ``transpose_auto`` and ``source_register_hz`` (auto: the input's register once known)."""
+        assert self.engine is not None
+        e = self.engine
+        return {
+            "transpose": e.transpose,
+            "transpose_auto": e.transpose_auto,
+            "source_register_hz": e.source_register_hz,
+        }
 
     def stats(self, blocks: bool = False) -> dict[str, Any]:
         """The ``stats`` reply: latency, compute, real-time factor, drops and queue depths;
@@ -474,7 +498,7 @@ class Session:
             "bad_output_samples": self.engine.stats.bad_output_samples,
             "input_f0_hz": self.engine.input_f0_median(),
             "speaker": self.engine.speaker,
-            "transpose": self.engine.transpose,
+            **self.transposition(),
             "bypass": self.bypass,
         }
         scheduler = getattr(self.factory, "scheduler", None)

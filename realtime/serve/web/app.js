@@ -10,7 +10,6 @@ const FLAG_DROPPED = 1;
 const FLAG_FLUSH = 2;
 const RATE = 48000;
 const MIX = "__mix__"; // the singer list's "mix of singers" entry
-const MAX_TRANSPOSE = 24;
 const DROP_WINDOW_MS = 3000; // drops this recent show the "dropping" state
 const NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"];
 
@@ -33,6 +32,7 @@ const CLOSE_TEXT = {
   4010: "hello timeout: the server got no valid hello in time",
   4011: "server busy: too many connections are opening at once; try again in a moment",
   4012: "bad mix: the singer weights must be finite with a positive total",
+  4013: "auto transposition: the model stores no register for this singer",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -190,28 +190,43 @@ function setTranspose(semitones, send = true) {
   if (send) sendSet({ transpose: Number(semitones) });
 }
 
-// auto: the input's median F0 (stats.input_f0_hz, measured by the server) moved to the
-// chosen singer's register, in whole semitones within +-24
+// auto: the server chooses the shift (docs/protocol.md, Auto transposition): after about a
+// second of voicing, the whole semitones from the input's register to the singer's, kept;
+// the page sends "auto" and shows what `state` / `stats` say
+function autoTranspose() {
+  return $("auto").checked && targetRegister(currentSpeaker()) ? "auto" : null;
+}
+
 function updateAuto() {
   const target = targetRegister(currentSpeaker());
-  const source = state.stats ? state.stats.input_f0_hz : null;
   if (!target) {
     $("auto-info").textContent = "auto: no register for this singer";
     return;
   }
-  if (!source) {
-    $("auto-info").textContent = `auto: target ${Math.round(target)} Hz; sing for a moment...`;
+  if (state.autoSent !== "auto") {
+    state.autoSent = "auto";
+    sendSet({ transpose: "auto" });
+  }
+  showAuto(state.lastState && state.lastState.transpose_auto ? state.lastState : state.stats);
+}
+
+// the shift the server chose (a `state` or `stats` reply in auto mode)
+function showAuto(msg) {
+  if (!$("auto").checked || !msg || !msg.transpose_auto) return;
+  const target = targetRegister(msg.speaker);
+  const source = msg.source_register_hz;
+  if (!source || !target) {
+    state.auto = null;
+    $("auto-info").textContent = target
+      ? `auto: target ${Math.round(target)} Hz; sing for a moment...`
+      : "auto: no register for this singer";
     return;
   }
-  const raw = Math.round(12 * Math.log2(target / source));
-  const semitones = Math.max(-MAX_TRANSPOSE, Math.min(MAX_TRANSPOSE, raw));
+  const semitones = msg.transpose;
   state.auto = { source_hz: source, target_hz: target, semitones };
   $("auto-info").textContent = `auto: you ${Math.round(source)} Hz (${noteName(source)}) -> ` +
     `${Math.round(target)} Hz (${noteName(target)}): ${semitones > 0 ? "+" : ""}${semitones} st`;
-  if (Number($("transpose").value) !== semitones || state.autoSent !== semitones) {
-    state.autoSent = semitones;
-    setTranspose(semitones);
-  }
+  setTranspose(semitones, false);
 }
 
 // ---------------------------------------------------------------- input devices
@@ -295,14 +310,16 @@ function onText(text) {
   } else if (msg.type === "state") {
     state.lastState = msg;
     if (state.phase === "streaming") status(`streaming as ${describe(msg.speaker)}`);
+    showAuto(msg);
   } else if (msg.type === "stats") {
     state.stats = msg;
-    if ($("auto").checked) updateAuto();
+    showAuto(msg);
   } else if (msg.type === "error") {
     const text = `${msg.code}: ${msg.message}`;
     if (msg.close_code === null) {
-      state.warnings.push(text); // a refused set (bad_mix): the session goes on
-      status(`refused: ${CLOSE_TEXT[4012]} (${msg.message})`, "warn");
+      state.warnings.push(text); // a refused set (bad_mix, no_register): the session goes on
+      const what = CLOSE_TEXT[msg.code === "no_register" ? 4013 : 4012];
+      status(`refused: ${what} (${msg.message})`, "warn");
     } else {
       state.serverError = msg;
     }
@@ -482,9 +499,11 @@ async function start() {
   ws.binaryType = "arraybuffer";
   state.ws = ws;
   ws.onopen = () => {
+    state.autoSent = autoTranspose(); // "auto" in hello: the server chooses from the start
     ws.send(JSON.stringify({
       type: "hello", version: VERSION, sample_rate: RATE, channels: 1, format: "f32le",
-      block: null, speaker: currentSpeaker(), transpose: Number($("transpose").value),
+      block: null, speaker: currentSpeaker(),
+      transpose: autoTranspose() || Number($("transpose").value),
       token: $("token").value || null,
     }));
     status("connected; waiting for the server...");
@@ -542,11 +561,16 @@ $("speaker").onchange = () => {
 };
 $("transpose").oninput = () => {
   $("auto").checked = false; // a hand on the slider takes over from auto
-  setTranspose(Number($("transpose").value));
+  state.autoSent = null;
+  setTranspose(Number($("transpose").value)); // a number ends the server's auto mode
 };
 $("auto").onchange = () => {
   if ($("auto").checked) updateAuto();
-  else $("auto-info").textContent = "auto: transpose to the singer's register";
+  else {
+    state.autoSent = state.auto = null;
+    $("auto-info").textContent = "auto: transpose to the singer's register";
+    setTranspose(Number($("transpose").value));
+  }
 };
 $("bypass").onchange = () => sendSet({ bypass: $("bypass").checked });
 $("drywet").oninput = applyDryWet;

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import secrets
 import signal
-import sys
 import threading
 from collections.abc import Callable
 
@@ -38,9 +37,7 @@ from comostream.realtime.serve.http_routes import route_http
 from comostream.realtime.serve.protocol import ProtocolError, max_frame_bytes
 from comostream.realtime.serve.session import Session
 
-__all__ = ["SWITCH_INTERVAL_S", "ServerThread", "StreamServer", "run_server"]
-
-SWITCH_INTERVAL_S = 0.0005  # seconds: the serving process's interpreter-lock hand-over interval
+__all__ = ["ServerThread", "StreamServer", "run_server"]
 
 
 class StreamServer:
@@ -225,10 +222,6 @@ def run_server(
     async def main() -> None:
         server = StreamServer(factory, config)
         await server.start()
-        # many threads share the interpreter lock (sessions' front ends, the event loop, the
-        # batch scheduler): hand it over every SWITCH_INTERVAL_S, not Python's 5 ms, or a
-        # block waits whole intervals behind other sessions' Python at every hand-over
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -86,6 +86,31 @@ def _beta_cdf(x: float, b: float) -> float:
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
+def _cmndf(y: np.ndarray, width: int, tau_max: int, d: np.ndarray, dn: np.ndarray) -> None:
+    """Difference ``d (tau_max + 2,)`` of ``y`` over ``width`` samples and its CMNDF ``dn``.
+
+    Each lag's span ``[a, a + width + tau)`` is centred on ``y``'s centre, so ``d(tau)`` measures
+    the period at the frame centre for every lag (no lag-dependent delay on glides).
+    """
+    centre = y.shape[0] // 2
+    half_w = width // 2
+    d[0] = 0.0
+    dn[0] = 1.0
+    cum = 0.0
+    for tau in range(1, tau_max + 2):
+        a = centre - half_w - tau // 2
+        ya = y[a : a + width]
+        yb = y[a + tau : a + tau + width]
+        acc = 0.0
+        for j in range(width):
+            diff = ya[j] - yb[j]
+            acc += diff * diff
+        d[tau] = acc
+        cum += acc
+        dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def _analyse(
     buf: np.ndarray,
     start0: int,
@@ -107,8 +132,6 @@ def _analyse(
     dn = np.empty(tau_max + 2)
     n_lp = lowpass.shape[0]
     y = np.empty(WINDOW - n_lp + 1)
-    centre = y.shape[0] // 2
-    half_w = width // 2
     for k in range(f0.shape[0]):
         # slices, not offset indices: numba then drops the negative-index checks and vectorises
         frame = buf[start0 + HOP_LENGTH * k : start0 + HOP_LENGTH * k + WINDOW]
@@ -122,20 +145,7 @@ def _analyse(
             for i in range(n_lp):
                 acc += lowpass[i] * seg[i]
             y[j] = acc
-        d[0] = 0.0
-        dn[0] = 1.0
-        cum = 0.0
-        for tau in range(1, tau_max + 2):
-            a = centre - half_w - tau // 2
-            ya = y[a : a + width]
-            yb = y[a + tau : a + tau + width]
-            acc = 0.0
-            for j in range(width):
-                diff = ya[j] - yb[j]
-                acc += diff * diff
-            d[tau] = acc
-            cum += acc
-            dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
+        _cmndf(y, width, tau_max, d, dn)
         # pYIN-style choice: thresholds ~ Beta(2, b) with mean ``threshold``; a dip gets the
         # prior mass of the thresholds for which it is the first dip below the threshold.
         best = -1

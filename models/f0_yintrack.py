@@ -58,6 +58,7 @@ from comostream.models.f0_yin import (
     WINDOW,
     IncrementalF0,
     _beta_cdf,
+    _cmndf,
     _lags,
     _lowpass,
 )
@@ -151,31 +152,6 @@ def _whiten(
         for i in range(1, min(order, j) + 1):
             acc += a[i] * y[j - i]
         e[j] = acc
-
-
-@njit(cache=True, fastmath={"reassoc", "contract"})
-def _cmndf(y: np.ndarray, width: int, tau_max: int, d: np.ndarray, dn: np.ndarray) -> None:
-    """Difference ``d (tau_max + 2,)`` of ``y`` over ``width`` samples and its CMNDF ``dn``.
-
-    Each lag's span ``[a, a + width + tau)`` is centred on ``y``'s centre, so ``d(tau)`` measures
-    the period at the frame centre for every lag (no lag-dependent delay on glides).
-    """
-    centre = y.shape[0] // 2
-    half_w = width // 2
-    d[0] = 0.0
-    dn[0] = 1.0
-    cum = 0.0
-    for tau in range(1, tau_max + 2):
-        a = centre - half_w - tau // 2
-        ya = y[a : a + width]
-        yb = y[a + tau : a + tau + width]
-        acc = 0.0
-        for j in range(width):
-            diff = ya[j] - yb[j]
-            acc += diff * diff
-        d[tau] = acc
-        cum += acc
-        dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})

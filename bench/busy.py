@@ -24,10 +24,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from comostream.bench.serve import wait_for_url
 
 __all__ = ["RTF_LIMIT", "busy_loops", "format_busy_table", "run_busy_check"]
 
@@ -35,7 +36,6 @@ RTF_LIMIT = 0.8  # the pace warning's limit (realtime/pace.py): above it, real t
 RTT_SLACK_MS = 10.0  # loopback WebSocket + asyncio overhead allowed on top of one block
 MAX_BUSY_S = 900.0  # a busy loop never outlives this, whatever happens to its parent
 _SPIN = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
-_URL = re.compile(r"serving on (wss?://\S+/ws)")
 _RTF = re.compile(r"RTF ([0-9.]+)")
 _CLIENT = re.compile(
     r"round trip p50 ([0-9.]+) ms, p99 ([0-9.]+) ms;.*?compute p50 ([0-9.]+) ms per block; "
@@ -106,17 +106,7 @@ def _server(tmp: Path, start_timeout_s: float = 300.0) -> Iterator[str]:
             _comostream("serve", "--port", "0"), stdout=out, stderr=subprocess.STDOUT, env=_env()
         )
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            text = log.read_text(errors="replace")
-            found = _URL.search(text)
-            if found:
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = "\n".join(text.strip().splitlines()[-12:])
-                raise RuntimeError(f"comostream serve did not start:\n{tail}")
-            time.sleep(0.1)
-        yield found.group(1)
+        yield wait_for_url(proc, log, start_timeout_s)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -45,6 +45,7 @@ __all__ = [
     "row_holds",
     "run_serve_bench",
     "serve_process",
+    "wait_for_url",
 ]
 
 START_TIMEOUT_S = 300.0  # the child's model load and warm-up on a busy machine
@@ -141,7 +142,7 @@ def serve_process(
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            url = _wait_for_url(proc, log, start_timeout_s)
+            url = wait_for_url(proc, log, start_timeout_s)
             yield ServerProcess(url, proc.pid, log)
         finally:
             if proc.poll() is None:
@@ -153,7 +154,7 @@ def serve_process(
                     proc.wait()
 
 
-def _wait_for_url(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> str:
+def wait_for_url(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> str:
     """The URL the child announces; RuntimeError (with its log's tail) if it exits or is late."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -414,6 +414,7 @@ def run_latency_bench(
         **teacher,
         "window_recompute_rtf": window_rtf,
         "window_vs_streaming": window_rtf / rtf,
+        **_index_compute(model, realtime.block_frames, device),
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "threads": torch.get_num_threads(),
         "model": source,
@@ -487,6 +488,36 @@ def latency_pace_warning(r: dict[str, Any]) -> str:
     return pace_warning(r.get("rtf"), dropped, r.get("threads"), r.get("block_frames"))
 
 
+def _index_compute(model: Any, frames: int, device: str, reps: int = 50) -> dict[str, Any]:
+    """The retrieval index's compute per block (one stream, ``frames`` frames): the model's
+    own banks, or a random bank of :data:`~comostream.models.retrieval.INDEX_SIZE` rows for a
+    model without one (what an added voice brings). Added latency: none (frame-local)."""
+    from comostream.models.retrieval import INDEX_SIZE, RetrievalIndex
+
+    dim = int(model.cfg.model.content_dim)
+    if dim == 0:
+        return {"index_ms_p50": None, "index_rows": 0}
+    index = model.retrieval
+    if index is None:
+        g = torch.Generator().manual_seed(0)
+        index = RetrievalIndex(["x"], {"x": torch.randn(INDEX_SIZE, dim, generator=g)}, dim)
+    index = index.to(device)
+    n = len(index.names)
+    content = torch.randn(1, dim, frames, device=device)
+    weights, rate = torch.full((1, n), 1.0 / n, device=device), torch.ones(1, 1, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps + 5):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            index(content, weights, rate)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return {"index_ms_p50": _pct(times[5:], 50), "index_rows": sum(index.sizes().values())}
+
+
 def format_latency_table(r: dict[str, Any]) -> str:
     """A table for humans of :func:`run_latency_bench`'s result."""
     lines = [
@@ -502,6 +533,11 @@ def format_latency_table(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {v['p50']:.2f} | {v['p99']:.2f} |")
     lines.append(f"| **chunk total** | {r['chunk_ms_p50']:.2f} | {r['chunk_ms_p99']:.2f} |")
     lines.append("(model = content + acoustic + vocoder as run; their split is timed eagerly)")
+    if r.get("index_ms_p50") is not None:
+        lines.append(
+            f"retrieval index ({r['index_rows']} rows, one stream, one block): "
+            f"{r['index_ms_p50']:.3f} ms per block, no added latency"
+        )
     e2e = "n/a (no clear onset)" if r["e2e_latency_ms"] is None else f"{r['e2e_latency_ms']:.1f} ms"
     lines += [
         "",

@@ -50,6 +50,7 @@ from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.f0 import extract_f0
 from comostream.models.f0_track import F0Track
 from comostream.models.f0_yin import yin_f0
+from comostream.models.limits import DEFAULT_INDEX_RATE
 from comostream.models.samplers import heun_sampler, sampling_sigmas
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry
@@ -276,8 +277,10 @@ def _convert(
     transpose: float,
     realtime: RealtimeConfig,
     streaming: bool,
+    index_rate: float = DEFAULT_INDEX_RATE,
 ) -> np.ndarray:
-    """``audio`` (model rate) converted offline, or streamed in blocks of ``realtime``'s."""
+    """``audio`` (model rate) converted offline, or streamed in blocks of ``realtime``'s
+    (``index_rate``: the retrieval index blend, for a model with an index)."""
     geometry = StreamGeometry.from_configs(model.cfg.audio, realtime)
     chunk = geometry.samples_per_block() if streaming else None
     eng = StreamingConverter.from_models(
@@ -288,6 +291,7 @@ def _convert(
         realtime=realtime,
         offline=not streaming,
         chunk=chunk,
+        index_rate=index_rate,
     )
     with torch.inference_mode():
         return convert_array(eng, audio, chunk=chunk)

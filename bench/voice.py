@@ -43,6 +43,7 @@ from comostream.bench.quality import (
 from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import load_audio
 from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.limits import DEFAULT_INDEX_RATE
 from comostream.models.voiceprint import closest
 
 __all__ = ["format_voice_table", "resynthesis_check", "run_voice_bench"]
@@ -84,12 +85,13 @@ def _one(
     f0_cfg: F0Config,
     spk: _Speaker,
     ref_emb: np.ndarray | None,
+    index_rate: float = DEFAULT_INDEX_RATE,
 ) -> dict[str, Any]:
     track = _track(audio, f0_cfg)
     voiced = track.f0_hz[track.voiced & (track.f0_hz > 0)]
     src_med = float(np.median(voiced)) if voiced.size else None
     t = round(12 * math.log2(register_hz / src_med)) if register_hz and src_med else 0
-    y = _convert(model, voc, audio, singer, float(t), rt, streaming=False)
+    y = _convert(model, voc, audio, singer, float(t), rt, streaming=False, index_rate=index_rate)
     out = _track(y, f0_cfg)
     emb = spk.embed(y)
     return {
@@ -111,8 +113,10 @@ def run_voice_bench(
     baseline: bool = False,
     max_sources: int | None = None,
     progress: bool = True,
+    index_rate: float = DEFAULT_INDEX_RATE,
 ) -> dict[str, Any]:
-    """Convert every source into ``name`` and measure (see the module docstring); JSON-able."""
+    """Convert every source into ``name`` and measure (see the module docstring); JSON-able.
+    ``index_rate``: the retrieval index blend of the conversions (for a model with an index)."""
     from comostream.models.shipped import example_files
     from comostream.realtime.load import load_models, load_voiceprints, read_export
 
@@ -139,7 +143,7 @@ def run_voice_bench(
     for f, tgt in tqdm(todo, desc="conversions", disable=not progress, file=sys.stderr):
         audio = load_audio(f)
         reg = register if tgt == name else prints.get(tgt, {}).get("f0_median")
-        row = _one(model, voc, audio, tgt, reg, rt, f0_cfg, spk, ref_emb)
+        row = _one(model, voc, audio, tgt, reg, rt, f0_cfg, spk, ref_emb, index_rate)
         rows[tgt].append(row)
         if tgt == name:
             per_source.append({"source": str(f), **row})
@@ -149,6 +153,8 @@ def run_voice_bench(
         "refs": str(refs),
         "n_refs": len(ref_embs),
         "register_hz": register,
+        "index_rate": index_rate,
+        "index_size": model.retrieval.sizes().get(name) if model.retrieval is not None else None,
         **_summary(rows[name]),
         "adaptation": mine.get("adaptation"),
         "conversions": per_source,

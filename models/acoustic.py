@@ -28,6 +28,7 @@ from comostream.models.config import (
 )
 from comostream.models.content import ContentEncoder
 from comostream.models.edm import EDMPrecond, denormalise_mel
+from comostream.models.retrieval import RetrievalIndex
 from comostream.models.samplers import consistency_onestep
 
 __all__ = [
@@ -121,6 +122,12 @@ class AcousticModel(nn.Module):
                 f"model takes {cfg.model.content_dim}"
             )
         self.lookahead_frames = self.conditioner.lookahead_frames + self.target.lookahead_frames
+        self.retrieval: RetrievalIndex | None = None  # the singers' content banks, if any
+
+    def set_index(self, banks: Mapping[str, Tensor]) -> None:
+        """Use retrieval banks ``{singer: (K, content_dim)}`` (none: no index)."""
+        dim = self.cfg.model.content_dim
+        self.retrieval = RetrievalIndex(self.speakers, banks, dim) if banks else None
 
     @property
     def speakers(self) -> tuple[str, ...]:
@@ -159,6 +166,8 @@ class AcousticModel(nn.Module):
         if self.content_encoder is not None and self.content_cfg is not None:
             payload["content_config"] = config_to_dict(self.content_cfg)
             payload["content_encoder"] = self.content_encoder.state_dict()
+        if self.retrieval is not None:
+            payload["index"] = self.retrieval.banks()
         return payload
 
     @classmethod
@@ -182,4 +191,8 @@ class AcousticModel(nn.Module):
         load_state_strict(model.target, ck["target"], f"{what}: target")
         if model.content_encoder is not None:
             load_state_strict(model.content_encoder, ck["content_encoder"], f"{what}: content")
+        try:
+            model.set_index(dict(ck.get("index") or {}))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{what}: malformed retrieval index ({exc})") from None
         return model.eval()

@@ -49,7 +49,10 @@ FrameInputs = dict[str, Tensor]
 * ``f0`` ``(S, k)`` Hz as tracked, 0 where unvoiced; ``voiced`` ``(S, k)`` 0/1;
 * ``loudness`` ``(S, k)`` dB;
 * ``transpose`` ``(S, k)`` semitones per frame (a caller ramps changes over frames);
-* ``speaker`` ``(S, speaker_dim)`` singer embedding (mixes and ramps are done by the caller).
+* ``speaker`` ``(S, speaker_dim)`` singer embedding (mixes and ramps are done by the caller);
+* only for a model with a retrieval index (:mod:`comostream.models.retrieval`):
+  ``index_rate`` ``(S, 1)`` in [0, 1] and ``index_weights`` ``(S, n_indexed)`` (the singer mix
+  over the indexed singers, :meth:`~comostream.models.retrieval.RetrievalIndex.weights`).
 """
 
 
@@ -127,6 +130,9 @@ class ConversionChain(nn.Module):
         self.profile: dict[str, float] | None = None  # stage -> seconds of the last step
         self.side_delay = Delay(3, late_content)  # f0, voiced, loudness -> meet the content
         self.f0_delay = Delay(1, late_mel)  # the vocoder's F0 -> meets the generated mel
+        self.index_singers: tuple[str, ...] = (
+            model.retrieval.names if model.retrieval is not None else ()
+        )
 
     @property
     def speaker_dim(self) -> int:
@@ -167,7 +173,7 @@ class ConversionChain(nn.Module):
         def z(*shape: int) -> Tensor:
             return torch.zeros(*shape, device=device, dtype=dtype)
 
-        return {
+        inputs = {
             "mel": z(streams, self.n_mels, frames),
             "audio": z(streams, frames * self.hop_length),
             "f0": z(streams, frames),
@@ -176,6 +182,10 @@ class ConversionChain(nn.Module):
             "transpose": z(streams, frames),
             "speaker": z(streams, self.speaker_dim),
         }
+        if self.index_singers:
+            inputs["index_rate"] = z(streams, 1)
+            inputs["index_weights"] = z(streams, len(self.index_singers))
+        return inputs
 
     def forward(self, inputs: FrameInputs) -> Tensor:
         """Offline: one step over all frames from a fresh state (``lookahead_frames`` late)."""
@@ -204,6 +214,9 @@ class ConversionChain(nn.Module):
         else:
             content = f0.new_zeros(streams, 0, frames)
         t1 = self._lap("content", t0)
+        if m.retrieval is not None and "index_rate" in inputs:  # frame-local: no state
+            content = m.retrieval(content, inputs["index_weights"], inputs["index_rate"])
+            t1 = self._lap("index", t1)
         cond = m.conditioner.run(
             content, side[:, 0], side[:, 1], side[:, 2], inputs["speaker"], state["conditioner"]
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 __all__ = [
+    "DEFAULT_INDEX_RATE",
     "FILE_RATE_MAX",
     "FILE_RATE_MIN",
     "MAX_BLOCK_FRAMES",
@@ -18,6 +19,7 @@ __all__ = [
     "OFFLINE_STEP_FRAMES",
     "check_block_frames",
     "check_file_rate",
+    "check_index_rate",
     "check_transpose",
 ]
 
@@ -26,6 +28,20 @@ FILE_RATE_MIN = 8000  # Hz: the lowest sample rate of a file or stream that is r
 FILE_RATE_MAX = 384000  # Hz: the highest
 MAX_BLOCK_FRAMES = 512  # frames per model step (5.46 s at 24 kHz / hop 256): bounds its memory
 OFFLINE_STEP_FRAMES = 512  # frames per model step of an offline conversion (its memory bound)
+# retrieval index blend (models/retrieval.py): 0 = off, by measurement (docs/voice.md: no rate
+# moved bench voice's win rate or similarity on the shipped model)
+DEFAULT_INDEX_RATE = 0.0
+
+
+def check_index_rate(rate: object) -> float:
+    """``rate`` as a float in [0, 1], the retrieval index's blend (ValueError otherwise)."""
+    try:
+        value = float(rate)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"index rate must be a number in [0, 1], got {rate!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"index rate must be in [0, 1], got {rate!r}")
+    return value
 
 
 def check_transpose(semitones: float) -> float:

@@ -44,6 +44,7 @@ class BatchedConverter:
     ) -> None:
         self.rt = realtime or RealtimeConfig()
         self.step = ConversionChain(model, vocoder, seed=self.rt.seed).eval()
+        kwargs.setdefault("index", model.retrieval)  # its inputs, when the model has an index
         self.engines = [
             StreamingConverter(
                 self.step,

@@ -49,6 +49,7 @@ from comostream.models.chain import ConversionChain
 from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
 from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
 from comostream.models.register import STREAM_VOICED_FRAMES, auto_semitones, singer_register
+from comostream.models.retrieval import DEFAULT_INDEX_RATE, RetrievalIndex, check_index_rate
 from comostream.realtime.frontend import (
     FrameFeatures,
     FrontEnd,
@@ -186,8 +187,12 @@ class StreamingConverter:
         offline: bool = False,
         profile: bool = False,
         chunk: int | None = None,
+        index: RetrievalIndex | None = None,
+        index_rate: float = DEFAULT_INDEX_RATE,
     ) -> None:
         self.registers = dict(registers or {})
+        self.index = index
+        self.index_rate = check_index_rate(index_rate)
         auto = transpose == "auto"
         self._singer_hz = self.singer_register_hz(speaker) if auto else None
         transpose = 0.0 if auto else check_transpose(transpose)
@@ -237,6 +242,7 @@ class StreamingConverter:
             torch.tensor(float(transpose), dtype=torch.float64), self.rt.ramp_frames
         )
         self.speaker = speaker
+        self._index_weights = self._mix_weights(speaker)
         self._auto = auto
         self.stats = EngineStats()
         self.defer_blocks = False  # batched use: blocks are queued for a shared model step
@@ -284,6 +290,7 @@ class StreamingConverter:
         if trace:
             step = TracedStep(chain, chain.zero_inputs(1, rt.block_frames))
         kwargs.setdefault("audio", model.cfg.audio)
+        kwargs.setdefault("index", model.retrieval)
         return cls(
             step,
             embed=model.conditioner.speaker_embedding,
@@ -350,6 +357,7 @@ class StreamingConverter:
         emb = self._embedding(speaker)
         self._speaker.set(emb, self._speaker.current())
         self.speaker = speaker
+        self._index_weights = self._mix_weights(speaker)
         if self._auto:  # the shift from the source's register to the new singer's
             self._singer_hz = singer_hz
             if self.source_register_hz is not None:
@@ -358,6 +366,18 @@ class StreamingConverter:
                     self._auto_at = (self._auto_at[0], shift)
                 else:
                     self._ramp_transpose(shift)
+
+    def set_index_rate(self, rate: float) -> None:
+        """Change the retrieval index rate (in [0, 1]; from the next block; no effect for a
+        model without an index)."""
+        self.index_rate = check_index_rate(rate)
+
+    def _mix_weights(self, speaker: Any) -> Tensor | None:
+        """The singer spec's weights over the indexed singers ``(1, n_indexed)``, or None."""
+        if self.index is None:
+            return None
+        spec = speaker if speaker is not None else self.index.speakers[0]
+        return self.index.weights(spec).to(self.dtype).reshape(1, -1)
 
     def set_transpose(self, semitones: float | str) -> None:
         """Change transposition (semitones, ramped over ``ramp_frames`` frames; ends auto mode),
@@ -590,6 +610,9 @@ class StreamingConverter:
             "audio": t(f.audio.T.reshape(-1)),
             "speaker": speaker.to(dev, dt).reshape(1, -1),
         }
+        if self._index_weights is not None:
+            inputs["index_rate"] = torch.full((1, 1), self.index_rate, dtype=dt, device=dev)
+            inputs["index_weights"] = self._index_weights.to(dev, dt)
         if self.defer_blocks:
             self.queued.append(inputs)
             return

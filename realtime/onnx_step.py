@@ -58,7 +58,10 @@ _UNITS = {
     "loudness": "dB, (streams, frames)",
     "transpose": "semitones per frame, (streams, frames)",
     "speaker": "singer embedding (a row of `speakers`, or a weighted mix), (streams, speaker_dim)",
+    "index_rate": "retrieval index blend 0-1 (a model with an index only), (streams, 1)",
+    "index_weights": "the singer mix over the indexed singers, (streams, n_indexed)",
 }
+_PER_STREAM = ("speaker", "index_rate", "index_weights")  # no frames dimension
 
 
 class OnnxBackendError(RuntimeError):
@@ -120,7 +123,7 @@ def _shape(name: str, t: Tensor) -> list[int | str]:
     dims: list[int | str] = ["streams", *t.shape[1:]]
     if name == "audio":
         dims[-1] = "frames * hop_length"
-    elif name != "speaker":
+    elif name not in _PER_STREAM:
         dims[-1] = "frames"
     return dims
 
@@ -153,7 +156,9 @@ def export_step(chain: ConversionChain, block_frames: int) -> bytes:
     axes: dict[str, dict[int, str]] = {n: {0: "streams"} for n in in_state + out_state}
     for n in names:
         axes[n] = {0: "streams", example[n].dim() - 1: "frames"}
-    axes["speaker"] = {0: "streams"}
+    for n in _PER_STREAM:
+        if n in names:
+            axes[n] = {0: "streams"}
     axes["audio"] = {0: "streams", 1: "input_samples"}
     axes["wav"] = {0: "streams", 1: "output_samples"}
     buf = io.BytesIO()

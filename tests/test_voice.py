@@ -13,6 +13,7 @@ from comostream.cli import main
 from comostream.models.acoustic import AcousticModel
 from comostream.models.chain import ConversionChain
 from comostream.models.checkpoint_io import load_checkpoint
+from comostream.models.retrieval import INDEX_SIZE
 from comostream.training import voice as V
 from comostream.training.voice_file import backup_path, list_voices, remove_voice, rename_voice
 
@@ -127,6 +128,9 @@ def _chain_out(model: AcousticModel, singer: str) -> torch.Tensor:
     inputs["voiced"] = torch.ones(1, frames)
     inputs["loudness"] = torch.full((1, frames), -20.0)
     inputs["speaker"] = model.conditioner.speaker_embedding(singer)
+    if model.retrieval is not None:  # the index on, as a conversion uses it
+        inputs["index_rate"] = torch.full((1, 1), 1.0)
+        inputs["index_weights"] = model.retrieval.weights(singer).float().reshape(1, -1)
     with torch.inference_mode():
         return chain(inputs)
 
@@ -138,6 +142,8 @@ def test_added_voice_keeps_every_earlier_singer_bit_identical(
     res = _add(voice_dir, tiny_file, out, work=tmp_path / "work")
     before, after = AcousticModel.from_checkpoint(tiny_file), AcousticModel.from_checkpoint(out)
     assert after.speakers == (*SINGERS, "me")
+    assert after.retrieval is not None and after.retrieval.names == ("me",)
+    assert 0 < after.retrieval.sizes()["me"] <= INDEX_SIZE
     for s in SINGERS:
         assert torch.equal(_chain_out(before, s), _chain_out(after, s))
     assert not torch.equal(_chain_out(after, "me"), _chain_out(after, SINGERS[0]))

@@ -37,6 +37,7 @@ from comostream.models.acoustic import AcousticModel, hold_unvoiced
 from comostream.models.checkpoint_io import CheckpointError, load_checkpoint
 from comostream.models.edm import normalise_mel
 from comostream.models.noise import frame_noise
+from comostream.models.retrieval import INDEX_SIZE, build_bank
 from comostream.models.voiceprint import DIMS
 from comostream.training.checkpoint import save_checkpoint
 from comostream.training.voice_file import check_name
@@ -78,7 +79,8 @@ class VoiceOptions:
     of each only warm the causal layers up, outside the loss); every ``holdout_every``-th piece
     is held out for the resynthesis check; the state is saved every ``checkpoint_every``
     steps; ``mixed_voices``: ``"warn"`` or ``"error"`` when the material sounds like several
-    voices, ``"off"``: not checked."""
+    voices, ``"off"``: not checked; ``index``: store the voice's retrieval bank
+    (:func:`voice_bank`)."""
 
     steps: int | None = None  # None: :func:`auto_steps` of the training audio
     batch: int = 8
@@ -89,6 +91,7 @@ class VoiceOptions:
     holdout_every: int = 10
     checkpoint_every: int = 25
     mixed_voices: str = "warn"
+    index: bool = True  # store a retrieval bank of the voice's content frames
 
 
 @dataclass
@@ -207,7 +210,8 @@ def _initial_row(model: AcousticModel, batcher: _Batcher, opts: VoiceOptions) ->
 def _state_key(model_tag: str, pieces: Sequence[Piece], opts: VoiceOptions, name: str) -> str:
     h = hashlib.sha1(model_tag.encode())
     h.update(name.encode())
-    h.update(json.dumps(asdict(opts), sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(opts).items() if k != "index"}  # not the adaptation's
+    h.update(json.dumps(settings, sort_keys=True).encode())
     for p in pieces:
         h.update(p.source.encode())
         h.update(np.ascontiguousarray(p.mel[:, :: max(1, p.frames // 8)]).tobytes())
@@ -313,10 +317,15 @@ def _heldout(count: int, every: int) -> set[int]:
 
 
 def with_voice(
-    payload: dict[str, Any], name: str, row: Tensor, voiceprint: dict[str, Any]
+    payload: dict[str, Any],
+    name: str,
+    row: Tensor,
+    voiceprint: dict[str, Any],
+    bank: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """A copy of inference payload ``payload`` with singer ``name`` appended (embedding ``row``)
-    and its voice print; every other entry is the same tensor."""
+    """A copy of inference payload ``payload`` with singer ``name`` appended (embedding ``row``),
+    its voice print and its retrieval bank ``(K, content_dim)`` if given; every other entry is
+    the same tensor."""
     speakers = [str(s) for s in payload["speakers"]]
     if name in speakers:
         raise ValueError(f"the model already has a singer {name!r}")
@@ -326,7 +335,20 @@ def with_voice(
     cond[key] = torch.cat([old, row.to(old.dtype).reshape(1, -1)], dim=0)
     prints = dict(payload.get("voiceprints") or {})
     prints[name] = voiceprint
-    return dict(payload, speakers=[*speakers, name], conditioner=cond, voiceprints=prints)
+    out = dict(payload, speakers=[*speakers, name], conditioner=cond, voiceprints=prints)
+    if bank is not None:
+        out["index"] = {**dict(payload.get("index") or {}), name: torch.from_numpy(bank)}
+    return out
+
+
+def voice_bank(pieces: Sequence[Piece], seed: int = 0) -> np.ndarray | None:
+    """The retrieval bank of a voice ``(K <= INDEX_SIZE, content_dim)``: k-means centroids of
+    its pieces' voiced, active content frames (None for a model without content)."""
+    frames = [p.content[:, (p.voiced > 0) & (p.loudness > ACTIVE_DB)].T for p in pieces]
+    x = np.concatenate(frames) if frames else np.zeros((0, 0), np.float32)
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return None
+    return build_bank(x, INDEX_SIZE, seed=seed)
 
 
 def add_voice(
@@ -382,7 +404,8 @@ def add_voice(
         "method": "embedding",
     }
     if info["steps"] >= (opts.steps or 0):
-        save_checkpoint(out, with_voice(payload, name, row, vp))
+        bank = voice_bank(train, opts.seed) if opts.index else None
+        save_checkpoint(out, with_voice(payload, name, row, vp, bank))
     return VoiceResult(
         out,
         name,

@@ -41,6 +41,7 @@ class VoiceInfo:
     f0_low: float | None
     f0_high: float | None
     adaptation: dict[str, Any] | None
+    index_size: int | None = None  # rows of its retrieval bank, None without one
 
 
 def check_name(name: str) -> None:
@@ -53,6 +54,7 @@ def list_voices(model: Path) -> list[VoiceInfo]:
     """The singers of inference file ``model``, in table order."""
     ck = load_checkpoint(model, kind="inference")
     prints = ck.get("voiceprints") or {}
+    index = ck.get("index") or {}
     out = []
     for name in ck["speakers"]:
         p = prints.get(name) or {}
@@ -69,6 +71,7 @@ def list_voices(model: Path) -> list[VoiceInfo]:
                 num("f0_low"),
                 num("f0_high"),
                 dict(ad) if isinstance(ad, dict) else None,
+                int(index[name].shape[0]) if name in index else None,
             )
         )
     return out
@@ -107,6 +110,11 @@ def _edited(ck: dict[str, Any], keep: list[int], names: list[str]) -> dict[str, 
     out = dict(ck, speakers=names, conditioner=cond)
     if "voiceprints" in ck:
         out["voiceprints"] = new_prints
+    if "index" in ck:  # retrieval banks follow their singers
+        index = ck["index"] or {}
+        out["index"] = {
+            new: index[old[i]] for i, new in zip(keep, names, strict=True) if old[i] in index
+        }
     return out
 
 

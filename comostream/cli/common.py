@@ -39,6 +39,7 @@ __all__ = [
     "config_option",
     "config_options",
     "config_parent",
+    "index_rate_option",
     "level_arg",
     "model_options",
     "non_negative_int",
@@ -103,6 +104,28 @@ def transpose_arg(text: str) -> float:
         return check_transpose(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def index_rate_option(p: argparse.ArgumentParser) -> None:
+    """``--index-rate R``: the retrieval index blend in [0, 1]
+    (:mod:`comostream.models.retrieval`)."""
+    from comostream.models.limits import DEFAULT_INDEX_RATE, check_index_rate
+
+    def rate(text: str) -> float:
+        try:
+            return check_index_rate(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p.add_argument(
+        "--index-rate",
+        type=rate,
+        default=DEFAULT_INDEX_RATE,
+        metavar="R",
+        help="how far each content frame moves towards the singer's own nearest frames (the "
+        f"model file's retrieval index; 0 = off, 1 = all the way; default {DEFAULT_INDEX_RATE}; "
+        "no effect for a singer without an index)",
+    )
 
 
 def transpose_or_auto(text: str) -> str | float:

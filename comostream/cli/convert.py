@@ -14,6 +14,7 @@ from comostream.cli.common import (
     config_from_args,
     config_parent,
     f0_option,
+    index_rate_option,
     model_options,
     output_options,
     overridden,
@@ -67,6 +68,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         device=device,
         subtype=args.subtype,
         f0=cfg.f0,
+        index_rate=args.index_rate,
     )
     print(r.summary())
     return 0
@@ -131,6 +133,7 @@ def register(sub: Subparsers) -> None:
         metavar="NAME",
         help=f"target singer, {SPEAKER_MIX} (default: the first)",
     )
+    index_rate_option(p)
     p.add_argument(
         "--transpose",
         type=transpose_or_auto,

@@ -13,6 +13,7 @@ from comostream.cli.common import (
     config_from_args,
     config_parent,
     f0_option,
+    index_rate_option,
     level_arg,
     model_options,
     non_negative_int,
@@ -56,6 +57,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
             sample_rate=args.sample_rate,
             speaker=args.speaker,
             transpose=args.transpose,
+            index_rate=args.index_rate,
             monitor=args.monitor,
             bypass=args.bypass,
             checkpoint=args.checkpoint,
@@ -125,6 +127,7 @@ def register(sub: Subparsers) -> None:
         metavar="NAME",
         help="target singer, NAME or a mix NAME:WEIGHT,NAME:WEIGHT (default: the first)",
     )
+    index_rate_option(p)
     p.add_argument(
         "--transpose",
         type=transpose_or_auto,

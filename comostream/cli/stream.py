@@ -17,6 +17,7 @@ from comostream.cli.common import (
     config_from_args,
     config_parent,
     f0_option,
+    index_rate_option,
     model_options,
     output_options,
     port_arg,
@@ -71,6 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_streams,
             batch_wait_ms=args.batch_wait,
             f0=config_from_args(args).f0,
+            index_rate=args.index_rate,
         )
         return run_server(factory, config)
     except OSError as exc:
@@ -222,6 +224,7 @@ def register(sub: Subparsers) -> None:
         help="address to bind (default 127.0.0.1; any other needs --token)",
     )
     p.add_argument("--port", type=port_arg, default=8765, help="TCP port (default 8765; 0: any)")
+    index_rate_option(p)  # the sessions' default; a hello's index_rate overrides
     p.add_argument(
         "--token",
         default=None,

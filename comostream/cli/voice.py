@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from comostream.cli.common import CommandError, Subparsers, positive_int, say
+from comostream.cli.common import CommandError, Subparsers, index_rate_option, positive_int, say
 
 __all__ = ["register"]
 
@@ -44,6 +44,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         mixed_voices="off" if args.no_check else "error" if args.strict else "warn",
+        index=not args.no_index,
     )
     if out.exists() and out.resolve() == model.resolve():
         raise CommandError(f"{out}: the output would overwrite the input model; give another -o")
@@ -112,6 +113,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if v.adaptation:
             ad = v.adaptation
             extra = f"  [added: {ad.get('audio_seconds')} s of audio, {ad.get('seconds')} s]"
+        if v.index_size is not None:
+            extra += f"  [index: {v.index_size} frames]"
         print(f"  {v.name:<{width}}  {_register_text(v.f0_median, v.f0_low, v.f0_high)}{extra}")
     return 0
 
@@ -206,6 +209,11 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="skip the several-voices check and the resynthesis check at the end",
     )
+    p.add_argument(
+        "--no-index",
+        action="store_true",
+        help="store no retrieval index of the voice (convert's --index-rate then does nothing)",
+    )
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_add)
@@ -246,6 +254,7 @@ def _cmd_bench_voice(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         max_sources=args.max_sources,
         progress=not args.json,
+        index_rate=args.index_rate,
     )
     print(json.dumps(result, indent=2) if args.json else format_voice_table(result))
     return 0
@@ -278,6 +287,7 @@ def add_bench_voice(bench_sub: Subparsers) -> None:
         help="also convert into the earlier singer nearest to NAME (by voice print)",
     )
     p.add_argument("--max-sources", type=positive_int, default=None, metavar="N")
+    index_rate_option(p)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_cmd_bench_voice)

@@ -32,6 +32,7 @@ from comostream.models.audio import (
 from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
 from comostream.models.mix import speaker_text
+from comostream.models.retrieval import DEFAULT_INDEX_RATE
 from comostream.models.shipped import require_model
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import stream_rate
@@ -164,6 +165,7 @@ def convert_file(
     warn: Callable[[str], None] = _warn,
     subtype: str | None = None,
     f0: F0Config | None = None,
+    index_rate: float = DEFAULT_INDEX_RATE,
 ) -> ConvertResult:
     """Convert ``source`` to ``speaker`` and write ``output`` (the source's rate, mono, in the
     format of ``output``'s extension: wav/flac/ogg, with ``subtype`` or the format's default,
@@ -226,6 +228,7 @@ def convert_file(
         realtime=rt,
         f0=f0,
         offline=block is None,
+        index_rate=index_rate,
     )
     rs_in, rs_out = ChunkedResampler(file_rate, rate), ChunkedResampler(rate, file_rate)
     skip = engine.delay_samples  # the engine's delay, removed: output aligned to the input

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.limits import DEFAULT_INDEX_RATE
 from comostream.realtime.live.audio import F0Tap, LiveMixer, TimedConverter, output_buffer
 from comostream.realtime.live.console import (
     COMMAND_HELP,
@@ -59,6 +60,7 @@ class LiveOptions:
     block: int | None = None  # model frames per step (10.67 ms each); None: [realtime]
     speaker: Any = None  # name or {name: weight}; None: the model's first singer
     transpose: float | str = 0.0  # semitones, or "auto": to the singer's register
+    index_rate: float = DEFAULT_INDEX_RATE  # retrieval index blend, 0-1 (models/retrieval.py)
     monitor: float = 0.0  # level of the dry input mixed into the output, 0-1
     bypass: bool = False  # start with the dry signal
     checkpoint: Path | None = None
@@ -116,6 +118,7 @@ class LiveSession:
                 voc,
                 speaker=opts.speaker,
                 transpose=opts.transpose,
+                index_rate=opts.index_rate,
                 registers=registers,
                 sample_rate=sample_rate,
                 realtime=rt,

@@ -15,6 +15,7 @@ import torch
 from comostream.models.chain import ConversionChain
 from comostream.models.conditioner import SpeakerSpec, UnknownSpeakerError, resolve_speaker
 from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.limits import DEFAULT_INDEX_RATE, check_index_rate
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.serve.batcher import BatchScheduler, SlotStep, bucket_sizes
@@ -50,8 +51,10 @@ class EngineFactory:
         max_batch: int = 8,
         batch_wait_ms: float | None = None,
         f0: F0Config | None = None,
+        index_rate: float = DEFAULT_INDEX_RATE,
     ) -> None:
         self.model, self.vocoder = model, vocoder
+        self.index_rate = check_index_rate(index_rate)  # sessions' default (hello overrides)
         self.rt = realtime or RealtimeConfig()
         self.f0_cfg = f0  # the engines' F0 config (None: the defaults); hello's ``f0`` overrides
         self.speakers: list[str] = list(model.speakers)
@@ -166,6 +169,8 @@ class EngineFactory:
         kw = dict(
             speaker=speaker,
             transpose=hello.transpose,
+            index=getattr(self.model, "retrieval", None),
+            index_rate=self.index_rate if hello.index_rate is None else hello.index_rate,
             registers=self.registers,
             sample_rate=hello.sample_rate,
             channels=hello.channels,

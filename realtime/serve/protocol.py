@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from comostream.models.config import STREAMING_F0_BACKENDS
-from comostream.models.limits import check_transpose
+from comostream.models.limits import check_index_rate, check_transpose
 from comostream.models.mix import BadMixError, check_mix
 from comostream.realtime.geometry import INPUT_RATES
 
@@ -240,6 +240,7 @@ class Hello:
     transpose: float | str  # semitones, or "auto" (the singer's register)
     token: str | None
     f0: str | None = None  # streaming F0 backend (None: the server's config)
+    index_rate: float | None = None  # retrieval index blend 0-1 (None: the server's default)
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ class SetMessage:
     speaker: str | dict[str, float] | None = None
     transpose: float | str | None = None  # semitones, or "auto"
     bypass: bool | None = None
+    index_rate: float | None = None  # retrieval index blend 0-1
 
 
 def parse_text(text: str | bytes) -> dict[str, Any]:
@@ -364,20 +366,33 @@ def parse_hello(obj: Mapping[str, Any]) -> Hello:
         _transpose(obj.get("transpose", 0.0)),
         token,
         f0,
+        _index_rate(obj["index_rate"]) if "index_rate" in obj else None,
     )
 
 
+def _index_rate(value: Any) -> float:
+    """The ``index_rate`` field: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("bad_params", f"index_rate must be a number in [0, 1], got {value!r}")
+    try:
+        return check_index_rate(value)
+    except ValueError as exc:
+        raise ProtocolError("bad_params", str(exc)) from None
+
+
 def parse_set(obj: Mapping[str, Any]) -> SetMessage:
-    """Validate a ``set`` object: at least one of speaker, transpose, bypass."""
-    unknown = set(obj) - {"type", "speaker", "transpose", "bypass"}
+    """Validate a ``set`` object: at least one of speaker, transpose, bypass, index_rate."""
+    fields = {"speaker", "transpose", "bypass", "index_rate"}
+    unknown = set(obj) - {"type", *fields}
     if unknown:
         raise ProtocolError("bad_message", f"set: unknown fields {sorted(unknown)}")
-    if not set(obj) & {"speaker", "transpose", "bypass"}:
-        raise ProtocolError("bad_message", "set: give speaker, transpose and/or bypass")
+    if not set(obj) & fields:
+        raise ProtocolError("bad_message", "set: give speaker, transpose, bypass and/or index_rate")
     bypass = obj.get("bypass")
     if bypass is not None and not isinstance(bypass, bool):
         raise ProtocolError("bad_message", f"set: bypass must be true or false, got {bypass!r}")
     if "speaker" in obj and obj["speaker"] is None:
         raise ProtocolError("bad_message", "set: speaker must be a name or a mix")
     transpose = _transpose(obj["transpose"]) if "transpose" in obj else None
-    return SetMessage(_speaker(obj.get("speaker")), transpose, bypass)
+    rate = _index_rate(obj["index_rate"]) if "index_rate" in obj else None
+    return SetMessage(_speaker(obj.get("speaker")), transpose, bypass, rate)

@@ -437,6 +437,8 @@ class Session:
                 self.engine.set_transpose(change.transpose)
             if change.bypass is not None:
                 self.bypass = change.bypass
+            if change.index_rate is not None:
+                self.engine.set_index_rate(change.index_rate)
         elif kind == "reset":
             self.engine.reset()
             self.dry.reset()

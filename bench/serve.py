@@ -70,6 +70,13 @@ def row_holds(row: dict[str, Any], block_ms: float) -> bool:
     )
 
 
+def _late_only(row: dict[str, Any]) -> bool:
+    """A row that failed on its round trip alone (nothing dropped, no client error): such an N
+    is measured a second time and that measurement is the row (the first p99 is kept as
+    ``first_try_rtt_ms_p99``); a drop is never retried."""
+    return not row["realtime"] and row["dropped_samples"] == 0 and not row.get("errors")
+
+
 def realtime_streams(rows: Sequence[dict[str, Any]], block_ms: float) -> int:
     """The largest N (``row["streams"]``) that held real time (:func:`row_holds`) with every
     smaller N measured holding as well (a pass above a failure is noise, not capacity); 0 when
@@ -404,7 +411,20 @@ def run_serve_bench(
             row, ready = asyncio.run(
                 asyncio.wait_for(_measure(server, n, x, sample_rate, before), bound)
             )
-            row["realtime"] = row_holds(row, 1000.0 * int(ready["block"]) / sample_rate)
+            block_ms = 1000.0 * int(ready["block"]) / sample_rate
+            row["realtime"] = row_holds(row, block_ms)
+            if _late_only(row):  # nothing lost, one round trip late: a hiccup, or the limit?
+                progress(_row_text(row))
+                progress(f"{n} stream(s): nothing dropped but a late p99; measuring once more")
+                first = row
+                row, ready = asyncio.run(
+                    asyncio.wait_for(
+                        _measure(server, n, x, sample_rate, first.get("batch_cpu_s") or 0.0),
+                        bound,
+                    )
+                )
+                row["realtime"] = row_holds(row, block_ms)
+                row["first_try_rtt_ms_p99"] = first["rtt_ms_p99"]
             rows.append(row)
             progress(_row_text(row))
             if stop_at_failure and not row["realtime"] and n != streams[-1]:

@@ -66,6 +66,34 @@ def test_the_ns_stop_at_the_first_that_fails_unless_all(
     assert measured == [1, 2, 4, 8] and r["realtime_streams"] == 2
 
 
+def test_a_late_round_trip_with_nothing_dropped_is_measured_once_more(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from contextlib import contextmanager
+
+    import comostream.bench.serve as bs
+
+    @contextmanager
+    def fake_server(*_: Any, **_kw: Any) -> Any:
+        yield bs.ServerProcess("ws://x/ws", 0, tmp_path / "log")
+
+    measured: list[int] = []
+    late = {1: [60.0, 9.0], 2: [70.0, 80.0]}  # N=1: a hiccup, N=2: late twice
+
+    async def fake_measure(_s: Any, n: int, *_a: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        measured.append(n)
+        full = {**row(n, dropped=0), "rtt_ms_p50": 5.0, "server_cpu": 0.5}
+        full["rtt_ms_p99"] = late[n].pop(0)
+        return full, {"block": 1024, "latency_ms": 46.0}
+
+    monkeypatch.setattr(bs, "serve_process", fake_server)
+    monkeypatch.setattr(bs, "_measure", fake_measure)
+    r = bs.run_serve_bench([1, 2, 4], checkpoint=tmp_path / "m.ckpt", seconds=0.1)
+    assert measured == [1, 1, 2, 2]  # each late N twice; stopped after N=2 failed twice
+    assert [x["realtime"] for x in r["rows"]] == [True, False]
+    assert r["rows"][0]["first_try_rtt_ms_p99"] == 60.0 and r["realtime_streams"] == 1
+
+
 def test_stream_counts_are_checked() -> None:
     assert _stream_counts("1,2,4,8,16") == [1, 2, 4, 8, 16]
     for bad in ("", "0", "1,,2", "a", "1,-2", "1000"):

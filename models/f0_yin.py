@@ -86,25 +86,53 @@ def _beta_cdf(x: float, b: float) -> float:
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
+def _level_db(frame: np.ndarray) -> float:
+    """RMS level (dBFS) of one analysis window."""
+    energy = 0.0
+    for j in range(frame.shape[0]):
+        energy += frame[j] * frame[j]
+    return 10.0 * math.log10(max(energy / frame.shape[0], 1e-20))
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _lowpass_frame(frame: np.ndarray, lowpass: np.ndarray, y: np.ndarray) -> None:
+    """``y[j] = sum_i lowpass[i] * frame[j + i]`` for every ``j`` of ``y`` (the band-limited
+    window the difference function is taken on)."""
+    n_lp = lowpass.shape[0]
+    for j in range(y.shape[0]):
+        seg = frame[j : j + n_lp]
+        acc = 0.0
+        for i in range(n_lp):
+            acc += lowpass[i] * seg[i]
+        y[j] = acc
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _lag_difference(y: np.ndarray, width: int, tau: int) -> float:
+    """``d(tau)``: squared difference of ``y`` and ``y`` delayed by ``tau`` over ``width``
+    samples, the span centred on ``y``'s centre for every lag (no lag-dependent delay)."""
+    a = y.shape[0] // 2 - width // 2 - tau // 2
+    ya = y[a : a + width]
+    yb = y[a + tau : a + tau + width]
+    acc = 0.0
+    for j in range(width):
+        diff = ya[j] - yb[j]
+        acc += diff * diff
+    return acc
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def _cmndf(y: np.ndarray, width: int, tau_max: int, d: np.ndarray, dn: np.ndarray) -> None:
     """Difference ``d (tau_max + 2,)`` of ``y`` over ``width`` samples and its CMNDF ``dn``.
 
     Each lag's span ``[a, a + width + tau)`` is centred on ``y``'s centre, so ``d(tau)`` measures
     the period at the frame centre for every lag (no lag-dependent delay on glides).
     """
-    centre = y.shape[0] // 2
-    half_w = width // 2
     d[0] = 0.0
     dn[0] = 1.0
     cum = 0.0
     for tau in range(1, tau_max + 2):
-        a = centre - half_w - tau // 2
-        ya = y[a : a + width]
-        yb = y[a + tau : a + tau + width]
-        acc = 0.0
-        for j in range(width):
-            diff = ya[j] - yb[j]
-            acc += diff * diff
+        acc = _lag_difference(y, width, tau)
         d[tau] = acc
         cum += acc
         dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
@@ -135,16 +163,8 @@ def _analyse(
     for k in range(f0.shape[0]):
         # slices, not offset indices: numba then drops the negative-index checks and vectorises
         frame = buf[start0 + HOP_LENGTH * k : start0 + HOP_LENGTH * k + WINDOW]
-        energy = 0.0
-        for j in range(WINDOW):
-            energy += frame[j] * frame[j]
-        level_db[k] = 10.0 * math.log10(max(energy / WINDOW, 1e-20))
-        for j in range(y.shape[0]):
-            seg = frame[j : j + n_lp]
-            acc = 0.0
-            for i in range(n_lp):
-                acc += lowpass[i] * seg[i]
-            y[j] = acc
+        level_db[k] = _level_db(frame)
+        _lowpass_frame(frame, lowpass, y)
         _cmndf(y, width, tau_max, d, dn)
         # pYIN-style choice: thresholds ~ Beta(2, b) with mean ``threshold``; a dip gets the
         # prior mass of the thresholds for which it is the first dip below the threshold.

@@ -59,8 +59,11 @@ from comostream.models.f0_yin import (
     IncrementalF0,
     _beta_cdf,
     _cmndf,
+    _lag_difference,
     _lags,
+    _level_db,
     _lowpass,
+    _lowpass_frame,
 )
 
 __all__ = ["MAX_CANDIDATES", "yintrack_f0", "IncrementalYinTrack"]
@@ -185,16 +188,8 @@ def _candidates(
     masses = np.empty(tau_max + 2)
     for k in range(best_dn.shape[0]):
         frame = buf[start0 + 256 * k : start0 + 256 * k + WINDOW]
-        energy = 0.0
-        for j in range(WINDOW):
-            energy += frame[j] * frame[j]
-        level_db[k] = 10.0 * math.log10(max(energy / WINDOW, 1e-20))
-        for j in range(y.shape[0]):
-            seg = frame[j : j + n_lp]
-            acc = 0.0
-            for i in range(n_lp):
-                acc += lowpass[i] * seg[i]
-            y[j] = acc
+        level_db[k] = _level_db(frame)
+        _lowpass_frame(frame, lowpass, y)
         _cmndf(y, width, tau_max, d, dn)
         # every local minimum below 1, with its pYIN first-dip-below-threshold mass
         n = 0
@@ -376,8 +371,6 @@ def _refine(
     n_lp = lowpass.shape[0]
     y = np.empty(WINDOW - n_lp + 1)
     n = y.shape[0]
-    centre = n // 2
-    half_w = width // 2
     hann = np.empty(n)
     for j in range(n):
         hann[j] = 0.5 - 0.5 * math.cos(2.0 * math.pi * (j + 0.5) / n)
@@ -397,22 +390,10 @@ def _refine(
         if hi - lo < 2:
             continue
         frame = buf[start0 + 256 * k : start0 + 256 * k + WINDOW]
-        for j in range(n):
-            seg = frame[j : j + n_lp]
-            acc = 0.0
-            for i in range(n_lp):
-                acc += lowpass[i] * seg[i]
-            y[j] = acc
+        _lowpass_frame(frame, lowpass, y)
         _whiten(y, order, gamma, hann, yw, lpc_r, lpc_a, lpc_prev, e)
         for tau in range(lo - 1, hi + 2):
-            a = centre - half_w - tau // 2
-            ya = e[a : a + width]
-            yb = e[a + tau : a + tau + width]
-            acc = 0.0
-            for j in range(width):
-                diff = ya[j] - yb[j]
-                acc += diff * diff
-            d[tau] = acc
+            d[tau] = _lag_difference(e, width, tau)
         best = -1
         for tau in range(lo, hi + 1):
             if d[tau] < d[tau - 1] and d[tau] <= d[tau + 1] and (best < 0 or d[tau] < d[best]):

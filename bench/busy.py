@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from comostream.bench.serve import wait_for_url
+from comostream.bench.serve import serve_child
 
 __all__ = ["RTF_LIMIT", "busy_loops", "format_busy_table", "run_busy_check"]
 
@@ -100,21 +99,9 @@ def check_convert(example: Path, tmp: Path, timeout_s: float = 300.0) -> dict[st
 @contextlib.contextmanager
 def _server(tmp: Path, start_timeout_s: float = 300.0) -> Iterator[str]:
     """``comostream serve --port 0`` (default options otherwise) until the block ends; its URL."""
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            _comostream("serve", "--port", "0"), stdout=out, stderr=subprocess.STDOUT, env=_env()
-        )
-    try:
-        yield wait_for_url(proc, log, start_timeout_s)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    cmd = _comostream("serve", "--port", "0")
+    with serve_child(cmd, _env(), tmp / "serve.log", start_timeout_s) as server:
+        yield server.url
 
 
 def check_serve_client(example: Path, tmp: Path, timeout_s: float = 300.0) -> dict[str, Any]:

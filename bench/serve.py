@@ -44,6 +44,7 @@ __all__ = [
     "realtime_streams",
     "row_holds",
     "run_serve_bench",
+    "serve_child",
     "serve_process",
     "wait_for_url",
 ]
@@ -146,19 +147,28 @@ def serve_process(
     env.setdefault("OMP_NUM_THREADS", str(threads))
     with tempfile.TemporaryDirectory(prefix="comostream-bench-serve-") as tmp:
         log = Path(tmp) / "serve.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            url = wait_for_url(proc, log, start_timeout_s)
-            yield ServerProcess(url, proc.pid, log)
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        with serve_child(cmd, env, log, start_timeout_s) as server:
+            yield server
+
+
+@contextmanager
+def serve_child(
+    cmd: list[str], env: dict[str, str], log: Path, start_timeout_s: float = START_TIMEOUT_S
+) -> Iterator[ServerProcess]:
+    """Run the ``comostream serve`` command ``cmd`` (its output to ``log``) until it announces
+    its URL, yield it, and stop it when the block ends (SIGTERM, then kill after 15 s)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield ServerProcess(wait_for_url(proc, log, start_timeout_s), proc.pid, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def wait_for_url(proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> str:

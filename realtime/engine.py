@@ -435,7 +435,7 @@ class StreamingConverter:
         self.fifo.push(np.zeros(self.fifo_prefill, np.float32))
         self._speaker.pos = 1.0
         self._speaker.start = self._speaker.target
-        if getattr(self, "_auto", False):  # auto: the estimate starts again, untransposed
+        if self._auto:  # auto: the estimate starts again, untransposed
             self._transpose.target = torch.tensor(0.0, dtype=torch.float64)
         self._transpose.pos = 1.0
         self._transpose.start = self._transpose.target

@@ -288,17 +288,16 @@ class BatchScheduler:
                     }
                 first = slots[0]
                 in_place = size == n and slots == list(range(first, first + n))
+                index = None if in_place else torch.tensor(slots, dtype=torch.long)
                 with self._table_lock:
-                    if in_place:
+                    if index is None:
                         rows = [t[first : first + n] for t in self._table]
-                        y = step.step(inputs, rebuild_state(self._template, rows))
                     else:
-                        index = torch.tensor(slots, dtype=torch.long)
                         rows = [t.index_select(0, index) for t in self._table]
-                        y = step.step(inputs, rebuild_state(self._template, rows))
-                        real = index[:n]
+                    y = step.step(inputs, rebuild_state(self._template, rows))
+                    if index is not None:  # gathered copies: the real rows written back
                         for t, r in zip(self._table, rows, strict=True):
-                            t.index_copy_(0, real, r[:n])
+                            t.index_copy_(0, index[:n], r[:n])
             for i, req in enumerate(reqs):
                 req.output = y[i : i + 1]
         except Exception as exc:  # noqa: BLE001 - every waiting session gets the error

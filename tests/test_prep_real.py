@@ -203,8 +203,12 @@ def test_a_rerun_writes_nothing_and_an_interrupted_run_resumes(repo: Path, tmp_p
 
 
 def test_evaluation_packages_are_refused_everywhere(repo: Path, tmp_path: Path) -> None:
-    for name in ("asterisk-core-sounds-it-g722", "asterisk-core-sounds-ru-wav",
-                 "asterisk-prompt-fr-armelle", "Asterisk-Core-Sounds-RU-gsm"):  # fmt: skip
+    for name in (
+        "asterisk-core-sounds-it-g722",
+        "asterisk-core-sounds-ru-wav",
+        "asterisk-prompt-fr-armelle",
+        "Asterisk-Core-Sounds-RU-gsm",
+    ):
         with pytest.raises(PackageError, match="kept out of training"):
             check_allowed(name)
         with pytest.raises(PackageError, match="kept out of training"):

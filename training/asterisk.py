@@ -41,9 +41,16 @@ TRIM_FLOOR_DBFS = -60.0  # ...or below this level, whichever is higher
 TRIM_MARGIN_S = 0.05  # kept either side of the first/last loud frame, seconds
 # Tones and sound effects (so marked in the English transcript; other languages omit some).
 NON_SPEECH = frozenset(
-    {"ascending-2tone", "descending-2tone", "beep", "beeperr", "confbridge-join",
-     "confbridge-leave", "tt-monkeys"}
-)  # fmt: skip
+    {
+        "ascending-2tone",
+        "descending-2tone",
+        "beep",
+        "beeperr",
+        "confbridge-join",
+        "confbridge-leave",
+        "tt-monkeys",
+    }
+)
 _NOT_SPEECH_TEXT = re.compile(r"\s*(\[.*\]|<.*>|\(.*\))\s*")  # "[ascending tones]", "(beep)"
 
 

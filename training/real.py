@@ -199,8 +199,15 @@ def _write_prompt(
         x = resample(p.audio, SOURCE_RATE, sr).astype(np.float64)
         _atomic_write_bytes(wav, _wav_bytes(wo.peak_normalize(x, PEAK_DBFS), sr))
     seconds = round(sf.info(str(wav)).frames / sr, 6)
-    out = [{**common, "path": f"{voice.name}/{uid}.wav", "singer": voice.name,
-            "kind": "spoken", "seconds": seconds}]  # fmt: skip
+    out = [
+        {
+            **common,
+            "path": f"{voice.name}/{uid}.wav",
+            "singer": voice.name,
+            "kind": "spoken",
+            "seconds": seconds,
+        }
+    ]
     if not job.sung:
         return out
     swav = job.out_dir / voice.sung / f"{uid}.wav"
@@ -215,9 +222,18 @@ def _write_prompt(
         _atomic_write_bytes(sf0, _npy_bytes(res[1]))
         _atomic_write_bytes(swav, _wav_bytes(res[0], sr))
     seconds = round(sf.info(str(swav)).frames / sr, 6)
-    out.append({**common, "path": f"{voice.sung}/{uid}.wav", "singer": voice.sung,
-                "kind": "sung", "f0": f"{voice.sung}/{uid}.f0.npy", "melody": melody.id,
-                "register": voice.register, "seconds": seconds})  # fmt: skip
+    out.append(
+        {
+            **common,
+            "path": f"{voice.sung}/{uid}.wav",
+            "singer": voice.sung,
+            "kind": "sung",
+            "f0": f"{voice.sung}/{uid}.f0.npy",
+            "melody": melody.id,
+            "register": voice.register,
+            "seconds": seconds,
+        }
+    )
     return out
 
 

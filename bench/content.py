@@ -7,7 +7,11 @@ of the corpus is held out. On the held-out singers' frames whose loudness is abo
 * ``speaker_probe``: a linear singer classifier (logistic regression) trained on frames of the
   ``train``/``valid``-split lines and tested on the ``test``-split lines (other lyrics and
   melodies), on the content frames and, for comparison, on the raw log-mel frames;
-  ``chance = 1 / n_held_out``. Low content accuracy = little singer information left.
+  ``chance = 1 / n_held_out``. Low content accuracy = little singer information left. Content
+  frames are computed two ways: ``content`` encodes every line on its own (a stream that starts
+  with the line: the encoder's input centring starts from its prior), ``content_stream``
+  encodes each singer's lines back to back as one stream (a performance: the centring has
+  converged on the singer). ``mlp_*``: the same with a one-hidden-layer MLP probe (nonlinear).
 * ``pitch_probe``: R^2 of a linear (ridge) map from frames to log2 F0 on voiced frames (train
   lines -> test lines), for content and mel: pitch left in the content.
 * ``content_kept``: (1) frame-aligned pairs: a synthetic singer rendered from the same base
@@ -46,6 +50,7 @@ from comostream.bench.probes import (
     Standardizer,
     cosine_pairs,
     logreg_accuracy,
+    mlp_accuracy,
     retrieval_hits,
     ridge_fit,
     ridge_predict,
@@ -78,6 +83,7 @@ class _Utt:
     voiced: np.ndarray  # (T,) bool
     loudness: np.ndarray  # (T,) dB
     active: np.ndarray  # (T,) bool: loudness above content.active_db
+    content_stream: np.ndarray | None = None  # (D, T): the singer's lines encoded as one stream
 
     @property
     def cond(self) -> np.ndarray:
@@ -109,6 +115,20 @@ def _features(enc: ContentEncoder, cfg: Config, utt: Utterance) -> _Utt:
     )
 
 
+def stream_content(enc: ContentEncoder, utts: Sequence[_Utt]) -> None:
+    """Set ``content_stream`` of ``utts``: each singer's lines (in line order) encoded as one
+    stream, back to back."""
+    where = next(enc.parameters()).device
+    for singer in sorted({u.singer for u in utts}):
+        mine = sorted((u for u in utts if u.singer == singer), key=lambda u: u.line)
+        mel = torch.from_numpy(np.concatenate([u.mel for u in mine], 1))[None].to(where)
+        with torch.inference_mode():
+            z = enc(mel)[0].cpu().numpy()
+        edges = np.cumsum([0] + [u.mel.shape[1] for u in mine])
+        for u, a, b in zip(mine, edges[:-1], edges[1:], strict=True):
+            u.content_stream = z[:, a:b]
+
+
 def _rows(utts: Sequence[_Utt], kind: str) -> tuple[Tensor, Tensor]:
     """Active frames ``(N, C)`` of ``kind`` ("mel"/"content") and the singer labels ``(N,)``."""
     singers = sorted({u.singer for u in utts})
@@ -122,10 +142,12 @@ def speaker_probe(utts: Sequence[_Utt], n_singers: int) -> dict[str, Any]:
     train = [u for u in utts if u.split != "test"]
     test = [u for u in utts if u.split == "test"]
     out: dict[str, Any] = {"chance": 1.0 / n_singers}
-    for kind in ("content", "mel"):
+    kinds = ["content", "mel"] + (["content_stream"] if utts[0].content_stream is not None else [])
+    for kind in kinds:
         xtr, ytr = _rows(train, kind)
         xte, yte = _rows(test, kind)
         out[f"{kind}_accuracy"] = logreg_accuracy(xtr, ytr, xte, yte, n_singers)
+        out[f"mlp_{kind}_accuracy"] = mlp_accuracy(xtr, ytr, xte, yte, n_singers)
         out["train_frames"], out["test_frames"] = int(xtr.shape[0]), int(xte.shape[0])
     return out
 
@@ -307,6 +329,7 @@ def run_content_bench(
             )
         ]
         held = [f for f in feats if f.singer in held_out]
+        stream_content(enc, held)
         probe = speaker_probe(held, len(held_out))
         pitch = pitch_probe(held)
         kept = aligned_agreement(feats, partners)
@@ -345,6 +368,12 @@ def format_content_report(r: dict[str, Any]) -> str:
         f"singer probe accuracy: content {sp['content_accuracy']:.3f}, mel "
         f"{sp['mel_accuracy']:.3f}, chance {sp['chance']:.3f} ({sp['test_frames']} test frames)",
     ]
+    if "content_stream_accuracy" in sp:
+        lines.append(
+            f"  lines streamed back to back: content {sp['content_stream_accuracy']:.3f}; "
+            f"MLP probe: content {sp['mlp_content_accuracy']:.3f}, streamed "
+            f"{sp['mlp_content_stream_accuracy']:.3f}, mel {sp['mlp_mel_accuracy']:.3f}"
+        )
     pp = r["pitch_probe"]
     lines.append(f"log-F0 probe R^2: content {pp['content_r2']:.3f}, mel {pp['mel_r2']:.3f}")
     for key in ("cosine_aligned", "cosine_shifted", "retrieval_at_2", "conversion_mel_l1"):

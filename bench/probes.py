@@ -7,10 +7,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Standardizer", "cosine_pairs", "logreg_accuracy", "retrieval_hits", "ridge_fit"]
+__all__ = [
+    "Standardizer",
+    "cosine_pairs",
+    "logreg_accuracy",
+    "mlp_accuracy",
+    "retrieval_hits",
+    "ridge_fit",
+]
 
 LOGREG_ITERS = 200  # L-BFGS iterations of the singer probe
 LOGREG_L2 = 1e-4  # weight decay of the singer probe (per frame, standardised features)
+MLP_HIDDEN = 256  # hidden units of the nonlinear singer probe
+MLP_STEPS = 400  # Adam steps (minibatches of MLP_BATCH frames)
+MLP_BATCH = 1024
 RIDGE_L2 = 1.0  # ridge penalty (sum of squares over frames, standardised features)
 
 
@@ -46,6 +56,32 @@ def logreg_accuracy(
         opt.step(closure)
     with torch.no_grad():
         return float((lin(xte).argmax(-1) == y_test).float().mean())
+
+
+def mlp_accuracy(
+    x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, n_classes: int, seed: int = 0
+) -> float:
+    """Test accuracy of a one-hidden-layer MLP classifier on frames (a nonlinear probe: what a
+    model downstream could still read, beyond the linear probe)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    norm = Standardizer(x_train)
+    xtr, xte = norm(x_train), norm(x_test)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(xtr.shape[1], MLP_HIDDEN, dtype=xtr.dtype),
+        torch.nn.GELU(),
+        torch.nn.Linear(MLP_HIDDEN, n_classes, dtype=xtr.dtype),
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(MLP_STEPS):
+            pick = torch.randint(0, xtr.shape[0], (MLP_BATCH,), generator=gen)
+            loss = torch.nn.functional.cross_entropy(net(xtr[pick]), y_train[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return float((net(xte).argmax(-1) == y_test).float().mean())
 
 
 def ridge_fit(x: Tensor, y: Tensor, l2: float = RIDGE_L2) -> tuple[Standardizer, Tensor]:

@@ -285,7 +285,10 @@ class ContentConfig:
     Training: the encoder sees a WORLD-perturbed copy of each utterance (pitch shift, formant
     warp, random EQ, breathiness, level); a small decoder conditioned on the ORIGINAL F0,
     loudness and singer must rebuild the original mel; a frame-wise singer classifier is trained
-    through gradient reversal on the content frames.
+    on the content frames and confused adversarially. With ``centre_tau_frames > 0`` the
+    encoder's input (and with ``centre_output`` its content frames) is centred on its own causal
+    running mean (:class:`comostream.models.streaming.RunningCentre`): the singer's average
+    spectral envelope, the strongest cue of who sings, is removed as the stream goes.
     """
 
     channels: int = 128  # residual channels of the encoder
@@ -297,6 +300,11 @@ class ContentConfig:
     l2_normalize: bool = True  # content frames scaled to unit RMS (norm sqrt(content_dim))
     mel_mean: float = -5.0  # input normalisation: (log-mel - mean) / std (fixed, streamable)
     mel_std: float = 2.5
+    centre_tau_frames: float = 0.0  # > 0: the input is centred on its causal running mean over
+    # active frames (time constant in frames; speaker normalisation), 0 = off
+    centre_prior_frames: float = 10.0  # weight (frames) of the prior mean a stream starts from
+    centre_active_log_mel: float = -9.0  # frames whose mean log-mel is above this are averaged
+    centre_output: bool = False  # also centre the content frames (before the L2 normalisation)
     train_singers: int = 0  # train on the first N singers of the corpus (0 = all)
     perturbations: int = 4  # WORLD-perturbed versions cached per training utterance
     pitch_shift_min: float = 3.0  # semitones: |shift| drawn from [min, max], random sign
@@ -335,6 +343,10 @@ class ContentConfig:
             raise ConfigError("content: lookahead_frames, train_singers, eq_bands must be >= 0")
         if self.mel_std <= 0:
             raise ConfigError("content: mel_std must be positive")
+        if self.centre_tau_frames < 0 or self.centre_prior_frames <= 0:
+            raise ConfigError(
+                "content: centre_tau_frames must be >= 0 and centre_prior_frames positive"
+            )
         if not 0 <= self.pitch_shift_min <= self.pitch_shift_max:
             raise ConfigError("content: need 0 <= pitch_shift_min <= pitch_shift_max")
         if not 0 <= self.formant_alpha_min <= self.formant_alpha_max < 0.5:

@@ -31,14 +31,26 @@ from comostream.models.streaming import (
     CausalConv1d,
     Delay,
     FrameLinear,
+    RunningCentre,
     StreamingStack,
     StreamState,
     child,
 )
 
-__all__ = ["CHECKPOINT_KIND", "ContentEncoder", "ContentLayer", "load_content_encoder"]
+__all__ = [
+    "CHECKPOINT_KIND",
+    "ContentEncoder",
+    "ContentLayer",
+    "centre_level",
+    "load_content_encoder",
+]
 
 CHECKPOINT_KIND = "content"
+
+
+def centre_level(cfg: ContentConfig) -> float:
+    """The input centring's activity threshold (``centre_active_log_mel``) in normalised units."""
+    return (cfg.centre_active_log_mel - cfg.mel_mean) / cfg.mel_std
 
 
 def _frame_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -81,6 +93,17 @@ class ContentEncoder(StreamingStack):
         self.pad_value = (math.log(audio.log_floor) - c.mel_mean) / c.mel_std
         dilations = [2 ** (i % c.dilation_cycle) for i in range(c.layers)]
         lookaheads = lookahead_schedule(dilations, c.kernel_size, c.lookahead_frames)
+        self.centre: RunningCentre | None = None  # speaker normalisation of the input
+        self.centre_out: RunningCentre | None = None  # ... and of the content frames
+        if c.centre_tau_frames > 0:
+            level = centre_level(c)
+            self.centre = RunningCentre(
+                audio.n_mels, c.centre_tau_frames, c.centre_prior_frames, level
+            )
+            if c.centre_output:  # prior 0; activity from the input frames
+                self.centre_out = RunningCentre(
+                    c.content_dim, c.centre_tau_frames, c.centre_prior_frames, level
+                )
         self.input = FrameLinear(audio.n_mels, c.channels)
         self.layers = nn.ModuleList(
             ContentLayer(c.channels, c.kernel_size, d, la)
@@ -90,28 +113,44 @@ class ContentEncoder(StreamingStack):
         self.bottleneck = FrameLinear(c.channels, c.content_dim)
         convs = [layer.conv for layer in self.layers]
         self.lookahead_frames: int = sum(cv.lookahead_frames for cv in convs)
+        if self.centre_out is not None:  # the input frames' activity, aligned with the output
+            self.centre_delay = Delay(1, self.lookahead_frames)
         self.left_frames: int = sum(cv.left_frames for cv in convs)
 
     def normalize_input(self, mel: Tensor) -> Tensor:
         """``(mel - mel_mean) / mel_std`` (fixed constants)."""
         return (mel - self.cfg.mel_mean) / self.cfg.mel_std
 
-    def run(self, x: Tensor, state: StreamState | None) -> Tensor:
-        """Causal computation on NORMALISED input ``(B, n_mels, k)`` -> ``(B, content_dim, k)``."""
+    def run(
+        self, x: Tensor, state: StreamState | None, centre: StreamState | None = None
+    ) -> Tensor:
+        """Causal computation on NORMALISED input ``(B, n_mels, k)`` -> ``(B, content_dim, k)``.
+
+        ``centre``: the input centring's starting state for a one-shot run (``state is None``)
+        over a piece cut from inside a longer input (training segments); default nothing heard.
+        """
+        active = None
+        if self.centre is not None:
+            active = self.centre.activity(x)
+            x = self.centre.run(x, child(state, "centre") if state is not None else centre, active)
         h = self.input(x)
         layers_state = child(state, "layers")
         for i, layer in enumerate(self.layers):
             h = layer.run(h, child(layers_state, str(i)))
         z = self.bottleneck(_frame_norm(F.gelu(h), self.out_norm))
+        if self.centre_out is not None and active is not None:  # lookahead: activity delayed
+            a = self.centre_delay.run(active, child(state, "centre_delay"))
+            z = self.centre_out.run(z, child(state, "centre_out"), a)
         if self.cfg.l2_normalize:
             z = F.normalize(z, dim=1) * math.sqrt(self.content_dim)
         return z
 
-    def forward(self, mel: Tensor) -> Tensor:
-        """One-shot, aligned: ``(B, n_mels, T) -> (B, content_dim, T)``."""
+    def forward(self, mel: Tensor, centre: StreamState | None = None) -> Tensor:
+        """One-shot, aligned: ``(B, n_mels, T) -> (B, content_dim, T)`` (``centre``: see
+        :meth:`run`)."""
         d = self.lookahead_frames
         x = F.pad(self.normalize_input(mel), (0, d), value=self.pad_value)
-        return self.run(x, None)[..., d:]
+        return self.run(x, None, centre)[..., d:]
 
     def step(self, mel: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
         """``mel (B, n_mels, k)`` -> ``(B, content_dim, k)``, ``lookahead_frames`` late."""

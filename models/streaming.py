@@ -24,6 +24,7 @@ or ``no_grad``; histories are stored detached.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -38,6 +39,8 @@ __all__ = [
     "CausalConv1d",
     "Delay",
     "FrameLinear",
+    "RunningCentre",
+    "centre_prefix_stats",
     "child",
     "init_tree",
     "per_item",
@@ -91,7 +94,7 @@ def init_tree(
     if ref is not None:
         device = ref.device if device is None else device
         dtype = ref.dtype if dtype is None else dtype
-    if isinstance(module, (CausalConv1d, Delay)):
+    if isinstance(module, (CausalConv1d, Delay, RunningCentre)):
         return module.init_state(batch, device, dtype)
     out: StreamState = {}
     for name, sub in module.named_children():
@@ -310,3 +313,107 @@ class Delay(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Causal (one-shot) delay of a whole sequence ``(B, C, T) -> (B, C, T)``."""
         return self.run(x)
+
+
+class RunningCentre(nn.Module):
+    """Causal centring of a frame sequence on its own running mean (speaker normalisation).
+
+    ``y_t = x_t - m_t``, ``m_t = (num_t + w_t p) / (den_t + w_t)``: an exponentially weighted
+    mean (``lam = exp(-1 / tau_frames)``) of the *active* frames (``a_t = [mean_c x_t >
+    active_level]``, not silence), ``num_t = lam num_(t-1) + a_t x_t``, ``den_t = lam den_(t-1) +
+    a_t``, started from the prior mean ``p`` (buffer ``prior`` (C,), set from the training data)
+    counted as ``prior_frames`` frames heard at the start, which decay like every other frame:
+    ``w_t = prior_frames lam^(t+1) + eps``. A stream starts at the prior and converges to its own
+    long-term average (for log-mel input: the average spectral envelope of whoever sings). No
+    lookahead. State: ``num (B, C)``, ``den (B, 1)`` and ``age (B, 1) = 1 - lam^t`` (all zero:
+    nothing heard). Pieces of up to :attr:`CHUNK` frames are computed in closed form (a matmul
+    with the decay matrix), so every chunking gives the same output up to rounding.
+    """
+
+    CHUNK = 64  # frames per closed-form piece
+    EPS = 1e-3  # frames of prior that never decay (a stream silent for minutes returns to it)
+
+    def __init__(
+        self, channels: int, tau_frames: float, prior_frames: float, active_level: float
+    ) -> None:
+        super().__init__()
+        if tau_frames <= 0 or prior_frames <= 0:
+            raise ValueError("tau_frames and prior_frames must be positive")
+        self.channels = channels
+        self.tau_frames = float(tau_frames)
+        self.decay = math.exp(-1.0 / tau_frames)
+        self.prior_frames = float(prior_frames)
+        self.active_level = float(active_level)
+        self.lookahead_frames = 0
+        self.left_frames = 0
+        self.register_buffer("prior", torch.zeros(channels))
+
+    def init_state(
+        self,
+        batch: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> StreamState:
+        """``{"num": (B, C), "den": (B, 1), "age": (B, 1)}``, all zero: nothing heard yet."""
+        device = self.prior.device if device is None else device
+        dtype = self.prior.dtype if dtype is None else dtype
+        return {
+            "num": torch.zeros(batch, self.channels, device=device, dtype=dtype),
+            "den": torch.zeros(batch, 1, device=device, dtype=dtype),
+            "age": torch.zeros(batch, 1, device=device, dtype=dtype),
+        }
+
+    def activity(self, x: Tensor) -> Tensor:
+        """``(B, 1, k)``: 1 where the frame's mean over channels is above ``active_level``."""
+        return (x.mean(1, keepdim=True) > self.active_level).to(x.dtype)
+
+    def run(
+        self, x: Tensor, state: StreamState | None = None, active: Tensor | None = None
+    ) -> Tensor:
+        """``x (B, C, k) -> x - m (B, C, k)``; a state is updated in place (``None``: nothing
+        heard before ``x``). ``active (B, 1, k)``: which frames to average (default
+        :meth:`activity` of ``x``)."""
+        b, c, k = x.shape
+        if k == 0:
+            return x
+        if state is None:
+            num, den, age = x.new_zeros(b, c), x.new_zeros(b, 1), x.new_zeros(b, 1)
+        else:
+            num, den, age = state["num"], state["den"], state["age"]
+        prior = self.prior.to(x.dtype)[None, :, None]
+        outs = []
+        for i in range(0, k, self.CHUNK):
+            xc = x[..., i : i + self.CHUNK]
+            n = xc.shape[-1]
+            t = torch.arange(n, device=x.device, dtype=x.dtype)
+            lag = t[:, None] - t[None, :]  # (t, s)
+            w = torch.where(lag >= 0, self.decay ** lag.clamp(min=0), torch.zeros_like(lag))
+            carry = self.decay ** (t + 1)  # (n,)
+            a = self.activity(xc) if active is None else active[..., i : i + self.CHUNK]
+            num_t = torch.matmul(a * xc, w.T) + carry * num[..., None]  # (B, C, n)
+            den_t = torch.matmul(a, w.T) + carry * den[..., None]  # (B, 1, n)
+            age_t = 1.0 - carry * (1.0 - age[..., None])  # (B, 1, n)
+            weight = self.prior_frames * (1.0 - age_t) + self.EPS
+            outs.append(xc - (num_t + weight * prior) / (den_t + weight))
+            num, den, age = num_t[..., -1], den_t[..., -1], age_t[..., -1]
+        if state is not None:
+            state["num"].copy_(num.detach())
+            state["den"].copy_(den.detach())
+            state["age"].copy_(age.detach())
+        return torch.cat(outs, -1) if len(outs) > 1 else outs[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One-shot ``(B, C, T) -> (B, C, T)`` from nothing heard."""
+        return self.run(x)
+
+
+def centre_prefix_stats(x: Tensor, tau_frames: float, active_level: float) -> StreamState:
+    """The :class:`RunningCentre` state ``{"num" (C,), "den" (1,), "age" (1,)}`` after ``x (C,
+    T)`` from nothing heard (for training segments cut from inside an utterance)."""
+    decay = math.exp(-1.0 / tau_frames)
+    t = x.shape[-1]
+    w = decay ** torch.arange(t - 1, -1, -1, dtype=torch.float64)
+    a = (x.mean(0) > active_level).to(torch.float64) * w
+    num = (x.to(torch.float64) * a).sum(-1)
+    age = torch.tensor([1.0 - decay**t], dtype=torch.float64)
+    return {"num": num.to(x.dtype), "den": a.sum().reshape(1).to(x.dtype), "age": age.to(x.dtype)}

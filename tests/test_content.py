@@ -20,9 +20,10 @@ from comostream.models.config import (
     TrainConfig,
     config_to_dict,
 )
-from comostream.models.content import ContentEncoder, load_content_encoder
+from comostream.models.content import ContentEncoder, centre_level, load_content_encoder
 from comostream.models.f0 import extract_f0
 from comostream.models.mel import mel_spectrogram
+from comostream.models.streaming import RunningCentre, centre_prefix_stats
 from comostream.training.checkpoint import save_checkpoint
 from comostream.training.content import (
     ContentDecoder,
@@ -56,22 +57,35 @@ def _mel(frames: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 100, frames, generator=g) * 2.5 - 5.0
 
 
-@pytest.mark.parametrize("cfg", [ContentConfig(), dataclasses.replace(TINY, lookahead_frames=3)])
-def test_chunked_equals_one_shot(cfg: ContentConfig) -> None:
+CENTRED = dataclasses.replace(TINY, lookahead_frames=2, centre_tau_frames=20.0)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "frames"),
+    [
+        (ContentConfig(), 45),
+        (dataclasses.replace(TINY, lookahead_frames=3), 45),
+        (CENTRED, 150),  # longer than a closed-form piece of the centring (64 frames)
+        (dataclasses.replace(CENTRED, centre_output=True), 150),
+    ],
+)
+def test_chunked_equals_one_shot(cfg: ContentConfig, frames: int) -> None:
     torch.manual_seed(0)
     enc = ContentEncoder(cfg).eval()
-    x = _mel(45)
+    if enc.centre is not None:
+        enc.centre.prior.normal_()
+    x = _mel(frames)
     with torch.no_grad():
         ref = enc(x)
-    assert ref.shape == (2, cfg.content_dim, 45)
-    chunkings: list = [1, 2, 4, 8, *random_chunkings(45, 2)]
+    assert ref.shape == (2, cfg.content_dim, frames)
+    chunkings: list = [1, 2, 4, 8, *random_chunkings(frames, 2)]
     for sizes in chunkings:
         state = enc.init_state(2)
         out = run_stream(
             lambda c, s=state: enc.step(c, s)[0],
             lambda s=state: enc.flush(s, 2),
             [x],
-            chunk_bounds(45, sizes),
+            chunk_bounds(frames, sizes),
             enc.lookahead_frames,
         )
         assert out.shape == ref.shape
@@ -86,6 +100,35 @@ def test_declared_reach_is_measured() -> None:
         x = _mel(90, batch=1)
         assert measured_reach(enc, x, 50) == (enc.lookahead_frames, enc.left_frames)
     assert ContentEncoder().left_frames == 28  # 2 * (1 + 2 + 4) * 2 frames
+
+
+def test_running_centre_removes_a_constant_offset_and_ignores_silence() -> None:
+    """Two singers whose log-mel differs by a fixed envelope (a constant per bin) give the same
+    centred frames once the running mean has converged; silence does not move the mean."""
+    centre = RunningCentre(4, tau_frames=10.0, prior_frames=5.0, active_level=-3.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 300, generator=g)
+    offset = torch.tensor([0.5, -0.3, 0.2, 0.1])[None, :, None]
+    a, b = centre(x), centre(x + offset)
+    assert (a[..., :5] - b[..., :5]).abs().max() > 0.05  # at the start: the prior
+    assert (a[..., 200:] - b[..., 200:]).abs().max() < 1e-4  # converged: offset gone
+    state = centre.init_state(1)
+    centre.run(x[..., :50], state)
+    before = {k: v.clone() for k, v in state.items()}
+    centre.run(torch.full((1, 4, 30), -5.0), state)  # silence: below active_level
+    assert torch.allclose(state["den"], before["den"] * centre.decay**30)
+    # the training data's warm start equals the module's state after the same frames
+    warm = centre_prefix_stats(x[0, :, :50], 10.0, -3.0)
+    for key in ("num", "den", "age"):
+        assert torch.allclose(warm[key], before[key][0], atol=1e-5)
+    enc = ContentEncoder(CENTRED).eval()  # a one-shot run from a warm start = the stream's tail
+    mel = _mel(80, batch=1)
+    with torch.no_grad():
+        whole = enc(mel)
+        xn = enc.normalize_input(mel)[0, :, :30]
+        warm = centre_prefix_stats(xn, 20.0, centre_level(CENTRED))
+        tail = enc(mel[..., 30:], {k: v[None] for k, v in warm.items()})
+    assert (tail[..., 12:] - whole[..., 42:]).abs().max() < 1e-4  # past the convs' reach
 
 
 def test_content_frames_are_unit_rms() -> None:
@@ -243,12 +286,13 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
         ckpt_every=1,
         amp=False,
     )
-    cfg = Config(content=TINY, train=train)
+    cfg = Config(content=CENTRED, train=train)
     run = tmp_path / "run"
     last = train_content(cfg, tmp_path / "corpus", run, dry_run=True, progress=False)
     assert last == run / "last.pt" and (run / "ckpt_00000001.pt").is_file()
     enc = load_content_encoder(last)
     assert enc.content_dim == 8
+    assert enc.centre is not None and enc.centre.prior.abs().sum() > 0  # set from the corpus
     payload = torch.load(last, weights_only=True)
     assert set(payload["models"]) == {"encoder", "decoder", "adversary"}
     assert payload["meta"]["singers"] == ["flite_slt_alto", "flite_rms_baritone"]
@@ -260,7 +304,13 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
 
 def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     from comostream.bench.content import stream_rtf
-    from comostream.bench.probes import logreg_accuracy, retrieval_hits, ridge_fit, ridge_predict
+    from comostream.bench.probes import (
+        logreg_accuracy,
+        mlp_accuracy,
+        retrieval_hits,
+        ridge_fit,
+        ridge_predict,
+    )
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(300) % 3
@@ -268,6 +318,12 @@ def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     assert logreg_accuracy(x[:200], y[:200], x[200:], y[200:], 3) > 0.95
     noise = torch.randn(300, 4, generator=g)
     assert logreg_accuracy(noise[:200], y[:200], noise[200:], y[200:], 3) < 0.6
+    # classes on a ring (|x| tells them apart): linear probe at chance, MLP probe not
+    radius = 1.0 + 2.0 * y.float()
+    angle = torch.rand(300, generator=g) * 2 * torch.pi
+    ring = torch.stack([radius * angle.cos(), radius * angle.sin()], 1)
+    assert logreg_accuracy(ring[:200], y[:200], ring[200:], y[200:], 3) < 0.6
+    assert mlp_accuracy(ring[:200], y[:200], ring[200:], y[200:], 3) > 0.9
     w = torch.randn(4, 2, generator=g)
     norm, fit = ridge_fit(x, x @ w + 1.0, l2=1e-6)
     assert torch.allclose(ridge_predict(norm, fit, x), x @ w + 1.0, atol=1e-3)

@@ -11,6 +11,12 @@ encoder gets an adversarial term of weight ``w`` (``content.adversary_weight``):
 
     loss = L1(G(z, f0, voiced, loudness, singer), mel) + CE(A(sg(z)), singer) + w * adv(z)
 
+With ``content.centre_tau_frames > 0`` the encoder centres its input (and, with
+``centre_output``, its content frames) on their causal running means (speaker normalisation,
+:class:`comostream.models.streaming.RunningCentre`); each training segment's input centring
+starts from its state after the utterance's earlier frames, the prior mean is the training
+corpus's average (:func:`centre_prior`).
+
 ``adversary_mode = "confusion"`` (default): ``adv = CE(sg(A)(z), uniform) - log(n)``, the
 cross-entropy of the (frozen) classifier's posterior against the uniform distribution, which
 is minimal when it cannot tell the singers apart. ``"reverse"``: gradient reversal, ``adv =
@@ -25,19 +31,21 @@ them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from comostream.models.conditioner import F0_REF_HZ, LOUDNESS_REF_DB, LOUDNESS_SCALE_DB
 from comostream.models.config import Config, ContentConfig
-from comostream.models.content import CHECKPOINT_KIND, ContentEncoder
+from comostream.models.content import CHECKPOINT_KIND, ContentEncoder, centre_level
 from comostream.models.streaming import FrameLinear
 from comostream.training.content_data import (
+    CachedUtterance,
     PerturbedSegments,
     build_perturbation_cache,
     corpus_singers,
@@ -125,7 +133,10 @@ def content_losses(
     ``recon``: masked L1 between ``decoder(encoder(src), original conditions)`` and the
     normalised original mel; the classifier terms use frames of ``mask & loudness > active_db``.
     """
-    z = encoder(batch["src"])
+    centre = None
+    if "centre_num" in batch:  # the input centring's state at the segment start
+        centre = {k: batch[f"centre_{k}"] for k in ("num", "den", "age")}
+    z = encoder(batch["src"], centre)
     mask = batch["mask"].to(z.dtype)
     target = encoder.normalize_input(batch["mel"])
     pred = decoder(z, batch["f0"], batch["voiced"], batch["loudness"], batch["speaker"])
@@ -158,6 +169,23 @@ def content_losses(
         "adv_acc": adv_acc.detach(),
         "adv_enc": adv_enc.detach(),
     }
+
+
+def centre_prior(entries: Sequence[CachedUtterance], cfg: ContentConfig) -> Tensor:
+    """``(n_mels,)``: the mean normalised perturbed mel over the active frames of ``entries``
+    (the input centring's prior: where a stream starts before anything is heard)."""
+    level = centre_level(cfg)
+    total, count = None, 0
+    for e in entries:
+        with np.load(e.path) as data:
+            x = (data["perturbed"] - cfg.mel_mean) / cfg.mel_std  # (P, n_mels, T)
+        x = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+        active = x[:, x.mean(0) > level]
+        total = active.sum(1) if total is None else total + active.sum(1)
+        count += active.shape[1]
+    if total is None or count == 0:
+        raise CorpusError("content: no active frames to set the input centring's prior from")
+    return torch.from_numpy(total / count).float()
 
 
 def _step_fn(cfg: ContentConfig) -> Callable[[TrainState, Any], Mapping[str, Tensor]]:
@@ -213,7 +241,13 @@ def train_content(
 
     def segments(name: str, seed: int) -> PerturbedSegments:
         return PerturbedSegments(
-            split[name], singers, cfg.train.segment_frames, c.gain_db, cfg.audio.log_floor, seed
+            split[name],
+            singers,
+            cfg.train.segment_frames,
+            c.gain_db,
+            cfg.audio.log_floor,
+            seed,
+            centre=c,
         )
 
     seed_everything(cfg.train.seed)
@@ -222,6 +256,8 @@ def train_content(
         "decoder": ContentDecoder(c, len(singers), cfg.audio.n_mels),
         "adversary": SingerAdversary(c, len(singers)),
     }
+    if models["encoder"].centre is not None:  # start every stream from the corpus average
+        models["encoder"].centre.prior.copy_(centre_prior(split["train"], c))
     state = make_state(models, cfg.train, device)
     state.meta = {"singers": list(singers), "corpus": str(data_dir)}
     valid = _valid_fn(segments("valid", cfg.train.seed + 1), c) if split["valid"] else None

@@ -27,9 +27,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from comostream.models.audio import load_audio
-from comostream.models.config import Config, config_to_dict
+from comostream.models.config import Config, ContentConfig, config_to_dict
+from comostream.models.content import centre_level
 from comostream.models.loudness import FLOOR_DB
 from comostream.models.mel import mel_spectrogram
+from comostream.models.streaming import centre_prefix_stats
 from comostream.training.corpus import Utterance, load_corpus
 from comostream.training.dataset import collate_segments
 from comostream.training.feature_index import FeatureError
@@ -144,7 +146,11 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
     Item: ``src`` (n_mels, S) a randomly chosen perturbed mel with a random level change of up
     to ``gain_db`` dB (what the encoder sees), ``mel`` (n_mels, S) the original, ``f0`` (S,) Hz,
     ``voiced`` (S,) bool, ``loudness`` (S,) dB, ``speaker`` () int64 (index into ``singers``),
-    ``mask`` (S,) bool (real frames; short utterances are padded with silence).
+    ``mask`` (S,) bool (real frames; short utterances are padded with silence); with
+    ``centre`` (a content config whose ``centre_tau_frames > 0``) also ``centre_num`` (n_mels,),
+    ``centre_den`` and ``centre_age`` (1,): the encoder's input-centring state after the frames
+    of the utterance before the segment (same ``src`` version and level), so a segment is
+    centred as it would be inside the whole utterance.
     """
 
     def __init__(
@@ -155,12 +161,14 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         gain_db: float,
         log_floor: float,
         seed: int = 0,
+        centre: ContentConfig | None = None,
     ) -> None:
         if not entries:
             raise FeatureError("PerturbedSegments: no utterances")
         self.entries, self.singers = list(entries), list(singers)
         self.segment_frames, self.gain_db, self.seed = segment_frames, gain_db, seed
         self.floor = math.log(log_floor)
+        self.centre = centre if centre is not None and centre.centre_tau_frames > 0 else None
         frames = np.array([e.frames for e in self.entries], dtype=np.float64)
         self._cdf = np.cumsum(frames) / frames.sum()
         self._store: dict[int, dict[str, np.ndarray]] = {}
@@ -204,6 +212,12 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         item["mask"] = mask
         speaker = self.singers.index(self.entries[i].singer)
         item["speaker"] = torch.tensor(speaker, dtype=torch.int64)
+        if self.centre is not None:  # the encoder's input centring, warmed up on the frames before
+            prefix = np.maximum(data["perturbed"][version, :, :start] + gain, self.floor)
+            c = self.centre
+            x = torch.from_numpy((prefix - c.mel_mean) / c.mel_std).float()
+            for key, value in centre_prefix_stats(x, c.centre_tau_frames, centre_level(c)).items():
+                item[f"centre_{key}"] = value
         return item
 
     def batch(self, sample_ids: Sequence[int]) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng chro
 help:
 	@echo "make demo   - set up, then run the main job on the bundled default"
 	@echo "make test   - set up, then lint and run the test suite"
-	@echo "make default-model - train the shipped model from scratch (~1 h 45 min on 2 cores)"
+	@echo "make default-model - train the shipped model from scratch (~2 h 05 min on 2 cores)"
 	@echo "make clean  - remove the virtual environment and outputs"
 
 demo: install
@@ -56,7 +56,8 @@ debian-deps:
 	  fi; \
 	fi
 
-# The shipped model's recipe: corpus, content encoder, features, teacher + distillation and the
+# The shipped model's recipe: synthetic corpus + real voices (prep real, prep merge), content
+# encoder, features, teacher + distillation and the
 # vocoder side by side, export, evaluation; logs in out/default-model/recipe.log. Resumable.
 default-model: install
 	$(VENV)/bin/comostream train recipe out/default-model

@@ -22,7 +22,16 @@ and the streaming schedule at the default block. Per conversion:
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
 * ``mcd_db``: mel-cepstral distortion (WORLD-coded CheapTrick envelope, c1-c24) against the target
   singer's own rendition of the line, DTW-aligned, on frames active in both;
-* ``dnsmos_ovrl``: DNSMOS P.835 overall (``speechmos``), a naturalness proxy.
+* ``dnsmos_ovrl``: DNSMOS P.835 overall (``speechmos``), a naturalness proxy;
+  ``dnsmos_target_own``: the same of the target singer's own recordings (the 4 references),
+  what a conversion's naturalness is to be compared with.
+
+With ``real`` (a ``prep real`` corpus), the real voices' held-out prompts are measured apart,
+under ``"real"``: the ``test`` split's prompts (``real_lines`` of them, taken in turn from each
+voice), each rendition (spoken, and re-sung) converted to ``REAL_TARGETS`` of the model's
+singers of *another* person (the recorded voices first, then the others, in rotation so every
+target gets its turn); references of the targets come from either corpus. These prompts are
+held out of training by prompt, in every language, spoken and sung.
 
 Resemblyzer and DNSMOS are evaluation-only packages (``pip install .[eval]``); without them those
 figures are null and the report says so.
@@ -33,7 +42,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +52,7 @@ from numba import njit
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from comostream.bench.corpus import REAL_LINES
 from comostream.bench.vocoder import _mcep, frame_db
 from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import load_audio, resample
@@ -56,7 +66,7 @@ from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry
 from comostream.training.corpus import CorpusError, Utterance, load_corpus
 
-__all__ = ["dtw_mcd_db", "format_quality_table", "run_quality_bench"]
+__all__ = ["dtw_mcd_db", "format_quality_table", "real_conversions", "run_quality_bench"]
 
 MODES = ("onestep", "teacher", "streaming")
 EVAL_HINT = "pip install .[eval] (resemblyzer, speechmos)"
@@ -64,6 +74,7 @@ GROSS_CENTS = 1200.0 * math.log2(1.2)  # a gross pitch error: more than 20 % off
 TOLERANCE_CENTS = 50.0  # f0_gross / f0_octave: as `comostream bench f0`
 ACTIVE_DB = -45.0  # dBFS: frames quieter than this in either signal are left out of the MCD
 _MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
+REAL_TARGETS = 2  # targets per real source rendition
 
 
 def dtw_mcd_db(ref: np.ndarray, est: np.ndarray, sr: int = 24000, hop: int = 256) -> float:
@@ -186,18 +197,36 @@ def _test_lines(utts: list[Utterance], split: str, max_lines: int | None) -> lis
     return lines[:max_lines] if max_lines else lines
 
 
+@dataclass
+class _Reference:
+    """A singer's own recordings (``audios``, 24 kHz), summarised: median voiced F0 (Hz) and
+    mean Resemblyzer embedding (None without the eval packages); :meth:`dnsmos` on demand."""
+
+    median_hz: float
+    embedding: np.ndarray | None
+    audios: list[np.ndarray]
+    _dnsmos: list[float | None] = field(default_factory=list)
+
+    def dnsmos(self) -> float | None:
+        """Mean DNSMOS OVRL of the recordings (computed once; None without ``speechmos``)."""
+        if not self._dnsmos:
+            mos = [m for m in map(_dnsmos, self.audios) if m is not None]
+            self._dnsmos.append(float(np.mean(mos)) if mos else None)
+        return self._dnsmos[0]
+
+
 def _singer_references(
     utts: list[Utterance], singer: str, cfg: F0Config, spk: _Speaker, limit: int = 4
-) -> tuple[float, np.ndarray | None]:
-    """``(median voiced F0 Hz, mean Resemblyzer embedding or None)`` of ``singer``'s first
-    ``limit`` train-split recordings (each read and analysed once)."""
+) -> _Reference:
+    """The :class:`_Reference` of ``singer``'s first ``limit`` train-split recordings (each
+    read and analysed once)."""
     audios = [load_audio(u.path) for u in utts if u.singer == singer and u.split == "train"]
     audios = audios[:limit]
     f0 = np.concatenate([yin_f0(a, cfg).f0_hz for a in audios]) if audios else np.zeros(0)
     voiced = f0[f0 > 0]
     embs = [spk.embed(a) for a in audios]
     emb = None if not embs or embs[0] is None else np.mean(embs, axis=0)
-    return (float(np.median(voiced)) if voiced.size else 200.0), emb
+    return _Reference(float(np.median(voiced)) if voiced.size else 200.0, emb, audios)
 
 
 def _conversions(lines: list[_Line], singers: list[str], limit: int | None) -> Iterator[tuple]:
@@ -297,6 +326,158 @@ def _convert(
         return convert_array(eng, audio, chunk=chunk)
 
 
+def _persons(corpus: Path) -> dict[str, str]:
+    """``{singer: person}`` from a manifest's ``speaker`` keys (``prep real`` records who
+    recorded each voice: ``allison``, ``allison_es`` and their ``_sung`` versions are one
+    person); singers without one are their own person."""
+    import json
+
+    out: dict[str, str] = {}
+    path = Path(corpus) / "manifest.jsonl"
+    if path.is_file():
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(raw) if raw.strip() else {}
+            if isinstance(rec.get("speaker"), str) and isinstance(rec.get("singer"), str):
+                out[rec["singer"]] = rec["speaker"]
+    return out
+
+
+def _real_lines(utts: list[Utterance], split: str, max_lines: int | None) -> list[_Line]:
+    """The ``split`` prompts of a real corpus (each with its spoken and sung renditions), taken
+    in turn from each voice (the lowest singer name of a line's renditions) in line order."""
+    by_line: dict[int, dict[str, Utterance]] = {}
+    for u in utts:
+        if u.split == split and u.line is not None:
+            by_line.setdefault(u.line, {})[u.singer] = u
+    per_voice: dict[str, list[_Line]] = {}
+    for k, v in sorted(by_line.items()):
+        per_voice.setdefault(min(v), []).append(_Line(k, v))
+    queues = [per_voice[v] for v in sorted(per_voice)]
+    lines = [
+        q[i] for i in range(max((len(q) for q in queues), default=0)) for q in queues if i < len(q)
+    ]
+    return lines[:max_lines] if max_lines else lines
+
+
+def real_conversions(
+    lines: list[_Line],
+    targets: list[str],
+    persons: dict[str, str],
+    real_singers: set[str],
+    per_source: int = REAL_TARGETS,
+) -> list[tuple[_Line, str, Utterance, str]]:
+    """``(line, source, utterance, target)`` of the real part: each rendition converted to
+    ``per_source`` of ``targets`` not of the source's person, the recorded voices
+    (``real_singers``) first, in rotation over the sources so every target gets its turn."""
+    out = []
+    k = 0
+    for ln in lines:
+        for src, utt in sorted(ln.renditions.items()):
+            me = persons.get(src, src)
+            ok = [t for t in targets if persons.get(t, t) != me]
+            ok = sorted(ok, key=lambda t: (t not in real_singers, targets.index(t)))
+            for i in range(min(per_source, len(ok))):
+                out.append((ln, src, utt, ok[(k * per_source + i) % len(ok)]))
+            k += 1
+    return out
+
+
+@dataclass
+class _Bench:
+    """What every conversion of a run shares: the models, the vocoder, the engine settings,
+    the trackers and the singers' references."""
+
+    models: dict[str, AcousticModel]
+    vocoder: nn.Module
+    realtime: RealtimeConfig
+    f0: F0Config
+    speaker: _Speaker
+    refs: dict[str, _Reference]
+    transpose: str | float
+    progress: bool
+
+
+def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[str, Any]:
+    """Convert and score ``todo``: a summary per mode, and ``f0_floor`` where the sources
+    have exact F0."""
+    rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in b.models}
+    floor: list[dict[str, float | None]] = []
+    for ln, src, utt, tgt in tqdm(
+        todo, desc="conversions", disable=not b.progress, file=sys.stderr
+    ):
+        audio = load_audio(utt.path)
+        t = (
+            round(12 * math.log2(b.refs[tgt].median_hz / b.refs[src].median_hz))
+            if b.transpose == "auto"
+            else float(b.transpose)
+        )
+        src_f0 = _source_f0(utt, audio, b.f0)
+        if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
+            own = _track(audio, b.f0)
+            floor.append(f0_errors(src_f0[0], src_f0[1], own.f0_hz, own.voiced))
+        target_ref = ln.renditions.get(tgt)
+        ref_audio = load_audio(target_ref.path) if target_ref is not None else None
+        for mode, m in b.models.items():
+            y = _convert(m, b.vocoder, audio, tgt, t, b.realtime, streaming=mode == "streaming")
+            out_f0 = _track(y, b.f0)
+            emb = b.speaker.embed(y)
+            rows[mode].append(
+                {
+                    **f0_errors(
+                        src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced
+                    ),
+                    "spk_sim_target": _cos(emb, b.refs[tgt].embedding),
+                    "spk_sim_source": _cos(emb, b.refs[src].embedding),
+                    "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
+                    "dnsmos_ovrl": _dnsmos(y),
+                    "dnsmos_target_own": b.refs[tgt].dnsmos(),
+                }
+            )
+    result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
+    if floor:  # what an exact conversion would score: the tracker's own error on the sources
+        result["f0_floor"] = {
+            k: v for k, v in _summary(floor).items() if k.startswith("f0_") or k == "vde"
+        }
+    exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
+    result["f0_reference"] = "corpus" if exact else f"{b.f0.backend} (or corpus where given)"
+    return result
+
+
+def _references(b: _Bench, utts: list[Utterance], singers: set[str]) -> None:
+    """Add the references of ``singers`` not yet in ``b.refs``, from ``utts``."""
+    for s in sorted(singers - set(b.refs)):
+        b.refs[s] = _singer_references(utts, s, b.f0, b.speaker)
+
+
+def _real_part(
+    b: _Bench, model: AcousticModel, real: Path, synthetic: list[Utterance], max_lines: int | None
+) -> dict[str, Any]:
+    """The real voices' held-out prompts (see the module docstring), or ``{"skipped": why}``."""
+    utts = load_corpus(real)
+    lines = _real_lines(utts, "test", max_lines)
+    own = {u.singer for u in utts}
+    pool = utts + synthetic  # the targets' references: from the corpus that has them
+    targets = [s for s in model.speakers if s in {u.singer for u in pool}]
+    persons = _persons(real)
+    todo = real_conversions(lines, targets, persons, own)
+    if not todo:
+        return {
+            "skipped": f"{real}: no test-split prompt, or no singer of the model of another "
+            "person to convert it to",
+            "corpus": str(real),
+        }
+    _references(b, pool, {src for _, src, _, _ in todo} | {tgt for *_, tgt in todo})
+    result = _measure(b, todo)
+    result.update(
+        corpus=str(real),
+        split="test",
+        lines=len(lines),
+        sources=len({(ln.line, src) for ln, src, _, _ in todo}),
+        singers=sorted({tgt for *_, tgt in todo}),
+    )
+    return result
+
+
 def run_quality_bench(
     checkpoint: Path,
     data: Path | None = None,
@@ -311,6 +492,8 @@ def run_quality_bench(
     split: str = "test",
     max_lines: int | None = None,
     max_conversions: int | None = None,
+    real: Path | None = None,
+    real_lines: int | None = REAL_LINES,
     progress: bool = True,
     device: str = "cpu",
 ) -> dict[str, Any]:
@@ -318,7 +501,9 @@ def run_quality_bench(
     ``device``; a JSON-able dict. ``realtime``: the engine's settings (default: the model's
     ``[realtime]``); ``block``: frames per step of the streaming schedule, overriding
     ``realtime``'s. The targets are the model's singers that the corpus has (CorpusError when
-    none); the sources, every corpus singer's rendition of a held-out line."""
+    none); the sources, every corpus singer's rendition of a held-out line. ``real``: a
+    ``prep real`` corpus whose ``real_lines`` held-out prompts are measured apart (``"real"``).
+    """
     import json
 
     from comostream.realtime.load import load_models
@@ -328,9 +513,7 @@ def run_quality_bench(
         if data is None:
             raise CorpusError("give --data (the model's feature folder) or --corpus")
         corpus = Path(json.loads((Path(data) / "features.json").read_text())["source"])
-    f0_cfg = F0Config()  # the engine's tracker (_convert passes no other): the floor's too
     rt = (realtime or model.cfg.realtime).with_block(block)
-    block = rt.block_frames
     utts = load_corpus(corpus)
     sung = {u.singer for u in utts}
     singers = [s for s in model.speakers if s in sung]  # the targets: the model's, in the corpus
@@ -345,61 +528,24 @@ def run_quality_bench(
     models = {"onestep": model, "streaming": model}
     if distill is not None:
         models["teacher"] = _teacher_model(model, distill, teacher_steps)
-    spk = _Speaker()
-    medians: dict[str, float] = {}
-    refs: dict[str, np.ndarray | None] = {}
-    for s in sorted(sung):  # every source's register and voice, and every target's
-        medians[s], refs[s] = _singer_references(utts, s, f0_cfg, spk)
-    rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in models}
-    todo = list(_conversions(lines, singers, max_conversions))
-    floor: list[dict[str, float | None]] = []
-    for ln, src, utt, tgt in tqdm(todo, desc="conversions", disable=not progress, file=sys.stderr):
-        audio = load_audio(utt.path)
-        t = (
-            round(12 * math.log2(medians[tgt] / medians[src]))
-            if transpose == "auto"
-            else float(transpose)
-        )
-        src_f0 = _source_f0(utt, audio, f0_cfg)
-        if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
-            own = _track(audio, f0_cfg)
-            floor.append(f0_errors(src_f0[0], src_f0[1], own.f0_hz, own.voiced))
-        target_ref = ln.renditions.get(tgt)
-        ref_audio = load_audio(target_ref.path) if target_ref is not None else None
-        for mode, m in models.items():
-            y = _convert(m, voc, audio, tgt, t, rt, streaming=mode == "streaming")
-            out_f0 = _track(y, f0_cfg)
-            emb = spk.embed(y)
-            rows[mode].append(
-                {
-                    **f0_errors(
-                        src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced
-                    ),
-                    "spk_sim_target": _cos(emb, refs[tgt]),
-                    "spk_sim_source": _cos(emb, refs[src]),
-                    "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
-                    "dnsmos_ovrl": _dnsmos(y),
-                }
-            )
-    result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
-    exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
-    if floor:  # what an exact conversion would score: the tracker's own error on the sources
-        result["f0_floor"] = {
-            k: v for k, v in _summary(floor).items() if k.startswith("f0_") or k == "vde"
-        }
+    # F0Config(): the engine's tracker (_convert passes no other), the floor's too
+    b = _Bench(models, voc, rt, F0Config(), _Speaker(), {}, transpose, progress)
+    _references(b, utts, sung)  # every source's register and voice, and every target's
+    result = _measure(b, list(_conversions(lines, singers, max_conversions)))
     result.update(
         checkpoint=str(checkpoint),
         vocoder=str(vocoder) if vocoder else None,
         corpus=str(corpus),
         split=split,
-        block=block,
+        block=rt.block_frames,
         transpose=transpose,
         lines=len(lines),
         singers=singers,
-        f0_reference="corpus" if exact else f"{f0_cfg.backend} (or corpus where given)",
-        f0_tracker=f0_cfg.backend,
-        eval_packages=spk.encoder is not None and _has("speechmos"),
+        f0_tracker=b.f0.backend,
+        eval_packages=b.speaker.encoder is not None and _has("speechmos"),
     )
+    if real is not None:
+        result["real"] = _real_part(b, model, Path(real), utts, real_lines)
     if not result["eval_packages"]:
         result["note"] = f"speaker similarity / DNSMOS need the eval extra: {EVAL_HINT}"
     return result
@@ -425,8 +571,7 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
     return out
 
 
-def format_quality_table(r: dict[str, Any]) -> str:
-    """A Markdown table of :func:`run_quality_bench`'s result."""
+def _table(r: dict[str, Any]) -> list[str]:
     keys = (
         "f0_rmse_cents",
         "f0_gpe",
@@ -439,6 +584,7 @@ def format_quality_table(r: dict[str, Any]) -> str:
         "spk_win_rate",
         "mcd_db",
         "dnsmos_ovrl",
+        "dnsmos_target_own",
         "n_conversions",
     )
     lines = ["| metric | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]
@@ -448,21 +594,43 @@ def format_quality_table(r: dict[str, Any]) -> str:
             v = r[m].get(k)
             cells.append("n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines.append("")
+    return lines
+
+
+def _floor_line(r: dict[str, Any], tracker: str) -> list[str]:
+    if not r.get("f0_floor"):
+        return []
+    fl = r["f0_floor"]
+    return [
+        f"F0 reference: {r['f0_reference']}; the tracker ({tracker}) on "
+        f"the unconverted sources scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE "
+        f"{fl['f0_gpe']:.3f}, gross (> 50 cents) {fl.get('f0_gross') or 0.0:.4f}, octave "
+        f"{fl.get('f0_octave') or 0.0:.4f}, fine {fl['f0_fine_rmse_cents']:.1f} cents (the "
+        "floor of this measurement)"
+    ]
+
+
+def format_quality_table(r: dict[str, Any]) -> str:
+    """A Markdown table of :func:`run_quality_bench`'s result (and one of its real part)."""
+    tracker = r.get("f0_tracker", "?")
+    lines = ["Synthetic held-out lines", "", *_table(r), ""]
     lines.append(
         f"{r['lines']} held-out lines ({r['split']} split) of {r['corpus']}, "
         f"{len(r['singers'])} singers, transposition {r['transpose']}, streaming block "
         f"{r['block']} frames; model {r['checkpoint']}"
     )
-    if r.get("f0_floor"):
-        fl = r["f0_floor"]
+    lines += _floor_line(r, tracker)
+    real = r.get("real")
+    if real is not None and "skipped" in real:
+        lines += ["", f"Real held-out sources: skipped ({real['skipped']})"]
+    elif real is not None:
+        lines += ["", "Real held-out sources", "", *_table(real), ""]
         lines.append(
-            f"F0 reference: {r['f0_reference']}; the tracker ({r.get('f0_tracker', '?')}) on "
-            f"the unconverted sources scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE "
-            f"{fl['f0_gpe']:.3f}, gross (> 50 cents) {fl.get('f0_gross') or 0.0:.4f}, octave "
-            f"{fl.get('f0_octave') or 0.0:.4f}, fine {fl['f0_fine_rmse_cents']:.1f} cents (the "
-            "floor of this measurement)"
+            f"{real['lines']} held-out prompts (test split, by prompt) of {real['corpus']}, "
+            f"{real['sources']} recordings (spoken and sung) each to {REAL_TARGETS} singers of "
+            f"another person, in turn among {', '.join(real['singers'])}"
         )
+        lines += _floor_line(real, tracker)
     if r.get("note"):
         lines.append(r["note"])
     return "\n".join(lines)

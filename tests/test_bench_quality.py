@@ -196,12 +196,14 @@ def test_quality_bench_with_no_arguments_uses_the_shipped_model_and_the_bench_co
         return {"fake": True}
 
     monkeypatch.setattr(comostream.bench.corpus, "default_bench_corpus", fake_corpus)
+    monkeypatch.setattr(comostream.bench.corpus, "default_real_corpus", lambda: tmp_path / "r")
     monkeypatch.setattr(comostream.bench.quality, "run_quality_bench", fake_run)
     assert comostream.main(["bench", "quality", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"fake": True}
     assert seen["checkpoint"] == default_model_path()
     assert seen["corpus"] == tmp_path / "bench-corpus" and seen["data"] is None
     assert seen["transpose"] == "auto" and seen["split"] == "test"
+    assert seen["real"] == tmp_path / "r"  # and the real voices' held-out prompts
     # a corpus or a feature folder given: no benchmark corpus is made
     seen.clear()
     assert comostream.main(["bench", "quality", "--data", "feats", "--json"]) == 0
@@ -229,7 +231,9 @@ def test_quality_bench_runs_with_no_arguments(
     if default_model_path() is None or shutil.which("flite") is None:
         pytest.skip("needs the shipped model and the TTS voices (make debian-deps)")
     monkeypatch.chdir(tmp_path)
-    assert comostream.main(["bench", "quality", "--max-conversions", "2", "--json"]) == 0
+    # --no-real: the real part's packages are not fetched here (test_bench_quality_real.py)
+    argv = ["bench", "quality", "--max-conversions", "2", "--no-real", "--json"]
+    assert comostream.main(argv) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["checkpoint"] == str(default_model_path())
     assert Path(r["corpus"]).parent == Path("out/bench-corpus")

@@ -1,10 +1,13 @@
-"""The default-model recipe's stage list: order, and the GTA-fine-tuned vocoder in the export."""
+"""The default-model recipe's stage list: order, the GTA-fine-tuned vocoder in the export, and
+the real voices merged with the synthetic corpus."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from comostream.training.recipe import stages
+import pytest
+
+from comostream.training.recipe import REAL_MINUTES, run_recipe, stages
 
 
 def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> None:
@@ -12,6 +15,8 @@ def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> 
     names = [s.name for s in (*before, *acoustic, *rest)]
     assert names == [
         "corpus",
+        "real",
+        "merge",
         "content",
         "features",
         "teacher",
@@ -35,3 +40,48 @@ def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> 
     # every stage's output lies in the run folder (so a rerun skips what is done)
     assert all(str(s.output).startswith(str(run)) for s in by.values())
     assert (run / "recipe.toml").is_file()
+
+
+def test_stages_train_on_the_synthetic_corpus_and_the_real_voices(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    before, acoustic, rest = stages(run)
+    by = {s.name: s for s in (*before, *acoustic, *rest)}
+    real = by["real"].args
+    assert real[:3] == ["prep", "real", str(run / "real")] and "--limit" in real
+    merge = by["merge"].args
+    assert merge[:5] == [
+        "prep",
+        "merge",
+        str(run / "corpus-all"),
+        str(run / "corpus"),
+        str(run / "real"),
+    ]
+    assert float(merge[merge.index("--max-minutes") + 1]) == REAL_MINUTES
+    # every corpus-reading stage reads the merged corpus
+    content = by["content"].args
+    assert content[content.index("--data") + 1] == str(run / "corpus-all")
+    assert by["features"].args[2] == str(run / "corpus-all")
+    export = by["export"].args
+    assert export[export.index("--corpus") + 1] == str(run / "corpus-all")
+    # the evaluation: the synthetic held-out lines, and the real voices' held-out prompts
+    quality = by["quality"].args
+    assert quality[quality.index("--corpus") + 1] == str(run / "corpus")
+    assert quality[quality.index("--real") + 1] == str(run / "real")
+
+
+def test_stages_reuse_a_prepared_real_corpus(tmp_path: Path) -> None:
+    run, real = tmp_path / "run", tmp_path / "real"
+    before, acoustic, rest = stages(run, quick=True, real=real)
+    by = {s.name: s for s in (*before, *acoustic, *rest)}
+    assert "real" not in by  # nothing is decoded again
+    assert by["merge"].args[4] == str(real)
+    merge = by["merge"].args
+    assert float(merge[merge.index("--max-minutes") + 1]) < 1  # --quick: a few utterances
+    quality = by["quality"].args
+    assert quality[quality.index("--real") + 1] == str(real)
+
+
+def test_recipe_refuses_a_real_folder_without_a_manifest(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="holds no manifest.jsonl"):
+        run_recipe(tmp_path / "run", quick=True, real=tmp_path / "empty")
+    assert not (tmp_path / "run").exists()  # refused before anything ran

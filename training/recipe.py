@@ -1,15 +1,41 @@
 """The reproducible recipe of the shipped default model (``make default-model``).
 
 Runs, as the documented ``comostream`` commands, into one run folder (default
-``out/default-model``): the synthetic corpus (10 singers x 2 minutes), the content encoder, the
-training features, the EDM teacher and its consistency distillation, and, at the same time on the
-other core, the vocoder; then the vocoder fine-tuned on the distilled model's own mels
-(``prep gta``), the inference file with that vocoder, and its evaluation. Every
-stage is seeded; a stage whose output exists is skipped, so an interrupted run continues where it
+``out/default-model``): the synthetic corpus (10 singers x 2 minutes, ``RUN/corpus``), the real
+voices (``prep real``: Allison Smith in US English and Mexican Spanish, June Wallack in
+Canadian French, spoken and re-sung, CC-BY-SA 3.0; ``RUN/real``, or an existing folder given
+with ``--real``), both seen as one corpus (``prep merge RUN/corpus-all``, the real voices
+capped at ``REAL_MINUTES`` minutes of train split per singer), the content encoder, the
+training features, the EDM teacher and its consistency distillation, and, at the same time on
+the other core, the vocoder; then the vocoder fine-tuned on the distilled model's own mels
+(``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
+the synthetic corpus's held-out lines and on the real voices' held-out prompts). Every stage is
+seeded; a stage whose output exists is skipped, so an interrupted run continues where it
 stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
 
-Usage: ``comostream train recipe [RUN_DIR] [--quick]`` (``--quick``: a few steps per stage, to
-check the plumbing in minutes), which calls :func:`run_recipe`.
+Singers: every synthetic singer and every real singer of ``prep real`` keeps its own label:
+``allison``, ``allison_es``, ``june`` (the recordings) and ``allison_sung``,
+``allison_es_sung``, ``june_sung`` (the same prompts re-sung by WORLD). One label is one
+consistent sound: the content is taken from a WORLD-perturbed copy in every case, so a label
+mixing natural recordings with WORLD renditions would leave the model no way to tell which
+texture to render and it would average them. The ``_sung`` labels carry each person's timbre
+over a singing range.
+
+Held out: ``prep real`` splits by prompt (the same prompt is held out spoken and sung, in every
+language); the merge keeps each utterance's split, and every training stage reads only the
+train split (valid for validation): features select by split, ``train content`` takes train and
+valid, the voice prints of ``export --corpus`` train. The real ``test`` prompts are only
+converted by ``bench quality``.
+
+Time on the 2-core machine (measured on slices, machine shared): the stages of the synthetic-only
+recipe took 1 h 45 min; the real voices add about 3 min (``prep real --limit 120``: 0.35-0.6 s
+per prompt, spoken and sung; nothing when ``--real`` names a prepared folder), 6 min of content
+perturbation cache (13 s per minute of audio, 27 min of real train + valid audio), 4 min of
+features (7 s per minute, 34 min), and 5 min of evaluation (the real part): about 2 h 05 min.
+
+Usage: ``comostream train recipe [RUN_DIR] [--real DIR] [--quick]`` (``--quick``: a few steps
+per stage and a few real utterances per singer, to check the plumbing in minutes), which calls
+:func:`run_recipe`.
 """
 
 from __future__ import annotations
@@ -24,7 +50,10 @@ from pathlib import Path
 
 from comostream.models.shipped import config_file
 
-__all__ = ["Stage", "run_recipe", "stages"]
+__all__ = ["REAL_MINUTES", "REAL_PROMPTS", "Stage", "run_recipe", "stages"]
+
+REAL_MINUTES = 4.0  # minutes of train split per real singer (the synthetic ones have ~1.6)
+REAL_PROMPTS = 120  # prompts per voice `prep real` decodes: covers REAL_MINUTES for each voice
 
 
 @dataclass(frozen=True)
@@ -47,12 +76,32 @@ def _recipe_config(run: Path) -> Path:
     return path
 
 
-def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], list[Stage]]:
-    """``(before, acoustic, rest)``: the stages before training (corpus, content encoder,
+def _real_stages(run: Path, real: Path | None, quick: bool) -> tuple[list[Stage], Path]:
+    """``(stages, real corpus)``: ``prep real`` into ``RUN/real``, or nothing when ``real``
+    names a prepared folder (reused as it is)."""
+    if real is not None:
+        return [], real
+    prompts = "6" if quick else str(REAL_PROMPTS)
+    out = run / "real"
+    stage = Stage(
+        "real",
+        ["prep", "real", str(out), "--limit", prompts, "--seed", "0"],
+        out / "manifest.jsonl",
+    )
+    return [stage], out
+
+
+def stages(
+    run: Path, quick: bool = False, real: Path | None = None
+) -> tuple[list[Stage], list[Stage], list[Stage]]:
+    """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
     features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
     vocoder) runs beside ``acoustic`` and whose others (GTA fine-tuning, export, evaluation) run
-    after both (see :func:`run_recipe`)."""
+    after both (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder to reuse
+    (default: ``prep real`` into ``RUN/real``)."""
     cfg = str(_recipe_config(run))
+    real_stages, real_dir = _real_stages(run, real, quick)
+    data = run / "corpus-all"  # the synthetic corpus and the real voices, as one
     configs = config_file("default.toml").parent
     steps = {
         "content": 1200,
@@ -80,13 +129,27 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
             ],
             run / "corpus" / "manifest.jsonl",
         ),
+        *real_stages,
+        Stage(
+            "merge",
+            [
+                "prep",
+                "merge",
+                str(data),
+                str(run / "corpus"),
+                str(real_dir),
+                "--max-minutes",
+                "0.3" if quick else f"{REAL_MINUTES:g}",
+            ],
+            data / "manifest.jsonl",
+        ),
         Stage(
             "content",
             [
                 "train",
                 "content",
                 "--data",
-                str(run / "corpus"),
+                str(data),
                 "--out",
                 str(run / "content"),
                 "--config",
@@ -100,7 +163,7 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
         ),
         Stage(
             "features",
-            ["prep", "features", str(run / "corpus"), str(run / "feat"), "--config", cfg],
+            ["prep", "features", str(data), str(run / "feat"), "--config", cfg],
             run / "feat" / "index.jsonl",
         ),
     ]
@@ -208,7 +271,7 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
                 "--vocoder",
                 str(run / "vocoder-gta" / "last.pt"),
                 "--corpus",
-                str(run / "corpus"),
+                str(data),
             ],
             run / "model.ckpt",
         ),
@@ -219,14 +282,17 @@ def stages(run: Path, quick: bool = False) -> tuple[list[Stage], list[Stage], li
                 "quality",
                 "--checkpoint",
                 str(run / "model.ckpt"),
-                "--data",
-                str(run / "feat"),
+                "--corpus",
+                str(run / "corpus"),
+                "--real",
+                str(real_dir),
                 "--distill",
                 str(run / "distill" / "last.pt"),
                 "--max-lines",
                 "1" if quick else "2",
                 "--json",
             ]
+            + (["--real-lines", "1"] if quick else [])
             + (["--teacher-steps", "4", "--max-conversions", "4"] if quick else []),
             run / "quality.json",
             stdout=run / "quality.json",
@@ -281,13 +347,18 @@ def _sequence(items: list[Stage], log: Path) -> None:
         _wait(_run(stage, log), log)
 
 
-def run_recipe(run: Path = Path("out/default-model"), quick: bool = False) -> int:
+def run_recipe(
+    run: Path = Path("out/default-model"), quick: bool = False, real: Path | None = None
+) -> int:
     """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
-    (a failed stage raises ``SystemExit`` naming it and the log)."""
+    (a failed stage raises ``SystemExit`` naming it and the log). ``real``: a prepared
+    ``prep real`` folder to reuse instead of preparing ``RUN/real``."""
+    if real is not None and not (Path(real) / "manifest.jsonl").is_file():
+        raise SystemExit(f"recipe: {real} holds no manifest.jsonl (make it with `prep real`)")
     run.mkdir(parents=True, exist_ok=True)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, quick)
+    before, acoustic, rest = stages(run, quick, real)
     _sequence(before, log)
     # the acoustic model and the vocoder train side by side, one core each
     vocoder_stage, after = rest[0], rest[1:]

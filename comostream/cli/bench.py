@@ -115,17 +115,26 @@ def _cmd_bench_vocoder(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_quality(args: argparse.Namespace) -> int:
-    from comostream.bench.corpus import default_bench_corpus
+    from comostream.bench.corpus import default_bench_corpus, default_real_corpus
     from comostream.bench.quality import format_quality_table, run_quality_bench
     from comostream.models.shipped import require_model
+    from comostream.training.debs import PackageError
 
     checkpoint = require_model(args.checkpoint)
     device = use_runtime(args)
     cfg = config_from_args(args)
     transpose = args.transpose  # "auto" or semitones (transpose_or_auto)
-    corpus = args.corpus
+    corpus, real, skipped = args.corpus, args.real, None
+    if args.no_real and real is not None:
+        raise CommandError("--real and --no-real: choose one")
     if corpus is None and args.data is None:  # the synthetic corpus `bench f0` uses too
         corpus = default_bench_corpus(cfg)
+        if real is None and not args.no_real:  # and the real voices' held-out prompts
+            try:
+                real = default_real_corpus()
+            except PackageError as exc:
+                skipped = f"the real voices could not be prepared: {exc}"
+                print(f"bench quality: real part skipped: {exc}", file=sys.stderr)
     result = run_quality_bench(
         checkpoint,
         args.data,
@@ -138,8 +147,12 @@ def _cmd_bench_quality(args: argparse.Namespace) -> int:
         split=args.split,
         max_lines=args.max_lines,
         max_conversions=args.max_conversions,
+        real=real,
+        real_lines=args.real_lines,
         device=device,
     )
+    if skipped is not None:
+        result["real"] = {"skipped": skipped}
     print(json.dumps(result, indent=2) if args.json else format_quality_table(result))
     return 0
 
@@ -359,6 +372,8 @@ def _add_models(bench_sub: Subparsers) -> None:
 
 def _add_engine(bench_sub: Subparsers) -> None:
     """``bench quality|latency|gpu``: the whole conversion chain."""
+    from comostream.bench.corpus import REAL_LINES
+
     p = bench_sub.add_parser(
         "quality",
         parents=[config_parent],
@@ -370,7 +385,12 @@ def _add_engine(bench_sub: Subparsers) -> None:
             "Resemblyzer similarity to the target vs the source singer, DTW-aligned MCD against "
             "the target singer's own rendition, DNSMOS. Singer similarity and DNSMOS need "
             "`pip install .[eval]`. With no arguments: the shipped model on the synthetic "
-            "benchmark corpus (made once; the first run takes a few minutes more)."
+            "benchmark corpus (made once; the first run takes a few minutes more) and, reported "
+            "apart, on the real voices' held-out prompts (out/real when present, else "
+            "out/bench-real, made once with `prep real --limit 40`; skipped with a message "
+            "when the Debian packages cannot be had): each spoken and sung rendition to 2 "
+            "singers of another person, DNSMOS of the conversions next to that of the "
+            "targets' own recordings."
         ),
     )
     p.add_argument(
@@ -416,7 +436,29 @@ def _add_engine(bench_sub: Subparsers) -> None:
     )
     p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--max-lines", type=positive_int, default=None, metavar="N")
-    p.add_argument("--max-conversions", type=positive_int, default=None, metavar="N")
+    p.add_argument(
+        "--max-conversions",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="at most N conversions of the held-out lines (the real part has --real-lines)",
+    )
+    p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a `comostream prep real` corpus whose test-split prompts are measured apart "
+        "(default, without --data/--corpus: out/real, else the cache out/bench-real)",
+    )
+    p.add_argument("--no-real", action="store_true", help="leave the real held-out part out")
+    p.add_argument(
+        "--real-lines",
+        type=positive_int,
+        default=REAL_LINES,
+        metavar="N",
+        help=f"held-out real prompts to convert, in turn from each voice (default {REAL_LINES})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     model_options(p)
     runtime_options(p)

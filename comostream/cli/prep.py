@@ -1,4 +1,4 @@
-"""``comostream prep synth|real|features|gta``: the corpora and training features."""
+"""``comostream prep synth|real|merge|features|gta``: the corpora and training features."""
 
 from __future__ import annotations
 
@@ -55,6 +55,19 @@ def _cmd_prep_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prep_merge(args: argparse.Namespace) -> int:
+    from comostream.cli.common import CommandError
+    from comostream.training.merge import merge_corpora
+    from comostream.training.real import summary
+
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise CommandError(f"--max-minutes must be > 0 (got {args.max_minutes})")
+    manifest = merge_corpora(args.out_dir, args.corpora, args.max_minutes)
+    print(summary(manifest))
+    print(f"wrote {manifest}")
+    return 0
+
+
 def _cmd_prep_features(args: argparse.Namespace) -> int:
     from comostream.training.features import prepare_features
 
@@ -78,7 +91,7 @@ def _cmd_prep_gta(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    """Add ``prep`` (synth, real, features, gta) to ``sub``."""
+    """Add ``prep`` (synth, real, merge, features, gta) to ``sub``."""
     from comostream.models.config import CorpusConfig, F0Config, FeaturesConfig
 
     prep = sub.add_parser("prep", help="prepare data: the synthetic corpus, training features")
@@ -99,6 +112,31 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_prep_synth)
 
     _register_real(prep_sub)
+
+    p = prep_sub.add_parser(
+        "merge",
+        help="see several corpora as one (e.g. the synthetic corpus and the real voices)",
+        description=(
+            "Write OUT_DIR/manifest.jsonl listing the utterances of every CORPUS (a `prep "
+            "synth` or `prep real` folder, or CORPUS/<singer>/*.wav) with paths relative to "
+            "OUT_DIR (nothing is copied: the corpora must stay where they are), and "
+            "OUT_DIR/corpus.json (sources, licences, minutes kept per singer). Singers, splits, "
+            "F0 files and lyric lines are kept as they are; two corpora may not share a singer "
+            "name or a line number. --max-minutes M keeps each singer's first utterances "
+            "(manifest order, all splits) up to M minutes of train split, so the real voices "
+            "can be capped to the synthetic corpus's size. Rerunning rewrites the manifest."
+        ),
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("corpora", type=Path, nargs="+", metavar="CORPUS")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="at most M minutes of train split per singer (default: everything)",
+    )
+    p.set_defaults(handler=_cmd_prep_merge)
 
     p = prep_sub.add_parser(
         "features",

@@ -91,7 +91,7 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     from comostream.training.recipe import run_recipe
 
-    return run_recipe(args.run, quick=args.quick)
+    return run_recipe(args.run, quick=args.quick, real=args.real)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -302,14 +302,16 @@ def _add_recipe(train_sub: Subparsers) -> None:
         help="the shipped default model's whole recipe, from scratch (resumable)",
         description=(
             "Run the reproducible recipe of the shipped default model as the documented "
-            "commands, into RUN_DIR: the synthetic corpus (10 singers x 2 minutes), the content "
+            "commands, into RUN_DIR: the synthetic corpus (10 singers x 2 minutes), the real "
+            "voices (`prep real --limit 120`, CC-BY-SA 3.0) capped at 4 minutes of train split "
+            "per singer and merged with it (`prep merge`), the content "
             "encoder, the training features, the EDM teacher and its consistency distillation "
             "and, at the same time on the other core, the vocoder; then the vocoder fine-tuned "
             "on the distilled model's own mels (prep gta), the inference file RUN_DIR/model.ckpt "
             "with that vocoder, and its evaluation (RUN_DIR/quality.json). Every stage is "
             "seeded; a stage whose output exists is skipped, so an interrupted run continues "
             "where it stopped. RUN_DIR/recipe.log gets each command, its wall time and its "
-            "output. About 1 h 45 min on 2 cores."
+            "output. About 2 h 05 min on 2 cores."
         ),
     )
     p.add_argument(
@@ -321,9 +323,19 @@ def _add_recipe(train_sub: Subparsers) -> None:
         help="run folder (default out/default-model)",
     )
     p.add_argument(
+        "--real",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="reuse this `comostream prep real` folder (e.g. out/real) instead of preparing "
+        "RUN_DIR/real; its train split is trained on, its test prompts are what the "
+        "evaluation converts",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help="a few steps per stage, to check the plumbing in minutes",
+        help="a few steps per stage and a few real utterances per singer, to check the "
+        "plumbing in minutes",
     )
     p.set_defaults(handler=_cmd_train_recipe)
 

@@ -85,3 +85,24 @@ def test_recipe_refuses_a_real_folder_without_a_manifest(tmp_path: Path) -> None
     with pytest.raises(SystemExit, match="holds no manifest.jsonl"):
         run_recipe(tmp_path / "run", quick=True, real=tmp_path / "empty")
     assert not (tmp_path / "run").exists()  # refused before anything ran
+
+
+def test_an_interrupted_training_stage_resumes_and_a_finished_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """``last.pt`` exists from the first checkpoint on: a training stage is done only when it
+    exited cleanly (its marker), and is otherwise continued with ``--resume``."""
+    before, acoustic, _ = stages(tmp_path, quick=True)
+    teacher = acoustic[0]
+    assert teacher.trains and not teacher.done() and "--resume" not in teacher.command()
+    teacher.output.parent.mkdir(parents=True)
+    teacher.output.write_bytes(b"a checkpoint")
+    assert not teacher.done()
+    assert teacher.command()[-2:] == ["--resume", str(teacher.output)]
+    teacher.marker.touch()
+    assert teacher.done()
+    corpus = before[0]
+    assert not corpus.trains
+    corpus.output.parent.mkdir(parents=True)
+    corpus.output.write_text("{}")
+    assert corpus.done()

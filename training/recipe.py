@@ -10,8 +10,9 @@ training features, the EDM teacher and its consistency distillation, and, at the
 the other core, the vocoder; then the vocoder fine-tuned on the distilled model's own mels
 (``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
 the synthetic corpus's held-out lines and on the real voices' held-out prompts). Every stage is
-seeded; a stage whose output exists is skipped, so an interrupted run continues where it
-stopped. ``RUN/recipe.log`` gets each command, its wall time and its output.
+seeded; a finished stage is skipped and an interrupted training stage resumes exactly from its
+last checkpoint (:class:`Stage`), so an interrupted run continues where it stopped (even in
+another session). ``RUN/recipe.log`` gets each command, its wall time and its output.
 
 Singers: every synthetic singer and every real singer of ``prep real`` keeps its own label:
 ``allison``, ``allison_es``, ``june`` (the recordings) and ``allison_sung``,
@@ -58,12 +59,35 @@ REAL_PROMPTS = 120  # prompts per voice `prep real` decodes: covers REAL_MINUTES
 
 @dataclass(frozen=True)
 class Stage:
-    """One command of the recipe; done when ``output`` exists."""
+    """One command of the recipe; done when ``output`` exists. A training stage (``train
+    ...``) writes ``output`` (``last.pt``) at every checkpoint, so it is done only when its
+    :attr:`marker` exists (written when it exits cleanly); an interrupted one is resumed from
+    ``output`` (``--resume``)."""
 
     name: str
     args: list[str]
     output: Path
     stdout: Path | None = None  # write the command's stdout here (e.g. a JSON report)
+
+    @property
+    def trains(self) -> bool:
+        """A ``train ...`` command (checkpoints as it goes, resumable)."""
+        return self.args[0] == "train"
+
+    @property
+    def marker(self) -> Path:
+        """``OUTPUT.done``: written when the stage has finished."""
+        return self.output.with_name(self.output.name + ".done")
+
+    def done(self) -> bool:
+        """Finished: a training stage's marker exists, another's output does."""
+        return self.marker.exists() if self.trains else self.output.exists()
+
+    def command(self) -> list[str]:
+        """The arguments to run: a training stage with a checkpoint continues from it."""
+        if self.trains and self.output.exists():
+            return [*self.args, "--resume", str(self.output)]
+        return list(self.args)
 
 
 def _recipe_config(run: Path) -> Path:
@@ -302,12 +326,13 @@ def stages(
 
 
 def _run(stage: Stage, log: Path) -> subprocess.Popen[bytes] | None:
-    """Start ``stage`` (None if its output exists); output appended to ``log``."""
-    if stage.output.exists():
+    """Start ``stage`` (None if it is done); output appended to ``log``."""
+    if stage.done():
         _log(log, f"[{stage.name}] done already ({stage.output})")
         return None
-    cmd = [sys.executable, "-m", "comostream", *stage.args]
-    _log(log, f"[{stage.name}] $ comostream {shlex.join(stage.args)}")
+    args = stage.command()
+    cmd = [sys.executable, "-m", "comostream", *args]
+    _log(log, f"[{stage.name}] $ comostream {shlex.join(args)}")
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -333,6 +358,8 @@ def _wait(proc: subprocess.Popen[bytes] | None, log: Path) -> None:
         if stage.stdout is not None and stage.stdout.exists():
             stage.stdout.unlink()
         raise SystemExit(f"recipe: stage {stage.name} failed (exit {rc}); see {log}")
+    if stage.trains:
+        stage.marker.touch()
 
 
 def _log(log: Path, line: str) -> None:

@@ -25,6 +25,10 @@ of the corpus is held out. On the held-out singers' frames whose loudness is abo
   loudness to the other's mel, for features ``content``, ``mel`` and ``none``: content kept
   = ``content`` well below ``none``); (2) ``decoder_mel_l1``: the training decoder rebuilding
   held-out singers' test lines from their content (:mod:`comostream.bench.content_recon`).
+* ``held_note``: how stable the content of a held note stays (the price of the encoder's
+  running centring, which converges on whatever it hears): on held-out test lines, the middle
+  voiced frame is held for 4 s (with 0.25 log-mel of noise per bin) after the line's first half;
+  mean cosine between the content 50 ms into the hold and 1, 2 and 4 s into it (1.0 = stable).
 * ``compute``: seconds of compute per second of audio for the streaming ``step`` with blocks
   of 1 and 4 frames and the one-shot forward, on ``threads`` CPU threads (mel excluded).
 """
@@ -127,6 +131,33 @@ def stream_content(enc: ContentEncoder, utts: Sequence[_Utt]) -> None:
         edges = np.cumsum([0] + [u.mel.shape[1] for u in mine])
         for u, a, b in zip(mine, edges[:-1], edges[1:], strict=True):
             u.content_stream = z[:, a:b]
+
+
+HOLD_FRAMES = 376  # 4.0 s at 10.67 ms per frame
+HOLD_AT = {"1s": 94, "2s": 188, "4s": 375}  # frames into the hold
+HOLD_LINES = 12
+
+
+def held_note(enc: ContentEncoder, utts: Sequence[_Utt], seed: int = 0) -> dict[str, float]:
+    """Mean cosine of the content 5 frames into a 4-s held note with 1, 2 and 4 s into it
+    (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    where = next(enc.parameters()).device
+    sims: dict[str, list[float]] = {k: [] for k in HOLD_AT}
+    for u in [u for u in utts if u.split == "test"][:HOLD_LINES]:
+        frames = np.flatnonzero(u.voiced & u.active)
+        if frames.size < 10:
+            continue
+        f = int(frames[frames.size // 2])
+        noise = rng.normal(0.0, 0.25, (u.mel.shape[0], HOLD_FRAMES))
+        mel = np.concatenate([u.mel[:, :f], u.mel[:, f : f + 1] + noise], 1).astype(np.float32)
+        with torch.inference_mode():
+            z = enc(torch.from_numpy(mel)[None].to(where))[0].cpu().numpy()
+        ref = z[:, f + 5]
+        for key, k in HOLD_AT.items():
+            other = z[:, f + k]
+            sims[key].append(float(ref @ other / (np.linalg.norm(ref) * np.linalg.norm(other))))
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in sims.items()}
 
 
 def _rows(utts: Sequence[_Utt], kind: str) -> tuple[Tensor, Tensor]:
@@ -334,6 +365,7 @@ def run_content_bench(
         pitch = pitch_probe(held)
         kept = aligned_agreement(feats, partners)
         kept["decoder_mel_l1"] = decoder_reconstruction(ck, held)
+        kept["held_note"] = held_note(enc, held)
         compute = {f"block_{b}": stream_rtf(enc, b) for b in RTF_BLOCKS}
         compute["one_shot"] = stream_rtf(enc, None)
     finally:
@@ -384,6 +416,11 @@ def format_content_report(r: dict[str, Any]) -> str:
         f"decoder mel L1: own content {d['content']:.3f}, "
         f"shifted content {d['shifted_content']:.3f}"
     )
+    if "held_note" in ck:
+        lines.append(
+            "held note, content cosine to its start: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in ck["held_note"].items())
+        )
     rtf = ", ".join(f"{k} {v * 1000:.2f} ms/s" for k, v in cp["s_per_audio_s"].items())
     lines.append(f"compute ({cp['threads']} thread): {rtf}; lookahead {cp['lookahead_ms']:.1f} ms")
     return "\n".join(lines)

@@ -329,3 +329,19 @@ def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     assert torch.allclose(ridge_predict(norm, fit, x), x @ w + 1.0, atol=1e-3)
     assert retrieval_hits(x[:50], x[:50] + 0.01, tolerance=0) == (50, 50)
     assert 0.0 < stream_rtf(ContentEncoder(TINY).eval(), 4, seconds=0.3)
+
+
+def test_held_note_measure_sees_the_centring_forget_a_held_note() -> None:
+    from comostream.bench.content import _Utt, held_note
+
+    g = np.random.default_rng(0)
+    frames = 200
+    mel = (g.normal(-5.0, 2.0, (100, frames))).astype(np.float32)
+    ones = np.ones(frames, bool)
+    utt = _Utt("s", 0, "test", mel, mel, np.full(frames, 200.0), ones, np.zeros(frames), ones)
+    torch.manual_seed(0)
+    plain = held_note(ContentEncoder(TINY).eval(), [utt])
+    fast = dataclasses.replace(CENTRED, centre_output=True, centre_prior_frames=1.0)
+    centred = held_note(ContentEncoder(fast).eval(), [utt])
+    assert min(plain.values()) > 0.95  # no centring: a held note keeps its content
+    assert centred["4s"] < plain["4s"] - 0.2  # tau 20 frames: the hold becomes the mean

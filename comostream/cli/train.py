@@ -309,8 +309,9 @@ def _add_recipe(train_sub: Subparsers) -> None:
             "and, at the same time on the other core, the vocoder; then the vocoder fine-tuned "
             "on the distilled model's own mels (prep gta), the inference file RUN_DIR/model.ckpt "
             "with that vocoder, and its evaluation (RUN_DIR/quality.json). Every stage is "
-            "seeded; a stage whose output exists is skipped, so an interrupted run continues "
-            "where it stopped. RUN_DIR/recipe.log gets each command, its wall time and its "
+            "seeded; a finished stage is skipped and an interrupted training stage resumes from "
+            "its last checkpoint, so an interrupted run continues where it stopped (run the same "
+            "command again). RUN_DIR/recipe.log gets each command, its wall time and its "
             "output. About 2 h 05 min on 2 cores."
         ),
     )

@@ -138,7 +138,7 @@ def _cmndf(y: np.ndarray, width: int, tau_max: int, d: np.ndarray, dn: np.ndarra
         dn[tau] = acc * tau / cum if cum > 0.0 else 1.0
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _analyse(
     buf: np.ndarray,
     start0: int,
@@ -194,7 +194,7 @@ def _analyse(
         aper[k] = min(1.0, dn[best])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _post(
     f0: np.ndarray,
     aper: np.ndarray,

@@ -137,16 +137,26 @@ class _Ramp:
         self.target = value
         self.pos = 1.0
         self.frames = frames
+        self._held: tuple[Tensor, Tensor, int, Tensor] | None = None  # a finished ramp's rows
 
     def set(self, target: Tensor, now: Tensor) -> None:
         self.start, self.target, self.pos = now, target, 0.0
 
     def take(self, frames: int) -> Tensor:
         """Values of the next ``frames`` frames ``(frames, *shape)``, advancing the ramp."""
+        held = self._held
+        if self.pos >= 1.0 and held is not None:  # finished: the same rows every block
+            start, target, count, rows = held
+            if start is self.start and target is self.target and count == frames:
+                return rows
         steps = self.pos + (torch.arange(1, frames + 1, dtype=torch.float64) / self.frames)
         w = steps.clamp(max=1.0).to(self.start.dtype).view(-1, *([1] * self.start.dim()))
+        finished = self.pos >= 1.0
         self.pos = min(1.0, self.pos + frames / self.frames)
-        return self.start + (self.target - self.start) * w
+        rows = self.start + (self.target - self.start) * w
+        if finished:
+            self._held = (self.start, self.target, frames, rows)
+        return rows
 
     def current(self) -> Tensor:
         return self.start + (self.target - self.start) * min(1.0, self.pos)
@@ -277,7 +287,7 @@ class StreamingConverter:
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
-            step = OnnxStep.from_chain(chain, rt.block_frames)
+            step = OnnxStep.from_chain(chain, rt.block_frames, shapes=[(1, rt.block_frames)])
             trace = False
         if trace is None:
             traceable = getattr(vocoder, "traceable", True)  # window mode branches on data
@@ -552,6 +562,11 @@ class StreamingConverter:
             self._pending_frames += feats.frames
         size = OFFLINE_STEP_FRAMES if self.offline else self.block
         while self._pending_frames and (self._pending_frames >= size or (self.offline and final)):
+            if len(self._pending) == 1 and self._pending_frames == size:  # a push of one block
+                head = self._pending[0]
+                self._pending, self._pending_frames = [], 0
+                self._run_block(head)
+                continue
             frames = FrameFeatures.concat(self._pending)
             head, rest = frames.split(min(size, self._pending_frames))
             self._pending = [rest] if rest.frames else []
@@ -599,7 +614,11 @@ class StreamingConverter:
         dev, dt = self.device, self.dtype
 
         def t(a: np.ndarray | Tensor) -> Tensor:
+            if fast:  # a float32 array as it is (no copy), a view of a converted one
+                return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).unsqueeze(0)
             return torch.as_tensor(np.asarray(a), dtype=dt).to(dev).unsqueeze(0)
+
+        fast = dev.type == "cpu" and dt == torch.float32
 
         inputs = {
             "mel": t(f.mel),
@@ -644,7 +663,7 @@ class StreamingConverter:
 def sanitize_samples(x: np.ndarray) -> tuple[np.ndarray, int]:
     """``x`` float32 with NaN/inf -> 0 and values clipped to +-:data:`SAMPLE_LIMIT`, and how
     many samples were changed (``x`` itself, not a copy, when none was)."""
-    if x.size == 0:
+    if x.size == 0 or (x.max() <= SAMPLE_LIMIT and x.min() >= -SAMPLE_LIMIT):  # NaN fails
         return x, 0
     bad = ~np.isfinite(x)
     with np.errstate(invalid="ignore"):

@@ -1,7 +1,9 @@
 """The engine's input features, per stream: 24 kHz samples -> per-frame mel, loudness, F0.
 
 One :class:`comostream.models.frames.Framer` frames the signal once for mel and loudness (same
-window as training); F0 comes from a frame-local incremental tracker on the same frame grid. Frames
+window as training), both computed from one rFFT per frame by a GIL-free numba kernel
+(:class:`~comostream.realtime.spectral.FrameSpectra`, equal to the offline modules to float32
+rounding); F0 comes from a frame-local incremental tracker on the same frame grid. Frames
 are released when every feature of the frame is known, so F0 post-processing lookahead (if any) adds
 to the engine's latency through :attr:`FrontEnd.lookahead_frames`.
 
@@ -22,8 +24,7 @@ import torch
 
 from comostream.models.config import AudioConfig, F0Config
 from comostream.models.frames import Framer
-from comostream.models.loudness import Loudness
-from comostream.models.mel import MelSpectrogram
+from comostream.realtime.spectral import FrameSpectra
 
 __all__ = ["FrameFeatures", "FrontEnd", "IncrementalF0Like", "REALTIME_F0_BACKEND"]
 
@@ -105,8 +106,7 @@ class FrontEnd:
             raise ValueError("the engine runs at the model rate of 24 kHz")
         self.hop = a.hop_length
         self.framer = Framer(a.n_fft, a.hop_length)
-        self.mel = MelSpectrogram(a)
-        self.loud = Loudness(a)
+        self.spectra = FrameSpectra(a)  # log-mel and loudness of each frame
         self.tracker = f0_tracker(self.f0_cfg)
         if self.tracker.lookahead_samples > self.framer.lookahead_samples:
             raise ValueError("the F0 tracker may not need more lookahead than the mel window")
@@ -129,9 +129,7 @@ class FrontEnd:
         x = np.ascontiguousarray(x, dtype=np.float32)
         frames = self.framer.step(torch.from_numpy(x).unsqueeze(0), self.state)
         if frames.shape[1]:
-            with torch.no_grad():
-                mel = self.mel.from_frames(frames)[0].numpy()
-                loud = self.loud.from_frames(frames)[0].numpy()
+            mel, loud = self.spectra(frames)
             c = self.lookahead_samples
             hop_audio = frames[0, :, c : c + self.hop].T.numpy().copy()
             self._spec.append(np.concatenate([mel, loud[None], hop_audio], axis=0))

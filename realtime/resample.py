@@ -72,7 +72,7 @@ def _phase_table(up: int, cutoff: float, beta: float, half_width: float, half: i
     return taps / taps.sum(axis=1, keepdims=True)
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})  # vectorised reduction
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})  # vectorised reduction
 def _polyphase(
     buf: np.ndarray,
     base: int,

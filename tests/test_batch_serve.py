@@ -61,84 +61,115 @@ def test_bucket_sizes_cover_the_largest_batch() -> None:
     assert bucket_sizes(16)[-1] == 16 and bucket_sizes(1000)[-1] == 64
 
 
+class _FakeEngine:
+    """An engine stand-in on a :class:`SlotStep`: a push of values queues one block per value
+    (``frames`` frames of it); the outputs' last samples come back on delivery."""
+
+    def __init__(self, sched: BatchScheduler, frames: int = 2) -> None:
+        self.step_module = SlotStep(sched)
+        self.frames, self.defer_blocks = frames, False
+        self.queued: list[dict[str, Tensor]] = []
+        self.outs: list[float] = []
+
+    def ingest(self, samples: np.ndarray) -> tuple[int, bool]:
+        assert self.defer_blocks
+        if np.any(np.isnan(samples)):
+            raise ValueError("not a number")
+        self.queued += [_block(float(v), self.frames) for v in samples]
+        return len(samples), True
+
+    def accept(self, y: Tensor) -> None:
+        self.outs.append(float(y[0, -1]))
+
+    def deliver(self, n: int, squeeze: bool) -> list[float]:
+        out, self.outs = self.outs, []
+        return out
+
+
+def _wait_until(cond: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
 def test_scheduler_batches_pending_blocks_pads_to_a_bucket_and_keeps_each_state() -> None:
     step, bucket = _Accumulate(), _Accumulate()
     sched = BatchScheduler(step, buckets={1: bucket, 2: bucket, 4: bucket}, frames=2, capacity=2)
     try:
-        slots = [sched.acquire() for _ in range(4)]  # the table grows from 2 rows
+        engines = [_FakeEngine(sched) for _ in range(4)]  # the table grows from 2 rows
+        slots = [e.step_module.slot for e in engines]
         assert sched.capacity >= 4 and len(set(slots)) == 4
-        outs: dict[int, list[float]] = {s: [] for s in slots}
-
-        def run(slot: int, value: float) -> None:
-            outs[slot].append(float(sched.run(slot, _block(value))[0, -1]))
-
-        deadline = time.monotonic() + 10.0
         with sched._table_lock:  # hold the step: the first block waits, three more queue up
-            first = threading.Thread(target=run, args=(slots[0], 1.0))
-            first.start()
-            while (slots[0] not in sched._busy or sched._pending) and time.monotonic() < deadline:
-                time.sleep(0.001)  # taken by the scheduler, which now waits for the lock
-            rest = [
-                threading.Thread(target=run, args=(s, 10.0 * (i + 1)))
-                for i, s in enumerate(slots[1:])
-            ]
-            for t in rest:
-                t.start()
-            while len(sched._pending) < 3 and time.monotonic() < deadline:
-                time.sleep(0.001)
-        for t in [first, *rest]:
-            t.join(10.0)
+            first = sched.convert(engines[0], np.array([1.0]))
+            _wait_until(lambda: not sched._jobs)  # taken by the thread, which waits for the lock
+            rest = [sched.convert(e, np.array([10.0 * (i + 1)])) for i, e in enumerate(engines[1:])]
+        outs = [f.result(10.0) for f in [first, *rest]]
         assert bucket.sizes == [1, 4]  # one alone, then three together padded to four
         assert sched.stats.padded_rows == 1 and sched.stats.rows == 4
-        assert [outs[s] for s in slots] == [[2.0], [20.0], [40.0], [60.0]]
-        # the padding row (a copy of the first) changed no state
-        assert float(sched.run(slots[1], _block(0.0))[0, -1]) == 20.0
-        # a block of another length runs on the eager step at its exact size
+        assert outs == [[2.0], [20.0], [40.0], [60.0]]
+        assert sched.stats.cycles == 2 and sched.stats.frontend_cpu_s > 0.0
+        # the padding row (a copy of the first) changed no state; two blocks of one push go
+        # in two steps, each with the other sessions' blocks of that cycle
+        a, b = sched.convert(engines[1], np.array([0.0, 1.0])), sched.convert(engines[2], [1.0])
+        assert a.result(10.0) == [20.0, 22.0] and b.result(10.0) == [42.0]
+        # a block of another length runs on the eager step at its exact size, directly too
         assert float(sched.run(slots[0], _block(1.0, frames=3))[0, -1]) == 5.0
-        assert step.sizes == [1]
+        odd = _FakeEngine(sched, frames=3)
+        assert sched.convert(odd, np.array([1.0])).result(10.0) == [3.0]
+        assert step.sizes == [1, 1]
+        # a control call runs in the scheduler's thread, in order with the engine's blocks
+        names = [sched.call(lambda: threading.current_thread().name, engine=e) for e in engines]
+        assert {f.result(10.0) for f in names} == {"comostream-batcher"}
         # a slot given back and taken again starts fresh
-        sched.release(slots[2])
-        again = sched.acquire()
-        assert again == slots[2] and float(sched.run(again, _block(5.0))[0, -1]) == 10.0
-        # a session leaving with a block in the step: its slot is free only after that step
+        engines[2].step_module.close().result(10.0)
+        again = _FakeEngine(sched)
+        assert again.step_module.slot == slots[2]
+        assert sched.convert(again, np.array([5.0])).result(10.0) == [10.0]
+        # a session leaving with a block queued: the block fails alone (not the others in its
+        # step) and the slot is free only after it
         with sched._table_lock:
-            late = threading.Thread(target=run, args=(slots[3], 1.0))
-            late.start()
-            while slots[3] not in sched._busy and time.monotonic() < deadline + 10.0:
-                time.sleep(0.001)
-            sched.release(slots[3])
+            busy = sched.convert(engines[0], np.array([1.0]))
+            _wait_until(lambda: not sched._jobs)
+            late = sched.convert(engines[3], np.array([1.0]))
+            other = sched.convert(engines[1], np.array([1.0]))
+            freed = engines[3].step_module.close()
             assert slots[3] not in sched._free
-        late.join(10.0)
-        assert outs[slots[3]] == [60.0, 62.0] and slots[3] in sched._free
+        assert busy.result(10.0) == [7.0] and other.result(10.0) == [24.0]
+        with pytest.raises(RuntimeError, match="closed"):
+            late.result(10.0)
+        freed.result(10.0)
+        assert slots[3] in sched._free
     finally:
         sched.close()
     with pytest.raises(RuntimeError, match="stopped"):
-        sched.run(slots[1], _block(1.0))
+        sched.convert(engines[1], np.array([1.0]))
 
 
 def test_a_block_waits_a_little_for_the_other_sessions_blocks() -> None:
     bucket = _Accumulate()
     sched = BatchScheduler(_Accumulate(), buckets={1: bucket, 2: bucket}, frames=2, wait_ms=300.0)
     try:
-        a = sched.acquire()
+        a = _FakeEngine(sched)
         t0 = time.monotonic()
-        sched.run(a, _block(1.0))  # the only session: no one to wait for
+        sched.convert(a, np.array([1.0])).result(10.0)  # the only session: no one to wait for
         assert time.monotonic() - t0 < 0.25 and bucket.sizes == [1]
-        b = sched.acquire()
-        first = threading.Thread(target=sched.run, args=(a, _block(1.0)))
-        first.start()
+        b = _FakeEngine(sched)
+        first = sched.convert(a, np.array([1.0]))
         time.sleep(0.02)
-        sched.run(b, _block(1.0))  # due at once: every session in use has a block pending
-        first.join(5.0)
+        sched.convert(b, np.array([1.0])).result(10.0)  # due: every session has a block pending
+        first.result(10.0)
         assert bucket.sizes == [1, 2]  # the two went together
         t0 = time.monotonic()
-        sched.run(a, _block(1.0))  # b sends nothing: a goes alone after the wait
+        sched.convert(a, np.array([1.0])).result(
+            10.0
+        )  # b sends nothing: a goes alone after the wait
         assert 0.25 < time.monotonic() - t0 < 3.0 and bucket.sizes == [1, 2, 1]
     finally:
         sched.close()
 
 
-def test_a_failing_step_fails_its_sessions_not_the_scheduler() -> None:
+def test_a_failing_step_or_front_end_fails_its_sessions_not_the_scheduler() -> None:
     class Broken(_Accumulate):
         def step(self, inputs: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
             if float(inputs["f0"][0, 0]) < 0:
@@ -147,10 +178,15 @@ def test_a_failing_step_fails_its_sessions_not_the_scheduler() -> None:
 
     sched = BatchScheduler(Broken(), frames=2)
     try:
-        slot = sched.acquire()
+        engine, other = _FakeEngine(sched), _FakeEngine(sched)
         with pytest.raises(RuntimeError, match="bad block"):
-            sched.run(slot, _block(-1.0))
-        assert float(sched.run(slot, _block(3.0))[0, -1]) == 6.0
+            sched.convert(engine, np.array([-1.0])).result(10.0)
+        with pytest.raises(ValueError, match="not a number"):
+            sched.convert(engine, np.array([np.nan])).result(10.0)
+        with pytest.raises(ZeroDivisionError):
+            sched.call(lambda: 1 / 0).result(10.0)
+        assert sched.convert(engine, np.array([3.0])).result(10.0) == [6.0]
+        assert sched.convert(other, np.array([1.0])).result(10.0) == [2.0]
     finally:
         sched.close()
 
@@ -189,24 +225,27 @@ def test_batched_sessions_joining_and_leaving_equal_separate_engines(models: Any
     progress = [threading.Event() for _ in CASES]  # set once a session is a few blocks in
 
     def session(i: int, wait_for: threading.Event | None) -> None:
+        """As the server runs a session: every engine call in the scheduler's thread."""
         if wait_for is not None:
             wait_for.wait(30.0)
         sr, spk, tr, block = CASES[i]
         hello = Hello(PROTOCOL_VERSION, sr, 1, "f32le", None, None, tr, None)
-        engine = factory.create(hello, block, spk)
+        engine = sched.call(factory.create, hello, block, spk).result(30.0)
         step = engine.step_module
         assert isinstance(step, SlotStep)
         slots[i] = step.slot  # type: ignore[assignment]
         x, parts = signals[i], []
         x = np.concatenate([x, np.zeros(-len(x) % block, np.float32)])
         for k in range(len(x) // block):
-            parts.append(engine.push(x[k * block : (k + 1) * block]))
+            parts.append(sched.convert(engine, x[k * block : (k + 1) * block]).result(30.0))
             if k == 3:
                 progress[i].set()
-        parts.append(engine.flush())
+        parts.append(sched.call(engine.flush, engine=engine).result(30.0))
         d = engine.delay_samples
         outputs[i] = np.concatenate(parts)[d : d + len(signals[i])]
-        factory.release(engine)
+        done = factory.release(engine)
+        assert done is not None
+        done.result(30.0)
         progress[i].set()
 
     left = threading.Event()  # session 1 (the short one) has left
@@ -251,6 +290,9 @@ def test_batched_server_output_equals_per_session_engines(models: Any) -> None:
             )
 
         results = asyncio.run(run_all())
+        # every session's engine ran in the scheduler's thread: no thread of a session's own
+        names = {t.name for t in threading.enumerate() if t.name.startswith("comostream-")}
+        assert names == {"comostream-batcher", "comostream-server"}, names
     sched = factory.scheduler
     assert sched is not None and sched.stats.rows > sched.stats.steps
     for x, r, (sr, spk, tr, block) in zip(signals, results, CASES, strict=True):

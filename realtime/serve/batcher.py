@@ -1,25 +1,30 @@
-"""Batched serving: the due blocks of every session through one batched model step.
+"""Batched serving: every session's blocks through one thread and one batched model step.
 
-A :class:`BatchScheduler` owns the model step and a state table with one row (a *slot*) per
-session. Each session's engine runs on a :class:`SlotStep`, a drop-in step module: the engine's
-front end (resampling, features, F0) runs in the session's own worker thread as before, and when a
-block is complete :meth:`SlotStep.step` hands its inputs to the scheduler and waits for the
-output. The scheduler's thread takes every pending block (at most one per session: a session
-waits for each block before sending the next, so its order is kept), gathers those sessions'
-rows of the state table, pads the batch to the nearest traced size (*bucket*) by repeating the
-first row, runs the step, writes the real rows back and hands each session its output. A step
-starts as soon as a block is pending (or, with ``wait_ms``, once every session in use has one
-pending or the oldest has waited that long: each step has a fixed cost, so a short wait for the
-blocks due next saves CPU on a busy machine); blocks that arrive during a step go together into
-the next one, so batches grow with the load and a block waits about one step at most.
+A :class:`BatchScheduler` owns the model step, a state table with one row (a *slot*) per session,
+and one thread that does all the sessions' engine work: nothing of a batched session runs in a
+thread of its own. The server hands it each block it receives (:meth:`BatchScheduler.convert`:
+the session's engine, the samples and a ``finish`` callback that makes the reply) and each
+control call (:meth:`BatchScheduler.call`), and gets a :class:`~concurrent.futures.Future` back.
+The thread takes every pending job at once (a *cycle*): it runs the control calls, then each
+block's front end (resampling, features, F0; the engine queues its complete model blocks instead
+of stepping them), then the queued model blocks of all those sessions together, one per session
+per step, gathering their rows of the state table, padding the batch to the nearest traced size
+(*bucket*) by repeating the first row, stepping, and writing the real rows back; then each
+block's output leaves the engine and ``finish`` makes its reply. Blocks that arrive during a cycle
+go together into the next one, so batches grow with the load and a block waits about one cycle at
+most; with ``wait_ms``, a cycle starts once every session in use has a block pending or the oldest
+has waited that long (fewer, fuller steps). One thread for all the sessions' Python means no
+thread handoff per block and no competition for the interpreter lock between sessions' threads:
+only the event loop (the network) runs beside it.
 
 Sessions join (:meth:`BatchScheduler.acquire`) and leave (:meth:`BatchScheduler.release`) at any
 block; each keeps its own singer, transposition, rate and block size (the engine's business), and
-its own state row, so the output equals that of a separate engine per session. The step may be
-anything with ``init_state(streams)`` and ``step(inputs, state)`` updating ``state`` in place
-(every state tensor with the streams as dimension 0); ``buckets`` maps batch sizes to steps
-specialised to blocks of ``frames`` frames (e.g. traced), others run on ``step`` at their exact
-size.
+its own state row, so the output equals that of a separate engine per session. Outside a cycle a
+:class:`SlotStep` (the engines' step module) runs a block at once through :meth:`BatchScheduler.run`
+(a flush's last blocks, a warm-up). The step may be anything with ``init_state(streams)`` and
+``step(inputs, state)`` updating ``state`` in place (every state tensor with the streams as
+dimension 0); ``buckets`` maps batch sizes to steps specialised to blocks of ``frames`` frames
+(e.g. traced), others run on ``step`` at their exact size.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +43,12 @@ from torch import Tensor
 
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 
-__all__ = ["BUCKETS", "BatchScheduler", "SlotStep", "bucket_sizes"]
+__all__ = ["BUCKETS", "BatchScheduler", "Finish", "SlotStep", "bucket_sizes"]
 
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # batch sizes built at warm-up (<= 1.5x pad)
-WAIT_CHECK_S = 1.0  # a waiting session checks this often that the scheduler is still alive
+
+# A block's reply from its converted samples, the block's wall and CPU seconds in the cycle
+Finish = Callable[[np.ndarray, float, float], Any]
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -55,51 +63,68 @@ def bucket_sizes(max_batch: int) -> list[int]:
 
 
 @dataclass
-class _Request:
-    """One session's block waiting for (or done with) a step."""
+class _Job:
+    """A session's block (``engine``, ``samples``, ``finish``) or control call (``fn``)."""
 
-    slot: int
-    inputs: dict[str, Tensor]
-    frames: int
+    future: Future[Any]
+    engine: Any = None
+    samples: np.ndarray | None = None
+    finish: Finish | None = None
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
     queued: float = field(default_factory=time.monotonic)  # seconds (monotonic clock)
-    done: threading.Event = field(default_factory=threading.Event)
-    output: Tensor | None = None
+    # in the cycle: the engine's model-rate sample count and channel shape, times, error
+    n24: int = 0
+    squeeze: bool = True
+    cpu_s: float = 0.0
     error: BaseException | None = None
+
+    @property
+    def is_block(self) -> bool:
+        return self.fn is None
 
 
 @dataclass
 class BatchStats:
-    """What the scheduler did: steps, rows (real and padding) and step times (seconds)."""
+    """What the scheduler did: steps, rows (real and padding), step times (seconds) and the CPU
+    time of its thread in steps and in the sessions' front ends."""
 
     steps: int = 0
     rows: int = 0
     padded_rows: int = 0
-    cpu_s: float = 0.0  # CPU time of the scheduler's thread (its intra-op helpers excluded)
+    cycles: int = 0
+    cpu_s: float = 0.0  # the steps (gather, step, scatter; intra-op helper threads excluded)
+    frontend_cpu_s: float = 0.0  # the sessions' front ends and replies
+    busy_s: float = 0.0  # wall time in cycles (the rest: the thread waited for jobs)
     step_s: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=2048))
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: step count and padded rows so far; over the latest 2048 steps the mean
-        batch (streams per step) and the step time p50/p99 (ms)."""
+        """JSON-ready: step and cycle counts, padded rows and CPU seconds so far; over the latest
+        2048 steps the mean batch (streams per step) and the step time p50/p99 (ms)."""
         recent = list(self.step_s)  # (rows, seconds); one C-level copy
         ms = np.asarray([s for _, s in recent] or [0.0]) * 1000.0
         return {
             "steps": self.steps,
+            "cycles": self.cycles,
             "batch_mean": float(np.mean([n for n, _ in recent])) if recent else 0.0,
             "padded_rows": self.padded_rows,
             "cpu_s": self.cpu_s,
+            "frontend_cpu_s": self.frontend_cpu_s,
+            "busy_s": self.busy_s,
             "step_ms_p50": float(np.percentile(ms, 50)),
             "step_ms_p99": float(np.percentile(ms, 99)),
         }
 
 
 class BatchScheduler:
-    """The shared model step and the sessions' state rows (see the module docstring).
+    """The shared model step, the sessions' state rows and the thread that runs their blocks
+    (see the module docstring).
 
     ``step``: runs any batch and block size (e.g. the eager chain); ``buckets``: batch size ->
     a step for blocks of exactly ``frames`` frames of that many streams; ``capacity``: initial
     state rows (the table doubles when more sessions join); ``wait_ms``: how long a block may
-    wait for other sessions' blocks before a step starts without them (0: at once). The step runs
-    on the process's torch intra-op threads (``torch.set_num_threads`` is process-wide:
+    wait for other sessions' blocks before a cycle starts without them (0: at once). The step
+    runs on the process's torch intra-op threads (``torch.set_num_threads`` is process-wide:
     ``serve --threads``).
     """
 
@@ -128,9 +153,7 @@ class BatchScheduler:
         self._grow(max(1, capacity))
         self._table_lock = threading.Lock()  # the table: a step, a reset or growth at a time
         self._cond = threading.Condition()
-        self._pending: list[_Request] = []
-        self._busy: set[int] = set()  # slots with a request pending or in a step
-        self._leaving: set[int] = set()  # released while busy: freed after their step
+        self._jobs: deque[_Job] = deque()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="comostream-batcher", daemon=True)
         self._thread.start()
@@ -155,13 +178,15 @@ class BatchScheduler:
             self._reset(slot)
         return slot
 
-    def release(self, slot: int) -> None:
-        """The session of ``slot`` left: the slot is free once its last step is done."""
-        with self._cond:
-            if slot in self._busy:
-                self._leaving.add(slot)
-                return
-        self._free_slot(slot)
+    def release(self, slot: int) -> Future[Any]:
+        """The session of ``slot`` left: the slot is free once the jobs queued before are done
+        (at once from the scheduler's thread or once it has stopped). Returns when it is."""
+        if threading.current_thread() is self._thread or self._stopped:
+            self._free_slot(slot)
+            done: Future[Any] = Future()
+            done.set_result(None)
+            return done
+        return self.call(self._free_slot, slot)
 
     def reset(self, slot: int) -> StreamState:
         """``slot``'s state back to the beginning; its rows as a state of one stream (views of
@@ -171,35 +196,34 @@ class BatchScheduler:
             return rebuild_state(self._template, [t[slot : slot + 1] for t in self._table])
 
     def run(self, slot: int, inputs: dict[str, Tensor]) -> Tensor:
-        """One block of ``slot``'s session through the next step (blocking): its output
-        ``(1, k * hop)``. Called from the session's thread, one block at a time."""
-        return self.wait(self.submit(slot, inputs))
+        """One block ``(1, k)`` of ``slot``'s session through the step now, in the calling
+        thread (outside the cycles: a flush, a warm-up): its output ``(1, k * hop)``."""
+        return self._step_blocks([(slot, inputs)])[0]
 
-    def submit(self, slot: int, inputs: dict[str, Tensor]) -> _Request:
-        """Queue one block of ``slot`` for the next step (:meth:`wait` for its output)."""
-        req = _Request(slot, inputs, int(inputs["f0"].shape[-1]))
+    # -- jobs ------------------------------------------------------------------------------------
+    def convert(self, engine: Any, samples: np.ndarray, finish: Finish | None = None) -> Future:
+        """Queue one pushed block of a session: ``engine`` (a
+        :class:`~comostream.realtime.engine.StreamingConverter` on a :class:`SlotStep`) converts
+        ``samples`` in the next cycle; the future's result is ``finish(converted samples, wall
+        seconds, CPU seconds)`` (the samples themselves without ``finish``). Queue a session's
+        next job once the future is done (a second job of one engine waits a cycle)."""
+        return self._submit(_Job(Future(), engine=engine, samples=samples, finish=finish))
+
+    def call(self, fn: Callable[..., Any], *args: Any, engine: Any = None) -> Future[Any]:
+        """Queue ``fn(*args)`` for the scheduler's thread (a session's control: ``engine``, to
+        keep its order with that engine's blocks); the future holds its result."""
+        return self._submit(_Job(Future(), engine=engine, fn=fn, args=args))
+
+    def _submit(self, job: _Job) -> Future[Any]:
         with self._cond:
             if self._stopped:
                 raise RuntimeError("the batch scheduler has stopped")
-            if slot in self._busy:
-                raise RuntimeError(f"slot {slot} already has a block in flight")
-            self._busy.add(slot)
-            self._pending.append(req)
+            self._jobs.append(job)
             self._cond.notify()
-        return req
-
-    def wait(self, req: _Request) -> Tensor:
-        """The output of a block from :meth:`submit`, once its step is done."""
-        while not req.done.wait(WAIT_CHECK_S):
-            if not self._thread.is_alive():
-                raise RuntimeError("the batch scheduler has stopped")
-        if req.error is not None:
-            raise RuntimeError(f"batched model step failed: {req.error}") from req.error
-        assert req.output is not None
-        return req.output
+        return job.future
 
     def close(self) -> None:
-        """Stop the scheduler's thread; blocks still pending fail."""
+        """Stop the scheduler's thread; jobs still pending fail."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
@@ -212,102 +236,178 @@ class BatchScheduler:
                 while not self._stopped and not self._due():
                     self._cond.wait(self._until_due())
                 if self._stopped:
-                    for req in self._pending:
-                        req.error = RuntimeError("the batch scheduler has stopped")
-                        req.done.set()
+                    for job in self._jobs:
+                        if job.future.set_running_or_notify_cancel():
+                            job.future.set_exception(RuntimeError("the batch scheduler stopped"))
+                    self._jobs.clear()
                     return
-                groups = self._take()
-            cpu0 = time.thread_time()
-            for step, size, reqs in groups:
-                self._run(step, size, reqs)
-            self.stats.cpu_s += time.thread_time() - cpu0
-            with self._cond:
-                for _, _, reqs in groups:
-                    for req in reqs:
-                        self._busy.discard(req.slot)
-                leaving = self._leaving - self._busy
-                self._leaving -= leaving
-            for slot in leaving:
-                self._free_slot(slot)
-            for _, _, reqs in groups:
-                for req in reqs:
-                    req.done.set()
+                jobs = self._take()
+            self._cycle(jobs)
 
     def _due(self) -> bool:
-        """Whether to step now: a block is pending and either every session in use has one
-        pending, the largest bucket is full, or the oldest has waited ``wait_s``. Called with
-        ``_cond`` held."""
-        if not self._pending:
+        """Whether to start a cycle: a job is pending and either no wait is set, a control call
+        is pending, every session in use has a block pending, or the oldest has waited
+        ``wait_s``. Called with ``_cond`` held."""
+        if not self._jobs:
             return False
-        if len(self._pending) >= max(1, self.capacity - len(self._free)):
+        if self.wait_s <= 0.0 or any(not j.is_block for j in self._jobs):
             return True
-        if self.buckets and len(self._pending) >= max(self.buckets):
+        if len(self._jobs) >= max(1, self.capacity - len(self._free)):
             return True
-        return time.monotonic() >= self._pending[0].queued + self.wait_s
+        return time.monotonic() >= self._jobs[0].queued + self.wait_s
 
     def _until_due(self) -> float | None:
-        """Seconds until the oldest pending block has waited ``wait_s`` (None: none pending)."""
-        if not self._pending:
+        """Seconds until the oldest pending job has waited ``wait_s`` (None: none pending)."""
+        if not self._jobs:
             return None
-        return max(0.0, self._pending[0].queued + self.wait_s - time.monotonic())
+        return max(0.0, self._jobs[0].queued + self.wait_s - time.monotonic())
 
-    def _take(self) -> list[tuple[Any, int, list[_Request]]]:
-        """The pending blocks as steps ``(step, batch size, requests)``: blocks of the buckets'
-        ``frames`` padded to a bucket (at most the largest; the rest wait for the next step),
-        others at their exact size, grouped by frames. Called with ``_cond`` held."""
-        natural = [r for r in self._pending if r.frames == self.frames] if self.buckets else []
-        largest = max(self.buckets) if self.buckets else 0
-        taken = natural[:largest]
-        rest = [r for r in self._pending if r.frames != self.frames or not self.buckets]
-        self._pending = natural[largest:]
-        groups: list[tuple[Any, int, list[_Request]]] = []
-        if taken:
-            size = next(s for s in self.buckets if s >= len(taken))
-            groups.append((self.buckets[size], size, taken))
-        by_frames: dict[int, list[_Request]] = {}
-        for req in rest:
-            by_frames.setdefault(req.frames, []).append(req)
-        groups += [(self.step_module, len(reqs), reqs) for reqs in by_frames.values()]
-        return groups
+    def _take(self) -> list[_Job]:
+        """The pending jobs in order, the first of each engine (its later ones wait for the
+        next cycle, in order); cancelled ones left out. Called with ``_cond`` held."""
+        taken: list[_Job] = []
+        later: deque[_Job] = deque()
+        engines: set[int] = set()
+        for job in self._jobs:
+            key = id(job.engine) if job.engine is not None else None
+            if key is not None and key in engines:
+                later.append(job)
+            elif job.future.set_running_or_notify_cancel():
+                taken.append(job)
+                if key is not None:
+                    engines.add(key)
+        self._jobs = later
+        return taken
 
-    def _run(self, step: Any, size: int, reqs: list[_Request]) -> None:
-        """One step of ``reqs`` padded to ``size`` rows (copies of the first). Consecutive slots
-        with no padding (one session alone, say) step on views of the table, in place; others
-        on gathered copies, written back."""
-        n = len(reqs)
-        t0 = time.perf_counter()
+    def _cycle(self, jobs: list[_Job]) -> None:
+        """Control calls; every block's front end; their model blocks stepped together, one per
+        session per step; every block's output and reply."""
+        t0, cpu0, step_cpu0 = time.perf_counter(), time.thread_time(), self.stats.cpu_s
+        blocks: list[_Job] = []
+        for job in jobs:
+            if not job.is_block:
+                assert job.fn is not None
+                try:
+                    job.future.set_result(job.fn(*job.args))
+                except BaseException as exc:  # noqa: BLE001 - the caller gets it
+                    job.future.set_exception(exc)
+                continue
+            c = time.thread_time()
+            engine = job.engine
+            try:
+                engine.defer_blocks = True  # its complete model blocks queue up for the step
+                try:
+                    job.n24, job.squeeze = engine.ingest(job.samples)
+                finally:
+                    engine.defer_blocks = False
+                blocks.append(job)
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                engine.queued.clear()
+                job.future.set_exception(exc)
+            job.cpu_s += time.thread_time() - c
+        while True:
+            ready = [j for j in blocks if j.error is None and j.engine.queued]
+            for j in ready:
+                if j.engine.step_module.slot is None:  # left meanwhile: not in the others' step
+                    j.error, j.engine.queued[:] = RuntimeError("the session's step is closed"), []
+            ready = [j for j in ready if j.error is None]
+            if not ready:
+                break
+            items = [(j.engine.step_module.slot, j.engine.queued.pop(0)) for j in ready]
+            try:
+                outputs = self._step_blocks(items)
+            except Exception as exc:  # noqa: BLE001 - every session of the step gets it
+                for j in ready:
+                    j.error, j.engine.queued[:] = exc, []
+                continue
+            for j, y in zip(ready, outputs, strict=True):
+                c = time.thread_time()
+                j.engine.accept(y)
+                j.cpu_s += time.thread_time() - c
+        for job in blocks:
+            if job.error is not None:
+                err = RuntimeError(f"batched model step failed: {job.error}")
+                job.future.set_exception(err)
+                continue
+            c = time.thread_time()
+            try:
+                out = job.engine.deliver(job.n24, job.squeeze)
+                if job.finish is None:
+                    job.future.set_result(out)
+                    continue
+                job.cpu_s += time.thread_time() - c
+                job.future.set_result(job.finish(out, time.perf_counter() - t0, job.cpu_s))
+            except Exception as exc:  # noqa: BLE001 - the caller gets it
+                job.future.set_exception(exc)
+        self.stats.cycles += 1
+        self.stats.busy_s += time.perf_counter() - t0
+        step_cpu = self.stats.cpu_s - step_cpu0
+        self.stats.frontend_cpu_s += time.thread_time() - cpu0 - step_cpu
+
+    # -- the step --------------------------------------------------------------------------------
+    def _step_blocks(self, items: list[tuple[int | None, dict[str, Tensor]]]) -> list[Tensor]:
+        """Blocks ``(slot, inputs)`` of distinct slots through the step: those of the buckets'
+        ``frames`` padded to a bucket (several steps beyond the largest), others at their exact
+        size, grouped by frames. Their outputs ``(1, k * hop)`` in order."""
+        if any(slot is None for slot, _ in items):
+            raise RuntimeError("a session's step is closed")
+        out: list[Tensor | None] = [None] * len(items)
+        groups: dict[int, list[int]] = {}
+        for i, (_, inputs) in enumerate(items):
+            groups.setdefault(int(inputs["f0"].shape[-1]), []).append(i)
+        cpu0 = time.thread_time()
         try:
-            with torch.inference_mode():
-                slots = [r.slot for r in reqs] + [reqs[0].slot] * (size - n)
-                if n == 1 and size == 1:
-                    inputs = reqs[0].inputs
+            for frames, idx in groups.items():
+                if self.buckets and frames == self.frames:
+                    largest = max(self.buckets)
+                    for k in range(0, len(idx), largest):
+                        part = idx[k : k + largest]
+                        size = next(s for s in self.buckets if s >= len(part))
+                        ys = self._run(self.buckets[size], size, [items[i] for i in part])
+                        for i, y in zip(part, ys, strict=True):
+                            out[i] = y
                 else:
-                    inputs = {
-                        k: torch.cat([r.inputs[k] for r in reqs] + [reqs[0].inputs[k]] * (size - n))
-                        for k in reqs[0].inputs
-                    }
-                first = slots[0]
-                in_place = size == n and slots == list(range(first, first + n))
-                index = None if in_place else torch.tensor(slots, dtype=torch.long)
-                with self._table_lock:
-                    if index is None:
-                        rows = [t[first : first + n] for t in self._table]
-                    else:
-                        rows = [t.index_select(0, index) for t in self._table]
-                    y = step.step(inputs, rebuild_state(self._template, rows))
-                    if index is not None:  # gathered copies: the real rows written back
-                        for t, r in zip(self._table, rows, strict=True):
-                            t.index_copy_(0, index[:n], r[:n])
-            for i, req in enumerate(reqs):
-                req.output = y[i : i + 1]
-        except Exception as exc:  # noqa: BLE001 - every waiting session gets the error
-            for req in reqs:
-                req.error = exc
-        seconds = time.perf_counter() - t0
+                    ys = self._run(self.step_module, len(idx), [items[i] for i in idx])
+                    for i, y in zip(idx, ys, strict=True):
+                        out[i] = y
+        finally:
+            self.stats.cpu_s += time.thread_time() - cpu0
+        return out  # type: ignore[return-value]
+
+    def _run(
+        self, step: Any, size: int, items: list[tuple[Any, dict[str, Tensor]]]
+    ) -> list[Tensor]:
+        """One step of ``items`` padded to ``size`` rows (copies of the first). Consecutive
+        slots with no padding (one session alone, say) step on views of the table, in place;
+        others on gathered copies, written back."""
+        n = len(items)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            slots = [s for s, _ in items] + [items[0][0]] * (size - n)
+            if n == 1 and size == 1:
+                inputs = items[0][1]
+            else:
+                inputs = {
+                    k: torch.cat([x[k] for _, x in items] + [items[0][1][k]] * (size - n))
+                    for k in items[0][1]
+                }
+            first = slots[0]
+            in_place = size == n and slots == list(range(first, first + n))
+            index = None if in_place else torch.tensor(slots, dtype=torch.long)
+            with self._table_lock:
+                if index is None:
+                    rows = [t[first : first + n] for t in self._table]
+                else:
+                    rows = [t.index_select(0, index) for t in self._table]
+                y = step.step(inputs, rebuild_state(self._template, rows))
+                if index is not None:  # gathered copies: the real rows written back
+                    for t, r in zip(self._table, rows, strict=True):
+                        t.index_copy_(0, index[:n], r[:n])
         self.stats.steps += 1
         self.stats.rows += n
         self.stats.padded_rows += size - n
-        self.stats.step_s.append((n, seconds))
+        self.stats.step_s.append((n, time.perf_counter() - t0))
+        return [y[i : i + 1] for i in range(n)]
 
     # -- the table -------------------------------------------------------------------------------
     def _grow(self, capacity: int) -> None:
@@ -336,8 +436,10 @@ class BatchScheduler:
 
 class SlotStep:
     """One session's step over a :class:`BatchScheduler` slot: a drop-in ``step_module`` for a
-    :class:`~comostream.realtime.engine.StreamingConverter` (its blocks go through the shared
-    batched step). :meth:`close` when the session ends."""
+    :class:`~comostream.realtime.engine.StreamingConverter`. In the scheduler's cycles the engine
+    queues its blocks and the scheduler steps them with other sessions'; a block stepped
+    directly (:meth:`step`: a flush, a warm-up) runs at once. :meth:`close` when the session
+    ends."""
 
     def __init__(self, scheduler: BatchScheduler) -> None:
         self.scheduler = scheduler
@@ -347,7 +449,6 @@ class SlotStep:
         self.speaker_dim = int(getattr(inner, "speaker_dim", 0))
         self.profile: dict[str, float] | None = None  # per-stage times are not available
         self.slot: int | None = scheduler.acquire()
-        self._lock = threading.Lock()  # a block is queued or the slot given back, not both
 
     def parameters(self) -> Iterator[Any]:
         return iter(self.scheduler.step_module.parameters())
@@ -359,17 +460,14 @@ class SlotStep:
         return self.scheduler.reset(self.slot)
 
     def step(self, inputs: dict[str, Tensor], state: StreamState) -> Tensor:
-        """One block ``(1, k)`` inputs -> ``(1, k * hop)`` output, through the shared step
+        """One block ``(1, k)`` inputs -> ``(1, k * hop)`` output, through the shared step now
         (``state`` is the slot's own, kept by the scheduler)."""
-        with self._lock:
-            if self.slot is None:
-                raise RuntimeError("this session's step is closed")
-            req = self.scheduler.submit(self.slot, inputs)
-        return self.scheduler.wait(req)
+        if self.slot is None:
+            raise RuntimeError("this session's step is closed")
+        return self.scheduler.run(self.slot, inputs)
 
-    def close(self) -> None:
-        """Give the slot back (once; after the block in flight, if any)."""
-        with self._lock:
-            slot, self.slot = self.slot, None
-        if slot is not None:
-            self.scheduler.release(slot)
+    def close(self) -> Future[Any] | None:
+        """Give the slot back (once; after the jobs already queued). The future of the release
+        (None if it was closed before)."""
+        slot, self.slot = self.slot, None
+        return None if slot is None else self.scheduler.release(slot)

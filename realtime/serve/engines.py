@@ -1,12 +1,13 @@
 """The engines of ``comostream serve``'s sessions: one :class:`EngineFactory` over the shared
 models. The traced model step is built once and shared; its state is per engine. Batched (the
 default), every engine's blocks go through one :class:`~comostream.realtime.serve.batcher.
-BatchScheduler` that runs the due blocks of all sessions in one step."""
+BatchScheduler`, whose thread runs the sessions' front ends and their due blocks in one step."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,9 @@ class EngineFactory:
     ``batch``: run every session's blocks through one :class:`BatchScheduler` (built at
     :meth:`warm_up`), with traced batch sizes up to ``max_batch`` streams per step, a block
     waiting at most ``batch_wait_ms`` for other sessions' blocks (None: :data:`BATCH_WAIT` of
-    the block); off: each engine runs the shared step itself, in its session's thread."""
+    the block); off: each engine runs the shared step itself, in its session's thread.
+    Batched, the server runs the engines' work in the scheduler's thread
+    (:meth:`BatchScheduler.convert`, :meth:`BatchScheduler.call`)."""
 
     def __init__(
         self,
@@ -107,18 +110,25 @@ class EngineFactory:
         first session's first blocks are not late."""
         hello = Hello(PROTOCOL_VERSION, sample_rate, 1, "f32le", None, None, 0.0, None)
         block = self.natural_block(sample_rate)
-        if self.batch:
-            self._start_batching()
+        sched = self.start_batching()
         engine = self.create(hello, block, self.check_speaker(None))
         for _ in range(8):
-            engine.push(np.zeros(block, np.float32))
-        self.release(engine)
+            zeros = np.zeros(block, np.float32)
+            if sched is None:
+                engine.push(zeros)
+            else:  # as a session's blocks go: through the scheduler's cycles
+                sched.convert(engine, zeros).result()
+        done = self.release(engine)
+        if done is not None:
+            done.result()
 
-    def _start_batching(self) -> None:
-        """The batch scheduler over :meth:`batch_steps` (once)."""
+    def start_batching(self) -> BatchScheduler | None:
+        """The batch scheduler over :meth:`batch_steps`, started once (None: not batched)."""
+        if not self.batch:
+            return None
         with self._lock:
             if self.scheduler is not None:
-                return
+                return self.scheduler
             step, buckets = self.batch_steps()
             self.scheduler = BatchScheduler(
                 step,
@@ -127,6 +137,7 @@ class EngineFactory:
                 capacity=self.max_batch,
                 wait_ms=self.batch_wait_ms,
             )
+            return self.scheduler
 
     def batch_steps(self) -> tuple[Any, dict[int, Any]]:
         """The scheduler's steps: one for any batch and block size (the eager chain), and on a
@@ -153,11 +164,11 @@ class EngineFactory:
                 buckets[size] = traced
         return chain, buckets
 
-    def release(self, engine: StreamingConverter) -> None:
-        """A session's engine is done: its batch slot (if any) is given back."""
+    def release(self, engine: StreamingConverter) -> Future[Any] | None:
+        """A session's engine is done: its batch slot (if any) is given back, after the jobs
+        already queued (the future of :meth:`BatchScheduler.release`; None: no slot)."""
         step = engine.step_module
-        if isinstance(step, SlotStep):
-            step.close()
+        return step.close() if isinstance(step, SlotStep) else None
 
     def close(self) -> None:
         """Stop the batch scheduler (if any)."""
@@ -181,10 +192,9 @@ class EngineFactory:
             kw["f0"] = dataclasses.replace(self.f0_cfg or F0Config(), backend=hello.f0)
         elif self.f0_cfg is not None:
             kw["f0"] = self.f0_cfg
-        if self.batch:
-            self._start_batching()
-            assert self.scheduler is not None
-            slot = SlotStep(self.scheduler)
+        sched = self.start_batching()
+        if sched is not None:
+            slot = SlotStep(sched)
             try:
                 return StreamingConverter(
                     slot,

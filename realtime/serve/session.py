@@ -3,18 +3,21 @@
 A :class:`Session` is given the server's engine factory
 (:class:`~comostream.realtime.serve.engines.EngineFactory`) and settings
 (:class:`~comostream.realtime.serve.config.ServerConfig`), nothing else of the server; it owns its
-engine and one worker thread that runs it, so inference never blocks the event loop (batched,
-the engine's model blocks go through the factory's shared step: the worker runs the front end and
-waits for them). Three tasks per session: the reader validates frames into the input queue, the
-worker converts in order, the sender writes replies. Both queues are bounded :class:`DropQueue` s:
-audio beyond ``max_queue_ms`` drops the OLDEST blocks, which become ``FLAG_DROPPED`` replies
-(silence, no PCM) so the client's timeline and the delay never move; the counts are in ``stats``.
+engine, which never runs in the event loop: batched (the default), the factory's
+:class:`~comostream.realtime.serve.batcher.BatchScheduler` runs it in its one thread with every
+other session's (front end, shared model step, reply); otherwise a worker thread of the
+session's own runs it. Three tasks per session: the reader validates frames into the input
+queue, the worker converts in order, the sender writes replies. Both queues are bounded
+:class:`DropQueue` s: audio beyond ``max_queue_ms`` drops the OLDEST blocks, which become
+``FLAG_DROPPED`` replies (silence, no PCM) so the client's timeline and the delay never move; the
+counts are in ``stats``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -56,6 +59,7 @@ __all__ = ["MAX_MESSAGES", "Block", "DropQueue", "Gap", "Session"]
 
 log = logging.getLogger("comostream.server")  # the server's logger: one line per session
 MAX_MESSAGES = 64  # queued control frames / text replies per direction and session
+IN_FLIGHT = 2  # a session's blocks (and controls) queued to its engine's thread at a time
 PACE_MIN_AUDIO_S = 2.0  # audio converted before a session's RTF is judged (drops: at once)
 
 
@@ -171,7 +175,7 @@ class Session:
         self.bypass = False
         self.timings: deque[tuple[int, float]] = deque(maxlen=512)  # (seq, compute seconds)
         self.compute_s = 0.0
-        self.worker_cpu_s = 0.0  # CPU time of the worker thread (the front end when batched)
+        self.worker_cpu_s = 0.0  # CPU time of the engine's work (batched: without the step)
         self.blocks_in = self.blocks_out = 0
         self.last_seq = self.last_ts = 0
         self.closing = False
@@ -188,7 +192,10 @@ class Session:
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._open()
-            tasks = [asyncio.create_task(c) for c in (self._read(), self._work(), self._send())]
+            self.inflight: asyncio.Queue[tuple[Any, asyncio.Future[Any] | None]] = asyncio.Queue()
+            self.room = asyncio.Semaphore(IN_FLIGHT)
+            work = (self._read(), self._work(), self._collect(), self._send())
+            tasks = [asyncio.create_task(c) for c in work]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is not None:
@@ -272,11 +279,8 @@ class Session:
             )
         self.authenticated = True
         block = hello.block or factory.natural_block(hello.sample_rate)
-        loop = asyncio.get_running_loop()
         try:
-            self.engine = await loop.run_in_executor(
-                self.executor, factory.create, hello, block, speaker
-            )
+            self.engine = await self._in_engine_thread(factory.create, hello, block, speaker)
         except ValueError as exc:
             raise ProtocolError("bad_params", str(exc)) from None
         self.hello, self.block = hello, block
@@ -358,20 +362,48 @@ class Session:
                 obj = {"type": "set", "change": change}
             self.inq.put_message(obj)
 
+    def _in_engine_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` where the engine runs, queued in order with its blocks: the batch
+        scheduler's thread or the session's worker thread."""
+        sched = self.factory.start_batching()
+        if sched is not None:
+            return asyncio.wrap_future(sched.call(fn, *args, engine=self.engine))
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Queue the input's blocks and controls to the engine's thread, up to
+        :data:`IN_FLIGHT` at a time (so the next block is there when the scheduler's next cycle
+        starts); :meth:`_collect` takes their results in order."""
+        sched = self.factory.start_batching()
         while True:
-            item = await self.inq.get()
+            await self.room.acquire()  # released by _collect once the item's result is out
+            item = await self.inq.get()  # (taken only then: the queue drops what waits)
+            if isinstance(item, Gap):
+                future = None
+            elif isinstance(item, Block) and sched is not None:
+                x = self._mono(item)
+                finish = functools.partial(self._reply, item, x)
+                future = asyncio.wrap_future(sched.convert(self.engine, x, finish))
+            elif isinstance(item, Block):
+                future = self._in_engine_thread(self._convert, item)
+            else:
+                future = self._in_engine_thread(self._control, item)
+            await self.inflight.put((item, future))
+
+    async def _collect(self) -> None:
+        """The results of :meth:`_work`'s jobs, in order, into the output queue."""
+        while True:
+            item, future = await self.inflight.get()
+            result = None if future is None else await future
+            self.room.release()
             if isinstance(item, Gap):
                 self.outq.put_block(Gap(item.seq, item.ts, item.count, item.blocks))
             elif isinstance(item, Block):
-                data = await loop.run_in_executor(self.executor, self._convert, item)
                 self.blocks_out += 1
-                self.outq.put_block(Block(item.seq, item.ts, item.count, data))
+                self.outq.put_block(Block(item.seq, item.ts, item.count, result))
                 self._check_pace()
             else:
-                reply = await loop.run_in_executor(self.executor, self._control, item)
-                self.outq.put_message(reply)
+                self.outq.put_message(result)
 
     def _check_pace(self) -> None:
         """Log :func:`~comostream.realtime.pace.pace_warning` once per session: blocks dropped,
@@ -398,16 +430,28 @@ class Session:
                 item = item.payload
             await self.ws.send(item)
 
-    # -- engine side (the session's worker thread) -----------------------------------------------
+    # -- engine side (the batch scheduler's thread, or the session's worker thread) -------------
+    def _mono(self, item: Block) -> np.ndarray:
+        """A block's samples as the engine takes them: ``(n,)`` mono, else ``(n, channels)``."""
+        assert self.hello is not None
+        return item.payload[:, 0] if self.hello.channels == 1 else item.payload
+
     def _convert(self, item: Block) -> bytes:
-        """One block through the engine (and the dry delay line): the reply frame."""
-        assert self.engine is not None and self.hello is not None
-        x = item.payload[:, 0] if self.hello.channels == 1 else item.payload
+        """One block through the engine, unbatched: the reply frame (:meth:`_reply`)."""
+        assert self.engine is not None
+        x = self._mono(item)
         t0, cpu0 = time.perf_counter(), time.thread_time()
         wet = self.engine.push(x)
+        return self._reply(item, x, wet, time.perf_counter() - t0, time.thread_time() - cpu0)
+
+    def _reply(
+        self, item: Block, x: np.ndarray, wet: np.ndarray, seconds: float, cpu: float
+    ) -> bytes:
+        """The reply frame of block ``item`` (input ``x``, converted ``wet``, after ``seconds``
+        of wall and ``cpu`` of CPU time): the dry delay line runs too (for bypass)."""
+        assert self.hello is not None
         dry = self.dry.push(sanitize_samples(np.asarray(x, np.float32))[0])  # as the engine
-        seconds = time.perf_counter() - t0
-        self.worker_cpu_s += time.thread_time() - cpu0
+        self.worker_cpu_s += cpu
         self.timings.append((item.seq, seconds))
         self.compute_s += seconds
         flags = FLAG_BYPASS if self.bypass else 0

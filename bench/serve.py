@@ -321,9 +321,10 @@ def _row(
     batch_before: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One N's figures (JSON-ready: no NaN). Where the server's CPU goes, in cores:
-    ``cpu_sessions`` (the sessions' worker threads: front ends, and the model step when not
-    batched), ``cpu_batch`` (the batch scheduler's thread: gather, step, scatter; its intra-op
-    helper threads count in ``cpu_other``), ``cpu_other`` (the rest: the event loop with the
+    ``cpu_sessions`` (the sessions' engine work: front ends and replies, in the batch
+    scheduler's thread; unbatched, the worker threads with the model step), ``cpu_batch`` (the
+    batch scheduler's steps: gather, step, scatter; their intra-op helper threads count in
+    ``cpu_other``), ``cpu_other`` (the rest: the event loop with the
     WebSocket protocol, other threads); ``batch_busy``: the share of the time the scheduler's
     thread was in a cycle (its CPU share is ``cpu_sessions + cpu_batch``: the difference is
     time it waited, for the interpreter lock or a core)."""

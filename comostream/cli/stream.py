@@ -277,18 +277,19 @@ def register(sub: Subparsers) -> None:
         "--batch",
         choices=["on", "off"],
         default="on",
-        help="on (default): one scheduler thread runs the due blocks of every session in one "
-        "batched model step (traced for up to --max-streams streams, on --threads intra-op "
-        "threads), the sessions' threads do their front ends; off: each session runs the model "
-        "step itself in its own thread",
+        help="on (default): one scheduler thread runs every session's blocks: their front ends, "
+        "then their model blocks together in one batched step (traced for up to --max-streams "
+        "streams, on --threads intra-op threads); off: each session runs its engine, model "
+        "step included, in a thread of its own",
     )
     p.add_argument(
         "--batch-wait",
         type=float,
         default=None,
         metavar="MS",
-        help="batched: how long a block may wait for other sessions' blocks before the step "
-        "starts without them (default 0: a step starts as soon as a block is due). Fewer, "
+        help="batched: how long a block may wait for other sessions' blocks before the "
+        "scheduler's next cycle starts without them (default 0: as soon as a block is pending). "
+        "Fewer, "
         "fuller steps cost less CPU on a busy machine; the wait adds to the round trip at "
         "light load",
     )
@@ -298,8 +299,8 @@ def register(sub: Subparsers) -> None:
     model_options(p)
     runtime_options(
         p,
-        "1, for the whole process: the batched step runs on them while the sessions' worker "
-        "threads run their front ends on the other cores; with --batch off each session runs "
+        "1, for the whole process: the batched step runs on them, in the scheduler's thread, "
+        "while the event loop handles the network; with --batch off each session runs "
         "its engine in a worker thread of its own, and more threads per session wait for each "
         "other at every small model step once several clients stream, and miss real time",
         streaming=True,

@@ -17,6 +17,11 @@ and the streaming schedule at the default block. Per conversion:
   ``f0_floor``: the same figures of the tracker on the unconverted sources against the corpus's
   F0: what the engine feeds the model, i.e. what an exact conversion would score (the output's
   ``f0_gross`` next to the floor's says whether the model or the vocoder add pitch errors);
+  ``f0_resynth_floor``: the same figures of the tracker on a plain harmonic resynthesis
+  (:func:`comostream.bench.resynth.harmonic_tone`, model rate and hop) of each conversion's
+  requested F0 (the source's F0 times the transposition, voiced frames only) against that F0:
+  what a converter that follows the requested pitch exactly scores with this tracker (fast
+  glides transposed down cost the tracker more than the untransposed sources of ``f0_floor``);
 * ``spk_sim_target`` / ``spk_sim_source``: cosine of the output's Resemblyzer embedding with the
   target's / the source singer's (mean embedding of 4 train-split recordings each);
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
@@ -28,10 +33,13 @@ and the streaming schedule at the default block. Per conversion:
 
 With ``real`` (a ``prep real`` corpus), the real voices' held-out prompts are measured apart,
 under ``"real"``: the ``test`` split's prompts (``real_lines`` of them, taken in turn from each
-voice), each rendition (spoken, and re-sung) converted to ``REAL_TARGETS`` of the model's
-singers of *another* person (the recorded voices first, then the others, in rotation so every
-target gets its turn); references of the targets come from either corpus. These prompts are
-held out of training by prompt, in every language, spoken and sung.
+voice), each rendition (spoken, and re-sung) converted to ``REAL_TARGETS`` singers of
+*another* person, taken in rotation from a fixed list, the singers of the synthetic corpus in name
+order (``"target_list"``), so every model with those singers is measured on the same
+conversions; a listed singer the model lacks is replaced by one of the model's others (the
+recorded voices first, in rotation; ``"off_list_conversions"`` counts them). References of the
+targets come from either corpus. These prompts are held out of training by prompt, in every
+language, spoken and sung.
 
 Resemblyzer and DNSMOS are evaluation-only packages (``pip install .[eval]``); without them those
 figures are null and the report says so.
@@ -53,6 +61,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from comostream.bench.corpus import REAL_LINES
+from comostream.bench.resynth import harmonic_tone
 from comostream.bench.vocoder import _mcep, frame_db
 from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import load_audio, resample
@@ -66,7 +75,13 @@ from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry
 from comostream.training.corpus import CorpusError, Utterance, load_corpus
 
-__all__ = ["dtw_mcd_db", "format_quality_table", "real_conversions", "run_quality_bench"]
+__all__ = [
+    "dtw_mcd_db",
+    "format_quality_table",
+    "real_conversions",
+    "resynth_errors",
+    "run_quality_bench",
+]
 
 MODES = ("onestep", "teacher", "streaming")
 EVAL_HINT = "pip install .[eval] (resemblyzer, speechmos)"
@@ -292,6 +307,23 @@ def f0_errors(
     return out
 
 
+def resynth_errors(
+    src_hz: np.ndarray,
+    src_voiced: np.ndarray,
+    transpose: float,
+    cfg: F0Config,
+    sample_rate: int = 24000,
+    hop: int = 256,
+) -> dict[str, float | None]:
+    """:func:`f0_errors` of ``cfg``'s tracker on a harmonic resynthesis of the requested F0,
+    ``src_hz (T,)`` times ``transpose`` semitones on ``src_voiced`` frames, against that F0:
+    one conversion's share of ``f0_resynth_floor``."""
+    want = np.asarray(src_hz, np.float64) * 2.0 ** (transpose / 12)
+    y = harmonic_tone(want, src_voiced, sample_rate, hop)
+    track = extract_f0(y, sample_rate, cfg=cfg)
+    return f0_errors(want, src_voiced, track.f0_hz, track.voiced)
+
+
 def _cos(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     if a is None or b is None:
         return None
@@ -365,10 +397,15 @@ def real_conversions(
     persons: dict[str, str],
     real_singers: set[str],
     per_source: int = REAL_TARGETS,
+    fixed: list[str] | None = None,
 ) -> list[tuple[_Line, str, Utterance, str]]:
     """``(line, source, utterance, target)`` of the real part: each rendition converted to
-    ``per_source`` of ``targets`` not of the source's person, the recorded voices
-    (``real_singers``) first, in rotation over the sources so every target gets its turn."""
+    ``per_source`` of ``targets`` (the model's singers) not of the source's person, in rotation
+    over the sources so every target gets its turn. The rotation runs through ``fixed`` (those
+    of another person) where given, so that models sharing its singers get the same
+    conversions; a ``fixed`` singer not in ``targets`` (or already taken for the source), and
+    every pick without ``fixed``, comes from ``targets``, the recorded voices
+    (``real_singers``) first."""
     out = []
     k = 0
     for ln in lines:
@@ -376,8 +413,16 @@ def real_conversions(
             me = persons.get(src, src)
             ok = [t for t in targets if persons.get(t, t) != me]
             ok = sorted(ok, key=lambda t: (t not in real_singers, targets.index(t)))
+            listed = [t for t in fixed or [] if persons.get(t, t) != me]
+            picked: list[str] = []
             for i in range(min(per_source, len(ok))):
-                out.append((ln, src, utt, ok[(k * per_source + i) % len(ok)]))
+                slot = k * per_source + i
+                want = listed[slot % len(listed)] if listed else None
+                if want not in ok or want in picked:  # the model's rotation, from the slot on
+                    turn = [ok[(slot + j) % len(ok)] for j in range(len(ok))]
+                    want = next(t for t in turn if t not in picked)
+                picked.append(want)
+                out.append((ln, src, utt, want))
             k += 1
     return out
 
@@ -395,13 +440,16 @@ class _Bench:
     refs: dict[str, _Reference]
     transpose: str | float
     progress: bool
+    sample_rate: int = 24000  # the model's rate and hop: the resynthesis floor's
+    hop: int = 256
 
 
 def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[str, Any]:
-    """Convert and score ``todo``: a summary per mode, and ``f0_floor`` where the sources
-    have exact F0."""
+    """Convert and score ``todo``: a summary per mode, ``f0_floor`` where the sources have
+    exact F0, and ``f0_resynth_floor``."""
     rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in b.models}
     floor: list[dict[str, float | None]] = []
+    resynth: list[dict[str, float | None]] = []
     for ln, src, utt, tgt in tqdm(
         todo, desc="conversions", disable=not b.progress, file=sys.stderr
     ):
@@ -415,6 +463,7 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
         if utt.f0_path is not None and utt.f0_path.is_file():  # the tracker on the source itself
             own = _track(audio, b.f0)
             floor.append(f0_errors(src_f0[0], src_f0[1], own.f0_hz, own.voiced))
+        resynth.append(resynth_errors(*src_f0, t, b.f0, b.sample_rate, b.hop))
         target_ref = ln.renditions.get(tgt)
         ref_audio = load_audio(target_ref.path) if target_ref is not None else None
         for mode, m in b.models.items():
@@ -438,6 +487,10 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
         result["f0_floor"] = {
             k: v for k, v in _summary(floor).items() if k.startswith("f0_") or k == "vde"
         }
+    if resynth:  # what an exact pitch-follower would score: the tracker on the requested F0
+        result["f0_resynth_floor"] = {
+            k: v for k, v in _summary(resynth).items() if k.startswith("f0_") or k == "vde"
+        }
     exact = all(u.f0_path is not None and u.f0_path.is_file() for _, _, u, _ in todo)
     result["f0_reference"] = "corpus" if exact else f"{b.f0.backend} (or corpus where given)"
     return result
@@ -459,7 +512,8 @@ def _real_part(
     pool = utts + synthetic  # the targets' references: from the corpus that has them
     targets = [s for s in model.speakers if s in {u.singer for u in pool}]
     persons = _persons(real)
-    todo = real_conversions(lines, targets, persons, own)
+    fixed = sorted({u.singer for u in synthetic})  # the same for every model: see the docstring
+    todo = real_conversions(lines, targets, persons, own, fixed=fixed)
     if not todo:
         return {
             "skipped": f"{real}: no test-split prompt, or no singer of the model of another "
@@ -474,6 +528,8 @@ def _real_part(
         lines=len(lines),
         sources=len({(ln.line, src) for ln, src, _, _ in todo}),
         singers=sorted({tgt for *_, tgt in todo}),
+        target_list=fixed,
+        off_list_conversions=sum(tgt not in fixed for *_, tgt in todo),
     )
     return result
 
@@ -529,7 +585,8 @@ def run_quality_bench(
     if distill is not None:
         models["teacher"] = _teacher_model(model, distill, teacher_steps)
     # F0Config(): the engine's tracker (_convert passes no other), the floor's too
-    b = _Bench(models, voc, rt, F0Config(), _Speaker(), {}, transpose, progress)
+    grid = (model.cfg.audio.sample_rate, model.cfg.audio.hop_length)  # the resynthesis's
+    b = _Bench(models, voc, rt, F0Config(), _Speaker(), {}, transpose, progress, *grid)
     _references(b, utts, sung)  # every source's register and voice, and every target's
     result = _measure(b, list(_conversions(lines, singers, max_conversions)))
     result.update(
@@ -598,16 +655,25 @@ def _table(r: dict[str, Any]) -> list[str]:
 
 
 def _floor_line(r: dict[str, Any], tracker: str) -> list[str]:
-    if not r.get("f0_floor"):
-        return []
-    fl = r["f0_floor"]
-    return [
-        f"F0 reference: {r['f0_reference']}; the tracker ({tracker}) on "
-        f"the unconverted sources scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE "
-        f"{fl['f0_gpe']:.3f}, gross (> 50 cents) {fl.get('f0_gross') or 0.0:.4f}, octave "
-        f"{fl.get('f0_octave') or 0.0:.4f}, fine {fl['f0_fine_rmse_cents']:.1f} cents (the "
-        "floor of this measurement)"
-    ]
+    out = []
+    if r.get("f0_floor"):
+        fl = r["f0_floor"]
+        out.append(
+            f"F0 reference: {r['f0_reference']}; the tracker ({tracker}) on "
+            f"the unconverted sources scores {fl['f0_rmse_cents']:.1f} cents RMSE, GPE "
+            f"{fl['f0_gpe']:.3f}, gross (> 50 cents) {fl.get('f0_gross') or 0.0:.4f}, octave "
+            f"{fl.get('f0_octave') or 0.0:.4f}, fine {fl['f0_fine_rmse_cents']:.1f} cents (the "
+            "floor of this measurement)"
+        )
+    rs = r.get("f0_resynth_floor")
+    if rs and rs.get("f0_gross") is not None:
+        out.append(
+            f"Resynthesis floor: the tracker ({tracker}) on a harmonic resynthesis of each "
+            f"conversion's requested F0 (source F0 x transposition) scores gross "
+            f"{rs['f0_gross']:.4f}, octave {rs.get('f0_octave') or 0.0:.4f} (what an exact "
+            "pitch-follower would score)"
+        )
+    return out
 
 
 def format_quality_table(r: dict[str, Any]) -> str:
@@ -629,6 +695,11 @@ def format_quality_table(r: dict[str, Any]) -> str:
             f"{real['lines']} held-out prompts (test split, by prompt) of {real['corpus']}, "
             f"{real['sources']} recordings (spoken and sung) each to {REAL_TARGETS} singers of "
             f"another person, in turn among {', '.join(real['singers'])}"
+            + (
+                f" ({real['off_list_conversions']} off the fixed list, the model lacking some)"
+                if real.get("off_list_conversions")
+                else ""
+            )
         )
         lines += _floor_line(real, tracker)
     if r.get("note"):

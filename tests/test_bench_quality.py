@@ -107,6 +107,7 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
         "f0_fine_rmse_cents",
         "vde",
     }
+    assert set(r["f0_resynth_floor"]) == set(r["f0_floor"])  # the same figures, resynthesised
     assert r["f0_tracker"] == "yin-track"  # the engine's default tracker measures both
     assert 0 <= r["f0_floor"]["f0_fine_rmse_cents"] < 100  # YIN on clean synthetic singing
     table = format_quality_table(r)

@@ -151,9 +151,14 @@ def test_quality_bench_reports_the_real_held_out_sources_apart(
     assert r["onestep"]["dnsmos_target_own"] is not None and r["eval_packages"] in (True, False)
     assert part["onestep"]["mcd_db"] is None  # no other person sings the same prompt
     assert set(part["singers"]) <= set(singers)
+    # the targets: the synthetic corpus's singers in turn, whatever else the model has
+    assert part["target_list"] == ["s1", "s2"] and part["off_list_conversions"] == 0
+    assert part["singers"] == ["s1", "s2"]
+    assert part["f0_resynth_floor"]["f0_gross"] is not None  # the exact pitch-follower's score
+    assert r["f0_resynth_floor"]["f0_octave"] is not None
     table = format_quality_table(r)
     assert "Synthetic held-out lines" in table and "Real held-out sources" in table
-    assert "dnsmos_target_own" in table
+    assert "dnsmos_target_own" in table and "Resynthesis floor" in table
     # the train prompts are never converted: the real part reads the test split only
     test = {u.path.name for u in load_corpus(real) if u.split == "test"}
     assert {"1.wav", "2.wav"} == test

@@ -352,3 +352,22 @@ async def _stats(client: StreamClient) -> dict[str, Any]:
         msg = await client.recv()
         if isinstance(msg, dict) and msg.get("type") == "stats":
             return msg
+
+
+def test_a_broken_scheduler_fails_its_jobs_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sched = BatchScheduler(_Accumulate(), frames=2)
+    try:
+        engine = _FakeEngine(sched)
+
+        def broken(jobs: list[Any]) -> None:
+            raise AssertionError("a bug in the cycle")
+
+        monkeypatch.setattr(sched, "_cycle", broken)
+        with pytest.raises(RuntimeError, match="scheduler failed: a bug in the cycle"):
+            sched.convert(engine, np.array([1.0])).result(10.0)
+        with pytest.raises(RuntimeError, match="stopped"):
+            sched.convert(engine, np.array([1.0]))
+    finally:
+        sched.close()

@@ -29,6 +29,7 @@ dimension 0); ``buckets`` maps batch sizes to steps specialised to blocks of ``f
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -45,6 +46,7 @@ from comostream.models.streaming import StreamState, rebuild_state, state_tensor
 
 __all__ = ["BUCKETS", "BatchScheduler", "Finish", "SlotStep", "bucket_sizes"]
 
+log = logging.getLogger("comostream.server")
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # batch sizes built at warm-up (<= 1.5x pad)
 
 # A block's reply from its converted samples, the block's wall and CPU seconds in the cycle
@@ -231,18 +233,34 @@ class BatchScheduler:
 
     # -- the scheduler's thread ------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
+        jobs: list[_Job] = []
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopped and not self._due():
+                        self._cond.wait(self._until_due())
+                    if self._stopped:
+                        self._fail_pending(RuntimeError("the batch scheduler stopped"))
+                        return
+                    jobs = self._take()
+                self._cycle(jobs)
+                jobs = []
+        except BaseException as exc:  # a bug here must not leave sessions waiting forever
+            log.exception("the batch scheduler failed")
+            error = RuntimeError(f"the batch scheduler failed: {exc}")
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
             with self._cond:
-                while not self._stopped and not self._due():
-                    self._cond.wait(self._until_due())
-                if self._stopped:
-                    for job in self._jobs:
-                        if job.future.set_running_or_notify_cancel():
-                            job.future.set_exception(RuntimeError("the batch scheduler stopped"))
-                    self._jobs.clear()
-                    return
-                jobs = self._take()
-            self._cycle(jobs)
+                self._stopped = True
+                self._fail_pending(error)
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Every pending job fails with ``error``. Called with ``_cond`` held."""
+        for job in self._jobs:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
+        self._jobs.clear()
 
     def _due(self) -> bool:
         """Whether to start a cycle: a job is pending and either no wait is set, a control call

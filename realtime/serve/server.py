@@ -1,12 +1,13 @@
 """``comostream serve``: WebSocket streaming for DAW bridges and browsers (``docs/protocol.md``).
 
 :class:`StreamServer` accepts connections and runs one
-:class:`~comostream.realtime.serve.session.Session` per connection (its engine, worker thread and
-bounded drop-oldest queues), at most ``max_streams`` streams at a time: only sessions that completed
-a valid hello (with the token when one is set) count; connections still in their hello have a
-short deadline (``hello_timeout_s``) and a cap of their own (``max_pending``), so silent sockets
-never take a stream's slot. Every session's engine comes from
-one :class:`~comostream.realtime.serve.engines.EngineFactory` over the shared models: the traced
+:class:`~comostream.realtime.serve.session.Session` per connection (its engine, run in the batch
+scheduler's thread or a worker thread of its own, and bounded drop-oldest queues), at most
+``max_streams`` streams at a time: only sessions that completed a valid hello (with the token
+when one is set) count; connections still in their hello have a short deadline
+(``hello_timeout_s``) and a cap of their own (``max_pending``), so silent sockets never take a
+stream's slot. Every session's engine comes from one
+:class:`~comostream.realtime.serve.engines.EngineFactory` over the shared models: the traced
 model step is built once and shared, its state is per engine; batched (the default), the due
 blocks of all sessions run in one step (:mod:`comostream.realtime.serve.batcher`). Settings:
 :class:`~comostream.realtime.serve.config.ServerConfig`.

@@ -517,7 +517,7 @@ class Session:
         """The ``stats`` reply: latency, compute, real-time factor, drops and queue depths;
         ``blocks``: also ``compute_ms_by_seq``, ``[seq, ms]`` of the last 512 blocks."""
         assert self.engine is not None and self.hello is not None
-        timings = list(self.timings)  # one C-level copy: the worker thread appends meanwhile
+        timings = list(self.timings)  # one C-level copy: the engine's thread appends meanwhile
         times = np.asarray([t for _, t in timings] or [0.0]) * 1000.0
         audio_s = self.blocks_out * self.block / self.hello.sample_rate
         out = {

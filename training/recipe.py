@@ -132,7 +132,7 @@ def stages(
         "teacher": 4000,
         "distill": 1500,
         "vocoder": 3000,
-        "vocoder_gta": 4000,
+        "vocoder_gta": 8000,
     }
     if quick:
         steps = {k: 4 for k in steps}

@@ -312,8 +312,8 @@ def _add_recipe(train_sub: Subparsers) -> None:
             "seeded; a finished stage is skipped and an interrupted training stage resumes from "
             "its last checkpoint, so an interrupted run continues where it stopped (run the same "
             "command again). RUN_DIR/recipe.log gets each command, its wall time and its "
-            "output. About 1 h 50 min on 2 cores (one run: 99.6 min with 1000 of the 4000 GTA "
-            "vocoder steps)."
+            "output. About 2 h on 2 cores (one run: 99.6 min with 1000 of the 8000 GTA vocoder "
+            "steps)."
         ),
     )
     p.add_argument(

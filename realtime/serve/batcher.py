@@ -182,7 +182,8 @@ class BatchScheduler:
 
     def release(self, slot: int) -> Future[Any]:
         """The session of ``slot`` left: the slot is free once the jobs queued before are done
-        (at once from the scheduler's thread or once it has stopped). Returns when it is."""
+        (at once from the scheduler's thread or once it has stopped). The returned future is
+        done when it is."""
         if threading.current_thread() is self._thread or self._stopped:
             self._free_slot(slot)
             done: Future[Any] = Future()

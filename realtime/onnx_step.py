@@ -284,6 +284,8 @@ class OnnxStep(nn.Module):
     to float rounding); other shapes run on the dynamic session.
     """
 
+    steps_views = False  # binds its state buffers: give it the same state object every time
+
     def __init__(
         self,
         source: str | os.PathLike[str] | bytes,

@@ -146,6 +146,41 @@ def test_scheduler_batches_pending_blocks_pads_to_a_bucket_and_keeps_each_state(
         sched.convert(engines[1], np.array([1.0]))
 
 
+class _Binding(_Accumulate):
+    """A step that binds its state buffers (as ONNX Runtime's IO binding does): it must get the
+    same state object for a batch size every time, never views of the table."""
+
+    steps_views = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: dict[int, set[int]] = {}
+
+    def step(self, inputs: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
+        self.states.setdefault(int(inputs["f0"].shape[0]), set()).add(id(state))
+        assert state["acc"]._base is None  # its own rows, not a slice of the table
+        return super().step(inputs, state)
+
+
+def test_a_step_that_binds_its_buffers_gets_the_same_rows_and_the_state_is_kept() -> None:
+    bucket = _Binding()
+    sched = BatchScheduler(_Accumulate(), buckets={1: bucket, 2: bucket}, frames=2, capacity=2)
+    try:
+        a, b = _FakeEngine(sched), _FakeEngine(sched)
+        for k in range(1, 4):  # alone (one row), then both together (two rows), in turn
+            before = (k - 1.0) * k + 2.0 * (k - 1)  # a's sum so far (each value counts twice)
+            assert sched.convert(a, np.array([float(k)])).result(10.0) == [before + 2.0 * k]
+            with sched._table_lock:
+                fa = sched.convert(a, np.array([1.0]))
+                fb = sched.convert(b, np.array([2.0]))
+                _wait_until(lambda: not sched._jobs)
+            assert fa.result(10.0) == [before + 2.0 * k + 2.0] and fb.result(10.0) == [4.0 * k]
+        assert bucket.sizes == [1, 2] * 3
+        assert {size: len(ids) for size, ids in bucket.states.items()} == {1: 1, 2: 1}
+    finally:
+        sched.close()
+
+
 def test_a_block_waits_a_little_for_the_other_sessions_blocks() -> None:
     bucket = _Accumulate()
     sched = BatchScheduler(_Accumulate(), buckets={1: bucket, 2: bucket}, frames=2, wait_ms=300.0)

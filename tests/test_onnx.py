@@ -267,12 +267,23 @@ def test_batched_serving_on_onnxruntime_equals_it_on_torch(models) -> None:
         factory = EngineFactory(model, vocoder, RealtimeConfig(backend=backend), max_batch=4)
         block = factory.natural_block(48000)
         engines = [factory.create(hello, block, s) for s in model.speakers[:3]]
-        assert isinstance(factory.scheduler.step_module, OnnxStep) == (backend == "onnxruntime")
+        sched = factory.scheduler
+        assert isinstance(sched.step_module, OnnxStep) == (backend == "onnxruntime")
+        assert sorted(sched.buckets) == [1, 2, 3, 4]  # ONNX Runtime: a pinned session each
         ys: list[list[np.ndarray]] = [[] for _ in engines]
         for k in range(len(x) // block):
-            for y, eng in zip(ys, engines, strict=True):
-                y.append(eng.push(x[k * block : (k + 1) * block]))
+            if k % 2:  # one by one
+                for y, eng in zip(ys, engines, strict=True):
+                    y.append(eng.push(x[k * block : (k + 1) * block]))
+                continue
+            with sched._cond:  # all three pending before the thread takes any: one step of three
+                futures = [sched.convert(e, x[k * block : (k + 1) * block]) for e in engines]
+            for y, f in zip(ys, futures, strict=True):
+                y.append(f.result(30.0))
         out[backend] = np.stack([np.concatenate(y) for y in ys])
+        assert sched.stats.rows > sched.stats.steps  # blocks of the three went together
+        if backend == "onnxruntime":  # each batch size on its own pinned session
+            assert {(1, 2), (3, 2)} <= set(sched.step_module._pinned)
         for eng in engines:
             factory.release(eng)
         factory.close()

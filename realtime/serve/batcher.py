@@ -8,8 +8,10 @@ control call (:meth:`BatchScheduler.call`), and gets a :class:`~concurrent.futur
 The thread takes every pending job at once (a *cycle*): it runs the control calls, then each
 block's front end (resampling, features, F0; the engine queues its complete model blocks instead
 of stepping them), then the queued model blocks of all those sessions together, one per session
-per step, gathering their rows of the state table, padding the batch to the nearest traced size
-(*bucket*) by repeating the first row, stepping, and writing the real rows back; then each
+per step, gathering their rows of the state table (into rows kept per step and batch size: no
+allocation per step, and a step that binds its buffers, like ONNX Runtime's, binds them once),
+padding the batch to the nearest traced size (*bucket*) by repeating the first row, stepping,
+and writing the real rows back; then each
 block's output leaves the engine and ``finish`` makes its reply. Blocks that arrive during a cycle
 go together into the next one, so batches grow with the load and a block waits about one cycle at
 most; with ``wait_ms``, a cycle starts once every session in use has a block pending or the oldest
@@ -152,6 +154,7 @@ class BatchScheduler:
                 raise ValueError(f"state tensor {name} {tuple(t.shape)}: no streams dimension 0")
         self._table: list[Tensor] = []
         self._free: list[int] = []
+        self._kept_rows: dict[tuple[int, int], tuple[list[Tensor], StreamState]] = {}
         self._grow(max(1, capacity))
         self._table_lock = threading.Lock()  # the table: a step, a reset or growth at a time
         self._cond = threading.Condition()
@@ -411,14 +414,21 @@ class BatchScheduler:
                     for k in items[0][1]
                 }
             first = slots[0]
-            in_place = size == n and slots == list(range(first, first + n))
+            in_place = (
+                size == n
+                and slots == list(range(first, first + n))
+                and getattr(step, "steps_views", True)
+            )
             index = None if in_place else torch.tensor(slots, dtype=torch.long)
             with self._table_lock:
                 if index is None:
                     rows = [t[first : first + n] for t in self._table]
-                else:
-                    rows = [t.index_select(0, index) for t in self._table]
-                y = step.step(inputs, rebuild_state(self._template, rows))
+                    state = rebuild_state(self._template, rows)
+                else:  # gathered into the step's own rows (kept: no allocation per step)
+                    rows, state = self._rows(step, size)
+                    for t, r in zip(self._table, rows, strict=True):
+                        torch.index_select(t, 0, index, out=r)
+                y = step.step(inputs, state)
                 if index is not None:  # gathered copies: the real rows written back
                     for t, r in zip(self._table, rows, strict=True):
                         t.index_copy_(0, index[:n], r[:n])
@@ -427,6 +437,17 @@ class BatchScheduler:
         self.stats.padded_rows += size - n
         self.stats.step_s.append((n, time.perf_counter() - t0))
         return [y[i : i + 1] for i in range(n)]
+
+    def _rows(self, step: Any, size: int) -> tuple[list[Tensor], StreamState]:
+        """State rows of ``size`` streams kept for ``step`` (gathered into before each of its
+        steps), and the state over them: the same objects every time, so a step that binds its
+        buffers once (ONNX Runtime's IO binding) keeps them."""
+        key = (id(step), size)
+        kept = self._kept_rows.get(key)
+        if kept is None:
+            rows = [f.new_empty((size, *f.shape[1:])) for f in self._fresh]
+            kept = self._kept_rows[key] = (rows, rebuild_state(self._template, rows))
+        return kept
 
     # -- the table -------------------------------------------------------------------------------
     def _grow(self, capacity: int) -> None:

@@ -143,16 +143,19 @@ class EngineFactory:
         """The scheduler's steps: one for any batch and block size (the eager chain), and on a
         CPU the step traced for each batch size of
         :func:`~comostream.realtime.serve.batcher.bucket_sizes`, each run a few times
-        (TorchScript optimises on the first runs). A backend with a dynamic batch (any object
-        with ``init_state(streams)`` and ``step(inputs, state)``) needs no buckets."""
+        (TorchScript optimises on the first runs). On ONNX Runtime one exported step with a
+        session pinned to each bucket's shape (faster than the dynamic one; the scheduler gives
+        it the same kept state rows every time, so its IO bindings are made once)."""
         chain = ConversionChain(self.model, self.vocoder, seed=self.rt.seed).eval()
-        if self.rt.backend == "onnxruntime":  # one ONNX Runtime step: any batch, any block
+        frames = self.rt.block_frames
+        if self.rt.backend == "onnxruntime":  # one ONNX Runtime step, a session pinned per bucket
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
-            return OnnxStep.from_chain(chain, self.rt.block_frames), {}
+            sizes = bucket_sizes(self.max_batch)
+            step = OnnxStep.from_chain(chain, frames, shapes=[(s, frames) for s in sizes])
+            return step, dict.fromkeys(sizes, step)
         on_cpu = next(self.model.parameters()).device.type == "cpu"
-        frames = self.rt.block_frames
         buckets: dict[int, Any] = {}
         if on_cpu and getattr(self.vocoder, "traceable", True):  # as from_models decides
             for size in bucket_sizes(self.max_batch):

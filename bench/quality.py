@@ -130,7 +130,13 @@ def _dtw_path(dist: np.ndarray) -> list[tuple[int, int]]:
 
 
 class _TeacherSampler(nn.Module):
-    """Stands in for the one-step target in an offline engine: N Heun steps of the teacher."""
+    """Stands in for the one-step target in an offline engine: N Heun steps of the teacher.
+
+    The offline engine runs ``OFFLINE_STEP_FRAMES`` frames a step on one state; the ODE is solved
+    over the whole sequence, so the state keeps every earlier frame's noise and condition and each
+    step re-solves from frame 0 and returns its own frames: the same as one step over all frames
+    (a step without that history would restart the teacher's causal context at every boundary).
+    """
 
     lookahead_frames = 0
 
@@ -142,7 +148,13 @@ class _TeacherSampler(nn.Module):
         return {}
 
     def step(self, x: Tensor, sigma: Any, cond: Tensor, state: dict) -> tuple[Tensor, dict]:
-        return heun_sampler(self.teacher, x / self.sigma_max, cond, self.sigmas), state
+        """``x (B, n_mels, k)`` = sigma_max * noise, ``cond (B, Cg, k)`` -> ``(B, n_mels, k)``."""
+        k = x.shape[-1]
+        if "x" in state:
+            x, cond = torch.cat([state["x"], x], -1), torch.cat([state["cond"], cond], -1)
+        state["x"], state["cond"] = x, cond
+        out = heun_sampler(self.teacher, x / self.sigma_max, cond, self.sigmas)
+        return out[..., out.shape[-1] - k :], state
 
 
 def _teacher_model(model: AcousticModel, distill: Path, steps: int | None) -> AcousticModel:

@@ -17,7 +17,7 @@ from comostream.models.config import CorpusConfig
 from comostream.training.corpus import load_corpus
 from comostream.training.synth import synthesize_corpus
 
-from helpers import write_tiny_model
+from helpers import tiny_models, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,6 +63,30 @@ def test_f0_errors_gross_counts_fifths_and_octaves_apart() -> None:
     assert r["f0_gross"] == pytest.approx(6 / 100)
     assert r["f0_octave"] == pytest.approx(1 / 100)
     assert r["f0_gpe"] == pytest.approx(3 / 100)
+
+
+def test_teacher_sampler_in_offline_steps_equals_one_step_over_all_frames() -> None:
+    """The offline engine runs the teacher column in steps on one state: each must see every
+    earlier frame (the causal teacher's context), as one step over the whole signal does."""
+    from comostream.bench.quality import _TeacherSampler
+    from comostream.models.acoustic import build_denoiser
+    from comostream.models.samplers import sampling_sigmas
+
+    model, _ = tiny_models(lookahead=0)
+    torch.manual_seed(1)
+    teacher = build_denoiser(model.cfg, consistency=False).eval()
+    sampler = _TeacherSampler(teacher, sampling_sigmas(model.cfg.edm, 3), model.cfg.edm.sigma_max)
+    n_mels, cg = teacher.backbone.n_mels, teacher.backbone.cond_channels
+    x, cond = torch.randn(1, n_mels, 16) * model.cfg.edm.sigma_max, torch.randn(1, cg, 16)
+    with torch.no_grad():
+        whole = sampler.step(x, None, cond, sampler.init_state(1))[0]
+        state, parts, fresh = sampler.init_state(1), [], []
+        for a, b in ((0, 5), (5, 12), (12, 16)):
+            parts.append(sampler.step(x[..., a:b], None, cond[..., a:b], state)[0])
+            fresh.append(sampler.step(x[..., a:b], None, cond[..., a:b], {})[0])
+    assert torch.cat(parts, -1).shape == whole.shape
+    torch.testing.assert_close(torch.cat(parts, -1), whole, rtol=1e-4, atol=1e-4)
+    assert (torch.cat(fresh, -1) - whole).abs().max() > 1e-3  # without the history it differs
 
 
 @pytest.fixture(scope="module")

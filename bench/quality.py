@@ -31,6 +31,9 @@ and the streaming schedule at the default block. Per conversion:
   ``dnsmos_target_own``: the same of the target singer's own recordings (the 4 references),
   what a conversion's naturalness is to be compared with.
 
+``"conversions"`` lists each conversion of the one-step column: its ``line``, ``source`` and
+``target`` singers, ``transpose`` (semitones) and the figures above (which ones miss).
+
 With ``real`` (a ``prep real`` corpus), the real voices' held-out prompts are measured apart,
 under ``"real"``: the ``test`` split's prompts (``real_lines`` of them, taken in turn from each
 voice), each rendition (spoken, and re-sung) converted to ``REAL_TARGETS`` singers of
@@ -459,7 +462,7 @@ class _Bench:
 def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[str, Any]:
     """Convert and score ``todo``: a summary per mode, ``f0_floor`` where the sources have
     exact F0, and ``f0_resynth_floor``."""
-    rows: dict[str, list[dict[str, float | None]]] = {m: [] for m in b.models}
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in b.models}
     floor: list[dict[str, float | None]] = []
     resynth: list[dict[str, float | None]] = []
     for ln, src, utt, tgt in tqdm(
@@ -484,6 +487,10 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
             emb = b.speaker.embed(y)
             rows[mode].append(
                 {
+                    "line": ln.line,
+                    "source": src,
+                    "target": tgt,
+                    "transpose": t,
                     **f0_errors(
                         src_f0[0] * 2.0 ** (t / 12), src_f0[1], out_f0.f0_hz, out_f0.voiced
                     ),
@@ -495,6 +502,7 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
                 }
             )
     result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
+    result["conversions"] = rows.get("onestep", [])  # each one: which, and its figures
     if floor:  # what an exact conversion would score: the tracker's own error on the sources
         result["f0_floor"] = {
             k: v for k, v in _summary(floor).items() if k.startswith("f0_") or k == "vde"
@@ -620,7 +628,10 @@ def run_quality_bench(
     return result
 
 
-def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | None]:
+_WHICH = ("line", "source", "target", "transpose")  # a conversion's row: which one it is
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, float | int | None]:
     """Mean of each metric over the conversions (None where unavailable) and the win rate."""
     if not rows:
         return {"n_conversions": 0}
@@ -629,7 +640,7 @@ def _summary(rows: list[dict[str, float | None]]) -> dict[str, float | int | Non
         vals = [r[key] for r in rows if r[key] is not None and not math.isnan(r[key])]
         return float(np.mean(vals)) if vals else None
 
-    out: dict[str, float | int | None] = {k: mean(k) for k in rows[0]}
+    out: dict[str, float | int | None] = {k: mean(k) for k in rows[0] if k not in _WHICH}
     wins = [
         r["spk_sim_target"] > r["spk_sim_source"]
         for r in rows

@@ -152,6 +152,10 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     ):
         assert key in r["onestep"]
     assert r["onestep"]["n_conversions"] == r["streaming"]["n_conversions"] == 2
+    rows = r["conversions"]  # each conversion of the one-step column, named
+    assert len(rows) == 2 and all(x["source"] != x["target"] for x in rows)
+    assert {x["source"] for x in rows} | {x["target"] for x in rows} <= set(singers)
+    assert np.mean([x["vde"] for x in rows]) == pytest.approx(r["onestep"]["vde"], abs=1e-9)
     assert r["teacher"]["n_conversions"] == 0  # no --distill given
     # the streaming schedule gives the offline output, so the same figures
     assert r["streaming"]["vde"] == pytest.approx(r["onestep"]["vde"], abs=1e-6)

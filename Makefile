@@ -10,9 +10,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.comostream-installed
 # Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus;
 # Chromium for the browser client's end-to-end test (driven headless over DevTools);
-# PulseAudio and its ALSA plugin for the live audio loop test (null sinks, no sound card).
+# PulseAudio and its ALSA plugin for the live audio loop test (null sinks, no sound card);
+# g++ and Python's headers for the inductor backend (the model step compiled to C++).
 DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng chromium \
-                   pulseaudio pulseaudio-utils libasound2-plugins
+                   pulseaudio pulseaudio-utils libasound2-plugins g++ python3-dev
 
 .PHONY: demo test lint debian-deps install clean help default-model
 

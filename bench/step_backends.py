@@ -1,9 +1,12 @@
-"""The model step alone on each backend: torch's traced step vs the ONNX Runtime step.
+"""The model step alone on each backend: torch's traced step, the ONNX Runtime step and the step
+compiled by Inductor.
 
-Per number of streams, the per-step time of :class:`~comostream.realtime.traced.TracedStep`
-and :class:`~comostream.realtime.onnx_step.OnnxStep` (its input feeds and state copies
-included) on the same chain, block and thread count, interleaved: the lowest median over
-``rounds`` rounds of ``steps`` steps each, so that a shared machine's stalls count least.
+Per number of streams, the per-step time of :class:`~comostream.realtime.traced.TracedStep`,
+:class:`~comostream.realtime.onnx_step.OnnxStep` (its input feeds and state copies included)
+and :class:`~comostream.realtime.compiled.CompiledStep` (about 30 s to compile per stream
+count; ``--no-inductor`` leaves it out) on the same chain, block and thread count,
+interleaved: the lowest median over ``rounds`` rounds of ``steps`` steps each, so that a shared
+machine's stalls count least.
 Run: ``OMP_NUM_THREADS=1 python -m comostream.bench.step_backends --streams 1,4,16 --block 2``
 (the shipped model, one thread).
 """
@@ -29,8 +32,11 @@ def step_backend_times(
     frames: int,
     rounds: int = 12,
     steps: int = 40,
+    inductor: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per stream count: ``torch_ms``, ``onnxruntime_ms`` per step and their ratio."""
+    """One row per stream count: ``torch_ms``, ``onnxruntime_ms`` (and ``inductor_ms``) per
+    step and the ratios to torch's."""
+    from comostream.realtime.compiled import CompiledStep
     from comostream.realtime.onnx_step import OnnxStep
     from comostream.realtime.traced import TracedStep
 
@@ -42,6 +48,9 @@ def step_backend_times(
             "torch": (TracedStep(chain, inputs, streams=n), chain.init_state(n)),
             "onnxruntime": (onnx_step, onnx_step.init_state(n)),
         }
+        if inductor:
+            compiled = CompiledStep(chain, inputs, streams=n)
+            runs["inductor"] = (compiled, compiled.init_state(n))
         best = {name: float("inf") for name in runs}
         with torch.inference_mode():
             for step, state in runs.values():
@@ -63,6 +72,14 @@ def step_backend_times(
                 "torch_ms": best["torch"],
                 "onnxruntime_ms": best["onnxruntime"],
                 "torch_over_onnxruntime": best["torch"] / best["onnxruntime"],
+                **(
+                    {
+                        "inductor_ms": best["inductor"],
+                        "torch_over_inductor": best["torch"] / best["inductor"],
+                    }
+                    if inductor
+                    else {}
+                ),
             }
         )
     return rows
@@ -77,17 +94,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--block", type=int, default=2, help="frames per step (default 2)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     p.add_argument("--checkpoint", default=None, help="inference file (default: shipped)")
+    p.add_argument(
+        "--no-inductor", action="store_true", help="leave out the compiled step (30 s a count)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, vocoder = load_models(require_model(args.checkpoint))
     chain = ConversionChain(model, vocoder).eval()
     counts = [int(s) for s in args.streams.split(",")]
-    print("| streams | block ms | torch traced ms | onnxruntime ms | torch / onnxruntime |")
+    rows = step_backend_times(chain, counts, args.block, inductor=not args.no_inductor)
+    print("| streams | block ms | torch traced ms | onnxruntime ms | inductor ms |")
     print("|---:|---:|---:|---:|---:|")
-    for r in step_backend_times(chain, counts, args.block):
+    for r in rows:
+        ind = f"{r['inductor_ms']:.2f}" if "inductor_ms" in r else "-"
         print(
             f"| {r['streams']} | {r['block_ms']:.1f} | {r['torch_ms']:.2f} | "
-            f"{r['onnxruntime_ms']:.2f} | {r['torch_over_onnxruntime']:.2f} |"
+            f"{r['onnxruntime_ms']:.2f} | {ind} |"
         )
 
 

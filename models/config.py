@@ -55,7 +55,7 @@ F0_BACKENDS: tuple[str, ...] = (
 )
 STREAMING_F0_BACKENDS: tuple[str, ...] = ("yin", "yin-track")  # the engine can stream these
 # what runs the streaming model step (the engine's ``from_models``; onnxruntime: the onnx extra)
-STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime")
+STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "inductor")
 
 
 class ConfigError(ValueError):
@@ -372,7 +372,7 @@ class RealtimeConfig:
     window_lookahead_frames: int = 2  # window mode: future frames given to a windowed model
     sola_search_ms: float = 4.0  # window mode: SOLA offset search range
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
-    backend: str = "torch"  # runs the model step: torch (traced on a CPU) | onnxruntime
+    backend: str = "torch"  # runs the model step: torch (traced on a CPU) | onnxruntime | inductor
 
     def __post_init__(self) -> None:
         try:

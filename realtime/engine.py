@@ -277,7 +277,8 @@ class StreamingConverter:
         chain as a traced graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a
         CPU, when streaming built-in models); other keywords as the constructor. The realtime
         config's ``backend`` ``onnxruntime`` runs the chain exported to ONNX instead
-        (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU).
+        (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU), and
+        ``inductor`` compiled to C++ (:class:`~comostream.realtime.compiled.CompiledStep`).
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
         chain = ConversionChain(model, vocoder, content_model, seed=rt.seed).eval()
@@ -297,6 +298,11 @@ class StreamingConverter:
                 and content_model is None
                 and (traceable)
             )
+        if rt.backend == "inductor":
+            from comostream.realtime.compiled import CompiledStep
+
+            step = CompiledStep(chain, chain.zero_inputs(1, rt.block_frames))
+            trace = False
         if trace:
             step = TracedStep(chain, chain.zero_inputs(1, rt.block_frames))
         kwargs.setdefault("audio", model.cfg.audio)

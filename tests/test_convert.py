@@ -169,7 +169,7 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
         "faster_backend",
     ):
         assert key in r
-    assert set(r["backends"]) == {"torch", "onnxruntime"}  # side by side
+    assert set(r["backends"]) == {"torch", "onnxruntime", "inductor"}  # side by side
     assert set(r["stages"]) == {
         "resample",
         "features",

@@ -5,7 +5,7 @@ One spelling per idea, defined here once and used by every command module:
 * ``--config TOML`` (:data:`config_parent`) and ``--NAME`` overrides of config fields
   (:func:`config_options`); ``--block FRAMES`` is the override of ``[realtime] block_frames``
   (:func:`block_option`), so handlers read ``cfg.realtime`` and never patch it;
-* ``--backend torch|onnxruntime`` is the override of ``[realtime] backend``
+* ``--backend torch|onnxruntime|inductor`` is the override of ``[realtime] backend``
   (:func:`backend_option`);
 * ``--checkpoint`` / ``--vocoder`` (:func:`model_options`), ``--threads`` / ``--device``
   (:func:`runtime_options`, applied by :func:`use_runtime`);
@@ -284,8 +284,8 @@ def backend_arg(text: str) -> str:
 
 
 def backend_option(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnxruntime``: the override of ``[realtime] backend`` (what runs the
-    streaming model step)."""
+    """``--backend torch|onnxruntime|inductor``: the override of ``[realtime] backend`` (what
+    runs the streaming model step)."""
     from comostream.models.config import RealtimeConfig
 
     config_option(
@@ -294,10 +294,12 @@ def backend_option(parser: argparse.ArgumentParser) -> None:
         RealtimeConfig,
         "backend",
         type=backend_arg,
-        metavar="{torch,onnxruntime}",
-        help="what runs the model step: torch (traced on a CPU) or onnxruntime (the model "
-        "exported to ONNX at start-up, a few seconds; needs the onnx extra, the built-in "
-        "vocoder and the CPU); default: [realtime] backend (torch)",
+        metavar="{torch,onnxruntime,inductor}",
+        help="what runs the model step: torch (traced on a CPU), onnxruntime (the model "
+        "exported to ONNX at start-up, a few seconds; needs the onnx extra) or inductor "
+        "(compiled to C++ by torch.compile at start-up, about 30 s per block shape; the "
+        "fastest step; needs g++ and python3-dev); the last two need the built-in vocoder "
+        "and the CPU; default: [realtime] backend (torch)",
     )
 
 
@@ -494,6 +496,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from comostream.models.checkpoint_io import CheckpointError
     from comostream.models.conditioner import UnknownSpeakerError
     from comostream.models.register import NoRegisterError
+    from comostream.realtime.compiled import InductorBackendError
     from comostream.realtime.onnx_step import OnnxBackendError
     from comostream.training.corpus import CorpusError
     from comostream.training.feature_index import FeatureError
@@ -510,6 +513,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         UnknownSpeakerError,
         NoRegisterError,
         OnnxBackendError,
+        InductorBackendError,
         FileNotFoundError,
         CommandError,
     )

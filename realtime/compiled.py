@@ -1,0 +1,183 @@
+"""The model step compiled to C++ by TorchInductor (``torch.compile``): the ``inductor`` backend.
+
+:class:`~comostream.realtime.traced.TracedStep` replays the step's few thousand small ops one by
+one; Inductor fuses them into generated C++ loops, with the weights frozen into the code as
+constants (``freezing``) and the launcher itself in C++ (``cpp_wrapper``), so a step of a few
+frames costs about half as much on a CPU (``comostream bench latency`` shows the three backends
+side by side). The price is paid once per process and shape: compiling takes about half a minute
+per (streams, frames) shape for the shipped model, and needs a C++ compiler and Python's headers
+(Debian: ``g++``, ``python3-dev``). Output equals the traced step to float rounding (1e-6).
+
+Each shape is its own compiled function; a call with another shape (a final partial block) runs
+eager, as the traced step does, never a silent recompilation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import sysconfig
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from comostream.models.chain import ConversionChain, FrameInputs
+from comostream.models.streaming import StreamState, rebuild_state, state_tensors
+
+__all__ = ["CompiledStep", "InductorBackendError", "check_compilable", "check_compiler"]
+
+# what Inductor is asked for: weights as constants, the launcher in C++ (no Python per kernel)
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+
+
+class InductorBackendError(RuntimeError):
+    """The ``inductor`` backend cannot run as asked (no C++ compiler or Python headers here, a
+    model it cannot compile)."""
+
+
+def check_compiler() -> None:
+    """Raise :class:`InductorBackendError` naming what to install when Inductor cannot build
+    C++ here: a compiler (``$CXX``, ``g++`` or ``c++``) and ``Python.h``."""
+    import os
+
+    cxx = os.environ.get("CXX") or "g++"
+    if shutil.which(cxx) is None and shutil.which("c++") is None:
+        raise InductorBackendError(
+            f"the inductor backend compiles the model step to C++ but no compiler ({cxx}) was "
+            "found: install one (Debian: apt-get install g++) or use --backend torch"
+        )
+    include = sysconfig.get_paths().get("include", "")
+    if not (Path(include) / "Python.h").is_file():
+        raise InductorBackendError(
+            f"the inductor backend needs Python's C headers ({include}/Python.h is missing): "
+            "install them (Debian: apt-get install python3-dev) or use --backend torch"
+        )
+
+
+def check_compilable(chain: ConversionChain) -> None:
+    """:class:`InductorBackendError` unless ``chain`` can be compiled here: float32 on the CPU,
+    the built-in streaming vocoder (window mode chooses offsets from the data), and a compiler."""
+    ref = next(chain.parameters())
+    if ref.device.type != "cpu" or ref.dtype != torch.float32:
+        raise InductorBackendError(
+            f"the inductor backend runs float32 models on the CPU (got {ref.dtype} on "
+            f"{ref.device}; a GPU replays CUDA graphs): use --device cpu, or the torch backend"
+        )
+    if chain.vocoder is None or not getattr(chain.vocoder, "traceable", True):
+        raise InductorBackendError(
+            "the inductor backend needs the model file's built-in streaming vocoder (an "
+            "external vocoder runs in window mode): drop --vocoder, or use the torch backend"
+        )
+    check_compiler()
+
+
+def _limit_recompiles(shapes: int) -> None:
+    """Room in TorchDynamo's per-function cache for every compiled shape of this process (the
+    steps share one Python function; past the limit Dynamo would fall back to eager)."""
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    setattr(cfg, name, max(int(getattr(cfg, name)), shapes))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * shapes)
+
+
+_COMPILED_SHAPES = 0  # shapes compiled in this process (each a Dynamo cache entry)
+
+
+class CompiledStep(nn.Module):
+    """``step`` compiled by TorchInductor for blocks of ``frames`` frames of ``streams`` streams
+    (the shapes of ``example``); compiles in the constructor (about 30 s for the shipped model).
+
+    Drop-in for the engine, like :class:`~comostream.realtime.traced.TracedStep`: same
+    ``lookahead_frames``, ``hop_length``, ``speaker_dim``, ``init_state`` and
+    ``step(inputs, state)`` updating ``state`` in place; other block sizes run eager.
+    """
+
+    def __init__(self, step: ConversionChain, example: FrameInputs, streams: int = 1) -> None:
+        super().__init__()
+        global _COMPILED_SHAPES
+        check_compilable(step)
+        self.inner = step
+        self.lookahead_frames = step.lookahead_frames
+        self.hop_length = step.hop_length
+        self.speaker_dim = step.speaker_dim
+        self.names = sorted(example)
+        self.frames = int(example["f0"].shape[-1])
+        self.streams = int(streams)
+        template = step.init_state(streams)
+        names, n = self.names, len(self.names)
+
+        def flat(*args: Tensor) -> Tensor:
+            inputs = dict(zip(names, args[:n], strict=True))
+            return step.step(inputs, rebuild_state(template, list(args[n:])))
+
+        shape = f"{self.streams} stream{'s' if self.streams > 1 else ''} x {self.frames} frames"
+        print(
+            f"compiling the model step for {shape} to C++ (inductor backend, about 30 s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        _COMPILED_SHAPES += 1
+        _limit_recompiles(_COMPILED_SHAPES + 8)
+        self._fn = torch.compile(flat, fullgraph=True, dynamic=False)
+        self.profile: dict[str, float] | None = None  # per-stage times are not available
+        self._bound: tuple[StreamState, list[Tensor] | None] | None = None
+        self.compiled_steps = 0  # blocks run by the compiled code
+        self.eager_steps = 0  # blocks of another shape or state, run eager
+        import torch._inductor.config as inductor_config
+
+        patch = inductor_config.patch(INDUCTOR_OPTIONS)  # (given as options=, freezing is lost)
+        with torch.inference_mode(), _quiet(), patch:  # compile now, on inference tensors
+            scratch = step.init_state(streams)
+            args = [_inference(example[k]) for k in names]
+            self._fn(*args, *(t for _, t in state_tensors(scratch)))
+
+    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
+        with torch.inference_mode():  # the compiled code's guards expect inference tensors
+            return self.inner.init_state(streams, device, dtype)
+
+    def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
+        """One block; ``state`` updated in place. Blocks of other shapes, and a state whose
+        tensors are not inference tensors (made outside ``torch.inference_mode``), run eager:
+        a mismatch never recompiles (half a minute) in the middle of a stream."""
+        f0 = inputs["f0"]
+        bound = self._bound  # one read: engines on other threads may share this step
+        if bound is None or bound[0] is not state:  # an engine's state: flattened once
+            leaves = [t for _, t in state_tensors(state)]
+            ok = all(t.is_inference() and t.is_contiguous() for t in leaves)
+            bound = self._bound = (state, leaves if ok else None)
+        with torch.inference_mode():
+            if bound[1] is None or f0.shape[-1] != self.frames or f0.shape[0] != self.streams:
+                self.eager_steps += 1
+                return self.inner.step(inputs, state)
+            self.compiled_steps += 1
+            return self._fn(*(_inference(inputs[k]) for k in self.names), *bound[1])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Torch's notes while compiling a CPU step, which say nothing actionable to a user (no
+    CUDA runtime; no C++ code for complex ops and FFTs, which run as library calls)."""
+    loggers = [logging.getLogger(n) for n in ("torch.utils.cpp_extension", "torch._inductor.ir")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _inference(x: Tensor) -> Tensor:
+    """``x`` as a contiguous inference tensor (a copy when it is not one: a block's inputs are
+    a few kB), so the compiled code's guards always match. Call inside ``torch.inference_mode``."""
+    return x if x.is_inference() and x.is_contiguous() else x.contiguous().clone()

@@ -408,6 +408,7 @@ def run_serve_bench(
     ``--backend`` (None: its config's)."""
     from comostream.bench.latency import example_signal
     from comostream.realtime.geometry import INPUT_RATES
+    from comostream.realtime.heap import settle_heap
 
     if not streams or min(streams) < 1:
         raise ValueError("streams: at least one N, each >= 1")
@@ -416,6 +417,8 @@ def run_serve_bench(
     x = example_signal(seconds, sample_rate)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # a busy machine shows
     mode = "batched" if batch else "one engine per session"
+    if backend == "inductor":
+        mode += ", inductor: the server compiles its step for each batch size first (minutes)"
     progress(f"starting comostream serve ({checkpoint}, {threads} thread(s), {device}, {mode})")
     rows: list[dict[str, Any]] = []
     ready: dict[str, Any] = {}
@@ -430,8 +433,11 @@ def run_serve_bench(
         batch=batch,
         batch_wait_ms=batch_wait_ms,
         backend=backend,
+        # Inductor compiles each bucket at start-up: about 30 s each, more on a busy machine
+        start_timeout_s=START_TIMEOUT_S + (600.0 if backend == "inductor" else 0.0),
     ) as server:
         progress(f"server at {server.url} (pid {server.pid})")
+        settle_heap()  # the clients' process: no 100 ms garbage collection mid-measurement
         for n in streams:
             progress(f"{n} stream(s) for {seconds:g} s")
             bound = seconds + 2 * DRAIN_TIMEOUT_S + 30.0 + n  # connect, stream, drain, close

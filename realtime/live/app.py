@@ -24,6 +24,7 @@ import numpy as np
 
 from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.limits import DEFAULT_INDEX_RATE
+from comostream.realtime.heap import settle_heap
 from comostream.realtime.live.audio import F0Tap, LiveMixer, TimedConverter, output_buffer
 from comostream.realtime.live.console import (
     COMMAND_HELP,
@@ -131,6 +132,7 @@ class LiveSession:
         self.sample_rate = sample_rate
         self.device_labels = ("", "")  # input, output (set by run_live)
         self._warm_up()
+        settle_heap()  # no 100 ms garbage collection of the models' objects mid-stream
         self.margin_blocks = opts.margin_blocks
         self.conv = TimedConverter(
             self.engine, block=self.chunk, prefill=output_buffer(0, self.chunk, opts.margin_blocks)

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from comostream.realtime.heap import settle_heap
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.http_routes import route_http
@@ -56,6 +57,7 @@ class StreamServer:
         """Warm the models up, bind and start accepting connections (``self.port`` is then the
         bound port)."""
         await asyncio.get_running_loop().run_in_executor(None, self.factory.warm_up)
+        settle_heap()  # no full garbage collection of the models' objects mid-stream
         self._server = await serve(
             self._handle,
             self.config.host,

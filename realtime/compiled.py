@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
+from comostream.realtime.traced import standalone_problem
 
 __all__ = ["CompiledStep", "InductorBackendError", "check_compilable", "check_compiler"]
 
@@ -61,19 +62,11 @@ def check_compiler() -> None:
 
 
 def check_compilable(chain: ConversionChain) -> None:
-    """:class:`InductorBackendError` unless ``chain`` can be compiled here: float32 on the CPU,
-    the built-in streaming vocoder (window mode chooses offsets from the data), and a compiler."""
-    ref = next(chain.parameters())
-    if ref.device.type != "cpu" or ref.dtype != torch.float32:
-        raise InductorBackendError(
-            f"the inductor backend runs float32 models on the CPU (got {ref.dtype} on "
-            f"{ref.device}; a GPU replays CUDA graphs): use --device cpu, or the torch backend"
-        )
-    if chain.vocoder is None or not getattr(chain.vocoder, "traceable", True):
-        raise InductorBackendError(
-            "the inductor backend needs the model file's built-in streaming vocoder (an "
-            "external vocoder runs in window mode): drop --vocoder, or use the torch backend"
-        )
+    """:class:`InductorBackendError` unless ``chain`` can be compiled here
+    (:func:`~comostream.realtime.traced.standalone_problem`) and a compiler is there."""
+    why = standalone_problem(chain, "inductor")
+    if why is not None:
+        raise InductorBackendError(why)
     check_compiler()
 
 

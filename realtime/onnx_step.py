@@ -40,7 +40,7 @@ from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.checkpoint_io import CheckpointError
 from comostream.models.streaming import StreamState, state_tensors
 from comostream.realtime.onnx_ops import ONNX_OPSET, register_onnx_ops
-from comostream.realtime.traced import _Flat
+from comostream.realtime.traced import _Flat, standalone_problem
 
 __all__ = [
     "FORMAT_VERSION",
@@ -82,22 +82,9 @@ class OnnxMissingError(OnnxBackendError, ImportError):
 def check_exportable(chain: ConversionChain) -> None:
     """:class:`OnnxBackendError` unless ``chain`` can be exported: the built-in streaming content
     encoder and vocoder, float32 on the CPU (window mode chooses offsets from the data)."""
-    ref = next(chain.parameters())
-    if ref.device.type != "cpu" or ref.dtype != torch.float32:
-        raise OnnxBackendError(
-            f"the onnxruntime backend runs float32 models on the CPU (got {ref.dtype} on "
-            f"{ref.device}): use --device cpu, or the torch backend"
-        )
-    if chain.vocoder is None or not getattr(chain.vocoder, "traceable", True):
-        raise OnnxBackendError(
-            "the onnxruntime backend needs the model file's built-in streaming vocoder (an "
-            "external vocoder runs in window mode): drop --vocoder, or use the torch backend"
-        )
-    if chain.content_model is not None:
-        raise OnnxBackendError(
-            "the onnxruntime backend needs the model's built-in content encoder (an external "
-            "content model runs in window mode): use the torch backend"
-        )
+    why = standalone_problem(chain, "onnxruntime")
+    if why is not None:
+        raise OnnxBackendError(why)
 
 
 def _require(module: str, what: str) -> Any:

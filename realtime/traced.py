@@ -19,7 +19,30 @@ from torch import Tensor, nn
 from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 
-__all__ = ["TracedStep"]
+__all__ = ["TracedStep", "standalone_problem"]
+
+
+def standalone_problem(chain: ConversionChain, backend: str) -> str | None:
+    """Why ``backend`` (onnxruntime, inductor: a step built from ``chain`` ahead of time) cannot
+    run ``chain``; None when it can: float32 on the CPU, the built-in streaming vocoder and
+    content encoder (window mode chooses offsets from the data)."""
+    ref = next(chain.parameters())
+    if ref.device.type != "cpu" or ref.dtype != torch.float32:
+        return (
+            f"the {backend} backend runs float32 models on the CPU (got {ref.dtype} on "
+            f"{ref.device}): use --device cpu, or the torch backend"
+        )
+    if chain.vocoder is None or not getattr(chain.vocoder, "traceable", True):
+        return (
+            f"the {backend} backend needs the model file's built-in streaming vocoder (an "
+            "external vocoder runs in window mode): drop --vocoder, or use the torch backend"
+        )
+    if chain.content_model is not None:
+        return (
+            f"the {backend} backend needs the model's built-in content encoder (an external "
+            "content model runs in window mode): use the torch backend"
+        )
+    return None
 
 
 class _Flat(nn.Module):

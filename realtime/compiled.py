@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
-from comostream.realtime.traced import standalone_problem
+from comostream.realtime.traced import FixedShapeStep, standalone_problem
 
 __all__ = ["CompiledStep", "InductorBackendError", "check_compilable", "check_compiler"]
 
@@ -83,26 +83,19 @@ def _limit_recompiles(shapes: int) -> None:
 _COMPILED_SHAPES = 0  # shapes compiled in this process (each a Dynamo cache entry)
 
 
-class CompiledStep(nn.Module):
+class CompiledStep(FixedShapeStep):
     """``step`` compiled by TorchInductor for blocks of ``frames`` frames of ``streams`` streams
     (the shapes of ``example``); compiles in the constructor (about 30 s for the shipped model).
 
-    Drop-in for the engine, like :class:`~comostream.realtime.traced.TracedStep`: same
-    ``lookahead_frames``, ``hop_length``, ``speaker_dim``, ``init_state`` and
-    ``step(inputs, state)`` updating ``state`` in place; other block sizes run eager.
+    Drop-in for the engine, like :class:`~comostream.realtime.traced.TracedStep`
+    (:class:`~comostream.realtime.traced.FixedShapeStep`): ``step(inputs, state)`` updating
+    ``state`` in place; other block sizes run eager.
     """
 
     def __init__(self, step: ConversionChain, example: FrameInputs, streams: int = 1) -> None:
-        super().__init__()
         global _COMPILED_SHAPES
         check_compilable(step)
-        self.inner = step
-        self.lookahead_frames = step.lookahead_frames
-        self.hop_length = step.hop_length
-        self.speaker_dim = step.speaker_dim
-        self.names = sorted(example)
-        self.frames = int(example["f0"].shape[-1])
-        self.streams = int(streams)
+        super().__init__(step, example, streams)
         template = step.init_state(streams)
         names, n = self.names, len(self.names)
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 
-__all__ = ["TracedStep", "standalone_problem"]
+__all__ = ["FixedShapeStep", "TracedStep", "standalone_problem"]
 
 
 def standalone_problem(chain: ConversionChain, backend: str) -> str | None:
@@ -60,12 +60,10 @@ class _Flat(nn.Module):
         return self.step_module.step(inputs, rebuild_state(self.template, list(args[n:])))
 
 
-class TracedStep(nn.Module):
-    """``step`` traced for blocks of ``frames`` frames of ``streams`` streams.
-
-    Drop-in for the engine: same ``lookahead_frames``, ``hop_length``, ``speaker_dim``,
-    ``init_state`` and ``step(inputs, state)`` (``inputs`` must have the traced shapes).
-    """
+class FixedShapeStep(nn.Module):
+    """A chain's step built for one (streams, frames) shape, a drop-in for the engine: the
+    chain's ``lookahead_frames``, ``hop_length``, ``speaker_dim`` and ``init_state``; the
+    input names (sorted) and ``frames``/``streams`` of ``example``."""
 
     def __init__(self, step: ConversionChain, example: FrameInputs, streams: int = 1) -> None:
         super().__init__()
@@ -75,6 +73,21 @@ class TracedStep(nn.Module):
         self.speaker_dim = step.speaker_dim
         self.names = sorted(example)
         self.frames = int(example["f0"].shape[-1])
+        self.streams = int(streams)
+
+    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
+        return self.inner.init_state(streams, device, dtype)
+
+
+class TracedStep(FixedShapeStep):
+    """``step`` traced for blocks of ``frames`` frames of ``streams`` streams.
+
+    Drop-in for the engine (:class:`FixedShapeStep`): ``step(inputs, state)`` (blocks of other
+    lengths run eager).
+    """
+
+    def __init__(self, step: ConversionChain, example: FrameInputs, streams: int = 1) -> None:
+        super().__init__(step, example, streams)
         template = step.init_state(streams)
         leaves = [t for _, t in state_tensors(template)]
         with torch.no_grad(), warnings.catch_warnings():
@@ -88,9 +101,6 @@ class TracedStep(nn.Module):
             self.traced = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         self.profile: dict[str, float] | None = None  # per-stage times are not available
         self._bound: tuple[StreamState, list[Tensor]] | None = None  # the last state's leaves
-
-    def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
-        return self.inner.init_state(streams, device, dtype)
 
     def step(self, inputs: FrameInputs, state: StreamState) -> Tensor:
         if inputs["f0"].shape[-1] != self.frames:  # e.g. a final partial block: eager

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 import sysconfig
@@ -45,8 +46,6 @@ class InductorBackendError(RuntimeError):
 def check_compiler() -> None:
     """Raise :class:`InductorBackendError` naming what to install when Inductor cannot build
     C++ here: a compiler (``$CXX``, ``g++`` or ``c++``) and ``Python.h``."""
-    import os
-
     cxx = os.environ.get("CXX") or "g++"
     if shutil.which(cxx) is None and shutil.which("c++") is None:
         raise InductorBackendError(

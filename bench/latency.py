@@ -13,8 +13,8 @@ Measured in one run on the same models:
 * ``window_recompute_rtf``: the field's usual realtime strategy with the same models (re-run
   features and every model on 2.5 s of left context + a 250 ms block, every 250 ms);
 * ``backends``: RTF, per-chunk compute and the model step alone with each step backend (torch's
-  traced step, the ONNX Runtime step), side by side on the same stream; ``faster_backend``: the
-  one with the lower median chunk;
+  traced step, the ONNX Runtime step, the inductor-compiled step; ``--backends`` picks), side
+  by side on the same stream; ``faster_backend``: the one with the lower median chunk;
 * with ``--sweep 1,2,4,8``, ``block_sweep``: latency, RTF and the window-recompute ratio at
   each block size, with ``matmul_frame_cost_x``: what one frame of the backbone's largest
   matrix product costs at that block relative to a 2.75 s batch. The window strategy re-runs
@@ -314,13 +314,15 @@ def backend_compare(
     realtime: RealtimeConfig,
     sample_rate: int,
     done: dict[str, dict[str, Any]] | None = None,
+    backends: Sequence[str] = STEP_BACKENDS,
 ) -> dict[str, dict[str, Any]]:
-    """Per step backend (:data:`~comostream.models.config.STEP_BACKENDS`): ``rtf``, chunk and
-    model-step p50/p99 ms streaming ``x``, or ``error`` (not installed, not exportable). ``done``:
-    rows already measured (the main run's backend)."""
+    """Per step backend of ``backends`` and ``done`` (in the order of
+    :data:`~comostream.models.config.STEP_BACKENDS`): ``rtf``, chunk and model-step p50/p99 ms
+    streaming ``x``, or ``error`` (not installed, not exportable). ``done``: rows already
+    measured (the main run's backend)."""
     rows = dict(done or {})
     chunk = StreamGeometry.from_configs(model.cfg.audio, realtime).samples_per_block(sample_rate)
-    for backend in STEP_BACKENDS:
+    for backend in backends:
         if backend in rows:
             continue
         rt = dataclasses.replace(realtime, backend=backend)
@@ -333,7 +335,7 @@ def backend_compare(
             continue
         totals, times = _stream(eng, x, sample_rate)
         rows[backend] = _backend_row(totals, times, chunk / sample_rate)
-    return {b: rows[b] for b in STEP_BACKENDS}
+    return {b: rows[b] for b in STEP_BACKENDS if b in rows}
 
 
 def run_latency_bench(
@@ -346,10 +348,12 @@ def run_latency_bench(
     seconds: float = 8.0,
     source: str = "",
     sweep: Sequence[int] = (),
+    backends: Sequence[str] = STEP_BACKENDS,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement (see the module docstring); a JSON-able dict. ``progress`` (e.g.
-    a status line on stderr) is told what is measured next, step by step."""
+    """Run every measurement (see the module docstring); a JSON-able dict. ``backends``: the
+    step backends compared with ``realtime.backend`` (``backends``). ``progress`` (e.g. a
+    status line on stderr) is told what is measured next, step by step."""
     steps = 7 if sweep else 6
 
     def step(k: int, what: str) -> None:
@@ -391,13 +395,13 @@ def run_latency_bench(
     window_rtf = _window_recompute_rtf(model, vocoder, device)
     step(5, f"teacher ({model.cfg.edm.teacher_steps} Heun steps) vs the one-step target")
     teacher = _teacher_vs_onestep(model, device)
-    others = ", ".join(b for b in STEP_BACKENDS if b != realtime.backend)
-    step(6, f"the same stream with the other step backend ({others})")
-    backends = backend_compare(
-        model, vocoder, x, realtime=realtime, sample_rate=sample_rate, done=mine
+    others = ", ".join(b for b in backends if b != realtime.backend) or "none asked"
+    step(6, f"the same stream with the other step backends ({others})")
+    compared = backend_compare(
+        model, vocoder, x, realtime=realtime, sample_rate=sample_rate, done=mine, backends=backends
     )
     # the lower median chunk: a shared machine's stalls move the mean (RTF) far more
-    measured = {b: r["chunk_ms_p50"] for b, r in backends.items() if r.get("rtf") is not None}
+    measured = {b: r["chunk_ms_p50"] for b, r in compared.items() if r.get("rtf") is not None}
     result: dict[str, Any] = {
         "algorithmic_latency_ms": engine.latency_ms,
         "stream_delay_ms": engine.delay_ms,
@@ -420,7 +424,7 @@ def run_latency_bench(
         "model": source,
         "traced": engine.step_module is not eager.step_module,
         "backend": realtime.backend,
-        "backends": backends,
+        "backends": compared,
         "faster_backend": min(measured, key=measured.__getitem__),
         "lookahead_frames": engine.lookahead_frames,
         "chunks": len(totals),

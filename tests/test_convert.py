@@ -139,6 +139,8 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
             "2",
             "--threads",
             "1",
+            "--backends",
+            "torch,onnxruntime",  # inductor's compilation: tests/test_onnx.py compares all three
             "--plot",
             str(plot),
         ]
@@ -169,7 +171,7 @@ def test_bench_latency_json_reports_every_key_and_the_tiny_models_latency(
         "faster_backend",
     ):
         assert key in r
-    assert set(r["backends"]) == {"torch", "onnxruntime", "inductor"}  # side by side
+    assert list(r["backends"]) == ["torch", "onnxruntime"]  # side by side, as --backends asked
     assert set(r["stages"]) == {
         "resample",
         "features",
@@ -200,6 +202,8 @@ def test_bench_latency_sweep_reports_a_row_per_block_and_refuses_block_0(files, 
             "1",
             "--sweep",
             "1,4",
+            "--backends",
+            "torch",
         ]
     )
     assert rc == 0
@@ -217,10 +221,13 @@ def test_bench_latency_sweep_reports_a_row_per_block_and_refuses_block_0(files, 
             "1",
             "--sweep",
             "2",
+            "--backends",
+            "torch",
             "--json",
         ]
     )
     r = json.loads(capsys.readouterr().out)
+    assert list(r["backends"]) == ["torch"] and r["faster_backend"] == "torch"
     (row,) = r["block_sweep"]
     assert row["block_frames"] == 2
     assert row["algorithmic_latency_ms"] == pytest.approx(r["algorithmic_latency_ms"])
@@ -229,6 +236,10 @@ def test_bench_latency_sweep_reports_a_row_per_block_and_refuses_block_0(files, 
     with pytest.raises(SystemExit):
         comostream.main(["bench", "latency", "--sweep", "1,0"])
     assert "expected frames like" in capsys.readouterr().err
+    for bad in ("torch,tensorrt", "torch,torch"):
+        with pytest.raises(SystemExit):
+            comostream.main(["bench", "latency", "--backends", bad])
+        assert "--backends" in capsys.readouterr().err
 
 
 def test_convert_with_a_users_hifigan_runs_in_window_mode(files, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from comostream.cli.common import (
     FRAME_MS,
     CommandError,
     Subparsers,
+    backend_list,
     backend_option,
     block_list,
     block_option,
@@ -175,6 +176,8 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 
     model, voc, source = build_bench_models(cfg, args.checkpoint, args.vocoder, device)
     progress(f"model: {source}")
+    from comostream.models.config import STEP_BACKENDS
+
     result = run_latency_bench(
         model,
         voc,
@@ -184,6 +187,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         source=source,
         sweep=args.sweep or (),
+        backends=args.backends or STEP_BACKENDS,
         progress=progress,
     )
     if args.plot is not None:
@@ -502,6 +506,15 @@ def _add_engine(bench_sub: Subparsers) -> None:
         action="store_true",
         help="also stream through a loopback WebSocket server and report its round "
         "trip overhead (ws_overhead_ms)",
+    )
+    p.add_argument(
+        "--backends",
+        type=backend_list,
+        default=None,
+        metavar="B[,B...]",
+        help="the step backends measured side by side on the same stream (backends), the "
+        "--backend one always among them; e.g. torch,onnxruntime leaves out inductor's "
+        "compilation (about 30 s); default: all three",
     )
     p.add_argument(
         "--sweep",

@@ -303,6 +303,14 @@ def backend_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def backend_list(text: str) -> list[str]:
+    """argparse type: comma-separated model-step backends, each once (:func:`backend_arg`)."""
+    names = [backend_arg(t.strip()) for t in text.split(",")]
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"each backend once, got {text!r}")
+    return names
+
+
 def f0_backend_arg(text: str) -> str:
     """argparse type: a streaming F0 backend name (``[f0] backend`` for the engine)."""
     from comostream.models.config import STREAMING_F0_BACKENDS

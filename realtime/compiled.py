@@ -2,9 +2,10 @@
 
 :class:`~comostream.realtime.traced.TracedStep` replays the step's few thousand small ops one by
 one; Inductor fuses them into generated C++ loops, with the weights frozen into the code as
-constants (``freezing``) and the launcher itself in C++ (``cpp_wrapper``), so a step of a few
-frames costs about half as much on a CPU (``comostream bench latency`` shows the three backends
-side by side). The price is paid once per process and shape: compiling takes about half a minute
+constants (``freezing``) and, for a few streams, the launcher itself in C++ (``cpp_wrapper``),
+so a step of a few frames costs about half as much on a CPU (``comostream bench latency`` shows
+the three backends side by side). The price is paid once per process and shape (Inductor's disk
+cache does not keep frozen weights): compiling takes about half a minute
 per (streams, frames) shape for the shipped model, and needs a C++ compiler and Python's headers
 (Debian: ``g++``, ``python3-dev``). Output equals the traced step to float rounding (1e-6).
 
@@ -34,8 +35,17 @@ from comostream.realtime.traced import FixedShapeStep, standalone_problem
 
 __all__ = ["CompiledStep", "InductorBackendError", "check_compilable", "check_compiler"]
 
-# what Inductor is asked for: weights as constants, the launcher in C++ (no Python per kernel)
-INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+# The launcher in C++ up to this many streams, in Python above. Measured on the shipped model,
+# one thread, per step, C++ / Python launcher: 1 stream 1.45 / 1.66 ms, 4 streams 2.41 / 2.51,
+# 8 streams 3.37 / 3.26, 16 streams 5.71 / 5.15 (a large step's kernels are few and long; the
+# Python launcher releases the interpreter lock in each, so the server's event loop runs beside)
+CPP_WRAPPER_MAX_STREAMS = 4
+
+
+def inductor_options(streams: int) -> dict[str, bool]:
+    """What Inductor is asked for, for a step of ``streams`` streams: the weights as constants
+    (``freezing``) and, up to :data:`CPP_WRAPPER_MAX_STREAMS`, the launcher in C++."""
+    return {"freezing": True, "cpp_wrapper": streams <= CPP_WRAPPER_MAX_STREAMS}
 
 
 class InductorBackendError(RuntimeError):
@@ -117,7 +127,8 @@ class CompiledStep(FixedShapeStep):
         self.eager_steps = 0  # blocks of another shape or state, run eager
         import torch._inductor.config as inductor_config
 
-        patch = inductor_config.patch(INDUCTOR_OPTIONS)  # (given as options=, freezing is lost)
+        options = inductor_options(self.streams)
+        patch = inductor_config.patch(options)  # (given as options=, freezing is lost)
         with torch.inference_mode(), _quiet(), patch:  # compile now, on inference tensors
             scratch = step.init_state(streams)
             args = [_inference(example[k]) for k in names]

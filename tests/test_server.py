@@ -519,3 +519,25 @@ def test_sigterm_closes_sessions_gracefully(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_serve_hands_the_interpreter_lock_over_every_half_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`comostream serve` (run_server) streams with a 0.5 ms switch interval: its scheduler's
+    thread waits that long at most for the event loop at each op; the former one is restored."""
+    import comostream.realtime.serve.server as server_module
+    from comostream.realtime.gil import SERVE_SWITCH_S
+
+    seen: list[float] = []
+
+    def run(coro: Any) -> None:  # instead of serving: note the interval, drop the coroutine
+        seen.append(sys.getswitchinterval())
+        coro.close()
+
+    monkeypatch.setattr(server_module.asyncio, "run", run)
+    before = sys.getswitchinterval()
+    assert before != SERVE_SWITCH_S
+    assert server_module.run_server(None, ServerConfig(), announce=lambda _: None) == 0  # type: ignore[arg-type]
+    assert seen == [pytest.approx(SERVE_SWITCH_S)]
+    assert sys.getswitchinterval() == before

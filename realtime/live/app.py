@@ -24,6 +24,7 @@ import numpy as np
 
 from comostream.models.config import F0Config, RealtimeConfig
 from comostream.models.limits import DEFAULT_INDEX_RATE
+from comostream.realtime.gil import LIVE_SWITCH_S, switch_interval
 from comostream.realtime.heap import settle_heap
 from comostream.realtime.live.audio import F0Tap, LiveMixer, TimedConverter, output_buffer
 from comostream.realtime.live.console import (
@@ -215,8 +216,7 @@ def run_live(
     session.device_labels = (inp.label(), outd.label())
     with ExitStack() as stack:
         # the callback needs the GIL: have the worker hand it over every 1 ms, not 5
-        stack.callback(sys.setswitchinterval, sys.getswitchinterval())
-        sys.setswitchinterval(0.001)
+        stack.enter_context(switch_interval(LIVE_SWITCH_S))
         streams = AudioStreams(sd, session.mixer, inp, outd, rate, out_channels, opts.latency)
         streams.open()
         stack.callback(streams.close)

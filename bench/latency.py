@@ -352,8 +352,8 @@ def run_latency_bench(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every measurement (see the module docstring); a JSON-able dict. ``backends``: the
-    step backends compared with ``realtime.backend`` (``backends``). ``progress`` (e.g. a
-    status line on stderr) is told what is measured next, step by step."""
+    step backends measured beside ``realtime.backend`` (the result's ``backends``).
+    ``progress`` (e.g. a status line on stderr) is told what is measured next, step by step."""
     steps = 7 if sweep else 6
 
     def step(k: int, what: str) -> None:

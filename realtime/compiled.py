@@ -127,8 +127,7 @@ class CompiledStep(FixedShapeStep):
         self.eager_steps = 0  # blocks of another shape or state, run eager
         import torch._inductor.config as inductor_config
 
-        options = inductor_options(self.streams)
-        patch = inductor_config.patch(options)  # (given as options=, freezing is lost)
+        patch = inductor_config.patch(inductor_options(self.streams))  # (as options=: no freezing)
         with torch.inference_mode(), _quiet(), patch:  # compile now, on inference tensors
             scratch = step.init_state(streams)
             args = [_inference(example[k]) for k in names]

@@ -49,7 +49,13 @@ from comostream.models.config import AudioConfig, ConfigError, VocoderConfig, co
 from comostream.models.content import ContentLayer
 from comostream.models.frames import periodic_hann
 from comostream.models.streaming import Delay, FrameLinear, StreamingStack, StreamState, child
-from comostream.models.vocoder_synth import MelGrid, frame_phase, harmonic_block, noise_block
+from comostream.models.vocoder_synth import (
+    MelGrid,
+    filter_matrices,
+    frame_phase,
+    harmonic_block,
+    noise_block,
+)
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -127,6 +133,8 @@ class Vocoder(StreamingStack):
         self.register_buffer("ramp", ramp.to(torch.float32), persistent=False)
         self.register_buffer("ramp64", ramp, persistent=False)
         self.register_buffer("window", periodic_hann(2 * hop, 2 * hop), persistent=False)
+        for i, m in enumerate(filter_matrices(2 * hop)):  # the noise filter without complex ops
+            self.register_buffer(f"noise_dft{i}", torch.from_numpy(m), persistent=False)
         bins = torch.arange(hop + 1, dtype=torch.float64) * (a.sample_rate / (2 * hop))
         self.register_buffer("noise_matrix", self.grid.matrix(bins), persistent=False)
         # amplitude <-> mel magnitude (module docstring): harmonic a = mel * min(f0, B) / (win/2)
@@ -174,6 +182,11 @@ class Vocoder(StreamingStack):
         voiced = (f0 > 0).to(env.dtype).unsqueeze(1)
         return torch.exp(log_amp.clamp(max=MAX_LOG_GAIN)) * taper * voiced
 
+    def _noise_dft(self) -> tuple[Tensor, ...]:
+        """The noise filter's DFT matrices, float64
+        (:func:`~comostream.models.vocoder_synth.filter_matrices`)."""
+        return tuple(getattr(self, f"noise_dft{i}") for i in range(6))
+
     def _synthesize(
         self, prev: Tensor, cur: Tensor, osc: StreamState | None, sample_offset: Tensor | None
     ) -> Tensor:
@@ -203,7 +216,7 @@ class Vocoder(StreamingStack):
         log_gain = torch.matmul(self.noise_matrix, cur[:, n : 2 * n]) + self.noise_log_scale
         gain = torch.exp(log_gain.clamp(max=MAX_LOG_GAIN)).transpose(1, 2)  # (B, k, hop + 1)
         gain = F.pad(gain[..., 1:], (1, 0))  # no noise at DC
-        noise, new_tail = noise_block(gain, first, tail, self.window)
+        noise, new_tail = noise_block(gain, first, tail, self.window, self._noise_dft())
         if osc is not None:
             osc["phase"].copy_(phase_end)
             osc["sample"].add_(k * hop)

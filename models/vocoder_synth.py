@@ -43,6 +43,8 @@ __all__ = [
     "harmonic_block",
     "harmonic_split",
     "noise_block",
+    "filter_by_matmul",
+    "filter_matrices",
     "hz_to_mel",
     "mel_to_hz",
 ]
@@ -200,23 +202,30 @@ def harmonic_block(
 
 
 def noise_block(
-    gain: Tensor, first_index: Tensor, tail: Tensor | None, window: Tensor
+    gain: Tensor,
+    first_index: Tensor,
+    tail: Tensor | None,
+    window: Tensor,
+    dft: tuple[Tensor, ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Filtered noise of ``k`` frames: ``(out (B, k * hop), new tail (B, hop))``.
 
     ``gain (B, k, hop + 1)``: linear magnitude per FFT bin of each frame's segment;
     ``first_index (B,)`` int64: absolute index of the first output sample; ``tail (B, hop)``:
     the second half of the previous step's last segment (None = zeros); ``window (2 hop,)``:
-    periodic Hann. Segment ``i`` covers samples ``first + i hop .. first + (i + 2) hop - 1``:
-    its first half is added to frame ``i``'s output, its second half to frame ``i + 1``'s.
+    periodic Hann; ``dft``: :func:`filter_matrices` of ``2 hop`` as tensors (built here when
+    None). Segment ``i`` covers samples ``first + i hop .. first + (i + 2) hop - 1``: its first
+    half is added to frame ``i``'s output, its second half to frame ``i + 1``'s.
     """
     b, k, _ = gain.shape
     hop = window.shape[0] // 2
     offs = torch.arange(k, device=gain.device) * hop
     idx = first_index.view(b, 1, 1) + offs.view(1, k, 1) + torch.arange(2 * hop, device=gain.device)
     white = hash_uniform(idx).to(gain.dtype) * (_SQRT3 * window)
-    if torch.onnx.is_in_onnx_export():  # ONNX has no complex tensors: the same linear maps
-        seg = _filter_by_matmul(white, gain)
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        # ONNX has no complex tensors, and Inductor's C++ launcher would call back into Python
+        # (taking the interpreter lock) for the inverse FFT: the same linear maps as matmuls
+        seg = filter_by_matmul(white, gain, dft)
     else:
         seg = torch.fft.irfft(torch.fft.rfft(white) * gain, n=2 * hop)  # (B, k, 2 hop)
     first, second = seg[..., :hop], seg[..., hop:]
@@ -225,46 +234,61 @@ def noise_block(
     return out.reshape(b, k * hop), second[:, -1]
 
 
-def _filter_by_matmul(x: Tensor, gain: Tensor) -> Tensor:
-    """``irfft(rfft(x) * gain)`` for real ``x (..., n)`` and ``gain (..., n // 2 + 1)`` as real
-    matrix products: what an ONNX export runs (ONNX has no complex tensors).
-
-    A two-stage (Cooley-Tukey) DFT of ``n = p q`` points (``p`` the largest divisor of ``n`` up
-    to ``sqrt(n)``; 16 x 32 for 512): sample ``q n1 + n2`` -> bin ``k1 + p k2`` is a
-    ``p``-point DFT over ``n1``, a twiddle ``exp(-2 pi i n2 k1 / n)`` and a ``q``-point DFT over
-    ``n2``; the inverse runs the same on the Hermitian spectrum and keeps the real part. The
-    matrices (built in numpy, so that a trace records constants) hold ``2 (p + q)^2`` numbers
-    instead of the ``2 n^2`` of a direct DFT: a step reads kilobytes, not 2 MB, of them.
-    """
-    n = int(x.shape[-1])
+def filter_matrices(n: int) -> tuple[np.ndarray, ...]:
+    """The constant matrices of :func:`filter_by_matmul` for ``n`` points (float64): a
+    two-stage (Cooley-Tukey) DFT of ``n = p q`` points (``p`` the largest divisor of ``n`` up to
+    ``sqrt(n)``; 16 x 32 for 512). Sample ``q n1 + n2`` -> bin ``k1 + p k2`` is a ``p``-point
+    DFT over ``n1``, a twiddle ``exp(-2 pi i n2 k1 / n)`` and a ``q``-point DFT over ``n2``; the
+    inverse runs the same on the Hermitian spectrum and keeps the real part. They hold
+    ``2 (p + q)^2`` numbers instead of the ``2 n^2`` of a direct DFT: a step reads kilobytes, not
+    2 MB, of them. In order: the forward ``p``-point DFT ``(p, 2p)``, the twiddle's real and
+    imaginary parts ``(q, p)``, the forward ``q``-point DFT on ``[re | im]`` rows ``(2q, 2q)``,
+    the inverse ``p``-point one ``(2p, 2p)`` and the inverse ``q``-point real part ``(2q, q)``."""
     p, q = _factors(n)
-    lead, half = x.shape[:-1], n // 2 + 1
     i_p, i_q = np.arange(p), np.arange(q)
     w_p = np.exp(-2j * np.pi * np.outer(i_p, i_p) / p)  # (n1, k1)
     w_q = np.exp(-2j * np.pi * np.outer(i_q, i_q) / q)  # (n2, k2)
     twiddle = np.exp(-2j * np.pi * np.outer(i_q, i_p) / n)  # (n2, k1)
 
-    def const(m: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(m)).to(x.device, x.dtype)
+    def complex_rows(m: np.ndarray) -> np.ndarray:  # [re | im] rows times the complex matrix m
+        return np.block([[m.real, m.imag], [-m.imag, m.real]])
 
-    def complex_rows(m: np.ndarray) -> Tensor:  # [re | im] rows times the complex matrix m
-        return const(np.block([[m.real, m.imag], [-m.imag, m.real]]))
+    mats = (
+        np.concatenate([w_p.real, w_p.imag], 1),
+        twiddle.real,
+        twiddle.imag,
+        complex_rows(w_q),
+        complex_rows(w_p.conj()),
+        np.concatenate([w_q.real, w_q.imag], 0) / n,  # Re((b_re + i b_im) conj(w_q)) / n
+    )
+    return tuple(np.ascontiguousarray(m) for m in mats)
 
-    def twiddled(a: Tensor, w: np.ndarray) -> Tensor:  # [re | im] (.., q, 2p) -> (.., p, 2q)
-        a_re, a_im, w_re, w_im = a[..., :p], a[..., p:], const(w.real), const(w.imag)
-        b = torch.cat([a_re * w_re - a_im * w_im, a_re * w_im + a_im * w_re], -2)
+
+def filter_by_matmul(x: Tensor, gain: Tensor, dft: tuple[Tensor, ...] | None = None) -> Tensor:
+    """``irfft(rfft(x) * gain)`` for real ``x (..., n)`` and ``gain (..., n // 2 + 1)`` as real
+    matrix products (:func:`filter_matrices`; ``dft``: those as tensors, built here when None):
+    what an ONNX export and the Inductor step run (no complex tensors)."""
+    n = int(x.shape[-1])
+    p, q = _factors(n)
+    lead, half = x.shape[:-1], n // 2 + 1
+    if dft is None:
+        dft = tuple(torch.from_numpy(m) for m in filter_matrices(n))
+    fwd_p, tw_re, tw_im, fwd_q, inv_p, inv_q = (m.to(x.device, x.dtype) for m in dft)
+
+    def twiddled(a: Tensor, conj: bool) -> Tensor:  # [re | im] (.., q, 2p) -> (.., p, 2q)
+        a_re, a_im, w_im = a[..., :p], a[..., p:], -tw_im if conj else tw_im
+        b = torch.cat([a_re * tw_re - a_im * w_im, a_re * w_im + a_im * tw_re], -2)
         return b.transpose(-1, -2)
 
     # forward: x[q n1 + n2] -> X[k1 + p k2], bins 0 .. n / 2
-    a = x.reshape(*lead, p, q).transpose(-1, -2) @ const(np.concatenate([w_p.real, w_p.imag], 1))
-    spec = (twiddled(a, twiddle) @ complex_rows(w_q)).reshape(*lead, p, 2, q).transpose(-1, -3)
+    a = x.reshape(*lead, p, q).transpose(-1, -2) @ fwd_p
+    spec = (twiddled(a, False) @ fwd_q).reshape(*lead, p, 2, q).transpose(-1, -3)
     re = spec[..., 0, :].reshape(*lead, n)[..., :half] * gain
     im = spec[..., 1, :].reshape(*lead, n)[..., :half] * gain
     # inverse: the Hermitian spectrum Y[q k1 + k2] -> the real part of y[m1 + p m2]
     full_re = torch.cat([re, re[..., 1 : half - 1].flip(-1)], -1).reshape(*lead, p, q)
     full_im = torch.cat([im, -im[..., 1 : half - 1].flip(-1)], -1).reshape(*lead, p, q)
     full = torch.cat([full_re, full_im], -2).transpose(-1, -2)  # (.., q[k2], [re | im](k1))
-    a = full @ complex_rows(w_p.conj())  # (.., q[k2], [re | im](m1))
-    real = np.concatenate([w_q.real, w_q.imag], 0) / n  # Re((b_re + i b_im) conj(w_q)) / n
-    out = twiddled(a, twiddle.conj()) @ const(real)  # (.., p[m1], q[m2])
+    a = full @ inv_p  # (.., q[k2], [re | im](m1))
+    out = twiddled(a, True) @ inv_q  # (.., p[m1], q[m2])
     return out.transpose(-1, -2).reshape(*lead, n)

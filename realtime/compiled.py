@@ -2,12 +2,15 @@
 
 :class:`~comostream.realtime.traced.TracedStep` replays the step's few thousand small ops one by
 one; Inductor fuses them into generated C++ loops, with the weights frozen into the code as
-constants (``freezing``) and, for a few streams, the launcher itself in C++ (``cpp_wrapper``),
-so a step of a few frames costs about half as much on a CPU (``comostream bench latency`` shows
-the three backends side by side). The price is paid once per process and shape (Inductor's disk
-cache does not keep frozen weights): compiling takes about half a minute
-per (streams, frames) shape for the shipped model, and needs a C++ compiler and Python's headers
-(Debian: ``g++``, ``python3-dev``). Output equals the traced step to float rounding (1e-6).
+constants (``freezing``) and the launcher itself in C++ (``cpp_wrapper``), so a step of a few
+frames costs about half as much on a CPU (``comostream bench latency`` shows the three backends
+side by side). The compiled step never calls back into Python (the vocoder's noise filter runs
+as matrix products when compiled, :func:`~comostream.models.vocoder_synth.noise_block`), so it
+lets go of the interpreter lock once per step, and the server's event loop runs beside it. The
+price is paid once per process and shape (Inductor's disk cache does not keep frozen weights):
+compiling takes about half a minute per (streams, frames) shape for the shipped model, and needs
+a C++ compiler and Python's headers (Debian: ``g++``, ``python3-dev``). Output equals the traced
+step to float rounding (1e-5).
 
 Each shape is its own compiled function; a call with another shape (a final partial block) runs
 eager, as the traced step does, never a silent recompilation.
@@ -33,19 +36,20 @@ from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 from comostream.realtime.traced import FixedShapeStep, standalone_problem
 
-__all__ = ["CompiledStep", "InductorBackendError", "check_compilable", "check_compiler"]
+__all__ = [
+    "INDUCTOR_OPTIONS",
+    "CompiledStep",
+    "InductorBackendError",
+    "check_compilable",
+    "check_compiler",
+]
 
-# The launcher in C++ up to this many streams, in Python above. Measured on the shipped model,
-# one thread, per step, C++ / Python launcher: 1 stream 1.45 / 1.66 ms, 4 streams 2.41 / 2.51,
-# 8 streams 3.37 / 3.26, 16 streams 5.71 / 5.15 (a large step's kernels are few and long; the
-# Python launcher releases the interpreter lock in each, so the server's event loop runs beside)
-CPP_WRAPPER_MAX_STREAMS = 4
-
-
-def inductor_options(streams: int) -> dict[str, bool]:
-    """What Inductor is asked for, for a step of ``streams`` streams: the weights as constants
-    (``freezing``) and, up to :data:`CPP_WRAPPER_MAX_STREAMS`, the launcher in C++."""
-    return {"freezing": True, "cpp_wrapper": streams <= CPP_WRAPPER_MAX_STREAMS}
+# What Inductor is asked for: the weights as constants (``freezing``) and the launcher in C++
+# (``cpp_wrapper``), which lets go of the interpreter lock once for the whole step. (The
+# generated Python launcher holds the lock in every fused kernel and takes it back after every
+# library call: beside a thread busy in Python 30% of the time, such as the server's event loop,
+# its step of 8 streams took 5.4 ms instead of 3.4; the C++ launcher's 3.2 ms instead of 3.1.)
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
 
 
 class InductorBackendError(RuntimeError):
@@ -127,7 +131,7 @@ class CompiledStep(FixedShapeStep):
         self.eager_steps = 0  # blocks of another shape or state, run eager
         import torch._inductor.config as inductor_config
 
-        patch = inductor_config.patch(inductor_options(self.streams))  # (as options=: no freezing)
+        patch = inductor_config.patch(INDUCTOR_OPTIONS)  # (as options=: no freezing)
         with torch.inference_mode(), _quiet(), patch:  # compile now, on inference tensors
             scratch = step.init_state(streams)
             args = [_inference(example[k]) for k in names]

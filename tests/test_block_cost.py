@@ -11,10 +11,16 @@ import pytest
 import torch
 
 from comostream.models.config import AudioConfig, RealtimeConfig
-from comostream.models.frames import frame_signal
+from comostream.models.frames import frame_signal, periodic_hann
 from comostream.models.loudness import Loudness
 from comostream.models.mel import MelSpectrogram
-from comostream.models.vocoder_synth import _filter_by_matmul, harmonic_block, harmonic_split
+from comostream.models.vocoder_synth import (
+    filter_by_matmul,
+    filter_matrices,
+    harmonic_block,
+    harmonic_split,
+    noise_block,
+)
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.frontend import FrontEnd
 from comostream.realtime.spectral import FrameSpectra
@@ -80,7 +86,30 @@ def test_the_onnx_noise_filter_is_the_fft_filter(n: int) -> None:
     x = torch.randn(3, 2, n, generator=g)
     gain = torch.rand(3, 2, n // 2 + 1, generator=g)
     want = torch.fft.irfft(torch.fft.rfft(x) * gain, n=n)
-    assert (_filter_by_matmul(x, gain) - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (filter_by_matmul(x, gain) - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_the_compiled_noise_filter_has_no_fft() -> None:
+    """Compiled (Inductor), the noise filter runs as matrix products: no FFT, which Inductor's
+    C++ launcher would call back into Python (and the interpreter lock) for; the same noise."""
+    seen: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, example: list[torch.Tensor]):  # a Dynamo backend
+        seen.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    g = torch.Generator().manual_seed(3)
+    gain, first = torch.rand(2, 3, 257, generator=g), torch.tensor([0, 999])
+    window = periodic_hann(512, 512)
+    dft = tuple(torch.from_numpy(m) for m in filter_matrices(512))
+    torch._dynamo.reset()
+    got, tail = torch.compile(noise_block, backend=record, fullgraph=True)(
+        gain, first, None, window, dft
+    )
+    assert any("matmul" in t for t in seen) and not any("fft" in t for t in seen)
+    want, want_tail = noise_block(gain, first, None, window)  # eager: the FFT
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (tail - want_tail).abs().max() <= 1e-5 * want_tail.abs().max()
 
 
 def test_block_sized_pushes_and_a_reused_state_give_the_samples_of_any_chunking(models) -> None:

@@ -54,16 +54,11 @@ def test_engine_on_inductor_equals_engine_on_torch(models, compiled_engine) -> N
     np.testing.assert_allclose(out["inductor"], out["torch"], rtol=0, atol=1e-4 * peak)
 
 
-def test_batched_serving_on_inductor_equals_it_on_torch(
-    models, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_batched_serving_on_inductor_equals_it_on_torch(models) -> None:
     from comostream.realtime.serve.engines import EngineFactory
     from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello
 
-    # the launcher in C++ for one stream, in Python for two: both kinds of compiled step
-    monkeypatch.setattr(compiled, "CPP_WRAPPER_MAX_STREAMS", 1)
-    assert compiled.inductor_options(1)["cpp_wrapper"]
-    assert not compiled.inductor_options(2)["cpp_wrapper"]
+    assert compiled.INDUCTOR_OPTIONS == {"freezing": True, "cpp_wrapper": True}
     model, vocoder = models
     x = sung(48000, 0.3)
     hello = Hello(PROTOCOL_VERSION, 48000, 1, "f32le", None, None, 0.0, None)

@@ -134,7 +134,7 @@ class Vocoder(StreamingStack):
         self.register_buffer("ramp64", ramp, persistent=False)
         self.register_buffer("window", periodic_hann(2 * hop, 2 * hop), persistent=False)
         for i, m in enumerate(filter_matrices(2 * hop)):  # the noise filter without complex ops
-            self.register_buffer(f"noise_dft{i}", torch.from_numpy(m), persistent=False)
+            self.register_buffer(f"noise_dft{i}", torch.from_numpy(m).float(), persistent=False)
         bins = torch.arange(hop + 1, dtype=torch.float64) * (a.sample_rate / (2 * hop))
         self.register_buffer("noise_matrix", self.grid.matrix(bins), persistent=False)
         # amplitude <-> mel magnitude (module docstring): harmonic a = mel * min(f0, B) / (win/2)
@@ -183,8 +183,8 @@ class Vocoder(StreamingStack):
         return torch.exp(log_amp.clamp(max=MAX_LOG_GAIN)) * taper * voiced
 
     def _noise_dft(self) -> tuple[Tensor, ...]:
-        """The noise filter's DFT matrices, float64
-        (:func:`~comostream.models.vocoder_synth.filter_matrices`)."""
+        """The noise filter's DFT matrices
+        (:func:`~comostream.models.vocoder_synth.filter_matrices`, as float32)."""
         return tuple(getattr(self, f"noise_dft{i}") for i in range(6))
 
     def _synthesize(

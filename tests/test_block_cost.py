@@ -102,7 +102,6 @@ def test_the_compiled_noise_filter_has_no_fft() -> None:
     gain, first = torch.rand(2, 3, 257, generator=g), torch.tensor([0, 999])
     window = periodic_hann(512, 512)
     dft = tuple(torch.from_numpy(m) for m in filter_matrices(512))
-    torch._dynamo.reset()
     got, tail = torch.compile(noise_block, backend=record, fullgraph=True)(
         gain, first, None, window, dft
     )

@@ -367,7 +367,8 @@ def run_latency_bench(
     x = example_signal(seconds + 0.5, sample_rate)
     step(1, f"streaming {seconds + 0.5:g} s of the example through the engine")
     totals, times = _stream(engine, x, sample_rate)
-    mine = {realtime.backend: _backend_row(totals, times, chunk / sample_rate)}  # before more runs
+    # before more runs
+    mine = {realtime.engine_backend: _backend_row(totals, times, chunk / sample_rate)}
     # the traced step runs content, acoustic model and vocoder as one graph: split it eagerly
     eager = StreamingConverter.from_models(
         model,
@@ -395,7 +396,7 @@ def run_latency_bench(
     window_rtf = _window_recompute_rtf(model, vocoder, device)
     step(5, f"teacher ({model.cfg.edm.teacher_steps} Heun steps) vs the one-step target")
     teacher = _teacher_vs_onestep(model, device)
-    others = ", ".join(b for b in backends if b != realtime.backend) or "none asked"
+    others = ", ".join(b for b in backends if b != realtime.engine_backend) or "none asked"
     step(6, f"the same stream with the other step backends ({others})")
     compared = backend_compare(
         model, vocoder, x, realtime=realtime, sample_rate=sample_rate, done=mine, backends=backends
@@ -423,7 +424,7 @@ def run_latency_bench(
         "threads": torch.get_num_threads(),
         "model": source,
         "traced": engine.step_module is not eager.step_module,
-        "backend": realtime.backend,
+        "backend": realtime.engine_backend,
         "backends": compared,
         "faster_backend": min(measured, key=measured.__getitem__),
         "lookahead_frames": engine.lookahead_frames,

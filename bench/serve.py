@@ -370,6 +370,7 @@ def _row(
         "batch_cpu_s": None if batch is None else batch["cpu_s"],  # cumulative, the server's
         "batch_busy_s": None if batch is None else batch.get("busy_s"),  # cumulative too
         "batch_busy": busy,
+        "step_backend": None if batch is None else batch.get("backend"),
         "cpu_sessions": sessions,
         "cpu_batch": batch_cpu,
         "cpu_other": other,
@@ -473,6 +474,8 @@ def run_serve_bench(
         "batch": batch,
         "batch_wait_ms": batch_wait_ms,
         "backend": backend,  # None: the server's (its config's) backend
+        # what ran the batched steps (auto resolved), as the server's stats said
+        "step_backend": next((r["step_backend"] for r in rows if r.get("step_backend")), None),
         "device": device,
         "cpu_count": os.cpu_count(),
         "load_avg_1min_before": load,
@@ -516,7 +519,9 @@ def format_serve_table(r: dict[str, Any]) -> str:
     """The result as a text table."""
     lines = [
         f"server: {r['checkpoint']} ({r['server']}, {r['threads']} thread(s), {r['device']}, "
-        f"{'batched' if r.get('batch', True) else 'one engine per session'}, "
+        f"{'batched' if r.get('batch', True) else 'one engine per session'}"
+        + (f" on {r['step_backend']}" if r.get("step_backend") else "")
+        + ", "
         f"{r['cpu_count']} CPUs, load {_num(r.get('load_avg_1min_before'), '.1f')} before); "
         f"{r['sample_rate']} Hz, block {r['block_samples']} samples "
         f"= {r['block_ms']:.1f} ms, algorithmic latency {r['latency_ms']:.1f} ms; "

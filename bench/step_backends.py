@@ -2,7 +2,8 @@
 compiled by Inductor.
 
 Per number of streams, the per-step time of :class:`~comostream.realtime.traced.TracedStep`,
-:class:`~comostream.realtime.onnx_step.OnnxStep` (its input feeds and state copies included)
+:class:`~comostream.realtime.onnx_step.OnnxStep` (its input feeds and state copies included;
+a session pinned to each stream count, as the engines and ``serve`` run it)
 and :class:`~comostream.realtime.compiled.CompiledStep` (about 30 s to compile per stream
 count; ``--no-inductor`` leaves it out) on the same chain, block and thread count,
 interleaved: the lowest median over ``rounds`` rounds of ``steps`` steps each, so that a shared
@@ -40,7 +41,8 @@ def step_backend_times(
     from comostream.realtime.onnx_step import OnnxStep
     from comostream.realtime.traced import TracedStep
 
-    onnx_step = OnnxStep.from_chain(chain, frames)
+    # a session pinned to each stream count, as the engines and the server run it
+    onnx_step = OnnxStep.from_chain(chain, frames, shapes=[(n, frames) for n in streams])
     rows = []
     for n in streams:
         inputs = chain.zero_inputs(n, frames)

@@ -38,6 +38,7 @@ __all__ = [
     "F0_BACKENDS",
     "STREAMING_F0_BACKENDS",
     "STEP_BACKENDS",
+    "BACKEND_CHOICES",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -56,6 +57,8 @@ F0_BACKENDS: tuple[str, ...] = (
 STREAMING_F0_BACKENDS: tuple[str, ...] = ("yin", "yin-track")  # the engine can stream these
 # what runs the streaming model step (the engine's ``from_models``; onnxruntime: the onnx extra)
 STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "inductor")
+# ``[realtime] backend``: one of STEP_BACKENDS, or "auto" (RealtimeConfig.backend's comment)
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *STEP_BACKENDS)
 
 
 class ConfigError(ValueError):
@@ -372,16 +375,21 @@ class RealtimeConfig:
     window_lookahead_frames: int = 2  # window mode: future frames given to a windowed model
     sola_search_ms: float = 4.0  # window mode: SOLA offset search range
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
-    backend: str = "torch"  # runs the model step: torch (traced on a CPU) | onnxruntime | inductor
+    # runs the model step: torch (traced on a CPU) | onnxruntime | inductor | auto: serve's
+    # batched steps on onnxruntime when it is installed and the step exports, else torch; an
+    # engine of its own (live, convert, demo, bench latency) on torch, which starts in under a
+    # second instead of an export's few seconds (engine_backend, EngineFactory.backend)
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         try:
             check_block_frames(self.block_frames)
         except ValueError as exc:
             raise ConfigError(f"realtime: block_frames: {exc}") from None
-        if self.backend not in STEP_BACKENDS:
+        if self.backend not in BACKEND_CHOICES:
             raise ConfigError(
-                f"realtime: backend must be one of {', '.join(STEP_BACKENDS)}, got {self.backend!r}"
+                f"realtime: backend must be one of {', '.join(BACKEND_CHOICES)}, "
+                f"got {self.backend!r}"
             )
         if self.ramp_frames < 1:
             raise ConfigError("realtime: ramp_frames must be >= 1")
@@ -391,6 +399,12 @@ class RealtimeConfig:
             raise ConfigError("realtime: max_backlog_ms, window_context_ms, sola_search_ms >= 0")
         if self.crossfade_ms <= 0:
             raise ConfigError("realtime: crossfade_ms must be positive")
+
+    @property
+    def engine_backend(self) -> str:
+        """What runs an engine's own step (not serve's batched one): ``backend``, torch for
+        ``auto``."""
+        return "torch" if self.backend == "auto" else self.backend
 
     def with_block(self, block_frames: int | None) -> RealtimeConfig:
         """These settings with ``block_frames`` frames per model step (None: unchanged)."""

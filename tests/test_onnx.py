@@ -238,7 +238,7 @@ def test_missing_onnxruntime_names_the_extra(
 def test_only_exportable_chains_and_known_backends_are_taken(
     chain: ConversionChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match="backend must be one of torch, onnxruntime"):
+    with pytest.raises(ConfigError, match="backend must be one of auto, torch, onnxruntime"):
         RealtimeConfig(backend="tensorrt")
     monkeypatch.setattr(chain.vocoder, "traceable", False, raising=False)  # as window mode
     with pytest.raises(OnnxBackendError, match="built-in streaming vocoder"):
@@ -292,6 +292,45 @@ def test_batched_serving_on_onnxruntime_equals_it_on_torch(models) -> None:
     np.testing.assert_allclose(out["onnxruntime"], out["torch"], rtol=0, atol=1e-4 * peak)
 
 
+def test_auto_runs_the_batched_steps_on_onnxruntime_when_it_can(
+    models, chain: ConversionChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from comostream.realtime.serve.engines import EngineFactory, batched_backend
+
+    model, vocoder = models
+    auto = RealtimeConfig()
+    assert auto.backend == "auto" and auto.engine_backend == "torch"  # a lone engine: torch
+    assert batched_backend(auto, chain)[0] == "onnxruntime"
+    assert batched_backend(RealtimeConfig(backend="torch"), chain) == (
+        "torch",
+        "[realtime] backend",
+    )
+    factory = EngineFactory(model, vocoder, auto, max_batch=2)
+    try:
+        assert isinstance(factory.start_batching().step_module, OnnxStep)
+        assert factory.backend == "onnxruntime"
+    finally:
+        factory.close()
+    # an engine of its own (live, convert, bench latency) stays on the traced torch step
+    engine = StreamingConverter.from_models(model, vocoder, realtime=auto)
+    assert type(engine.step_module).__name__ == "TracedStep"
+    # without onnxruntime, or with a step that does not export: torch, saying why
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else find_spec(n, *a)
+    )
+    assert batched_backend(auto, chain) == (
+        "torch",
+        "auto: onnxruntime is not installed (the onnx extra)",
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(chain.vocoder, "traceable", False, raising=False)  # as window mode
+    backend, why = batched_backend(auto, chain)
+    assert backend == "torch" and "built-in streaming vocoder" in why
+
+
 def test_step_backend_times_has_a_row_per_stream_count(chain: ConversionChain) -> None:
     from comostream.bench.step_backends import step_backend_times
 
@@ -309,7 +348,7 @@ def test_every_streaming_command_takes_the_backend(command: list[str]) -> None:
     from comostream.cli.common import config_from_args
 
     parser = build_parser()
-    assert config_from_args(parser.parse_args(command)).realtime.backend == "torch"
+    assert config_from_args(parser.parse_args(command)).realtime.backend == "auto"
     args = parser.parse_args([*command, "--backend", "onnxruntime"])
     assert config_from_args(args).realtime.backend == "onnxruntime"
     with pytest.raises(SystemExit):

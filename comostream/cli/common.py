@@ -274,18 +274,27 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
     )
 
 
-def backend_arg(text: str) -> str:
-    """argparse type: a model-step backend (:data:`~comostream.models.config.STEP_BACKENDS`)."""
+def backend_arg(text: str, choices: tuple[str, ...] | None = None) -> str:
+    """argparse type: a model-step backend (:data:`~comostream.models.config.STEP_BACKENDS`,
+    or ``choices``)."""
     from comostream.models.config import STEP_BACKENDS  # no torch import
 
-    if text not in STEP_BACKENDS:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(STEP_BACKENDS)}, got {text!r}")
+    choices = choices or STEP_BACKENDS
+    if text not in choices:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}, got {text!r}")
     return text
 
 
+def backend_choice_arg(text: str) -> str:
+    """argparse type: ``[realtime] backend`` (a step backend, or ``auto``)."""
+    from comostream.models.config import BACKEND_CHOICES
+
+    return backend_arg(text, BACKEND_CHOICES)
+
+
 def backend_option(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnxruntime|inductor``: the override of ``[realtime] backend`` (what
-    runs the streaming model step)."""
+    """``--backend auto|torch|onnxruntime|inductor``: the override of ``[realtime] backend``
+    (what runs the streaming model step)."""
     from comostream.models.config import RealtimeConfig
 
     config_option(
@@ -293,13 +302,14 @@ def backend_option(parser: argparse.ArgumentParser) -> None:
         "realtime",
         RealtimeConfig,
         "backend",
-        type=backend_arg,
-        metavar="{torch,onnxruntime,inductor}",
+        type=backend_choice_arg,
+        metavar="{auto,torch,onnxruntime,inductor}",
         help="what runs the model step: torch (traced on a CPU), onnxruntime (the model "
-        "exported to ONNX at start-up, a few seconds; needs the onnx extra) or inductor "
-        "(compiled to C++ by torch.compile at start-up, about 30 s per block shape; the "
-        "fastest step; needs g++ and python3-dev); the last two need the built-in vocoder "
-        "and the CPU; default: [realtime] backend (torch)",
+        "exported to ONNX at start-up, about 3 s; needs the onnx extra) or inductor "
+        "(compiled to C++ by torch.compile at start-up, about 30 s per block shape; needs g++ "
+        "and python3-dev); the last two need the built-in vocoder and the CPU; auto: serve's "
+        "batched steps on onnxruntime when it is installed (the faster step), everything "
+        "else on torch; default: [realtime] backend (auto)",
     )
 
 

@@ -6,6 +6,8 @@ BatchScheduler`, whose thread runs the sessions' front ends and their due blocks
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import logging
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -21,14 +23,33 @@ from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
 from comostream.realtime.serve.batcher import BatchScheduler, SlotStep, bucket_sizes
 from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello, ProtocolError
-from comostream.realtime.traced import TracedStep
+from comostream.realtime.traced import TracedStep, standalone_problem
 
-__all__ = ["BATCH_WAIT", "EngineFactory"]
+__all__ = ["BATCH_WAIT", "EngineFactory", "batched_backend"]
+
+log = logging.getLogger("comostream.server")
 
 # A block waits at most this share of a block for other sessions' blocks before the batched step
 # starts without them. Steps have a fixed cost each, so fewer, fuller steps save CPU below
 # saturation (at saturation batches fill anyway), at the price of round trip: 0, none, by default.
 BATCH_WAIT = 0.0
+
+
+def batched_backend(rt: RealtimeConfig, chain: ConversionChain) -> tuple[str, str]:
+    """What runs the batched server's steps of ``chain``, and why: ``rt.backend``, or for
+    ``auto`` onnxruntime when it is installed and ``chain`` exports (the built-in vocoder and
+    content encoder, float32 on the CPU), else torch. ONNX Runtime's step was the faster at
+    every batch size the server pads to by default (up to 8 streams; on a 2-core AMD EPYC 1.4-2.2
+    against 3.4-3.8 ms for one stream, 5.3-5.5 against 6.8 for eight; docs/streaming.md), for an
+    export of about 3 s at start-up."""
+    if rt.backend != "auto":
+        return rt.backend, "[realtime] backend"
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "torch", "auto: onnxruntime is not installed (the onnx extra)"
+    why = standalone_problem(chain, "onnxruntime")
+    if why is not None:
+        return "torch", f"auto: {why.split(':')[0]}"
+    return "onnxruntime", "auto: onnxruntime is installed"
 
 
 class EngineFactory:
@@ -70,6 +91,7 @@ class EngineFactory:
         wait = BATCH_WAIT * self.geometry.block_ms if batch_wait_ms is None else batch_wait_ms
         self.batch_wait_ms = float(wait)
         self.scheduler: BatchScheduler | None = None
+        self.backend: str | None = None  # what runs the batched steps, once built
 
     def singers(self) -> dict[str, Any]:
         """``GET /singers``: the singers in the model's order, each with its register (median
@@ -149,14 +171,16 @@ class EngineFactory:
         one step compiled per bucket, 30-40 s each (six for the default 8 streams)."""
         chain = ConversionChain(self.model, self.vocoder, seed=self.rt.seed).eval()
         frames = self.rt.block_frames
-        if self.rt.backend == "onnxruntime":  # one ONNX Runtime step, a session pinned per bucket
+        self.backend, why = batched_backend(self.rt, chain)
+        log.info("batched model step: %s (%s)", self.backend, why)
+        if self.backend == "onnxruntime":  # one ONNX Runtime step, a session pinned per bucket
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
             sizes = bucket_sizes(self.max_batch)
             step = OnnxStep.from_chain(chain, frames, shapes=[(s, frames) for s in sizes])
             return step, dict.fromkeys(sizes, step)
-        if self.rt.backend == "inductor":  # compiled per bucket, 30-40 s each
+        if self.backend == "inductor":  # compiled per bucket, 30-40 s each
             from comostream.realtime.compiled import CompiledStep
 
             sizes = bucket_sizes(self.max_batch)  # all of them: padding 5 rows to 8 cost more

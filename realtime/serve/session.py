@@ -549,7 +549,7 @@ class Session:
         }
         scheduler = getattr(self.factory, "scheduler", None)
         if scheduler is not None:  # the shared batched step (all sessions together)
-            out["batch"] = scheduler.stats.summary()
+            out["batch"] = {**scheduler.stats.summary(), "backend": self.factory.backend}
         if blocks:
             out["compute_ms_by_seq"] = [[seq, round(1000.0 * t, 4)] for seq, t in timings]
         return out

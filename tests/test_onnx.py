@@ -125,6 +125,9 @@ def test_a_pinned_block_shape_gives_the_dynamic_sessions_samples(
 ) -> None:
     pinned = OnnxStep(exported, shapes=[(1, 2)])
     assert (1, 2) in pinned._pinned  # the engine's block: dimensions fixed, shapes folded
+    for session in (pinned.session, pinned._pinned[(1, 2)]):  # pool threads never spin idle
+        opts = session.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     x = _inputs(chain, streams=1)
     want = _run(step, x, 2, step.init_state(1))
     got = _run(pinned, x, 2, pinned.init_state(1))  # the pinned session, its state reused

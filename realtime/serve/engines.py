@@ -48,7 +48,7 @@ def batched_backend(rt: RealtimeConfig, chain: ConversionChain) -> tuple[str, st
         return "torch", "auto: onnxruntime is not installed (the onnx extra)"
     why = standalone_problem(chain, "onnxruntime")
     if why is not None:
-        return "torch", f"auto: {why.split(':')[0]}"
+        return "torch", f"auto: {why.rsplit(': ', 1)[0]}"  # the reason, not the advice
     return "onnxruntime", "auto: onnxruntime is installed"
 
 
@@ -168,7 +168,9 @@ class EngineFactory:
         (TorchScript optimises on the first runs). On ONNX Runtime one exported step with a
         session pinned to each bucket's shape (faster than the dynamic one; the scheduler gives
         it the same kept state rows every time, so its IO bindings are made once). On Inductor
-        one step compiled per bucket, 30-40 s each (six for the default 8 streams)."""
+        one step compiled per bucket, 30-40 s each (six for the default 8 streams). Which of
+        them: :func:`batched_backend` (``auto``: ONNX Runtime where it can), kept in
+        :attr:`backend`."""
         chain = ConversionChain(self.model, self.vocoder, seed=self.rt.seed).eval()
         frames = self.rt.block_frames
         self.backend, why = batched_backend(self.rt, chain)

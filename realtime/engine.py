@@ -278,13 +278,15 @@ class StreamingConverter:
         CPU, when streaming built-in models); other keywords as the constructor. The realtime
         config's ``backend`` ``onnxruntime`` runs the chain exported to ONNX instead
         (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU), and
-        ``inductor`` compiled to C++ (:class:`~comostream.realtime.compiled.CompiledStep`).
+        ``inductor`` compiled to C++ (:class:`~comostream.realtime.compiled.CompiledStep`);
+        ``auto`` is torch here (:attr:`~comostream.models.config.RealtimeConfig.engine_backend`).
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
         chain = ConversionChain(model, vocoder, content_model, seed=rt.seed).eval()
         step: nn.Module = chain
         on_cpu = next(model.parameters()).device.type == "cpu"
-        if rt.backend == "onnxruntime":
+        backend = rt.engine_backend  # auto: torch for an engine of its own
+        if backend == "onnxruntime":
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
@@ -298,7 +300,7 @@ class StreamingConverter:
                 and content_model is None
                 and (traceable)
             )
-        if rt.backend == "inductor":
+        if backend == "inductor":
             from comostream.realtime.compiled import CompiledStep
 
             step = CompiledStep(chain, chain.zero_inputs(1, rt.block_frames))

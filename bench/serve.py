@@ -102,14 +102,32 @@ class ServerProcess:
     log: Path
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU seconds of the whole process so far (every thread); None where
-        ``/proc`` is not available."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
+        """User + system CPU seconds so far of the process and its children (``serve
+        --processes``: the server processes), every thread; None where ``/proc`` is not
+        available."""
+        ticks = _proc_ticks(self.pid)
+        if ticks is None:
             return None
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        for child in Path("/proc").glob("[0-9]*"):
+            stat = _proc_stat(int(child.name))
+            if stat is not None and int(stat[1]) == self.pid:
+                ticks += int(stat[11]) + int(stat[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _proc_ticks(pid: int) -> int | None:
+    """User + system clock ticks of ``pid`` so far (None: no such process or no ``/proc``)."""
+    stat = _proc_stat(pid)
+    return None if stat is None else int(stat[11]) + int(stat[12])
 
 
 @contextmanager
@@ -125,12 +143,14 @@ def serve_process(
     batch: bool = True,
     batch_wait_ms: float | None = None,
     backend: str | None = None,
+    processes: int = 1,
     start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[ServerProcess]:
     """Run ``comostream serve`` on a free loopback port until the block ends (SIGTERM, then
     kill after 15 s). Its stdout/stderr go to a temporary log, shown when it fails to start."""
     cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0"]
     cmd += ["--max-streams", str(max_streams), "--idle-timeout", "120"]
+    cmd += ["--processes", str(processes)]
     cmd += ["--batch", "on" if batch else "off"]
     if batch_wait_ms is not None:
         cmd += ["--batch-wait", str(batch_wait_ms)]
@@ -262,11 +282,11 @@ async def _measure(
     n: int,
     x: np.ndarray,
     sample_rate: int,
-    batch_before: dict[str, float] | None = None,
+    batch_before: dict[str, dict[str, float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """N paced clients at once; the row and the first session's ``ready``. ``batch_before``:
-    the batch scheduler's ``cpu_s`` and ``busy_s`` before (its ``stats`` are the server's,
-    cumulative)."""
+    each server process's batch scheduler's ``cpu_s`` and ``busy_s`` before (its ``stats`` are
+    the process's, cumulative; :func:`_batch_before`)."""
     from comostream.realtime.serve.client import StreamClient
 
     clients: list[Any] = []
@@ -302,10 +322,27 @@ async def _measure(
     return _row(n, runs, wall, server_cpu, (proc1 - proc0) / wall, batch_before), ready
 
 
-def _batch_before(row: dict[str, Any] | None) -> dict[str, float]:
-    """The batch scheduler's cumulative ``cpu_s`` and ``busy_s`` after ``row`` (0 before any)."""
-    row = row or {}
-    return {"cpu_s": row.get("batch_cpu_s") or 0.0, "busy_s": row.get("batch_busy_s") or 0.0}
+def _batch_before(
+    rows: Sequence[dict[str, Any]], last: dict[str, Any] | None = None
+) -> dict[str, dict[str, float]]:
+    """Each server process's batch scheduler's cumulative ``cpu_s`` and ``busy_s`` after
+    ``rows`` and ``last`` (a process not yet seen: 0)."""
+    before: dict[str, dict[str, float]] = {}
+    for row in [*rows, *([last] if last else [])]:
+        before.update(row.get("batch_by_process") or {})
+    return before
+
+
+def _batches(runs: Sequence[_ClientRun]) -> dict[str, dict[str, Any]]:
+    """The batch scheduler's ``stats.batch`` of each server process (its key: the ``process``
+    index as text, ``"0"`` for a lone server), the latest of its sessions' replies."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if "batch" in r.stats:
+            key = str(r.stats.get("process", 0))
+            if key not in out or r.stats["batch"]["cpu_s"] > out[key]["cpu_s"]:
+                out[key] = r.stats["batch"]
+    return out
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
@@ -318,7 +355,7 @@ def _row(
     wall: float,
     server_cpu: float | None,
     client_cpu: float,
-    batch_before: dict[str, float] | None = None,
+    batch_before: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """One N's figures (JSON-ready: no NaN). Where the server's CPU goes, in cores:
     ``cpu_sessions`` (the sessions' engine work: front ends and replies, in the batch
@@ -327,18 +364,27 @@ def _row(
     ``cpu_other``), ``cpu_other`` (the rest: the event loop with the
     WebSocket protocol, other threads); ``batch_busy``: the share of the time the scheduler's
     thread was in a cycle (its CPU share is ``cpu_sessions + cpu_batch``: the difference is
-    time it waited, for the interpreter lock or a core)."""
+    time it waited, for the interpreter lock or a core). With several server processes the
+    schedulers' CPU adds up; ``batch_busy``, ``batch_mean`` and ``step_ms_p50`` are their
+    means, ``step_ms_p99`` the largest."""
     rtt = [ms for r in runs for ms in r.rtt_ms]
     late = [ms for r in runs for ms in r.late_ms]
     lost = [r.lost_samples for r in runs]
     sent = sum(r.sent_samples for r in runs)
     compute = [r.stats["compute_ms_p99"] for r in runs if "compute_ms_p99" in r.stats]
-    batch = next((r.stats["batch"] for r in runs if "batch" in r.stats), None)
+    batches = _batches(runs)
     sessions = sum(r.stats.get("worker_cpu_s", 0.0) for r in runs) / wall
     before = batch_before or {}
-    batch_cpu = None if batch is None else (batch["cpu_s"] - before.get("cpu_s", 0.0)) / wall
-    busy = None if batch is None else (batch.get("busy_s", 0.0) - before.get("busy_s", 0.0)) / wall
+    zero = {"cpu_s": 0.0, "busy_s": 0.0}
+    cpu = [(b["cpu_s"] - before.get(k, zero)["cpu_s"]) / wall for k, b in batches.items()]
+    busy_k = [(b["busy_s"] - before.get(k, zero)["busy_s"]) / wall for k, b in batches.items()]
+    batch_cpu = sum(cpu) if batches else None
+    busy = float(np.mean(busy_k)) if batches else None
     other = None if server_cpu is None else server_cpu - sessions - (batch_cpu or 0.0)
+
+    def mean(key: str) -> float | None:
+        return float(np.mean([b[key] for b in batches.values()])) if batches else None
+
     return {
         "streams": n,
         "dropped_samples": int(sum(lost)),
@@ -364,13 +410,16 @@ def _row(
             if server_cpu is None or not sent or sum(lost) >= sent
             else server_cpu / (n * (1.0 - sum(lost) / sent))
         ),
-        "batch_mean": None if batch is None else batch["batch_mean"],  # streams per step
-        "step_ms_p50": None if batch is None else batch["step_ms_p50"],  # the batched step
-        "step_ms_p99": None if batch is None else batch["step_ms_p99"],
-        "batch_cpu_s": None if batch is None else batch["cpu_s"],  # cumulative, the server's
-        "batch_busy_s": None if batch is None else batch.get("busy_s"),  # cumulative too
+        "batch_mean": mean("batch_mean"),  # streams per step
+        "step_ms_p50": mean("step_ms_p50"),  # the batched step
+        "step_ms_p99": max((b["step_ms_p99"] for b in batches.values()), default=None),
+        # cumulative per server process (as its stats said): the next row's starting point
+        "batch_by_process": {
+            k: {"cpu_s": b["cpu_s"], "busy_s": b["busy_s"]} for k, b in batches.items()
+        },
+        "processes_serving": len(batches),  # server processes that had sessions in this row
         "batch_busy": busy,
-        "step_backend": None if batch is None else batch.get("backend"),
+        "step_backend": next((b.get("backend") for b in batches.values()), None),
         "cpu_sessions": sessions,
         "cpu_batch": batch_cpu,
         "cpu_other": other,
@@ -398,6 +447,7 @@ def run_serve_bench(
     batch: bool = True,
     batch_wait_ms: float | None = None,
     backend: str | None = None,
+    processes: int = 1,
     stop_at_failure: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -406,7 +456,7 @@ def run_serve_bench(
     ``stop_at_failure``), stop the server; the result has one row per N measured and
     :func:`realtime_streams`. ``batch``: the server's ``--batch on`` (else ``off``);
     ``batch_wait_ms``: its ``--batch-wait`` (None: the server's default); ``backend``: its
-    ``--backend`` (None: its config's)."""
+    ``--backend`` (None: its config's); ``processes``: its ``--processes``."""
     from comostream.bench.latency import example_signal
     from comostream.realtime.geometry import INPUT_RATES
     from comostream.realtime.heap import settle_heap
@@ -434,6 +484,7 @@ def run_serve_bench(
         batch=batch,
         batch_wait_ms=batch_wait_ms,
         backend=backend,
+        processes=processes,
         # Inductor compiles each bucket at start-up: about 30 s each, more on a busy machine
         start_timeout_s=START_TIMEOUT_S + (600.0 if backend == "inductor" else 0.0),
     ) as server:
@@ -442,7 +493,7 @@ def run_serve_bench(
         for n in streams:
             progress(f"{n} stream(s) for {seconds:g} s")
             bound = seconds + 2 * DRAIN_TIMEOUT_S + 30.0 + n  # connect, stream, drain, close
-            before = _batch_before(rows[-1] if rows else None)
+            before = _batch_before(rows)
             row, ready = asyncio.run(
                 asyncio.wait_for(_measure(server, n, x, sample_rate, before), bound)
             )
@@ -454,7 +505,7 @@ def run_serve_bench(
                 first = row
                 row, ready = asyncio.run(
                     asyncio.wait_for(
-                        _measure(server, n, x, sample_rate, _batch_before(first)),
+                        _measure(server, n, x, sample_rate, _batch_before(rows, first)),
                         bound,
                     )
                 )
@@ -473,6 +524,7 @@ def run_serve_bench(
         "threads": threads,
         "batch": batch,
         "batch_wait_ms": batch_wait_ms,
+        "processes": processes,
         "backend": backend,  # None: the server's (its config's) backend
         # what ran the batched steps (auto resolved), as the server's stats said
         "step_backend": next((r["step_backend"] for r in rows if r.get("step_backend")), None),
@@ -518,7 +570,9 @@ def _row_text(row: dict[str, Any]) -> str:
 def format_serve_table(r: dict[str, Any]) -> str:
     """The result as a text table."""
     lines = [
-        f"server: {r['checkpoint']} ({r['server']}, {r['threads']} thread(s), {r['device']}, "
+        f"server: {r['checkpoint']} ({r['server']}, "
+        + (f"{r['processes']} processes, " if r.get("processes", 1) > 1 else "")
+        + f"{r['threads']} thread(s), {r['device']}, "
         f"{'batched' if r.get('batch', True) else 'one engine per session'}"
         + (f" on {r['step_backend']}" if r.get("step_backend") else "")
         + ", "

@@ -715,6 +715,7 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
             batch=args.batch == "on",
             batch_wait_ms=args.batch_wait,
             backend=backend,
+            processes=args.processes,
             stop_at_failure=not args.all,
             progress=progress,
         )
@@ -785,6 +786,14 @@ def _add_serve(bench_sub: Subparsers) -> None:
         default=None,
         metavar="MS",
         help="the server's --batch-wait (default: the server's, 0)",
+    )
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="the server's --processes: serve from N processes (default 1); the server CPU "
+        "then counts them all",
     )
     p.add_argument(
         "--seconds",

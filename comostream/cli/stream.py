@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from comostream.cli.common import (
     positive_int,
     positive_seconds,
     runtime_options,
+    runtime_threads,
     sound_device_arg,
     speaker_arg,
     transpose_or_auto,
@@ -35,12 +37,11 @@ __all__ = ["register"]
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from comostream.models.shipped import require_model
-    from comostream.realtime.load import load_models, load_voiceprints, read_export
     from comostream.realtime.serve.config import ServerConfig, resolve_token
-    from comostream.realtime.serve.engines import EngineFactory
-    from comostream.realtime.serve.server import run_server
+    from comostream.realtime.serve.processes import FactorySpec, serve_processes
 
-    rt = config_from_args(args).realtime
+    cfg = config_from_args(args)
+    rt = cfg.realtime
     try:
         config = ServerConfig(
             host=args.host,
@@ -57,24 +58,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     checkpoint = require_model(args.checkpoint)
-    device = use_runtime(args)
-    export = read_export(checkpoint)
-    model, voc = load_models(checkpoint, args.vocoder, device, rt, payload=export)
-    prints = load_voiceprints(checkpoint, payload=export)
-    registers = {name: p["f0_median"] for name, p in prints.items() if "f0_median" in p}
+    processes = min(args.processes, args.max_streams)
+    if processes > 1 and args.device != "cpu":
+        raise CommandError("--processes: CPU serving only (use one process on a GPU)")
+    device = use_runtime(args)  # the other processes of --processes set the same threads
+    spec = FactorySpec(
+        checkpoint=Path(checkpoint),
+        vocoder=None if args.vocoder is None else Path(args.vocoder),
+        device=device,
+        threads=runtime_threads(args),
+        realtime=rt,
+        f0=cfg.f0,
+        batch=args.batch == "on",
+        max_batch=math.ceil(args.max_streams / processes),
+        batch_wait_ms=args.batch_wait,
+        index_rate=args.index_rate,
+    )
     try:
-        factory = EngineFactory(
-            model,
-            voc,
-            rt,
-            registers,
-            batch=args.batch == "on",
-            max_batch=args.max_streams,
-            batch_wait_ms=args.batch_wait,
-            f0=config_from_args(args).f0,
-            index_rate=args.index_rate,
-        )
-        return run_server(factory, config)
+        if processes > 1:
+            return serve_processes(spec, config, processes)
+        from comostream.realtime.serve.server import run_server
+
+        return run_server(spec.build(), config)
     except OSError as exc:
         raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
 
@@ -292,6 +297,17 @@ def register(sub: Subparsers) -> None:
         "Fewer, "
         "fuller steps cost less CPU on a busy machine; the wait adds to the round trip at "
         "light load",
+    )
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="serve from N processes on the one port (CPU): one process converts on about one "
+        "core, whatever the machine has (its interpreter lock), so a machine with more cores "
+        "serves more streams with one process per core. Each process loads the model and "
+        "admits its share of --max-streams; a parent process accepts the connections and "
+        "hands each to the process with the fewest (default 1)",
     )
     block_option(p)
     f0_option(p)

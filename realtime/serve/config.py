@@ -43,6 +43,7 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()  # browser origins allowed besides the page's own
     tls_cert: str | None = None  # PEM certificate (chain): serve HTTPS/WSS (with tls_key)
     tls_key: str | None = None  # PEM private key of tls_cert
+    process: int | None = None  # this server's index among `serve --processes N` (None: alone)
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:

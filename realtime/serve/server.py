@@ -24,23 +24,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
+import socket
+import tempfile
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
 
 from comostream.realtime.gil import SERVE_SWITCH_S, switch_interval
 from comostream.realtime.heap import settle_heap
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.http_routes import route_http
+from comostream.realtime.serve.processes import CLOSED, READY
 from comostream.realtime.serve.protocol import ProtocolError, max_frame_bytes
 from comostream.realtime.serve.session import Session
 
 __all__ = ["ServerThread", "StreamServer", "run_server"]
+
+log = logging.getLogger("comostream.server")
+
+PING_S = 20.0  # keepalive ping interval and timeout
+MAX_QUEUE = 16  # incoming messages buffered per connection
+WRITE_LIMIT = 2**16  # bytes buffered per connection before a send waits
+CLOSE_TIMEOUT_S = 2.0
 
 
 class StreamServer:
@@ -53,29 +66,68 @@ class StreamServer:
         self.upgrading: set[ServerConnection] = set()  # TCP accepted, WebSocket not open yet
         self._server: Server | None = None
         self.port = self.config.port
+        self.on_closed: Callable[[], None] | None = None  # each connection's end (processes)
+        self._private: tempfile.TemporaryDirectory[str] | None = None  # start(handover=True)
 
-    async def start(self) -> None:
+    async def start(self, handover: bool = False) -> None:
         """Warm the models up, bind and start accepting connections (``self.port`` is then the
-        bound port)."""
+        bound port). ``handover`` (a process of ``serve --processes``): the connections come
+        through :meth:`adopt`; the port is the parent's, and the WebSocket server listens only
+        on a Unix socket in a private directory, which nothing connects to (websockets refuses
+        handshakes with 503 unless its server is serving)."""
         await asyncio.get_running_loop().run_in_executor(None, self.factory.warm_up)
         settle_heap()  # no full garbage collection of the models' objects mid-stream
+        where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
+        if handover:
+            self._private = tempfile.TemporaryDirectory(prefix="comostream-serve-")
+            where = {"unix": True, "path": os.path.join(self._private.name, "unused.sock")}
         self._server = await serve(
             self._handle,
-            self.config.host,
-            self.config.port,
+            **where,
             process_request=self._http,
             ssl=self.config.ssl_context(),
             create_connection=_guarded_connection(self),
             compression=None,
             max_size=4 * max_frame_bytes(),
-            max_queue=16,
-            write_limit=2**16,
-            close_timeout=2.0,
+            max_queue=MAX_QUEUE,
+            write_limit=WRITE_LIMIT,
+            close_timeout=CLOSE_TIMEOUT_S,
             open_timeout=self.config.hello_timeout_s,  # the HTTP upgrade: same deadline
-            ping_interval=20.0,
-            ping_timeout=20.0,
+            ping_interval=PING_S,
+            ping_timeout=PING_S,
         )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        if not handover:
+            self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve ``sock``, a TCP connection accepted elsewhere (``serve --processes``), as if
+        this server had accepted it: TLS when configured, then HTTP or the WebSocket."""
+        assert self._server is not None, "start() first"
+        server, connection = self._server, _guarded_connection(self)
+
+        def protocol() -> ServerConnection:
+            ws = ServerProtocol(max_size=4 * max_frame_bytes(), logger=server.logger)
+            return connection(
+                ws,
+                server,
+                ping_interval=PING_S,
+                ping_timeout=PING_S,
+                close_timeout=CLOSE_TIMEOUT_S,
+                max_queue=MAX_QUEUE,
+                write_limit=WRITE_LIMIT,
+            )
+
+        ssl = self.config.ssl_context()
+        extra = {"ssl_handshake_timeout": self.config.hello_timeout_s} if ssl else {}
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                protocol, sock, ssl=ssl, **extra
+            )
+        except OSError as exc:  # a failed TLS handshake (timeouts too), a reset
+            log.info("a handed-over connection failed before HTTP: %s", exc)
+            sock.close()
+            if self.on_closed is not None:
+                self.on_closed()
 
     @property
     def url(self) -> str:
@@ -99,6 +151,8 @@ class StreamServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._private is not None:
+            self._private.cleanup()
 
     def active_streams(self) -> int:
         """Streams: open sessions that completed a valid hello (one closing no longer counts)."""
@@ -140,13 +194,17 @@ class StreamServer:
         return route_http(conn, request, self.config, self._counts, self.factory.singers)
 
     def _counts(self) -> dict[str, int]:
-        """What an authorised ``/health`` reports besides the status."""
-        return {
+        """What an authorised ``/health`` reports besides the status (with ``serve
+        --processes``: the counts of the process that answers, and its index)."""
+        counts = {
             "streams": self.active_streams(),
             "max_streams": self.config.max_streams,
             "pending": self.pending_connections(),
             "max_pending": self.config.max_pending,
         }
+        if self.config.process is not None:
+            counts["process"] = self.config.process
+        return counts
 
 
 def _guarded_connection(server: StreamServer) -> type[ServerConnection]:
@@ -165,6 +223,8 @@ def _guarded_connection(server: StreamServer) -> type[ServerConnection]:
         def connection_lost(self, exc: Exception | None) -> None:
             server.upgrading.discard(self)
             super().connection_lost(exc)
+            if server.on_closed is not None:
+                server.on_closed()
 
     return GuardedConnection
 
@@ -215,9 +275,17 @@ class ServerThread:
 
 
 def run_server(
-    factory: EngineFactory, config: ServerConfig, announce: Callable[[str], None] = print
+    factory: EngineFactory,
+    config: ServerConfig,
+    announce: Callable[[str], None] = print,
+    *,
+    control: socket.socket | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, then close every session gracefully (1001). Exit status."""
+    """Serve until SIGTERM/SIGINT, then close every session gracefully (1001). Exit status.
+
+    One of ``serve --processes``' server processes (:mod:`comostream.realtime.serve.processes`)
+    gets its ``control`` socket to the parent: it says ready there, serves the connections
+    handed over on it, reports each one's end, and stops when the parent goes away."""
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -225,16 +293,21 @@ def run_server(
 
     async def main() -> None:
         server = StreamServer(factory, config)
-        await server.start()
+        await server.start(handover=control is not None)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if control is not None:
+            _follow_parent(server, control, stop)
         http = server.http_url
-        announce(
-            f"serving on {server.url} (browser page {http}/, health {http}/health); "
-            f"singers: {', '.join(factory.speakers)}"
-        )
+        if config.process is not None:  # the parent announces the URL once all are ready
+            announce(f"process {config.process} ready: {len(factory.speakers)} singers")
+        else:
+            announce(
+                f"serving on {server.url} (browser page {http}/, health {http}/health); "
+                f"singers: {', '.join(factory.speakers)}"
+            )
         await stop.wait()
         announce(f"shutting down: closing {len(server.sessions)} session(s)")
         await server.shutdown()
@@ -244,3 +317,37 @@ def run_server(
     with switch_interval(SERVE_SWITCH_S):
         asyncio.run(main())
     return 0
+
+
+def _follow_parent(server: StreamServer, control: socket.socket, stop: asyncio.Event) -> None:
+    """Wire a ``serve --processes`` server to its parent's ``control`` socket (module doc of
+    :mod:`comostream.realtime.serve.processes`): ready now, adopt each connection handed over,
+    report each connection's end, stop at the parent's end."""
+    loop = asyncio.get_running_loop()
+    control.setblocking(False)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def tell(message: bytes) -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: the reader below stops us
+            control.send(message)
+
+    def on_control() -> None:
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(control, 1, 4)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                loop.remove_reader(control.fileno())
+                stop.set()
+                return
+            for fd in fds:
+                task = loop.create_task(server.adopt(socket.socket(fileno=fd)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    server.on_closed = lambda: tell(CLOSED)
+    loop.add_reader(control.fileno(), on_control)
+    tell(READY)

@@ -550,6 +550,8 @@ class Session:
         scheduler = getattr(self.factory, "scheduler", None)
         if scheduler is not None:  # the shared batched step (all sessions together)
             out["batch"] = {**scheduler.stats.summary(), "backend": self.factory.backend}
+        if self.cfg.process is not None:  # serve --processes: which process serves this
+            out["process"] = self.cfg.process
         if blocks:
             out["compute_ms_by_seq"] = [[seq, round(1000.0 * t, 4)] for seq, t in timings]
         return out

@@ -1,0 +1,145 @@
+"""``comostream serve --processes N``: one port, several server processes. Sessions spread over
+them, each converts exactly as a lone server does, the stream cap holds across them, SIGTERM
+stops them all, and a dead one is given no more connections (on a tiny random-weight model)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comostream import main
+from comostream.bench.serve import wait_for_url
+from comostream.realtime.serve.client import ServerError, StreamClient, stream_array
+from comostream.realtime.serve.config import ServerConfig
+from comostream.realtime.serve.processes import _bind, process_config
+
+from helpers import sung, write_tiny_model
+
+RATE = 24000
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("processes") / "tiny.ckpt", singers=["a", "b"])
+
+
+@contextmanager
+def serving(ckpt: Path, tmp: Path, processes: int) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``comostream serve --processes N`` on a free port: its URL and process, stopped after."""
+    cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0", "--max-streams", "4"]
+    cmd += ["--checkpoint", str(ckpt), "--threads", "1", "--processes", str(processes)]
+    log = tmp / f"serve{processes}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield wait_for_url(proc, log, 120.0), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """The server processes ``pid`` started (multiprocessing's own helper left out)."""
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(entry.name))
+    return out
+
+
+def signals() -> list[np.ndarray]:
+    x = sung(RATE, 0.8)
+    return [np.roll(x, 1000 * i) for i in range(4)]
+
+
+async def convert_all(url: str, n: int = 4) -> list:
+    """``n`` sessions at once (different singers and transpositions), converted."""
+    hellos = [{"speaker": "a"}, {"speaker": "b"}, {"speaker": "a", "transpose": 3.0}, {}]
+    pairs = list(zip(signals(), hellos, strict=True))[:n]
+    return await asyncio.gather(*(stream_array(url, x, RATE, fast=True, **h) for x, h in pairs))
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes")
+def test_sessions_spread_over_the_processes_and_convert_as_one_server(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    with serving(ckpt, tmp_path, 1) as (url, _):
+        alone = asyncio.run(convert_all(url))
+    with serving(ckpt, tmp_path, 2) as (url, proc):
+        assert len(children(proc.pid)) == 1  # the second server process
+        spread = asyncio.run(convert_all(url))
+
+        async def full() -> str:
+            held = [await StreamClient.connect(url, sample_rate=RATE) for _ in range(4)]
+            try:
+                with pytest.raises(ServerError) as refused:
+                    await StreamClient.connect(url, sample_rate=RATE)
+                return refused.value.code
+            finally:
+                await asyncio.gather(*(c.close() for c in held))
+
+        assert asyncio.run(full()) == "server_full"  # 2 + 2: the cap of 4 holds across them
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30.0) == 0
+    assert sorted(r.stats["process"] for r in spread) == [0, 0, 1, 1]
+    assert all("process" not in r.stats for r in alone)
+    for a, b in zip(alone, spread, strict=True):
+        assert a.dropped_samples == b.dropped_samples == 0
+        assert np.abs(a.output - b.output).max() <= 1e-4 * np.abs(a.output).max()
+    assert not children(proc.pid)
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes")
+def test_a_dead_process_gets_no_more_connections(ckpt: Path, tmp_path: Path) -> None:
+    with serving(ckpt, tmp_path, 2) as (url, proc):
+        (child,) = children(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        log = tmp_path / "serve2.log"
+        deadline = time.monotonic() + 10.0
+        while "server process 1 exited" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results = asyncio.run(convert_all(url, 2))  # its share of the cap: 2
+        assert [r.stats["process"] for r in results] == [0, 0]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30.0) == 1  # one of them died: a failure to report
+    assert "server process 1 exited" in log.read_text()
+
+
+def test_each_process_admits_its_share_and_one_port_is_bound() -> None:
+    cfg = ServerConfig(max_streams=9, max_pending=16)
+    shares = [process_config(cfg, 4, i) for i in range(4)]
+    assert [(c.max_streams, c.max_pending, c.process) for c in shares] == [
+        (3, 4, i) for i in range(4)
+    ]
+    sockets = _bind("localhost", 0)
+    try:
+        assert len({s.getsockname()[1] for s in sockets}) == 1  # every address, one port
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_processes_need_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--processes", "2", "--device", "cuda", "--port", "0"])
+    assert code != 0
+    assert "--processes" in capsys.readouterr().err

@@ -100,6 +100,7 @@ class ServerProcess:
     url: str
     pid: int
     log: Path
+    processes: int = 1  # server processes (serve --processes)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds so far of the process and its children (``serve
@@ -143,7 +144,7 @@ def serve_process(
     batch: bool = True,
     batch_wait_ms: float | None = None,
     backend: str | None = None,
-    processes: int = 1,
+    processes: int | str = "auto",
     start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[ServerProcess]:
     """Run ``comostream serve`` on a free loopback port until the block ends (SIGTERM, then
@@ -180,7 +181,9 @@ def serve_child(
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        yield ServerProcess(wait_for_url(proc, log, start_timeout_s), proc.pid, log)
+        url = wait_for_url(proc, log, start_timeout_s)
+        found = re.search(r"from (\d+) processes", log.read_text(errors="replace"))
+        yield ServerProcess(url, proc.pid, log, int(found.group(1)) if found else 1)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -447,7 +450,7 @@ def run_serve_bench(
     batch: bool = True,
     batch_wait_ms: float | None = None,
     backend: str | None = None,
-    processes: int = 1,
+    processes: int | str = "auto",
     stop_at_failure: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
@@ -456,7 +459,8 @@ def run_serve_bench(
     ``stop_at_failure``), stop the server; the result has one row per N measured and
     :func:`realtime_streams`. ``batch``: the server's ``--batch on`` (else ``off``);
     ``batch_wait_ms``: its ``--batch-wait`` (None: the server's default); ``backend``: its
-    ``--backend`` (None: its config's); ``processes``: its ``--processes``."""
+    ``--backend`` (None: its config's); ``processes``: its ``--processes`` (``auto``: its
+    rule for ``max(streams)``)."""
     from comostream.bench.latency import example_signal
     from comostream.realtime.geometry import INPUT_RATES
     from comostream.realtime.heap import settle_heap
@@ -524,7 +528,7 @@ def run_serve_bench(
         "threads": threads,
         "batch": batch,
         "batch_wait_ms": batch_wait_ms,
-        "processes": processes,
+        "processes": server.processes,  # server processes it ran (auto resolved)
         "backend": backend,  # None: the server's (its config's) backend
         # what ran the batched steps (auto resolved), as the server's stats said
         "step_backend": next((r["step_backend"] for r in rows if r.get("step_backend")), None),

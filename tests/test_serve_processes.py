@@ -21,7 +21,7 @@ from comostream import main
 from comostream.bench.serve import wait_for_url
 from comostream.realtime.serve.client import ServerError, StreamClient, stream_array
 from comostream.realtime.serve.config import ServerConfig
-from comostream.realtime.serve.processes import _bind, process_config
+from comostream.realtime.serve.processes import _bind, auto_processes, process_config
 
 from helpers import sung, write_tiny_model
 
@@ -143,3 +143,11 @@ def test_processes_need_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["serve", "--processes", "2", "--device", "cuda", "--port", "0"])
     assert code != 0
     assert "--processes" in capsys.readouterr().err
+
+
+def test_auto_is_a_process_per_four_streams_up_to_the_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert auto_processes(1, "cpu") == 1
+    assert auto_processes(8, "cpu") == min(cores, 2)
+    assert auto_processes(64, "cpu") == min(cores, 16)
+    assert auto_processes(64, "cuda") == 1  # one process drives a GPU

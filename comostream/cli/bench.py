@@ -741,7 +741,7 @@ def _stream_counts(text: str) -> list[int]:
 def _add_serve(bench_sub: Subparsers) -> None:
     """``bench serve``."""
     from comostream.bench.serve import DEFAULT_STREAMS
-    from comostream.cli.common import positive_seconds
+    from comostream.cli.common import positive_seconds, processes_arg
 
     p = bench_sub.add_parser(
         "serve",
@@ -789,11 +789,11 @@ def _add_serve(bench_sub: Subparsers) -> None:
     )
     p.add_argument(
         "--processes",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="the server's --processes: serve from N processes (default 1); the server CPU "
-        "then counts them all",
+        type=processes_arg,
+        default="auto",
+        metavar="N|auto",
+        help="the server's --processes (default auto: its own rule, for --max-streams the "
+        "largest N); the server CPU counts them all",
     )
     p.add_argument(
         "--seconds",

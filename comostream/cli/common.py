@@ -46,6 +46,7 @@ __all__ = [
     "overridden",
     "port_arg",
     "positive_int",
+    "processes_arg",
     "positive_seconds",
     "runtime_options",
     "runtime_threads",
@@ -85,6 +86,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def processes_arg(text: str) -> int | str:
+    """argparse type: ``auto`` or a number of processes >= 1 (``serve --processes``)."""
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def non_negative_int(text: str) -> int:

@@ -24,6 +24,7 @@ from comostream.cli.common import (
     port_arg,
     positive_int,
     positive_seconds,
+    processes_arg,
     runtime_options,
     runtime_threads,
     sound_device_arg,
@@ -38,7 +39,7 @@ __all__ = ["register"]
 def _cmd_serve(args: argparse.Namespace) -> int:
     from comostream.models.shipped import require_model
     from comostream.realtime.serve.config import ServerConfig, resolve_token
-    from comostream.realtime.serve.processes import FactorySpec, serve_processes
+    from comostream.realtime.serve.processes import FactorySpec, auto_processes, serve_processes
 
     cfg = config_from_args(args)
     rt = cfg.realtime
@@ -58,7 +59,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     checkpoint = require_model(args.checkpoint)
-    processes = min(args.processes, args.max_streams)
+    if args.processes == "auto":
+        processes = auto_processes(args.max_streams, args.device)
+    else:
+        processes = min(args.processes, args.max_streams)
     if processes > 1 and args.device != "cpu":
         raise CommandError("--processes: CPU serving only (use one process on a GPU)")
     device = use_runtime(args)  # the other processes of --processes set the same threads
@@ -206,6 +210,8 @@ def _connection_parent() -> argparse.ArgumentParser:
 
 def register(sub: Subparsers) -> None:
     """Add ``serve``, ``client`` and ``bridge`` to ``sub``."""
+    from comostream.realtime.serve.processes import STREAMS_PER_PROCESS
+
     p = sub.add_parser(
         "serve",
         parents=[config_parent],
@@ -300,14 +306,15 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument(
         "--processes",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="serve from N processes on the one port (CPU): one process converts on about one "
-        "core, whatever the machine has (its interpreter lock), so a machine with more cores "
-        "serves more streams with one process per core. Each process loads the model and "
-        "admits its share of --max-streams; a parent process accepts the connections and "
-        "hands each to the process with the fewest (default 1)",
+        type=processes_arg,
+        default="auto",
+        metavar="N|auto",
+        help="serve from N processes on the one port (CPU only): one process converts on about "
+        "one core, whatever the machine has (its interpreter lock), so more cores serve more "
+        "streams with more processes. Each loads the model (about 0.9 GB each with torch's "
+        "CUDA wheel) and admits its share of --max-streams; the first accepts the connections "
+        "and hands each to the process with the fewest. auto (default): one per "
+        f"{STREAMS_PER_PROCESS} of --max-streams, at most one per core; 1 on a GPU",
     )
     block_option(p)
     f0_option(p)

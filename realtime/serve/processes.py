@@ -37,11 +37,12 @@ from typing import Any
 from comostream.models.config import F0Config, RealtimeConfig
 from comostream.realtime.serve.config import ServerConfig
 
-__all__ = ["FactorySpec", "serve_processes"]
+__all__ = ["FactorySpec", "auto_processes", "serve_processes"]
 
 log = logging.getLogger("comostream.server")
 
 READY, CLOSED, CONNECTION = b"R", b"-", b"c"
+STREAMS_PER_PROCESS = 4  # `--processes auto`: a process per this many of --max-streams
 LOG_FORMAT = "%(asctime)s %(name)s[%(processName)s]: %(message)s"
 START_TIMEOUT_S = 180.0  # a process that has not loaded its models by then is a failure
 STOP_TIMEOUT_S = 15.0  # after SIGTERM, before SIGKILL
@@ -96,6 +97,16 @@ class FactorySpec:
             f0=self.f0,
             index_rate=DEFAULT_INDEX_RATE if self.index_rate is None else self.index_rate,
         )
+
+
+def auto_processes(max_streams: int, device: str) -> int:
+    """``serve --processes auto``: on the CPU, a process per :data:`STREAMS_PER_PROCESS` of
+    ``max_streams`` up to the cores this process may run on; one on a GPU. (A process keeps
+    about one core busy at 4-8 streams on a 2-core machine; docs/streaming.md.)"""
+    if device != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, math.ceil(max_streams / STREAMS_PER_PROCESS)))
 
 
 def process_config(config: ServerConfig, processes: int, index: int) -> ServerConfig:

@@ -5,25 +5,30 @@ stops them all, and a dead one is given no more connections (on a tiny random-we
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect
 
 from comostream import main
 from comostream.bench.serve import wait_for_url
 from comostream.realtime.serve.client import ServerError, StreamClient, stream_array
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.processes import _bind, auto_processes, process_config
+from comostream.realtime.serve.protocol import PROTOCOL_VERSION, pack_frame
 
-from helpers import sung, write_tiny_model
+from helpers import self_signed_pair, sung, write_tiny_model
 
 RATE = 24000
 
@@ -34,10 +39,12 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextmanager
-def serving(ckpt: Path, tmp: Path, processes: int) -> Iterator[tuple[str, subprocess.Popen]]:
+def serving(
+    ckpt: Path, tmp: Path, processes: int, *extra: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """``comostream serve --processes N`` on a free port: its URL and process, stopped after."""
     cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0", "--max-streams", "4"]
-    cmd += ["--checkpoint", str(ckpt), "--threads", "1", "--processes", str(processes)]
+    cmd += ["--checkpoint", str(ckpt), "--threads", "1", "--processes", str(processes), *extra]
     log = tmp / f"serve{processes}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -151,3 +158,37 @@ def test_auto_is_a_process_per_four_streams_up_to_the_cores() -> None:
     assert auto_processes(8, "cpu") == min(cores, 2)
     assert auto_processes(64, "cpu") == min(cores, 16)
     assert auto_processes(64, "cuda") == 1  # one process drives a GPU
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes")
+def test_tls_sessions_and_the_page_in_both_processes(ckpt: Path, tmp_path: Path) -> None:
+    pair = self_signed_pair(tmp_path)
+    if pair is None:
+        pytest.skip("no openssl command and no cryptography package to make a certificate")
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE  # self-signed
+    tls = ("--tls-cert", str(pair[0]), "--tls-key", str(pair[1]))
+    with serving(ckpt, tmp_path, 2, *tls) as (url, _):
+        assert url.startswith("wss://")
+        page = url.removeprefix("wss://").removesuffix("/ws")
+        with urllib.request.urlopen(f"https://{page}/", timeout=10, context=insecure) as r:
+            assert r.status == 200 and b"app.js" in r.read()
+
+        async def session(ws: object) -> dict:
+            hello = {"type": "hello", "version": PROTOCOL_VERSION, "sample_rate": RATE}
+            await ws.send(json.dumps({**hello, "channels": 1, "format": "f32le"}))
+            block = json.loads(await ws.recv())["block"]
+            x = sung(RATE, 0.2)
+            for i in range(len(x) // block):
+                await ws.send(pack_frame(i, 0, x[i * block : (i + 1) * block], "f32le"))
+                await ws.recv()
+            await ws.send('{"type": "stats"}')
+            return json.loads(await ws.recv())
+
+        async def two() -> list[dict]:
+            async with connect(url, ssl=insecure) as a, connect(url, ssl=insecure) as b:
+                return await asyncio.gather(session(a), session(b))
+
+        stats = asyncio.run(two())
+    assert sorted(s["process"] for s in stats) == [0, 1]
+    assert all(s["blocks_out"] > 0 and s["dropped_in_samples"] == 0 for s in stats)

@@ -350,4 +350,7 @@ def _follow_parent(server: StreamServer, control: socket.socket, stop: asyncio.E
 
     server.on_closed = lambda: tell(CLOSED)
     loop.add_reader(control.fileno(), on_control)
+    # Ctrl-C reaches the whole process group: the first process stops the others (SIGTERM)
+    loop.remove_signal_handler(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tell(READY)

@@ -11,6 +11,7 @@ output for the same blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -112,7 +113,8 @@ class StreamClient:
             "token": token,
         }
         try:
-            await ws.send(json.dumps(hello))
+            with contextlib.suppress(ConnectionClosed):  # refused at once (a full server):
+                await ws.send(json.dumps(hello))  # its error message is still there to read
             reply = await _next_text(ws)
         except BaseException:
             await ws.close()

@@ -41,7 +41,6 @@ __all__ = ["FactorySpec", "auto_processes", "serve_processes"]
 
 log = logging.getLogger("comostream.server")
 
-READY, CLOSED, CONNECTION = b"R", b"-", b"c"
 STREAMS_PER_PROCESS = 4  # `--processes auto`: a process per this many of --max-streams
 LOG_FORMAT = "%(asctime)s %(name)s[%(processName)s]: %(message)s"
 START_TIMEOUT_S = 180.0  # a process that has not loaded its models by then is a failure
@@ -221,7 +220,7 @@ async def _parent(
     config: ServerConfig,
     announce: Callable[[str], None],
 ) -> int:
-    from comostream.realtime.serve.server import StreamServer
+    from comostream.realtime.serve.server import CLOSED, CONNECTION, READY, StreamServer
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

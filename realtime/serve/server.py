@@ -28,6 +28,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 from collections.abc import Callable
@@ -42,7 +43,6 @@ from comostream.realtime.heap import settle_heap
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.http_routes import route_http
-from comostream.realtime.serve.processes import CLOSED, READY
 from comostream.realtime.serve.protocol import ProtocolError, max_frame_bytes
 from comostream.realtime.serve.session import Session
 
@@ -54,6 +54,9 @@ PING_S = 20.0  # keepalive ping interval and timeout
 MAX_QUEUE = 16  # incoming messages buffered per connection
 WRITE_LIMIT = 2**16  # bytes buffered per connection before a send waits
 CLOSE_TIMEOUT_S = 2.0
+# `serve --processes`' control bytes (realtime/serve/processes.py): ready, a connection ended,
+# a connection handed over (with its descriptor)
+READY, CLOSED, CONNECTION = b"R", b"-", b"c"
 
 
 class StreamServer:
@@ -68,6 +71,7 @@ class StreamServer:
         self.port = self.config.port
         self.on_closed: Callable[[], None] | None = None  # each connection's end (processes)
         self._private: tempfile.TemporaryDirectory[str] | None = None  # start(handover=True)
+        self._ssl: ssl.SSLContext | None = None  # the TLS context, made once by start()
 
     async def start(self, handover: bool = False) -> None:
         """Warm the models up, bind and start accepting connections (``self.port`` is then the
@@ -77,6 +81,7 @@ class StreamServer:
         handshakes with 503 unless its server is serving)."""
         await asyncio.get_running_loop().run_in_executor(None, self.factory.warm_up)
         settle_heap()  # no full garbage collection of the models' objects mid-stream
+        self._ssl = self.config.ssl_context()
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
         if handover:
             self._private = tempfile.TemporaryDirectory(prefix="comostream-serve-")
@@ -85,7 +90,7 @@ class StreamServer:
             self._handle,
             **where,
             process_request=self._http,
-            ssl=self.config.ssl_context(),
+            ssl=self._ssl,
             create_connection=_guarded_connection(self),
             compression=None,
             max_size=4 * max_frame_bytes(),
@@ -117,11 +122,10 @@ class StreamServer:
                 write_limit=WRITE_LIMIT,
             )
 
-        ssl = self.config.ssl_context()
-        extra = {"ssl_handshake_timeout": self.config.hello_timeout_s} if ssl else {}
+        extra = {"ssl_handshake_timeout": self.config.hello_timeout_s} if self._ssl else {}
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                protocol, sock, ssl=ssl, **extra
+                protocol, sock, ssl=self._ssl, **extra
             )
         except OSError as exc:  # a failed TLS handshake (timeouts too), a reset
             log.info("a handed-over connection failed before HTTP: %s", exc)

@@ -303,15 +303,17 @@ async def _parent(
     deadline = loop.time() + START_TIMEOUT_S
     while not stop.is_set() and not all(p.ready or not p.alive for p in procs):
         if loop.time() > deadline:
-            log.error("server processes not ready after %.0f s: serving without them", deadline)
+            log.error(
+                "server processes not ready after %.0f s: serving from the ready ones (a late "
+                "one takes connections once ready)",
+                START_TIMEOUT_S,
+            )
             break
         await asyncio.sleep(0.05)
     if not stop.is_set():
         for listener in listeners:
             loop.add_reader(listener.fileno(), on_connection, listener)
         started = [p for p in procs if p.ready]
-        if len(started) < len(procs):
-            status = 1
         http = server.http_url
         announce(
             f"serving on {server.url} (browser page {http}/, health {http}/health) from "

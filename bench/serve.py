@@ -101,6 +101,7 @@ class ServerProcess:
     pid: int
     log: Path
     processes: int = 1  # server processes (serve --processes)
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)  # serve_child's
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds so far of the process and its children (``serve
@@ -183,7 +184,7 @@ def serve_child(
     try:
         url = wait_for_url(proc, log, start_timeout_s)
         found = re.search(r"from (\d+) processes", log.read_text(errors="replace"))
-        yield ServerProcess(url, proc.pid, log, int(found.group(1)) if found else 1)
+        yield ServerProcess(url, proc.pid, log, int(found.group(1)) if found else 1, proc)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

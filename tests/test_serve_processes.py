@@ -22,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from comostream import main
-from comostream.bench.serve import wait_for_url
+from comostream.bench.serve import serve_child
 from comostream.realtime.serve.client import ServerError, StreamClient, stream_array
 from comostream.realtime.serve.config import ServerConfig
 from comostream.realtime.serve.processes import _bind, auto_processes, process_config
@@ -45,19 +45,9 @@ def serving(
     """``comostream serve --processes N`` on a free port: its URL and process, stopped after."""
     cmd = [sys.executable, "-m", "comostream", "serve", "--port", "0", "--max-streams", "4"]
     cmd += ["--checkpoint", str(ckpt), "--threads", "1", "--processes", str(processes), *extra]
-    log = tmp / f"serve{processes}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield wait_for_url(proc, log, 120.0), proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with serve_child(cmd, dict(os.environ), tmp / f"serve{processes}.log", 120.0) as server:
+        assert server.popen is not None and server.processes == processes
+        yield server.url, server.popen
 
 
 def children(pid: int) -> list[int]:

@@ -86,16 +86,25 @@ def test_sessions_spread_over_the_processes_and_convert_as_one_server(
         assert len(children(proc.pid)) == 1  # the second server process
         spread = asyncio.run(convert_all(url))
 
-        async def full() -> str:
+        def health() -> dict:
+            page = url.removeprefix("ws://").removesuffix("/ws")
+            with urllib.request.urlopen(f"http://{page}/health", timeout=10) as r:
+                return json.loads(r.read())
+
+        async def full() -> tuple[str, dict]:
             held = [await StreamClient.connect(url, sample_rate=RATE) for _ in range(4)]
             try:
                 with pytest.raises(ServerError) as refused:
                     await StreamClient.connect(url, sample_rate=RATE)
-                return refused.value.code
+                await asyncio.sleep(0.6)  # the processes publish their counts every 0.25 s
+                return refused.value.code, await asyncio.to_thread(health)
             finally:
                 await asyncio.gather(*(c.close() for c in held))
 
-        assert asyncio.run(full()) == "server_full"  # 2 + 2: the cap of 4 holds across them
+        code, counts = asyncio.run(full())
+        assert code == "server_full"  # 2 + 2: the cap of 4 holds across them
+        assert counts["streams"] == counts["max_streams"] == 4  # the totals of both processes
+        assert counts["processes"] == 2 and counts["process"] in (0, 1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30.0) == 0
     assert sorted(r.stats["process"] for r in spread) == [0, 0, 1, 1]

@@ -13,9 +13,11 @@ Control messages on each pair, one byte each: first -> other ``c`` with a connec
 descriptor; other -> first ``R`` once it is ready (models loaded and warmed up), ``-`` each time
 a connection handed to it has closed. Each process admits ``ceil(max_streams / N)`` streams (and
 ``ceil(max_pending / N)`` connections in their hello), so together they admit about
-``max_streams``. SIGTERM or SIGINT to the first process closes its sessions (1001) and stops
-the others, which close theirs; another process that dies is given no more connections (the
-exit status is then 1), and one that loses the first process stops.
+``max_streams``; each publishes its stream and hello counts to a shared array every 0.25 s, so
+``/health`` answers with the totals from any of them. SIGTERM or SIGINT to the first process
+closes its sessions (1001) and stops the others, which close theirs; another process that dies
+is given no more connections (the exit status is then 1), and one that loses the first process
+stops.
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     return sockets
 
 
-def _worker(spec: FactorySpec, config: ServerConfig, control: socket.socket) -> None:
+def _worker(
+    spec: FactorySpec, config: ServerConfig, control: socket.socket, board: Any, processes: int
+) -> None:
     """A server process: load, warm up, say ready, serve the connections handed over."""
     from comostream.realtime.serve.server import run_server
 
@@ -150,7 +154,9 @@ def _worker(spec: FactorySpec, config: ServerConfig, control: socket.socket) -> 
     logging.getLogger("websockets").setLevel(logging.WARNING)
     spec.apply_threads()
     factory = spec.build()
-    run_server(factory, config, announce=log.info, control=control)
+    run_server(
+        factory, config, announce=log.info, control=control, board=board, processes=processes
+    )
 
 
 @dataclass
@@ -185,12 +191,13 @@ def serve_processes(
     config = dataclasses.replace(config, port=int(listeners[0].getsockname()[1]))
     ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
     procs: list[_Process] = [_Process(0)]
+    board = ctx.Array("i", 2 * processes, lock=False)  # (streams, pending) per process: /health
     try:
         for i in range(1, processes):  # the children load their models while this one does
             parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             proc = ctx.Process(
                 target=_worker,
-                args=(spec, process_config(config, processes, i), child_end),
+                args=(spec, process_config(config, processes, i), child_end, board, processes),
                 name=f"comostream-serve-{i}",
             )
             proc.start()
@@ -201,7 +208,7 @@ def serve_processes(
         factory = spec.build()
         try:
             with switch_interval(SERVE_SWITCH_S):
-                return asyncio.run(_parent(factory, procs, listeners, config, announce))
+                return asyncio.run(_parent(factory, procs, listeners, config, board, announce))
         finally:
             factory.close()
     finally:
@@ -218,6 +225,7 @@ async def _parent(
     procs: list[_Process],
     listeners: list[socket.socket],
     config: ServerConfig,
+    board: Any,
     announce: Callable[[str], None],
 ) -> int:
     from comostream.realtime.serve.server import CLOSED, CONNECTION, READY, StreamServer
@@ -229,6 +237,7 @@ async def _parent(
         loop.add_signal_handler(sig, stop.set)
     me = procs[0]
     server = StreamServer(factory, process_config(config, len(procs), 0))
+    server.board, server.processes = board, len(procs)
     tasks: set[asyncio.Task[None]] = set()
 
     def closed_here() -> None:

@@ -54,6 +54,7 @@ PING_S = 20.0  # keepalive ping interval and timeout
 MAX_QUEUE = 16  # incoming messages buffered per connection
 WRITE_LIMIT = 2**16  # bytes buffered per connection before a send waits
 CLOSE_TIMEOUT_S = 2.0
+PUBLISH_S = 0.25  # serve --processes: how often a process publishes its counts for /health
 # `serve --processes`' control bytes (realtime/serve/processes.py): ready, a connection ended,
 # a connection handed over (with its descriptor)
 READY, CLOSED, CONNECTION = b"R", b"-", b"c"
@@ -72,6 +73,11 @@ class StreamServer:
         self.on_closed: Callable[[], None] | None = None  # each connection's end (processes)
         self._private: tempfile.TemporaryDirectory[str] | None = None  # start(handover=True)
         self._ssl: ssl.SSLContext | None = None  # the TLS context, made once by start()
+        # serve --processes: every process's (streams, pending) in shared memory, its own slot
+        # written by publish(), so /health reports the totals (set before start())
+        self.board: Any = None
+        self.processes = 1
+        self._publisher: asyncio.Task[None] | None = None
 
     async def start(self, handover: bool = False) -> None:
         """Warm the models up, bind and start accepting connections (``self.port`` is then the
@@ -83,6 +89,8 @@ class StreamServer:
         settle_heap()  # no full garbage collection of the models' objects mid-stream
         self._ssl = self.config.ssl_context()
         where: dict[str, Any] = {"host": self.config.host, "port": self.config.port}
+        if self.board is not None:
+            self._publisher = asyncio.get_running_loop().create_task(self._publishing())
         if handover:
             self._private = tempfile.TemporaryDirectory(prefix="comostream-serve-")
             where = {"unix": True, "path": os.path.join(self._private.name, "unused.sock")}
@@ -157,6 +165,8 @@ class StreamServer:
             await self._server.wait_closed()
         if self._private is not None:
             self._private.cleanup()
+        if self._publisher is not None:
+            self._publisher.cancel()
 
     def active_streams(self) -> int:
         """Streams: open sessions that completed a valid hello (one closing no longer counts)."""
@@ -197,18 +207,39 @@ class StreamServer:
         """Host/Origin checks, then the page, its scripts and /health; None: a WebSocket."""
         return route_http(conn, request, self.config, self._counts, self.factory.singers)
 
+    def publish(self) -> None:
+        """Write this process's stream and hello counts to its slot of :attr:`board`."""
+        if self.board is not None and self.config.process is not None:
+            k = 2 * self.config.process
+            self.board[k], self.board[k + 1] = self.active_streams(), self.pending_connections()
+
+    async def _publishing(self) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(PUBLISH_S)
+
     def _counts(self) -> dict[str, int]:
-        """What an authorised ``/health`` reports besides the status (with ``serve
-        --processes``: the counts of the process that answers, and its index)."""
-        counts = {
-            "streams": self.active_streams(),
-            "max_streams": self.config.max_streams,
-            "pending": self.pending_connections(),
-            "max_pending": self.config.max_pending,
+        """What an authorised ``/health`` reports besides the status. With ``serve
+        --processes``: the totals over the processes (the others' as they published them, at
+        most :data:`PUBLISH_S` old), the caps of the whole server, ``processes``, and which
+        ``process`` answered."""
+        if self.board is None or self.config.process is None:
+            return {
+                "streams": self.active_streams(),
+                "max_streams": self.config.max_streams,
+                "pending": self.pending_connections(),
+                "max_pending": self.config.max_pending,
+            }
+        self.publish()
+        n = self.processes
+        return {
+            "streams": sum(self.board[0 : 2 * n : 2]),
+            "max_streams": self.config.max_streams * n,
+            "pending": sum(self.board[1 : 2 * n : 2]),
+            "max_pending": self.config.max_pending * n,
+            "processes": n,
+            "process": self.config.process,
         }
-        if self.config.process is not None:
-            counts["process"] = self.config.process
-        return counts
 
 
 def _guarded_connection(server: StreamServer) -> type[ServerConnection]:
@@ -284,12 +315,15 @@ def run_server(
     announce: Callable[[str], None] = print,
     *,
     control: socket.socket | None = None,
+    board: Any = None,
+    processes: int = 1,
 ) -> int:
     """Serve until SIGTERM/SIGINT, then close every session gracefully (1001). Exit status.
 
     One of ``serve --processes``' server processes (:mod:`comostream.realtime.serve.processes`)
     gets its ``control`` socket to the parent: it says ready there, serves the connections
-    handed over on it, reports each one's end, and stops when the parent goes away."""
+    handed over on it, reports each one's end, and stops when the parent goes away; it
+    publishes its counts on the shared ``board`` of the ``processes``."""
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -297,6 +331,7 @@ def run_server(
 
     async def main() -> None:
         server = StreamServer(factory, config)
+        server.board, server.processes = board, processes
         await server.start(handover=control is not None)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -120,6 +120,9 @@ def test_a_sweep_out_of_bounds_is_a_usage_error(capsys) -> None:
         ("--idle-timeout", "inf"),
         ("--idle-timeout", "0"),
         ("--idle-timeout", "-5"),
+        ("--processes", "0"),
+        ("--processes", "many"),
+        ("--processes", "-2"),
     ],
 )
 def test_serve_refuses_bad_ports_and_timeouts_at_parsing(option: str, value: str, capsys) -> None:

@@ -90,7 +90,12 @@ def positive_int(text: str) -> int:
 
 def processes_arg(text: str) -> int | str:
     """argparse type: ``auto`` or a number of processes >= 1 (``serve --processes``)."""
-    return "auto" if text == "auto" else positive_int(text)
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 1, got {text!r}") from None
 
 
 def non_negative_int(text: str) -> int:

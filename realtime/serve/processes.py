@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.limits import DEFAULT_INDEX_RATE
 from comostream.realtime.serve.config import ServerConfig
 
 __all__ = ["FactorySpec", "auto_processes", "serve_processes"]
@@ -64,7 +65,7 @@ class FactorySpec:
     batch: bool = True
     max_batch: int = 8
     batch_wait_ms: float | None = None
-    index_rate: float | None = None
+    index_rate: float = DEFAULT_INDEX_RATE
 
     def apply_threads(self) -> None:
         """Set this process's torch threads (``threads``, and one inter-op thread)."""
@@ -77,7 +78,6 @@ class FactorySpec:
 
     def build(self) -> Any:
         """Load the models and return the factory (not yet warmed up)."""
-        from comostream.models.limits import DEFAULT_INDEX_RATE
         from comostream.realtime.load import load_models, load_voiceprints, read_export
         from comostream.realtime.serve.engines import EngineFactory
 
@@ -96,7 +96,7 @@ class FactorySpec:
             max_batch=self.max_batch,
             batch_wait_ms=self.batch_wait_ms,
             f0=self.f0,
-            index_rate=DEFAULT_INDEX_RATE if self.index_rate is None else self.index_rate,
+            index_rate=self.index_rate,
         )
 
 

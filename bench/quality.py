@@ -29,7 +29,11 @@ and the streaming schedule at the default block. Per conversion:
   singer's own rendition of the line, DTW-aligned, on frames active in both;
 * ``dnsmos_ovrl``: DNSMOS P.835 overall (``speechmos``), a naturalness proxy;
   ``dnsmos_target_own``: the same of the target singer's own recordings (the 4 references),
-  what a conversion's naturalness is to be compared with.
+  what a conversion's naturalness is to be compared with; ``dnsmos_target_resynth``: the same
+  recordings resynthesised by the built-in vocoder from their own mel and the engine tracker's
+  F0 (0 where unvoiced), one-shot: what a perfect acoustic model would score with this vocoder,
+  so the gap to ``dnsmos_target_own`` is the vocoder's share of the naturalness lost (None for
+  a user's windowed vocoder).
 
 ``"conversions"`` lists each conversion of the one-step column: its ``line``, ``source`` and
 ``target`` singers, ``transpose`` (semitones) and the figures above (which ones miss).
@@ -73,7 +77,9 @@ from comostream.models.f0 import extract_f0
 from comostream.models.f0_track import F0Track
 from comostream.models.f0_yin import yin_f0
 from comostream.models.limits import DEFAULT_INDEX_RATE
+from comostream.models.mel import MelSpectrogram
 from comostream.models.samplers import heun_sampler, sampling_sigmas
+from comostream.models.vocoder import Vocoder
 from comostream.realtime.engine import StreamingConverter, convert_array
 from comostream.realtime.geometry import StreamGeometry
 from comostream.training.corpus import CorpusError, Utterance, load_corpus
@@ -83,6 +89,7 @@ __all__ = [
     "format_quality_table",
     "real_conversions",
     "resynth_errors",
+    "resynthesize",
     "run_quality_bench",
 ]
 
@@ -236,6 +243,7 @@ class _Reference:
     embedding: np.ndarray | None
     audios: list[np.ndarray]
     _dnsmos: list[float | None] = field(default_factory=list)
+    _resynth: list[float | None] = field(default_factory=list)
 
     def dnsmos(self) -> float | None:
         """Mean DNSMOS OVRL of the recordings (computed once; None without ``speechmos``)."""
@@ -243,6 +251,32 @@ class _Reference:
             mos = [m for m in map(_dnsmos, self.audios) if m is not None]
             self._dnsmos.append(float(np.mean(mos)) if mos else None)
         return self._dnsmos[0]
+
+    def dnsmos_resynth(self, vocoder: nn.Module, cfg: F0Config) -> float | None:
+        """Mean DNSMOS OVRL of the recordings resynthesised by ``vocoder`` (the module
+        docstring's ``dnsmos_target_resynth``; computed once; None without ``speechmos`` or
+        for a vocoder other than the built-in one)."""
+        if not self._resynth:
+            mos = []
+            if isinstance(vocoder, Vocoder):
+                mos = [_dnsmos(resynthesize(vocoder, a, cfg)) for a in self.audios]
+            mos = [m for m in mos if m is not None]
+            self._resynth.append(float(np.mean(mos)) if mos else None)
+        return self._resynth[0]
+
+
+def resynthesize(vocoder: Vocoder, audio: np.ndarray, cfg: F0Config) -> np.ndarray:
+    """``audio`` (24 kHz, the model's rate) through ``vocoder`` one-shot from its own log-mel and
+    the F0 of ``cfg``'s tracker (0 where unvoiced): ``(T * hop,)`` samples."""
+    device = next(vocoder.parameters()).device
+    mel = MelSpectrogram(vocoder.audio).to(device)
+    with torch.inference_mode():
+        m = mel(torch.from_numpy(np.ascontiguousarray(audio, np.float32))[None].to(device))
+        track = _track(audio, cfg)
+        f0 = np.where(track.voiced, track.f0_hz, 0.0).astype(np.float32)
+        frames = min(m.shape[-1], f0.shape[0])
+        f0_t = torch.from_numpy(f0[:frames])[None].to(device)
+        return vocoder(m[..., :frames], f0_t)[0].float().cpu().numpy()
 
 
 def _singer_references(
@@ -499,6 +533,7 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
                     "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
                     "dnsmos_ovrl": _dnsmos(y),
                     "dnsmos_target_own": b.refs[tgt].dnsmos(),
+                    "dnsmos_target_resynth": b.refs[tgt].dnsmos_resynth(b.vocoder, b.f0),
                 }
             )
     result: dict[str, Any] = {m: _summary(rows.get(m, [])) for m in MODES}
@@ -665,6 +700,7 @@ def _table(r: dict[str, Any]) -> list[str]:
         "mcd_db",
         "dnsmos_ovrl",
         "dnsmos_target_own",
+        "dnsmos_target_resynth",
         "n_conversions",
     )
     lines = ["| metric | " + " | ".join(MODES) + " |", "|---|" + "---:|" * len(MODES)]

@@ -105,3 +105,27 @@ def test_real_targets_come_from_the_fixed_list_whatever_the_models_singers() -> 
     # without a fixed list: the model's rotation, the recorded voices first (as before)
     todo = real_conversions(lines, ["s1", "june", "june_sung"], people, real, per_source=2)
     assert [t for _, s, _, t in todo if s == "allison"] == ["june", "june_sung"]
+
+
+def test_targets_resynthesised_by_the_built_in_vocoder_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from comostream.models.vocoder import Vocoder
+
+    torch.manual_seed(0)
+    voc = Vocoder().eval()
+    f0 = np.full(94, 220.0)
+    tone = harmonic_tone(f0, np.ones(94, bool), 24000, 256).astype(np.float32)
+    y = q.resynthesize(voc, tone, F0Config())
+    assert y.ndim == 1 and y.shape[0] % 256 == 0 and abs(y.shape[0] - tone.shape[0]) <= 256
+    assert np.isfinite(y).all()
+    assert np.abs(y).max() > 0  # voiced: the harmonics sound
+    calls: list[int] = []
+    monkeypatch.setattr(q, "_dnsmos", lambda a: calls.append(len(a)) or 3.0)
+    ref = q._Reference(220.0, None, [tone, tone])
+    assert ref.dnsmos_resynth(voc, F0Config()) == 3.0 and len(calls) == 2
+    assert ref.dnsmos_resynth(voc, F0Config()) == 3.0 and len(calls) == 2  # computed once
+    other = q._Reference(220.0, None, [tone])
+    assert other.dnsmos_resynth(torch.nn.Identity(), F0Config()) is None  # a windowed vocoder

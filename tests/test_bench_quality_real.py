@@ -148,6 +148,9 @@ def test_quality_bench_reports_the_real_held_out_sources_apart(
     assert not {"allison", "allison_sung"} & set(part["singers"])
     # the targets' own recordings are scored too, once per target singer
     assert part["onestep"]["dnsmos_target_own"] is not None
+    # ... and resynthesised by the model's vocoder: the vocoder's share of the naturalness
+    resynth = part["onestep"]["dnsmos_target_resynth"]
+    assert resynth is not None and resynth != part["onestep"]["dnsmos_target_own"]
     assert r["onestep"]["dnsmos_target_own"] is not None and r["eval_packages"] in (True, False)
     assert part["onestep"]["mcd_db"] is None  # no other person sings the same prompt
     assert set(part["singers"]) <= set(singers)
@@ -159,6 +162,7 @@ def test_quality_bench_reports_the_real_held_out_sources_apart(
     table = format_quality_table(r)
     assert "Synthetic held-out lines" in table and "Real held-out sources" in table
     assert "dnsmos_target_own" in table and "Resynthesis floor" in table
+    assert "dnsmos_target_resynth" in table
     # the train prompts are never converted: the real part reads the test split only
     test = {u.path.name for u in load_corpus(real) if u.split == "test"}
     assert {"1.wav", "2.wav"} == test

@@ -275,7 +275,8 @@ def _add_models(bench_sub: Subparsers) -> None:
     )
     model_options(
         p,
-        "a `train content` checkpoint (default out/content/last.pt)",
+        "a `train content` checkpoint (default out/content/last.pt), or a model file: its "
+        "built-in encoder on the --corpus singers the model lacks",
         vocoder=False,
         metavar="CKPT",
     )

@@ -389,7 +389,7 @@ def run_content_bench(
     return {
         "checkpoint": str(checkpoint),
         "corpus": str(corpus),
-        "step": int(ck.get("step", 0)),
+        "step": None if export else int(ck.get("step", 0)),
         "train_singers": trained,
         "held_out_singers": held_out,
         "speaker_probe": probe,
@@ -412,7 +412,8 @@ def format_content_report(r: dict[str, Any]) -> str:
     """A short human-readable summary of :func:`run_content_bench`'s result."""
     sp, ck, cp = r["speaker_probe"], r["content_kept"], r["compute"]
     lines = [
-        f"held-out singers: {', '.join(r['held_out_singers'])} (encoder step {r['step']})",
+        f"held-out singers: {', '.join(r['held_out_singers'])} "
+        + ("(a model file's encoder)" if r["step"] is None else f"(encoder step {r['step']})"),
         f"singer probe accuracy: content {sp['content_accuracy']:.3f}, mel "
         f"{sp['mel_accuracy']:.3f}, chance {sp['chance']:.3f} ({sp['test_frames']} test frames)",
     ]

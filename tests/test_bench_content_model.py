@@ -53,7 +53,9 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     assert kept["pairs"] == [["h1", "s1"]]  # the same base voice: frame-aligned renditions
     assert -1.0 <= kept["cosine_aligned"]["content"] <= 1.0
     assert kept["decoder_mel_l1"] is None  # a model file holds no training decoder
-    assert "n/a (a model file" in format_content_report(r)
+    report = format_content_report(r)
+    assert "n/a (a model file" in report and "a model file's encoder" in report
+    assert r["step"] is None
     with pytest.raises(CorpusError, match="--corpus"):  # a model file names no corpus
         run_content_bench(model, None, cfg, progress=False)
 

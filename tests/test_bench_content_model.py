@@ -69,3 +69,14 @@ def test_a_model_file_without_a_built_in_encoder_is_a_clear_error(tmp_path: Path
     path = save_checkpoint(tmp_path / "m.ckpt", model.export_payload())
     with pytest.raises(CheckpointError, match="no built-in content encoder"):
         run_content_bench(path, _corpus(tmp_path / "c"), cfg, progress=False)
+
+
+def test_no_default_checkpoint_says_how_to_measure_the_shipped_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comostream
+
+    monkeypatch.chdir(tmp_path)  # no out/content/last.pt here
+    assert comostream.main(["bench", "content"]) == 1
+    err = capsys.readouterr().err
+    assert "no out/content/last.pt" in err and "--checkpoint MODEL.ckpt --corpus DIR" in err

@@ -63,6 +63,13 @@ def _cmd_bench_content(args: argparse.Namespace) -> int:
         run_content_bench,
     )
 
+    if args.checkpoint is None and not DEFAULT_CHECKPOINT.is_file():
+        raise CommandError(
+            f"no {DEFAULT_CHECKPOINT} (the default --checkpoint): train one with `comostream "
+            "train content` (docs/models.md#content-encoder), or measure a model file's "
+            "encoder, the shipped one included, on singers it lacks: --checkpoint MODEL.ckpt "
+            "--corpus DIR (e.g. `comostream prep synth DIR --singers 14 --minutes 1`)"
+        )
     device = use_runtime(args)
     result = run_content_bench(
         args.checkpoint or DEFAULT_CHECKPOINT,

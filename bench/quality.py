@@ -31,9 +31,9 @@ and the streaming schedule at the default block. Per conversion:
   ``dnsmos_target_own``: the same of the target singer's own recordings (the 4 references),
   what a conversion's naturalness is to be compared with; ``dnsmos_target_resynth``: the same
   recordings resynthesised by the built-in vocoder from their own mel and the engine tracker's
-  F0 (0 where unvoiced), one-shot: what a perfect acoustic model would score with this vocoder,
-  so the gap to ``dnsmos_target_own`` is the vocoder's share of the naturalness lost (None for
-  a user's windowed vocoder).
+  F0 (0 where unvoiced), one-shot: what a perfect acoustic model would score with this vocoder
+  (None for a user's windowed vocoder; a vocoder fine-tuned on the model's own mels scores lower
+  here than one trained on real mels, and higher on the conversions).
 
 ``"conversions"`` lists each conversion of the one-step column: its ``line``, ``source`` and
 ``target`` singers, ``transpose`` (semitones) and the figures above (which ones miss).

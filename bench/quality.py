@@ -248,8 +248,7 @@ class _Reference:
     def dnsmos(self) -> float | None:
         """Mean DNSMOS OVRL of the recordings (computed once; None without ``speechmos``)."""
         if not self._dnsmos:
-            mos = [m for m in map(_dnsmos, self.audios) if m is not None]
-            self._dnsmos.append(float(np.mean(mos)) if mos else None)
+            self._dnsmos.append(_mean_mos(self.audios))
         return self._dnsmos[0]
 
     def dnsmos_resynth(self, vocoder: nn.Module, cfg: F0Config) -> float | None:
@@ -257,12 +256,16 @@ class _Reference:
         docstring's ``dnsmos_target_resynth``; computed once; None without ``speechmos`` or
         for a vocoder other than the built-in one)."""
         if not self._resynth:
-            mos = []
-            if isinstance(vocoder, Vocoder):
-                mos = [_dnsmos(resynthesize(vocoder, a, cfg)) for a in self.audios]
-            mos = [m for m in mos if m is not None]
-            self._resynth.append(float(np.mean(mos)) if mos else None)
+            built_in = isinstance(vocoder, Vocoder)
+            audios = [resynthesize(vocoder, a, cfg) for a in self.audios] if built_in else []
+            self._resynth.append(_mean_mos(audios))
         return self._resynth[0]
+
+
+def _mean_mos(audios: list[np.ndarray]) -> float | None:
+    """Mean DNSMOS OVRL of ``audios`` (24 kHz); None when none is scored (no ``speechmos``)."""
+    mos = [m for m in map(_dnsmos, audios) if m is not None]
+    return float(np.mean(mos)) if mos else None
 
 
 def resynthesize(vocoder: Vocoder, audio: np.ndarray, cfg: F0Config) -> np.ndarray:

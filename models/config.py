@@ -38,6 +38,7 @@ __all__ = [
     "F0_BACKENDS",
     "STREAMING_F0_BACKENDS",
     "STEP_BACKENDS",
+    "ONNX_BACKENDS",
     "BACKEND_CHOICES",
     "load_config",
     "config_from_dict",
@@ -55,8 +56,10 @@ F0_BACKENDS: tuple[str, ...] = (
     "yin-track",
 )
 STREAMING_F0_BACKENDS: tuple[str, ...] = ("yin", "yin-track")  # the engine can stream these
-# what runs the streaming model step (the engine's ``from_models``; onnxruntime: the onnx extra)
-STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "inductor")
+# what runs the streaming model step (the engine's ``from_models``; onnxruntime: the onnx extra;
+# onnxruntime-int8: the same with the matrix products' weights in 8 bits)
+STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-int8", "inductor")
+ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "onnxruntime-int8")  # the step exported to ONNX
 # ``[realtime] backend``: one of STEP_BACKENDS, or "auto" (RealtimeConfig.backend's comment)
 BACKEND_CHOICES: tuple[str, ...] = ("auto", *STEP_BACKENDS)
 
@@ -326,6 +329,8 @@ class ContentConfig:
     adversary_weight: float = 0.5  # weight of the encoder's adversarial term
     adversary_hidden: int = 128  # hidden units of the frame-wise singer classifier
     active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
+    consistency_weight: float = 0.0  # > 0: two perturbed versions of a segment must give the same
+    # content frames (mean squared difference over active frames, this weight)
 
     def __post_init__(self) -> None:
         for name in (
@@ -354,8 +359,10 @@ class ContentConfig:
             raise ConfigError("content: need 0 <= pitch_shift_min <= pitch_shift_max")
         if not 0 <= self.formant_alpha_min <= self.formant_alpha_max < 0.5:
             raise ConfigError("content: need 0 <= formant_alpha_min <= formant_alpha_max < 0.5")
-        if min(self.eq_db, self.gain_db, self.adversary_weight) < 0:
-            raise ConfigError("content: eq_db, gain_db and adversary_weight must be >= 0")
+        if min(self.eq_db, self.gain_db, self.adversary_weight, self.consistency_weight) < 0:
+            raise ConfigError(
+                "content: eq_db, gain_db, adversary_weight and consistency_weight must be >= 0"
+            )
         if not 0 <= self.breathiness_max <= 1:
             raise ConfigError("content: breathiness_max must be in [0, 1]")
         if self.adversary_mode not in ("confusion", "reverse"):
@@ -375,7 +382,8 @@ class RealtimeConfig:
     window_lookahead_frames: int = 2  # window mode: future frames given to a windowed model
     sola_search_ms: float = 4.0  # window mode: SOLA offset search range
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
-    # runs the model step: torch (traced on a CPU) | onnxruntime | inductor | auto: serve's
+    # runs the model step: torch (traced on a CPU) | onnxruntime | onnxruntime-int8 (8-bit
+    # weights) | inductor | auto: serve's
     # batched steps on onnxruntime when it is installed and the step exports, else torch; an
     # engine of its own (live, convert, demo, bench latency) on torch, which starts in under a
     # second instead of an export's few seconds (engine_backend, EngineFactory.backend)

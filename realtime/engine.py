@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from comostream.models.acoustic import AcousticModel
 from comostream.models.chain import ConversionChain
-from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
+from comostream.models.config import ONNX_BACKENDS, AudioConfig, F0Config, RealtimeConfig
 from comostream.models.limits import OFFLINE_STEP_FRAMES, check_transpose
 from comostream.models.register import STREAM_VOICED_FRAMES, auto_semitones, singer_register
 from comostream.models.retrieval import DEFAULT_INDEX_RATE, RetrievalIndex, check_index_rate
@@ -277,7 +277,8 @@ class StreamingConverter:
         chain as a traced graph (:class:`~comostream.realtime.traced.TracedStep`; default: on a
         CPU, when streaming built-in models); other keywords as the constructor. The realtime
         config's ``backend`` ``onnxruntime`` runs the chain exported to ONNX instead
-        (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU), and
+        (:class:`~comostream.realtime.onnx_step.OnnxStep`, built-in models on the CPU;
+        ``onnxruntime-int8`` with the matrix products' weights in 8 bits), and
         ``inductor`` compiled to C++ (:class:`~comostream.realtime.compiled.CompiledStep`);
         ``auto`` is torch here (:attr:`~comostream.models.config.RealtimeConfig.engine_backend`).
         """
@@ -286,11 +287,13 @@ class StreamingConverter:
         step: nn.Module = chain
         on_cpu = next(model.parameters()).device.type == "cpu"
         backend = rt.engine_backend  # auto: torch for an engine of its own
-        if backend == "onnxruntime":
+        if backend in ONNX_BACKENDS:
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
-            step = OnnxStep.from_chain(chain, rt.block_frames, shapes=[(1, rt.block_frames)])
+            int8 = backend == "onnxruntime-int8"
+            shapes = [(1, rt.block_frames)]
+            step = OnnxStep.from_chain(chain, rt.block_frames, shapes=shapes, int8=int8)
             trace = False
         if trace is None:
             traceable = getattr(vocoder, "traceable", True)  # window mode branches on data

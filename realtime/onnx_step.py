@@ -68,6 +68,7 @@ _UNITS = {
     "index_weights": "the singer mix over the indexed singers, (streams, n_indexed)",
 }
 _PER_STREAM = ("speaker", "index_rate", "index_weights")  # no frames dimension
+_TEXT_KEYS = ("comostream_version", "weights")  # metadata stored as plain text, not JSON
 _KEPT_STATES = 64  # states whose views and bindings a step keeps (engines sharing it)
 
 
@@ -122,10 +123,12 @@ def _shape(name: str, t: Tensor) -> list[int | str]:
     return dims
 
 
-def export_step(chain: ConversionChain, block_frames: int) -> bytes:
+def export_step(chain: ConversionChain, block_frames: int, int8: bool = False) -> bytes:
     """``chain``'s step (CPU, float32) as an ONNX model with its metadata (module docstring).
 
-    ``block_frames``: the block it is meant for (recorded; any block runs).
+    ``block_frames``: the block it is meant for (recorded; any block runs). ``int8``: the matrix
+    products' weights in 8 bits (:mod:`comostream.realtime.onnx_int8`; metadata ``weights``
+    ``"int8"``, else ``"float32"``; inputs, outputs and state are the same).
     """
     from comostream.version import __version__
 
@@ -170,6 +173,10 @@ def export_step(chain: ConversionChain, block_frames: int) -> bytes:
             dynamo=False,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    if int8:
+        from comostream.realtime.onnx_int8 import quantize_matmuls
+
+        quantize_matmuls(proto)
     used = {i.name for i in proto.graph.input}  # unused inputs are pruned (``audio``, mostly)
     inputs = [
         {"name": n, "shape": _shape(n, example[n]), "dtype": "float32", "meaning": _UNITS[n]}
@@ -186,6 +193,7 @@ def export_step(chain: ConversionChain, block_frames: int) -> bytes:
         "lookahead_frames": chain.lookahead_frames,
         "speaker_dim": chain.speaker_dim,
         "seed": chain.seed,
+        "weights": "int8" if int8 else "float32",
         "inputs": inputs,
         "outputs": [
             {
@@ -235,7 +243,7 @@ def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
             "metadata); write one with `comostream export --onnx OUT.onnx`"
         )
     try:
-        meta = {k: json.loads(v) if k != "comostream_version" else v for k, v in raw.items()}
+        meta = {k: json.loads(v) if k not in _TEXT_KEYS else v for k, v in raw.items()}
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{where}: damaged comostream metadata ({exc})") from None
     version = meta["comostream_onnx_format"]
@@ -244,6 +252,7 @@ def _parse_metadata(raw: dict[str, str], where: str) -> dict[str, Any]:
             f"{where}: ONNX step format {version}; this comostream reads up to {FORMAT_VERSION} "
             "(export it again with this version)"
         )
+    meta.setdefault("weights", "float32")  # files from before 8-bit weights
     return meta
 
 
@@ -337,10 +346,11 @@ class OnnxStep(nn.Module):
         block_frames: int,
         threads: int | None = None,
         shapes: Sequence[tuple[int, int]] = (),
+        int8: bool = False,
     ) -> OnnxStep:
         """``chain`` exported in memory (a couple of seconds) and loaded (``shapes``: as the
-        constructor's)."""
-        return cls(export_step(chain, block_frames), threads, shapes)
+        constructor's; ``int8``: as :func:`export_step`'s)."""
+        return cls(export_step(chain, block_frames, int8), threads, shapes)
 
     def init_state(self, streams: int, device: Any = None, dtype: Any = None) -> StreamState:
         """Fresh state of ``streams`` streams (on the CPU, in the dtypes the graph takes)."""

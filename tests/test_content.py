@@ -266,6 +266,31 @@ def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
         )
 
 
+def test_consistency_term_compares_two_versions_and_reaches_the_encoder() -> None:
+    """With ``consistency_weight`` the loss adds the mean squared difference of the content of
+    ``src`` and ``src2`` over active frames: 0 for identical versions, positive otherwise,
+    weighted into the loss, and absent without the weight or without ``src2``."""
+    cfg = dataclasses.replace(TINY, consistency_weight=2.0)
+    torch.manual_seed(0)
+    enc, dec, adv = ContentEncoder(cfg), ContentDecoder(cfg, 3, 100), SingerAdversary(cfg, 3)
+    same = {**_batch(), "src2": _batch()["src"]}
+    assert float(content_losses(enc, dec, adv, same, cfg)["consistency"]) == 0.0
+    other = {**_batch(), "src2": _mel(24, seed=5)}
+    out = content_losses(enc, dec, adv, other, cfg)
+    assert float(out["consistency"]) > 0.0
+    plain = content_losses(enc, dec, adv, _batch(), cfg)
+    assert "consistency" not in plain
+    torch.testing.assert_close(out["loss"], plain["loss"] + 2.0 * out["consistency"])
+    off = dataclasses.replace(cfg, consistency_weight=0.0)
+    assert "consistency" not in content_losses(enc, dec, adv, other, off)
+    grads = []
+    for c in (off, cfg):  # the term's gradient reaches the encoder
+        enc.zero_grad()
+        content_losses(enc, dec, adv, other, c)["loss"].backward()
+        grads.append([p.grad.clone() for p in enc.parameters()])
+    assert any(not torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")
 def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
     from comostream.training.synth import synthesize_corpus
@@ -286,7 +311,7 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
         ckpt_every=1,
         amp=False,
     )
-    cfg = Config(content=CENTRED, train=train)
+    cfg = Config(content=dataclasses.replace(CENTRED, consistency_weight=0.5), train=train)
     run = tmp_path / "run"
     last = train_content(cfg, tmp_path / "corpus", run, dry_run=True, progress=False)
     assert last == run / "last.pt" and (run / "ckpt_00000001.pt").is_file()
@@ -300,6 +325,7 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
     assert torch.load(run / "last.pt", weights_only=True)["step"] == 2
     rows = (run / "stats.jsonl").read_text()
     assert '"recon"' in rows and '"adv_enc"' in rows and '"split": "valid"' in rows
+    assert '"consistency"' in rows  # two perturbed versions per segment
 
 
 def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:

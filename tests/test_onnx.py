@@ -253,7 +253,7 @@ def test_bench_latency_compares_the_backends(models) -> None:
     rows = backend_compare(
         model, vocoder, sung(24000, 0.9), realtime=RealtimeConfig(), sample_rate=24000
     )
-    assert list(rows) == ["torch", "onnxruntime", "inductor"]
+    assert list(rows) == ["torch", "onnxruntime", "onnxruntime-int8", "inductor"]
     for row in rows.values():
         assert row["rtf"] > 0 and row["step_ms_p50"] > 0
 

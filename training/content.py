@@ -10,6 +10,11 @@ what is sung. A frame-wise singer classifier ``A`` is trained on ``z`` (detached
 encoder gets an adversarial term of weight ``w`` (``content.adversary_weight``)::
 
     loss = L1(G(z, f0, voiced, loudness, singer), mel) + CE(A(sg(z)), singer) + w * adv(z)
+           [+ c * mean |z - E(x~2)|^2]
+
+The bracketed consistency term (``content.consistency_weight`` ``c > 0``) encodes a second
+perturbed version ``x~2`` of the same frames (another pitch, formant warp, EQ and level) and asks
+for the same content frames on active frames: invariance to a change of singer, learnt directly.
 
 With ``content.centre_tau_frames > 0`` the encoder centres its input (and, with
 ``centre_output``, its content frames) on their causal running means (speaker normalisation,
@@ -162,13 +167,21 @@ def content_losses(
         adv_enc = -F.cross_entropy(seen, labels)
     loss = recon + adv_ce + cfg.adversary_weight * adv_enc
     adv_acc = (own.argmax(-1) == labels).float().mean()
-    return {
-        "loss": loss,
+    out = {
         "recon": recon.detach(),
         "adv_ce": adv_ce.detach(),
         "adv_acc": adv_acc.detach(),
         "adv_enc": adv_enc.detach(),
     }
+    if cfg.consistency_weight > 0 and "src2" in batch:
+        centre2 = None
+        if "centre2_num" in batch:
+            centre2 = {k: batch[f"centre2_{k}"] for k in ("num", "den", "age")}
+        z2 = encoder(batch["src2"], centre2)
+        cons = (z - z2).pow(2).mean(1)[active].mean()
+        loss = loss + cfg.consistency_weight * cons
+        out["consistency"] = cons.detach()
+    return {"loss": loss, **out}
 
 
 def centre_prior(entries: Sequence[CachedUtterance], cfg: ContentConfig) -> Tensor:
@@ -248,6 +261,7 @@ def train_content(
             cfg.audio.log_floor,
             seed,
             centre=c,
+            pair=c.consistency_weight > 0,
         )
 
     seed_everything(cfg.train.seed)

@@ -150,7 +150,9 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
     ``centre`` (a content config whose ``centre_tau_frames > 0``) also ``centre_num`` (n_mels,),
     ``centre_den`` and ``centre_age`` (1,): the encoder's input-centring state after the frames
     of the utterance before the segment (same ``src`` version and level), so a segment is
-    centred as it would be inside the whole utterance.
+    centred as it would be inside the whole utterance. With ``pair``, also ``src2`` (another
+    perturbed version of the same frames, its own level change; ``centre2_*`` its centring
+    state): what the encoder must map to the same content (``content.consistency_weight``).
     """
 
     def __init__(
@@ -162,6 +164,7 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         log_floor: float,
         seed: int = 0,
         centre: ContentConfig | None = None,
+        pair: bool = False,
     ) -> None:
         if not entries:
             raise FeatureError("PerturbedSegments: no utterances")
@@ -169,6 +172,7 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         self.segment_frames, self.gain_db, self.seed = segment_frames, gain_db, seed
         self.floor = math.log(log_floor)
         self.centre = centre if centre is not None and centre.centre_tau_frames > 0 else None
+        self.pair = pair
         frames = np.array([e.frames for e in self.entries], dtype=np.float64)
         self._cdf = np.cumsum(frames) / frames.sum()
         self._store: dict[int, dict[str, np.ndarray]] = {}
@@ -192,32 +196,45 @@ class PerturbedSegments(Dataset[dict[str, Tensor]]):
         version = int(rng.integers(0, data["perturbed"].shape[0]))
         gain = rng.uniform(-self.gain_db, self.gain_db) / 20.0 * math.log(10.0)
         src = np.maximum(data["perturbed"][version, :, start:stop] + gain, self.floor)
-        pieces = {
-            "src": src,
-            "mel": data["mel"][:, start:stop],
-            "f0": data["f0"][start:stop],
-            "voiced": data["voiced"][start:stop],
-            "loudness": data["loudness"][start:stop],
-        }
-        pad = {"src": self.floor, "mel": self.floor, "loudness": FLOOR_DB}
+        versions = [(version, gain)]
+        pieces = {"src": src}
+        if self.pair:  # another version (drawn after the first's draws: those stay as they were)
+            count = data["perturbed"].shape[0]
+            other = (version + 1 + int(rng.integers(0, max(1, count - 1)))) % count
+            gain2 = rng.uniform(-self.gain_db, self.gain_db) / 20.0 * math.log(10.0)
+            pieces["src2"] = np.maximum(data["perturbed"][other, :, start:stop] + gain2, self.floor)
+            versions.append((other, gain2))
+        pieces.update(
+            {
+                "mel": data["mel"][:, start:stop],
+                "f0": data["f0"][start:stop],
+                "voiced": data["voiced"][start:stop],
+                "loudness": data["loudness"][start:stop],
+            }
+        )
+        pad = {"src": self.floor, "src2": self.floor, "mel": self.floor, "loudness": FLOOR_DB}
         item = {}
         for name, arr in pieces.items():
             if arr.shape[-1] < seg:
                 width = [(0, 0)] * (arr.ndim - 1) + [(0, seg - arr.shape[-1])]
                 arr = np.pad(arr, width, constant_values=pad.get(name, 0))
             item[name] = torch.from_numpy(np.ascontiguousarray(arr))
-        item["src"], item["mel"] = item["src"].float(), item["mel"].float()
+        for name in ("src", "src2", "mel"):
+            if name in item:
+                item[name] = item[name].float()
         mask = torch.zeros(seg, dtype=torch.bool)
         mask[: stop - start] = True
         item["mask"] = mask
         speaker = self.singers.index(self.entries[i].singer)
         item["speaker"] = torch.tensor(speaker, dtype=torch.int64)
         if self.centre is not None:  # the encoder's input centring, warmed up on the frames before
-            prefix = np.maximum(data["perturbed"][version, :, :start] + gain, self.floor)
             c = self.centre
-            x = torch.from_numpy((prefix - c.mel_mean) / c.mel_std).float()
-            for key, value in centre_prefix_stats(x, c.centre_tau_frames, centre_level(c)).items():
-                item[f"centre_{key}"] = value
+            for tag, (v, g) in zip(("centre", "centre2"), versions, strict=False):
+                prefix = np.maximum(data["perturbed"][v, :, :start] + g, self.floor)
+                x = torch.from_numpy((prefix - c.mel_mean) / c.mel_std).float()
+                stats = centre_prefix_stats(x, c.centre_tau_frames, centre_level(c))
+                for key, value in stats.items():
+                    item[f"{tag}_{key}"] = value
         return item
 
     def batch(self, sample_ids: Sequence[int]) -> dict[str, Tensor]:

@@ -95,6 +95,8 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.int8 and args.onnx is None:
+        raise CommandError("export: --int8 belongs to --onnx OUT.onnx")
     if args.onnx is not None:
         return _export_onnx(args)
     if args.checkpoint is None or args.output is None:
@@ -111,6 +113,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
     """``export --onnx OUT.onnx [MODEL.ckpt]``: the streaming step of an inference file as ONNX."""
     if args.output is not None or args.vocoder is not None or args.corpus is not None:
         raise CommandError("export --onnx: -o, --vocoder and --corpus belong to a model export")
+    if args.int8 and args.onnx is None:
+        raise CommandError("export: --int8 belongs to --onnx OUT.onnx")
     import torch
 
     from comostream.models.chain import ConversionChain
@@ -123,11 +127,12 @@ def _export_onnx(args: argparse.Namespace) -> int:
     model, voc = load_models(checkpoint, None, "cpu", rt)
     chain = ConversionChain(model, voc, seed=rt.seed).eval()
     with torch.inference_mode():
-        data = export_step(chain, rt.block_frames)
+        data = export_step(chain, rt.block_frames, int8=args.int8)
         OnnxStep(data)  # it loads in ONNX Runtime, before anything is written
     path = write_onnx(data, args.onnx)
+    weights = "8-bit matrix weights, " if args.int8 else ""
     say(
-        f"wrote {path} ({len(data) / 1e6:.2f} MB; the streaming step of {checkpoint}: "
+        f"wrote {path} ({len(data) / 1e6:.2f} MB; {weights}the streaming step of {checkpoint}: "
         f"{model.cfg.audio.sample_rate} Hz, hop {chain.hop_length}, block {rt.block_frames} "
         f"frames, lookahead {chain.lookahead_frames} frames, {len(model.speakers)} singers; "
         "docs/onnx.md says how to run it)"
@@ -382,6 +387,13 @@ def register(sub: Subparsers) -> None:
         default=None,
         metavar="OUT.onnx",
         help="write the streaming step as ONNX (written atomically)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --onnx: the matrix products' weights in 8 bits (ONNX Runtime's MatMulNBits; "
+        "a quarter of the size, 20-30%% faster at small batches, output within about 30 dB SNR "
+        "of the float step; what --backend onnxruntime-int8 runs; docs/onnx.md)",
     )
     block_option(p, f"with --onnx: frames per step the file is meant for ({FRAME_MS}; any runs)")
     p.add_argument(

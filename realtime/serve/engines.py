@@ -17,7 +17,7 @@ import torch
 
 from comostream.models.chain import ConversionChain
 from comostream.models.conditioner import SpeakerSpec, UnknownSpeakerError, resolve_speaker
-from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.config import ONNX_BACKENDS, F0Config, RealtimeConfig
 from comostream.models.limits import DEFAULT_INDEX_RATE, check_index_rate
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
@@ -175,12 +175,14 @@ class EngineFactory:
         frames = self.rt.block_frames
         self.backend, why = batched_backend(self.rt, chain)
         log.info("batched model step: %s (%s)", self.backend, why)
-        if self.backend == "onnxruntime":  # one ONNX Runtime step, a session pinned per bucket
+        if self.backend in ONNX_BACKENDS:  # one ONNX Runtime step, a session pinned per bucket
             from comostream.realtime.onnx_step import OnnxStep, check_exportable
 
             check_exportable(chain)
             sizes = bucket_sizes(self.max_batch)
-            step = OnnxStep.from_chain(chain, frames, shapes=[(s, frames) for s in sizes])
+            shapes = [(s, frames) for s in sizes]
+            int8 = self.backend == "onnxruntime-int8"
+            step = OnnxStep.from_chain(chain, frames, shapes=shapes, int8=int8)
             return step, dict.fromkeys(sizes, step)
         if self.backend == "inductor":  # compiled per bucket, 30-40 s each
             from comostream.realtime.compiled import CompiledStep

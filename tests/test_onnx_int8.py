@@ -150,3 +150,44 @@ def test_engine_and_cli_take_the_int8_backend(models, tmp_path: Path) -> None:
     assert read_metadata(paths["f32"])["weights"] == "float32"
     assert paths["int8"].stat().st_size < paths["f32"].stat().st_size
     assert comostream.main(["export", str(ckpt), "-o", str(tmp_path / "m.ckpt"), "--int8"]) == 1
+
+
+def test_batched_serving_on_int8_equals_each_session_stepped_alone(models) -> None:
+    from comostream.realtime.serve.engines import EngineFactory
+    from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello
+
+    model, vocoder = models
+    x = sung(48000, 0.4)
+    hello = Hello(PROTOCOL_VERSION, 48000, 1, "f32le", None, None, 0.0, None)
+    rt = RealtimeConfig(backend="onnxruntime-int8")
+    out = {}
+    for mode in ("batched", "alone"):
+        factory = EngineFactory(model, vocoder, rt, max_batch=4)
+        try:
+            block = factory.natural_block(48000)
+            engines = [factory.create(hello, block, s) for s in model.speakers[:3]]
+            sched = factory.scheduler
+            assert factory.backend == "onnxruntime-int8"
+            assert sched.step_module.meta["weights"] == "int8"
+            ys: list[list[np.ndarray]] = [[] for _ in engines]
+            for k in range(len(x) // block):
+                piece = x[k * block : (k + 1) * block]
+                if mode == "alone":  # one session's block per step
+                    for y, eng in zip(ys, engines, strict=True):
+                        y.append(eng.push(piece))
+                    continue
+                with sched._cond:  # all three pending before the thread takes any: one step
+                    futures = [sched.convert(e, piece) for e in engines]
+                for y, f in zip(ys, futures, strict=True):
+                    y.append(f.result(30.0))
+            batched = sched.stats.rows > sched.stats.steps
+            assert batched == (mode == "batched")
+            out[mode] = np.stack([np.concatenate(y) for y in ys])
+            for eng in engines:
+                factory.release(eng)
+        finally:
+            factory.close()
+    peak = float(np.abs(out["alone"]).max())
+    assert peak > 0
+    np.testing.assert_allclose(out["batched"], out["alone"], rtol=0, atol=1e-4 * peak)
+    assert not np.allclose(out["alone"][0], out["alone"][1])  # the singers differ

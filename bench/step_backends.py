@@ -1,5 +1,5 @@
-"""The model step alone on each backend: torch's traced step, the ONNX Runtime step and the step
-compiled by Inductor.
+"""The model step alone on each backend: torch's traced step, the ONNX Runtime step (float
+weights, and 8-bit weights: ``onnxruntime_int8_ms``) and the step compiled by Inductor.
 
 Per number of streams, the per-step time of :class:`~comostream.realtime.traced.TracedStep`,
 :class:`~comostream.realtime.onnx_step.OnnxStep` (its input feeds and state copies included;
@@ -35,20 +35,23 @@ def step_backend_times(
     steps: int = 40,
     inductor: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per stream count: ``torch_ms``, ``onnxruntime_ms`` (and ``inductor_ms``) per
-    step and the ratios to torch's."""
+    """One row per stream count: ``torch_ms``, ``onnxruntime_ms``, ``onnxruntime_int8_ms`` (and
+    ``inductor_ms``) per step and the ratios to torch's."""
     from comostream.realtime.compiled import CompiledStep
     from comostream.realtime.onnx_step import OnnxStep
     from comostream.realtime.traced import TracedStep
 
     # a session pinned to each stream count, as the engines and the server run it
-    onnx_step = OnnxStep.from_chain(chain, frames, shapes=[(n, frames) for n in streams])
+    shapes = [(n, frames) for n in streams]
+    onnx_step = OnnxStep.from_chain(chain, frames, shapes=shapes)
+    int8_step = OnnxStep.from_chain(chain, frames, shapes=shapes, int8=True)
     rows = []
     for n in streams:
         inputs = chain.zero_inputs(n, frames)
         runs = {
             "torch": (TracedStep(chain, inputs, streams=n), chain.init_state(n)),
             "onnxruntime": (onnx_step, onnx_step.init_state(n)),
+            "onnxruntime_int8": (int8_step, int8_step.init_state(n)),
         }
         if inductor:
             compiled = CompiledStep(chain, inputs, streams=n)
@@ -74,6 +77,7 @@ def step_backend_times(
                 "torch_ms": best["torch"],
                 "onnxruntime_ms": best["onnxruntime"],
                 "torch_over_onnxruntime": best["torch"] / best["onnxruntime"],
+                "onnxruntime_int8_ms": best["onnxruntime_int8"],
                 **(
                     {
                         "inductor_ms": best["inductor"],
@@ -105,13 +109,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     chain = ConversionChain(model, vocoder).eval()
     counts = [int(s) for s in args.streams.split(",")]
     rows = step_backend_times(chain, counts, args.block, inductor=not args.no_inductor)
-    print("| streams | block ms | torch traced ms | onnxruntime ms | inductor ms |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "| streams | block ms | torch traced ms | onnxruntime ms | onnxruntime-int8 ms "
+        "| inductor ms |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ind = f"{r['inductor_ms']:.2f}" if "inductor_ms" in r else "-"
         print(
             f"| {r['streams']} | {r['block_ms']:.1f} | {r['torch_ms']:.2f} | "
-            f"{r['onnxruntime_ms']:.2f} | {ind} |"
+            f"{r['onnxruntime_ms']:.2f} | {r['onnxruntime_int8_ms']:.2f} | {ind} |"
         )
 
 

@@ -340,6 +340,7 @@ def test_step_backend_times_has_a_row_per_stream_count(chain: ConversionChain) -
     rows = step_backend_times(chain, [1, 3], frames=2, rounds=1, steps=4, inductor=False)
     assert [r["streams"] for r in rows] == [1, 3]
     assert all(r["torch_ms"] > 0 and r["onnxruntime_ms"] > 0 for r in rows)
+    assert all(r["onnxruntime_int8_ms"] > 0 for r in rows)
 
 
 @pytest.mark.parametrize(

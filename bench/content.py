@@ -54,8 +54,9 @@ from tqdm import tqdm
 from comostream.bench.content_recon import decoder_reconstruction
 from comostream.bench.probes import (
     Standardizer,
+    confusion,
     cosine_pairs,
-    logreg_accuracy,
+    logreg_predict,
     mlp_accuracy,
     retrieval_hits,
     ridge_fit,
@@ -172,15 +173,20 @@ def _rows(utts: Sequence[_Utt], kind: str) -> tuple[Tensor, Tensor]:
 
 
 def speaker_probe(utts: Sequence[_Utt], n_singers: int) -> dict[str, Any]:
-    """Linear singer classifiers on content and mel frames (train lines -> test lines)."""
+    """Linear singer classifiers on content and mel frames (train lines -> test lines), with
+    their row-normalised confusion matrices (``confusion``: rows the true singer, columns the
+    probe's answer, in the order of ``confusion["singers"]``)."""
     train = [u for u in utts if u.split != "test"]
     test = [u for u in utts if u.split == "test"]
     out: dict[str, Any] = {"chance": 1.0 / n_singers}
     kinds = ["content", "mel"] + (["content_stream"] if utts[0].content_stream is not None else [])
+    out["confusion"] = {"singers": sorted({u.singer for u in utts})}
     for kind in kinds:
         xtr, ytr = _rows(train, kind)
         xte, yte = _rows(test, kind)
-        out[f"{kind}_accuracy"] = logreg_accuracy(xtr, ytr, xte, yte, n_singers)
+        pred = logreg_predict(xtr, ytr, xte, n_singers)
+        out[f"{kind}_accuracy"] = float((pred == yte).float().mean())
+        out["confusion"][kind] = confusion(yte, pred, n_singers)
         out[f"mlp_{kind}_accuracy"] = mlp_accuracy(xtr, ytr, xte, yte, n_singers)
         out["train_frames"], out["test_frames"] = int(xtr.shape[0]), int(xte.shape[0])
     return out
@@ -423,6 +429,11 @@ def format_content_report(r: dict[str, Any]) -> str:
             f"MLP probe: content {sp['mlp_content_accuracy']:.3f}, streamed "
             f"{sp['mlp_content_stream_accuracy']:.3f}, mel {sp['mlp_mel_accuracy']:.3f}"
         )
+    conf = sp.get("confusion")
+    if conf is not None:
+        lines.append("  linear probe on content, fraction of each singer's test frames given to")
+        for name, row in zip(conf["singers"], conf["content"], strict=True):
+            lines.append(f"    {name}: " + " ".join(f"{v:.2f}" for v in row))
     pp = r["pitch_probe"]
     lines.append(f"log-F0 probe R^2: content {pp['content_r2']:.3f}, mel {pp['mel_r2']:.3f}")
     for key in ("cosine_aligned", "cosine_shifted", "retrieval_at_2", "conversion_mel_l1"):

@@ -9,8 +9,10 @@ from torch import Tensor
 
 __all__ = [
     "Standardizer",
+    "confusion",
     "cosine_pairs",
     "logreg_accuracy",
+    "logreg_predict",
     "mlp_accuracy",
     "retrieval_hits",
     "ridge_fit",
@@ -39,6 +41,24 @@ def logreg_accuracy(
     x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, n_classes: int, seed: int = 0
 ) -> float:
     """Test accuracy of a multinomial logistic regression (full-batch L-BFGS) on frames."""
+    pred = logreg_predict(x_train, y_train, x_test, n_classes, seed)
+    return float((pred == y_test).float().mean())
+
+
+def confusion(y_true: Tensor, y_pred: Tensor, n_classes: int) -> list[list[float]]:
+    """Row-normalised confusion matrix: ``[true][predicted]`` fraction of each true class's
+    frames (a row of zeros for a class without frames)."""
+    counts = torch.zeros(n_classes, n_classes, dtype=torch.float64)
+    ones = torch.ones(y_true.shape[0], dtype=torch.float64)
+    counts.index_put_((y_true.long(), y_pred.long()), ones, accumulate=True)
+    return (counts / counts.sum(1, keepdim=True).clamp(min=1.0)).tolist()
+
+
+def logreg_predict(
+    x_train: Tensor, y_train: Tensor, x_test: Tensor, n_classes: int, seed: int = 0
+) -> Tensor:
+    """Classes ``(N_test,)`` that a multinomial logistic regression (full-batch L-BFGS) fitted on
+    the training frames gives the test frames."""
     torch.manual_seed(seed)
     norm = Standardizer(x_train)
     xtr, xte = norm(x_train), norm(x_test)
@@ -55,7 +75,7 @@ def logreg_accuracy(
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        return float((lin(xte).argmax(-1) == y_test).float().mean())
+        return lin(xte).argmax(-1)
 
 
 def mlp_accuracy(

@@ -49,6 +49,10 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     probe = r["speaker_probe"]
     assert probe["chance"] == 0.5 and 0.0 <= probe["content_accuracy"] <= 1.0
     assert probe["test_frames"] > 0 and "content_stream_accuracy" in probe
+    conf = probe["confusion"]
+    assert conf["singers"] == ["h1", "h2"]
+    for kind in ("content", "mel"):  # rows: each held-out singer's test frames, as fractions
+        assert len(conf[kind]) == 2 and all(abs(sum(row) - 1.0) < 1e-9 for row in conf[kind])
     kept = r["content_kept"]
     assert kept["pairs"] == [["h1", "s1"]]  # the same base voice: frame-aligned renditions
     assert -1.0 <= kept["cosine_aligned"]["content"] <= 1.0

@@ -331,6 +331,7 @@ def test_tiny_training_run_gives_loadable_checkpoint(tmp_path: Path) -> None:
 def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     from comostream.bench.content import stream_rtf
     from comostream.bench.probes import (
+        confusion,
         logreg_accuracy,
         mlp_accuracy,
         retrieval_hits,
@@ -342,6 +343,13 @@ def test_bench_probes_separate_known_classes_and_fit_known_maps() -> None:
     y = torch.arange(300) % 3
     x = torch.randn(300, 4, generator=g) + 4.0 * torch.nn.functional.one_hot(y, 4)
     assert logreg_accuracy(x[:200], y[:200], x[200:], y[200:], 3) > 0.95
+    truth, pred = torch.tensor([0, 0, 0, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 2, 0])
+    assert confusion(truth, pred, 4) == [
+        [2 / 3, 1 / 3, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.5, 0.0, 0.5, 0.0],
+        [0.0, 0.0, 0.0, 0.0],  # a class without frames
+    ]
     noise = torch.randn(300, 4, generator=g)
     assert logreg_accuracy(noise[:200], y[:200], noise[200:], y[200:], 3) < 0.6
     # classes on a ring (|x| tells them apart): linear probe at chance, MLP probe not

@@ -353,7 +353,8 @@ def test_every_streaming_command_takes_the_backend(command: list[str]) -> None:
 
     parser = build_parser()
     assert config_from_args(parser.parse_args(command)).realtime.backend == "auto"
-    args = parser.parse_args([*command, "--backend", "onnxruntime"])
-    assert config_from_args(args).realtime.backend == "onnxruntime"
+    for backend in ("onnxruntime", "onnxruntime-int8"):
+        args = parser.parse_args([*command, "--backend", backend])
+        assert config_from_args(args).realtime.backend == backend
     with pytest.raises(SystemExit):
         parser.parse_args([*command, "--backend", "tensorrt"])

@@ -7,10 +7,11 @@ block as ``uint8`` codes ``q`` and one float scale ``s`` (symmetric: ``w = (q - 
 ``s = max|w| / 127``).
 ``accuracy_level = 4`` lets ONNX Runtime run the product in int8 with each *row* of the
 activations quantized on its own, block by block, so one stream's output never depends on the
-other streams of a batch (batched == separate, exactly). The file is a quarter of the size; at
-the step's small batches (1-16 streams, a few frames) the weights stay in the cache and the step
-runs 20-30% faster (docs/onnx.md, "8-bit weights"). The op is ONNX Runtime's own (its CPU
-provider; other runtimes need the float file). Needs only the ``onnx`` package.
+other streams of a batch (batched == separate, to float rounding). The file is a quarter of the
+size; at the step's small batches (1-8 streams, a few frames) the products read a quarter of the
+bytes and the step runs 20-30% faster (docs/onnx.md, "8-bit weights"). The op is ONNX
+Runtime's own (its CPU provider; other runtimes need the float file). Needs only the ``onnx``
+package.
 """
 
 from __future__ import annotations

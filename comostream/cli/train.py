@@ -113,8 +113,6 @@ def _export_onnx(args: argparse.Namespace) -> int:
     """``export --onnx OUT.onnx [MODEL.ckpt]``: the streaming step of an inference file as ONNX."""
     if args.output is not None or args.vocoder is not None or args.corpus is not None:
         raise CommandError("export --onnx: -o, --vocoder and --corpus belong to a model export")
-    if args.int8 and args.onnx is None:
-        raise CommandError("export: --int8 belongs to --onnx OUT.onnx")
     import torch
 
     from comostream.models.chain import ConversionChain

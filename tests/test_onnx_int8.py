@@ -150,6 +150,10 @@ def test_engine_and_cli_take_the_int8_backend(models, tmp_path: Path) -> None:
     assert read_metadata(paths["f32"])["weights"] == "float32"
     assert paths["int8"].stat().st_size < paths["f32"].stat().st_size
     assert comostream.main(["export", str(ckpt), "-o", str(tmp_path / "m.ckpt"), "--int8"]) == 1
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert comostream.main(["export", "--onnx", str(folder), str(ckpt), "--int8"]) == 1
+    assert list(folder.iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_batched_serving_on_int8_equals_each_session_stepped_alone(models) -> None:

@@ -113,6 +113,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
     """``export --onnx OUT.onnx [MODEL.ckpt]``: the streaming step of an inference file as ONNX."""
     if args.output is not None or args.vocoder is not None or args.corpus is not None:
         raise CommandError("export --onnx: -o, --vocoder and --corpus belong to a model export")
+    if args.onnx.is_dir():
+        raise CommandError(f"export --onnx: {args.onnx} is a folder; give a file name (OUT.onnx)")
     import torch
 
     from comostream.models.chain import ConversionChain

@@ -37,7 +37,7 @@ from comostream.models.acoustic import AcousticModel, hold_unvoiced
 from comostream.models.config import DEFAULT_F0_HZ
 from comostream.models.edm import denormalise_mel
 from comostream.models.noise import frame_noise
-from comostream.models.streaming import Delay, StreamState
+from comostream.models.streaming import Delay, StreamState, store
 
 __all__ = ["ChainVocoder", "ConversionChain", "FrameInputs"]
 
@@ -202,7 +202,7 @@ class ConversionChain(nn.Module):
         f0, voiced, loud = inputs["f0"], inputs["voiced"], inputs["loudness"]
         streams, frames = f0.shape
         held = hold_unvoiced(f0, voiced, state["f0_hold"])  # causal: one number of state
-        state["f0_hold"].copy_(held[:, -1:])
+        store(state, "f0_hold", held[:, -1:])
         f0_cond, f0_voc = _transposed(held, f0, voiced, inputs["transpose"])
         side = torch.stack([f0_cond, voiced.to(f0.dtype), loud], dim=1)
         side = self.side_delay.run(side, state["side_delay"])

@@ -41,6 +41,7 @@ __all__ = [
     "FrameLinear",
     "RunningCentre",
     "centre_prefix_stats",
+    "store",
     "child",
     "init_tree",
     "per_item",
@@ -166,6 +167,16 @@ def rebuild_state(template: StreamState, leaves: list[Tensor]) -> StreamState:
     return walk(template)
 
 
+def store(state: StreamState, key: str, value: Tensor) -> None:
+    """``state[key]`` becomes ``value``: copied into the state's tensor (engines and the batch
+    scheduler keep views of it), or, under ONNX export, the new tensor itself (the exporter
+    turns each copy into a graph input into an ``Expand`` node; a step's nodes cost time each)."""
+    if torch.onnx.is_in_onnx_export():
+        state[key] = value
+    else:
+        state[key].copy_(value.detach())
+
+
 def pad_future(x: Tensor, frames: int) -> Tensor:
     """``x (..., T)`` with ``frames`` zero frames appended (the one-shot stand-in for flush)."""
     return F.pad(x, (0, frames)) if frames else x
@@ -182,7 +193,7 @@ def _run_history(x: Tensor, state: StreamState | None, frames: int) -> Tensor:
         return F.pad(x, (frames, 0))
     hist: Tensor = state["history"]
     xp = torch.cat([hist, x], dim=-1)
-    hist.copy_(xp[..., xp.shape[-1] - frames :].detach())
+    store(state, "history", xp[..., xp.shape[-1] - frames :])
     return xp
 
 
@@ -397,9 +408,9 @@ class RunningCentre(nn.Module):
             outs.append(xc - (num_t + weight * prior) / (den_t + weight))
             num, den, age = num_t[..., -1], den_t[..., -1], age_t[..., -1]
         if state is not None:
-            state["num"].copy_(num.detach())
-            state["den"].copy_(den.detach())
-            state["age"].copy_(age.detach())
+            store(state, "num", num)
+            store(state, "den", den)
+            store(state, "age", age)
         return torch.cat(outs, -1) if len(outs) > 1 else outs[0]
 
     def forward(self, x: Tensor) -> Tensor:

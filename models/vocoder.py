@@ -48,7 +48,14 @@ from comostream.models.conditioner import F0_REF_HZ
 from comostream.models.config import AudioConfig, ConfigError, VocoderConfig, config_from_dict
 from comostream.models.content import ContentLayer
 from comostream.models.frames import periodic_hann
-from comostream.models.streaming import Delay, FrameLinear, StreamingStack, StreamState, child
+from comostream.models.streaming import (
+    Delay,
+    FrameLinear,
+    StreamingStack,
+    StreamState,
+    child,
+    store,
+)
 from comostream.models.vocoder_synth import (
     MelGrid,
     filter_matrices,
@@ -218,9 +225,9 @@ class Vocoder(StreamingStack):
         gain = F.pad(gain[..., 1:], (1, 0))  # no noise at DC
         noise, new_tail = noise_block(gain, first, tail, self.window, self._noise_dft())
         if osc is not None:
-            osc["phase"].copy_(phase_end)
+            store(osc, "phase", phase_end)
             osc["sample"].add_(k * hop)
-            osc["noise_tail"].copy_(new_tail.detach())
+            store(osc, "noise_tail", new_tail)
         return harm + noise
 
     def run(

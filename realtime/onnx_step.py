@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from comostream.models.chain import ConversionChain, FrameInputs
 from comostream.models.checkpoint_io import CheckpointError
-from comostream.models.streaming import StreamState, state_tensors
+from comostream.models.streaming import StreamState, rebuild_state, state_tensors
 from comostream.realtime.onnx_ops import ONNX_OPSET, register_onnx_ops
 from comostream.realtime.traced import _Flat, standalone_problem
 
@@ -109,8 +109,12 @@ class _StateOut(nn.Module):
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
         leaves = [a.clone() for a in args[self.n_inputs :]]  # updated in place by the step
-        wav = self.flat(*args[: self.n_inputs], *leaves)
-        return (wav, *leaves)
+        flat = self.flat
+        inputs = dict(zip(flat.names, args[: self.n_inputs], strict=True))
+        state = rebuild_state(flat.template, leaves)
+        wav = flat.step_module.step(inputs, state)
+        # the state's leaves after the step: updated in place, or replaced under export
+        return (wav, *(t for _, t in state_tensors(state)))
 
 
 def _shape(name: str, t: Tensor) -> list[int | str]:

@@ -383,8 +383,8 @@ class RealtimeConfig:
     sola_search_ms: float = 4.0  # window mode: SOLA offset search range
     crossfade_ms: float = 8.0  # window mode: cross-fade length between windows
     # runs the model step: torch (traced on a CPU) | onnxruntime | onnxruntime-int8 (8-bit
-    # weights) | inductor | auto: serve's
-    # batched steps on onnxruntime when it is installed and the step exports, else torch; an
+    # weights) | inductor | auto: serve's batched steps on onnxruntime-int8 when onnxruntime
+    # is installed and the step exports (onnxruntime on a CPU without int8 kernels), else torch; an
     # engine of its own (live, convert, demo, bench latency) on torch, which starts in under a
     # second instead of an export's few seconds (engine_backend, EngineFactory.backend)
     backend: str = "auto"

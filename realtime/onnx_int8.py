@@ -16,15 +16,39 @@ package.
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["BLOCK", "block_size", "quantize_matmuls", "quantize_weight"]
+__all__ = ["BLOCK", "block_size", "int8_kernels_problem", "quantize_matmuls", "quantize_weight"]
 
 BLOCK = 128  # weights per quantization block along K (a power of 2, >= 16)
 ACCURACY_LEVEL = 4  # int8 compute, activations quantized per row and block
 MS_DOMAIN = "com.microsoft"
+
+
+def int8_kernels_problem(machine: str | None = None, cpuinfo: str | None = None) -> str | None:
+    """Why ONNX Runtime would have no fast int8 kernel for ``MatMulNBits`` here (None: it has).
+    MLAS has them for ARM64 and for x86-64 with AVX2 (or AVX-512); elsewhere it computes the
+    product in float from the codes, slower than the float step. ``machine`` and ``cpuinfo``
+    (the text of ``/proc/cpuinfo``) default to this machine's; where the CPU's flags cannot be
+    read, an x86-64 is taken to have AVX2 (every x86-64 CPU since about 2015)."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("arm64", "aarch64"):
+        return None
+    if machine not in ("x86_64", "amd64"):
+        return f"no 8-bit kernels for a {machine} CPU"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return None
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags is None or "avx2" in flags.split():
+        return None
+    return "this x86-64 CPU has no AVX2 (no 8-bit kernels)"
 
 
 def block_size(k: int, block: int = BLOCK) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import importlib.util
 import ipaddress
 import json
 import random
@@ -31,6 +32,11 @@ from comostream.realtime.serve.protocol import ERRORS
 from comostream.training.checkpoint import save_checkpoint
 from comostream.training.sampler import EpochShuffle
 from comostream.training.state import TrainState, make_state
+
+# The batched server's float step, for tests that hold its output to a torch engine's within
+# float rounding: ONNX Runtime's float step where it is installed (`auto` picks the 8-bit one:
+# tests/test_onnx_int8.py), else torch.
+FLOAT_BACKEND = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
 
 # ---------------------------------------------------------------- chunked vs one-shot streams
 FIXED_CHUNKS = (1, 2, 3, 4, 8)

@@ -27,10 +27,11 @@ from comostream.realtime.serve.engines import EngineFactory
 from comostream.realtime.serve.protocol import FLAG_DROPPED, PROTOCOL_VERSION, Hello
 from comostream.realtime.serve.server import ServerThread
 
-from helpers import sung
+from helpers import FLOAT_BACKEND, sung
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
+SERVE_RT = RealtimeConfig(block_frames=2, backend=FLOAT_BACKEND)  # held to torch engines
 
 
 class _Accumulate:
@@ -250,7 +251,7 @@ CASES = [  # (rate, singer, transposition, block samples)
 def test_batched_sessions_joining_and_leaving_equal_separate_engines(models: Any) -> None:
     """Four sessions through one scheduler: two start together, a third joins mid-stream, one
     leaves early and a fourth takes its slot (fresh state); each equals its own engine."""
-    factory = EngineFactory(*models, RT, max_batch=4)
+    factory = EngineFactory(*models, SERVE_RT, max_batch=4)
     factory.warm_up()
     sched = factory.scheduler
     assert sched is not None and sorted(sched.buckets) == [1, 2, 3, 4]
@@ -311,7 +312,7 @@ def test_batched_sessions_joining_and_leaving_equal_separate_engines(models: Any
 def test_batched_server_output_equals_per_session_engines(models: Any) -> None:
     """Four concurrent WebSocket clients (rates, singers, transpositions, blocks) on a batched
     server get what separate engines give; the scheduler did batch them."""
-    factory = EngineFactory(*models, RT, max_batch=4)
+    factory = EngineFactory(*models, SERVE_RT, max_batch=4)
     config = ServerConfig(port=0, max_streams=4, max_queue_ms=3000.0)
     signals = [_signal(sr, 0.35, i) for i, (sr, *_) in enumerate(CASES)]
     with ServerThread(factory, config) as st:
@@ -343,7 +344,7 @@ def test_overloaded_batched_server_drops_oldest_and_keeps_the_timeline(models: A
     """The batched step stalls for 0.4 s while a client streams at 3x real time: the session's
     input queue drops its oldest blocks (DROPPED replies, silence), every block is answered in
     order, and the stream goes on afterwards."""
-    factory = EngineFactory(*models, RT, max_batch=2)
+    factory = EngineFactory(*models, SERVE_RT, max_batch=2)
     config = ServerConfig(port=0, max_queue_ms=60.0)
     block, sr = 1024, 48000
     with ServerThread(factory, config) as st:

@@ -58,10 +58,11 @@ from comostream.realtime.serve.protocol import (
 )
 from comostream.realtime.serve.server import ServerThread
 
-from helpers import expect_error, write_tiny_model
+from helpers import FLOAT_BACKEND, expect_error, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
+SERVE_RT = RealtimeConfig(block_frames=2, backend=FLOAT_BACKEND)  # held to torch engines
 TOKEN = "s3cret"
 SR, BLOCK = 24000, 512
 
@@ -95,7 +96,7 @@ async def _closed_with(ws: ClientConnection, code: str, within: float) -> float:
 
 @pytest.fixture(scope="module")
 def factory(models: tuple[Any, Any]) -> EngineFactory:
-    return EngineFactory(*models, RT)
+    return EngineFactory(*models, SERVE_RT)
 
 
 @pytest.fixture(scope="module")

@@ -300,22 +300,38 @@ def test_auto_runs_the_batched_steps_on_onnxruntime_when_it_can(
 ) -> None:
     import importlib.util
 
+    from comostream.realtime.serve import engines
     from comostream.realtime.serve.engines import EngineFactory, batched_backend
 
     model, vocoder = models
     auto = RealtimeConfig()
     assert auto.backend == "auto" and auto.engine_backend == "torch"  # a lone engine: torch
-    assert batched_backend(auto, chain)[0] == "onnxruntime"
+    # with int8 kernels for the CPU: the 8-bit step; without, the float one, saying why
+    monkeypatch.setattr(engines, "int8_kernels_problem", lambda: None)
+    assert batched_backend(auto, chain)[0] == "onnxruntime-int8"
+    factory = EngineFactory(model, vocoder, auto, max_batch=2)
+    try:
+        step = factory.start_batching().step_module
+        assert isinstance(step, OnnxStep) and step.meta["weights"] == "int8"
+        assert factory.backend == "onnxruntime-int8"
+    finally:
+        factory.close()
+    monkeypatch.setattr(engines, "int8_kernels_problem", lambda: "no 8-bit kernels for a s390x")
+    assert batched_backend(auto, chain) == (
+        "onnxruntime",
+        "auto: onnxruntime is installed; no 8-bit kernels for a s390x",
+    )
+    factory = EngineFactory(model, vocoder, auto, max_batch=2)
+    try:
+        step = factory.start_batching().step_module
+        assert isinstance(step, OnnxStep) and step.meta["weights"] == "float32"
+    finally:
+        factory.close()
+    monkeypatch.undo()
     assert batched_backend(RealtimeConfig(backend="torch"), chain) == (
         "torch",
         "[realtime] backend",
     )
-    factory = EngineFactory(model, vocoder, auto, max_batch=2)
-    try:
-        assert isinstance(factory.start_batching().step_module, OnnxStep)
-        assert factory.backend == "onnxruntime"
-    finally:
-        factory.close()
     # an engine of its own (live, convert, bench latency) stays on the traced torch step
     engine = StreamingConverter.from_models(model, vocoder, realtime=auto)
     assert type(engine.step_module).__name__ == "TracedStep"
@@ -332,6 +348,20 @@ def test_auto_runs_the_batched_steps_on_onnxruntime_when_it_can(
     monkeypatch.setattr(chain.vocoder, "traceable", False, raising=False)  # as window mode
     backend, why = batched_backend(auto, chain)
     assert backend == "torch" and "built-in streaming vocoder" in why
+
+
+def test_int8_kernels_are_known_for_x86_with_avx2_and_arm64() -> None:
+    from comostream.realtime.onnx_int8 import int8_kernels_problem
+
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    old = "processor\t: 0\nflags\t\t: fpu sse2 sse4_2 avx\n"
+    assert int8_kernels_problem("x86_64", avx2) is None
+    assert int8_kernels_problem("AMD64", "") is None  # flags unreadable: taken to have AVX2
+    assert "no AVX2" in str(int8_kernels_problem("x86_64", old))
+    assert int8_kernels_problem("aarch64") is None and int8_kernels_problem("arm64") is None
+    assert "riscv64" in str(int8_kernels_problem("riscv64"))
+    here = int8_kernels_problem()  # this machine's own CPU
+    assert here is None or "8-bit kernels" in here
 
 
 def test_step_backend_times_has_a_row_per_stream_count(chain: ConversionChain) -> None:

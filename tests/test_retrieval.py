@@ -25,12 +25,13 @@ from comostream.realtime.serve.protocol import (
 )
 from comostream.training.checkpoint import save_checkpoint
 
-from helpers import sung, tiny_models
+from helpers import FLOAT_BACKEND, sung, tiny_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FRAMES = 32
 RT = RealtimeConfig(block_frames=2)
+SERVE_RT = RealtimeConfig(block_frames=2, backend=FLOAT_BACKEND)  # held to torch engines
 
 
 def _indexed_models() -> tuple[AcousticModel, ConversionChain, ConversionChain]:
@@ -188,7 +189,7 @@ def test_onnx_step_with_the_index_equals_the_torch_step() -> None:
 def test_batched_serving_with_the_index_equals_separate_engines() -> None:
     indexed, _, _ = _indexed_models()
     _, vocoder = tiny_models()
-    factory = EngineFactory(indexed, vocoder, RT, max_batch=2, index_rate=0.5)
+    factory = EngineFactory(indexed, vocoder, SERVE_RT, max_batch=2, index_rate=0.5)
     factory.warm_up()
     cases = [("alto", 1.0), ("bass", None), ({"alto": 0.5, "tenor": 0.5}, 0.8)]
     signals = [np.roll(sung(24000, 0.3), 997 * i).astype(np.float32) for i in range(3)]

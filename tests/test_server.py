@@ -38,10 +38,11 @@ from comostream.realtime.serve.protocol import pack_frame
 from comostream.realtime.serve.server import ServerThread
 from comostream.realtime.serve.session import Block, DropQueue, Gap
 
-from helpers import expect_error, self_signed_pair, write_tiny_model
+from helpers import FLOAT_BACKEND, expect_error, self_signed_pair, write_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RT = RealtimeConfig(block_frames=2)
+SERVE_RT = RealtimeConfig(block_frames=2, backend=FLOAT_BACKEND)  # held to torch engines
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +59,7 @@ def sung(seconds: float, sr: int, f0: float = 220.0, seed: int = 0) -> np.ndarra
 def server(models: tuple[Any, Any]) -> Iterator[ServerThread]:
     """A server with generous queues (no drops on a busy CI machine)."""
     config = ServerConfig(port=0, max_streams=8, max_queue_ms=3000.0)
-    with ServerThread(EngineFactory(*models, RT), config) as st:
+    with ServerThread(EngineFactory(*models, SERVE_RT), config) as st:
         yield st
 
 

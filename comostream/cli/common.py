@@ -321,9 +321,9 @@ def backend_option(parser: argparse.ArgumentParser) -> None:
         "about 30 dB SNR of the float step, the same by speaker similarity and DNSMOS) or "
         "inductor (compiled to C++ by torch.compile at start-up, about 30 s per block shape; "
         "needs g++ and python3-dev); all but torch need the built-in vocoder and the CPU; "
-        "auto: serve's "
-        "batched steps on onnxruntime when it is installed (the faster step), everything "
-        "else on torch; default: [realtime] backend (auto)",
+        "auto: serve's batched steps on onnxruntime-int8 when onnxruntime is installed "
+        "(onnxruntime on a CPU without int8 kernels: x86-64 without AVX2), everything else "
+        "on torch; default: [realtime] backend (auto)",
     )
 
 

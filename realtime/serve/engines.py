@@ -21,6 +21,7 @@ from comostream.models.config import ONNX_BACKENDS, F0Config, RealtimeConfig
 from comostream.models.limits import DEFAULT_INDEX_RATE, check_index_rate
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.geometry import StreamGeometry
+from comostream.realtime.onnx_int8 import int8_kernels_problem
 from comostream.realtime.serve.batcher import BatchScheduler, SlotStep, bucket_sizes
 from comostream.realtime.serve.protocol import PROTOCOL_VERSION, Hello, ProtocolError
 from comostream.realtime.traced import TracedStep, standalone_problem
@@ -37,11 +38,12 @@ BATCH_WAIT = 0.0
 
 def batched_backend(rt: RealtimeConfig, chain: ConversionChain) -> tuple[str, str]:
     """What runs the batched server's steps of ``chain``, and why: ``rt.backend``, or for
-    ``auto`` onnxruntime when it is installed and ``chain`` exports (the built-in vocoder and
-    content encoder, float32 on the CPU), else torch. ONNX Runtime's step was the faster at
-    every batch size the server pads to by default (up to 8 streams; on a 2-core AMD EPYC 1.4-2.2
-    against 3.4-3.8 ms for one stream, 5.3-5.5 against 6.8 for eight; docs/streaming.md), for an
-    export of about 3 s at start-up."""
+    ``auto`` ONNX Runtime with 8-bit weights when it is installed, ``chain`` exports (the
+    built-in vocoder and content encoder, float32 on the CPU) and the CPU has int8 kernels
+    (x86-64 with AVX2, ARM64); the float ONNX Runtime step without those kernels; else torch.
+    The 8-bit step held more real-time streams than the float one in ``bench serve`` on a 2-core
+    AMD EPYC (20 against 16, round trip p99 at 16 streams 9-11 against 16-21 ms;
+    docs/streaming.md), the float one more than torch, for an export of about 3 s at start-up."""
     if rt.backend != "auto":
         return rt.backend, "[realtime] backend"
     if importlib.util.find_spec("onnxruntime") is None:
@@ -49,7 +51,10 @@ def batched_backend(rt: RealtimeConfig, chain: ConversionChain) -> tuple[str, st
     why = standalone_problem(chain, "onnxruntime")
     if why is not None:
         return "torch", f"auto: {why.rsplit(': ', 1)[0]}"  # the reason, not the advice
-    return "onnxruntime", "auto: onnxruntime is installed"
+    no_int8 = int8_kernels_problem()
+    if no_int8 is not None:
+        return "onnxruntime", f"auto: onnxruntime is installed; {no_int8}"
+    return "onnxruntime-int8", "auto: onnxruntime is installed, with int8 kernels for this CPU"
 
 
 class EngineFactory:

@@ -149,17 +149,19 @@ def test_scheduler_batches_pending_blocks_pads_to_a_bucket_and_keeps_each_state(
 
 class _Binding(_Accumulate):
     """A step that binds its state buffers (as ONNX Runtime's IO binding does): it must get the
-    same state object for a batch size every time, never views of the table."""
+    same state object for a batch size every time (one slot alone: that slot's own object)."""
 
     steps_views = False
 
     def __init__(self) -> None:
         super().__init__()
         self.states: dict[int, set[int]] = {}
+        self.ptrs: dict[int, set[int]] = {}  # batch size -> where its ``acc`` rows were
 
     def step(self, inputs: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
-        self.states.setdefault(int(inputs["f0"].shape[0]), set()).add(id(state))
-        assert state["acc"]._base is None  # its own rows, not a slice of the table
+        n = int(inputs["f0"].shape[0])
+        self.states.setdefault(n, set()).add(id(state))
+        self.ptrs.setdefault(n, set()).add(state["acc"].data_ptr())
         return super().step(inputs, state)
 
 
@@ -178,6 +180,18 @@ def test_a_step_that_binds_its_buffers_gets_the_same_rows_and_the_state_is_kept(
             assert fa.result(10.0) == [before + 2.0 * k + 2.0] and fb.result(10.0) == [4.0 * k]
         assert bucket.sizes == [1, 2] * 3
         assert {size: len(ids) for size, ids in bucket.states.items()} == {1: 1, 2: 1}
+        # alone, a's own rows of the table, in place; together, gathered rows of the step's own
+        table = sched._table[0]
+        slot = a.step_module.slot
+        assert bucket.ptrs[1] == {table[slot].data_ptr()}
+        start, end = table.data_ptr(), table.data_ptr() + table.numel() * table.element_size()
+        assert not any(start <= p < end for p in bucket.ptrs[2])
+        # the table grows (a third session): a's rows move, its sum stays, its state object is new
+        c = _FakeEngine(sched)
+        assert sched.capacity == 4
+        assert sched.convert(a, np.array([1.0])).result(10.0) == [18.0 + 2.0]  # a: 18 so far
+        assert len(bucket.states[1]) == 2 and sched._table[0][slot].data_ptr() in bucket.ptrs[1]
+        c.step_module.close()
     finally:
         sched.close()
 

@@ -9,7 +9,8 @@ The thread takes every pending job at once (a *cycle*): it runs the control call
 block's front end (resampling, features, F0; the engine queues its complete model blocks instead
 of stepping them), then the queued model blocks of all those sessions together, one per session
 per step, gathering their rows of the state table (into rows kept per step and batch size: no
-allocation per step, and a step that binds its buffers, like ONNX Runtime's, binds them once),
+allocation per step, and a step that binds its buffers, like ONNX Runtime's, binds them once;
+a session stepped alone runs on its own rows of the table, in place),
 padding the batch to the nearest traced size (*bucket*) by repeating the first row, stepping,
 and writing the real rows back; then each
 block's output leaves the engine and ``finish`` makes its reply. Blocks that arrive during a cycle
@@ -155,6 +156,7 @@ class BatchScheduler:
         self._table: list[Tensor] = []
         self._free: list[int] = []
         self._kept_rows: dict[tuple[int, int], tuple[list[Tensor], StreamState]] = {}
+        self._slot_states: dict[int, StreamState] = {}  # views of the table, per slot
         self._grow(max(1, capacity))
         self._table_lock = threading.Lock()  # the table: a step, a reset or growth at a time
         self._cond = threading.Condition()
@@ -400,8 +402,9 @@ class BatchScheduler:
         self, step: Any, size: int, items: list[tuple[Any, dict[str, Tensor]]]
     ) -> list[Tensor]:
         """One step of ``items`` padded to ``size`` rows (copies of the first). Consecutive
-        slots with no padding (one session alone, say) step on views of the table, in place;
-        others on gathered copies, written back."""
+        slots with no padding (one session alone, say) step on views of the table, in place (a
+        step that binds its buffers: one slot alone, on a state object kept per slot); others
+        on gathered copies, written back."""
         n = len(items)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -414,16 +417,18 @@ class BatchScheduler:
                     for k in items[0][1]
                 }
             first = slots[0]
-            in_place = (
-                size == n
-                and slots == list(range(first, first + n))
-                and getattr(step, "steps_views", True)
-            )
+            consecutive = size == n and slots == list(range(first, first + n))
+            views = getattr(step, "steps_views", True)
+            # a step that binds its buffers (ONNX Runtime) steps a lone slot's rows in place too:
+            # the slot's state object is kept, so it binds them once
+            in_place = consecutive and (views or n == 1)
             index = None if in_place else torch.tensor(slots, dtype=torch.long)
             with self._table_lock:
-                if index is None:
+                if index is None and views:
                     rows = [t[first : first + n] for t in self._table]
                     state = rebuild_state(self._template, rows)
+                elif index is None:
+                    state = self._slot_state(first)
                 else:  # gathered into the step's own rows (kept: no allocation per step)
                     rows, state = self._rows(step, size)
                     for t, r in zip(self._table, rows, strict=True):
@@ -437,6 +442,15 @@ class BatchScheduler:
         self.stats.padded_rows += size - n
         self.stats.step_s.append((n, time.perf_counter() - t0))
         return [y[i : i + 1] for i in range(n)]
+
+    def _slot_state(self, slot: int) -> StreamState:
+        """``slot``'s rows of the table as a state of one stream, the same object every time
+        (until the table grows): a step that binds its buffers binds them once per slot."""
+        kept = self._slot_states.get(slot)
+        if kept is None:
+            rows = [t[slot : slot + 1] for t in self._table]
+            kept = self._slot_states[slot] = rebuild_state(self._template, rows)
+        return kept
 
     def _rows(self, step: Any, size: int) -> tuple[list[Tensor], StreamState]:
         """State rows of ``size`` streams kept for ``step`` (gathered into before each of its
@@ -460,6 +474,7 @@ class BatchScheduler:
                     t[:old].copy_(o)
                 t[old:].copy_(f.expand(capacity - old, *f.shape[1:]))
         self._table = table
+        self._slot_states.clear()  # views of the former table
         self._free += list(range(old, capacity))
 
     def _reset(self, slot: int) -> None:

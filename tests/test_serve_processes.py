@@ -11,6 +11,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -117,6 +118,8 @@ def test_sessions_spread_over_the_processes_and_convert_as_one_server(
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the processes")
 def test_a_dead_process_gets_no_more_connections(ckpt: Path, tmp_path: Path) -> None:
+    private = Path(tempfile.gettempdir()).glob  # the processes' listening folders
+    before = set(private("comostream-serve-*"))
     with serving(ckpt, tmp_path, 2) as (url, proc):
         (child,) = children(proc.pid)
         os.kill(child, signal.SIGKILL)
@@ -129,6 +132,7 @@ def test_a_dead_process_gets_no_more_connections(ckpt: Path, tmp_path: Path) -> 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30.0) == 1  # one of them died: a failure to report
     assert "server process 1 exited" in log.read_text()
+    assert set(private("comostream-serve-*")) <= before  # the killed one left none behind
 
 
 def test_each_process_admits_its_share_and_one_port_is_bound() -> None:

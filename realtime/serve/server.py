@@ -111,6 +111,9 @@ class StreamServer:
         )
         if not handover:
             self.port = int(self._server.sockets[0].getsockname()[1])
+        elif self._private is not None:  # listening: the socket's file and folder can go now,
+            self._private.cleanup()  # so a process killed later leaves nothing behind in /tmp
+            self._private = None
 
     async def adopt(self, sock: socket.socket) -> None:
         """Serve ``sock``, a TCP connection accepted elsewhere (``serve --processes``), as if

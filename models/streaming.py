@@ -250,17 +250,32 @@ class CausalConv1d(nn.Module):
         frames = x.shape[-1]
         if frames == 0:
             return x.new_zeros(x.shape[0], self.out_channels, 0)
-        xp = _run_history(x, state, self.history_frames)  # (B, C_in, span + k)
         if torch.onnx.is_in_onnx_export():  # no unfold in ONNX: the taps as K slices
-            xt = xp.transpose(1, 2)  # (B, span + k, C_in)
+            xt = self._history_last(x, state)  # (B, span + k, C_in)
             d = self.dilation
             taps = torch.cat([xt[:, j * d : j * d + frames] for j in range(self.kernel_size)], -1)
             weight = self.conv.weight.permute(0, 2, 1).reshape(self.out_channels, -1)
             return F.linear(taps, weight, self.conv.bias).transpose(1, 2)  # taps (B, k, K C_in)
+        xp = _run_history(x, state, self.history_frames)  # (B, C_in, span + k)
         taps = xp.unfold(2, self.history_frames + 1, 1)[..., :: self.dilation]  # (B, C, k, K)
         taps = taps.permute(0, 2, 1, 3).reshape(x.shape[0], frames, -1)  # (B, k, C_in * K)
         weight = self.conv.weight.view(self.out_channels, -1)
         return F.linear(taps, weight, self.conv.bias).transpose(1, 2)
+
+    def _history_last(self, x: Tensor, state: StreamState | None) -> Tensor:
+        """Under ONNX export: ``x (B, C_in, k)`` with its past frames, channels-last ``(B, span +
+        k, C_in)``, the history updated (:func:`store`). Concatenated along time in that layout,
+        so the transposes cancel against the layout the export keeps this state in (see
+        :func:`comostream.realtime.onnx_step.export_step`) and against channels-last inputs."""
+        xt = x.transpose(1, 2)
+        span = self.history_frames
+        if span == 0:
+            return xt
+        if state is None:
+            return F.pad(xt, (0, 0, span, 0))
+        xpt = torch.cat([state["history"].transpose(1, 2), xt], dim=1)
+        store(state, "history", xpt[:, xpt.shape[1] - span :].transpose(1, 2))
+        return xpt
 
     def step(self, x: Tensor, state: StreamState) -> tuple[Tensor, StreamState]:
         """One streaming chunk: ``x (B, C_in, k) -> y (B, C_out, k)``, ``lookahead`` frames late."""

@@ -69,6 +69,7 @@ _UNITS = {
 }
 _PER_STREAM = ("speaker", "index_rate", "index_weights")  # no frames dimension
 _TEXT_KEYS = ("comostream_version", "weights")  # metadata stored as plain text, not JSON
+_CONV_HISTORIES = ("conv.history", "context.history")  # the CausalConv1d states' names
 _KEPT_STATES = 64  # states whose views and bindings a step keeps (engines sharing it)
 
 
@@ -99,22 +100,39 @@ def _require(module: str, what: str) -> Any:
         ) from None
 
 
-class _StateOut(nn.Module):
-    """The flat step with explicit state outputs: ``(wav, *new state leaves)``."""
+def _time_major(name: str, t: Tensor) -> bool:
+    """Whether the export keeps state leaf ``name`` time-major, ``(streams, frames, channels)``
+    instead of torch's ``(streams, channels, frames)``: the causal convolutions' histories
+    (:data:`_CONV_HISTORIES`; tests/test_onnx.py checks that these are all of them), which they
+    concatenate along time channels-last under export (``CausalConv1d._history_last``), so the
+    layout's transposes cancel out of the graph. Any leaf may be either way (the wrapper
+    transposes at the boundary): this saves nodes, it does not change the step."""
+    return name.endswith(_CONV_HISTORIES) and t.dim() == 3
 
-    def __init__(self, flat: _Flat, n_inputs: int) -> None:
+
+class _StateOut(nn.Module):
+    """The flat step with explicit state outputs: ``(wav, *new state leaves)``; the leaves of
+    ``time_major`` come and go transposed (:func:`_time_major`)."""
+
+    def __init__(self, flat: _Flat, n_inputs: int, time_major: list[bool]) -> None:
         super().__init__()
         self.flat = flat
         self.n_inputs = n_inputs
+        self.time_major = time_major
 
     def forward(self, *args: Tensor) -> tuple[Tensor, ...]:
-        leaves = [a.clone() for a in args[self.n_inputs :]]  # updated in place by the step
+        flips = self.time_major
+        leaves = [  # clones: updated in place by the step (or replaced: models.streaming.store)
+            a.transpose(1, 2) if flip else a.clone()
+            for a, flip in zip(args[self.n_inputs :], flips, strict=True)
+        ]
         flat = self.flat
         inputs = dict(zip(flat.names, args[: self.n_inputs], strict=True))
         state = rebuild_state(flat.template, leaves)
         wav = flat.step_module.step(inputs, state)
         # the state's leaves after the step: updated in place, or replaced under export
-        return (wav, *(t for _, t in state_tensors(state)))
+        out = [t for _, t in state_tensors(state)]
+        return (wav, *(t.transpose(1, 2) if f else t for t, f in zip(out, flips, strict=True)))
 
 
 def _shape(name: str, t: Tensor) -> list[int | str]:
@@ -142,7 +160,11 @@ def export_step(chain: ConversionChain, block_frames: int, int8: bool = False) -
     example = chain.zero_inputs(1, block_frames)
     names = sorted(example)
     template = chain.init_state(1)
-    leaves = list(state_tensors(template))
+    flips = [_time_major(name, t) for name, t in state_tensors(template)]
+    leaves = [  # as the graph takes them (time-major where flipped)
+        (name, t.transpose(1, 2).contiguous() if flip else t)
+        for (name, t), flip in zip(state_tensors(template), flips, strict=True)
+    ]
     state_meta = []
     for name, t in leaves:
         init = t.flatten()[0].item()
@@ -163,7 +185,7 @@ def export_step(chain: ConversionChain, block_frames: int, int8: bool = False) -
     axes["audio"] = {0: "streams", 1: "input_samples"}
     axes["wav"] = {0: "streams", 1: "output_samples"}
     buf = io.BytesIO()
-    wrapper = _StateOut(_Flat(chain, names, template), len(names)).eval()
+    wrapper = _StateOut(_Flat(chain, names, template), len(names), flips).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings: shape checks become constants
         torch.onnx.export(

@@ -27,6 +27,7 @@ from comostream.realtime.onnx_step import (  # noqa: E402
     OnnxBackendError,
     OnnxMissingError,
     OnnxStep,
+    _time_major,
     check_exportable,
     export_step,
     read_metadata,
@@ -102,9 +103,27 @@ def test_onnx_step_equals_the_torch_step_block_by_block(
     for (name, a), (_, b) in zip(
         state_tensors(onnx_state), state_tensors(torch_state), strict=True
     ):
+        if _time_major(name, b):  # the convolutions' histories: (streams, frames, channels)
+            b = b.transpose(1, 2)
         torch.testing.assert_close(
             a, b, rtol=1e-5, atol=1e-4 * max(1.0, float(b.abs().max())), msg=name
         )
+
+
+def test_every_convolution_history_is_time_major_in_the_export(
+    chain: ConversionChain, step: OnnxStep
+) -> None:
+    """The export keeps each causal convolution's history time-major (its transposes cancel out
+    of the graph): as many such state tensors as convolutions with a history, shaped so."""
+    from comostream.models.streaming import CausalConv1d
+
+    convs = [m for m in chain.modules() if isinstance(m, CausalConv1d) and m.history_frames]
+    torch_leaves = dict(state_tensors(chain.init_state(1)))
+    flipped = [s for s in step.meta["state"] if _time_major(s["name"], torch_leaves[s["name"]])]
+    assert len(flipped) == len(convs) > 0
+    for s in flipped:
+        c, t = torch_leaves[s["name"]].shape[1:]
+        assert s["shape"] == ["streams", t, c]
 
 
 def test_a_batch_of_three_singers_equals_each_stream_alone(
@@ -159,6 +178,7 @@ def test_its_fresh_state_is_the_chains(chain: ConversionChain, step: OnnxStep) -
     mine, theirs = list(state_tensors(step.init_state(3))), list(state_tensors(chain.init_state(3)))
     assert [n for n, _ in mine] == [n for n, _ in theirs]
     for (name, a), (_, b) in zip(mine, theirs, strict=True):
+        b = b.transpose(1, 2) if _time_major(name, b) else b  # as the export keeps it
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 

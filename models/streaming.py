@@ -250,10 +250,13 @@ class CausalConv1d(nn.Module):
         frames = x.shape[-1]
         if frames == 0:
             return x.new_zeros(x.shape[0], self.out_channels, 0)
-        if torch.onnx.is_in_onnx_export():  # no unfold in ONNX: the taps as K slices
+        if torch.onnx.is_in_onnx_export():  # no unfold in ONNX: the taps by one gather
             xt = self._history_last(x, state)  # (B, span + k, C_in)
-            d = self.dilation
-            taps = torch.cat([xt[:, j * d : j * d + frames] for j in range(self.kernel_size)], -1)
+            # tap j of frame t is xt[:, t + j d]: one gather (the index folds to a constant
+            # once the runtime knows the block's frames), not K slices and a concatenation
+            t = torch.arange(frames, device=x.device).unsqueeze(1)
+            index = t + self.dilation * torch.arange(self.kernel_size, device=x.device)
+            taps = xt[:, index].reshape(x.shape[0], frames, -1)  # (B, k, K C_in)
             weight = self.conv.weight.permute(0, 2, 1).reshape(self.out_channels, -1)
             return F.linear(taps, weight, self.conv.bias).transpose(1, 2)  # taps (B, k, K C_in)
         xp = _run_history(x, state, self.history_frames)  # (B, C_in, span + k)

@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_STREAMS",
     "format_serve_table",
     "realtime_streams",
+    "repeat_summary",
     "row_holds",
     "run_serve_bench",
     "serve_child",
@@ -88,6 +89,29 @@ def realtime_streams(rows: Sequence[dict[str, Any]], block_ms: float) -> int:
             break
         best = row["streams"]
     return best
+
+
+def repeat_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several whole measurements (:func:`run_serve_bench` results, run in turn) as one
+    JSON-ready object: each run's ``realtime_streams``, their median and minimum, and for every
+    N measured how many runs it held in (``held``: N -> runs); the runs themselves in ``runs``.
+    On a machine whose speed moves, the distribution is the figure, not one run."""
+    if not results:
+        raise ValueError("no runs to summarise")
+    each = [int(r["realtime_streams"]) for r in results]
+    held: dict[str, int] = {}
+    for r in results:
+        for row in r["rows"]:
+            key = str(row["streams"])
+            held[key] = held.get(key, 0) + int(bool(row["realtime"]))
+    return {
+        "repeat": len(results),
+        "realtime_streams_each": each,
+        "realtime_streams_median": float(np.median(each)),
+        "realtime_streams_min": min(each),
+        "held": held,
+        "runs": list(results),
+    }
 
 
 # ---------------------------------------------------------------- the server process

@@ -176,3 +176,37 @@ def test_bench_serve_table_and_refusals(tmp_path: Path, capsys: pytest.CaptureFi
     ckpt = tmp_path / "missing.ckpt"
     assert main(["bench", "serve", "--checkpoint", str(ckpt), "--sample-rate", "12345"]) == 1
     assert "sample rate 12345" in capsys.readouterr().err
+
+
+def test_repeat_runs_the_whole_measurement_and_gives_the_distribution(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import comostream.bench.serve as bs
+    from comostream.bench.serve import repeat_summary
+
+    ckpt = write_tiny_model(tmp_path / "m.ckpt")
+    held_up_to = iter([2, 1, 2])  # what each run holds: the machine's moments
+
+    def fake_bench(streams: list[int], **_: Any) -> dict[str, Any]:
+        top = next(held_up_to)
+        rows = [{**row(n, dropped=0 if n <= top else 512), "realtime": n <= top} for n in streams]
+        return {"realtime_streams": realtime_streams(rows, BLOCK_MS), "rows": rows}
+
+    monkeypatch.setattr(bs, "run_serve_bench", fake_bench)
+    args = ["bench", "serve", "--checkpoint", str(ckpt), "--streams", "1,2", "--all"]
+    assert main([*args, "--repeat", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["repeat"] == 3 and out["realtime_streams_each"] == [2, 1, 2]
+    assert out["realtime_streams_median"] == 2 and out["realtime_streams_min"] == 1
+    assert out["held"] == {"1": 3, "2": 2} and len(out["runs"]) == 3
+    held_up_to = iter([2, 2])
+    monkeypatch.setattr(bs, "format_serve_table", lambda r: f"table of {r['realtime_streams']}")
+    assert main([*args, "--repeat", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "run 2 of 2:\ntable of 2" in text
+    assert "real-time streams per run: 2, 2 (median 2, least 2)" in text
+    with pytest.raises(SystemExit):
+        main([*args, "--repeat", "0"])
+    assert "number of runs" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no runs"):
+        repeat_summary([])

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from comostream.cli.common import (
     FRAME_MS,
@@ -698,7 +700,7 @@ def _add_busy(bench_sub: Subparsers) -> None:
 
 
 def _cmd_bench_serve(args: argparse.Namespace) -> int:
-    from comostream.bench.serve import format_serve_table, run_serve_bench
+    from comostream.bench.serve import format_serve_table, repeat_summary
     from comostream.models.shipped import require_model
 
     cfg = config_from_args(args)  # checked here, before the server starts
@@ -709,8 +711,41 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
     def progress(what: str) -> None:
         print(f"bench serve: {what}", file=sys.stderr, flush=True)
 
+    results = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            progress(f"run {i + 1} of {args.repeat}")
+        results.append(_serve_bench_once(args, checkpoint, block, backend, progress))
+    if args.repeat == 1:
+        print(json.dumps(results[0], indent=2) if args.json else format_serve_table(results[0]))
+        return 0
+    summary = repeat_summary(results)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for i, result in enumerate(results):
+        print(f"run {i + 1} of {args.repeat}:\n{format_serve_table(result)}\n")
+    held = ", ".join(f"{n}: {k}/{args.repeat}" for n, k in summary["held"].items())
+    print(
+        f"real-time streams per run: {', '.join(map(str, summary['realtime_streams_each']))} "
+        f"(median {summary['realtime_streams_median']:g}, least "
+        f"{summary['realtime_streams_min']}); runs each N held in: {held}"
+    )
+    return 0
+
+
+def _serve_bench_once(
+    args: argparse.Namespace,
+    checkpoint: Path,
+    block: int | None,
+    backend: str | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """One whole ``bench serve`` measurement (its own server) for ``args``."""
+    from comostream.bench.serve import run_serve_bench
+
     try:
-        result = run_serve_bench(
+        return run_serve_bench(
             args.streams,
             checkpoint=checkpoint,
             seconds=args.seconds,
@@ -729,8 +764,17 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         )
     except (RuntimeError, OSError, TimeoutError, ValueError) as exc:
         raise CommandError(f"bench serve: {exc}") from None
-    print(json.dumps(result, indent=2) if args.json else format_serve_table(result))
-    return 0
+
+
+def _repeat_count(text: str) -> int:
+    """argparse type: a number of runs, 1-100."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a number of runs 1-100, got {text!r}")
+    return value
 
 
 def _stream_counts(text: str) -> list[int]:
@@ -780,6 +824,16 @@ def _add_serve(bench_sub: Subparsers) -> None:
         "--all",
         action="store_true",
         help="measure every N of --streams, also after one fails",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_repeat_count,
+        default=1,
+        metavar="RUNS",
+        help="the whole measurement this many times in turn, each with a server of its own "
+        "(default 1); then how many runs each N held in, and each run's real-time streams with "
+        "their median and least (--json: realtime_streams_each, _median, _min, held, runs): a "
+        "machine whose speed moves gives a distribution, not one figure",
     )
     p.add_argument(
         "--batch",

@@ -807,7 +807,10 @@ def _add_serve(bench_sub: Subparsers) -> None:
             "max), round trip p50/p99 (send to reply, queueing included), the server's CPU "
             "(cores and per stream, from /proc) and its compute per block; and the largest N "
             "with zero drops and a round trip p99 below one block, every smaller N holding too "
-            "(realtime_streams). The Ns stop at the first that fails (unless --all), so the "
+            "(realtime_streams). An N that dropped nothing but came back late is measured "
+            "once more and the second measurement is its row (the first p99 kept as "
+            "first_try_rtt_ms_p99): one hiccup of the machine should not decide; a drop is "
+            "never measured again. The Ns stop at the first that fails (unless --all), so the "
             "default list finds the capacity in bounded time. Progress goes to stderr, the "
             "report to stdout."
         ),

@@ -93,23 +93,29 @@ def realtime_streams(rows: Sequence[dict[str, Any]], block_ms: float) -> int:
 
 def repeat_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Several whole measurements (:func:`run_serve_bench` results, run in turn) as one
-    JSON-ready object: each run's ``realtime_streams``, their median and minimum, and for every
-    N measured how many runs it held in (``held``: N -> runs); the runs themselves in ``runs``.
-    On a machine whose speed moves, the distribution is the figure, not one run."""
+    JSON-ready object: each run's ``realtime_streams``, their median and minimum, for every N
+    measured how many runs it held in (``held``: N -> runs) and how many of those at its first
+    measurement, without the second one a late row gets (``held_first_try``); the runs
+    themselves in ``runs``. On a machine whose speed moves, the distribution is the figure, not
+    one run."""
     if not results:
         raise ValueError("no runs to summarise")
     each = [int(r["realtime_streams"]) for r in results]
     held: dict[str, int] = {}
+    first: dict[str, int] = {}
     for r in results:
         for row in r["rows"]:
             key = str(row["streams"])
-            held[key] = held.get(key, 0) + int(bool(row["realtime"]))
+            ok = bool(row["realtime"])
+            held[key] = held.get(key, 0) + int(ok)
+            first[key] = first.get(key, 0) + int(ok and "first_try_rtt_ms_p99" not in row)
     return {
         "repeat": len(results),
         "realtime_streams_each": each,
         "realtime_streams_median": float(np.median(each)),
         "realtime_streams_min": min(each),
         "held": held,
+        "held_first_try": first,
         "runs": list(results),
     }
 

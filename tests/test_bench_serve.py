@@ -190,6 +190,8 @@ def test_repeat_runs_the_whole_measurement_and_gives_the_distribution(
     def fake_bench(streams: list[int], **_: Any) -> dict[str, Any]:
         top = next(held_up_to)
         rows = [{**row(n, dropped=0 if n <= top else 512), "realtime": n <= top} for n in streams]
+        if top == 2:  # 2 held after the second measurement a late row gets
+            rows[1]["first_try_rtt_ms_p99"] = 2 * BLOCK_MS
         return {"realtime_streams": realtime_streams(rows, BLOCK_MS), "rows": rows}
 
     monkeypatch.setattr(bs, "run_serve_bench", fake_bench)
@@ -199,12 +201,14 @@ def test_repeat_runs_the_whole_measurement_and_gives_the_distribution(
     assert out["repeat"] == 3 and out["realtime_streams_each"] == [2, 1, 2]
     assert out["realtime_streams_median"] == 2 and out["realtime_streams_min"] == 1
     assert out["held"] == {"1": 3, "2": 2} and len(out["runs"]) == 3
+    assert out["held_first_try"] == {"1": 3, "2": 0}
     held_up_to = iter([2, 2])
     monkeypatch.setattr(bs, "format_serve_table", lambda r: f"table of {r['realtime_streams']}")
     assert main([*args, "--repeat", "2"]) == 0
     text = capsys.readouterr().out
     assert "run 2 of 2:\ntable of 2" in text
     assert "real-time streams per run: 2, 2 (median 2, least 2)" in text
+    assert "1: 2/2 (2 at the first try), 2: 2/2 (0 at the first try)" in text
     with pytest.raises(SystemExit):
         main([*args, "--repeat", "0"])
     assert "number of runs" in capsys.readouterr().err

@@ -725,7 +725,10 @@ def _cmd_bench_serve(args: argparse.Namespace) -> int:
         return 0
     for i, result in enumerate(results):
         print(f"run {i + 1} of {args.repeat}:\n{format_serve_table(result)}\n")
-    held = ", ".join(f"{n}: {k}/{args.repeat}" for n, k in summary["held"].items())
+    first = summary["held_first_try"]
+    held = ", ".join(
+        f"{n}: {k}/{args.repeat} ({first[n]} at the first try)" for n, k in summary["held"].items()
+    )
     print(
         f"real-time streams per run: {', '.join(map(str, summary['realtime_streams_each']))} "
         f"(median {summary['realtime_streams_median']:g}, least "
@@ -834,9 +837,10 @@ def _add_serve(bench_sub: Subparsers) -> None:
         default=1,
         metavar="RUNS",
         help="the whole measurement this many times in turn, each with a server of its own "
-        "(default 1); then how many runs each N held in, and each run's real-time streams with "
-        "their median and least (--json: realtime_streams_each, _median, _min, held, runs): a "
-        "machine whose speed moves gives a distribution, not one figure",
+        "(default 1); then how many runs each N held in (and how many of those at its first "
+        "measurement), and each run's real-time streams with their median and least (--json: "
+        "realtime_streams_each, _median, _min, held, held_first_try, runs): a machine whose "
+        "speed moves gives a distribution, not one figure",
     )
     p.add_argument(
         "--batch",

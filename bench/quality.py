@@ -27,6 +27,10 @@ and the streaming schedule at the default block. Per conversion:
   ``spk_win_rate``: fraction of conversions closer to the target than to the source;
 * ``mcd_db``: mel-cepstral distortion (WORLD-coded CheapTrick envelope, c1-c24) against the target
   singer's own rendition of the line, DTW-aligned, on frames active in both;
+* ``gv_ratio``: global variance of the output's log-mel (the variance over time of each bin,
+  averaged over bins, active frames) over that of the target singer's own rendition: below 1 the
+  output is smoother than the singer (the over-smoothing of statistical synthesis), above 1
+  rougher;
 * ``dnsmos_ovrl``: DNSMOS P.835 overall (``speechmos``), a naturalness proxy;
   ``dnsmos_target_own``: the same of the target singer's own recordings (the 4 references),
   what a conversion's naturalness is to be compared with; ``dnsmos_target_resynth``: the same
@@ -72,12 +76,12 @@ from comostream.bench.resynth import harmonic_tone
 from comostream.bench.vocoder import _mcep, frame_db
 from comostream.models.acoustic import AcousticModel
 from comostream.models.audio import load_audio, resample
-from comostream.models.config import F0Config, RealtimeConfig
+from comostream.models.config import AudioConfig, F0Config, RealtimeConfig
 from comostream.models.f0 import extract_f0
 from comostream.models.f0_track import F0Track
 from comostream.models.f0_yin import yin_f0
 from comostream.models.limits import DEFAULT_INDEX_RATE
-from comostream.models.mel import MelSpectrogram
+from comostream.models.mel import MelSpectrogram, mel_spectrogram
 from comostream.models.samplers import heun_sampler, sampling_sigmas
 from comostream.models.vocoder import Vocoder
 from comostream.realtime.engine import StreamingConverter, convert_array
@@ -86,6 +90,7 @@ from comostream.training.corpus import CorpusError, Utterance, load_corpus
 
 __all__ = [
     "dtw_mcd_db",
+    "global_variance",
     "format_quality_table",
     "real_conversions",
     "resynth_errors",
@@ -100,6 +105,16 @@ TOLERANCE_CENTS = 50.0  # f0_gross / f0_octave: as `comostream bench f0`
 ACTIVE_DB = -45.0  # dBFS: frames quieter than this in either signal are left out of the MCD
 _MCD_CONST = 10.0 / math.log(10.0) * math.sqrt(2.0)
 REAL_TARGETS = 2  # targets per real source rendition
+
+
+def global_variance(audio: np.ndarray, sr: int = 24000, hop: int = 256) -> float:
+    """Mean over mel bins of each bin's variance over time of the log-mel (model settings at
+    ``sr`` / ``hop``), on frames above ``ACTIVE_DB``; NaN with fewer than 2 such frames."""
+    mel = mel_spectrogram(audio, AudioConfig(sample_rate=sr, hop_length=hop))  # (n_mels, T)
+    active = frame_db(audio, mel.shape[1], hop) > ACTIVE_DB
+    if active.sum() < 2:
+        return float("nan")
+    return float(np.mean(np.var(mel[:, active], axis=1)))
 
 
 def dtw_mcd_db(ref: np.ndarray, est: np.ndarray, sr: int = 24000, hop: int = 256) -> float:
@@ -534,6 +549,11 @@ def _measure(b: _Bench, todo: list[tuple[_Line, str, Utterance, str]]) -> dict[s
                     "spk_sim_target": _cos(emb, b.refs[tgt].embedding),
                     "spk_sim_source": _cos(emb, b.refs[src].embedding),
                     "mcd_db": dtw_mcd_db(ref_audio, y) if ref_audio is not None else None,
+                    "gv_ratio": (
+                        global_variance(y) / global_variance(ref_audio)
+                        if ref_audio is not None
+                        else None
+                    ),
                     "dnsmos_ovrl": _dnsmos(y),
                     "dnsmos_target_own": b.refs[tgt].dnsmos(),
                     "dnsmos_target_resynth": b.refs[tgt].dnsmos_resynth(b.vocoder, b.f0),
@@ -701,6 +721,7 @@ def _table(r: dict[str, Any]) -> list[str]:
         "spk_sim_source",
         "spk_win_rate",
         "mcd_db",
+        "gv_ratio",
         "dnsmos_ovrl",
         "dnsmos_target_own",
         "dnsmos_target_resynth",

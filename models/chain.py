@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from comostream.models.acoustic import AcousticModel, hold_unvoiced
-from comostream.models.config import DEFAULT_F0_HZ
+from comostream.models.config import DEFAULT_F0_HZ, NOISE_SCALE
 from comostream.models.edm import denormalise_mel
 from comostream.models.noise import frame_noise
 from comostream.models.streaming import Delay, StreamState, store
@@ -90,7 +90,7 @@ class ConversionChain(nn.Module):
     (:class:`comostream.realtime.window.WindowedContent`, fed the frames' ``audio``) for a model
     trained on its features; None uses the model's own encoder (fed ``mel``). ``vocoder``: the
     built-in streaming vocoder or a :class:`comostream.realtime.window.WindowedVocoder`. ``seed``:
-    noise seed.
+    noise seed; ``noise_scale``: the noise's scale (``[realtime] noise_scale``, 1 = as distilled).
     """
 
     def __init__(
@@ -99,12 +99,15 @@ class ConversionChain(nn.Module):
         vocoder: nn.Module | None = None,
         content_model: nn.Module | None = None,
         seed: int = 0,
+        noise_scale: float = NOISE_SCALE,
     ) -> None:
         super().__init__()
         self.model = model
         self.vocoder = vocoder
         self.seed = int(seed)
+        self.noise_scale = float(noise_scale)
         self.sigma_max = float(model.cfg.edm.sigma_max)
+        self.noise_amp = self.noise_scale * self.sigma_max  # the target's input: noise * this
         # device tensors, so a captured graph never copies host scalars
         self.register_buffer("sigma", torch.tensor(self.sigma_max), persistent=False)
         self.register_buffer("seed_t", torch.tensor(self.seed), persistent=False)
@@ -224,7 +227,7 @@ class ConversionChain(nn.Module):
         index = start + torch.arange(frames, device=f0.device)
         noise = frame_noise(index, self.n_mels, self.seed_t, f0.dtype)
         state["frame"].add_(frames)
-        x = m.target.step(noise * self.sigma_max, self.sigma, cond, state["target"])[0]
+        x = m.target.step(noise * self.noise_amp, self.sigma, cond, state["target"])[0]
         mel = denormalise_mel(x, m.cfg.edm)
         f0_voc = self.f0_delay.run(f0_voc.unsqueeze(1), state["f0_delay"])
         t2 = self._lap("acoustic", t1)

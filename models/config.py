@@ -62,6 +62,10 @@ STEP_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-int8", "i
 ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "onnxruntime-int8")  # the step exported to ONNX
 # ``[realtime] backend``: one of STEP_BACKENDS, or "auto" (RealtimeConfig.backend's comment)
 BACKEND_CHOICES: tuple[str, ...] = ("auto", *STEP_BACKENDS)
+# ``[realtime] noise_scale``: the default, measured by ``bench quality`` (docs/training.md,
+# "Noise scale"), and the largest value accepted
+NOISE_SCALE = 0.5
+MAX_NOISE_SCALE = 2.0
 
 
 class ConfigError(ValueError):
@@ -376,6 +380,10 @@ class RealtimeConfig:
 
     block_frames: int = 2  # frames per model step (hop 256 at 24 kHz: 10.67 ms each)
     seed: int = 0  # noise seed of the one-step generator (counter-based: chunking-invariant)
+    # the one-step generator's input noise, times sigma_max: 1 = the noise it was distilled on;
+    # lower draws closer to the model's average mel, which sounds more natural (DNSMOS) and keeps
+    # the timbre as well (docs/training.md, "Noise scale"); 0 = no noise (deterministic)
+    noise_scale: float = NOISE_SCALE
     ramp_frames: int = 8  # frames over which a speaker / transposition change is ramped
     max_backlog_ms: float = 200.0  # threaded use: input queued beyond this is dropped, oldest first
     window_context_ms: float = 400.0  # window mode: left context re-run with each block
@@ -401,6 +409,10 @@ class RealtimeConfig:
             )
         if self.ramp_frames < 1:
             raise ConfigError("realtime: ramp_frames must be >= 1")
+        if not 0.0 <= self.noise_scale <= MAX_NOISE_SCALE:  # also refuses nan
+            raise ConfigError(
+                f"realtime: noise_scale must be in [0, {MAX_NOISE_SCALE:g}], got {self.noise_scale}"
+            )
         if self.window_lookahead_frames < 0:
             raise ConfigError("realtime: window_lookahead_frames must be >= 0")
         if min(self.max_backlog_ms, self.window_context_ms, self.sola_search_ms) < 0:

@@ -43,7 +43,9 @@ class BatchedConverter:
         **kwargs: Any,
     ) -> None:
         self.rt = realtime or RealtimeConfig()
-        self.step = ConversionChain(model, vocoder, seed=self.rt.seed).eval()
+        self.step = ConversionChain(
+            model, vocoder, seed=self.rt.seed, noise_scale=self.rt.noise_scale
+        ).eval()
         kwargs.setdefault("index", model.retrieval)  # its inputs, when the model has an index
         self.engines = [
             StreamingConverter(

@@ -283,7 +283,9 @@ class StreamingConverter:
         ``auto`` is torch here (:attr:`~comostream.models.config.RealtimeConfig.engine_backend`).
         """
         rt = kwargs.get("realtime") or RealtimeConfig()
-        chain = ConversionChain(model, vocoder, content_model, seed=rt.seed).eval()
+        chain = ConversionChain(
+            model, vocoder, content_model, seed=rt.seed, noise_scale=rt.noise_scale
+        ).eval()
         step: nn.Module = chain
         on_cpu = next(model.parameters()).device.type == "cpu"
         backend = rt.engine_backend  # auto: torch for an engine of its own

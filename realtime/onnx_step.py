@@ -219,6 +219,7 @@ def export_step(chain: ConversionChain, block_frames: int, int8: bool = False) -
         "lookahead_frames": chain.lookahead_frames,
         "speaker_dim": chain.speaker_dim,
         "seed": chain.seed,
+        "noise_scale": chain.noise_scale,
         "weights": "int8" if int8 else "float32",
         "inputs": inputs,
         "outputs": [

@@ -12,7 +12,13 @@ import torch
 
 import comostream
 from comostream.bench.latency import example_signal
-from comostream.bench.quality import GROSS_CENTS, dtw_mcd_db, f0_errors, format_quality_table
+from comostream.bench.quality import (
+    GROSS_CENTS,
+    dtw_mcd_db,
+    f0_errors,
+    format_quality_table,
+    global_variance,
+)
 from comostream.models.config import CorpusConfig
 from comostream.training.corpus import load_corpus
 from comostream.training.synth import synthesize_corpus
@@ -31,6 +37,18 @@ def test_dtw_mcd_is_zero_for_identical_and_shift_tolerant() -> None:
     tilt = np.linspace(1.0, 0.1, spectrum.shape[0])  # darker timbre
     darker = np.fft.irfft(spectrum * tilt, n=len(x)).astype(np.float32)
     assert dtw_mcd_db(x, darker) > 2.0
+
+
+def test_global_variance_grows_with_change_over_time_and_ignores_silence() -> None:
+    t = np.arange(48000) / 24000
+    steady = 0.3 * np.sin(2 * np.pi * 440 * t)  # the same spectrum in every frame
+    switching = 0.3 * np.sin(2 * np.pi * np.where((t * 5).astype(int) % 2, 440, 1320) * t)
+    gv_steady, gv_switching = global_variance(steady), global_variance(switching)
+    assert 0 <= gv_steady < 0.2 * gv_switching
+    pad = np.zeros(24000)
+    padded = np.concatenate([pad, switching, pad])
+    assert global_variance(padded) == pytest.approx(gv_switching, rel=0.05)  # silence left out
+    assert np.isnan(global_variance(pad))
 
 
 def test_f0_errors_separate_octave_jumps_from_fine_error() -> None:
@@ -147,6 +165,7 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
         "spk_sim_source",
         "spk_win_rate",
         "mcd_db",
+        "gv_ratio",
         "dnsmos_ovrl",
         "n_conversions",
     ):
@@ -159,7 +178,7 @@ def test_quality_bench_runs_and_reports_every_key(corpus: Path, tmp_path: Path, 
     assert r["teacher"]["n_conversions"] == 0  # no --distill given
     # the streaming schedule gives the offline output, so the same figures
     assert r["streaming"]["vde"] == pytest.approx(r["onestep"]["vde"], abs=1e-6)
-    assert r["onestep"]["mcd_db"] > 0
+    assert r["onestep"]["mcd_db"] > 0 and r["onestep"]["gv_ratio"] > 0
 
 
 def test_quality_bench_scores_another_vocoder(corpus: Path, tmp_path: Path, capsys) -> None:

@@ -116,3 +116,22 @@ def test_traced_chain_replays_the_hold_and_ramp_like_eager_steps(chain: Conversi
         replay = torch.cat([traced.step(b, traced_state) for b in blocks], dim=-1)
     torch.testing.assert_close(replay, eager, rtol=0, atol=1e-5 * float(eager.abs().max()))
     assert torch.equal(traced_state["f0_hold"], eager_state["f0_hold"])
+
+
+def test_noise_scale_scales_the_targets_input_noise_and_zero_removes_the_seed(models) -> None:
+    """``noise_scale`` s: the target's input is s * sigma_max * noise (one call of the target
+    with that input agrees); at 0 the output no longer depends on the seed, above 0 it does."""
+    model, _ = models
+    mel_chain = {  # log-mel out (no vocoder): what the noise reaches first
+        (s, seed): ConversionChain(model, None, seed=seed, noise_scale=s).eval()
+        for s in (0.0, 0.5, 1.0)
+        for seed in (0, 1)
+    }
+    c = mel_chain[(0.5, 0)]
+    assert c.noise_amp == pytest.approx(0.5 * model.cfg.edm.sigma_max)
+    x = _inputs(c)
+    with torch.inference_mode():
+        out = {k: ch(x) for k, ch in mel_chain.items()}
+    assert torch.equal(out[(0.0, 0)], out[(0.0, 1)])
+    assert not torch.allclose(out[(0.5, 0)], out[(0.5, 1)])
+    assert not torch.allclose(out[(0.5, 0)], out[(1.0, 0)])

@@ -11,6 +11,8 @@ import pytest
 
 import comostream
 from comostream.cli import build_parser
+from comostream.cli.common import config_from_args
+from comostream.models.config import RealtimeConfig
 from comostream.models.limits import MAX_BLOCK_FRAMES, check_transpose
 from comostream.realtime.engine import StreamingConverter
 from comostream.realtime.live.console import parse_command
@@ -135,3 +137,23 @@ def test_serve_accepts_the_edges(capsys) -> None:
     assert args.port == 0 and args.idle_timeout == 0.5
     args = build_parser().parse_args(["serve", "--port", "65535"])
     assert args.port == 65535
+
+
+@pytest.mark.parametrize("value", ["-1", "2.01", "nan", "loud"])
+@pytest.mark.parametrize(
+    "command", [["convert", "in.wav", "-o", "o.wav"], ["live"], ["serve"], ["bench", "quality"]]
+)
+def test_a_noise_scale_out_of_bounds_is_a_usage_error(
+    command: list[str], value: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    err = _usage_error([*command, f"--noise-scale={value}"], capsys)
+    assert "--noise-scale" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_noise_scale_reaches_the_config() -> None:
+    args = build_parser().parse_args(["convert", "a", "-o", "b", "--noise-scale", "0"])
+    assert config_from_args(args).realtime.noise_scale == 0.0
+    args = build_parser().parse_args(["convert", "a", "-o", "b"])
+    assert config_from_args(args).realtime.noise_scale == RealtimeConfig().noise_scale == 0.5

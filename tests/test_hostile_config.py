@@ -48,3 +48,16 @@ def test_an_unreadable_config_is_a_clear_error(tmp_path: Path, capsys) -> None:
     cfg.write_bytes(b"\xff\xfe\x00garbage")
     assert comostream.main(["config", "--config", str(cfg)]) == 2
     assert "binary.toml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-0.1", "2.5", "nan", "inf"])
+def test_a_noise_scale_out_of_bounds_is_a_config_error(value: str, tmp_path: Path, capsys) -> None:
+    cfg = tmp_path / "noise.toml"
+    cfg.write_text(f"[realtime]\nnoise_scale = {value}\n")
+    assert comostream.main(["config", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "noise.toml" in err and "noise_scale must be in [0, 2]" in err
+    assert cfg.read_text() == f"[realtime]\nnoise_scale = {value}\n"
+    with pytest.raises(ConfigError, match="noise_scale"):
+        RealtimeConfig(noise_scale=float(value))
+    assert RealtimeConfig(noise_scale=0).noise_scale == 0.0

@@ -191,6 +191,7 @@ def test_the_metadata_says_what_a_host_needs(
     assert (meta["hop_length"], meta["block_frames"]) == (chain.hop_length, 2)
     assert meta["lookahead_frames"] == chain.lookahead_frames
     assert meta["speaker_dim"] == chain.speaker_dim
+    assert (meta["seed"], meta["noise_scale"]) == (chain.seed, chain.noise_scale)
     proto = onnx.load_from_string(exported)
     graph_inputs = [i.name for i in proto.graph.input]
     names = [i["name"] for i in meta["inputs"]]

@@ -99,6 +99,7 @@ def test_gta_copy_replaces_only_the_mel(feats: Path, tmp_path: Path) -> None:
     src_index, src_meta = load_feature_index(feats)
     assert [e.path for e in index.entries] == [e.path for e in src_index.entries]
     assert meta["gta_model"] == "tiny.ckpt" and meta["gta_seed"] == model.cfg.realtime.seed
+    assert meta["gta_noise_scale"] == model.cfg.realtime.noise_scale == 0.5
     assert Path(meta["source"]).is_absolute()
     assert corpus_of(out, None) == corpus_of(feats, None).resolve()
     for e in index.entries:
@@ -116,7 +117,8 @@ def test_gta_copy_replaces_only_the_mel(feats: Path, tmp_path: Path) -> None:
                 "loudness": torch.from_numpy(a["loudness"])[None],
             }
             index_t = torch.arange(a["f0"].shape[0])[None]
-            noise = frame_noise(index_t, model.cfg.audio.n_mels, model.cfg.realtime.seed)
+            rt = model.cfg.realtime
+            noise = rt.noise_scale * frame_noise(index_t, model.cfg.audio.n_mels, rt.seed)
             want = model.generate(feats_t, e.singer, noise)[0].numpy()
             np.testing.assert_allclose(b["mel"], want, rtol=0, atol=1e-5)
             np.testing.assert_array_equal(gta_mel(model, dict(a), e.singer, 0), b["mel"])

@@ -8,10 +8,11 @@ the recordings they stand for.
 
 :func:`write_gta_features` copies a feature folder with every utterance's ``mel`` replaced by
 the distilled target's one-step output from that utterance's own features (its own singer, no
-transposition, the realtime path's counter-hashed noise of ``[realtime] seed``, so the mels are
-those the engine would make). F0, loudness, content and the index are copied unchanged, and
-``features.json`` keeps the corpus (``source``, made absolute) and records ``gta_model``; the
-folder is then a normal ``--data`` for ``comostream train vocoder --init``.
+transposition, the realtime path's counter-hashed noise of ``[realtime] seed`` scaled by
+``[realtime] noise_scale``, so the mels are those the engine would make). F0, loudness, content
+and the index are copied unchanged, and ``features.json`` keeps the corpus (``source``, made
+absolute) and records ``gta_model``, ``gta_seed`` and ``gta_noise_scale``; the folder is then a
+normal ``--data`` for ``comostream train vocoder --init``.
 """
 
 from __future__ import annotations
@@ -35,11 +36,16 @@ __all__ = ["gta_mel", "write_gta_features"]
 
 
 def gta_mel(
-    model: AcousticModel, arrays: dict[str, np.ndarray], singer: str, seed: int
+    model: AcousticModel,
+    arrays: dict[str, np.ndarray],
+    singer: str,
+    seed: int,
+    noise_scale: float | None = None,
 ) -> np.ndarray:
     """The one-step target's log-mel ``(n_mels, T)`` float32 from one utterance's features
     (``f0`` (T,) Hz, ``voiced`` (T,), ``loudness`` (T,) dB, ``content`` (C, T) if the model
-    takes content), with the frame-indexed noise of ``seed``; computed on the model's device."""
+    takes content), with the frame-indexed noise of ``seed`` times ``noise_scale`` (default: the
+    model's ``[realtime] noise_scale``, as the engine draws it); computed on the model's device."""
     frames = int(arrays["f0"].shape[0])
     feats = {
         k: torch.from_numpy(np.asarray(arrays[k], dtype=np.float32)).unsqueeze(0)
@@ -51,7 +57,8 @@ def gta_mel(
             np.asarray(arrays["content"], dtype=np.float32)
         ).unsqueeze(0)
     index = torch.arange(frames, dtype=torch.int64).unsqueeze(0)
-    noise = frame_noise(index, model.cfg.audio.n_mels, seed)
+    scale = model.cfg.realtime.noise_scale if noise_scale is None else noise_scale
+    noise = scale * frame_noise(index, model.cfg.audio.n_mels, seed)
     where = next(model.parameters()).device
     feats = {k: v.to(where) for k, v in feats.items()}
     return model.generate(feats, singer, noise.to(where))[0].cpu().numpy().astype(np.float32)
@@ -80,7 +87,7 @@ def write_gta_features(
         )
     source = corpus_of(feat_dir, None).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed = model.cfg.realtime.seed
+    seed, scale = model.cfg.realtime.seed, model.cfg.realtime.noise_scale
     model.eval()
     for e in tqdm(
         index.entries, desc="gta mels", unit="utt", disable=not progress, file=sys.stderr
@@ -90,11 +97,12 @@ def write_gta_features(
             continue
         with np.load(feat_dir / e.path) as data:
             arrays = {k: data[k] for k in data.files}
-        arrays["mel"] = gta_mel(model, arrays, e.singer, seed)
+        arrays["mel"] = gta_mel(model, arrays, e.singer, seed, scale)
         save_npz(dst, arrays)
     for name in ("index.jsonl", "skipped.jsonl"):
         if (feat_dir / name).is_file():
             shutil.copyfile(feat_dir / name, out_dir / name)
     meta = {**meta, "source": str(source), "gta_model": model_name, "gta_seed": seed}
+    meta["gta_noise_scale"] = scale
     write_text_atomic(out_dir / "features.json", json.dumps(meta, indent=2) + "\n")
     return out_dir

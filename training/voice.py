@@ -5,7 +5,8 @@ The new singer is a new row of the conditioner's singer table
 earlier singer's output stays bit-identical. The row is learnt by gradient descent on a
 reconstruction loss of the one-step consistency target: for segments of the voice's own
 recordings, ``conditioner(content of the recording, its F0, voiced, loudness, row) -> target at
-sigma_max on the chain's counter-based noise -> mel``, L1 against the recording's own mel
+sigma_max on the chain's counter-based noise, scaled as the engine scales it (``[realtime]
+noise_scale``) -> mel``, L1 against the recording's own mel
 (normalised as the acoustic training normalises it).
 
 The material is read, checked and analysed by :mod:`comostream.training.voice_material` (the
@@ -150,6 +151,7 @@ class _Batcher:
         self.weights = w / w.sum()
         self.n_mels = model.cfg.audio.n_mels
         self.seed = int(model.cfg.realtime.seed)
+        self.noise_scale = float(model.cfg.realtime.noise_scale)  # as the engine draws it
 
     def batch(self, step: int) -> dict[str, Tensor]:
         o = self.opts
@@ -174,7 +176,7 @@ class _Batcher:
             starts.append(s)
         b = {k: torch.from_numpy(np.stack(v)) for k, v in out.items()}
         index = torch.tensor(starts).unsqueeze(1) + torch.arange(length)
-        b["noise"] = frame_noise(index, self.n_mels, self.seed)
+        b["noise"] = self.noise_scale * frame_noise(index, self.n_mels, self.seed)
         return b
 
 

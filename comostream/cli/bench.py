@@ -24,6 +24,7 @@ from comostream.cli.common import (
     config_options,
     config_parent,
     model_options,
+    noise_scale_option,
     overridden,
     positive_int,
     runtime_options,
@@ -441,6 +442,7 @@ def _add_engine(bench_sub: Subparsers) -> None:
         f"frames per model step of the streaming column ({FRAME_MS}); default: "
         "[realtime] block_frames",
     )
+    noise_scale_option(p)
     p.add_argument(
         "--transpose",
         type=transpose_or_auto,

@@ -285,6 +285,39 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
     )
 
 
+def noise_scale_arg(text: str) -> float:
+    """argparse type: ``[realtime] noise_scale``, a number in [0, MAX_NOISE_SCALE]."""
+    from comostream.models.config import MAX_NOISE_SCALE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= MAX_NOISE_SCALE:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_NOISE_SCALE:g}], got {text}")
+    return value
+
+
+def noise_scale_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--noise-scale S``: the override of ``[realtime] noise_scale`` (the one-step model's
+    input noise, 1 = as distilled)."""
+    from comostream.models.config import NOISE_SCALE, RealtimeConfig
+
+    config_option(
+        parser,
+        "realtime",
+        RealtimeConfig,
+        "noise_scale",
+        type=noise_scale_arg,
+        metavar="S",
+        help=help
+        or "the one-step model's input noise, 0-2: 1 draws it as it was distilled, lower "
+        "draws closer to the model's average sound, more natural and as close to the singer "
+        "(docs/training.md, noise scale); 0 = no noise; default: [realtime] noise_scale "
+        f"({NOISE_SCALE:g})",
+    )
+
+
 def backend_arg(text: str, choices: tuple[str, ...] | None = None) -> str:
     """argparse type: a model-step backend (:data:`~comostream.models.config.STEP_BACKENDS`,
     or ``choices``)."""

@@ -16,6 +16,7 @@ from comostream.cli.common import (
     f0_option,
     index_rate_option,
     model_options,
+    noise_scale_option,
     output_options,
     overridden,
     runtime_options,
@@ -149,6 +150,7 @@ def register(sub: Subparsers) -> None:
         "instead of offline (model steps of 512 frames)",
     )
     f0_option(p)
+    noise_scale_option(p)
     backend_option(p)
     model_options(p)
     runtime_options(

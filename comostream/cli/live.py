@@ -16,6 +16,7 @@ from comostream.cli.common import (
     index_rate_option,
     level_arg,
     model_options,
+    noise_scale_option,
     non_negative_int,
     positive_int,
     runtime_options,
@@ -119,6 +120,7 @@ def register(sub: Subparsers) -> None:
     )
     block_option(p)
     f0_option(p)
+    noise_scale_option(p)
     backend_option(p)
     p.add_argument(
         "--speaker",

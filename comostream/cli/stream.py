@@ -20,6 +20,7 @@ from comostream.cli.common import (
     f0_option,
     index_rate_option,
     model_options,
+    noise_scale_option,
     output_options,
     port_arg,
     positive_int,
@@ -318,6 +319,7 @@ def register(sub: Subparsers) -> None:
     )
     block_option(p)
     f0_option(p)
+    noise_scale_option(p)
     backend_option(p)
     model_options(p)
     runtime_options(

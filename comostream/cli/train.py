@@ -14,6 +14,7 @@ from comostream.cli.common import (
     config_from_args,
     config_options,
     config_parent,
+    noise_scale_option,
     say,
 )
 
@@ -125,7 +126,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     rt = config_from_args(args).realtime
     checkpoint = require_model(args.checkpoint)
     model, voc = load_models(checkpoint, None, "cpu", rt)
-    chain = ConversionChain(model, voc, seed=rt.seed).eval()
+    chain = ConversionChain(model, voc, seed=rt.seed, noise_scale=rt.noise_scale).eval()
     with torch.inference_mode():
         data = export_step(chain, rt.block_frames, int8=args.int8)
         OnnxStep(data)  # it loads in ONNX Runtime, before anything is written
@@ -396,6 +397,11 @@ def register(sub: Subparsers) -> None:
         "of the float step; what --backend onnxruntime-int8 runs; docs/onnx.md)",
     )
     block_option(p, f"with --onnx: frames per step the file is meant for ({FRAME_MS}; any runs)")
+    noise_scale_option(
+        p,
+        "with --onnx: the one-step model's input noise baked into the step, 0-2 "
+        "(docs/training.md, noise scale); default: [realtime] noise_scale",
+    )
     p.add_argument(
         "--vocoder",
         type=Path,

@@ -176,7 +176,9 @@ class EngineFactory:
         one step compiled per bucket, 30-40 s each (six for the default 8 streams). Which of
         them: :func:`batched_backend` (``auto``: ONNX Runtime where it can), kept in
         :attr:`backend`."""
-        chain = ConversionChain(self.model, self.vocoder, seed=self.rt.seed).eval()
+        chain = ConversionChain(
+            self.model, self.vocoder, seed=self.rt.seed, noise_scale=self.rt.noise_scale
+        ).eval()
         frames = self.rt.block_frames
         self.backend, why = batched_backend(self.rt, chain)
         log.info("batched model step: %s (%s)", self.backend, why)

@@ -1,8 +1,8 @@
 """`comostream bench quality`: how good the conversions are, on the corpus's held-out lines.
 
-Every test-split line of every singer is converted to every other singer (the corpus is parallel:
-each line is sung by all singers to the same melody), transposed by ``auto`` (the whole
-semitones between the two singers' median F0) or a fixed amount, in three ways: the one-step
+Every test-split (or ``split``) line of every singer is converted to every other singer (the corpus
+is parallel: each line is sung by all singers to the same melody), transposed by ``auto`` (the
+whole semitones between the two singers' median F0) or a fixed amount, in three ways: the one-step
 target offline, the teacher with N Heun steps offline (when a distillation checkpoint is given),
 and the streaming schedule at the default block. Per conversion:
 
@@ -43,7 +43,8 @@ and the streaming schedule at the default block. Per conversion:
 ``target`` singers, ``transpose`` (semitones) and the figures above (which ones miss).
 
 With ``real`` (a ``prep real`` corpus), the real voices' held-out prompts are measured apart,
-under ``"real"``: the ``test`` split's prompts (``real_lines`` of them, taken in turn from each
+under ``"real"``: the prompts of the same split (``test`` by default; ``valid`` to choose
+settings on material the figures do not use; ``real_lines`` of them, taken in turn from each
 voice), each rendition (spoken, and re-sung) converted to ``REAL_TARGETS`` singers of
 *another* person, taken in rotation from a fixed list, the singers of the synthetic corpus in name
 order (``"target_list"``), so every model with those singers is measured on the same
@@ -581,11 +582,17 @@ def _references(b: _Bench, utts: list[Utterance], singers: set[str]) -> None:
 
 
 def _real_part(
-    b: _Bench, model: AcousticModel, real: Path, synthetic: list[Utterance], max_lines: int | None
+    b: _Bench,
+    model: AcousticModel,
+    real: Path,
+    synthetic: list[Utterance],
+    max_lines: int | None,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """The real voices' held-out prompts (see the module docstring), or ``{"skipped": why}``."""
+    """The real voices' held-out prompts of ``split`` (see the module docstring), or
+    ``{"skipped": why}``."""
     utts = load_corpus(real)
-    lines = _real_lines(utts, "test", max_lines)
+    lines = _real_lines(utts, split, max_lines)
     own = {u.singer for u in utts}
     pool = utts + synthetic  # the targets' references: from the corpus that has them
     targets = [s for s in model.speakers if s in {u.singer for u in pool}]
@@ -594,7 +601,7 @@ def _real_part(
     todo = real_conversions(lines, targets, persons, own, fixed=fixed)
     if not todo:
         return {
-            "skipped": f"{real}: no test-split prompt, or no singer of the model of another "
+            "skipped": f"{real}: no {split}-split prompt, or no singer of the model of another "
             "person to convert it to",
             "corpus": str(real),
         }
@@ -602,7 +609,7 @@ def _real_part(
     result = _measure(b, todo)
     result.update(
         corpus=str(real),
-        split="test",
+        split=split,
         lines=len(lines),
         sources=len({(ln.line, src) for ln, src, _, _ in todo}),
         singers=sorted({tgt for *_, tgt in todo}),
@@ -680,7 +687,7 @@ def run_quality_bench(
         eval_packages=b.speaker.encoder is not None and _has("speechmos"),
     )
     if real is not None:
-        result["real"] = _real_part(b, model, Path(real), utts, real_lines)
+        result["real"] = _real_part(b, model, Path(real), utts, real_lines, split)
     if not result["eval_packages"]:
         result["note"] = f"speaker similarity / DNSMOS need the eval extra: {EVAL_HINT}"
     return result
@@ -775,7 +782,8 @@ def format_quality_table(r: dict[str, Any]) -> str:
     elif real is not None:
         lines += ["", "Real held-out sources", "", *_table(real), ""]
         lines.append(
-            f"{real['lines']} held-out prompts (test split, by prompt) of {real['corpus']}, "
+            f"{real['lines']} held-out prompts ({real['split']} split, by prompt) of "
+            f"{real['corpus']}, "
             f"{real['sources']} recordings (spoken and sung) each to {REAL_TARGETS} singers of "
             f"another person, in turn among {', '.join(real['singers'])}"
             + (

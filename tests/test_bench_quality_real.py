@@ -227,3 +227,32 @@ def test_no_argument_run_reuses_or_makes_the_real_cache_and_skips_without_packag
     capsys.readouterr()
     assert comostream.main(["bench", "quality", "--real", "r", "--no-real"]) == 1
     assert "choose one" in capsys.readouterr().err
+
+
+def test_the_real_part_follows_the_split(
+    corpora: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``split="valid"``: both parts convert the valid material (to choose settings on), never
+    a test or train prompt."""
+    import comostream.bench.quality as q
+
+    monkeypatch.setattr(q, "_dnsmos", lambda y: None)
+    monkeypatch.setattr(q, "_Speaker", _FakeSpeaker)
+    synth, real = corpora
+    for root, valid_line in ((synth, lambda n: n == 1), (real, lambda n: n % 10 == 2)):
+        recs = [json.loads(x) for x in (root / "manifest.jsonl").read_text().splitlines()]
+        for r in recs:
+            if valid_line(r["line"]):
+                r["split"] = "valid"
+        (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    valid = {(u.singer, u.line) for u in load_corpus(real) if u.split == "valid"}
+    assert len(valid) == 3
+    model = write_tiny_model(tmp_path / "m.ckpt", lookahead=0, singers=["s1", "s2", "june"])
+    r = run_quality_bench(
+        model, corpus=synth, real=real, split="valid", real_lines=3, progress=False
+    )
+    assert r["split"] == "valid" and r["onestep"]["n_conversions"] == 2
+    part = r["real"]
+    assert part["split"] == "valid" and (part["lines"], part["sources"]) == (2, 3)
+    assert {(c["source"], c["line"]) for c in part["conversions"]} == valid
+    assert "(valid split, by prompt)" in format_quality_table(r)

@@ -141,7 +141,8 @@ def test_serve_accepts_the_edges(capsys) -> None:
 
 @pytest.mark.parametrize("value", ["-1", "2.01", "nan", "loud"])
 @pytest.mark.parametrize(
-    "command", [["convert", "in.wav", "-o", "o.wav"], ["live"], ["serve"], ["bench", "quality"]]
+    "command",
+    [["convert", "in.wav", "-o", "o.wav"], ["demo"], ["live"], ["serve"], ["bench", "quality"]],
 )
 def test_a_noise_scale_out_of_bounds_is_a_usage_error(
     command: list[str], value: str, tmp_path: Path, capsys, monkeypatch

@@ -450,7 +450,13 @@ def _add_engine(bench_sub: Subparsers) -> None:
         metavar="auto|N",
         help="semitones, or auto: to the target singer's register (default)",
     )
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=SPLITS,
+        help="the split whose lines and real prompts are converted (default test: held out of "
+        "every stage; valid: the validation material, to choose settings on)",
+    )
     p.add_argument("--max-lines", type=positive_int, default=None, metavar="N")
     p.add_argument(
         "--max-conversions",
@@ -464,7 +470,7 @@ def _add_engine(bench_sub: Subparsers) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="a `comostream prep real` corpus whose test-split prompts are measured apart "
+        help="a `comostream prep real` corpus whose --split prompts are measured apart "
         "(default, without --data/--corpus: out/real, else the cache out/bench-real)",
     )
     p.add_argument("--no-real", action="store_true", help="leave the real held-out part out")

@@ -110,6 +110,7 @@ def register(sub: Subparsers) -> None:
     model_options(p, "inference file (default: the shipped model)", vocoder=False)
     runtime_options(p, streaming=True)
     backend_option(p)
+    noise_scale_option(p)
     p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser(

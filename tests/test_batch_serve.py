@@ -421,3 +421,27 @@ def test_a_broken_scheduler_fails_its_jobs_instead_of_hanging(
             sched.convert(engine, np.array([1.0]))
     finally:
         sched.close()
+
+
+def test_the_batched_step_and_batched_converter_draw_the_configured_noise_scale(
+    models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[realtime] noise_scale`` reaches the chain of serve's batched step and of
+    :class:`BatchedConverter`, not only an engine's own (test_engine_models)."""
+    import comostream.realtime.batch as batch_mod
+    import comostream.realtime.serve.engines as engines_mod
+    from comostream.models.chain import ConversionChain
+
+    seen: list[float] = []
+
+    class Spy(ConversionChain):
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            seen.append(self.noise_scale)
+
+    monkeypatch.setattr(engines_mod, "ConversionChain", Spy)
+    monkeypatch.setattr(batch_mod, "ConversionChain", Spy)
+    rt = RealtimeConfig(block_frames=2, backend=FLOAT_BACKEND, noise_scale=0.25)
+    EngineFactory(*models, rt, max_batch=2).warm_up()
+    batch_mod.BatchedConverter(*models, [None, None], realtime=rt)
+    assert seen == [0.25, 0.25]

@@ -141,6 +141,24 @@ def test_gta_resumes_and_refuses_unknown_singers(feats: Path, tmp_path: Path) ->
         write_gta_features(_model(["low"]), feats, tmp_path / "x", progress=False)
 
 
+def test_gta_refuses_to_resume_with_another_noise(feats: Path, tmp_path: Path) -> None:
+    """A folder begun at one noise scale is not finished at another (two kinds of mel in one
+    folder): a clear error, and nothing in it changes."""
+    model = _model(list(SINGERS))
+    out = write_gta_features(model, feats, tmp_path / "gta", progress=False)
+    (out / load_feature_index(out)[0].entries[0].path).unlink()  # as if interrupted
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
+    other = _model(list(SINGERS))
+    other.cfg = dataclasses.replace(
+        other.cfg, realtime=dataclasses.replace(other.cfg.realtime, noise_scale=1.0)
+    )
+    with pytest.raises(FeatureError, match="noise_scale"):
+        write_gta_features(other, feats, out, progress=False)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    write_gta_features(model, feats, out, progress=False)  # the same noise resumes
+    assert json.loads((out / "features.json").read_text())["gta_noise_scale"] == 0.5
+
+
 def test_init_starts_from_the_given_vocoder(feats: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     train_vocoder(_voc_cfg(2), feats, base, progress=False)

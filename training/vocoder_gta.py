@@ -12,7 +12,9 @@ transposition, the realtime path's counter-hashed noise of ``[realtime] seed`` s
 ``[realtime] noise_scale``, so the mels are those the engine would make). F0, loudness, content
 and the index are copied unchanged, and ``features.json`` keeps the corpus (``source``, made
 absolute) and records ``gta_model``, ``gta_seed`` and ``gta_noise_scale``; the folder is then a
-normal ``--data`` for ``comostream train vocoder --init``.
+normal ``--data`` for ``comostream train vocoder --init``. An interrupted run resumes where it
+stopped; ``gta.json``, written first, makes a resume with another seed or noise scale a clear
+error instead of a folder of two kinds of mel.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ def gta_mel(
     return model.generate(feats, singer, noise.to(where))[0].cpu().numpy().astype(np.float32)
 
 
+MARKER = "gta.json"  # the noise the folder's mels are drawn with, written before the first
+
+
+def _check_resume(out_dir: Path, noise: dict[str, float]) -> None:
+    """Write ``out_dir``'s :data:`MARKER`, or check that an earlier (interrupted) run drew its
+    mels with the same noise: resuming with another seed or noise scale would mix two kinds of
+    mel in one folder. Raises FeatureError then."""
+    marker = out_dir / MARKER
+    if marker.is_file():
+        try:
+            before = json.loads(marker.read_text())
+        except (OSError, ValueError) as exc:
+            raise FeatureError(f"{marker}: unreadable ({exc}); remove {out_dir}") from None
+        if before != noise:
+            raise FeatureError(
+                f"{out_dir} holds GTA mels drawn with {before}; this run draws them with "
+                f"{noise} ([realtime] seed / noise_scale): remove the folder or give another "
+                "--out"
+            )
+        return
+    write_text_atomic(marker, json.dumps(noise) + "\n")
+
+
 def write_gta_features(
     model: AcousticModel,
     feat_dir: str | Path,
@@ -88,6 +113,7 @@ def write_gta_features(
     source = corpus_of(feat_dir, None).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     seed, scale = model.cfg.realtime.seed, model.cfg.realtime.noise_scale
+    _check_resume(out_dir, {"gta_seed": seed, "gta_noise_scale": scale})
     model.eval()
     for e in tqdm(
         index.entries, desc="gta mels", unit="utt", disable=not progress, file=sys.stderr

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from comostream.models.limits import check_block_frames
+from comostream.models.limits import check_block_frames, check_noise_scale
 
 __all__ = [
     "AudioConfig",
@@ -63,9 +63,8 @@ ONNX_BACKENDS: tuple[str, ...] = ("onnxruntime", "onnxruntime-int8")  # the step
 # ``[realtime] backend``: one of STEP_BACKENDS, or "auto" (RealtimeConfig.backend's comment)
 BACKEND_CHOICES: tuple[str, ...] = ("auto", *STEP_BACKENDS)
 # ``[realtime] noise_scale``: the default, measured by ``bench quality`` (docs/training.md,
-# "Noise scale"), and the largest value accepted
+# "Noise scale"); the values accepted: models/limits.py
 NOISE_SCALE = 0.5
-MAX_NOISE_SCALE = 2.0
 
 
 class ConfigError(ValueError):
@@ -409,10 +408,10 @@ class RealtimeConfig:
             )
         if self.ramp_frames < 1:
             raise ConfigError("realtime: ramp_frames must be >= 1")
-        if not 0.0 <= self.noise_scale <= MAX_NOISE_SCALE:  # also refuses nan
-            raise ConfigError(
-                f"realtime: noise_scale must be in [0, {MAX_NOISE_SCALE:g}], got {self.noise_scale}"
-            )
+        try:
+            check_noise_scale(self.noise_scale)
+        except ValueError as exc:
+            raise ConfigError(f"realtime: {exc}") from None
         if self.window_lookahead_frames < 0:
             raise ConfigError("realtime: window_lookahead_frames must be >= 0")
         if min(self.max_backlog_ms, self.window_context_ms, self.sola_search_ms) < 0:

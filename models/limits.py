@@ -26,6 +26,7 @@ __all__ = [
 MAX_TRANSPOSE = 48.0  # semitones: four octaves either way
 FILE_RATE_MIN = 8000  # Hz: the lowest sample rate of a file or stream that is read at all
 FILE_RATE_MAX = 384000  # Hz: the highest
+MAX_NOISE_SCALE = 2.0  # ``[realtime] noise_scale``: the one-step model's noise, 1 = as distilled
 MAX_BLOCK_FRAMES = 512  # frames per model step (5.46 s at 24 kHz / hop 256): bounds its memory
 OFFLINE_STEP_FRAMES = 512  # frames per model step of an offline conversion (its memory bound)
 # retrieval index blend (models/retrieval.py): 0 = off, by measurement (docs/voice.md: no rate
@@ -41,6 +42,17 @@ def check_index_rate(rate: object) -> float:
         raise ValueError(f"index rate must be a number in [0, 1], got {rate!r}") from None
     if not 0.0 <= value <= 1.0:  # NaN fails too
         raise ValueError(f"index rate must be in [0, 1], got {rate!r}")
+    return value
+
+
+def check_noise_scale(scale: object) -> float:
+    """``scale`` as a float in [0, :data:`MAX_NOISE_SCALE`] (ValueError otherwise)."""
+    try:
+        value = float(scale)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan  # not a number: the same message
+    if not 0.0 <= value <= MAX_NOISE_SCALE:  # NaN fails too
+        raise ValueError(f"noise_scale must be in [0, {MAX_NOISE_SCALE:g}], got {scale!r}")
     return value
 
 

@@ -286,16 +286,14 @@ def block_option(parser: argparse.ArgumentParser, help: str | None = None) -> No
 
 
 def noise_scale_arg(text: str) -> float:
-    """argparse type: ``[realtime] noise_scale``, a number in [0, MAX_NOISE_SCALE]."""
-    from comostream.models.config import MAX_NOISE_SCALE
+    """argparse type: ``[realtime] noise_scale``
+    (:func:`~comostream.models.limits.check_noise_scale`)."""
+    from comostream.models.limits import check_noise_scale  # standard library only
 
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= MAX_NOISE_SCALE:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_NOISE_SCALE:g}], got {text}")
-    return value
+        return check_noise_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def noise_scale_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:

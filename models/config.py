@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -287,6 +288,11 @@ class FeaturesConfig:
             raise ConfigError("features: content_layer must be >= 0 (0 = final output)")
 
 
+# `comostream train codebook`'s defaults (docs/models.md#content-codebook)
+CODEBOOK_SIZE = 128  # codes
+CODEBOOK_MAX_FRAMES = 40000  # content frames clustered (a seeded draw of the active train frames)
+
+
 @dataclass(frozen=True)
 class ContentConfig:
     """The built-in streaming content encoder and its training (``comostream train content``).
@@ -334,6 +340,10 @@ class ContentConfig:
     active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
     consistency_weight: float = 0.0  # > 0: two perturbed versions of a segment must give the same
     # content frames (mean squared difference over active frames, this weight)
+    codebook_size: int = 0  # > 0: each content frame becomes a soft mix of this many codes fitted
+    # on the training singers' frames (`comostream train codebook`), 0 = none
+    codebook_temperature: float = 4.0  # the mix's softmax temperature (squared standardised
+    # distance); 0 = the nearest code alone
 
     def __post_init__(self) -> None:
         for name in (
@@ -350,6 +360,10 @@ class ContentConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"content: {name} must be >= 1")
+        if self.codebook_size < 0:
+            raise ConfigError("content: codebook_size must be >= 0 (0: no codebook)")
+        if not 0 <= self.codebook_temperature < math.inf:
+            raise ConfigError("content: codebook_temperature must be finite and >= 0")
         if self.lookahead_frames < 0 or self.train_singers < 0 or self.eq_bands < 0:
             raise ConfigError("content: lookahead_frames, train_singers, eq_bands must be >= 0")
         if self.mel_std <= 0:

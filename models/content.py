@@ -2,7 +2,9 @@
 
 A pre-norm residual stack of dilated :class:`~comostream.models.streaming.CausalConv1d` layers
 (per-frame LayerNorm over channels, no utterance statistics), a narrow linear bottleneck and an
-optional per-frame L2 normalisation (content frames of norm ``sqrt(content_dim)``, i.e. unit RMS).
+optional per-frame L2 normalisation (content frames of norm ``sqrt(content_dim)``, i.e. unit RMS)
+and an optional codebook (:class:`~comostream.models.content_codebook.ContentCodebook`, fitted by
+``comostream train codebook``): each frame replaced by a mix of codes shared by every singer.
 The input is normalised with fixed constants, ``(mel - mel_mean) / mel_std``. The lookahead
 (``ContentConfig.lookahead_frames``) is spread over the smallest dilations by
 :func:`comostream.models.backbone.lookahead_schedule`; the residual paths around those layers get a
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from comostream.models.backbone import lookahead_schedule
 from comostream.models.checkpoint_io import CheckpointError, load_checkpoint, load_state_strict
 from comostream.models.config import AudioConfig, ConfigError, ContentConfig, config_from_dict
+from comostream.models.content_codebook import ContentCodebook
 from comostream.models.streaming import (
     CausalConv1d,
     Delay,
@@ -116,6 +119,11 @@ class ContentEncoder(StreamingStack):
         if self.centre_out is not None:  # the input frames' activity, aligned with the output
             self.centre_delay = Delay(1, self.lookahead_frames)
         self.left_frames: int = sum(cv.left_frames for cv in convs)
+        self.codebook: ContentCodebook | None = None  # frames -> a mix of shared codes
+        if c.codebook_size > 0:
+            self.codebook = ContentCodebook(
+                c.content_dim, c.codebook_size, c.codebook_temperature, c.l2_normalize
+            )
 
     def normalize_input(self, mel: Tensor) -> Tensor:
         """``(mel - mel_mean) / mel_std`` (fixed constants)."""
@@ -143,6 +151,8 @@ class ContentEncoder(StreamingStack):
             z = self.centre_out.run(z, child(state, "centre_out"), a)
         if self.cfg.l2_normalize:
             z = F.normalize(z, dim=1) * math.sqrt(self.content_dim)
+        if self.codebook is not None:
+            z = self.codebook(z)
         return z
 
     def forward(self, mel: Tensor, centre: StreamState | None = None) -> Tensor:

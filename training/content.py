@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from comostream.models.conditioner import F0_REF_HZ, LOUDNESS_REF_DB, LOUDNESS_SCALE_DB
-from comostream.models.config import Config, ContentConfig
+from comostream.models.config import Config, ConfigError, ContentConfig
 from comostream.models.content import CHECKPOINT_KIND, ContentEncoder, centre_level
 from comostream.models.streaming import FrameLinear
 from comostream.training.content_data import (
@@ -239,6 +239,11 @@ def train_content(
     ``RUN_DIR/perturbed``) and reused by later runs with the same settings."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     c = cfg.content
+    if c.codebook_size:
+        raise ConfigError(
+            "content: codebook_size is fitted after training, by `comostream train codebook "
+            "RUN_DIR/last.pt`; train with codebook_size = 0"
+        )
     order = corpus_singers(data_dir, load_corpus(data_dir))
     n = c.train_singers or len(order)
     if n > len(order):

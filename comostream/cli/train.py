@@ -1,4 +1,5 @@
-"""``comostream train STAGE`` (teacher, distill, finetune, content, vocoder, recipe), ``export``."""
+"""``comostream train STAGE`` (teacher, distill, finetune, content, codebook, vocoder, recipe),
+``export``."""
 
 from __future__ import annotations
 
@@ -67,6 +68,28 @@ def _cmd_train_content(args: argparse.Namespace) -> int:
         config_from_args(args), args.data, args.out, dry_run=args.dry_run, resume=args.resume
     )
     say(f"wrote {path}")
+    return 0
+
+
+def _cmd_train_codebook(args: argparse.Namespace) -> int:
+    from comostream.training.codebook import fit_codebook
+
+    try:
+        path = fit_codebook(
+            args.checkpoint,
+            args.data,
+            args.output,
+            size=args.codes,
+            temperature=args.temperature,
+            seed=args.seed,
+            max_frames=args.max_frames,
+        )
+    except ValueError as exc:  # output = input, too few frames for the codes
+        raise CommandError(f"train codebook: {exc}") from None
+    say(
+        f"wrote {path}: {args.checkpoint} with a codebook of {args.codes} content codes; "
+        f"measure it with `comostream bench content --checkpoint {path}`"
+    )
     return 0
 
 
@@ -252,6 +275,8 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     config_options(p, "content", ContentConfig, ["train_singers"])
     p.set_defaults(handler=_cmd_train_content)
 
+    _add_codebook(train_sub)
+
     p = train_sub.add_parser(
         "vocoder",
         parents=[config_parent],
@@ -299,6 +324,86 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     )
     config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
     p.set_defaults(handler=_cmd_train_vocoder)
+
+
+def _add_codebook(train_sub: Subparsers) -> None:
+    """``train codebook``: the content frames as a mix of codes shared by every singer."""
+    from comostream.models.config import (
+        CODEBOOK_MAX_FRAMES,
+        CODEBOOK_SIZE,
+        ConfigError,
+        ContentConfig,
+    )
+
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
+        return value
+
+    def temperature(text: str) -> float:
+        try:
+            return ContentConfig(codebook_temperature=float(text)).codebook_temperature
+        except (ValueError, ConfigError):
+            raise argparse.ArgumentTypeError(f"{text!r}: a finite number >= 0") from None
+
+    p = train_sub.add_parser(
+        "codebook",
+        help="fit a codebook of content codes shared by every singer (less singer in the content)",
+        description=(
+            "Encode the train-split recordings of CORPUS_DIR by the singers CKPT was trained "
+            "on (a `train content` checkpoint, or a model file with its built-in encoder), "
+            "cluster their content frames (k-means, seeded) and write CKPT with the codebook "
+            "in its encoder to -o: every content frame then becomes a mix of the codes nearest "
+            "it, which all singers share, so less of who sings is left in it "
+            "(docs/models.md#content-codebook). Fit it on the content checkpoint before "
+            "`prep features` so the acoustic model learns on coded content (the recipe does), "
+            "or on a model file as it is."
+        ),
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CKPT",
+        help="a `comostream train content` checkpoint or a model file",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="CORPUS_DIR",
+        help="the corpus CKPT was trained on (its train split is used)",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT", help="the file to write"
+    )
+    p.add_argument(
+        "--codes",
+        type=count,
+        default=CODEBOOK_SIZE,
+        metavar="K",
+        help=f"number of codes (default {CODEBOOK_SIZE})",
+    )
+    p.add_argument(
+        "--temperature",
+        type=temperature,
+        default=ContentConfig.codebook_temperature,
+        metavar="T",
+        help="softmax temperature of the mix, in squared standardised distance (default "
+        f"{ContentConfig.codebook_temperature:g}; 0: the nearest code alone)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    p.add_argument(
+        "--max-frames",
+        type=count,
+        default=CODEBOOK_MAX_FRAMES,
+        metavar="N",
+        help=f"cluster at most N active frames, a seeded draw (default {CODEBOOK_MAX_FRAMES})",
+    )
+    p.set_defaults(handler=_cmd_train_codebook)
 
 
 def _add_recipe(train_sub: Subparsers) -> None:

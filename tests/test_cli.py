@@ -257,7 +257,7 @@ def test_recipe_and_gpu_check_are_subcommands() -> None:
 def test_every_recipe_stage_is_a_valid_command_line(tmp_path: Path) -> None:
     from comostream.training.recipe import stages
 
-    for group in stages(tmp_path / "run"):
+    for group in (*stages(tmp_path / "run"), *stages(tmp_path / "coded", codebook=64)):
         for stage in group:
             args = build_parser().parse_args(stage.args)
             assert callable(args.handler), stage.name

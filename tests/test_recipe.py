@@ -106,3 +106,39 @@ def test_an_interrupted_training_stage_resumes_and_a_finished_one_is_skipped(
     corpus.output.parent.mkdir(parents=True)
     corpus.output.write_text("{}")
     assert corpus.done()
+
+
+def test_a_codebook_is_fitted_before_the_features_when_asked(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    before, _, _ = stages(run)
+    assert "codebook" not in [s.name for s in before]
+    assert f'"{run / "content" / "last.pt"}"' in (run / "recipe.toml").read_text()
+    before, _, _ = stages(run, codebook=64)
+    names = [s.name for s in before]
+    assert names.index("content") < names.index("codebook") < names.index("features")
+    by = {s.name: s for s in before}
+    coded = run / "content" / "codebook64.pt"
+    book = by["codebook"]
+    assert book.args[:3] == ["train", "codebook", str(run / "content" / "last.pt")]
+    assert book.args[book.args.index("--data") + 1] == str(run / "corpus-all")
+    assert book.args[book.args.index("--codes") + 1] == "64"
+    assert book.output == coded and not book.trains  # written once: done when it exists
+    # the features (and so the acoustic model and the export) take the coded encoder
+    assert f'content_checkpoint = "{coded}"' in (run / "recipe.toml").read_text()
+
+
+def test_a_run_folder_keeps_the_settings_it_was_started_with(tmp_path: Path) -> None:
+    from comostream.training.recipe import _check_settings
+
+    run = tmp_path / "run"
+    _check_settings(run, 0)
+    _check_settings(run, 0)  # the same settings: resumed
+    with pytest.raises(SystemExit, match="started with"):
+        _check_settings(run, 128)
+    old = tmp_path / "old"  # a run from before the settings were recorded: no codebook
+    old.mkdir()
+    (old / "recipe.log").write_text("[corpus] ...\n")
+    with pytest.raises(SystemExit, match="started with"):
+        _check_settings(old, 128)
+    _check_settings(old, 0)
+    assert (old / "recipe.json").is_file()

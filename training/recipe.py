@@ -41,6 +41,7 @@ per stage and a few real utterances per singer, to check the plumbing in minutes
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -71,8 +72,9 @@ class Stage:
 
     @property
     def trains(self) -> bool:
-        """A ``train ...`` command (checkpoints as it goes, resumable)."""
-        return self.args[0] == "train"
+        """A ``train ...`` command that checkpoints as it goes (resumable); ``train codebook``
+        writes its file once, at the end."""
+        return self.args[0] == "train" and self.args[1] != "codebook"
 
     @property
     def marker(self) -> Path:
@@ -90,11 +92,11 @@ class Stage:
         return list(self.args)
 
 
-def _recipe_config(run: Path) -> Path:
-    """``RUN/recipe.toml``: the CPU recipe with this run's content encoder."""
+def _recipe_config(run: Path, content: Path) -> Path:
+    """``RUN/recipe.toml``: the CPU recipe with this run's content encoder (file ``content``)."""
     path = run / "recipe.toml"
     base = config_file("recipe-cpu.toml")
-    text = base.read_text().replace('"out/content/last.pt"', f'"{run / "content" / "last.pt"}"')
+    text = base.read_text().replace('"out/content/last.pt"', f'"{content}"')
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -116,16 +118,28 @@ def _real_stages(run: Path, real: Path | None, quick: bool) -> tuple[list[Stage]
 
 
 def stages(
-    run: Path, quick: bool = False, real: Path | None = None
+    run: Path, quick: bool = False, real: Path | None = None, codebook: int = 0
 ) -> tuple[list[Stage], list[Stage], list[Stage]]:
     """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
     features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
     vocoder) runs beside ``acoustic`` and whose others (GTA fine-tuning, export, evaluation) run
     after both (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder to reuse
-    (default: ``prep real`` into ``RUN/real``)."""
-    cfg = str(_recipe_config(run))
-    real_stages, real_dir = _real_stages(run, real, quick)
+    (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that many codes
+    is fitted into the content encoder (``train codebook``) before the features, so the
+    acoustic model learns on coded content and the model file carries it."""
     data = run / "corpus-all"  # the synthetic corpus and the real voices, as one
+    encoder = run / "content" / "last.pt"
+    coded = run / "content" / f"codebook{codebook}.pt"
+    cfg = str(_recipe_config(run, coded if codebook else encoder))
+    real_stages, real_dir = _real_stages(run, real, quick)
+    codebook_stages = [
+        Stage(
+            "codebook",
+            ["train", "codebook", str(encoder), "--data", str(data), "-o", str(coded)]
+            + ["--codes", str(codebook)],
+            coded,
+        )
+    ]
     configs = config_file("default.toml").parent
     steps = {
         "content": 1200,
@@ -183,8 +197,9 @@ def stages(
                 "--max-steps",
                 str(steps["content"]),
             ],
-            run / "content" / "last.pt",
+            encoder,
         ),
+        *(codebook_stages if codebook else []),
         Stage(
             "features",
             ["prep", "features", str(data), str(run / "feat"), "--config", cfg],
@@ -374,18 +389,46 @@ def _sequence(items: list[Stage], log: Path) -> None:
         _wait(_run(stage, log), log)
 
 
+def _check_settings(run: Path, codebook: int) -> None:
+    """``RUN/recipe.json`` records the settings a run folder was started with; resuming it with
+    others would mix two models' stages, so that is refused (``SystemExit``)."""
+    path = run / "recipe.json"
+    settings = {"codebook": codebook}
+    before: object = None
+    if path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise SystemExit(
+                f"recipe: {path} is unreadable; remove it or use another folder"
+            ) from None
+    elif (run / "recipe.log").is_file():  # a run from before the settings were recorded
+        before = {"codebook": 0}
+    if before is not None and before != settings:
+        raise SystemExit(
+            f"recipe: {run} was started with {before}, not {settings}: run it again with "
+            "those settings, or use another folder"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings) + "\n")
+
+
 def run_recipe(
-    run: Path = Path("out/default-model"), quick: bool = False, real: Path | None = None
+    run: Path = Path("out/default-model"),
+    quick: bool = False,
+    real: Path | None = None,
+    codebook: int = 0,
 ) -> int:
     """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
     (a failed stage raises ``SystemExit`` naming it and the log). ``real``: a prepared
-    ``prep real`` folder to reuse instead of preparing ``RUN/real``."""
+    ``prep real`` folder to reuse instead of preparing ``RUN/real``; ``codebook``: see
+    :func:`stages`."""
     if real is not None and not (Path(real) / "manifest.jsonl").is_file():
         raise SystemExit(f"recipe: {real} holds no manifest.jsonl (make it with `prep real`)")
-    run.mkdir(parents=True, exist_ok=True)
+    _check_settings(run, codebook)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, quick, real)
+    before, acoustic, rest = stages(run, quick, real, codebook)
     _sequence(before, log)
     # the acoustic model and the vocoder train side by side, one core each
     vocoder_stage, after = rest[0], rest[1:]

@@ -115,7 +115,7 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     from comostream.training.recipe import run_recipe
 
-    return run_recipe(args.run, quick=args.quick, real=args.real)
+    return run_recipe(args.run, quick=args.quick, real=args.real, codebook=args.codebook)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -326,6 +326,17 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_train_vocoder)
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
+    return value
+
+
 def _add_codebook(train_sub: Subparsers) -> None:
     """``train codebook``: the content frames as a mix of codes shared by every singer."""
     from comostream.models.config import (
@@ -334,15 +345,6 @@ def _add_codebook(train_sub: Subparsers) -> None:
         ConfigError,
         ContentConfig,
     )
-
-    def count(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
-        return value
 
     def temperature(text: str) -> float:
         try:
@@ -382,7 +384,7 @@ def _add_codebook(train_sub: Subparsers) -> None:
     )
     p.add_argument(
         "--codes",
-        type=count,
+        type=_count,
         default=CODEBOOK_SIZE,
         metavar="K",
         help=f"number of codes (default {CODEBOOK_SIZE})",
@@ -398,7 +400,7 @@ def _add_codebook(train_sub: Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     p.add_argument(
         "--max-frames",
-        type=count,
+        type=_count,
         default=CODEBOOK_MAX_FRAMES,
         metavar="N",
         help=f"cluster at most N active frames, a seeded draw (default {CODEBOOK_MAX_FRAMES})",
@@ -443,6 +445,15 @@ def _add_recipe(train_sub: Subparsers) -> None:
         help="reuse this `comostream prep real` folder (e.g. out/real) instead of preparing "
         "RUN_DIR/real; its train split is trained on, its test prompts are what the "
         "evaluation converts",
+    )
+    p.add_argument(
+        "--codebook",
+        type=_count,
+        default=0,
+        metavar="K",
+        help="fit a codebook of K content codes into the content encoder before the features "
+        "(`train codebook`), so the acoustic model learns on coded content "
+        "(docs/models.md#content-codebook); default: none, as the shipped model",
     )
     p.add_argument(
         "--quick",

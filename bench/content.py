@@ -32,7 +32,8 @@ singers' frames whose loudness is above ``content.active_db`` (dB):
   voiced frame is held for 4 s (with 0.25 log-mel of noise per bin) after the line's first half;
   mean cosine between the content 50 ms into the hold and 1, 2 and 4 s into it (1.0 = stable).
 * ``compute``: seconds of compute per second of audio for the streaming ``step`` with blocks
-  of 1 and 4 frames and the one-shot forward, on ``threads`` CPU threads (mel excluded).
+  of 1 and 4 frames and the one-shot forward, on ``threads`` CPU threads (mel excluded); the
+  encoder's size, lookahead and codebook (``codebook_size`` 0: none).
 """
 
 from __future__ import annotations
@@ -410,8 +411,18 @@ def run_content_bench(
             "lookahead_ms": enc.lookahead_frames * cfg.audio.frame_ms,
             "left_frames": enc.left_frames,
             "content_dim": enc.content_dim,
+            "codebook_size": enc.cfg.codebook_size,
+            "codebook_temperature": enc.cfg.codebook_temperature,
         },
     }
+
+
+def _codebook_words(compute: dict[str, Any]) -> str:
+    """``", codebook of K codes, temperature T"`` for an encoder with one, else nothing."""
+    size = compute.get("codebook_size", 0)
+    if not size:
+        return ""
+    return f", codebook of {size} codes, temperature {compute['codebook_temperature']:g}"
 
 
 def format_content_report(r: dict[str, Any]) -> str:
@@ -419,7 +430,9 @@ def format_content_report(r: dict[str, Any]) -> str:
     sp, ck, cp = r["speaker_probe"], r["content_kept"], r["compute"]
     lines = [
         f"held-out singers: {', '.join(r['held_out_singers'])} "
-        + ("(a model file's encoder)" if r["step"] is None else f"(encoder step {r['step']})"),
+        + ("(a model file's encoder" if r["step"] is None else f"(encoder step {r['step']}")
+        + _codebook_words(cp)
+        + ")",
         f"singer probe accuracy: content {sp['content_accuracy']:.3f}, mel "
         f"{sp['mel_accuracy']:.3f}, chance {sp['chance']:.3f} ({sp['test_frames']} test frames)",
     ]

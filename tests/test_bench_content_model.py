@@ -12,6 +12,7 @@ import soundfile as sf
 from comostream.bench.content import format_content_report, run_content_bench
 from comostream.models.checkpoint_io import CheckpointError
 from comostream.models.config import load_config
+from comostream.training.codebook import fit_codebook
 from comostream.training.corpus import CorpusError
 
 from helpers import harmonic_tone, write_tiny_model
@@ -58,8 +59,13 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     assert -1.0 <= kept["cosine_aligned"]["content"] <= 1.0
     assert kept["decoder_mel_l1"] is None  # a model file holds no training decoder
     report = format_content_report(r)
-    assert "n/a (a model file" in report and "a model file's encoder" in report
-    assert r["step"] is None
+    assert "n/a (a model file" in report and "a model file's encoder)" in report
+    assert r["step"] is None and r["compute"]["codebook_size"] == 0
+    # the same model with a codebook: the report says so
+    coded = fit_codebook(model, corpus, tmp_path / "coded.ckpt", size=3, progress=False)
+    r = run_content_bench(coded, corpus, cfg, progress=False)
+    assert r["compute"]["codebook_size"] == 3
+    assert "encoder, codebook of 3 codes, temperature 4)" in format_content_report(r)
     with pytest.raises(CorpusError, match="--corpus"):  # a model file names no corpus
         run_content_bench(model, None, cfg, progress=False)
 

@@ -182,8 +182,10 @@ def test_fit_a_content_checkpoint_and_a_model_file(corpus: Path, tmp_path: Path)
     # seeded: the same file again; a refit replaces the codebook
     again = fit_codebook(out, corpus, tmp_path / "again.pt", size=6, seed=0, progress=False)
     torch.testing.assert_close(load_content_encoder(again).codebook.codes, coded.codebook.codes)
-    with pytest.raises(ValueError, match="replace the input"):
-        fit_codebook(src, corpus, src, size=6, progress=False)
+    (tmp_path / "link.pt").hardlink_to(src)
+    for same in (src, tmp_path / "link.pt"):
+        with pytest.raises(ValueError, match="replace the input"):
+            fit_codebook(src, corpus, same, size=6, progress=False)
 
     model_path = write_tiny_model(tmp_path / "tiny.ckpt", singers=singers)
     out = fit_codebook(model_path, corpus, tmp_path / "tiny-coded.ckpt", size=6, progress=False)

@@ -13,6 +13,7 @@ encoder (``content.codebook_size``, ``content.codebook_temperature``; see
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,10 @@ def fit_codebook(
     """Write ``out``: ``source`` (a content checkpoint or an inference file) with a codebook of
     ``size`` codes fitted on ``corpus``'s train split (see the module docstring)."""
     source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve():
+    same = out.resolve() == source.resolve()
+    if not same and out.exists() and source.exists():
+        same = os.path.samefile(source, out)  # a hard link of the input
+    if same:
         raise ValueError(f"{out}: the output would replace the input; give another file")
     ContentConfig(codebook_size=size, codebook_temperature=temperature)  # checks the values
     ck = load_checkpoint(source, kind=(CHECKPOINT_KIND, INFERENCE_KIND))

@@ -159,21 +159,22 @@ def fit_codebook(
     fitted.codebook.std.copy_(std)
     fitted.codebook.codes.copy_(codes)
     payload = dict(ck)
-    if ck["kind"] == INFERENCE_KIND:
+    if ck["kind"] == INFERENCE_KIND:  # a model file: its encoder and that encoder's config
         payload["content_config"] = config_to_dict(content_cfg)
         payload["content_encoder"] = fitted.state_dict()
-    else:
+    else:  # a content checkpoint: also where the codebook came from (meta.codebook)
         config = dict(ck["config"])
         config["content"] = config_to_dict(content_cfg)
         payload["config"] = config
         payload["models"] = {**ck["models"], "encoder": fitted.state_dict()}
-    meta = dict(payload.get("meta") or {}) if isinstance(payload.get("meta"), dict) else {}
-    meta["codebook"] = {
-        "corpus": str(corpus),
-        "singers": sorted({u.singer for u in mine}),
-        "frames": int(frames.shape[0]),
-        "seed": seed,
-    }
-    if ck["kind"] != INFERENCE_KIND:
-        payload["meta"] = meta
+        meta = ck.get("meta")
+        payload["meta"] = {
+            **(meta if isinstance(meta, dict) else {}),
+            "codebook": {
+                "corpus": str(corpus),
+                "singers": sorted({u.singer for u in mine}),
+                "frames": int(frames.shape[0]),
+                "seed": seed,
+            },
+        }
     return save_checkpoint(out, payload)

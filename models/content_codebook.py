@@ -48,11 +48,12 @@ class ContentCodebook(nn.Module):
         """``z (B, D, T)`` -> the codes' weights ``(B, T, K)`` (rows sum to 1)."""
         u = (z.transpose(1, 2) - self.mean) / self.std  # (B, T, D)
         codes: Tensor = self.codes  # type: ignore[assignment]
-        # squared distances without cdist (matmuls only: traceable, exportable)
-        d2 = (u * u).sum(-1, keepdim=True) - 2.0 * u @ codes.T + (codes * codes).sum(-1)
+        # -|u - c_k|^2 up to |u|^2, which is the same for every code and so changes neither the
+        # softmax nor the nearest code (matmuls only: traceable, exportable)
+        score = 2.0 * u @ codes.T - (codes * codes).sum(-1)
         if self.temperature > 0:
-            return torch.softmax(-d2 / self.temperature, dim=-1)
-        return F.one_hot(d2.argmin(-1), self.size).to(z.dtype)
+            return torch.softmax(score / self.temperature, dim=-1)
+        return F.one_hot(score.argmax(-1), self.size).to(z.dtype)
 
     def forward(self, z: Tensor) -> Tensor:
         q = self.weights(z) @ self.codes * self.std + self.mean  # (B, T, D)

@@ -16,6 +16,7 @@ from comostream.cli.common import (
     config_options,
     config_parent,
     noise_scale_option,
+    positive_int,
     say,
 )
 
@@ -326,17 +327,6 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     p.set_defaults(handler=_cmd_train_vocoder)
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
-    return value
-
-
 def _add_codebook(train_sub: Subparsers) -> None:
     """``train codebook``: the content frames as a mix of codes shared by every singer."""
     from comostream.models.config import (
@@ -384,7 +374,7 @@ def _add_codebook(train_sub: Subparsers) -> None:
     )
     p.add_argument(
         "--codes",
-        type=_count,
+        type=positive_int,
         default=CODEBOOK_SIZE,
         metavar="K",
         help=f"number of codes (default {CODEBOOK_SIZE})",
@@ -400,7 +390,7 @@ def _add_codebook(train_sub: Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     p.add_argument(
         "--max-frames",
-        type=_count,
+        type=positive_int,
         default=CODEBOOK_MAX_FRAMES,
         metavar="N",
         help=f"cluster at most N active frames, a seeded draw (default {CODEBOOK_MAX_FRAMES})",
@@ -448,7 +438,7 @@ def _add_recipe(train_sub: Subparsers) -> None:
     )
     p.add_argument(
         "--codebook",
-        type=_count,
+        type=positive_int,
         default=0,
         metavar="K",
         help="fit a codebook of K content codes into the content encoder before the features "

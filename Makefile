@@ -8,11 +8,15 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.comostream-installed
-# Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus;
+# Debian packages: PortAudio for sounddevice; TTS voices for the synthetic singing corpus (and
+# festival's voices of other people for its extra singers, training/voices.py);
 # Chromium for the browser client's end-to-end test (driven headless over DevTools);
 # PulseAudio and its ALSA plugin for the live audio loop test (null sinks, no sound card);
 # g++ and Python's headers for the inductor backend (the model step compiled to C++).
-DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k espeak-ng chromium \
+FESTIVAL_VOICES := festvox-kdlpc16k festvox-ca-ona-hts festvox-czech-dita festvox-czech-krb \
+                   festvox-czech-ph festvox-suopuhe-mv festvox-itapc16k festvox-us-slt-hts \
+                   festvox-czech-machac festvox-suopuhe-lj festvox-italp16k
+DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k $(FESTIVAL_VOICES) espeak-ng chromium \
                    pulseaudio pulseaudio-utils libasound2-plugins g++ python3-dev
 
 .PHONY: demo test lint debian-deps install clean help default-model

@@ -14,6 +14,10 @@ singers' frames whose loudness is above ``content.active_db`` (dB):
   with the line: the encoder's input centring starts from its prior), ``content_stream``
   encodes each singer's lines back to back as one stream (a performance: the centring has
   converged on the singer). ``mlp_*``: the same with a one-hidden-layer MLP probe (nonlinear).
+  ``pairwise``: the linear probe on every pair of held-out singers alone (chance 0.5), for
+  ``content`` and ``mel``: ``mean``, ``min``, ``max`` and the ``most_separated`` pair. Unlike the
+  accuracy over all of them, it does not depend on how many singers are held out (with more
+  singers, chance falls and so does an accuracy at the same per-pair separability).
 * ``pitch_probe``: R^2 of a linear (ridge) map from frames to log2 F0 on voiced frames (train
   lines -> test lines), for content and mel: pitch left in the content.
 * ``content_kept``: (1) frame-aligned pairs: a synthetic singer rendered from the same base
@@ -72,10 +76,10 @@ from comostream.models.content import CHECKPOINT_KIND, ContentEncoder, load_cont
 from comostream.training.corpus import CorpusError, Utterance, load_corpus
 from comostream.training.features import EXTRACTORS
 
-__all__ = ["DEFAULT_CHECKPOINT", "format_content_report", "run_content_bench", "stream_rtf"]
+__all__ = ["format_content_report", "run_content_bench", "stream_rtf"]
 
-DEFAULT_CHECKPOINT = Path("out/content/last.pt")
 RETRIEVAL_TOLERANCE = 2  # frames
+CONFUSION_MAX_SINGERS = 8  # the text report prints the confusion rows up to this many singers
 SHIFT_MIN = 25  # frames: the shifted-cosine baseline compares frames at least this apart
 RTF_SECONDS = 5.0  # seconds of (random) mel streamed for the compute figure
 RTF_BLOCKS = (1, 4)  # frames per streaming step
@@ -190,7 +194,32 @@ def speaker_probe(utts: Sequence[_Utt], n_singers: int) -> dict[str, Any]:
         out["confusion"][kind] = confusion(yte, pred, n_singers)
         out[f"mlp_{kind}_accuracy"] = mlp_accuracy(xtr, ytr, xte, yte, n_singers)
         out["train_frames"], out["test_frames"] = int(xtr.shape[0]), int(xte.shape[0])
+    out["pairwise"] = {kind: pairwise_probe(utts, kind) for kind in ("content", "mel")}
     return out
+
+
+def pairwise_probe(utts: Sequence[_Utt], kind: str) -> dict[str, Any]:
+    """The linear singer probe on each pair of singers of ``utts`` alone (train lines -> test
+    lines, chance 0.5): ``mean``, ``min``, ``max`` accuracy over the pairs, ``pairs`` (their
+    number) and the ``most_separated`` pair ``[singer, singer, accuracy]``."""
+    singers = sorted({u.singer for u in utts})
+    accs: list[tuple[float, str, str]] = []
+    for i, a in enumerate(singers):
+        for b in singers[i + 1 :]:
+            mine = [u for u in utts if u.singer in (a, b)]
+            xtr, ytr = _rows([u for u in mine if u.split != "test"], kind)
+            xte, yte = _rows([u for u in mine if u.split == "test"], kind)
+            pred = logreg_predict(xtr, ytr, xte, 2)
+            accs.append((float((pred == yte).float().mean()), a, b))
+    values = [a for a, _, _ in accs]
+    top = max(accs)
+    return {
+        "mean": float(np.mean(values)),
+        "min": min(values),
+        "max": top[0],
+        "pairs": len(accs),
+        "most_separated": [top[1], top[2], top[0]],
+    }
 
 
 def pitch_probe(utts: Sequence[_Utt]) -> dict[str, float]:
@@ -442,8 +471,16 @@ def format_content_report(r: dict[str, Any]) -> str:
             f"MLP probe: content {sp['mlp_content_accuracy']:.3f}, streamed "
             f"{sp['mlp_content_stream_accuracy']:.3f}, mel {sp['mlp_mel_accuracy']:.3f}"
         )
+    pw = sp.get("pairwise")
+    if pw is not None:
+        c, m = pw["content"], pw["mel"]
+        lines.append(
+            f"  each pair of singers alone ({c['pairs']} pairs, chance 0.500): content mean "
+            f"{c['mean']:.3f} (min {c['min']:.3f}, max {c['max']:.3f}: {c['most_separated'][0]} / "
+            f"{c['most_separated'][1]}), mel mean {m['mean']:.3f}"
+        )
     conf = sp.get("confusion")
-    if conf is not None:
+    if conf is not None and len(conf["singers"]) <= CONFUSION_MAX_SINGERS:
         lines.append("  linear probe on content, fraction of each singer's test frames given to")
         for name, row in zip(conf["singers"], conf["content"], strict=True):
             lines.append(f"    {name}: " + " ".join(f"{v:.2f}" for v in row))

@@ -17,16 +17,26 @@ REAL_PROMPTS = 40  # prompts per voice in the cache: ~6 held-out ones, and train
 REAL_LINES = 6  # held-out real prompts `bench quality` converts by default (2 per voice)
 
 
-def default_bench_corpus(cfg: Config, root: Path = BENCH_CORPUS_DIR) -> Path:
-    """A corpus under ``root`` for the configured seed and singers, synthesised once and reused.
+def default_bench_corpus(
+    cfg: Config, root: Path = BENCH_CORPUS_DIR, *, every_singer: bool = False
+) -> Path:
+    """A corpus under ``root`` for the configured seed and singers, synthesised once and reused;
+    with ``every_singer``, all rows of ``SINGERS`` and ``EXTRA_SINGERS`` (the singers a model
+    lacks are then held out for ``bench content``).
 
     The folder name records singers, minutes and seed, so a changed config never reuses a
     corpus made for another one.
     """
     from comostream.training.synth import synthesize_corpus
+    from comostream.training.voices import EXTRA_SINGERS, SINGERS
 
     corpus_cfg = dataclasses.replace(cfg.corpus, minutes=BENCH_MINUTES)
-    folder = root / f"s{corpus_cfg.singers}-m{corpus_cfg.minutes:g}-seed{corpus_cfg.seed}"
+    if every_singer:
+        corpus_cfg = dataclasses.replace(
+            corpus_cfg, singers=len(SINGERS), extra_singers=len(EXTRA_SINGERS)
+        )
+    extra = f"x{corpus_cfg.extra_singers}" if corpus_cfg.extra_singers else ""
+    folder = root / f"s{corpus_cfg.singers}{extra}-m{corpus_cfg.minutes:g}-seed{corpus_cfg.seed}"
     if not (folder / "manifest.jsonl").is_file():
         print(f"synthesising the benchmark corpus into {folder} (once)", file=sys.stderr)
         synthesize_corpus(folder, corpus_cfg, cfg.audio)

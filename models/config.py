@@ -137,15 +137,16 @@ class F0Config:
 class CorpusConfig:
     """The synthetic multi-singer singing corpus (``comostream prep synth``)."""
 
-    singers: int = 8  # number of singers
+    singers: int = 8  # number of singers (the first rows of training.voices.SINGERS)
+    extra_singers: int = 0  # and of training.voices.EXTRA_SINGERS (festival's other people)
     minutes: float = 2.0  # minutes of audio per singer
     seed: int = 0
     valid_fraction: float = 0.1  # fraction of lyric lines (with their melodies) held out for valid
     test_fraction: float = 0.15  # fraction held out for test
 
     def __post_init__(self) -> None:
-        if self.singers < 1:
-            raise ConfigError("corpus: singers must be >= 1")
+        if self.singers < 1 or self.extra_singers < 0:
+            raise ConfigError("corpus: singers must be >= 1 and extra_singers >= 0")
         if self.minutes <= 0:
             raise ConfigError("corpus: minutes must be positive")
         if not (0 <= self.valid_fraction < 1 and 0 <= self.test_fraction < 1):

@@ -50,6 +50,9 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     probe = r["speaker_probe"]
     assert probe["chance"] == 0.5 and 0.0 <= probe["content_accuracy"] <= 1.0
     assert probe["test_frames"] > 0 and "content_stream_accuracy" in probe
+    pairwise = probe["pairwise"]["content"]
+    assert pairwise["pairs"] == 1 and pairwise["min"] == pairwise["mean"] == pairwise["max"]
+    assert pairwise["most_separated"][:2] == ["h1", "h2"]
     conf = probe["confusion"]
     assert conf["singers"] == ["h1", "h2"]
     for kind in ("content", "mel"):  # rows: each held-out singer's test frames, as fractions
@@ -60,6 +63,7 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     assert kept["decoder_mel_l1"] is None  # a model file holds no training decoder
     report = format_content_report(r)
     assert "n/a (a model file" in report and "a model file's encoder)" in report
+    assert "each pair of singers alone (1 pairs, chance 0.500)" in report
     assert r["step"] is None and r["compute"]["codebook_size"] == 0
     # the same model with a codebook: the report says so
     coded = fit_codebook(model, corpus, tmp_path / "coded.ckpt", size=3, progress=False)
@@ -81,12 +85,79 @@ def test_a_model_file_without_a_built_in_encoder_is_a_clear_error(tmp_path: Path
         run_content_bench(path, _corpus(tmp_path / "c"), cfg, progress=False)
 
 
-def test_no_default_checkpoint_says_how_to_measure_the_shipped_model(
+def test_with_no_arguments_it_measures_the_shipped_model_on_every_singer_it_lacks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The defaults are resolved without running the benchmark."""
     import comostream
+    import comostream.bench.content
+    import comostream.bench.corpus
+    from comostream.models.shipped import default_model_path
 
-    monkeypatch.chdir(tmp_path)  # no out/content/last.pt here
-    assert comostream.main(["bench", "content"]) == 1
-    err = capsys.readouterr().err
-    assert "no out/content/last.pt" in err and "--checkpoint MODEL.ckpt --corpus DIR" in err
+    if default_model_path() is None:
+        pytest.skip("this installation ships no model")
+    seen: dict[str, object] = {}
+
+    def fake_corpus(cfg, *, every_singer: bool = False) -> Path:
+        seen["every_singer"] = every_singer
+        return tmp_path / "bench-corpus"
+
+    def fake_run(checkpoint, corpus, cfg, **kwargs):
+        seen.update(checkpoint=checkpoint, corpus=corpus)
+        return {"fake": True}
+
+    monkeypatch.setattr(comostream.bench.corpus, "default_bench_corpus", fake_corpus)
+    monkeypatch.setattr(comostream.bench.content, "run_content_bench", fake_run)
+    assert comostream.main(["bench", "content", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"fake": True}
+    assert seen == {
+        "every_singer": True,
+        "checkpoint": default_model_path(),
+        "corpus": tmp_path / "bench-corpus",
+    }
+    seen.clear()  # a checkpoint given: its own corpus (a content checkpoint names it)
+    assert comostream.main(["bench", "content", "--checkpoint", "c.pt", "--json"]) == 0
+    assert seen == {"checkpoint": Path("c.pt"), "corpus": None}
+
+
+def test_the_every_singer_bench_corpus_has_every_row_and_its_own_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import comostream.training.synth
+    from comostream.bench.corpus import default_bench_corpus
+    from comostream.training.voices import EXTRA_SINGERS, SINGERS
+
+    made: list[tuple[Path, object]] = []
+
+    def fake_synth(folder: Path, corpus_cfg, audio) -> None:
+        made.append((folder, corpus_cfg))
+        folder.mkdir(parents=True)
+        (folder / "manifest.jsonl").write_text("")
+
+    monkeypatch.setattr(comostream.training.synth, "synthesize_corpus", fake_synth)
+    cfg = load_config(None)
+    every = default_bench_corpus(cfg, tmp_path, every_singer=True)
+    plain = default_bench_corpus(cfg, tmp_path)
+    assert every.name == f"s{len(SINGERS)}x{len(EXTRA_SINGERS)}-m1-seed0"
+    assert plain.name == f"s{cfg.corpus.singers}-m1-seed0"
+    assert made[0][1].extra_singers == len(EXTRA_SINGERS) and made[1][1].extra_singers == 0
+    assert default_bench_corpus(cfg, tmp_path, every_singer=True) == every and len(made) == 2
+
+
+def test_the_pairwise_probe_finds_the_one_singer_apart() -> None:
+    from comostream.bench.content import _Utt, pairwise_probe
+
+    rng = np.random.default_rng(0)
+
+    def utt(singer: str, line: int, offset: float) -> _Utt:
+        t = 200
+        content = rng.normal(0.0, 1.0, (4, t)).astype(np.float32)
+        content[0] += offset
+        split = "test" if line == 3 else "train"
+        z = np.zeros(t, np.float32)
+        return _Utt(singer, line, split, content, content, z, z > 0, z, np.ones(t, bool))
+
+    utts = [utt(s, line, 3.0 if s == "a" else 0.0) for s in "abc" for line in range(4)]
+    r = pairwise_probe(utts, "content")
+    assert r["pairs"] == 3 and r["max"] > 0.9 and r["min"] < 0.65  # b and c: the same voice
+    assert "a" in r["most_separated"][:2] and r["min"] < r["mean"] < r["max"]

@@ -151,6 +151,60 @@ def test_singer_table_is_fixed_distinct_and_refuses_too_many() -> None:
         voices.singer_table(len(names) + 1)
 
 
+def test_extra_singers_are_other_people_after_the_table_and_are_refused_beyond_it() -> None:
+    extra = voices.EXTRA_SINGERS
+    names = [s.name for s in voices.SINGERS + extra]
+    assert len(extra) == 11 and len(set(names)) == len(names)
+    bases = [voices.BASE_VOICES[s.base] for s in extra]
+    assert all(b.engine == "festival" and b.package.startswith("festvox-") for b in bases)
+    assert len({b.voice for b in bases}) == len(extra)  # one recorded person each
+    assert not {b.voice for b in bases} & {
+        v.voice for v in voices.BASE_VOICES.values() if not v.package
+    }
+    table = voices.singer_table(3, 2)
+    assert table == list(voices.SINGERS[:3]) + list(extra[:2])
+    assert voices.singer_table(4) == list(voices.SINGERS[:4])  # none by default
+    with pytest.raises(ValueError, match="--extra-singers"):
+        voices.singer_table(2, len(extra) + 1)
+    with pytest.raises(ValueError, match="extra_singers"):
+        CorpusConfig(extra_singers=-1)
+
+
+def test_a_missing_festival_voice_names_its_own_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+
+    def festival_without_the_voice(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, 255, "", "SIOD ERROR: unbound variable : voice_x")
+
+    monkeypatch.setattr(voices.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(voices.subprocess, "run", festival_without_the_voice)
+    person = voices.BASE_VOICES[voices.EXTRA_SINGERS[2].base]
+    with pytest.raises(voices.ToolMissingError, match=f"apt-get install {person.package}"):
+        voices.tts_batch(person, ["la la"], tmp_path)
+    with pytest.raises(voices.ToolMissingError, match="festvox-kallpc16k"):
+        voices.tts_batch(voices.BASE_VOICES["festival_kal"], ["la la"], tmp_path)
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/festival/voices/english/ked_diphone").is_dir(),
+    reason="festival's ked voice not installed (apt-get install festvox-kdlpc16k)",
+)
+def test_an_extra_singer_is_rendered_like_the_others(tmp_path: Path) -> None:
+    cfg = CorpusConfig(singers=1, extra_singers=1, minutes=0.1, seed=3)
+    synthesize_corpus(tmp_path, cfg, progress=False, max_lines=1)
+    recs = {r["singer"]: r for r in _records(tmp_path)}
+    person = voices.EXTRA_SINGERS[0].name
+    assert sorted(recs) == sorted([voices.SINGERS[0].name, person])
+    info = json.loads((tmp_path / "corpus.json").read_text())
+    assert [s["name"] for s in info["singers"]] == [voices.SINGERS[0].name, person]
+    assert info["singers"][1]["base_voice"]["package"] == "festvox-kdlpc16k"
+    y, sr = sf.read(tmp_path / recs[person]["path"])
+    f0 = np.load(tmp_path / recs[person]["f0"])
+    assert sr == SR and np.abs(y).max() > 0.1 and (f0 > 0).mean() > 0.3
+
+
 def test_splits_are_seeded_and_sized_by_their_fractions() -> None:
     a = assign_splits(40, 0.1, 0.15, seed=1)
     assert a == assign_splits(40, 0.1, 0.15, seed=1) and a != assign_splits(40, 0.1, 0.15, 2)

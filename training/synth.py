@@ -159,11 +159,12 @@ def synthesize_corpus(
     """Render the corpus into ``out_dir`` and return the path of ``manifest.jsonl``.
 
     ``cfg.minutes`` of audio per singer (lines are added until their melodies reach it; capped by
-    ``max_lines``), the first ``cfg.singers`` singers of ``voices.SINGERS``, splits by line.
+    ``max_lines``), the first ``cfg.singers`` singers of ``voices.SINGERS`` and the first
+    ``cfg.extra_singers`` of ``voices.EXTRA_SINGERS``, splits by line.
     Raises ValueError for a bad singer count, ToolMissingError if a TTS program is missing.
     """
     out_dir = Path(out_dir)
-    singers = singer_table(cfg.singers)
+    singers = singer_table(cfg.singers, cfg.extra_singers)
     bases = sorted({s.base for s in singers})
     check_tools(BASE_VOICES[b] for b in bases)
     sr, hop = audio.sample_rate, audio.hop_length

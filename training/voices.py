@@ -2,7 +2,8 @@
 
 A singer = a base TTS voice + a register (the melody's octave) + a spectral-envelope warp
 (all-pass warp ``alpha``; > 0 moves formants up) + breathiness (aperiodicity added above ~1 kHz)
-+ a vibrato depth scale. ``--singers N`` takes the first N rows of :data:`SINGERS`.
++ a vibrato depth scale. ``--singers N`` takes the first N rows of :data:`SINGERS`,
+``--extra-singers M`` the first M of :data:`EXTRA_SINGERS` (festival's other recorded people).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from comostream.training.corpus import CorpusError
 
 __all__ = [
     "BASE_VOICES",
+    "EXTRA_SINGERS",
     "REGISTERS",
     "SINGERS",
     "BaseVoice",
@@ -43,6 +45,7 @@ class BaseVoice:
     voice: str
     f0_floor: float
     f0_ceil: float
+    package: str = ""  # Debian package with the voice's data ("" = in the engine's package)
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,25 @@ BASE_VOICES: dict[str, BaseVoice] = {
         BaseVoice("festival_kal", "festival", "kal_diphone", 60.0, 300.0),
     )
 }
+# Recorded people of festival's other voices, most reading the English lines through their own
+# language's front end (an accent of their own): name, festival voice, F0 floor and ceiling (Hz),
+# Debian package (licence in its /usr/share/doc/PACKAGE/copyright).
+_FESTIVAL_PEOPLE: tuple[tuple[str, str, float, float, str], ...] = (
+    ("festival_ked", "ked_diphone", 60.0, 300.0, "festvox-kdlpc16k"),
+    ("festival_ona", "upc_ca_ona_hts", 100.0, 400.0, "festvox-ca-ona-hts"),
+    ("festival_dita", "czech_dita", 100.0, 400.0, "festvox-czech-dita"),
+    ("festival_krb", "czech_krb", 100.0, 450.0, "festvox-czech-krb"),
+    ("festival_ph", "czech_ph", 60.0, 300.0, "festvox-czech-ph"),
+    ("festival_mv", "hy_fi_mv_diphone", 60.0, 300.0, "festvox-suopuhe-mv"),
+    ("festival_pc", "pc_diphone", 60.0, 300.0, "festvox-itapc16k"),
+    ("festival_slt_hts", "cmu_us_slt_arctic_hts", 100.0, 400.0, "festvox-us-slt-hts"),
+    ("festival_machac", "czech_machac", 60.0, 300.0, "festvox-czech-machac"),
+    ("festival_lj", "suo_fi_lj_diphone", 100.0, 400.0, "festvox-suopuhe-lj"),
+    ("festival_lp", "lp_diphone", 100.0, 400.0, "festvox-italp16k"),
+)
+BASE_VOICES.update(
+    {n: BaseVoice(n, "festival", v, lo, hi, pkg) for n, v, lo, hi, pkg in _FESTIVAL_PEOPLE}
+)
 
 # Register -> MIDI tonic (melodies span about -4..+12 semitones around it, key -2..+2).
 REGISTERS: dict[str, int] = {
@@ -113,12 +135,35 @@ SINGERS: tuple[Singer, ...] = (
     Singer("flite_awb_baritone_bright", "flite_awb", "baritone", 0.05, 0.0, 1.0),
 )
 
+# ``--extra-singers N`` adds the first N rows: festival's other recorded people, most reading the
+# English lines through their own language's front end (an accent of their own). Rows 1-8 give
+# the content encoder more people to learn who sings from; rows 9-11 are kept for measuring it on
+# people it never heard.
+EXTRA_SINGERS: tuple[Singer, ...] = (
+    Singer("festival_ked_baritone", "festival_ked", "baritone", 0.0, 0.1, 1.0),
+    Singer("festival_ona_mezzo", "festival_ona", "mezzo", 0.0, 0.0, 1.0),
+    Singer("festival_dita_alto", "festival_dita", "alto", -0.02, 0.15, 1.1),
+    Singer("festival_krb_mezzo", "festival_krb", "mezzo", 0.03, 0.0, 0.9),
+    Singer("festival_ph_bass", "festival_ph", "bass", -0.03, 0.0, 1.0),
+    Singer("festival_mv_tenor", "festival_mv", "tenor", 0.02, 0.2, 1.1),
+    Singer("festival_pc_baritone", "festival_pc", "baritone", 0.0, 0.0, 0.9),
+    Singer("festival_slt_hts_soprano", "festival_slt_hts", "soprano", -0.02, 0.1, 1.0),
+    Singer("festival_machac_tenor", "festival_machac", "tenor", 0.0, 0.0, 1.0),
+    Singer("festival_lj_alto", "festival_lj", "alto", 0.0, 0.1, 1.0),
+    Singer("festival_lp_mezzo", "festival_lp", "mezzo", 0.02, 0.0, 1.1),
+)
 
-def singer_table(n: int) -> list[Singer]:
-    """The first ``n`` singers of :data:`SINGERS`; ValueError if ``n`` is out of range."""
+
+def singer_table(n: int, extra: int = 0) -> list[Singer]:
+    """The first ``n`` singers of :data:`SINGERS` and the first ``extra`` of
+    :data:`EXTRA_SINGERS`; CorpusError if either is out of range."""
     if not 1 <= n <= len(SINGERS):
         raise CorpusError(f"--singers must be between 1 and {len(SINGERS)} (got {n})")
-    return list(SINGERS[:n])
+    if not 0 <= extra <= len(EXTRA_SINGERS):
+        raise CorpusError(
+            f"--extra-singers must be between 0 and {len(EXTRA_SINGERS)} (got {extra})"
+        )
+    return list(SINGERS[:n]) + list(EXTRA_SINGERS[:extra])
 
 
 def _binary(engine: str) -> str:
@@ -176,7 +221,7 @@ def tts_batch(voice: BaseVoice, texts: Sequence[str], out_dir: Path) -> list[Pat
         if "unbound variable : voice_" in res.stdout + res.stderr:
             raise ToolMissingError(
                 f"festival has no voice '{voice.voice}'; install the Debian package: "
-                "sudo apt-get install festvox-kallpc16k"
+                f"sudo apt-get install {voice.package or 'festvox-kallpc16k'}"
             )
         if res.returncode != 0:
             raise RuntimeError(f"festival failed ({res.returncode}): {res.stderr.strip()[-500:]}")

@@ -60,27 +60,17 @@ def _cmd_bench_f0(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_content(args: argparse.Namespace) -> int:
-    from comostream.bench.content import (
-        DEFAULT_CHECKPOINT,
-        format_content_report,
-        run_content_bench,
-    )
+    from comostream.bench.content import format_content_report, run_content_bench
+    from comostream.bench.corpus import default_bench_corpus
+    from comostream.models.shipped import require_model
 
-    if args.checkpoint is None and not DEFAULT_CHECKPOINT.is_file():
-        raise CommandError(
-            f"no {DEFAULT_CHECKPOINT} (the default --checkpoint): train one with `comostream "
-            "train content` (docs/models.md#content-encoder), or measure a model file's "
-            "encoder, the shipped one included, on singers it lacks: --checkpoint MODEL.ckpt "
-            "--corpus DIR (e.g. `comostream prep synth DIR --singers 14 --minutes 1`)"
-        )
+    checkpoint = require_model(args.checkpoint)
+    cfg = config_from_args(args)
+    corpus = args.corpus
+    if corpus is None and args.checkpoint is None:  # the shipped model: every singer it lacks
+        corpus = default_bench_corpus(cfg, every_singer=True)
     device = use_runtime(args)
-    result = run_content_bench(
-        args.checkpoint or DEFAULT_CHECKPOINT,
-        args.corpus,
-        config_from_args(args),
-        threads=args.threads or 1,
-        device=device,
-    )
+    result = run_content_bench(checkpoint, corpus, cfg, threads=args.threads or 1, device=device)
     print(
         json.dumps(result, indent=2, sort_keys=True) if args.json else format_content_report(result)
     )
@@ -278,15 +268,18 @@ def _add_models(bench_sub: Subparsers) -> None:
         help="singer information left and content kept by the content encoder (held-out singers)",
         description=(
             "On the singers of a parallel synthetic corpus that the encoder never saw: a linear "
-            "singer probe on content frames vs on mel frames (vs chance), a log-F0 probe, "
-            "cross-singer agreement of frame-aligned renditions, the decoder's reconstruction "
-            "error, and compute per second of audio in streaming mode."
+            "singer probe on content frames vs on mel frames (vs chance; over all of them and "
+            "on each pair alone), a log-F0 probe, cross-singer agreement of frame-aligned "
+            "renditions, the decoder's reconstruction error, and compute per second of audio "
+            "in streaming mode. With no arguments: the shipped model's encoder on the 15 "
+            "synthetic singers it lacks (4 TTS singers and 11 recorded people of festival's "
+            "voices), synthesised once under out/bench-corpus."
         ),
     )
     model_options(
         p,
-        "a `train content` checkpoint (default out/content/last.pt), or a model file: its "
-        "built-in encoder on the --corpus singers the model lacks",
+        "a `train content` checkpoint (e.g. out/content/last.pt), or a model file (default: "
+        "the shipped one): its built-in encoder on the --corpus singers the model lacks",
         vocoder=False,
         metavar="CKPT",
     )
@@ -294,7 +287,8 @@ def _add_models(bench_sub: Subparsers) -> None:
         "--corpus",
         type=Path,
         default=None,
-        help="parallel corpus (default: the one the checkpoint was trained on)",
+        help="parallel corpus (default: the one a content checkpoint was trained on; for the "
+        "shipped model, every synthetic singer, synthesised once under out/bench-corpus)",
     )
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     runtime_options(p, threads_default="1")

@@ -107,7 +107,7 @@ def register(sub: Subparsers) -> None:
         ),
     )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    config_options(p, "corpus", CorpusConfig, ["singers", "minutes", "seed"])
+    config_options(p, "corpus", CorpusConfig, ["singers", "extra_singers", "minutes", "seed"])
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.set_defaults(handler=_cmd_prep_synth)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from comostream.cli.common import (
     Subparsers,
     config_from_args,
+    config_option,
     config_options,
     config_parent,
     runtime_options,
@@ -107,7 +108,24 @@ def register(sub: Subparsers) -> None:
         ),
     )
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
-    config_options(p, "corpus", CorpusConfig, ["singers", "extra_singers", "minutes", "seed"])
+    config_option(
+        p,
+        "corpus",
+        CorpusConfig,
+        "singers",
+        metavar="N",
+        help="the first N singers of the table (1-14, docs/training.md); default: [corpus] singers",
+    )
+    config_option(
+        p,
+        "corpus",
+        CorpusConfig,
+        "extra_singers",
+        metavar="E",
+        help="and the first E of the 11 extra singers, recorded people of festival's other "
+        "voices (the last 3 are kept for measuring); default: [corpus] extra_singers (0)",
+    )
+    config_options(p, "corpus", CorpusConfig, ["minutes", "seed"])
     p.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     p.set_defaults(handler=_cmd_prep_synth)
 

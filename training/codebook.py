@@ -32,6 +32,7 @@ from comostream.models.config import (
     AudioConfig,
     Config,
     ContentConfig,
+    config_from_dict,
     config_to_dict,
     load_config,
 )
@@ -95,8 +96,6 @@ def _load_encoder(ck: dict[str, Any], path: Path) -> tuple[ContentEncoder, list[
 
 
 def _audio(ck: dict[str, Any]) -> AudioConfig:
-    from comostream.models.config import config_from_dict
-
     return config_from_dict({"audio": dict(ck["config"].get("audio", {}))}).audio
 
 

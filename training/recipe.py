@@ -132,14 +132,10 @@ def stages(
     coded = run / "content" / f"codebook{codebook}.pt"
     cfg = str(_recipe_config(run, coded if codebook else encoder))
     real_stages, real_dir = _real_stages(run, real, quick)
-    codebook_stages = [
-        Stage(
-            "codebook",
-            ["train", "codebook", str(encoder), "--data", str(data), "-o", str(coded)]
-            + ["--codes", str(codebook)],
-            coded,
-        )
-    ]
+    fit = ["train", "codebook", str(encoder), "--data", str(data), "-o", str(coded)]
+    codebook_stages = (
+        [Stage("codebook", [*fit, "--codes", str(codebook)], coded)] if codebook else []
+    )
     configs = config_file("default.toml").parent
     steps = {
         "content": 1200,
@@ -199,7 +195,7 @@ def stages(
             ],
             encoder,
         ),
-        *(codebook_stages if codebook else []),
+        *codebook_stages,
         Stage(
             "features",
             ["prep", "features", str(data), str(run / "feat"), "--config", cfg],

@@ -205,6 +205,18 @@ def test_an_extra_singer_is_rendered_like_the_others(tmp_path: Path) -> None:
     assert sr == SR and np.abs(y).max() > 0.1 and (f0 > 0).mean() > 0.3
 
 
+def test_an_output_that_is_a_file_is_a_clear_error_and_is_kept(tmp_path: Path, capsys) -> None:
+    import comostream
+
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    argv = ["prep", "synth", str(out), "--singers", "1", "--minutes", "0.1"]
+    assert comostream.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert out.read_text() == "mine"
+
+
 def test_splits_are_seeded_and_sized_by_their_fractions() -> None:
     a = assign_splits(40, 0.1, 0.15, seed=1)
     assert a == assign_splits(40, 0.1, 0.15, seed=1) and a != assign_splits(40, 0.1, 0.15, 2)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from comostream.models.config import AudioConfig, CorpusConfig, config_to_dict
 from comostream.training import world_ops as wo
+from comostream.training.corpus import CorpusError
 from comostream.training.melody import Line, f0_contour, make_lines
 from comostream.training.voices import (
     BASE_VOICES,
@@ -161,9 +162,12 @@ def synthesize_corpus(
     ``cfg.minutes`` of audio per singer (lines are added until their melodies reach it; capped by
     ``max_lines``), the first ``cfg.singers`` singers of ``voices.SINGERS`` and the first
     ``cfg.extra_singers`` of ``voices.EXTRA_SINGERS``, splits by line.
-    Raises ValueError for a bad singer count, ToolMissingError if a TTS program is missing.
+    Raises ValueError for a bad singer count (CorpusError) or an ``out_dir`` that is a file,
+    ToolMissingError if a TTS program is missing.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CorpusError(f"{out_dir} is a file, not a folder: give a folder for the corpus")
     singers = singer_table(cfg.singers, cfg.extra_singers)
     bases = sorted({s.base for s in singers})
     check_tools(BASE_VOICES[b] for b in bases)

@@ -18,6 +18,10 @@ singers' frames whose loudness is above ``content.active_db`` (dB):
   ``content`` and ``mel``: ``mean``, ``min``, ``max`` and the ``most_separated`` pair. Unlike the
   accuracy over all of them, it does not depend on how many singers are held out (with more
   singers, chance falls and so does an accuracy at the same per-pair separability).
+  ``timing_floor``: the same on a content with no singer in it, only each rendition's timing
+  (a training singer's content of the same line, DTW-aligned; :func:`timing_floor`): what an
+  encoder that removed the singer entirely would still score, its timing and voicing being
+  the source's (None without a training singer in the corpus).
 * ``pitch_probe``: R^2 of a linear (ridge) map from frames to log2 F0 on voiced frames (train
   lines -> test lines), for content and mel: pitch left in the content.
 * ``content_kept``: (1) frame-aligned pairs: a synthetic singer rendered from the same base
@@ -57,6 +61,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from comostream.bench.content_recon import decoder_reconstruction
+from comostream.bench.dtw import dtw_path
 from comostream.bench.probes import (
     Standardizer,
     confusion,
@@ -220,6 +225,30 @@ def pairwise_probe(utts: Sequence[_Utt], kind: str) -> dict[str, Any]:
         "pairs": len(accs),
         "most_separated": [top[1], top[2], top[0]],
     }
+
+
+def timing_floor(held: Sequence[_Utt], reference: Sequence[_Utt]) -> dict[str, Any]:
+    """:func:`pairwise_probe` on a content with no singer in it, only each rendition's timing.
+
+    Every held-out line's content is replaced by the ``reference`` singer's content of the same
+    line (a singer the encoder was trained on), DTW-aligned to it on the content (standardised,
+    cosine distance): what a content that kept the held-out singer's timing, voicing and active
+    frames but nothing else of them would score. Lines the reference lacks are left out.
+    Adds ``reference`` (the singer) to the pairwise fields.
+    """
+    by_line = {u.line: u for u in reference}
+    mine = [u for u in held if u.line in by_line]
+    norm = Standardizer(torch.from_numpy(np.concatenate([u.content for u in mine], 1).T))
+    floor = []
+    for u in mine:
+        ref = by_line[u.line]
+        a = torch.nn.functional.normalize(norm(torch.from_numpy(u.content.T)), dim=1)
+        b = torch.nn.functional.normalize(norm(torch.from_numpy(ref.content.T)), dim=1)
+        match = np.zeros(u.content.shape[1], np.int64)
+        for i, j in dtw_path((1.0 - a @ b.T).double().numpy()):
+            match[i] = j  # the last reference frame matched to frame i
+        floor.append(dataclasses.replace(u, content=ref.content[:, match], content_stream=None))
+    return {**pairwise_probe(floor, "content"), "reference": reference[0].singer}
 
 
 def pitch_probe(utts: Sequence[_Utt]) -> dict[str, float]:
@@ -400,7 +429,9 @@ def run_content_bench(
             "train and test lines (`comostream prep synth`)"
         )
     partners = aligned_partners(corpus, held_out)
-    wanted = set(held_out) | set(partners.values())
+    in_corpus = list(dict.fromkeys(u.singer for u in all_utts))
+    reference = next((s for s in in_corpus if s in trained), None)  # for the timing floor
+    wanted = set(held_out) | set(partners.values()) | ({reference} if reference else set())
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -414,6 +445,8 @@ def run_content_bench(
         held = [f for f in feats if f.singer in held_out]
         stream_content(enc, held)
         probe = speaker_probe(held, len(held_out))
+        ref_feats = [f for f in feats if f.singer == reference]
+        probe["pairwise"]["timing_floor"] = timing_floor(held, ref_feats) if ref_feats else None
         pitch = pitch_probe(held)
         kept = aligned_agreement(feats, partners)
         kept["decoder_mel_l1"] = None if export else decoder_reconstruction(ck, held)
@@ -479,6 +512,12 @@ def format_content_report(r: dict[str, Any]) -> str:
             f"{c['mean']:.3f} (min {c['min']:.3f}, max {c['max']:.3f}: {c['most_separated'][0]} / "
             f"{c['most_separated'][1]}), mel mean {m['mean']:.3f}"
         )
+        floor = pw.get("timing_floor")
+        if floor:
+            lines.append(
+                f"  ... a content with only each rendition's timing (from {floor['reference']}): "
+                f"{floor['mean']:.3f}, the floor a singer-free content would score"
+            )
     conf = sp.get("confusion")
     if conf is not None and len(conf["singers"]) <= CONFUSION_MAX_SINGERS:
         lines.append("  linear probe on content, fraction of each singer's test frames given to")

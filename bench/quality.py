@@ -68,11 +68,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from numba import njit
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from comostream.bench.corpus import REAL_LINES
+from comostream.bench.dtw import dtw_path
 from comostream.bench.resynth import harmonic_tone
 from comostream.bench.vocoder import _mcep, frame_db
 from comostream.models.acoustic import AcousticModel
@@ -126,33 +126,11 @@ def dtw_mcd_db(ref: np.ndarray, est: np.ndarray, sr: int = 24000, hop: int = 256
     act_a = frame_db(ref, len(f_ref), hop) > ACTIVE_DB
     act_b = frame_db(est, len(f_est), hop) > ACTIVE_DB
     dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # (Ta, Tb)
-    path = _dtw_path(dist)
+    path = dtw_path(dist)
     pairs = [(i, j) for i, j in path if act_a[i] and act_b[j]]
     if not pairs:
         return float("nan")
     return float(_MCD_CONST * np.mean([dist[i, j] for i, j in pairs]))
-
-
-@njit(cache=True)
-def _dtw_acc(dist: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
-    ta, tb = dist.shape
-    acc = np.full((ta + 1, tb + 1), np.inf)
-    acc[0, 0] = 0.0
-    for i in range(1, ta + 1):
-        for j in range(1, tb + 1):
-            acc[i, j] = dist[i - 1, j - 1] + min(acc[i - 1, j], acc[i, j - 1], acc[i - 1, j - 1])
-    return acc
-
-
-def _dtw_path(dist: np.ndarray) -> list[tuple[int, int]]:
-    """The minimum-cost monotone alignment path through ``dist (Ta, Tb)``."""
-    acc = _dtw_acc(np.ascontiguousarray(dist, np.float64))
-    i, j, path = dist.shape[0], dist.shape[1], []
-    while i > 0 and j > 0:
-        path.append((i - 1, j - 1))
-        step = np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]])
-        i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
-    return path[::-1]
 
 
 class _TeacherSampler(nn.Module):

@@ -327,6 +327,8 @@ class ContentConfig:
     pitch_shift_max: float = 7.0
     formant_alpha_min: float = 0.02  # all-pass envelope warp: |alpha| in [min, max], random sign
     formant_alpha_max: float = 0.12
+    formant_jitter: float = 0.0  # > 0: also move 3 formant regions (centres 300 Hz - 5 kHz) on
+    # their own, each by up to this fraction of its frequency (perturb.py); 0 = off
     eq_bands: int = 3  # random peaking bands (1 octave wide, centres 150 Hz - 8 kHz)
     eq_db: float = 6.0  # dB: band gains drawn from [-eq_db, eq_db]
     breathiness_max: float = 0.3  # aperiodicity added above ~1 kHz, drawn from [0, max]
@@ -339,6 +341,8 @@ class ContentConfig:
     adversary_weight: float = 0.5  # weight of the encoder's adversarial term
     adversary_hidden: int = 128  # hidden units of the frame-wise singer classifier
     active_db: float = -50.0  # dB loudness: frames quieter than this are left out of the adversary
+    bottleneck_noise: float = 0.0  # > 0: the training decoder reads the content frames (unit RMS
+    # per channel) plus Gaussian noise of this standard deviation, 0 = off (not at inference)
     consistency_weight: float = 0.0  # > 0: two perturbed versions of a segment must give the same
     # content frames (mean squared difference over active frames, this weight)
     codebook_size: int = 0  # > 0: each content frame becomes a soft mix of this many codes fitted
@@ -381,6 +385,10 @@ class ContentConfig:
             raise ConfigError(
                 "content: eq_db, gain_db, adversary_weight and consistency_weight must be >= 0"
             )
+        if not 0 <= self.bottleneck_noise < math.inf:
+            raise ConfigError("content: bottleneck_noise must be finite and >= 0")
+        if not 0 <= self.formant_jitter <= 0.3:
+            raise ConfigError("content: formant_jitter must be in [0, 0.3]")
         if not 0 <= self.breathiness_max <= 1:
             raise ConfigError("content: breathiness_max must be in [0, 1]")
         if self.adversary_mode not in ("confusion", "reverse"):

@@ -53,6 +53,8 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     pairwise = probe["pairwise"]["content"]
     assert pairwise["pairs"] == 1 and pairwise["min"] == pairwise["mean"] == pairwise["max"]
     assert pairwise["most_separated"][:2] == ["h1", "h2"]
+    floor = probe["pairwise"]["timing_floor"]  # from a singer the model has
+    assert floor["reference"] in ("s1", "s2") and floor["pairs"] == 1
     conf = probe["confusion"]
     assert conf["singers"] == ["h1", "h2"]
     for kind in ("content", "mel"):  # rows: each held-out singer's test frames, as fractions
@@ -64,6 +66,7 @@ def test_a_model_file_is_measured_on_the_singers_it_lacks(tmp_path: Path) -> Non
     report = format_content_report(r)
     assert "n/a (a model file" in report and "a model file's encoder)" in report
     assert "each pair of singers alone (1 pairs, chance 0.500)" in report
+    assert "a content with only each rendition's timing (from s" in report
     assert r["step"] is None and r["compute"]["codebook_size"] == 0
     # the same model with a codebook: the report says so
     coded = fit_codebook(model, corpus, tmp_path / "coded.ckpt", size=3, progress=False)
@@ -161,3 +164,33 @@ def test_the_pairwise_probe_finds_the_one_singer_apart() -> None:
     r = pairwise_probe(utts, "content")
     assert r["pairs"] == 3 and r["max"] > 0.9 and r["min"] < 0.65  # b and c: the same voice
     assert "a" in r["most_separated"][:2] and r["min"] < r["mean"] < r["max"]
+
+
+def test_the_timing_floor_reads_timing_and_nothing_else() -> None:
+    """Renditions that differ only in who sings score chance; a singer who holds the first
+    half of every line three times as long is found from the timing alone."""
+    from comostream.bench.content import _Utt, pairwise_probe, timing_floor
+
+    rng = np.random.default_rng(0)
+    t = 200
+
+    def utt(singer: str, line: int, boundary: int, offset: float) -> _Utt:
+        content = rng.normal(0.0, 0.3, (4, t)).astype(np.float32)
+        content[0, :boundary] += 1.0  # "what is sung": a first sound, then a second
+        content[0, boundary:] -= 1.0
+        content[1] += offset  # "who sings"
+        split = "test" if line == 3 else "train"
+        z = np.zeros(t, np.float32)
+        return _Utt(singer, line, split, content, content, z, z > 0, z, np.ones(t, bool))
+
+    ref = [utt("r", line, 100, 0.0) for line in range(4)]
+    same = [utt("x", line, 100, 2.0) for line in range(4)] + [
+        utt("y", line, 100, -2.0) for line in range(4)
+    ]
+    assert pairwise_probe(same, "content")["mean"] > 0.95  # the offset gives them away
+    floor = timing_floor(same, ref)
+    assert floor["reference"] == "r" and abs(floor["mean"] - 0.5) < 0.1
+    timed = [utt("x", line, 150, 0.0) for line in range(4)] + [
+        utt("y", line, 50, 0.0) for line in range(4)
+    ]
+    assert timing_floor(timed, ref)["mean"] > 0.7  # 3/4 of x's frames are the first sound

@@ -236,6 +236,28 @@ def test_perturbation_shifts_pitch_and_keeps_frames() -> None:
     assert all(0.02 <= abs(d.formant_alpha) <= 0.12 and len(d.eq) == 3 for d in draws)
 
 
+def test_formant_jitter_moves_one_region_and_is_off_by_default() -> None:
+    from comostream.models.config import ConfigError
+    from comostream.training.world_ops import jitter_envelope
+
+    hz = np.linspace(0.0, SR / 2.0, 513)
+    peaks = (800.0, 3000.0)  # two "formants"; the jitter band sits on the first
+    sp = sum(np.exp(-0.5 * ((hz - f) / 60.0) ** 2) for f in peaks)[None] + 1e-6
+    out = jitter_envelope(sp, ((800.0, 0.1),), SR)
+    lo, hi = hz < 2000.0, hz >= 2000.0
+    assert hz[lo][out[0, lo].argmax()] == pytest.approx(800.0 / np.exp(0.1), abs=15.0)
+    assert hz[hi][out[0, hi].argmax()] == pytest.approx(3000.0, abs=25.0)  # far band: put
+    assert jitter_envelope(sp, (), SR) is sp
+    # off by default, and then the other draws are those of before (cached perturbations stay)
+    plain = draw_perturbation(np.random.default_rng(3), ContentConfig())
+    on = draw_perturbation(np.random.default_rng(3), ContentConfig(formant_jitter=0.15))
+    assert plain.jitter == () and len(on.jitter) == 3
+    assert dataclasses.replace(on, jitter=()) == plain
+    assert all(300.0 <= c <= 5000.0 and abs(a) <= 0.15 for c, a in on.jitter)
+    with pytest.raises(ConfigError, match="formant_jitter"):
+        ContentConfig(formant_jitter=0.5)
+
+
 def test_content_extractor_aligned_with_mel(tmp_path: Path) -> None:
     cfg = Config(content=TINY)
     _save_encoder(tmp_path / "c.pt", cfg)
@@ -289,6 +311,25 @@ def test_consistency_term_compares_two_versions_and_reaches_the_encoder() -> Non
         content_losses(enc, dec, adv, other, c)["loss"].backward()
         grads.append([p.grad.clone() for p in enc.parameters()])
     assert any(not torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_bottleneck_noise_reaches_the_decoder_in_training_only() -> None:
+    """The decoder reads noisy content while training (a different reconstruction from the
+    same batch), the clean content in evaluation, and the noise scale is checked."""
+    from comostream.models.config import ConfigError
+
+    cfg = dataclasses.replace(TINY, bottleneck_noise=1.0)
+    torch.manual_seed(0)
+    enc, dec, adv = ContentEncoder(cfg), ContentDecoder(cfg, 3, 100), SingerAdversary(cfg, 3)
+    dec.eval()
+    clean = content_losses(enc, dec, adv, _batch(), cfg)["recon"]
+    off = content_losses(enc, dec, adv, _batch(), dataclasses.replace(cfg, bottleneck_noise=0.0))
+    assert float(clean) == float(off["recon"])
+    dec.train()
+    noisy = [float(content_losses(enc, dec, adv, _batch(), cfg)["recon"]) for _ in range(2)]
+    assert noisy[0] != noisy[1] and float(clean) not in noisy
+    with pytest.raises(ConfigError, match="bottleneck_noise"):
+        ContentConfig(bottleneck_noise=-0.5)
 
 
 @pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed")

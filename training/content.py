@@ -12,6 +12,10 @@ encoder gets an adversarial term of weight ``w`` (``content.adversary_weight``):
     loss = L1(G(z, f0, voiced, loudness, singer), mel) + CE(A(sg(z)), singer) + w * adv(z)
            [+ c * mean |z - E(x~2)|^2]
 
+With ``content.bottleneck_noise`` ``s > 0`` the decoder reads ``z + s * N(0, 1)`` in training:
+``z`` has a fixed power (unit RMS per channel), so the encoder spends it on what rebuilds the mel
+best and what the singer embedding cannot give; faint traces of the singer drown.
+
 The bracketed consistency term (``content.consistency_weight`` ``c > 0``) encodes a second
 perturbed version ``x~2`` of the same frames (another pitch, formant warp, EQ and level) and asks
 for the same content frames on active frames: invariance to a change of singer, learnt directly.
@@ -144,7 +148,10 @@ def content_losses(
     z = encoder(batch["src"], centre)
     mask = batch["mask"].to(z.dtype)
     target = encoder.normalize_input(batch["mel"])
-    pred = decoder(z, batch["f0"], batch["voiced"], batch["loudness"], batch["speaker"])
+    heard = z
+    if cfg.bottleneck_noise > 0 and decoder.training:  # information bottleneck (training only)
+        heard = z + cfg.bottleneck_noise * torch.randn_like(z)
+    pred = decoder(heard, batch["f0"], batch["voiced"], batch["loudness"], batch["speaker"])
     recon = ((pred - target).abs().mean(1) * mask).sum() / mask.sum().clamp(min=1.0)
     active = batch["mask"] & (batch["loudness"] > cfg.active_db)
     labels = batch["speaker"][:, None].expand_as(active)[active]

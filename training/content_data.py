@@ -88,6 +88,8 @@ def _cache_key(cfg: Config) -> str:
         "content": {k: d["content"][k] for k in PERTURB_KEYS},
         "seed": cfg.train.seed,
     }
+    if cfg.content.formant_jitter:  # only when on, so caches made before it stay valid
+        settings["content"]["formant_jitter"] = cfg.content.formant_jitter
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 

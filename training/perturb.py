@@ -3,8 +3,10 @@
 An utterance is analysed once (CheapTrick envelope, D4C aperiodicity on a given or DIO+StoneMask
 F0, frame period = one hop), then resynthesised with a random :class:`Perturbation`: F0 times
 ``2 ** (semitones / 12)`` (envelope kept, so formants stay put), an all-pass frequency warp of
-the envelope (formant shift, :func:`comostream.training.world_ops.warp_envelope`), a random EQ (a
-few 1-octave Gaussian peaking bands on a log-frequency axis) and added breathiness. The frame grid
+the envelope (formant shift, :func:`comostream.training.world_ops.warp_envelope`), optionally
+a formant jitter that moves a few formant regions on their own
+(:func:`~comostream.training.world_ops.jitter_envelope`), a random EQ (a few 1-octave Gaussian
+peaking bands on a log-frequency axis) and added breathiness. The frame grid
 is kept: ``T`` frames in, ``(T - 1) * hop`` samples out, so the perturbed mel has the same ``T``
 frames as the original and stays frame-aligned with it.
 """
@@ -23,6 +25,8 @@ __all__ = ["Perturbation", "WorldAnalysis", "analyze_utterance", "draw_perturbat
 
 EQ_FMIN_HZ, EQ_FMAX_HZ = 150.0, 8000.0  # range of the random EQ band centres
 EQ_WIDTH_OCT = 0.5  # standard deviation of a band's Gaussian bump, octaves (~1 octave wide)
+JITTER_BANDS = 3  # formant jitter: bands moved on their own (``[content] formant_jitter``)
+JITTER_FMIN_HZ, JITTER_FMAX_HZ = 300.0, 5000.0  # range of their centres (F1 to F4)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Perturbation:
     formant_alpha: float
     eq: tuple[tuple[float, float], ...]
     breathiness: float
+    jitter: tuple[tuple[float, float], ...] = ()  # formant jitter bands (centre Hz, amount)
 
 
 def analyze_utterance(
@@ -92,7 +97,12 @@ def draw_perturbation(rng: np.random.Generator, cfg: ContentConfig) -> Perturbat
     gains = rng.uniform(-cfg.eq_db, cfg.eq_db, size=cfg.eq_bands)
     eq = tuple((float(c), float(g)) for c, g in zip(centres, gains, strict=True))
     breath = rng.uniform(0.0, cfg.breathiness_max)
-    return Perturbation(float(semitones), float(alpha), eq, float(breath))
+    jitter: tuple[tuple[float, float], ...] = ()
+    if cfg.formant_jitter > 0:  # drawn last, only when on: other settings keep their draws
+        c = np.exp(rng.uniform(np.log(JITTER_FMIN_HZ), np.log(JITTER_FMAX_HZ), JITTER_BANDS))
+        a = rng.uniform(-cfg.formant_jitter, cfg.formant_jitter, JITTER_BANDS)
+        jitter = tuple((float(x), float(y)) for x, y in zip(c, a, strict=True))
+    return Perturbation(float(semitones), float(alpha), eq, float(breath), jitter)
 
 
 def eq_curve(eq: tuple[tuple[float, float], ...], bins: int, sample_rate: int) -> np.ndarray:
@@ -110,7 +120,7 @@ def perturb(world: WorldAnalysis, p: Perturbation) -> np.ndarray:
     original level (RMS matched; level changes are applied to the mel at training time)."""
     sr = world.sample_rate
     f0 = np.where(world.f0 > 0, world.f0 * 2.0 ** (p.semitones / 12.0), 0.0)
-    sp = wo.warp_envelope(world.sp, p.formant_alpha)
+    sp = wo.jitter_envelope(wo.warp_envelope(world.sp, p.formant_alpha), p.jitter, sr)
     sp = sp * eq_curve(p.eq, sp.shape[1], sr)[None, :]
     ap = wo.add_breathiness(world.ap, p.breathiness, sr)
     y = wo.render(f0, np.ascontiguousarray(sp), ap, sr, world.hop)

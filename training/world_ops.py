@@ -185,6 +185,36 @@ def warp_envelope(sp: np.ndarray, alpha: float) -> np.ndarray:
     return np.ascontiguousarray(np.exp(out))
 
 
+JITTER_WIDTH_OCT = 0.5  # standard deviation of one band of :func:`jitter_envelope`, octaves
+
+
+def jitter_envelope(sp: np.ndarray, bands: tuple[tuple[float, float], ...], sr: int) -> np.ndarray:
+    """Smooth, monotone frequency warp of the envelope that moves each band on its own.
+
+    ``bands``: (centre Hz, amount); around each centre the output at ``f`` reads the input at
+    ``f * exp(amount * bump)`` (a Gaussian bump of :data:`JITTER_WIDTH_OCT` octaves on the
+    log-frequency axis), so a formant near the centre moves by about ``-amount`` of its
+    frequency while the others stay put: one vowel's formants of a person against another's,
+    which a single all-pass warp (:func:`warp_envelope`) cannot make. Interpolated in the log
+    domain; no bands returns ``sp`` unchanged.
+    """
+    if not bands:
+        return sp
+    nb = sp.shape[1]
+    freq = np.linspace(0.0, sr / 2.0, nb)
+    octaves = np.log2(np.maximum(freq, 20.0))
+    g = np.zeros(nb)
+    for centre, amount in bands:
+        g += amount * np.exp(-0.5 * ((octaves - np.log2(centre)) / JITTER_WIDTH_OCT) ** 2)
+    src = np.maximum.accumulate(freq * np.exp(g))  # monotone: no frequency read twice backwards
+    fb = np.clip(src / (sr / 2.0) * (nb - 1), 0.0, nb - 1.0)
+    j0 = np.minimum(np.floor(fb).astype(np.int64), nb - 2)
+    f = fb - j0
+    log_sp = np.log(np.maximum(sp, 1e-30))
+    out = (1.0 - f) * log_sp[:, j0] + f * log_sp[:, j0 + 1]
+    return np.ascontiguousarray(np.exp(out))
+
+
 def periodic_voicing(ap: np.ndarray, voiced: np.ndarray, sr: int) -> np.ndarray:
     """Cap aperiodicity on voiced frames: 0.1 below 1 kHz, rising to 1.0 at 5 kHz.
 

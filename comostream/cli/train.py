@@ -13,6 +13,7 @@ from comostream.cli.common import (
     Subparsers,
     block_option,
     config_from_args,
+    config_option,
     config_options,
     config_parent,
     noise_scale_option,
@@ -274,6 +275,8 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     )
     config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
     config_options(p, "content", ContentConfig, ["train_singers"])
+    for name, text in CONTENT_KNOBS.items():
+        config_option(p, "content", ContentConfig, name, help=f"[content] {name}: {text}")
     p.set_defaults(handler=_cmd_train_content)
 
     _add_codebook(train_sub)
@@ -325,6 +328,15 @@ def _add_content_and_vocoder(train_sub: Subparsers) -> None:
     )
     config_options(p, "train", TrainConfig, TRAIN_OPTIONS)
     p.set_defaults(handler=_cmd_train_vocoder)
+
+
+CONTENT_KNOBS = {  # the encoder's bottleneck and perturbation settings, for experiments
+    "content_dim": "channels of the content frames, the encoder's bottleneck (config: 48)",
+    "bottleneck_noise": "Gaussian noise (std) the training decoder hears on the content frames, "
+    "0 = off (config: 0)",
+    "formant_jitter": "move 3 formant regions of each perturbed copy on their own by up to this "
+    "fraction of their frequency, 0 = off (config: 0)",
+}
 
 
 def _add_codebook(train_sub: Subparsers) -> None:

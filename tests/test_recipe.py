@@ -142,3 +142,26 @@ def test_a_run_folder_keeps_the_settings_it_was_started_with(tmp_path: Path) -> 
         _check_settings(old, 128)
     _check_settings(old, 0)
     assert (old / "recipe.json").is_file()
+
+
+def test_a_narrower_content_is_passed_to_the_encoder_and_the_acoustic_model(
+    tmp_path: Path,
+) -> None:
+    from comostream.models.config import load_config
+    from comostream.training.recipe import _check_settings
+
+    run = tmp_path / "run"
+    before, _, _ = stages(run)
+    assert "--content-dim" not in {s.name: s for s in before}["content"].args
+    assert load_config(run / "recipe.toml").model.content_dim == 48
+    before, _, _ = stages(run, content_dim=16)
+    content = {s.name: s for s in before}["content"]
+    assert content.args[content.args.index("--content-dim") + 1] == "16"
+    assert load_config(run / "recipe.toml").model.content_dim == 16
+    _check_settings(run, 0, 16)
+    _check_settings(run, 0, 16)  # resumed with the same width
+    with pytest.raises(SystemExit, match="started with"):
+        _check_settings(run, 0)
+    old = tmp_path / "old"
+    _check_settings(old, 0)  # a folder started without it: {"codebook": 0} as before
+    assert (old / "recipe.json").read_text().strip() == '{"codebook": 0}'

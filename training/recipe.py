@@ -92,11 +92,14 @@ class Stage:
         return list(self.args)
 
 
-def _recipe_config(run: Path, content: Path) -> Path:
-    """``RUN/recipe.toml``: the CPU recipe with this run's content encoder (file ``content``)."""
+def _recipe_config(run: Path, content: Path, content_dim: int = 0) -> Path:
+    """``RUN/recipe.toml``: the CPU recipe with this run's content encoder (file ``content``),
+    and the acoustic model's ``[model] content_dim`` set to ``content_dim`` when > 0."""
     path = run / "recipe.toml"
     base = config_file("recipe-cpu.toml")
     text = base.read_text().replace('"out/content/last.pt"', f'"{content}"')
+    if content_dim:
+        text += f"\n[model]\ncontent_dim = {content_dim}  # the run's content encoder's\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -118,7 +121,11 @@ def _real_stages(run: Path, real: Path | None, quick: bool) -> tuple[list[Stage]
 
 
 def stages(
-    run: Path, quick: bool = False, real: Path | None = None, codebook: int = 0
+    run: Path,
+    quick: bool = False,
+    real: Path | None = None,
+    codebook: int = 0,
+    content_dim: int = 0,
 ) -> tuple[list[Stage], list[Stage], list[Stage]]:
     """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
     features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
@@ -126,11 +133,14 @@ def stages(
     after both (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder to reuse
     (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that many codes
     is fitted into the content encoder (``train codebook``) before the features, so the
-    acoustic model learns on coded content and the model file carries it."""
+    acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
+    the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the
+    acoustic model's content input are that many channels."""
     data = run / "corpus-all"  # the synthetic corpus and the real voices, as one
     encoder = run / "content" / "last.pt"
     coded = run / "content" / f"codebook{codebook}.pt"
-    cfg = str(_recipe_config(run, coded if codebook else encoder))
+    cfg = str(_recipe_config(run, coded if codebook else encoder, content_dim))
+    narrow = ["--content-dim", str(content_dim)] if content_dim else []
     real_stages, real_dir = _real_stages(run, real, quick)
     fit = ["train", "codebook", str(encoder), "--data", str(data), "-o", str(coded)]
     codebook_stages = (
@@ -192,6 +202,7 @@ def stages(
                 "0",
                 "--max-steps",
                 str(steps["content"]),
+                *narrow,
             ],
             encoder,
         ),
@@ -385,11 +396,13 @@ def _sequence(items: list[Stage], log: Path) -> None:
         _wait(_run(stage, log), log)
 
 
-def _check_settings(run: Path, codebook: int) -> None:
+def _check_settings(run: Path, codebook: int, content_dim: int = 0) -> None:
     """``RUN/recipe.json`` records the settings a run folder was started with; resuming it with
     others would mix two models' stages, so that is refused (``SystemExit``)."""
     path = run / "recipe.json"
-    settings = {"codebook": codebook}
+    settings: dict[str, int] = {"codebook": codebook}
+    if content_dim:  # recorded only when set: folders from before it resume as they were
+        settings["content_dim"] = content_dim
     before: object = None
     if path.is_file():
         try:
@@ -414,17 +427,18 @@ def run_recipe(
     quick: bool = False,
     real: Path | None = None,
     codebook: int = 0,
+    content_dim: int = 0,
 ) -> int:
     """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
     (a failed stage raises ``SystemExit`` naming it and the log). ``real``: a prepared
-    ``prep real`` folder to reuse instead of preparing ``RUN/real``; ``codebook``: see
-    :func:`stages`."""
+    ``prep real`` folder to reuse instead of preparing ``RUN/real``; ``codebook`` and
+    ``content_dim``: see :func:`stages`."""
     if real is not None and not (Path(real) / "manifest.jsonl").is_file():
         raise SystemExit(f"recipe: {real} holds no manifest.jsonl (make it with `prep real`)")
-    _check_settings(run, codebook)
+    _check_settings(run, codebook, content_dim)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, quick, real, codebook)
+    before, acoustic, rest = stages(run, quick, real, codebook, content_dim)
     _sequence(before, log)
     # the acoustic model and the vocoder train side by side, one core each
     vocoder_stage, after = rest[0], rest[1:]

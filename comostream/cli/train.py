@@ -117,7 +117,13 @@ def _cmd_train_vocoder(args: argparse.Namespace) -> int:
 def _cmd_train_recipe(args: argparse.Namespace) -> int:
     from comostream.training.recipe import run_recipe
 
-    return run_recipe(args.run, quick=args.quick, real=args.real, codebook=args.codebook)
+    return run_recipe(
+        args.run,
+        quick=args.quick,
+        real=args.real,
+        codebook=args.codebook,
+        content_dim=args.content_dim,
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -456,6 +462,15 @@ def _add_recipe(train_sub: Subparsers) -> None:
         help="fit a codebook of K content codes into the content encoder before the features "
         "(`train codebook`), so the acoustic model learns on coded content "
         "(docs/models.md#content-codebook); default: none, as the shipped model",
+    )
+    p.add_argument(
+        "--content-dim",
+        type=positive_int,
+        default=0,
+        metavar="D",
+        help="content channels: the content encoder's bottleneck and the acoustic model's "
+        "content input (docs/models.md#a-narrower-bottleneck); default: the configs' 48, "
+        "as the shipped model",
     )
     p.add_argument(
         "--quick",

@@ -157,9 +157,11 @@ class _Binding(_Accumulate):
         super().__init__()
         self.states: dict[int, set[int]] = {}
         self.ptrs: dict[int, set[int]] = {}  # batch size -> where its ``acc`` rows were
+        self._seen: list[dict[str, Tensor]] = []  # kept alive: a freed object's id is reused
 
     def step(self, inputs: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
         n = int(inputs["f0"].shape[0])
+        self._seen.append(state)
         self.states.setdefault(n, set()).add(id(state))
         self.ptrs.setdefault(n, set()).add(state["acc"].data_ptr())
         return super().step(inputs, state)

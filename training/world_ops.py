@@ -166,6 +166,18 @@ def gather_frames(sp: np.ndarray, ap: np.ndarray, pos: np.ndarray) -> tuple[np.n
     return np.ascontiguousarray(sp_o), np.ascontiguousarray(ap_o)
 
 
+def _read_bins(sp: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    """``sp (T, bins)`` read at fractional bin positions ``fb (bins,)`` (clipped to the axis),
+    interpolated in the log domain."""
+    nb = sp.shape[1]
+    fb = np.clip(fb, 0.0, nb - 1.0)
+    j0 = np.minimum(np.floor(fb).astype(np.int64), nb - 2)
+    f = fb - j0
+    log_sp = np.log(np.maximum(sp, 1e-30))
+    out = (1.0 - f) * log_sp[:, j0] + f * log_sp[:, j0 + 1]
+    return np.ascontiguousarray(np.exp(out))
+
+
 def warp_envelope(sp: np.ndarray, alpha: float) -> np.ndarray:
     """All-pass (bilinear) frequency warp of the envelope; ``alpha > 0`` moves formants up.
 
@@ -177,12 +189,7 @@ def warp_envelope(sp: np.ndarray, alpha: float) -> np.ndarray:
     nb = sp.shape[1]
     w = np.pi * np.arange(nb) / (nb - 1)
     src = w - 2.0 * np.arctan(alpha * np.sin(w) / (1.0 + alpha * np.cos(w)))
-    fb = np.clip(src / np.pi * (nb - 1), 0.0, nb - 1.0)
-    j0 = np.minimum(np.floor(fb).astype(np.int64), nb - 2)
-    f = fb - j0
-    log_sp = np.log(np.maximum(sp, 1e-30))
-    out = (1.0 - f) * log_sp[:, j0] + f * log_sp[:, j0 + 1]
-    return np.ascontiguousarray(np.exp(out))
+    return _read_bins(sp, src / np.pi * (nb - 1))
 
 
 JITTER_WIDTH_OCT = 0.5  # standard deviation of one band of :func:`jitter_envelope`, octaves
@@ -207,12 +214,7 @@ def jitter_envelope(sp: np.ndarray, bands: tuple[tuple[float, float], ...], sr: 
     for centre, amount in bands:
         g += amount * np.exp(-0.5 * ((octaves - np.log2(centre)) / JITTER_WIDTH_OCT) ** 2)
     src = np.maximum.accumulate(freq * np.exp(g))  # monotone: no frequency read twice backwards
-    fb = np.clip(src / (sr / 2.0) * (nb - 1), 0.0, nb - 1.0)
-    j0 = np.minimum(np.floor(fb).astype(np.int64), nb - 2)
-    f = fb - j0
-    log_sp = np.log(np.maximum(sp, 1e-30))
-    out = (1.0 - f) * log_sp[:, j0] + f * log_sp[:, j0 + 1]
-    return np.ascontiguousarray(np.exp(out))
+    return _read_bins(sp, src / (sr / 2.0) * (nb - 1))
 
 
 def periodic_voicing(ap: np.ndarray, voiced: np.ndarray, sr: int) -> np.ndarray:

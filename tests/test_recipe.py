@@ -165,3 +165,20 @@ def test_a_narrower_content_is_passed_to_the_encoder_and_the_acoustic_model(
     old = tmp_path / "old"
     _check_settings(old, 0)  # a folder started without it: {"codebook": 0} as before
     assert (old / "recipe.json").read_text().strip() == '{"codebook": 0}'
+
+
+def test_the_vocoder_fine_tuning_length_is_a_setting_of_the_run(tmp_path: Path) -> None:
+    from comostream.training.recipe import GTA_STEPS, _check_settings
+
+    def gta_steps(**kw: int) -> str:
+        _, _, rest = stages(tmp_path / "run", **kw)
+        voc = {s.name: s for s in rest}["vocoder-gta"]
+        return voc.args[voc.args.index("--max-steps") + 1]
+
+    assert gta_steps() == str(GTA_STEPS)
+    assert gta_steps(gta_steps=16000) == "16000"
+    run = tmp_path / "long"
+    _check_settings(run, 0, 0, 16000)
+    _check_settings(run, 0, 0, 16000)  # resumed with the same length
+    with pytest.raises(SystemExit, match="started with"):
+        _check_settings(run, 0)

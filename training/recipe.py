@@ -52,10 +52,11 @@ from pathlib import Path
 
 from comostream.models.shipped import config_file
 
-__all__ = ["REAL_MINUTES", "REAL_PROMPTS", "Stage", "run_recipe", "stages"]
+__all__ = ["GTA_STEPS", "REAL_MINUTES", "REAL_PROMPTS", "Stage", "run_recipe", "stages"]
 
 REAL_MINUTES = 4.0  # minutes of train split per real singer (the synthetic ones have ~1.6)
 REAL_PROMPTS = 120  # prompts per voice `prep real` decodes: covers REAL_MINUTES for each voice
+GTA_STEPS = 8000  # the vocoder's fine-tuning on the distilled model's mels (`--gta-steps`)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def stages(
     real: Path | None = None,
     codebook: int = 0,
     content_dim: int = 0,
+    gta_steps: int = 0,
 ) -> tuple[list[Stage], list[Stage], list[Stage]]:
     """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
     features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
@@ -135,7 +137,8 @@ def stages(
     is fitted into the content encoder (``train codebook``) before the features, so the
     acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
     the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the
-    acoustic model's content input are that many channels."""
+    acoustic model's content input are that many channels. ``gta_steps`` > 0: the vocoder's
+    fine-tuning on the model's own mels runs that many steps instead of ``GTA_STEPS``."""
     data = run / "corpus-all"  # the synthetic corpus and the real voices, as one
     encoder = run / "content" / "last.pt"
     coded = run / "content" / f"codebook{codebook}.pt"
@@ -152,7 +155,7 @@ def stages(
         "teacher": 4000,
         "distill": 1500,
         "vocoder": 3000,
-        "vocoder_gta": 8000,
+        "vocoder_gta": gta_steps or GTA_STEPS,
     }
     if quick:
         steps = {k: 4 for k in steps}
@@ -396,13 +399,15 @@ def _sequence(items: list[Stage], log: Path) -> None:
         _wait(_run(stage, log), log)
 
 
-def _check_settings(run: Path, codebook: int, content_dim: int = 0) -> None:
+def _check_settings(run: Path, codebook: int, content_dim: int = 0, gta_steps: int = 0) -> None:
     """``RUN/recipe.json`` records the settings a run folder was started with; resuming it with
     others would mix two models' stages, so that is refused (``SystemExit``)."""
     path = run / "recipe.json"
     settings: dict[str, int] = {"codebook": codebook}
     if content_dim:  # recorded only when set: folders from before it resume as they were
         settings["content_dim"] = content_dim
+    if gta_steps:  # likewise
+        settings["gta_steps"] = gta_steps
     before: object = None
     if path.is_file():
         try:
@@ -428,17 +433,18 @@ def run_recipe(
     real: Path | None = None,
     codebook: int = 0,
     content_dim: int = 0,
+    gta_steps: int = 0,
 ) -> int:
     """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
     (a failed stage raises ``SystemExit`` naming it and the log). ``real``: a prepared
     ``prep real`` folder to reuse instead of preparing ``RUN/real``; ``codebook`` and
-    ``content_dim``: see :func:`stages`."""
+    ``content_dim``, ``gta_steps``: see :func:`stages`."""
     if real is not None and not (Path(real) / "manifest.jsonl").is_file():
         raise SystemExit(f"recipe: {real} holds no manifest.jsonl (make it with `prep real`)")
-    _check_settings(run, codebook, content_dim)
+    _check_settings(run, codebook, content_dim, gta_steps)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, quick, real, codebook, content_dim)
+    before, acoustic, rest = stages(run, quick, real, codebook, content_dim, gta_steps)
     _sequence(before, log)
     # the acoustic model and the vocoder train side by side, one core each
     vocoder_stage, after = rest[0], rest[1:]

@@ -123,6 +123,7 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
         real=args.real,
         codebook=args.codebook,
         content_dim=args.content_dim,
+        gta_steps=args.gta_steps,
     )
 
 
@@ -471,6 +472,14 @@ def _add_recipe(train_sub: Subparsers) -> None:
         help="content channels: the content encoder's bottleneck and the acoustic model's "
         "content input (docs/models.md#a-narrower-bottleneck); default: the configs' 48, "
         "as the shipped model",
+    )
+    p.add_argument(
+        "--gta-steps",
+        type=positive_int,
+        default=0,
+        metavar="N",
+        help="steps of the vocoder's fine-tuning on the distilled model's own mels "
+        "(docs/models.md#vocoder); default: 8000, as the shipped model",
     )
     p.add_argument(
         "--quick",

@@ -6,8 +6,8 @@ voices (``prep real``: Allison Smith in US English and Mexican Spanish, June Wal
 Canadian French, spoken and re-sung, CC-BY-SA 3.0; ``RUN/real``, or an existing folder given
 with ``--real``), both seen as one corpus (``prep merge RUN/corpus-all``, the real voices
 capped at ``REAL_MINUTES`` minutes of train split per singer), the content encoder, the
-training features, the EDM teacher and its consistency distillation, and, at the same time on
-the other core, the vocoder; then the vocoder fine-tuned on the distilled model's own mels
+training features, the EDM teacher and, at the same time on the other core, the vocoder; the
+consistency distillation; then the vocoder fine-tuned on the distilled model's own mels
 (``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
 the synthetic corpus's held-out lines and on the real voices' held-out prompts). Every stage is
 seeded; a finished stage is skipped and an interrupted training stage resumes exactly from its
@@ -28,11 +28,9 @@ train split (valid for validation): features select by split, ``train content`` 
 valid, the voice prints of ``export --corpus`` train. The real ``test`` prompts are only
 converted by ``bench quality``.
 
-Time on the 2-core machine (measured on slices, machine shared): the stages of the synthetic-only
-recipe took 1 h 45 min; the real voices add about 3 min (``prep real --limit 120``: 0.35-0.6 s
-per prompt, spoken and sung; nothing when ``--real`` names a prepared folder), 6 min of content
-perturbation cache (13 s per minute of audio, 27 min of real train + valid audio), 4 min of
-features (7 s per minute, 34 min), and 5 min of evaluation (the real part): about 2 h 05 min.
+Threads: the teacher and the first vocoder train side by side, one thread each; every other
+stage runs alone on every core, up to 4 (:func:`solo_threads`). Time on the 2-core machine: about
+1 h 30 min (docs/training.md, the shipped model: one run's stage times).
 
 Usage: ``comostream train recipe [RUN_DIR] [--real DIR] [--quick]`` (``--quick``: a few steps
 per stage and a few real utterances per singer, to check the plumbing in minutes), which calls

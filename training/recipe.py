@@ -137,10 +137,10 @@ def stages(
 ) -> tuple[list[Stage], list[Stage], list[Stage]]:
     """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
     features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
-    vocoder) runs beside ``acoustic`` and whose others (GTA fine-tuning, export, evaluation) run
-    after both (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder to reuse
-    (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that many codes
-    is fitted into the content encoder (``train codebook``) before the features, so the
+    vocoder) runs beside the teacher and whose others (GTA fine-tuning, export, evaluation) run
+    after the distillation (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder
+    to reuse (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that
+    many codes is fitted into the content encoder (``train codebook``) before the features, so the
     acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
     the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the
     acoustic model's content input are that many channels. ``gta_steps`` > 0: the vocoder's

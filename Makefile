@@ -62,8 +62,9 @@ debian-deps:
 	fi
 
 # The shipped model's recipe: synthetic corpus + real voices (prep real, prep merge), content
-# encoder, features, teacher + distillation and the
-# vocoder side by side, export, evaluation; logs in out/default-model/recipe.log. Resumable.
+# encoder, features, vocoder, teacher, distillation, the vocoder fine-tuned on the model's mels,
+# export, evaluation, one stage at a time on every core; logs in out/default-model/recipe.log.
+# Resumable.
 default-model: install
 	$(VENV)/bin/comostream train recipe out/default-model
 

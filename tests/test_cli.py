@@ -257,10 +257,16 @@ def test_recipe_and_gpu_check_are_subcommands() -> None:
 def test_every_recipe_stage_is_a_valid_command_line(tmp_path: Path) -> None:
     from comostream.training.recipe import stages
 
-    for group in (*stages(tmp_path / "run"), *stages(tmp_path / "coded", codebook=64)):
-        for stage in group:
-            args = build_parser().parse_args(stage.args)
-            assert callable(args.handler), stage.name
+    runs = (
+        stages(tmp_path / "run"),
+        stages(tmp_path / "coded", codebook=64),
+        stages(tmp_path / "long", teacher_steps=8000),
+    )
+    for stage in (s for run in runs for s in run):
+        args = build_parser().parse_args(stage.args)
+        assert callable(args.handler), stage.name
+        if "--lr-schedule" in stage.args:  # the longer teacher's cosine reaches its config
+            assert config_from_args(args).train.lr_schedule == "cosine"
 
 
 def test_build_parser_does_not_import_torch() -> None:

@@ -1,5 +1,5 @@
-"""The default-model recipe's stage list: order, the GTA-fine-tuned vocoder in the export, and
-the real voices merged with the synthetic corpus."""
+"""The default-model recipe's stage list: order, the GTA-fine-tuned vocoder in the export, the
+real voices merged with the synthetic corpus, and the settings a run folder keeps."""
 
 from __future__ import annotations
 
@@ -11,24 +11,23 @@ from comostream.training.recipe import REAL_MINUTES, run_recipe, stages
 
 
 def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> None:
-    before, acoustic, rest = stages(tmp_path / "run")
-    names = [s.name for s in (*before, *acoustic, *rest)]
-    assert names == [
+    names = [s.name for s in stages(tmp_path / "run")]
+    assert names == [  # the order they run in, one at a time
         "corpus",
         "real",
         "merge",
         "content",
         "features",
+        "vocoder",
         "teacher",
         "distill",
-        "vocoder",
         "acoustic-export",
         "gta",
         "vocoder-gta",
         "export",
         "quality",
     ]
-    by = {s.name: s for s in (*before, *acoustic, *rest)}
+    by = {s.name: s for s in stages(tmp_path / "run")}
     run = tmp_path / "run"
     gta = by["gta"].args
     assert gta[:3] == ["prep", "gta", str(run / "acoustic.ckpt")]
@@ -44,8 +43,7 @@ def test_stages_fine_tune_the_vocoder_on_the_models_own_mels(tmp_path: Path) -> 
 
 def test_stages_train_on_the_synthetic_corpus_and_the_real_voices(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    before, acoustic, rest = stages(run)
-    by = {s.name: s for s in (*before, *acoustic, *rest)}
+    by = {s.name: s for s in stages(run)}
     real = by["real"].args
     assert real[:3] == ["prep", "real", str(run / "real")] and "--limit" in real
     merge = by["merge"].args
@@ -71,8 +69,7 @@ def test_stages_train_on_the_synthetic_corpus_and_the_real_voices(tmp_path: Path
 
 def test_stages_reuse_a_prepared_real_corpus(tmp_path: Path) -> None:
     run, real = tmp_path / "run", tmp_path / "real"
-    before, acoustic, rest = stages(run, quick=True, real=real)
-    by = {s.name: s for s in (*before, *acoustic, *rest)}
+    by = {s.name: s for s in stages(run, quick=True, real=real)}
     assert "real" not in by  # nothing is decoded again
     assert by["merge"].args[4] == str(real)
     merge = by["merge"].args
@@ -92,8 +89,8 @@ def test_an_interrupted_training_stage_resumes_and_a_finished_one_is_skipped(
 ) -> None:
     """``last.pt`` exists from the first checkpoint on: a training stage is done only when it
     exited cleanly (its marker), and is otherwise continued with ``--resume``."""
-    before, acoustic, _ = stages(tmp_path, quick=True)
-    teacher = acoustic[0]
+    by = {s.name: s for s in stages(tmp_path, quick=True)}
+    teacher = by["teacher"]
     assert teacher.trains and not teacher.done() and "--resume" not in teacher.command()
     teacher.output.parent.mkdir(parents=True)
     teacher.output.write_bytes(b"a checkpoint")
@@ -101,7 +98,7 @@ def test_an_interrupted_training_stage_resumes_and_a_finished_one_is_skipped(
     assert teacher.command()[-2:] == ["--resume", str(teacher.output)]
     teacher.marker.touch()
     assert teacher.done()
-    corpus = before[0]
+    corpus = by["corpus"]
     assert not corpus.trains
     corpus.output.parent.mkdir(parents=True)
     corpus.output.write_text("{}")
@@ -110,13 +107,12 @@ def test_an_interrupted_training_stage_resumes_and_a_finished_one_is_skipped(
 
 def test_a_codebook_is_fitted_before_the_features_when_asked(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    before, _, _ = stages(run)
-    assert "codebook" not in [s.name for s in before]
+    assert "codebook" not in [s.name for s in stages(run)]
     assert f'"{run / "content" / "last.pt"}"' in (run / "recipe.toml").read_text()
-    before, _, _ = stages(run, codebook=64)
-    names = [s.name for s in before]
+    coding = stages(run, codebook=64)
+    names = [s.name for s in coding]
     assert names.index("content") < names.index("codebook") < names.index("features")
-    by = {s.name: s for s in before}
+    by = {s.name: s for s in coding}
     coded = run / "content" / "codebook64.pt"
     book = by["codebook"]
     assert book.args[:3] == ["train", "codebook", str(run / "content" / "last.pt")]
@@ -151,11 +147,9 @@ def test_a_narrower_content_is_passed_to_the_encoder_and_the_acoustic_model(
     from comostream.training.recipe import _check_settings
 
     run = tmp_path / "run"
-    before, _, _ = stages(run)
-    assert "--content-dim" not in {s.name: s for s in before}["content"].args
+    assert "--content-dim" not in {s.name: s for s in stages(run)}["content"].args
     assert load_config(run / "recipe.toml").model.content_dim == 48
-    before, _, _ = stages(run, content_dim=16)
-    content = {s.name: s for s in before}["content"]
+    content = {s.name: s for s in stages(run, content_dim=16)}["content"]
     assert content.args[content.args.index("--content-dim") + 1] == "16"
     assert load_config(run / "recipe.toml").model.content_dim == 16
     _check_settings(run, 0, 16)
@@ -171,14 +165,32 @@ def test_the_vocoder_fine_tuning_length_is_a_setting_of_the_run(tmp_path: Path) 
     from comostream.training.recipe import GTA_STEPS, _check_settings
 
     def gta_steps(**kw: int) -> str:
-        _, _, rest = stages(tmp_path / "run", **kw)
-        voc = {s.name: s for s in rest}["vocoder-gta"]
-        return voc.args[voc.args.index("--max-steps") + 1]
+        voc = {s.name: s for s in stages(tmp_path / "run", **kw)}["vocoder-gta"].args
+        return voc[voc.index("--max-steps") + 1]
 
     assert gta_steps() == str(GTA_STEPS)
     assert gta_steps(gta_steps=16000) == "16000"
     run = tmp_path / "long"
     _check_settings(run, 0, 0, 16000)
     _check_settings(run, 0, 0, 16000)  # resumed with the same length
+    with pytest.raises(SystemExit, match="started with"):
+        _check_settings(run, 0)
+
+
+def test_a_longer_teacher_decays_its_learning_rate_on_a_cosine(tmp_path: Path) -> None:
+    from comostream.training.recipe import TEACHER_STEPS, _check_settings
+
+    def teacher(**kw: int) -> list[str]:
+        return {s.name: s for s in stages(tmp_path / "run", **kw)}["teacher"].args
+
+    default = teacher()  # the shipped model's: a constant rate
+    assert default[default.index("--max-steps") + 1] == str(TEACHER_STEPS)
+    assert "--lr-schedule" not in default
+    longer = teacher(teacher_steps=8000)
+    assert longer[longer.index("--max-steps") + 1] == "8000"
+    assert longer[longer.index("--lr-schedule") + 1] == "cosine"
+    run = tmp_path / "long"
+    _check_settings(run, 0, 0, 0, 8000)
+    _check_settings(run, 0, 0, 0, 8000)  # resumed with the same teacher
     with pytest.raises(SystemExit, match="started with"):
         _check_settings(run, 0)

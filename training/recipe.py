@@ -6,9 +6,8 @@ voices (``prep real``: Allison Smith in US English and Mexican Spanish, June Wal
 Canadian French, spoken and re-sung, CC-BY-SA 3.0; ``RUN/real``, or an existing folder given
 with ``--real``), both seen as one corpus (``prep merge RUN/corpus-all``, the real voices
 capped at ``REAL_MINUTES`` minutes of train split per singer), the content encoder, the
-training features, the EDM teacher and, at the same time on the other core, the vocoder; the
-consistency distillation; then the vocoder fine-tuned on the distilled model's own mels
-(``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
+training features, the vocoder, the EDM teacher, the consistency distillation; then the
+vocoder fine-tuned on the distilled model's own mels (``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
 the synthetic corpus's held-out lines and on the real voices' held-out prompts). Every stage is
 seeded; a finished stage is skipped and an interrupted training stage resumes exactly from its
 last checkpoint (:class:`Stage`), so an interrupted run continues where it stopped (even in
@@ -28,9 +27,9 @@ train split (valid for validation): features select by split, ``train content`` 
 valid, the voice prints of ``export --corpus`` train. The real ``test`` prompts are only
 converted by ``bench quality``.
 
-Threads: the teacher and the first vocoder train side by side, one thread each; every other
-stage runs alone on every core, up to 4 (:func:`solo_threads`). Time on the 2-core machine: about
-1 h 30 min (docs/training.md, the shipped model: one run's stage times).
+Threads: the stages run one after the other, each on every core, up to 4
+(:func:`solo_threads`). Time on the 2-core machine: about 1 h 15 min (docs/training.md, the
+shipped model: one run's stage times).
 
 Usage: ``comostream train recipe [RUN_DIR] [--real DIR] [--quick]`` (``--quick``: a few steps
 per stage and a few real utterances per singer, to check the plumbing in minutes), which calls
@@ -52,6 +51,7 @@ from comostream.models.shipped import config_file
 
 __all__ = [
     "GTA_STEPS",
+    "TEACHER_STEPS",
     "REAL_MINUTES",
     "REAL_PROMPTS",
     "Stage",
@@ -63,6 +63,7 @@ __all__ = [
 REAL_MINUTES = 4.0  # minutes of train split per real singer (the synthetic ones have ~1.6)
 REAL_PROMPTS = 120  # prompts per voice `prep real` decodes: covers REAL_MINUTES for each voice
 GTA_STEPS = 8000  # the vocoder's fine-tuning on the distilled model's mels (`--gta-steps`)
+TEACHER_STEPS = 4000  # the EDM teacher's steps at a constant rate (`--teacher-steps`: on a cosine)
 
 
 @dataclass(frozen=True)
@@ -134,17 +135,18 @@ def stages(
     codebook: int = 0,
     content_dim: int = 0,
     gta_steps: int = 0,
-) -> tuple[list[Stage], list[Stage], list[Stage]]:
-    """``(before, acoustic, rest)``: the stages before training (corpora, content encoder,
-    features); the acoustic model's (teacher, distillation); and ``rest``, whose first stage (the
-    vocoder) runs beside the teacher and whose others (GTA fine-tuning, export, evaluation) run
-    after the distillation (see :func:`run_recipe`). ``real``: a prepared ``prep real`` folder
+    teacher_steps: int = 0,
+) -> list[Stage]:
+    """The stages in the order they run: corpora, content encoder, features, vocoder, teacher,
+    distillation, the vocoder's fine-tuning on the model's own mels, export, evaluation. ``real``: a prepared ``prep real`` folder
     to reuse (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that
     many codes is fitted into the content encoder (``train codebook``) before the features, so the
     acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
     the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the
     acoustic model's content input are that many channels. ``gta_steps`` > 0: the vocoder's
-    fine-tuning on the model's own mels runs that many steps instead of ``GTA_STEPS``."""
+    fine-tuning on the model's own mels runs that many steps instead of ``GTA_STEPS``.
+    ``teacher_steps`` > 0: the teacher trains that many steps with its learning rate on a cosine
+    to 0 (``--lr-schedule cosine``) instead of ``TEACHER_STEPS`` at a constant rate."""
     data = run / "corpus-all"  # the synthetic corpus and the real voices, as one
     encoder = run / "content" / "last.pt"
     coded = run / "content" / f"codebook{codebook}.pt"
@@ -158,7 +160,7 @@ def stages(
     configs = config_file("default.toml").parent
     steps = {
         "content": 1200,
-        "teacher": 4000,
+        "teacher": teacher_steps or TEACHER_STEPS,
         "distill": 1500,
         "vocoder": 3000,
         "vocoder_gta": gta_steps or GTA_STEPS,
@@ -236,6 +238,7 @@ def stages(
                 str(run / "teacher"),
                 "--max-steps",
                 str(steps["teacher"]),
+                *(["--lr-schedule", "cosine"] if teacher_steps else []),
             ],
             run / "teacher" / "last.pt",
         ),
@@ -353,7 +356,7 @@ def stages(
             stdout=run / "quality.json",
         ),
     ]
-    return before, [*acoustic], [*vocoder, *after]
+    return [*before, *vocoder, *acoustic, *after]
 
 
 def _run(stage: Stage, log: Path, threads: int = 1) -> subprocess.Popen[bytes] | None:
@@ -407,12 +410,14 @@ def _sequence(items: list[Stage], log: Path, threads: int = 1) -> None:
 
 
 def solo_threads() -> int:
-    """CPU threads for a stage that runs alone: every core, up to 4 (on the 2-core VM a
+    """CPU threads for a stage: every core, up to 4 (on the 2-core VM a
     vocoder training step takes 0.062 s on 2 threads against 0.118 s on 1)."""
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def _check_settings(run: Path, codebook: int, content_dim: int = 0, gta_steps: int = 0) -> None:
+def _check_settings(
+    run: Path, codebook: int, content_dim: int = 0, gta_steps: int = 0, teacher_steps: int = 0
+) -> None:
     """``RUN/recipe.json`` records the settings a run folder was started with; resuming it with
     others would mix two models' stages, so that is refused (``SystemExit``)."""
     path = run / "recipe.json"
@@ -421,6 +426,8 @@ def _check_settings(run: Path, codebook: int, content_dim: int = 0, gta_steps: i
         settings["content_dim"] = content_dim
     if gta_steps:  # likewise
         settings["gta_steps"] = gta_steps
+    if teacher_steps:  # likewise
+        settings["teacher_steps"] = teacher_steps
     before: object = None
     if path.is_file():
         try:
@@ -447,26 +454,20 @@ def run_recipe(
     codebook: int = 0,
     content_dim: int = 0,
     gta_steps: int = 0,
+    teacher_steps: int = 0,
 ) -> int:
     """Run every stage into ``run`` (stages already done are skipped); 0 when all succeeded
     (a failed stage raises ``SystemExit`` naming it and the log). ``real``: a prepared
     ``prep real`` folder to reuse instead of preparing ``RUN/real``; ``codebook`` and
-    ``content_dim``, ``gta_steps``: see :func:`stages`."""
+    ``content_dim``, ``gta_steps``, ``teacher_steps``: see :func:`stages`."""
     if real is not None and not (Path(real) / "manifest.jsonl").is_file():
         raise SystemExit(f"recipe: {real} holds no manifest.jsonl (make it with `prep real`)")
-    _check_settings(run, codebook, content_dim, gta_steps)
+    _check_settings(run, codebook, content_dim, gta_steps, teacher_steps)
     log = run / "recipe.log"
     t0 = time.time()
-    before, acoustic, rest = stages(run, quick, real, codebook, content_dim, gta_steps)
-    solo = solo_threads()
-    _sequence(before, log, solo)
-    # the acoustic model and the vocoder train side by side, one core each, the distillation
-    # on every core once the vocoder is done
-    vocoder_stage, after = rest[0], rest[1:]
-    voc = _run(vocoder_stage, log)
-    _sequence(acoustic[:1], log)
-    _wait(voc, log)
-    _sequence(acoustic[1:], log, solo)
-    _sequence(after, log, solo)
+    todo = stages(run, quick, real, codebook, content_dim, gta_steps, teacher_steps)
+    # one stage at a time on every core: on the 2-core VM the teacher makes 4.8 steps/s on 2
+    # threads, against 2.2-2.5 on 1 beside the vocoder
+    _sequence(todo, log, solo_threads())
     _log(log, f"recipe finished in {(time.time() - t0) / 60:.1f} min: {run / 'model.ckpt'}")
     return 0

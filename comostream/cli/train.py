@@ -24,7 +24,7 @@ from comostream.cli.common import (
 __all__ = ["register"]
 
 # [train] fields every stage overrides
-TRAIN_OPTIONS = ["max_steps", "batch_size", "lr", "seed", "keep_checkpoints"]
+TRAIN_OPTIONS = ["max_steps", "batch_size", "lr", "lr_schedule", "seed", "keep_checkpoints"]
 
 
 def _run_options(args: argparse.Namespace) -> Any:
@@ -124,6 +124,7 @@ def _cmd_train_recipe(args: argparse.Namespace) -> int:
         codebook=args.codebook,
         content_dim=args.content_dim,
         gta_steps=args.gta_steps,
+        teacher_steps=args.teacher_steps,
     )
 
 
@@ -427,15 +428,16 @@ def _add_recipe(train_sub: Subparsers) -> None:
             "commands, into RUN_DIR: the synthetic corpus (10 singers x 2 minutes), the real "
             "voices (`prep real --limit 120`, CC-BY-SA 3.0) capped at 4 minutes of train split "
             "per singer and merged with it (`prep merge`), the content "
-            "encoder, the training features, the EDM teacher and its consistency distillation "
-            "and, at the same time on the other core, the vocoder; then the vocoder fine-tuned "
-            "on the distilled model's own mels (prep gta), the inference file RUN_DIR/model.ckpt "
+            "encoder, the training features, the vocoder, the EDM teacher and its consistency "
+            "distillation; then the vocoder fine-tuned on the distilled model's own mels (prep "
+            "gta), the inference file RUN_DIR/model.ckpt "
             "with that vocoder, and its evaluation (RUN_DIR/quality.json). Every stage is "
             "seeded; a finished stage is skipped and an interrupted training stage resumes from "
             "its last checkpoint, so an interrupted run continues where it stopped (run the same "
             "command again). RUN_DIR/recipe.log gets each command, its wall time and its "
-            "output. About 2 h on 2 cores (one run: 99.6 min with 1000 of the 8000 GTA vocoder "
-            "steps)."
+            "output. One stage at a time, each on every core (up to 4): about 1 h 15 min on 2 "
+            "cores (docs/training.md). RUN_DIR/recipe.json records the settings below; a folder "
+            "resumes only with the same ones."
         ),
     )
     p.add_argument(
@@ -480,6 +482,15 @@ def _add_recipe(train_sub: Subparsers) -> None:
         metavar="N",
         help="steps of the vocoder's fine-tuning on the distilled model's own mels "
         "(docs/models.md#vocoder); default: 8000, as the shipped model",
+    )
+    p.add_argument(
+        "--teacher-steps",
+        type=positive_int,
+        default=0,
+        metavar="N",
+        help="train the EDM teacher N steps with its learning rate on a cosine to 0 "
+        "(`train teacher --lr-schedule cosine`; docs/training.md#a-longer-teacher); default: "
+        "4000 at a constant rate, as the shipped model",
     )
     p.add_argument(
         "--quick",

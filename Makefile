@@ -24,7 +24,7 @@ DEBIAN_PACKAGES := libportaudio2 flite festival festvox-kallpc16k $(FESTIVAL_VOI
 help:
 	@echo "make demo   - set up, then run the main job on the bundled default"
 	@echo "make test   - set up, then lint and run the test suite"
-	@echo "make default-model - train the shipped model from scratch (~1.5 h on 2 cores)"
+	@echo "make default-model - train the shipped model from scratch (~1 h 15 on 2 cores)"
 	@echo "make clean  - remove the virtual environment and outputs"
 
 demo: install

@@ -7,8 +7,9 @@ Canadian French, spoken and re-sung, CC-BY-SA 3.0; ``RUN/real``, or an existing 
 with ``--real``), both seen as one corpus (``prep merge RUN/corpus-all``, the real voices
 capped at ``REAL_MINUTES`` minutes of train split per singer), the content encoder, the
 training features, the vocoder, the EDM teacher, the consistency distillation; then the
-vocoder fine-tuned on the distilled model's own mels (``prep gta``), the inference file with that vocoder, and its evaluation (``bench quality`` on
-the synthetic corpus's held-out lines and on the real voices' held-out prompts). Every stage is
+vocoder fine-tuned on the distilled model's own mels (``prep gta``), the inference file with
+that vocoder, and its evaluation (``bench quality`` on the synthetic corpus's held-out lines
+and on the real voices' held-out prompts). Every stage is
 seeded; a finished stage is skipped and an interrupted training stage resumes exactly from its
 last checkpoint (:class:`Stage`), so an interrupted run continues where it stopped (even in
 another session). ``RUN/recipe.log`` gets each command, its wall time and its output.
@@ -138,8 +139,9 @@ def stages(
     teacher_steps: int = 0,
 ) -> list[Stage]:
     """The stages in the order they run: corpora, content encoder, features, vocoder, teacher,
-    distillation, the vocoder's fine-tuning on the model's own mels, export, evaluation. ``real``: a prepared ``prep real`` folder
-    to reuse (default: ``prep real`` into ``RUN/real``). ``codebook`` > 0: a codebook of that
+    distillation, the vocoder's fine-tuning on the model's own mels, export, evaluation.
+    ``real``: a prepared ``prep real`` folder to reuse (default: ``prep real`` into
+    ``RUN/real``). ``codebook`` > 0: a codebook of that
     many codes is fitted into the content encoder (``train codebook``) before the features, so the
     acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
     the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the

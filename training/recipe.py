@@ -29,8 +29,8 @@ valid, the voice prints of ``export --corpus`` train. The real ``test`` prompts 
 converted by ``bench quality``.
 
 Threads: the stages run one after the other, each on every core, up to 4
-(:func:`solo_threads`). Time on the 2-core machine: about 1 h 15 min (docs/training.md, the
-shipped model: one run's stage times).
+(:func:`solo_threads`). Time on the 2-core machine: about 1 h 15 min, added up from stage times
+measured in separate runs (docs/training.md, the shipped model).
 
 Usage: ``comostream train recipe [RUN_DIR] [--real DIR] [--quick]`` (``--quick``: a few steps
 per stage and a few real utterances per singer, to check the plumbing in minutes), which calls
@@ -52,10 +52,10 @@ from comostream.models.shipped import config_file
 
 __all__ = [
     "GTA_STEPS",
-    "TEACHER_STEPS",
     "REAL_MINUTES",
     "REAL_PROMPTS",
     "Stage",
+    "TEACHER_STEPS",
     "run_recipe",
     "solo_threads",
     "stages",
@@ -141,9 +141,9 @@ def stages(
     """The stages in the order they run: corpora, content encoder, features, vocoder, teacher,
     distillation, the vocoder's fine-tuning on the model's own mels, export, evaluation.
     ``real``: a prepared ``prep real`` folder to reuse (default: ``prep real`` into
-    ``RUN/real``). ``codebook`` > 0: a codebook of that
-    many codes is fitted into the content encoder (``train codebook``) before the features, so the
-    acoustic model learns on coded content and the model file carries it. ``content_dim`` > 0:
+    ``RUN/real``). ``codebook`` > 0: a codebook of that many codes is fitted into the content
+    encoder (``train codebook``) before the features, so the acoustic model learns on coded
+    content and the model file carries it. ``content_dim`` > 0:
     the content encoder's bottleneck (``[content] content_dim``, 48 in the configs) and the
     acoustic model's content input are that many channels. ``gta_steps`` > 0: the vocoder's
     fine-tuning on the model's own mels runs that many steps instead of ``GTA_STEPS``.
